@@ -1,0 +1,206 @@
+//! The C ABI. Every exported function is an ordinary `extern "C"` body that
+//! hands its work to [`guard`], which turns an error into a status code plus a
+//! message for `asyncify_last_error`, and a panic into `ASYNCIFY_E_PANIC`.
+//! This module owns every raw-pointer conversion of the crate; each `unsafe`
+//! block states the caller's promise it relies on.
+//!
+//! Conventions, for every function (see the README, "API conventions"):
+//! - the return value is an `asyncify_status`: `>= 0` an outcome, `< 0` an error;
+//! - a required pointer that is NULL gives `ASYNCIFY_E_NULL`;
+//! - output pointers are written only when the status is `>= 0` (except
+//!   `*out_len` with `ASYNCIFY_E_BUFFER_TOO_SMALL`);
+//! - the library never calls a free or release function with NULL.
+
+#![allow(non_camel_case_types)]
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::ffi::{c_char, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::status::*;
+
+pub mod error;
+pub mod pool;
+pub mod table;
+pub mod task;
+
+/// An error on its way to the caller: a status and the text for
+/// `asyncify_last_error`.
+pub(crate) struct Fail {
+    status: asyncify_status,
+    message: String,
+}
+
+pub(crate) type FfiResult = Result<asyncify_status, Fail>;
+
+pub(crate) fn fail(status: asyncify_status, message: impl Into<String>) -> Fail {
+    Fail {
+        status,
+        message: message.into(),
+    }
+}
+
+impl From<Error> for Fail {
+    fn from(e: Error) -> Fail {
+        let message = match e {
+            Error::InvalidHandle => "the handle is zero, unknown, released or stale",
+            Error::Forked => "the handle was made by the parent process before fork()",
+            Error::ShutDown => "the pool is shut down",
+            Error::Busy => "the pool's queue is full",
+            Error::WouldDeadlock => "this call would wait for itself",
+            Error::OutOfMemory => "out of memory or out of handle slots",
+        };
+        fail(e.status(), message)
+    }
+}
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+fn set_last_error(function: &str, message: &str) {
+    let text = format!("{function}: {message}").replace('\0', " ");
+    let text = CString::new(text).unwrap_or_default();
+    let _ = LAST_ERROR.try_with(|e| *e.borrow_mut() = text);
+}
+
+fn panic_text(payload: &(dyn Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic")
+}
+
+/// Runs the body of the exported function `function`: an `Err` becomes its
+/// status and message, a panic becomes `ASYNCIFY_E_PANIC`.
+pub(crate) fn guard(function: &str, body: impl FnOnce() -> FfiResult) -> asyncify_status {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(status)) => status,
+        Ok(Err(f)) => {
+            set_last_error(function, &f.message);
+            f.status
+        }
+        Err(payload) => {
+            set_last_error(
+                function,
+                &format!("internal error (please report it): {}", panic_text(&*payload)),
+            );
+            ASYNCIFY_E_PANIC
+        }
+    }
+}
+
+/// Like [`guard`] for the few functions that return a value other than a
+/// status: a panic gives `fallback`.
+pub(crate) fn guard_value<T>(function: &str, fallback: T, body: impl FnOnce() -> T) -> T {
+    catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|payload| {
+        set_last_error(
+            function,
+            &format!("internal error (please report it): {}", panic_text(&*payload)),
+        );
+        fallback
+    })
+}
+
+/// A required pointer: `ASYNCIFY_E_NULL` naming `what` when NULL.
+pub(crate) fn required<T>(ptr: *const T, what: &str) -> Result<*const T, Fail> {
+    if ptr.is_null() {
+        Err(fail(ASYNCIFY_E_NULL, format!("{what} is NULL")))
+    } else {
+        Ok(ptr)
+    }
+}
+
+/// A required output pointer.
+pub(crate) fn required_out<T>(ptr: *mut T, what: &str) -> Result<*mut T, Fail> {
+    required(ptr as *const T, what).map(|p| p as *mut T)
+}
+
+/// Writes `value` to an output pointer the caller promised is valid.
+pub(crate) fn write_out<T>(out: *mut T, value: T) {
+    if !out.is_null() {
+        // SAFETY: every caller passes an output pointer that the C caller
+        // promised points to writable memory for a T (the ABI's contract);
+        // NULL was ruled out above.
+        unsafe { out.write(value) };
+    }
+}
+
+/// A key: non-NULL, non-empty, UTF-8.
+pub(crate) fn key_arg<'a>(key: *const c_char) -> Result<&'a str, Fail> {
+    let key = required(key, "key")?;
+    // SAFETY: the caller promises `key` is a NUL-terminated string that stays
+    // valid for the duration of the call.
+    let bytes = unsafe { CStr::from_ptr(key) };
+    let key = bytes
+        .to_str()
+        .map_err(|_| fail(ASYNCIFY_E_INVALID_ARGUMENT, "key is not valid UTF-8"))?;
+    if key.is_empty() {
+        return Err(fail(ASYNCIFY_E_INVALID_ARGUMENT, "key is empty"));
+    }
+    Ok(key)
+}
+
+/// `len` bytes at `ptr` (NULL allowed when `len` is 0), borrowed for the call.
+pub(crate) fn bytes_arg<'a>(ptr: *const u8, len: usize, what: &str) -> Result<&'a [u8], Fail> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    let ptr = required(ptr, what)?;
+    // SAFETY: the caller promises `len` readable bytes at `ptr` for the call.
+    Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+}
+
+/// Checks a versioned input struct: `struct_size` at least `ours` (the first
+/// published size), and every byte the library does not know is zero.
+///
+/// # Safety
+/// `ptr` is non-NULL and points to at least `struct_size` readable bytes, whose
+/// first four bytes are `struct_size` (the ABI's promise for versioned structs).
+pub(crate) unsafe fn check_struct_size(ptr: *const u8, ours: usize, what: &str) -> Result<(), Fail> {
+    // SAFETY: the first field of every versioned struct is a u32 struct_size.
+    let size = unsafe { (ptr as *const u32).read_unaligned() } as usize;
+    if size < ours {
+        return Err(fail(
+            ASYNCIFY_E_INVALID_ARGUMENT,
+            format!("{what}.struct_size is {size}, at least {ours} expected (use the _init function)"),
+        ));
+    }
+    // SAFETY: the caller promises `size` readable bytes at `ptr`.
+    let tail = unsafe { std::slice::from_raw_parts(ptr.add(ours), size - ours) };
+    if tail.iter().any(|&b| b != 0) {
+        return Err(fail(
+            ASYNCIFY_E_INVALID_ARGUMENT,
+            format!("{what} has non-zero bytes beyond the {ours} this library knows"),
+        ));
+    }
+    Ok(())
+}
+
+/// Prepares a versioned struct: zeroes its `size` bytes and sets `struct_size`.
+///
+/// # Safety
+/// `ptr` is non-NULL and points to `size` writable bytes.
+pub(crate) unsafe fn init_struct(ptr: *mut u8, size: usize, ours: usize, what: &str) -> FfiResult {
+    if size < ours || size > u32::MAX as usize {
+        return Err(fail(
+            ASYNCIFY_E_INVALID_ARGUMENT,
+            format!("size {size} is not a valid size for {what} (at least {ours}); pass sizeof(*opts)"),
+        ));
+    }
+    // SAFETY: the caller promises `size` writable bytes at `ptr`.
+    unsafe {
+        std::ptr::write_bytes(ptr, 0, size);
+        (ptr as *mut u32).write_unaligned(size as u32);
+    }
+    Ok(ASYNCIFY_OK)
+}
+
+/// `timeout_ms < 0` is forever.
+pub(crate) fn timeout_arg(timeout_ms: i64) -> Option<std::time::Duration> {
+    u64::try_from(timeout_ms)
+        .ok()
+        .map(std::time::Duration::from_millis)
+}

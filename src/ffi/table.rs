@@ -1,0 +1,205 @@
+//! The override table of the calling thread (contract section 2).
+//!
+//! Each thread has its own table; a thread created outside the library starts
+//! empty. Inside a task the table is the task's snapshot: changes stay in the
+//! task. Values are bytes (copied in) or opaque pointers with a release
+//! function called exactly once, by whichever thread drops the last table that
+//! holds the value.
+
+use std::ffi::{c_char, c_void};
+use std::sync::Arc;
+
+use super::{bytes_arg, fail, guard, key_arg, required_out, write_out, Fail};
+use crate::status::*;
+use crate::table::{self, PtrValue, Value};
+
+/// Releases an opaque pointer value, an argument or a result.
+pub type asyncify_free_fn = Option<extern "C" fn(ptr: *mut c_void)>;
+
+fn lookup(key: &str) -> Result<Arc<Value>, Fail> {
+    table::get(key).ok_or_else(|| fail(ASYNCIFY_E_NOT_FOUND, format!("no override for key \"{key}\"")))
+}
+
+fn kind_mismatch(key: &str, is: &str) -> Fail {
+    fail(
+        ASYNCIFY_E_INVALID_ARGUMENT,
+        format!("the value of \"{key}\" is {is}; use the other get function"),
+    )
+}
+
+/// Sets `key` to a copy of `len` bytes at `value` (NULL allowed when `len` is
+/// 0) in the calling thread's table. The caller keeps owning `value`.
+#[no_mangle]
+pub extern "C" fn asyncify_override_set(
+    key: *const c_char,
+    value: *const c_void,
+    len: usize,
+) -> asyncify_status {
+    guard("asyncify_override_set", || {
+        let key = key_arg(key)?;
+        let bytes = bytes_arg(value as *const u8, len, "value")?;
+        table::set(key, Value::Bytes(bytes.into()));
+        Ok(ASYNCIFY_OK)
+    })
+}
+
+/// Sets `key` to the opaque pointer `ptr`. The tables own it from now on:
+/// `release` (nullable) is called on it exactly once, when the last table or
+/// task holding it is gone, on whichever thread drops it (never with NULL).
+/// On error the caller keeps owning `ptr`.
+#[no_mangle]
+pub extern "C" fn asyncify_override_set_ptr(
+    key: *const c_char,
+    ptr: *mut c_void,
+    release: asyncify_free_fn,
+) -> asyncify_status {
+    guard("asyncify_override_set_ptr", || {
+        let key = key_arg(key)?;
+        table::set(key, Value::Ptr(PtrValue::new(ptr, release)));
+        Ok(ASYNCIFY_OK)
+    })
+}
+
+/// Copies the bytes of `key` into `buf` and their length into `*out_len`.
+/// `buf` may be NULL when `cap` is 0 (a size query). Returns
+/// `ASYNCIFY_E_BUFFER_TOO_SMALL` (with `*out_len` set) when `cap` is too small,
+/// `ASYNCIFY_E_NOT_FOUND` when the key is not set, and
+/// `ASYNCIFY_E_INVALID_ARGUMENT` when its value is a pointer.
+#[no_mangle]
+pub extern "C" fn asyncify_override_get(
+    key: *const c_char,
+    buf: *mut c_void,
+    cap: usize,
+    out_len: *mut usize,
+) -> asyncify_status {
+    guard("asyncify_override_get", || {
+        let key = key_arg(key)?;
+        let out_len = required_out(out_len, "out_len")?;
+        let value = lookup(key)?;
+        let Value::Bytes(bytes) = &*value else {
+            return Err(kind_mismatch(key, "a pointer"));
+        };
+        if cap < bytes.len() {
+            write_out(out_len, bytes.len());
+            return Err(fail(
+                ASYNCIFY_E_BUFFER_TOO_SMALL,
+                format!("the value of \"{key}\" has {} bytes, the buffer {cap}", bytes.len()),
+            ));
+        }
+        if !bytes.is_empty() {
+            let buf = required_out(buf as *mut u8, "buf")?;
+            // SAFETY: the caller promises `cap` writable bytes at `buf`, and
+            // `bytes.len() <= cap`.
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf, bytes.len()) };
+        }
+        write_out(out_len, bytes.len());
+        Ok(ASYNCIFY_OK)
+    })
+}
+
+fn get_ptr(key: *const c_char) -> Result<(*mut c_void, asyncify_free_fn), Fail> {
+    let key = key_arg(key)?;
+    let value = lookup(key)?;
+    match &*value {
+        Value::Ptr(p) => Ok((p.ptr(), p.release_fn())),
+        Value::Bytes(_) => Err(kind_mismatch(key, "bytes")),
+    }
+}
+
+/// Writes the pointer value of `key` to `*out_ptr`. It stays valid while the
+/// calling thread's table (or, in a task, the task) still holds the value.
+#[no_mangle]
+pub extern "C" fn asyncify_override_get_ptr(
+    key: *const c_char,
+    out_ptr: *mut *mut c_void,
+) -> asyncify_status {
+    guard("asyncify_override_get_ptr", || {
+        let out_ptr = required_out(out_ptr, "out_ptr")?;
+        let (ptr, _) = get_ptr(key)?;
+        write_out(out_ptr, ptr);
+        Ok(ASYNCIFY_OK)
+    })
+}
+
+/// Like `asyncify_override_get_ptr`, and also writes the release function the
+/// value was set with (NULL if none) to `*out_release`, so a binding can tell
+/// its own values from pointers set by other code.
+#[no_mangle]
+pub extern "C" fn asyncify_override_get_ptr_ex(
+    key: *const c_char,
+    out_ptr: *mut *mut c_void,
+    out_release: *mut asyncify_free_fn,
+) -> asyncify_status {
+    guard("asyncify_override_get_ptr_ex", || {
+        let out_ptr = required_out(out_ptr, "out_ptr")?;
+        let out_release = required_out(out_release, "out_release")?;
+        let (ptr, release) = get_ptr(key)?;
+        write_out(out_ptr, ptr);
+        write_out(out_release, release);
+        Ok(ASYNCIFY_OK)
+    })
+}
+
+/// Removes `key` from the calling thread's table; `ASYNCIFY_E_NOT_FOUND` when
+/// it is not set.
+#[no_mangle]
+pub extern "C" fn asyncify_override_remove(key: *const c_char) -> asyncify_status {
+    guard("asyncify_override_remove", || {
+        let key = key_arg(key)?;
+        if table::remove(key) {
+            Ok(ASYNCIFY_OK)
+        } else {
+            Err(fail(ASYNCIFY_E_NOT_FOUND, format!("no override for key \"{key}\"")))
+        }
+    })
+}
+
+/// Empties the calling thread's table. Open scopes still restore what they
+/// remembered.
+#[no_mangle]
+pub extern "C" fn asyncify_override_clear() -> asyncify_status {
+    guard("asyncify_override_clear", || {
+        table::clear();
+        Ok(ASYNCIFY_OK)
+    })
+}
+
+/// Writes the number of keys in the calling thread's table to `*out_count`.
+#[no_mangle]
+pub extern "C" fn asyncify_override_count(out_count: *mut usize) -> asyncify_status {
+    guard("asyncify_override_count", || {
+        let out_count = required_out(out_count, "out_count")?;
+        write_out(out_count, table::count());
+        Ok(ASYNCIFY_OK)
+    })
+}
+
+/// Remembers the calling thread's table (like `dspy.context()`); the token
+/// restores it with `asyncify_scope_exit`. Scopes are per thread and per task.
+#[no_mangle]
+pub extern "C" fn asyncify_scope_enter(out_token: *mut u64) -> asyncify_status {
+    guard("asyncify_scope_enter", || {
+        let out_token = required_out(out_token, "out_token")?;
+        write_out(out_token, table::scope_enter());
+        Ok(ASYNCIFY_OK)
+    })
+}
+
+/// Restores exactly the table remembered by `token`. It must be the innermost
+/// open scope of this thread (or task): otherwise `ASYNCIFY_E_SCOPE_MISMATCH`
+/// and nothing changes. Token 0 is never valid (`ASYNCIFY_E_INVALID_ARGUMENT`).
+#[no_mangle]
+pub extern "C" fn asyncify_scope_exit(token: u64) -> asyncify_status {
+    guard("asyncify_scope_exit", || {
+        if token == 0 {
+            return Err(fail(ASYNCIFY_E_INVALID_ARGUMENT, "token 0 is never a scope"));
+        }
+        table::scope_exit(token).map_err(|_| {
+            fail(
+                ASYNCIFY_E_SCOPE_MISMATCH,
+                "the token is not the innermost open scope of this thread or task (LIFO order, same thread, same task)",
+            )
+        })?;
+        Ok(ASYNCIFY_OK)
+    })
+}

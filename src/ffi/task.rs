@@ -1,0 +1,228 @@
+//! Submitting work and observing it (contract sections 3 to 5).
+//!
+//! Ownership: `arg` stays the caller's unless the task never runs or is
+//! abandoned, in which case `free_arg` gets it. The result moves exactly once:
+//! to `on_done` if set, else to the first `asyncify_poll`/`asyncify_wait` that
+//! passes a non-NULL `out_result` and returns `OK` or `FAILED`; a result no one
+//! can receive goes to `free_result`.
+//!
+//! Threads: `on_done` runs on the worker (after the worker's table has been
+//! restored) for `OK`/`FAILED`, and on the cancelling (or shutting-down)
+//! thread for `CANCELLED`. No library lock is held while any user function
+//! runs, so callbacks may call any function of the library.
+
+use std::ffi::c_void;
+use std::mem::size_of;
+
+use super::pool::{asyncify_pool, pool_or_default};
+use super::table::asyncify_free_fn;
+use super::{check_struct_size, fail, guard, init_struct, required, required_out, timeout_arg, write_out};
+use crate::status::*;
+use crate::table::{self, Table};
+use crate::task::{self, TaskSpec};
+
+/// A task's handle: a generation-checked id; 0 is never valid.
+pub type asyncify_handle = u64;
+
+/// The work function: returns 0 for success, anything else is a failure code.
+/// It may store a result in `*out_result`.
+pub type asyncify_work_fn = Option<extern "C" fn(arg: *mut c_void, out_result: *mut *mut c_void) -> i32>;
+
+/// Called exactly once per task with its terminal status.
+pub type asyncify_done_fn = Option<
+    extern "C" fn(
+        user_data: *mut c_void,
+        handle: asyncify_handle,
+        status: asyncify_status,
+        result: *mut c_void,
+        code: i32,
+    ),
+>;
+
+/// Submit flag: the handle releases itself once the task is terminal (after
+/// `on_done`); `out_handle` may then be NULL.
+pub const ASYNCIFY_SUBMIT_DETACHED: u32 = 1;
+/// Submit flag: run with an empty table instead of the caller's.
+pub const ASYNCIFY_SUBMIT_EMPTY_CONTEXT: u32 = 2;
+const KNOWN_SUBMIT_FLAGS: u32 = ASYNCIFY_SUBMIT_DETACHED | ASYNCIFY_SUBMIT_EMPTY_CONTEXT;
+
+/// A completion queue (contract 6.3; not yet available in this version).
+pub struct asyncify_cq {
+    _private: [u8; 0],
+}
+
+/// An immutable snapshot of a table (contract 6.2; not yet available in this
+/// version).
+pub struct asyncify_context {
+    _private: [u8; 0],
+}
+
+/// Options for `asyncify_submit`. Prepare with `asyncify_submit_options_init`.
+#[repr(C)]
+pub struct asyncify_submit_options {
+    /// Set by `asyncify_submit_options_init`.
+    pub struct_size: u32,
+    /// `ASYNCIFY_SUBMIT_*` bits.
+    pub flags: u32,
+    /// Nullable: called exactly once with the terminal status.
+    pub on_done: asyncify_done_fn,
+    /// Passed to `on_done`.
+    pub on_done_data: *mut c_void,
+    /// Nullable: called on `arg` when the task will never run, or after an
+    /// abandoned work function returns.
+    pub free_arg: asyncify_free_fn,
+    /// Nullable: called on a result no one can receive.
+    pub free_result: asyncify_free_fn,
+    /// NULL: the default pool.
+    pub pool: *mut asyncify_pool,
+    /// Must be NULL in this version.
+    pub cq: *mut asyncify_cq,
+    /// Must be NULL in this version (the calling thread's table is snapshotted).
+    pub context: *const asyncify_context,
+}
+
+/// Prepares `*opts` with the defaults; `size` is `sizeof(*opts)`.
+#[no_mangle]
+pub extern "C" fn asyncify_submit_options_init(
+    opts: *mut asyncify_submit_options,
+    size: usize,
+) -> asyncify_status {
+    guard("asyncify_submit_options_init", || {
+        let opts = required_out(opts, "opts")?;
+        // SAFETY: the caller promises `size` writable bytes at `opts`.
+        unsafe {
+            init_struct(
+                opts as *mut u8,
+                size,
+                size_of::<asyncify_submit_options>(),
+                "asyncify_submit_options",
+            )
+        }
+    })
+}
+
+/// Runs `fn(arg)` on a pool with a snapshot of the calling thread's table
+/// installed. Never blocks. `opts` NULL means the defaults; `out_handle` may
+/// be NULL only with `ASYNCIFY_SUBMIT_DETACHED`. On failure nothing runs, no
+/// callback is called, and the caller still owns `arg`.
+#[no_mangle]
+pub extern "C" fn asyncify_submit(
+    r#fn: asyncify_work_fn,
+    arg: *mut c_void,
+    opts: *const asyncify_submit_options,
+    out_handle: *mut asyncify_handle,
+) -> asyncify_status {
+    guard("asyncify_submit", || {
+        let Some(work) = r#fn else {
+            return Err(fail(ASYNCIFY_E_NULL, "fn is NULL"));
+        };
+        let opts = if opts.is_null() {
+            None
+        } else {
+            // SAFETY: the caller promises a valid options struct of
+            // `struct_size` bytes at `opts`.
+            unsafe {
+                check_struct_size(
+                    opts as *const u8,
+                    size_of::<asyncify_submit_options>(),
+                    "asyncify_submit_options",
+                )?;
+                Some(&*opts)
+            }
+        };
+        let flags = opts.map_or(0, |o| o.flags);
+        if flags & !KNOWN_SUBMIT_FLAGS != 0 {
+            return Err(fail(
+                ASYNCIFY_E_INVALID_ARGUMENT,
+                format!("unknown flags 0x{:x}", flags & !KNOWN_SUBMIT_FLAGS),
+            ));
+        }
+        let detached = flags & ASYNCIFY_SUBMIT_DETACHED != 0;
+        if !detached {
+            required(out_handle, "out_handle (required unless ASYNCIFY_SUBMIT_DETACHED)")?;
+        }
+        if opts.is_some_and(|o| !o.cq.is_null() || !o.context.is_null()) {
+            return Err(fail(
+                ASYNCIFY_E_INVALID_ARGUMENT,
+                "cq and context must be NULL: this version has no completion queues or contexts",
+            ));
+        }
+        let pool = pool_or_default(opts.map_or(std::ptr::null_mut(), |o| o.pool));
+        let spec = TaskSpec::new(work, arg)
+            .on_done(opts.and_then(|o| o.on_done), opts.map_or(std::ptr::null_mut(), |o| o.on_done_data))
+            .free_fns(opts.and_then(|o| o.free_arg), opts.and_then(|o| o.free_result))
+            .detached(detached);
+        let snapshot = if flags & ASYNCIFY_SUBMIT_EMPTY_CONTEXT != 0 {
+            Table::new()
+        } else {
+            table::snapshot()
+        };
+        let handle = pool.submit(spec, snapshot)?;
+        write_out(out_handle, handle);
+        Ok(ASYNCIFY_OK)
+    })
+}
+
+fn write_observed(seen: task::Observed, out_result: *mut *mut c_void, out_code: *mut i32) -> asyncify_status {
+    write_out(out_result, seen.result);
+    write_out(out_code, seen.code);
+    seen.status
+}
+
+/// The task's status now, without blocking: `PENDING`, `OK`, `FAILED` or
+/// `CANCELLED`. `out_result` and `out_code` are nullable; the result moves to
+/// the first call that asks for it and sees `OK`/`FAILED` (later calls get NULL).
+#[no_mangle]
+pub extern "C" fn asyncify_poll(
+    h: asyncify_handle,
+    out_result: *mut *mut c_void,
+    out_code: *mut i32,
+) -> asyncify_status {
+    guard("asyncify_poll", || {
+        let seen = task::poll(h, !out_result.is_null())?;
+        Ok(write_observed(seen, out_result, out_code))
+    })
+}
+
+/// Waits until the task is terminal or `timeout_ms` (< 0: forever) runs out
+/// (`ASYNCIFY_TIMEOUT`; the task goes on). Outputs as for `asyncify_poll`. A
+/// task waiting for its own handle gets `ASYNCIFY_E_WOULD_DEADLOCK`; a task
+/// waiting for a still-queued task of its own pool runs it inline.
+#[no_mangle]
+pub extern "C" fn asyncify_wait(
+    h: asyncify_handle,
+    timeout_ms: i64,
+    out_result: *mut *mut c_void,
+    out_code: *mut i32,
+) -> asyncify_status {
+    guard("asyncify_wait", || {
+        let seen = task::wait(h, timeout_arg(timeout_ms), !out_result.is_null())?;
+        Ok(write_observed(seen, out_result, out_code))
+    })
+}
+
+/// Frees the handle. A pending task goes on; its result goes to `free_result`.
+#[no_mangle]
+pub extern "C" fn asyncify_release(h: asyncify_handle) -> asyncify_status {
+    guard("asyncify_release", || {
+        task::release(h)?;
+        Ok(ASYNCIFY_OK)
+    })
+}
+
+/// Cancels the task. Queued: it never runs, `free_arg` then `on_done`
+/// (`CANCELLED`) are called on this thread. Running: it is abandoned (waiters
+/// see `CANCELLED` at once, `on_done` is called here, the work function runs
+/// to its end and its result and arg are then freed). Returns `CANCELLED`
+/// when the task is now cancelled, `OK`/`FAILED` when it had already returned.
+#[no_mangle]
+pub extern "C" fn asyncify_cancel(h: asyncify_handle) -> asyncify_status {
+    guard("asyncify_cancel", || Ok(task::cancel(h)?.status))
+}
+
+/// Inside a task: true once the task has been cancelled, so long work can stop
+/// early (its result will be freed). False outside tasks.
+#[no_mangle]
+pub extern "C" fn asyncify_cancel_requested() -> bool {
+    super::guard_value("asyncify_cancel_requested", false, task::cancel_requested)
+}

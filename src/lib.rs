@@ -1,0 +1,20 @@
+//! asyncify: run blocking work on a bounded pool of worker threads without
+//! losing the caller's per-thread context, behind a C ABI.
+//!
+//! The engine is safe Rust with a Rust API; `ffi` translates it to the C ABI
+//! described in `include/asyncify.h` and owns every raw-pointer conversion.
+//!
+//! - [`table`]: the override table (persistent map, per-thread current table, scopes)
+//! - [`task`]: a task's state machine; poll, wait, cancel, release
+//! - [`handles`]: the generation-checked handle registry
+//! - [`pool`]: the limited pool (FIFO queue, limit, workers, keep-alive, shutdown)
+//! - [`status`]: status codes shared by the engine and the ABI
+//! - `ffi`: the C ABI and nothing else
+
+pub mod handles;
+pub mod pool;
+pub mod status;
+pub mod table;
+pub mod task;
+
+pub mod ffi;

@@ -1,0 +1,376 @@
+//! The limited pool: a FIFO queue, a limit on how many callables run at once,
+//! worker threads that are reused and leave after an idle keep-alive, and
+//! shutdown.
+//!
+//! One mutex guards the queue and the counters; no user code ever runs under
+//! it. A *slot* is the right to run one callable: a worker takes one with each
+//! task and gives it back only after the task's `on_done` and frees have
+//! returned, so "at most `limit` at once" also covers abandoned callables
+//! (5.2), and a finished shutdown has no callback left to fire.
+//!
+//! Cancelled and inline-run tasks stay in the queue as tombstones that a
+//! worker skips; the `queued` counter only counts tasks that can still start.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use once_cell::sync::OnceCell;
+
+use crate::status::Error;
+use crate::table::Table;
+use crate::task::{from_handle_error, Task, TaskSpec, TASKS};
+
+/// The limit of the default pool unless `ASYNCIFY_MAX_WORKERS` says otherwise.
+pub const DEFAULT_MAX_WORKERS: u32 = 8;
+/// How long an idle worker waits for work before it exits.
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+struct State {
+    queue: VecDeque<Arc<Task>>,
+    /// Tasks in `queue` that can still start.
+    queued: usize,
+    limit: u32,
+    /// Slots in use.
+    busy: u32,
+    threads: u32,
+    /// Workers parked on `work_ready`.
+    sleeping: u32,
+    /// Notifications sent to parked workers and not yet consumed. A worker
+    /// that wakes for any reason consumes one and then looks for work, so
+    /// each signal yields a worker looking at the queue.
+    signalled: u32,
+    /// Spawned workers that have not looked at the queue yet.
+    starting: u32,
+    shut_down: bool,
+}
+
+/// Counters, exact when the pool is quiet.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// The limit.
+    pub limit: u32,
+    /// Worker threads alive.
+    pub threads: u32,
+    /// Of those, parked waiting for work.
+    pub idle_threads: u32,
+    /// Tasks waiting to start.
+    pub queued: u64,
+    /// Slots in use (callables running, abandoned ones included).
+    pub running: u64,
+    /// Tasks accepted by submit.
+    pub submitted: u64,
+    /// Tasks whose work function returned 0.
+    pub completed: u64,
+    /// Tasks whose work function returned non-zero.
+    pub failed: u64,
+    /// Tasks cancelled before they started.
+    pub cancelled: u64,
+    /// Tasks cancelled while running.
+    pub abandoned: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    submitted: AtomicU64,
+    completed: AtomicU64,
+    failed: AtomicU64,
+    cancelled: AtomicU64,
+    abandoned: AtomicU64,
+}
+
+/// The part of a pool that its workers and tasks share.
+pub struct PoolShared {
+    state: Mutex<State>,
+    work_ready: Condvar,
+    quiet: Condvar,
+    keep_alive: Duration,
+    thread_name: String,
+    counters: Counters,
+}
+
+/// A pool owned by its creator; dropping it does not stop it (see
+/// [`Pool::shutdown`]).
+pub struct Pool {
+    shared: Arc<PoolShared>,
+}
+
+thread_local! {
+    /// The pool whose worker this thread is.
+    static WORKER_OF: RefCell<Option<Arc<PoolShared>>> = const { RefCell::new(None) };
+}
+
+fn on_worker_of(pool: &Arc<PoolShared>) -> bool {
+    WORKER_OF
+        .try_with(|w| w.borrow().as_ref().is_some_and(|p| Arc::ptr_eq(p, pool)))
+        .unwrap_or(false)
+}
+
+impl PoolShared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // No user code runs under this lock, so its data stays consistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the next startable task and a slot for it.
+    fn take_next(st: &mut State) -> Option<(Arc<Task>, Table)> {
+        while st.busy < st.limit {
+            let task = st.queue.pop_front()?;
+            if let Some(snapshot) = task.try_start() {
+                st.queued -= 1;
+                st.busy += 1;
+                return Some((task, snapshot));
+            }
+        }
+        None
+    }
+
+    /// Wakes parked workers, then decides how many new ones to start, so that
+    /// every task that may start now has a thread coming for it.
+    fn provide_workers(&self, st: &mut State) -> u32 {
+        let startable = (st.limit.saturating_sub(st.busy) as usize).min(st.queued);
+        let coming = (st.signalled + st.starting) as usize;
+        let mut missing = startable.saturating_sub(coming);
+        let parked = (st.sleeping - st.signalled) as usize;
+        for _ in 0..missing.min(parked) {
+            self.work_ready.notify_one();
+            st.signalled += 1;
+            missing -= 1;
+        }
+        let spawn = (missing as u32).min(st.limit.saturating_sub(st.threads));
+        st.threads += spawn;
+        st.starting += spawn;
+        spawn
+    }
+
+    fn spawn_workers(self: &Arc<Self>, n: u32) {
+        for _ in 0..n {
+            let shared = self.clone();
+            let spawned = thread::Builder::new()
+                .name(self.thread_name.clone())
+                .spawn(move || worker_main(shared));
+            if spawned.is_err() {
+                // The threads that exist keep serving the queue; a later
+                // submit or finish tries again.
+                let mut st = self.lock();
+                st.threads -= 1;
+                st.starting -= 1;
+            }
+        }
+    }
+
+    fn release_slot(&self, st: &mut State) {
+        st.busy -= 1;
+        if st.busy == 0 {
+            self.quiet.notify_all();
+        }
+    }
+
+    pub(crate) fn count_returned(&self, ok: bool) {
+        let c = if ok {
+            &self.counters.completed
+        } else {
+            &self.counters.failed
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_cancelled_queued(&self) {
+        self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+        self.lock().queued -= 1;
+    }
+
+    pub(crate) fn count_abandoned(&self) {
+        self.counters.abandoned.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn worker_main(shared: Arc<PoolShared>) {
+    WORKER_OF.with(|w| *w.borrow_mut() = Some(shared.clone()));
+    let mut st = shared.lock();
+    st.starting -= 1;
+    let mut timed_out = false;
+    loop {
+        if let Some((task, snapshot)) = PoolShared::take_next(&mut st) {
+            drop(st);
+            task.run(snapshot);
+            drop(task);
+            st = shared.lock();
+            shared.release_slot(&mut st);
+            timed_out = false;
+            continue;
+        }
+        if st.shut_down || st.threads > st.limit || timed_out {
+            break;
+        }
+        st.sleeping += 1;
+        let (guard, wait) = shared
+            .work_ready
+            .wait_timeout(st, shared.keep_alive)
+            .unwrap_or_else(|e| e.into_inner());
+        st = guard;
+        st.sleeping -= 1;
+        st.signalled = st.signalled.saturating_sub(1);
+        timed_out = wait.timed_out();
+    }
+    st.threads -= 1;
+    drop(st);
+    WORKER_OF.with(|w| w.borrow_mut().take());
+}
+
+/// When the calling thread is a worker of `task`'s pool and `task` is still
+/// queued, runs it here, in this thread's slot (contract 5.4).
+pub(crate) fn run_inline_if_stuck(task: &Arc<Task>) {
+    if !on_worker_of(task.pool()) {
+        return;
+    }
+    if let Some(snapshot) = task.try_start() {
+        task.pool().lock().queued -= 1;
+        task.run(snapshot);
+    }
+}
+
+impl Pool {
+    /// A pool that runs at most `max_workers` callables at once (0 pauses it,
+    /// `u32::MAX` is unbounded).
+    pub fn new(max_workers: u32) -> Pool {
+        Pool {
+            shared: Arc::new(PoolShared {
+                state: Mutex::new(State {
+                    queue: VecDeque::new(),
+                    queued: 0,
+                    limit: max_workers,
+                    busy: 0,
+                    threads: 0,
+                    sleeping: 0,
+                    signalled: 0,
+                    starting: 0,
+                    shut_down: false,
+                }),
+                work_ready: Condvar::new(),
+                quiet: Condvar::new(),
+                keep_alive: DEFAULT_KEEP_ALIVE,
+                thread_name: "asyncify".to_string(),
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    /// Queues `spec` to run with `snapshot` installed and returns its handle.
+    /// Never blocks; on error nothing runs and no callback is called.
+    pub fn submit(&self, spec: TaskSpec, snapshot: Table) -> Result<u64, Error> {
+        let shared = &self.shared;
+        if shared.lock().shut_down {
+            return Err(Error::ShutDown);
+        }
+        let task = Arc::new(Task::new(spec, snapshot, shared.clone()));
+        let handle = TASKS.insert(task.clone()).map_err(from_handle_error)?;
+        task.set_handle(handle);
+        let mut st = shared.lock();
+        if st.shut_down {
+            drop(st);
+            let _ = TASKS.remove(handle);
+            return Err(Error::ShutDown);
+        }
+        st.queue.push_back(task);
+        st.queued += 1;
+        shared.counters.submitted.fetch_add(1, Ordering::Relaxed);
+        let spawn = shared.provide_workers(&mut st);
+        drop(st);
+        shared.spawn_workers(spawn);
+        Ok(handle)
+    }
+
+    /// Changes the limit. Raising it starts waiting tasks at once; lowering it
+    /// interrupts nothing (extra workers leave as they become idle).
+    pub fn set_max_workers(&self, n: u32) {
+        let mut st = self.shared.lock();
+        st.limit = n;
+        let spawn = self.shared.provide_workers(&mut st);
+        if st.threads > n {
+            // Parked workers above the limit should leave now.
+            self.shared.work_ready.notify_all();
+        }
+        drop(st);
+        self.shared.spawn_workers(spawn);
+    }
+
+    /// The limit.
+    pub fn max_workers(&self) -> u32 {
+        self.shared.lock().limit
+    }
+
+    /// The pool's counters.
+    pub fn stats(&self) -> Stats {
+        let st = self.shared.lock();
+        let c = &self.shared.counters;
+        Stats {
+            limit: st.limit,
+            threads: st.threads,
+            idle_threads: st.sleeping,
+            queued: st.queued as u64,
+            running: u64::from(st.busy),
+            submitted: c.submitted.load(Ordering::Relaxed),
+            completed: c.completed.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            cancelled: c.cancelled.load(Ordering::Relaxed),
+            abandoned: c.abandoned.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Refuses new submissions, cancels queued tasks (on this thread), and
+    /// waits up to `timeout` (None: forever) for running callables and their
+    /// callbacks. Returns true when none is left. From a worker of this pool
+    /// it would wait for itself: [`Error::WouldDeadlock`], nothing changes.
+    pub fn shutdown(&self, timeout: Option<Duration>) -> Result<bool, Error> {
+        let shared = &self.shared;
+        if on_worker_of(shared) {
+            return Err(Error::WouldDeadlock);
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let queued: Vec<Arc<Task>> = {
+            let mut st = shared.lock();
+            st.shut_down = true;
+            shared.work_ready.notify_all();
+            st.queue.drain(..).collect()
+        };
+        for task in queued {
+            task.cancel();
+        }
+        let mut st = shared.lock();
+        while st.busy > 0 {
+            st = match deadline {
+                None => shared.quiet.wait(st).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Ok(false);
+                    }
+                    shared
+                        .quiet
+                        .wait_timeout(st, d - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+        }
+        Ok(true)
+    }
+}
+
+static DEFAULT_POOL: OnceCell<Pool> = OnceCell::new();
+
+/// The process-wide default pool, created on first use with a limit of 8 or
+/// `ASYNCIFY_MAX_WORKERS`.
+pub fn default_pool() -> &'static Pool {
+    DEFAULT_POOL.get_or_init(|| {
+        let limit = std::env::var("ASYNCIFY_MAX_WORKERS")
+            .ok()
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .unwrap_or(DEFAULT_MAX_WORKERS);
+        Pool::new(limit)
+    })
+}

@@ -1,0 +1,523 @@
+//! The override table: an immutable, persistent map from key to [`Value`], the
+//! per-thread *current* table, and LIFO scopes.
+//!
+//! A [`Table`] is a treap whose nodes live behind `Arc`: cloning a table (a
+//! *snapshot*) is one reference-count increment, whatever its size, and
+//! changing a key copies only the O(log n) nodes on the path to it. While a
+//! table is not shared, changes reuse its nodes in place (`Arc::make_mut`),
+//! so a thread that sets many keys with no snapshot alive allocates only the
+//! new entries. Node priorities come from a hash of the key, so the shape of a
+//! table depends only on its keys, never on the order they were set in.
+//!
+//! User code (a pointer value's release function) runs only when a [`Value`]
+//! is dropped; every function here that replaces the current table drops the
+//! old one after the thread-local borrow has ended.
+
+use std::cell::RefCell;
+use std::cmp::Ordering;
+use std::collections::hash_map::RandomState;
+use std::ffi::c_void;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::Arc;
+
+use once_cell::sync::Lazy;
+
+/// A release function for a pointer value (`asyncify_free_fn`).
+pub type ReleaseFn = extern "C" fn(*mut c_void);
+
+/// A value in a table: bytes copied in, or an opaque pointer that the table
+/// releases exactly once when the last table holding it is gone.
+#[derive(Debug)]
+pub enum Value {
+    /// Bytes, copied when set.
+    Bytes(Box<[u8]>),
+    /// An opaque pointer and the function that releases it.
+    Ptr(PtrValue),
+}
+
+/// An opaque pointer owned by the tables that hold it. The pointer is kept as
+/// an address: the library never dereferences it, it only hands it back.
+#[derive(Debug)]
+pub struct PtrValue {
+    addr: usize,
+    release: Option<ReleaseFn>,
+}
+
+impl PtrValue {
+    /// Takes ownership of `ptr`; `release` (if any) is called on it once, when
+    /// the last table holding this value drops it.
+    pub fn new(ptr: *mut c_void, release: Option<ReleaseFn>) -> Self {
+        PtrValue {
+            addr: ptr as usize,
+            release,
+        }
+    }
+
+    /// The pointer as it was set.
+    pub fn ptr(&self) -> *mut c_void {
+        self.addr as *mut c_void
+    }
+
+    /// The release function it was set with.
+    pub fn release_fn(&self) -> Option<ReleaseFn> {
+        self.release
+    }
+}
+
+impl Drop for PtrValue {
+    fn drop(&mut self) {
+        // Never called with NULL, like every free function of the library.
+        if let (Some(release), false) = (self.release, self.addr == 0) {
+            release(self.addr as *mut c_void);
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Node {
+    key: Arc<str>,
+    value: Arc<Value>,
+    priority: u64,
+    left: Option<Arc<Node>>,
+    right: Option<Arc<Node>>,
+}
+
+/// An immutable map from non-empty key to [`Value`]. `clone` is O(1).
+#[derive(Clone, Default)]
+pub struct Table {
+    root: Option<Arc<Node>>,
+    len: usize,
+}
+
+static PRIORITY_SEED: Lazy<RandomState> = Lazy::new(RandomState::new);
+
+fn priority_of(key: &str) -> u64 {
+    PRIORITY_SEED.hash_one(key)
+}
+
+impl Table {
+    /// The empty table.
+    pub fn new() -> Self {
+        Table::default()
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when the table has no keys.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The value of `key`, shared with the table.
+    pub fn get(&self, key: &str) -> Option<&Arc<Value>> {
+        let mut node = self.root.as_deref();
+        while let Some(n) = node {
+            node = match key.cmp(&n.key) {
+                Ordering::Less => n.left.as_deref(),
+                Ordering::Greater => n.right.as_deref(),
+                Ordering::Equal => return Some(&n.value),
+            };
+        }
+        None
+    }
+
+    /// Sets `key` to `value` in this table (other clones are unaffected).
+    /// Returns the value it replaced, so the caller decides where it drops.
+    pub fn insert(&mut self, key: &str, value: Arc<Value>) -> Option<Arc<Value>> {
+        let priority = priority_of(key);
+        let replaced = insert_node(&mut self.root, key, value, priority);
+        if replaced.is_none() {
+            self.len += 1;
+        }
+        replaced
+    }
+
+    /// Removes `key` from this table (other clones are unaffected). Returns the
+    /// removed value, so the caller decides where it drops.
+    pub fn remove(&mut self, key: &str) -> Option<Arc<Value>> {
+        let removed = remove_node(&mut self.root, key);
+        if removed.is_some() {
+            self.len -= 1;
+        }
+        removed
+    }
+
+    /// The keys in sorted order, with their values.
+    pub fn entries(&self) -> Vec<(Arc<str>, Arc<Value>)> {
+        fn walk(node: &Option<Arc<Node>>, out: &mut Vec<(Arc<str>, Arc<Value>)>) {
+            if let Some(n) = node {
+                walk(&n.left, out);
+                out.push((n.key.clone(), n.value.clone()));
+                walk(&n.right, out);
+            }
+        }
+        let mut out = Vec::with_capacity(self.len);
+        walk(&self.root, &mut out);
+        out
+    }
+
+    /// True when both tables are the same snapshot (not merely equal content).
+    pub fn same_as(&self, other: &Table) -> bool {
+        match (&self.root, &other.root) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+fn insert_node(
+    slot: &mut Option<Arc<Node>>,
+    key: &str,
+    value: Arc<Value>,
+    priority: u64,
+) -> Option<Arc<Value>> {
+    let Some(existing) = slot else {
+        *slot = Some(Arc::new(Node {
+            key: Arc::from(key),
+            value,
+            priority,
+            left: None,
+            right: None,
+        }));
+        return None;
+    };
+    let ordering = key.cmp(&existing.key);
+    if ordering != Ordering::Equal && priority > existing.priority {
+        // The new key belongs above this subtree: it cannot be inside it, so
+        // split the subtree around the key and hang the halves below it.
+        let (left, right) = split(slot.take(), key);
+        *slot = Some(Arc::new(Node {
+            key: Arc::from(key),
+            value,
+            priority,
+            left,
+            right,
+        }));
+        return None;
+    }
+    let node = Arc::make_mut(existing);
+    match ordering {
+        Ordering::Less => insert_node(&mut node.left, key, value, priority),
+        Ordering::Greater => insert_node(&mut node.right, key, value, priority),
+        Ordering::Equal => Some(std::mem::replace(&mut node.value, value)),
+    }
+}
+
+/// Splits a subtree that does not contain `key` into keys below and above it.
+fn split(node: Option<Arc<Node>>, key: &str) -> (Option<Arc<Node>>, Option<Arc<Node>>) {
+    let Some(mut node) = node else {
+        return (None, None);
+    };
+    let n = Arc::make_mut(&mut node);
+    if *key < *n.key {
+        let (left, right) = split(n.left.take(), key);
+        n.left = right;
+        (left, Some(node))
+    } else {
+        let (left, right) = split(n.right.take(), key);
+        n.right = left;
+        (Some(node), right)
+    }
+}
+
+fn remove_node(slot: &mut Option<Arc<Node>>, key: &str) -> Option<Arc<Value>> {
+    let existing = slot.as_mut()?;
+    match key.cmp(&existing.key) {
+        Ordering::Less => remove_node(&mut Arc::make_mut(existing).left, key),
+        Ordering::Greater => remove_node(&mut Arc::make_mut(existing).right, key),
+        Ordering::Equal => {
+            let node = Arc::make_mut(existing);
+            let (left, right) = (node.left.take(), node.right.take());
+            let value = node.value.clone();
+            *slot = merge(left, right);
+            Some(value)
+        }
+    }
+}
+
+/// Joins two subtrees where every key of `left` is below every key of `right`.
+fn merge(left: Option<Arc<Node>>, right: Option<Arc<Node>>) -> Option<Arc<Node>> {
+    match (left, right) {
+        (None, r) => r,
+        (l, None) => l,
+        (Some(mut l), Some(mut r)) => {
+            if l.priority > r.priority {
+                let n = Arc::make_mut(&mut l);
+                n.right = merge(n.right.take(), Some(r));
+                Some(l)
+            } else {
+                let n = Arc::make_mut(&mut r);
+                n.left = merge(Some(l), n.left.take());
+                Some(r)
+            }
+        }
+    }
+}
+
+/// Why a scope could not be exited.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ScopeError {
+    /// The token is not the innermost open scope of this thread and task.
+    Mismatch,
+}
+
+/// What a thread or a running task sees: its current table and its open scopes.
+#[derive(Default)]
+pub struct Frame {
+    table: Table,
+    scopes: Vec<(u64, Table)>,
+}
+
+impl Frame {
+    /// A frame with `table` installed and no open scope (how every task starts).
+    pub fn with_table(table: Table) -> Self {
+        Frame {
+            table,
+            scopes: Vec::new(),
+        }
+    }
+}
+
+thread_local! {
+    static CURRENT: RefCell<Frame> = RefCell::new(Frame::default());
+}
+
+static NEXT_SCOPE_TOKEN: AtomicU64 = AtomicU64::new(1);
+
+/// Runs `f` on this thread's frame. During thread teardown (a release function
+/// running from a thread-local destructor) the frame is gone; `f` then sees an
+/// empty frame whose changes are dropped.
+fn with_frame<R>(f: impl FnOnce(&mut Frame) -> R) -> R {
+    let mut f = Some(f);
+    let result = CURRENT.try_with(|cell| match cell.try_borrow_mut() {
+        Ok(mut frame) => Some((f.take().expect("called once"))(&mut frame)),
+        Err(_) => None,
+    });
+    match result {
+        Ok(Some(r)) => r,
+        _ => (f.take().expect("called once"))(&mut Frame::default()),
+    }
+}
+
+/// The calling thread's current table (an O(1) snapshot).
+pub fn snapshot() -> Table {
+    with_frame(|frame| frame.table.clone())
+}
+
+/// Replaces the calling thread's current table. The old one is returned so it
+/// drops (and may run release functions) after the thread-local borrow ended.
+#[must_use = "drop the old table outside any lock"]
+pub fn replace_current(table: Table) -> Table {
+    with_frame(|frame| std::mem::replace(&mut frame.table, table))
+}
+
+/// Installs `frame` as the calling thread's frame and returns the one it
+/// replaced; the caller restores it with [`install_frame`] again.
+#[must_use = "the replaced frame must be restored"]
+pub fn install_frame(frame: Frame) -> Frame {
+    with_frame(|current| std::mem::replace(current, frame))
+}
+
+/// Applies `change` to a copy of the current table and installs the result.
+/// What the change displaced drops after the borrow has ended.
+pub fn update_current<R>(change: impl FnOnce(&mut Table) -> R) -> R {
+    // Take the table out so an unshared table is changed in place.
+    let mut table = replace_current(Table::new());
+    let result = change(&mut table);
+    let empty = replace_current(table);
+    drop(empty);
+    result
+}
+
+/// Sets `key` on the calling thread. The replaced value drops after the borrow.
+pub fn set(key: &str, value: Value) {
+    let replaced = update_current(|t| t.insert(key, Arc::new(value)));
+    drop(replaced);
+}
+
+/// Reads `key` from the calling thread's table.
+pub fn get(key: &str) -> Option<Arc<Value>> {
+    with_frame(|frame| frame.table.get(key).cloned())
+}
+
+/// Removes `key` from the calling thread's table; false when it was absent.
+pub fn remove(key: &str) -> bool {
+    let removed = update_current(|t| t.remove(key));
+    removed.is_some()
+}
+
+/// Empties the calling thread's table (open scopes still restore their tables).
+pub fn clear() {
+    drop(replace_current(Table::new()));
+}
+
+/// Number of keys in the calling thread's table.
+pub fn count() -> usize {
+    with_frame(|frame| frame.table.len())
+}
+
+/// Remembers the current table and returns a token to restore it with.
+pub fn scope_enter() -> u64 {
+    let token = NEXT_SCOPE_TOKEN.fetch_add(1, AtomicOrdering::Relaxed);
+    with_frame(|frame| {
+        let saved = frame.table.clone();
+        frame.scopes.push((token, saved));
+    });
+    token
+}
+
+/// Restores the table remembered by `token`, which must be the innermost
+/// scope opened on this thread (or in this task) and not yet exited.
+pub fn scope_exit(token: u64) -> Result<(), ScopeError> {
+    let displaced = with_frame(|frame| match frame.scopes.last() {
+        Some((top, _)) if *top == token => {
+            let (_, saved) = frame.scopes.pop().expect("checked above");
+            Ok(std::mem::replace(&mut frame.table, saved))
+        }
+        _ => Err(ScopeError::Mismatch),
+    })?;
+    drop(displaced);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn bytes(v: &Value) -> &[u8] {
+        match v {
+            Value::Bytes(b) => b,
+            Value::Ptr(_) => panic!("expected bytes"),
+        }
+    }
+
+    fn depth(node: &Option<Arc<Node>>) -> usize {
+        node.as_ref()
+            .map_or(0, |n| 1 + depth(&n.left).max(depth(&n.right)))
+    }
+
+    fn check_invariants(t: &Table) {
+        fn walk(node: &Option<Arc<Node>>, lo: Option<&str>, hi: Option<&str>) -> usize {
+            let Some(n) = node else { return 0 };
+            assert!(lo.is_none_or(|lo| &*n.key > lo));
+            assert!(hi.is_none_or(|hi| &*n.key < hi));
+            for child in [&n.left, &n.right].into_iter().flatten() {
+                assert!(child.priority <= n.priority, "heap order");
+            }
+            1 + walk(&n.left, lo, Some(&n.key)) + walk(&n.right, Some(&n.key), hi)
+        }
+        assert_eq!(walk(&t.root, None, None), t.len());
+    }
+
+    #[test]
+    fn insert_get_remove_against_a_model() {
+        let mut t = Table::new();
+        let mut model = std::collections::BTreeMap::new();
+        let mut x: u64 = 12345;
+        for _ in 0..5000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let key = format!("k{}", (x >> 33) % 300);
+            if (x >> 20) % 3 == 0 {
+                assert_eq!(t.remove(&key).is_some(), model.remove(&key).is_some());
+            } else {
+                let v = (x % 1000).to_string().into_bytes();
+                t.insert(&key, Arc::new(Value::Bytes(v.clone().into())));
+                model.insert(key, v);
+            }
+            check_invariants(&t);
+        }
+        for (k, v) in &model {
+            assert_eq!(bytes(t.get(k).unwrap()), &v[..]);
+        }
+        let keys: Vec<String> = t.entries().iter().map(|(k, _)| k.to_string()).collect();
+        assert_eq!(keys, model.keys().cloned().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn snapshots_are_unaffected_by_later_changes() {
+        let mut t = Table::new();
+        for i in 0..1000 {
+            t.insert(&format!("k{i}"), Arc::new(Value::Bytes(vec![1].into())));
+        }
+        let snap = t.clone();
+        assert!(snap.same_as(&t));
+        t.insert("k5", Arc::new(Value::Bytes(vec![2].into())));
+        t.remove("k6");
+        t.insert("new", Arc::new(Value::Bytes(vec![3].into())));
+        assert!(!snap.same_as(&t));
+        assert_eq!(bytes(snap.get("k5").unwrap()), &[1]);
+        assert!(snap.get("k6").is_some());
+        assert!(snap.get("new").is_none());
+        assert_eq!(snap.len(), 1000);
+        assert_eq!(bytes(t.get("k5").unwrap()), &[2]);
+        assert_eq!(t.len(), 1000);
+        check_invariants(&snap);
+        check_invariants(&t);
+    }
+
+    #[test]
+    fn depth_stays_logarithmic() {
+        let mut t = Table::new();
+        for i in 0..100_000 {
+            t.insert(&format!("key{i:06}"), Arc::new(Value::Bytes(Box::new([]))));
+        }
+        // A treap's expected depth is about 2 ln n (23 here); sorted insertion
+        // order must not degrade it.
+        assert!(depth(&t.root) < 60, "depth {}", depth(&t.root));
+    }
+
+    static RELEASED: AtomicUsize = AtomicUsize::new(0);
+    extern "C" fn count_release(_: *mut c_void) {
+        RELEASED.fetch_add(1, AtomicOrdering::SeqCst);
+    }
+
+    #[test]
+    fn pointer_released_once_when_the_last_holder_drops() {
+        let before = RELEASED.load(AtomicOrdering::SeqCst);
+        let mut t = Table::new();
+        let v = Value::Ptr(PtrValue::new(8 as *mut c_void, Some(count_release)));
+        t.insert("p", Arc::new(v));
+        let snap = t.clone();
+        drop(t.remove("p"));
+        assert_eq!(RELEASED.load(AtomicOrdering::SeqCst), before);
+        drop(snap);
+        assert_eq!(RELEASED.load(AtomicOrdering::SeqCst), before + 1);
+        drop(t);
+        assert_eq!(RELEASED.load(AtomicOrdering::SeqCst), before + 1);
+    }
+
+    #[test]
+    fn scopes_restore_exactly_and_refuse_out_of_order_exit() {
+        std::thread::spawn(|| {
+            set("k", Value::Bytes(b"1".to_vec().into()));
+            let outer = scope_enter();
+            set("k", Value::Bytes(b"2".to_vec().into()));
+            let inner = scope_enter();
+            set("j", Value::Bytes(b"3".to_vec().into()));
+            assert_eq!(scope_exit(outer), Err(ScopeError::Mismatch));
+            assert_eq!(count(), 2);
+            scope_exit(inner).unwrap();
+            assert!(get("j").is_none());
+            scope_exit(outer).unwrap();
+            assert_eq!(bytes(&get("k").unwrap()), b"1");
+            assert_eq!(scope_exit(outer), Err(ScopeError::Mismatch));
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_new_thread_starts_empty() {
+        set("parent", Value::Bytes(Box::new([1])));
+        let n = std::thread::spawn(count).join().unwrap();
+        assert_eq!(n, 0);
+        assert!(remove("parent"));
+        assert!(!remove("parent"));
+    }
+}

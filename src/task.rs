@@ -1,0 +1,443 @@
+//! A task's state machine and everything that observes it: poll, wait,
+//! cancel, release.
+//!
+//! ```text
+//!            try_start                    work fn returns
+//!  Queued ──────────────▶ Running ─────────────────────────▶ Returned
+//!    │                      │                               (OK / FAILED decided here)
+//!    │ cancel               │ cancel
+//!    ▼                      ▼
+//!  CANCELLED decided,     CANCELLED decided, the task is *abandoned*:
+//!  never runs             fn runs to its end, then result and arg are freed
+//! ```
+//!
+//! The outcome is decided exactly once, under the task's lock, by whichever
+//! comes first: the work function returning, or a cancel. Whoever decides it
+//! then calls `on_done` (with no lock held) and *publishes*: only then do
+//! poll, wait and completion queues see the terminal status, so a waiter may
+//! free `on_done_data` once it sees one.
+//!
+//! The result moves exactly once: to `on_done` if set, otherwise to the first
+//! poll or wait that asks for it. A result that can no longer reach anyone
+//! (handle released, detached, abandoned task) goes to `free_result`.
+
+use std::cell::RefCell;
+use std::ffi::c_void;
+use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::handles::{Global, HandleError};
+use crate::pool::PoolShared;
+use crate::status::*;
+use crate::table::{self, Frame, Table};
+
+/// The work function: `0` is success, anything else a failure code. It may
+/// store a result in `*out_result`.
+pub type WorkFn = extern "C" fn(arg: *mut c_void, out_result: *mut *mut c_void) -> i32;
+/// Called once per task with its terminal status (`asyncify_done_fn`).
+pub type DoneFn = extern "C" fn(
+    user_data: *mut c_void,
+    handle: u64,
+    status: asyncify_status,
+    result: *mut c_void,
+    code: i32,
+);
+/// Frees an argument or result (`asyncify_free_fn`).
+pub type FreeFn = extern "C" fn(ptr: *mut c_void);
+
+/// Every task, by handle. Handles outlive their pool.
+pub(crate) static TASKS: Global<Task> = Global::new();
+
+/// What to run and who owns what. Pointers are kept as addresses: the engine
+/// never dereferences them, it only passes them back to the caller's functions.
+#[derive(Clone, Copy, Debug)]
+pub struct TaskSpec {
+    work: WorkFn,
+    arg: usize,
+    on_done: Option<DoneFn>,
+    on_done_data: usize,
+    free_arg: Option<FreeFn>,
+    free_result: Option<FreeFn>,
+    detached: bool,
+}
+
+impl TaskSpec {
+    /// A task that runs `work(arg)`; the caller keeps owning `arg`.
+    pub fn new(work: WorkFn, arg: *mut c_void) -> Self {
+        TaskSpec {
+            work,
+            arg: arg as usize,
+            on_done: None,
+            on_done_data: 0,
+            free_arg: None,
+            free_result: None,
+            detached: false,
+        }
+    }
+
+    /// Calls `on_done(data, …)` exactly once with the terminal status.
+    pub fn on_done(mut self, on_done: Option<DoneFn>, data: *mut c_void) -> Self {
+        self.on_done = on_done;
+        self.on_done_data = data as usize;
+        self
+    }
+
+    /// `free_arg` gets `arg` when the task never runs or was abandoned;
+    /// `free_result` gets a result that no one can receive.
+    pub fn free_fns(mut self, free_arg: Option<FreeFn>, free_result: Option<FreeFn>) -> Self {
+        self.free_arg = free_arg;
+        self.free_result = free_result;
+        self
+    }
+
+    /// The handle releases itself once the task is terminal.
+    pub fn detached(mut self, detached: bool) -> Self {
+        self.detached = detached;
+        self
+    }
+}
+
+/// A terminal status as the C ABI reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// `ASYNCIFY_OK`, `ASYNCIFY_FAILED` or `ASYNCIFY_CANCELLED`.
+    pub status: asyncify_status,
+    /// The work function's return value (0 when cancelled).
+    pub code: i32,
+}
+
+const CANCELLED: Outcome = Outcome {
+    status: ASYNCIFY_CANCELLED,
+    code: 0,
+};
+
+/// What a poll or wait observed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Observed {
+    /// `PENDING`, `TIMEOUT`, or the terminal status.
+    pub status: asyncify_status,
+    /// The work function's return value (0 unless terminal and not cancelled).
+    pub code: i32,
+    /// The result, when this call received it; NULL otherwise.
+    pub result: *mut c_void,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    Queued,
+    Running,
+    Returned,
+}
+
+struct State {
+    phase: Phase,
+    outcome: Option<Outcome>,
+    published: bool,
+    /// A result that has not moved yet (never NULL).
+    result: Option<usize>,
+    released: bool,
+    waiters: u32,
+    snapshot: Option<Table>,
+}
+
+/// One submitted callable. Shared by the pool's queue, the handle registry
+/// and whichever thread runs it.
+pub struct Task {
+    spec: TaskSpec,
+    pool: Arc<PoolShared>,
+    handle: AtomicU64,
+    cancel_requested: AtomicBool,
+    state: Mutex<State>,
+    published: Condvar,
+}
+
+thread_local! {
+    /// The task whose callable this thread is running, if any.
+    static CURRENT_TASK: RefCell<Option<Arc<Task>>> = const { RefCell::new(None) };
+}
+
+fn free_with(f: Option<FreeFn>, addr: usize) {
+    if let (Some(f), false) = (f, addr == 0) {
+        f(addr as *mut c_void);
+    }
+}
+
+/// Puts the previous frame and task back when dropped, so the worker is
+/// restored on every path.
+struct Installed {
+    saved_frame: Option<Frame>,
+    saved_task: Option<Arc<Task>>,
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        let previous = self.saved_task.take();
+        let _ = CURRENT_TASK.try_with(|t| t.replace(previous));
+        let task_frame = table::install_frame(self.saved_frame.take().unwrap_or_default());
+        // The task's own frame (its snapshot and whatever it set or left in a
+        // scope) drops here, after the borrow: release functions may run.
+        drop(task_frame);
+    }
+}
+
+impl Task {
+    pub(crate) fn new(spec: TaskSpec, snapshot: Table, pool: Arc<PoolShared>) -> Self {
+        Task {
+            spec,
+            pool,
+            handle: AtomicU64::new(0),
+            cancel_requested: AtomicBool::new(false),
+            state: Mutex::new(State {
+                phase: Phase::Queued,
+                outcome: None,
+                published: false,
+                result: None,
+                released: false,
+                waiters: 0,
+                snapshot: Some(snapshot),
+            }),
+            published: Condvar::new(),
+        }
+    }
+
+    pub(crate) fn set_handle(&self, handle: u64) {
+        self.handle.store(handle, Ordering::Relaxed);
+    }
+
+    fn handle(&self) -> u64 {
+        self.handle.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn pool(&self) -> &Arc<PoolShared> {
+        &self.pool
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // No user code runs under this lock, so its data stays consistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queued → Running. Returns the snapshot to install, or `None` when the
+    /// task was cancelled or taken by another thread first.
+    pub(crate) fn try_start(&self) -> Option<Table> {
+        let mut st = self.lock();
+        if st.phase != Phase::Queued || st.outcome.is_some() {
+            return None;
+        }
+        st.phase = Phase::Running;
+        st.snapshot.take()
+    }
+
+    /// Runs the callable on this thread with `snapshot` installed, restores
+    /// the thread, then decides and reports the outcome.
+    pub(crate) fn run(self: &Arc<Self>, snapshot: Table) {
+        let (code, result) = {
+            let _installed = Installed {
+                saved_frame: Some(table::install_frame(Frame::with_table(snapshot))),
+                saved_task: CURRENT_TASK.with(|t| t.replace(Some(self.clone()))),
+            };
+            let mut result: *mut c_void = ptr::null_mut();
+            let code = (self.spec.work)(self.spec.arg as *mut c_void, &mut result);
+            (code, result as usize)
+        };
+        self.finish(code, result);
+    }
+
+    fn finish(&self, code: i32, result: usize) {
+        let mut st = self.lock();
+        st.phase = Phase::Returned;
+        if st.outcome.is_some() {
+            // Abandoned: the cancel already reported it; nobody will take these.
+            drop(st);
+            free_with(self.spec.free_result, result);
+            free_with(self.spec.free_arg, self.spec.arg);
+            return;
+        }
+        let outcome = Outcome {
+            status: if code == 0 {
+                ASYNCIFY_OK
+            } else {
+                ASYNCIFY_FAILED
+            },
+            code,
+        };
+        st.outcome = Some(outcome);
+        let to_callback = match self.spec.on_done {
+            Some(_) => result,
+            None => {
+                st.result = (result != 0).then_some(result);
+                0
+            }
+        };
+        drop(st);
+        self.pool.count_returned(code == 0);
+        self.report(outcome, to_callback);
+    }
+
+    /// Calls `on_done` (no lock held), then makes the outcome visible.
+    fn report(&self, outcome: Outcome, result: usize) {
+        if let Some(on_done) = self.spec.on_done {
+            on_done(
+                self.spec.on_done_data as *mut c_void,
+                self.handle(),
+                outcome.status,
+                result as *mut c_void,
+                outcome.code,
+            );
+        }
+        let mut st = self.lock();
+        st.published = true;
+        if st.waiters > 0 {
+            self.published.notify_all();
+        }
+        let release_self = self.spec.detached && !st.released;
+        st.released |= self.spec.detached;
+        let orphan = if st.released { st.result.take() } else { None };
+        drop(st);
+        free_with(self.spec.free_result, orphan.unwrap_or(0));
+        if release_self {
+            // A user's release may have won the race; then this finds nothing.
+            let _ = TASKS.remove(self.handle());
+        }
+    }
+
+    /// Decides `CANCELLED` unless the outcome is already decided, and reports
+    /// it on this thread (5.1 queued, 5.2 running). Returns the outcome.
+    pub(crate) fn cancel(&self) -> Outcome {
+        let mut st = self.lock();
+        if let Some(outcome) = st.outcome {
+            return outcome;
+        }
+        st.outcome = Some(CANCELLED);
+        self.cancel_requested.store(true, Ordering::Relaxed);
+        let was_queued = st.phase == Phase::Queued;
+        let snapshot = st.snapshot.take();
+        drop(st);
+        drop(snapshot);
+        if was_queued {
+            self.pool.count_cancelled_queued();
+            free_with(self.spec.free_arg, self.spec.arg);
+        } else {
+            self.pool.count_abandoned();
+        }
+        self.report(CANCELLED, 0);
+        CANCELLED
+    }
+
+    fn observe(&self, st: &mut State, want_result: bool) -> Observed {
+        match (st.published, st.outcome) {
+            (true, Some(outcome)) => Observed {
+                status: outcome.status,
+                code: outcome.code,
+                result: if want_result && outcome != CANCELLED {
+                    st.result.take().unwrap_or(0) as *mut c_void
+                } else {
+                    ptr::null_mut()
+                },
+            },
+            _ => Observed {
+                status: ASYNCIFY_PENDING,
+                code: 0,
+                result: ptr::null_mut(),
+            },
+        }
+    }
+
+    fn wait_published(&self, timeout: Option<Duration>, want_result: bool) -> Observed {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut st = self.lock();
+        if !st.published {
+            st.waiters += 1;
+            while !st.published {
+                st = match deadline {
+                    None => self.published.wait(st).unwrap_or_else(|e| e.into_inner()),
+                    Some(d) => {
+                        let now = Instant::now();
+                        if now >= d {
+                            break;
+                        }
+                        self.published
+                            .wait_timeout(st, d - now)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0
+                    }
+                };
+            }
+            st.waiters -= 1;
+        }
+        let mut seen = self.observe(&mut st, want_result);
+        if seen.status == ASYNCIFY_PENDING {
+            seen.status = ASYNCIFY_TIMEOUT;
+        }
+        seen
+    }
+}
+
+fn lookup(handle: u64) -> Result<Arc<Task>, Error> {
+    TASKS.get(handle).map_err(from_handle_error)
+}
+
+pub(crate) fn from_handle_error(e: HandleError) -> Error {
+    match e {
+        HandleError::Invalid => Error::InvalidHandle,
+        HandleError::Forked => Error::Forked,
+        HandleError::Full => Error::OutOfMemory,
+    }
+}
+
+/// The task's status now, without blocking. With `want_result`, receives the
+/// result if it has not moved yet.
+pub fn poll(handle: u64, want_result: bool) -> Result<Observed, Error> {
+    let task = lookup(handle)?;
+    let mut st = task.lock();
+    Ok(task.observe(&mut st, want_result))
+}
+
+/// Waits until the task is terminal or `timeout` (None: forever) runs out.
+///
+/// A task waiting for itself gets [`Error::WouldDeadlock`]. A thread of the
+/// task's own pool that waits for a still-queued task runs it inline, in its
+/// own slot, so a full pool cannot deadlock on nested waits.
+pub fn wait(handle: u64, timeout: Option<Duration>, want_result: bool) -> Result<Observed, Error> {
+    let task = lookup(handle)?;
+    let is_self = CURRENT_TASK.with(|t| t.borrow().as_ref().is_some_and(|c| Arc::ptr_eq(c, &task)));
+    if is_self {
+        return Err(Error::WouldDeadlock);
+    }
+    crate::pool::run_inline_if_stuck(&task);
+    Ok(task.wait_published(timeout, want_result))
+}
+
+/// Cancels the task: a queued one never runs, a running one is abandoned.
+/// Returns the task's decided outcome.
+pub fn cancel(handle: u64) -> Result<Outcome, Error> {
+    Ok(lookup(handle)?.cancel())
+}
+
+/// Frees the handle. A pending task goes on; its result goes to `free_result`.
+pub fn release(handle: u64) -> Result<(), Error> {
+    let task = TASKS.remove(handle).map_err(from_handle_error)?;
+    let mut st = task.lock();
+    st.released = true;
+    let orphan = if st.published { st.result.take() } else { None };
+    drop(st);
+    free_with(task.spec.free_result, orphan.unwrap_or(0));
+    Ok(())
+}
+
+/// Inside a task: true once the task has been cancelled (it is abandoned and
+/// its result will be freed, so it may stop early). False outside tasks.
+pub fn cancel_requested() -> bool {
+    CURRENT_TASK.with(|t| {
+        t.borrow()
+            .as_ref()
+            .is_some_and(|task| task.cancel_requested.load(Ordering::Relaxed))
+    })
+}
+
+/// Number of live handles in the process.
+pub fn live_handles() -> usize {
+    TASKS.live()
+}
