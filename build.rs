@@ -47,11 +47,16 @@ fn main() {
 fn parenthesize_negative_defines(header: &str) -> String {
     header
         .lines()
-        .map(|line| match line.strip_prefix("#define ").and_then(|r| r.split_once(" -")) {
-            Some((name, value)) if value.chars().all(|c| c.is_ascii_digit()) => {
-                format!("#define {name} (-{value})\n")
+        .map(|line| {
+            match line
+                .strip_prefix("#define ")
+                .and_then(|r| r.split_once(" -"))
+            {
+                Some((name, value)) if value.chars().all(|c| c.is_ascii_digit()) => {
+                    format!("#define {name} (-{value})\n")
+                }
+                _ => format!("{line}\n"),
             }
-            _ => format!("{line}\n"),
         })
         .collect()
 }

@@ -19,8 +19,6 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use once_cell::sync::Lazy;
-
 /// How many independent slabs handles are spread over.
 pub const SHARDS: usize = 16;
 const INDEX_BITS: u32 = 24;
@@ -190,23 +188,6 @@ impl<T> Registry<T> {
                 s.slots.len() - s.free.len()
             })
             .sum()
-    }
-}
-
-/// A process-wide registry, created on first use.
-pub struct Global<T: 'static>(Lazy<Registry<T>>);
-
-impl<T> Global<T> {
-    /// A registry that is created on first use.
-    pub const fn new() -> Self {
-        Global(Lazy::new(Registry::default))
-    }
-}
-
-impl<T> std::ops::Deref for Global<T> {
-    type Target = Registry<T>;
-    fn deref(&self) -> &Registry<T> {
-        &self.0
     }
 }
 

@@ -92,8 +92,8 @@ pub struct PoolShared {
     counters: Counters,
 }
 
-/// A pool owned by its creator; dropping it does not stop it (see
-/// [`Pool::shutdown`]).
+/// A pool owned by its creator. Dropping it shuts it down without waiting:
+/// queued tasks are cancelled, running ones finish on their own.
 pub struct Pool {
     shared: Arc<PoolShared>,
 }
@@ -358,6 +358,15 @@ impl Pool {
             };
         }
         Ok(true)
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Queued tasks hold the pool: cancelling them breaks that cycle. From
+        // a worker of this pool this is refused, and the queue drains as the
+        // workers run it.
+        let _ = self.shutdown(Some(Duration::ZERO));
     }
 }
 

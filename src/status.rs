@@ -52,17 +52,27 @@ pub fn describe(status: asyncify_status) -> &'static CStr {
         ASYNCIFY_OK => c"ASYNCIFY_OK: success",
         ASYNCIFY_PENDING => c"ASYNCIFY_PENDING: the task is queued or running",
         ASYNCIFY_FAILED => c"ASYNCIFY_FAILED: the work function returned a non-zero code",
-        ASYNCIFY_CANCELLED => c"ASYNCIFY_CANCELLED: cancelled before it started, or abandoned while running",
+        ASYNCIFY_CANCELLED => {
+            c"ASYNCIFY_CANCELLED: cancelled before it started, or abandoned while running"
+        }
         ASYNCIFY_TIMEOUT => c"ASYNCIFY_TIMEOUT: the wait ran out of time; the task goes on",
         ASYNCIFY_E_NULL => c"ASYNCIFY_E_NULL: a required pointer was NULL",
         ASYNCIFY_E_INVALID_ARGUMENT => c"ASYNCIFY_E_INVALID_ARGUMENT: a bad value",
-        ASYNCIFY_E_INVALID_HANDLE => c"ASYNCIFY_E_INVALID_HANDLE: unknown, released or stale handle",
+        ASYNCIFY_E_INVALID_HANDLE => {
+            c"ASYNCIFY_E_INVALID_HANDLE: unknown, released or stale handle"
+        }
         ASYNCIFY_E_NOT_FOUND => c"ASYNCIFY_E_NOT_FOUND: no such override key",
-        ASYNCIFY_E_BUFFER_TOO_SMALL => c"ASYNCIFY_E_BUFFER_TOO_SMALL: the buffer is too small; *out_len holds the size needed",
+        ASYNCIFY_E_BUFFER_TOO_SMALL => {
+            c"ASYNCIFY_E_BUFFER_TOO_SMALL: the buffer is too small; *out_len holds the size needed"
+        }
         ASYNCIFY_E_SHUT_DOWN => c"ASYNCIFY_E_SHUT_DOWN: the pool is shut down",
         ASYNCIFY_E_BUSY => c"ASYNCIFY_E_BUSY: the pool's queue is full",
-        ASYNCIFY_E_WOULD_DEADLOCK => c"ASYNCIFY_E_WOULD_DEADLOCK: the wait or free could never finish",
-        ASYNCIFY_E_SCOPE_MISMATCH => c"ASYNCIFY_E_SCOPE_MISMATCH: scope exit out of LIFO order, from another thread or task",
+        ASYNCIFY_E_WOULD_DEADLOCK => {
+            c"ASYNCIFY_E_WOULD_DEADLOCK: the wait or free could never finish"
+        }
+        ASYNCIFY_E_SCOPE_MISMATCH => {
+            c"ASYNCIFY_E_SCOPE_MISMATCH: scope exit out of LIFO order, from another thread or task"
+        }
         ASYNCIFY_E_FORKED => c"ASYNCIFY_E_FORKED: the handle belongs to the parent of a fork()",
         ASYNCIFY_E_PANIC => c"ASYNCIFY_E_PANIC: internal error caught at the boundary",
         ASYNCIFY_E_OUT_OF_MEMORY => c"ASYNCIFY_E_OUT_OF_MEMORY: allocation failed",

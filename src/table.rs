@@ -421,7 +421,9 @@ mod tests {
         let mut model = std::collections::BTreeMap::new();
         let mut x: u64 = 12345;
         for _ in 0..5000 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let key = format!("k{}", (x >> 33) % 300);
             if (x >> 20) % 3 == 0 {
                 assert_eq!(t.remove(&key).is_some(), model.remove(&key).is_some());

@@ -28,7 +28,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::handles::{Global, HandleError};
+use once_cell::sync::Lazy;
+
+use crate::handles::{HandleError, Registry};
 use crate::pool::PoolShared;
 use crate::status::*;
 use crate::table::{self, Frame, Table};
@@ -48,7 +50,7 @@ pub type DoneFn = extern "C" fn(
 pub type FreeFn = extern "C" fn(ptr: *mut c_void);
 
 /// Every task, by handle. Handles outlive their pool.
-pub(crate) static TASKS: Global<Task> = Global::new();
+pub(crate) static TASKS: Lazy<Registry<Task>> = Lazy::new(Registry::default);
 
 /// What to run and who owns what. Pointers are kept as addresses: the engine
 /// never dereferences them, it only passes them back to the caller's functions.

@@ -51,4 +51,3 @@ pub extern "C" fn asyncify_last_error(
 pub extern "C" fn asyncify_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const c_char
 }
-

@@ -85,7 +85,10 @@ pub(crate) fn guard(function: &str, body: impl FnOnce() -> FfiResult) -> asyncif
         Err(payload) => {
             set_last_error(
                 function,
-                &format!("internal error (please report it): {}", panic_text(&*payload)),
+                &format!(
+                    "internal error (please report it): {}",
+                    panic_text(&*payload)
+                ),
             );
             ASYNCIFY_E_PANIC
         }
@@ -98,7 +101,10 @@ pub(crate) fn guard_value<T>(function: &str, fallback: T, body: impl FnOnce() ->
     catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|payload| {
         set_last_error(
             function,
-            &format!("internal error (please report it): {}", panic_text(&*payload)),
+            &format!(
+                "internal error (please report it): {}",
+                panic_text(&*payload)
+            ),
         );
         fallback
     })
@@ -153,30 +159,37 @@ pub(crate) fn bytes_arg<'a>(ptr: *const u8, len: usize, what: &str) -> Result<&'
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
 }
 
-/// Checks a versioned input struct: `struct_size` at least `ours` (the first
-/// published size), and every byte the library does not know is zero.
-///
-/// # Safety
-/// `ptr` is non-NULL and points to at least `struct_size` readable bytes, whose
-/// first four bytes are `struct_size` (the ABI's promise for versioned structs).
-pub(crate) unsafe fn check_struct_size(ptr: *const u8, ours: usize, what: &str) -> Result<(), Fail> {
-    // SAFETY: the first field of every versioned struct is a u32 struct_size.
-    let size = unsafe { (ptr as *const u32).read_unaligned() } as usize;
+/// A nullable versioned input struct (its first field a `u32 struct_size`):
+/// `struct_size` at least the first published size (ours), and every byte
+/// beyond the ones this library knows zero.
+pub(crate) fn versioned_arg<'a, T>(ptr: *const T, what: &str) -> Result<Option<&'a T>, Fail> {
+    if ptr.is_null() {
+        return Ok(None);
+    }
+    let ours = std::mem::size_of::<T>();
+    let bytes = ptr as *const u8;
+    // SAFETY: the caller promises a valid struct whose first field is its
+    // size, with `struct_size` readable bytes.
+    let size = unsafe { (bytes as *const u32).read_unaligned() } as usize;
     if size < ours {
         return Err(fail(
             ASYNCIFY_E_INVALID_ARGUMENT,
-            format!("{what}.struct_size is {size}, at least {ours} expected (use the _init function)"),
+            format!(
+                "{what}.struct_size is {size}, at least {ours} expected (use the _init function)"
+            ),
         ));
     }
-    // SAFETY: the caller promises `size` readable bytes at `ptr`.
-    let tail = unsafe { std::slice::from_raw_parts(ptr.add(ours), size - ours) };
+    // SAFETY: as above: `size >= ours` readable bytes at `ptr`.
+    let tail = unsafe { std::slice::from_raw_parts(bytes.add(ours), size - ours) };
     if tail.iter().any(|&b| b != 0) {
         return Err(fail(
             ASYNCIFY_E_INVALID_ARGUMENT,
             format!("{what} has non-zero bytes beyond the {ours} this library knows"),
         ));
     }
-    Ok(())
+    // SAFETY: checked non-NULL; the caller promises a valid, aligned struct
+    // that stays unchanged for the duration of the call.
+    Ok(Some(unsafe { &*ptr }))
 }
 
 /// Prepares a versioned struct: zeroes its `size` bytes and sets `struct_size`.
@@ -187,7 +200,9 @@ pub(crate) unsafe fn init_struct(ptr: *mut u8, size: usize, ours: usize, what: &
     if size < ours || size > u32::MAX as usize {
         return Err(fail(
             ASYNCIFY_E_INVALID_ARGUMENT,
-            format!("size {size} is not a valid size for {what} (at least {ours}); pass sizeof(*opts)"),
+            format!(
+                "size {size} is not a valid size for {what} (at least {ours}); pass sizeof(*opts)"
+            ),
         ));
     }
     // SAFETY: the caller promises `size` writable bytes at `ptr`.

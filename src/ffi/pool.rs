@@ -28,7 +28,10 @@ pub(crate) fn pool_or_default<'a>(pool: *mut asyncify_pool) -> &'a Pool {
 /// Creates a pool that runs at most `max_workers` callables at once (0 pauses
 /// it, `UINT32_MAX` is unbounded). Free it with `asyncify_pool_free`.
 #[no_mangle]
-pub extern "C" fn asyncify_pool_new(max_workers: u32, out: *mut *mut asyncify_pool) -> asyncify_status {
+pub extern "C" fn asyncify_pool_new(
+    max_workers: u32,
+    out: *mut *mut asyncify_pool,
+) -> asyncify_status {
     guard("asyncify_pool_new", || {
         let out = required_out(out, "out")?;
         let pool = Box::new(asyncify_pool {
@@ -45,7 +48,9 @@ fn shutdown(function: &str, pool: &Pool, timeout_ms: i64) -> FfiShutdown {
         Ok(false) => FfiShutdown::Done(ASYNCIFY_TIMEOUT),
         Err(e) => FfiShutdown::Refused(fail(
             e.status(),
-            format!("{function} was called from a worker thread of that pool: it would wait for itself"),
+            format!(
+                "{function} was called from a worker thread of that pool: it would wait for itself"
+            ),
         )),
     }
 }
@@ -103,7 +108,10 @@ pub extern "C" fn asyncify_set_max_workers(pool: *mut asyncify_pool, n: u32) -> 
 
 /// Writes the limit of `pool` (NULL: the default pool) to `*out_n`.
 #[no_mangle]
-pub extern "C" fn asyncify_get_max_workers(pool: *mut asyncify_pool, out_n: *mut u32) -> asyncify_status {
+pub extern "C" fn asyncify_get_max_workers(
+    pool: *mut asyncify_pool,
+    out_n: *mut u32,
+) -> asyncify_status {
     guard("asyncify_get_max_workers", || {
         let out_n = required_out(out_n, "out_n")?;
         write_out(out_n, pool_or_default(pool).max_workers());

@@ -17,7 +17,12 @@ use crate::table::{self, PtrValue, Value};
 pub type asyncify_free_fn = Option<extern "C" fn(ptr: *mut c_void)>;
 
 fn lookup(key: &str) -> Result<Arc<Value>, Fail> {
-    table::get(key).ok_or_else(|| fail(ASYNCIFY_E_NOT_FOUND, format!("no override for key \"{key}\"")))
+    table::get(key).ok_or_else(|| {
+        fail(
+            ASYNCIFY_E_NOT_FOUND,
+            format!("no override for key \"{key}\""),
+        )
+    })
 }
 
 fn kind_mismatch(key: &str, is: &str) -> Fail {
@@ -83,7 +88,10 @@ pub extern "C" fn asyncify_override_get(
             write_out(out_len, bytes.len());
             return Err(fail(
                 ASYNCIFY_E_BUFFER_TOO_SMALL,
-                format!("the value of \"{key}\" has {} bytes, the buffer {cap}", bytes.len()),
+                format!(
+                    "the value of \"{key}\" has {} bytes, the buffer {cap}",
+                    bytes.len()
+                ),
             ));
         }
         if !bytes.is_empty() {
@@ -149,7 +157,10 @@ pub extern "C" fn asyncify_override_remove(key: *const c_char) -> asyncify_statu
         if table::remove(key) {
             Ok(ASYNCIFY_OK)
         } else {
-            Err(fail(ASYNCIFY_E_NOT_FOUND, format!("no override for key \"{key}\"")))
+            Err(fail(
+                ASYNCIFY_E_NOT_FOUND,
+                format!("no override for key \"{key}\""),
+            ))
         }
     })
 }
@@ -192,7 +203,10 @@ pub extern "C" fn asyncify_scope_enter(out_token: *mut u64) -> asyncify_status {
 pub extern "C" fn asyncify_scope_exit(token: u64) -> asyncify_status {
     guard("asyncify_scope_exit", || {
         if token == 0 {
-            return Err(fail(ASYNCIFY_E_INVALID_ARGUMENT, "token 0 is never a scope"));
+            return Err(fail(
+                ASYNCIFY_E_INVALID_ARGUMENT,
+                "token 0 is never a scope",
+            ));
         }
         table::scope_exit(token).map_err(|_| {
             fail(

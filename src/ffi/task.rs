@@ -16,7 +16,9 @@ use std::mem::size_of;
 
 use super::pool::{asyncify_pool, pool_or_default};
 use super::table::asyncify_free_fn;
-use super::{check_struct_size, fail, guard, init_struct, required, required_out, timeout_arg, write_out};
+use super::{
+    fail, guard, init_struct, required, required_out, timeout_arg, versioned_arg, write_out,
+};
 use crate::status::*;
 use crate::table::{self, Table};
 use crate::task::{self, TaskSpec};
@@ -26,7 +28,8 @@ pub type asyncify_handle = u64;
 
 /// The work function: returns 0 for success, anything else is a failure code.
 /// It may store a result in `*out_result`.
-pub type asyncify_work_fn = Option<extern "C" fn(arg: *mut c_void, out_result: *mut *mut c_void) -> i32>;
+pub type asyncify_work_fn =
+    Option<extern "C" fn(arg: *mut c_void, out_result: *mut *mut c_void) -> i32>;
 
 /// Called exactly once per task with its terminal status.
 pub type asyncify_done_fn = Option<
@@ -116,20 +119,7 @@ pub extern "C" fn asyncify_submit(
         let Some(work) = r#fn else {
             return Err(fail(ASYNCIFY_E_NULL, "fn is NULL"));
         };
-        let opts = if opts.is_null() {
-            None
-        } else {
-            // SAFETY: the caller promises a valid options struct of
-            // `struct_size` bytes at `opts`.
-            unsafe {
-                check_struct_size(
-                    opts as *const u8,
-                    size_of::<asyncify_submit_options>(),
-                    "asyncify_submit_options",
-                )?;
-                Some(&*opts)
-            }
-        };
+        let opts = versioned_arg(opts, "asyncify_submit_options")?;
         let flags = opts.map_or(0, |o| o.flags);
         if flags & !KNOWN_SUBMIT_FLAGS != 0 {
             return Err(fail(
@@ -139,7 +129,10 @@ pub extern "C" fn asyncify_submit(
         }
         let detached = flags & ASYNCIFY_SUBMIT_DETACHED != 0;
         if !detached {
-            required(out_handle, "out_handle (required unless ASYNCIFY_SUBMIT_DETACHED)")?;
+            required(
+                out_handle,
+                "out_handle (required unless ASYNCIFY_SUBMIT_DETACHED)",
+            )?;
         }
         if opts.is_some_and(|o| !o.cq.is_null() || !o.context.is_null()) {
             return Err(fail(
@@ -149,8 +142,14 @@ pub extern "C" fn asyncify_submit(
         }
         let pool = pool_or_default(opts.map_or(std::ptr::null_mut(), |o| o.pool));
         let spec = TaskSpec::new(work, arg)
-            .on_done(opts.and_then(|o| o.on_done), opts.map_or(std::ptr::null_mut(), |o| o.on_done_data))
-            .free_fns(opts.and_then(|o| o.free_arg), opts.and_then(|o| o.free_result))
+            .on_done(
+                opts.and_then(|o| o.on_done),
+                opts.map_or(std::ptr::null_mut(), |o| o.on_done_data),
+            )
+            .free_fns(
+                opts.and_then(|o| o.free_arg),
+                opts.and_then(|o| o.free_result),
+            )
             .detached(detached);
         let snapshot = if flags & ASYNCIFY_SUBMIT_EMPTY_CONTEXT != 0 {
             Table::new()
@@ -163,7 +162,11 @@ pub extern "C" fn asyncify_submit(
     })
 }
 
-fn write_observed(seen: task::Observed, out_result: *mut *mut c_void, out_code: *mut i32) -> asyncify_status {
+fn write_observed(
+    seen: task::Observed,
+    out_result: *mut *mut c_void,
+    out_code: *mut i32,
+) -> asyncify_status {
     write_out(out_result, seen.result);
     write_out(out_code, seen.code);
     seen.status

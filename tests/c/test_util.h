@@ -1,0 +1,223 @@
+/* Small helpers shared by the C integration tests.
+ *
+ * Every check stops the program on failure with file:line, the expression and this thread's
+ * asyncify_last_error() text, so a failing ctest run shows why without a debugger. Checks may be used
+ * inside work functions and callbacks too: the process exits from whichever thread failed.
+ */
+#ifndef ASYNCIFY_TEST_UTIL_H
+#define ASYNCIFY_TEST_UTIL_H
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "asyncify.h"
+
+/* How long a test is willing to wait for something that should happen "at once" or "soon". Generous
+ * on purpose: the machines are noisy 2-core VMs and sanitizers slow everything down. */
+#define TEST_PATIENCE_MS 10000
+
+static inline void test_last_error_text(char *out, size_t cap)
+{
+    size_t len = 0;
+    asyncify_status s = asyncify_last_error(out, cap, &len);
+    if (s == ASYNCIFY_E_BUFFER_TOO_SMALL) {
+        snprintf(out, cap, "(a message of %zu bytes, too long to show)", len);
+    } else if (s < 0) {
+        snprintf(out, cap, "(asyncify_last_error itself returned %d)", (int)s);
+    }
+}
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 3, 4), noreturn))
+#endif
+static inline void test_fail(const char *file, int line, const char *fmt, ...)
+{
+    char last[1024] = "";
+    test_last_error_text(last, sizeof last);
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "%s:%d: FAIL: ", file, line);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\n  asyncify_last_error on this thread: \"%s\"\n", last);
+    fflush(stderr);
+    fflush(stdout);
+    /* _Exit rather than exit: a failing check may run on a worker thread while other threads are still
+     * inside the library; skipping atexit handlers keeps the failure from turning into a hang. */
+    _Exit(1);
+}
+
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            test_fail(__FILE__, __LINE__, "CHECK(%s)", #cond);                                     \
+        }                                                                                          \
+    } while (0)
+
+#define CHECK_EQ_STATUS(expr, expected)                                                            \
+    do {                                                                                           \
+        asyncify_status got_status_ = (expr);                                                      \
+        asyncify_status want_status_ = (expected);                                                 \
+        if (got_status_ != want_status_) {                                                         \
+            test_fail(__FILE__, __LINE__, "%s returned %d (%s), expected %d (%s)", #expr,          \
+                      (int)got_status_, asyncify_status_str(got_status_), (int)want_status_,       \
+                      asyncify_status_str(want_status_));                                          \
+        }                                                                                          \
+    } while (0)
+
+#define CHECK_OK(expr) CHECK_EQ_STATUS(expr, ASYNCIFY_OK)
+
+/* Asserts that `cond` becomes true within `timeout_ms`, polling every millisecond. */
+#define WAIT_FOR(cond, timeout_ms)                                                                 \
+    do {                                                                                           \
+        int64_t wait_deadline_ = now_ms() + (int64_t)(timeout_ms);                                 \
+        while (!(cond)) {                                                                          \
+            if (now_ms() > wait_deadline_) {                                                       \
+                test_fail(__FILE__, __LINE__, "timed out after %lld ms waiting for %s",            \
+                          (long long)(timeout_ms), #cond);                                         \
+            }                                                                                      \
+            sleep_ms(1);                                                                           \
+        }                                                                                          \
+    } while (0)
+
+#define TEST_PASS(name)                                                                            \
+    do {                                                                                           \
+        printf("PASS %s\n", name);                                                                 \
+        fflush(stdout);                                                                            \
+    } while (0)
+
+static inline int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static inline void sleep_ms(int64_t ms)
+{
+    struct timespec ts = { .tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)(ms % 1000) * 1000000L };
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+/* CPU time used by the whole process, in milliseconds. */
+static inline double process_cpu_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
+}
+
+/* A one-shot gate: tasks block in gate_wait until the test calls gate_open. Bounded, so a library that
+ * never runs or never releases a task fails the test instead of hanging it. */
+static inline void gate_wait(atomic_int *gate)
+{
+    WAIT_FOR(atomic_load(gate) != 0, TEST_PATIENCE_MS);
+}
+
+static inline void gate_open(atomic_int *gate)
+{
+    atomic_store(gate, 1);
+}
+
+static inline pthread_t start_thread(void *(*fn)(void *), void *arg)
+{
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, fn, arg) == 0);
+    return t;
+}
+
+static inline void join_thread(pthread_t t)
+{
+    CHECK(pthread_join(t, NULL) == 0);
+}
+
+static inline struct asyncify_pool *new_pool(uint32_t max_workers)
+{
+    struct asyncify_pool *pool = NULL;
+    CHECK_OK(asyncify_pool_new(max_workers, &pool));
+    CHECK(pool != NULL);
+    return pool;
+}
+
+static inline asyncify_submit_options options_for(struct asyncify_pool *pool)
+{
+    asyncify_submit_options opts;
+    memset(&opts, 0, sizeof opts);
+    CHECK_OK(asyncify_submit_options_init(&opts, sizeof opts));
+    opts.pool = pool;
+    return opts;
+}
+
+static inline asyncify_handle submit_opts(asyncify_work_fn fn, void *arg, const asyncify_submit_options *opts)
+{
+    asyncify_handle h = 0;
+    CHECK_OK(asyncify_submit(fn, arg, opts, &h));
+    CHECK(h != 0);
+    return h;
+}
+
+static inline asyncify_handle submit_to(struct asyncify_pool *pool, asyncify_work_fn fn, void *arg)
+{
+    asyncify_submit_options opts = options_for(pool);
+    return submit_opts(fn, arg, &opts);
+}
+
+/* Waits (bounded) for a task and checks its status; returns the work function's code. */
+static inline int32_t wait_status(asyncify_handle h, asyncify_status expected)
+{
+    int32_t code = -12345;
+    CHECK_EQ_STATUS(asyncify_wait(h, TEST_PATIENCE_MS, NULL, &code), expected);
+    return code;
+}
+
+static inline void wait_ok(asyncify_handle h)
+{
+    CHECK(wait_status(h, ASYNCIFY_OK) == 0);
+}
+
+static inline void wait_ok_release(asyncify_handle h)
+{
+    wait_ok(h);
+    CHECK_OK(asyncify_release(h));
+}
+
+/* True when this thread's table holds `key` as exactly the bytes of the string `expected` (no NUL). */
+static inline bool key_is(const char *key, const char *expected)
+{
+    char buf[256];
+    size_t len = 0;
+    if (asyncify_override_get(key, buf, sizeof buf, &len) != ASYNCIFY_OK) {
+        return false;
+    }
+    return len == strlen(expected) && memcmp(buf, expected, len) == 0;
+}
+
+static inline bool key_absent(const char *key)
+{
+    size_t len = 0;
+    return asyncify_override_get(key, NULL, 0, &len) == ASYNCIFY_E_NOT_FOUND;
+}
+
+static inline void set_str(const char *key, const char *value)
+{
+    CHECK_OK(asyncify_override_set(key, value, strlen(value)));
+}
+
+static inline size_t table_count(void)
+{
+    size_t n = (size_t)-1;
+    CHECK_OK(asyncify_override_count(&n));
+    return n;
+}
+
+#endif /* ASYNCIFY_TEST_UTIL_H */

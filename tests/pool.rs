@@ -1,0 +1,389 @@
+//! The limited pool through the engine's Rust API: the limit, FIFO order,
+//! resizing, pausing, nested waits (inline runs), abandoning, shutdown, and
+//! how a task's table is installed and restored.
+//!
+//! Each test owns a "lane" of counters, selected by the task's `arg`, so tests
+//! running in parallel never share state.
+
+use std::ffi::c_void;
+use std::sync::atomic::{
+    AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering::SeqCst,
+};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use asyncify::pool::Pool;
+use asyncify::status::*;
+use asyncify::table::{self, Table, Value};
+use asyncify::task::{self, TaskSpec};
+
+const LANES: usize = 16;
+
+#[derive(Default)]
+struct Lane {
+    running: AtomicU32,
+    max_running: AtomicU32,
+    started: AtomicU32,
+    sleep_ms: AtomicU64,
+    order: Mutex<Vec<usize>>,
+    arg_frees: AtomicU32,
+    result_frees: AtomicU32,
+    saw_cancel: AtomicBool,
+    inner_handle: AtomicU64,
+    inner_status: AtomicI64,
+    seen: Mutex<Vec<Option<Vec<u8>>>>,
+}
+
+static LANE_STORE: once_cell::sync::Lazy<Vec<Lane>> =
+    once_cell::sync::Lazy::new(|| (0..LANES).map(|_| Lane::default()).collect());
+
+/// `arg` = lane * 1_000_000 + task number + 1 (never NULL).
+fn arg(lane: usize, n: usize) -> *mut c_void {
+    (lane * 1_000_000 + n + 1) as *mut c_void
+}
+
+fn lane_of(arg: *mut c_void) -> (&'static Lane, usize) {
+    let v = arg as usize - 1;
+    (&LANE_STORE[v / 1_000_000], v % 1_000_000)
+}
+
+fn bytes_of(key: &str) -> Option<Vec<u8>> {
+    table::get(key).map(|v| match &*v {
+        Value::Bytes(b) => b.to_vec(),
+        Value::Ptr(_) => panic!("expected bytes"),
+    })
+}
+
+/// Records concurrency and start order, reads key "k", sleeps the lane's time
+/// (returning early when cancelled), notes whether a cancel was seen.
+extern "C" fn tracked(a: *mut c_void, out: *mut *mut c_void) -> i32 {
+    let (lane, n) = lane_of(a);
+    let now = lane.running.fetch_add(1, SeqCst) + 1;
+    lane.max_running.fetch_max(now, SeqCst);
+    lane.started.fetch_add(1, SeqCst);
+    lane.order.lock().unwrap().push(n);
+    lane.seen.lock().unwrap().push(bytes_of("k"));
+    let until = Instant::now() + Duration::from_millis(lane.sleep_ms.load(SeqCst));
+    while Instant::now() < until {
+        if task::cancel_requested() {
+            lane.saw_cancel.store(true, SeqCst);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    lane.running.fetch_sub(1, SeqCst);
+    // SAFETY: `out` is the library's valid result slot for this call.
+    unsafe { *out = a };
+    0
+}
+
+extern "C" fn free_arg(a: *mut c_void) {
+    lane_of(a).0.arg_frees.fetch_add(1, SeqCst);
+}
+
+extern "C" fn free_result(a: *mut c_void) {
+    lane_of(a).0.result_frees.fetch_add(1, SeqCst);
+}
+
+fn submit(pool: &Pool, lane: usize, n: usize) -> u64 {
+    let spec = TaskSpec::new(tracked, arg(lane, n)).free_fns(Some(free_arg), Some(free_result));
+    pool.submit(spec, table::snapshot()).unwrap()
+}
+
+fn wait_ok(h: u64) {
+    assert_eq!(
+        task::wait(h, Some(Duration::from_secs(10)), false)
+            .unwrap()
+            .status,
+        ASYNCIFY_OK
+    );
+    task::release(h).unwrap();
+}
+
+#[test]
+fn the_limit_holds_and_tasks_overlap_up_to_it() {
+    let lane = &LANE_STORE[0];
+    lane.sleep_ms.store(100, SeqCst);
+    let pool = Pool::new(2);
+    let start = Instant::now();
+    let hs: Vec<u64> = (0..6).map(|n| submit(&pool, 0, n)).collect();
+    hs.into_iter().for_each(wait_ok);
+    let took = start.elapsed();
+    assert_eq!(lane.max_running.load(SeqCst), 2);
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(1),
+        "{took:?}"
+    );
+    assert!(pool.stats().threads <= 2);
+    assert_eq!(pool.shutdown(None), Ok(true));
+}
+
+#[test]
+fn tasks_start_in_fifo_order_at_limit_one() {
+    let lane = &LANE_STORE[1];
+    let pool = Pool::new(1);
+    let hs: Vec<u64> = (0..50).map(|n| submit(&pool, 1, n)).collect();
+    hs.into_iter().for_each(wait_ok);
+    assert_eq!(*lane.order.lock().unwrap(), (0..50).collect::<Vec<_>>());
+    assert_eq!(pool.shutdown(None), Ok(true));
+}
+
+#[test]
+fn raising_the_limit_starts_waiting_tasks_and_zero_pauses() {
+    let lane = &LANE_STORE[2];
+    lane.sleep_ms.store(50, SeqCst);
+    let pool = Pool::new(0);
+    let hs: Vec<u64> = (0..4).map(|n| submit(&pool, 2, n)).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(lane.started.load(SeqCst), 0, "a paused pool starts nothing");
+    assert_eq!(pool.stats().queued, 4);
+    pool.set_max_workers(4);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while lane.max_running.load(SeqCst) < 4 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(
+        lane.max_running.load(SeqCst),
+        4,
+        "all four started together"
+    );
+    pool.set_max_workers(1);
+    hs.into_iter().for_each(wait_ok);
+    assert_eq!(pool.max_workers(), 1);
+    assert_eq!(pool.shutdown(None), Ok(true));
+}
+
+#[test]
+fn cancelling_a_running_task_abandons_it_and_keeps_its_slot() {
+    let lane = &LANE_STORE[3];
+    lane.sleep_ms.store(300, SeqCst);
+    let pool = Pool::new(1);
+    let long = submit(&pool, 3, 0);
+    let next = submit(&pool, 3, 1);
+    while lane.started.load(SeqCst) == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let waiter = std::thread::spawn(move || {
+        let t = Instant::now();
+        let seen = task::wait(long, None, true).unwrap();
+        (seen.status, seen.result.is_null(), t.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(30));
+    assert_eq!(task::cancel(long).unwrap().status, ASYNCIFY_CANCELLED);
+    let (status, no_result, waited) = waiter.join().unwrap();
+    assert_eq!(status, ASYNCIFY_CANCELLED);
+    assert!(no_result);
+    assert!(
+        waited < Duration::from_millis(250),
+        "the waiter was released at once: {waited:?}"
+    );
+    // The abandoned callable keeps the only slot: the next task waits for it.
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        lane.started.load(SeqCst),
+        1,
+        "slot held until the abandoned fn returns"
+    );
+    wait_ok(next);
+    assert!(
+        lane.saw_cancel.load(SeqCst),
+        "cancel_requested() was true inside"
+    );
+    assert_eq!(pool.shutdown(None), Ok(true));
+    assert_eq!(
+        lane.result_frees.load(SeqCst),
+        1 + 1,
+        "abandoned + unreceived result"
+    );
+    assert_eq!(
+        lane.arg_frees.load(SeqCst),
+        1,
+        "only the abandoned task's arg"
+    );
+    assert_eq!(pool.stats().abandoned, 1);
+    task::release(long).unwrap();
+}
+
+extern "C" fn outer_waits_for_inner(a: *mut c_void, _: *mut *mut c_void) -> i32 {
+    let (lane, _) = lane_of(a);
+    table::set("k", Value::Bytes(b"outer".to_vec().into()));
+    let spec = TaskSpec::new(tracked, a);
+    let pool = POOL_FOR_NESTING.lock().unwrap().clone().unwrap();
+    let h = pool.submit(spec, table::snapshot()).unwrap();
+    lane.inner_handle.store(h, SeqCst);
+    let seen = task::wait(h, Some(Duration::from_secs(5)), false).unwrap();
+    lane.inner_status.store(i64::from(seen.status), SeqCst);
+    task::release(h).unwrap();
+    0
+}
+
+static POOL_FOR_NESTING: Mutex<Option<Arc<Pool>>> = Mutex::new(None);
+
+#[test]
+fn a_task_waiting_for_a_queued_task_of_its_full_pool_runs_it_inline() {
+    let lane = &LANE_STORE[4];
+    let pool = Arc::new(Pool::new(1));
+    *POOL_FOR_NESTING.lock().unwrap() = Some(pool.clone());
+    let h = pool
+        .submit(
+            TaskSpec::new(outer_waits_for_inner, arg(4, 0)),
+            Table::new(),
+        )
+        .unwrap();
+    assert_eq!(
+        task::wait(h, Some(Duration::from_secs(10)), false)
+            .unwrap()
+            .status,
+        ASYNCIFY_OK
+    );
+    assert_eq!(lane.inner_status.load(SeqCst), i64::from(ASYNCIFY_OK));
+    // The inner task saw the outer task's installed table, its change included.
+    assert_eq!(*lane.seen.lock().unwrap(), vec![Some(b"outer".to_vec())]);
+    assert_eq!(lane.max_running.load(SeqCst), 1);
+    task::release(h).unwrap();
+    POOL_FOR_NESTING.lock().unwrap().take();
+    assert_eq!(pool.shutdown(None), Ok(true));
+}
+
+static SELF_HANDLE: AtomicU64 = AtomicU64::new(0);
+static SELF_WAIT: AtomicI64 = AtomicI64::new(0);
+
+extern "C" fn waits_for_itself(_: *mut c_void, _: *mut *mut c_void) -> i32 {
+    while SELF_HANDLE.load(SeqCst) == 0 {
+        std::thread::yield_now();
+    }
+    let code = match task::wait(SELF_HANDLE.load(SeqCst), None, false) {
+        Err(e) => i64::from(e.status()),
+        Ok(seen) => i64::from(seen.status),
+    };
+    SELF_WAIT.store(code, SeqCst);
+    0
+}
+
+#[test]
+fn a_task_waiting_for_itself_is_refused() {
+    let pool = Pool::new(1);
+    let h = pool
+        .submit(
+            TaskSpec::new(waits_for_itself, std::ptr::null_mut()),
+            Table::new(),
+        )
+        .unwrap();
+    SELF_HANDLE.store(h, SeqCst);
+    wait_ok(h);
+    assert_eq!(SELF_WAIT.load(SeqCst), i64::from(ASYNCIFY_E_WOULD_DEADLOCK));
+    assert_eq!(pool.shutdown(None), Ok(true));
+}
+
+#[test]
+fn shutdown_cancels_queued_tasks_and_waits_for_running_ones() {
+    let lane = &LANE_STORE[5];
+    lane.sleep_ms.store(100, SeqCst);
+    let pool = Pool::new(1);
+    let hs: Vec<u64> = (0..5).map(|n| submit(&pool, 5, n)).collect();
+    while lane.started.load(SeqCst) == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(pool.shutdown(Some(Duration::from_secs(10))), Ok(true));
+    assert_eq!(
+        lane.running.load(SeqCst),
+        0,
+        "the running task finished before shutdown returned"
+    );
+    assert_eq!(lane.started.load(SeqCst), 1);
+    assert_eq!(lane.arg_frees.load(SeqCst), 4);
+    let statuses: Vec<i32> = hs
+        .iter()
+        .map(|&h| task::poll(h, false).unwrap().status)
+        .collect();
+    assert_eq!(statuses, [ASYNCIFY_OK, 3, 3, 3, 3].map(|s| s as i32));
+    let refused = pool.submit(TaskSpec::new(tracked, arg(5, 9)), Table::new());
+    assert_eq!(refused, Err(Error::ShutDown));
+    for h in hs {
+        task::release(h).unwrap();
+    }
+    let stats = pool.stats();
+    assert_eq!(
+        (stats.submitted, stats.completed, stats.cancelled),
+        (5, 1, 4)
+    );
+}
+
+#[test]
+fn a_shutdown_that_times_out_leaves_the_task_to_finish() {
+    let lane = &LANE_STORE[6];
+    lane.sleep_ms.store(300, SeqCst);
+    let pool = Pool::new(1);
+    let h = submit(&pool, 6, 0);
+    while lane.started.load(SeqCst) == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(pool.shutdown(Some(Duration::from_millis(20))), Ok(false));
+    drop(pool);
+    wait_ok(h);
+}
+
+extern "C" fn scribbles(a: *mut c_void, _: *mut *mut c_void) -> i32 {
+    let (lane, _) = lane_of(a);
+    lane.seen.lock().unwrap().push(bytes_of("k"));
+    lane.seen.lock().unwrap().push(bytes_of("leak"));
+    table::set("leak", Value::Bytes(b"x".to_vec().into()));
+    table::set("k", Value::Bytes(b"changed".to_vec().into()));
+    table::remove("k");
+    let _ = table::scope_enter();
+    table::set("leak2", Value::Bytes(Box::new([])));
+    0
+}
+
+#[test]
+fn a_tasks_changes_stay_in_the_task() {
+    let lane = &LANE_STORE[7];
+    let pool = Pool::new(1);
+    std::thread::spawn(move || {
+        table::set("k", Value::Bytes(b"mine".to_vec().into()));
+        let h1 = pool
+            .submit(TaskSpec::new(scribbles, arg(7, 0)), table::snapshot())
+            .unwrap();
+        let h2 = pool
+            .submit(TaskSpec::new(scribbles, arg(7, 1)), Table::new())
+            .unwrap();
+        wait_ok(h1);
+        wait_ok(h2);
+        assert_eq!(bytes_of("k"), Some(b"mine".to_vec()));
+        assert_eq!(table::count(), 1);
+        assert_eq!(pool.shutdown(None), Ok(true));
+    })
+    .join()
+    .unwrap();
+    let seen = lane.seen.lock().unwrap().clone();
+    assert_eq!(seen, vec![Some(b"mine".to_vec()), None, None, None]);
+}
+
+static LIVE_WORKERS: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn counts_threads(_: *mut c_void, _: *mut *mut c_void) -> i32 {
+    LIVE_WORKERS.fetch_add(1, SeqCst);
+    std::thread::sleep(Duration::from_millis(20));
+    0
+}
+
+#[test]
+fn threads_never_exceed_the_limit_and_are_reused() {
+    let pool = Pool::new(3);
+    let hs: Vec<u64> = (0..30)
+        .map(|_| {
+            pool.submit(
+                TaskSpec::new(counts_threads, std::ptr::null_mut()),
+                Table::new(),
+            )
+            .unwrap()
+        })
+        .collect();
+    let mut max_threads = 0;
+    for h in hs {
+        max_threads = max_threads.max(pool.stats().threads);
+        wait_ok(h);
+    }
+    assert!(max_threads <= 3, "{max_threads} threads for a limit of 3");
+    assert_eq!(LIVE_WORKERS.load(SeqCst), 30);
+    assert_eq!(pool.shutdown(None), Ok(true));
+}
