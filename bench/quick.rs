@@ -192,11 +192,11 @@ fn set_keys(k: usize) {
 fn w3w(k: usize) -> f64 {
     set_keys(k);
     let reps = 20_000;
-    let mut snapshot = asyncify::table::snapshot();
+    let mut snapshot = asyncify::overrides::snapshot();
     let t = Instant::now();
     for i in 0..reps {
         asyncify_override_set(c"k7".as_ptr(), (&i as *const i32) as *const c_void, 4);
-        snapshot = asyncify::table::snapshot();
+        snapshot = asyncify::overrides::snapshot();
     }
     let ns = t.elapsed().as_secs_f64() * 1e9 / reps as f64;
     drop(snapshot);

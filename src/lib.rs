@@ -4,7 +4,8 @@
 //! The engine is safe Rust with a Rust API; `ffi` translates it to the C ABI
 //! described in `include/asyncify.h` and owns every raw-pointer conversion.
 //!
-//! - [`table`]: the override table (persistent map, per-thread current table, scopes)
+//! - [`table`]: the override table as a value (a persistent map)
+//! - [`overrides`]: what a thread sees: its frame (table, local keys, scopes) over the global layer
 //! - [`task`]: a task's state machine; poll, wait, cancel, release
 //! - [`handles`]: the generation-checked handle registry
 //! - [`pool`]: the limited pool (FIFO queue, limit, workers, keep-alive, shutdown)
@@ -12,6 +13,7 @@
 //! - `ffi`: the C ABI and nothing else
 
 pub mod handles;
+pub mod overrides;
 pub mod pool;
 pub mod status;
 pub mod table;

@@ -1,5 +1,5 @@
-//! The override table: an immutable, persistent map from key to [`Value`], the
-//! per-thread *current* table, and LIFO scopes.
+//! The override table as a value: an immutable, persistent map from key to
+//! [`Value`]. (Which table a thread sees is `overrides`' business.)
 //!
 //! A [`Table`] is a treap whose nodes live behind `Arc`: cloning a table (a
 //! *snapshot*) is one reference-count increment, whatever its size, and
@@ -9,22 +9,25 @@
 //! new entries. Node priorities come from a hash of the key, so the shape of a
 //! table depends only on its keys, never on the order they were set in.
 //!
-//! User code (a pointer value's release function) runs only when a [`Value`]
-//! is dropped; every function here that replaces the current table drops the
-//! old one after the thread-local borrow has ended.
+//! Entries whose pointer value has a clone function are also kept in a second
+//! treap, so a task's install step finds them in O(clones), not O(n).
+//!
+//! User code runs only when a [`Value`] is dropped (a pointer value's release
+//! function) or duplicated for a task (its clone function); callers arrange
+//! that neither happens under a lock or a borrow.
 
-use std::cell::RefCell;
 use std::cmp::Ordering;
 use std::collections::hash_map::RandomState;
 use std::ffi::c_void;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
 
 use once_cell::sync::Lazy;
 
 /// A release function for a pointer value (`asyncify_free_fn`).
 pub type ReleaseFn = extern "C" fn(*mut c_void);
+/// Makes a task's own copy of a pointer value (`asyncify_clone_fn`).
+pub type CloneFn = extern "C" fn(*mut c_void) -> *mut c_void;
 
 /// A value in a table: bytes copied in, or an opaque pointer that the table
 /// releases exactly once when the last table holding it is gone.
@@ -42,6 +45,7 @@ pub enum Value {
 pub struct PtrValue {
     addr: usize,
     release: Option<ReleaseFn>,
+    clone: Option<CloneFn>,
 }
 
 impl PtrValue {
@@ -51,7 +55,32 @@ impl PtrValue {
         PtrValue {
             addr: ptr as usize,
             release,
+            clone: None,
         }
+    }
+
+    /// Like [`PtrValue::new`]; each task that receives the value gets its own
+    /// copy made by `clone`, released with `release` when the task ends.
+    pub fn with_clone(
+        ptr: *mut c_void,
+        release: Option<ReleaseFn>,
+        clone: Option<CloneFn>,
+    ) -> Self {
+        PtrValue {
+            addr: ptr as usize,
+            release,
+            clone,
+        }
+    }
+
+    /// A task's own copy, when the value has a clone function (runs it).
+    fn duplicate(&self) -> Option<PtrValue> {
+        let clone = self.clone?;
+        Some(PtrValue::with_clone(
+            clone(self.ptr()),
+            self.release,
+            Some(clone),
+        ))
     }
 
     /// The pointer as it was set.
@@ -88,6 +117,12 @@ struct Node {
 pub struct Table {
     root: Option<Arc<Node>>,
     len: usize,
+    /// The entries whose value has a clone function, again.
+    cloned: Option<Arc<Node>>,
+}
+
+fn has_clone(value: &Value) -> bool {
+    matches!(value, Value::Ptr(PtrValue { clone: Some(_), .. }))
 }
 
 static PRIORITY_SEED: Lazy<RandomState> = Lazy::new(RandomState::new);
@@ -97,6 +132,13 @@ fn priority_of(key: &str) -> u64 {
 }
 
 impl Table {
+    /// The empty table, as a constant (for statics).
+    pub const EMPTY: Table = Table {
+        root: None,
+        len: 0,
+        cloned: None,
+    };
+
     /// The empty table.
     pub fn new() -> Self {
         Table::default()
@@ -129,9 +171,16 @@ impl Table {
     /// Returns the value it replaced, so the caller decides where it drops.
     pub fn insert(&mut self, key: &str, value: Arc<Value>) -> Option<Arc<Value>> {
         let priority = priority_of(key);
-        let replaced = insert_node(&mut self.root, key, value, priority);
-        if replaced.is_none() {
-            self.len += 1;
+        if has_clone(&value) {
+            insert_node(&mut self.cloned, key, value.clone(), priority);
+        }
+        let replaced = insert_node(&mut self.root, key, value.clone(), priority);
+        match &replaced {
+            None => self.len += 1,
+            Some(old) if has_clone(old) && !has_clone(&value) => {
+                remove_node(&mut self.cloned, key);
+            }
+            Some(_) => {}
         }
         replaced
     }
@@ -140,24 +189,37 @@ impl Table {
     /// removed value, so the caller decides where it drops.
     pub fn remove(&mut self, key: &str) -> Option<Arc<Value>> {
         let removed = remove_node(&mut self.root, key);
-        if removed.is_some() {
+        if let Some(value) = &removed {
             self.len -= 1;
+            if has_clone(value) {
+                remove_node(&mut self.cloned, key);
+            }
         }
         removed
     }
 
     /// The keys in sorted order, with their values.
     pub fn entries(&self) -> Vec<(Arc<str>, Arc<Value>)> {
-        fn walk(node: &Option<Arc<Node>>, out: &mut Vec<(Arc<str>, Arc<Value>)>) {
-            if let Some(n) = node {
-                walk(&n.left, out);
-                out.push((n.key.clone(), n.value.clone()));
-                walk(&n.right, out);
-            }
-        }
         let mut out = Vec::with_capacity(self.len);
         walk(&self.root, &mut out);
         out
+    }
+
+    /// The table a task receives: every value with a clone function replaced
+    /// by the task's own copy. Runs the clone functions (user code), so call
+    /// it under no lock or borrow. O(1) when no value has a clone function.
+    pub fn for_task(&self) -> Table {
+        let mut cloned = Vec::new();
+        walk(&self.cloned, &mut cloned);
+        let mut table = self.clone();
+        for (key, value) in cloned {
+            if let Value::Ptr(p) = &*value {
+                if let Some(copy) = p.duplicate() {
+                    table.insert(&key, Arc::new(Value::Ptr(copy)));
+                }
+            }
+        }
+        table
     }
 
     /// True when both tables are the same snapshot (not merely equal content).
@@ -167,6 +229,14 @@ impl Table {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
             _ => false,
         }
+    }
+}
+
+fn walk(node: &Option<Arc<Node>>, out: &mut Vec<(Arc<str>, Arc<Value>)>) {
+    if let Some(n) = node {
+        walk(&n.left, out);
+        out.push((n.key.clone(), n.value.clone()));
+        walk(&n.right, out);
     }
 }
 
@@ -259,136 +329,10 @@ fn merge(left: Option<Arc<Node>>, right: Option<Arc<Node>>) -> Option<Arc<Node>>
     }
 }
 
-/// Why a scope could not be exited.
-#[derive(Debug, PartialEq, Eq)]
-pub enum ScopeError {
-    /// The token is not the innermost open scope of this thread and task.
-    Mismatch,
-}
-
-/// What a thread or a running task sees: its current table and its open scopes.
-#[derive(Default)]
-pub struct Frame {
-    table: Table,
-    scopes: Vec<(u64, Table)>,
-}
-
-impl Frame {
-    /// A frame with `table` installed and no open scope (how every task starts).
-    pub fn with_table(table: Table) -> Self {
-        Frame {
-            table,
-            scopes: Vec::new(),
-        }
-    }
-}
-
-thread_local! {
-    static CURRENT: RefCell<Frame> = RefCell::new(Frame::default());
-}
-
-static NEXT_SCOPE_TOKEN: AtomicU64 = AtomicU64::new(1);
-
-/// Runs `f` on this thread's frame. During thread teardown (a release function
-/// running from a thread-local destructor) the frame is gone; `f` then sees an
-/// empty frame whose changes are dropped.
-fn with_frame<R>(f: impl FnOnce(&mut Frame) -> R) -> R {
-    let mut f = Some(f);
-    let result = CURRENT.try_with(|cell| match cell.try_borrow_mut() {
-        Ok(mut frame) => Some((f.take().expect("called once"))(&mut frame)),
-        Err(_) => None,
-    });
-    match result {
-        Ok(Some(r)) => r,
-        _ => (f.take().expect("called once"))(&mut Frame::default()),
-    }
-}
-
-/// The calling thread's current table (an O(1) snapshot).
-pub fn snapshot() -> Table {
-    with_frame(|frame| frame.table.clone())
-}
-
-/// Replaces the calling thread's current table. The old one is returned so it
-/// drops (and may run release functions) after the thread-local borrow ended.
-#[must_use = "drop the old table outside any lock"]
-pub fn replace_current(table: Table) -> Table {
-    with_frame(|frame| std::mem::replace(&mut frame.table, table))
-}
-
-/// Installs `frame` as the calling thread's frame and returns the one it
-/// replaced; the caller restores it with [`install_frame`] again.
-#[must_use = "the replaced frame must be restored"]
-pub fn install_frame(frame: Frame) -> Frame {
-    with_frame(|current| std::mem::replace(current, frame))
-}
-
-/// Applies `change` to a copy of the current table and installs the result.
-/// What the change displaced drops after the borrow has ended.
-pub fn update_current<R>(change: impl FnOnce(&mut Table) -> R) -> R {
-    // Take the table out so an unshared table is changed in place.
-    let mut table = replace_current(Table::new());
-    let result = change(&mut table);
-    let empty = replace_current(table);
-    drop(empty);
-    result
-}
-
-/// Sets `key` on the calling thread. The replaced value drops after the borrow.
-pub fn set(key: &str, value: Value) {
-    let replaced = update_current(|t| t.insert(key, Arc::new(value)));
-    drop(replaced);
-}
-
-/// Reads `key` from the calling thread's table.
-pub fn get(key: &str) -> Option<Arc<Value>> {
-    with_frame(|frame| frame.table.get(key).cloned())
-}
-
-/// Removes `key` from the calling thread's table; false when it was absent.
-pub fn remove(key: &str) -> bool {
-    let removed = update_current(|t| t.remove(key));
-    removed.is_some()
-}
-
-/// Empties the calling thread's table (open scopes still restore their tables).
-pub fn clear() {
-    drop(replace_current(Table::new()));
-}
-
-/// Number of keys in the calling thread's table.
-pub fn count() -> usize {
-    with_frame(|frame| frame.table.len())
-}
-
-/// Remembers the current table and returns a token to restore it with.
-pub fn scope_enter() -> u64 {
-    let token = NEXT_SCOPE_TOKEN.fetch_add(1, AtomicOrdering::Relaxed);
-    with_frame(|frame| {
-        let saved = frame.table.clone();
-        frame.scopes.push((token, saved));
-    });
-    token
-}
-
-/// Restores the table remembered by `token`, which must be the innermost
-/// scope opened on this thread (or in this task) and not yet exited.
-pub fn scope_exit(token: u64) -> Result<(), ScopeError> {
-    let displaced = with_frame(|frame| match frame.scopes.last() {
-        Some((top, _)) if *top == token => {
-            let (_, saved) = frame.scopes.pop().expect("checked above");
-            Ok(std::mem::replace(&mut frame.table, saved))
-        }
-        _ => Err(ScopeError::Mismatch),
-    })?;
-    drop(displaced);
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 
     fn bytes(v: &Value) -> &[u8] {
         match v {
@@ -494,32 +438,47 @@ mod tests {
         assert_eq!(RELEASED.load(AtomicOrdering::SeqCst), before + 1);
     }
 
-    #[test]
-    fn scopes_restore_exactly_and_refuse_out_of_order_exit() {
-        std::thread::spawn(|| {
-            set("k", Value::Bytes(b"1".to_vec().into()));
-            let outer = scope_enter();
-            set("k", Value::Bytes(b"2".to_vec().into()));
-            let inner = scope_enter();
-            set("j", Value::Bytes(b"3".to_vec().into()));
-            assert_eq!(scope_exit(outer), Err(ScopeError::Mismatch));
-            assert_eq!(count(), 2);
-            scope_exit(inner).unwrap();
-            assert!(get("j").is_none());
-            scope_exit(outer).unwrap();
-            assert_eq!(bytes(&get("k").unwrap()), b"1");
-            assert_eq!(scope_exit(outer), Err(ScopeError::Mismatch));
-        })
-        .join()
-        .unwrap();
+    static CLONES: AtomicUsize = AtomicUsize::new(0);
+    static CLONE_RELEASES: AtomicUsize = AtomicUsize::new(0);
+    extern "C" fn clone_ptr(p: *mut c_void) -> *mut c_void {
+        CLONES.fetch_add(1, AtomicOrdering::SeqCst);
+        (p as usize + 1000) as *mut c_void
+    }
+    extern "C" fn release_clone(_: *mut c_void) {
+        CLONE_RELEASES.fetch_add(1, AtomicOrdering::SeqCst);
     }
 
     #[test]
-    fn a_new_thread_starts_empty() {
-        set("parent", Value::Bytes(Box::new([1])));
-        let n = std::thread::spawn(count).join().unwrap();
-        assert_eq!(n, 0);
-        assert!(remove("parent"));
-        assert!(!remove("parent"));
+    fn a_task_gets_its_own_clone_and_releases_it() {
+        let mut t = Table::new();
+        for i in 0..100 {
+            t.insert(&format!("k{i}"), Arc::new(Value::Bytes(Box::new([]))));
+        }
+        let v = PtrValue::with_clone(7 as *mut c_void, Some(release_clone), Some(clone_ptr));
+        t.insert("tracker", Arc::new(Value::Ptr(v)));
+        let task = t.for_task();
+        assert_eq!(CLONES.load(AtomicOrdering::SeqCst), 1);
+        match &**task.get("tracker").unwrap() {
+            Value::Ptr(p) => assert_eq!(p.ptr() as usize, 1007),
+            Value::Bytes(_) => panic!("expected a pointer"),
+        }
+        assert_eq!(task.len(), 101);
+        drop(task);
+        assert_eq!(
+            CLONE_RELEASES.load(AtomicOrdering::SeqCst),
+            1,
+            "the clone is released"
+        );
+        // Replacing the cloneable value with a plain one drops it from the
+        // clone index: no clone for later tasks.
+        t.insert("tracker", Arc::new(Value::Bytes(Box::new([1]))));
+        drop(t.for_task());
+        assert_eq!(CLONES.load(AtomicOrdering::SeqCst), 1);
+        drop(t);
+        assert_eq!(
+            CLONE_RELEASES.load(AtomicOrdering::SeqCst),
+            2,
+            "the original too"
+        );
     }
 }

@@ -31,9 +31,10 @@ use std::time::{Duration, Instant};
 use once_cell::sync::Lazy;
 
 use crate::handles::{HandleError, Registry};
+use crate::overrides::{self, Frame};
 use crate::pool::PoolShared;
 use crate::status::*;
-use crate::table::{self, Frame, Table};
+use crate::table::Table;
 
 /// The work function: `0` is success, anything else a failure code. It may
 /// store a result in `*out_result`.
@@ -177,7 +178,7 @@ impl Drop for Installed {
     fn drop(&mut self) {
         let previous = self.saved_task.take();
         let _ = CURRENT_TASK.try_with(|t| t.replace(previous));
-        let task_frame = table::install_frame(self.saved_frame.take().unwrap_or_default());
+        let task_frame = overrides::install_frame(self.saved_frame.take().unwrap_or_default());
         // The task's own frame (its snapshot and whatever it set or left in a
         // scope) drops here, after the borrow: release functions may run.
         drop(task_frame);
@@ -237,7 +238,7 @@ impl Task {
     pub(crate) fn run(self: &Arc<Self>, snapshot: Table) {
         let (code, result) = {
             let _installed = Installed {
-                saved_frame: Some(table::install_frame(Frame::with_table(snapshot))),
+                saved_frame: Some(overrides::install_frame(Frame::for_task(&snapshot))),
                 saved_task: CURRENT_TASK.with(|t| t.replace(Some(self.clone()))),
             };
             let mut result: *mut c_void = ptr::null_mut();

@@ -12,9 +12,10 @@ use std::sync::atomic::{
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use asyncify::overrides as table;
 use asyncify::pool::Pool;
 use asyncify::status::*;
-use asyncify::table::{self, Table, Value};
+use asyncify::table::{Table, Value};
 use asyncify::task::{self, TaskSpec};
 
 const LANES: usize = 16;
@@ -205,7 +206,7 @@ fn cancelling_a_running_task_abandons_it_and_keeps_its_slot() {
 
 extern "C" fn outer_waits_for_inner(a: *mut c_void, _: *mut *mut c_void) -> i32 {
     let (lane, _) = lane_of(a);
-    table::set("k", Value::Bytes(b"outer".to_vec().into()));
+    table::set("k", Value::Bytes(b"outer".to_vec().into()), false);
     let spec = TaskSpec::new(tracked, a);
     let pool = POOL_FOR_NESTING.lock().unwrap().clone().unwrap();
     let h = pool.submit(spec, table::snapshot()).unwrap();
@@ -327,11 +328,11 @@ extern "C" fn scribbles(a: *mut c_void, _: *mut *mut c_void) -> i32 {
     let (lane, _) = lane_of(a);
     lane.seen.lock().unwrap().push(bytes_of("k"));
     lane.seen.lock().unwrap().push(bytes_of("leak"));
-    table::set("leak", Value::Bytes(b"x".to_vec().into()));
-    table::set("k", Value::Bytes(b"changed".to_vec().into()));
+    table::set("leak", Value::Bytes(b"x".to_vec().into()), false);
+    table::set("k", Value::Bytes(b"changed".to_vec().into()), false);
     table::remove("k");
     let _ = table::scope_enter();
-    table::set("leak2", Value::Bytes(Box::new([])));
+    table::set("leak2", Value::Bytes(Box::new([])), false);
     0
 }
 
@@ -340,7 +341,7 @@ fn a_tasks_changes_stay_in_the_task() {
     let lane = &LANE_STORE[7];
     let pool = Pool::new(1);
     std::thread::spawn(move || {
-        table::set("k", Value::Bytes(b"mine".to_vec().into()));
+        table::set("k", Value::Bytes(b"mine".to_vec().into()), false);
         let h1 = pool
             .submit(TaskSpec::new(scribbles, arg(7, 0)), table::snapshot())
             .unwrap();

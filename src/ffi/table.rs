@@ -10,14 +10,15 @@ use std::ffi::{c_char, c_void};
 use std::sync::Arc;
 
 use super::{bytes_arg, fail, guard, key_arg, required_out, write_out, Fail};
+use crate::overrides;
 use crate::status::*;
-use crate::table::{self, PtrValue, Value};
+use crate::table::{PtrValue, Value};
 
 /// Releases an opaque pointer value, an argument or a result.
 pub type asyncify_free_fn = Option<extern "C" fn(ptr: *mut c_void)>;
 
 fn lookup(key: &str) -> Result<Arc<Value>, Fail> {
-    table::get(key).ok_or_else(|| {
+    overrides::get(key).ok_or_else(|| {
         fail(
             ASYNCIFY_E_NOT_FOUND,
             format!("no override for key \"{key}\""),
@@ -43,7 +44,7 @@ pub extern "C" fn asyncify_override_set(
     guard("asyncify_override_set", || {
         let key = key_arg(key)?;
         let bytes = bytes_arg(value as *const u8, len, "value")?;
-        table::set(key, Value::Bytes(bytes.into()));
+        overrides::set(key, Value::Bytes(bytes.into()), false);
         Ok(ASYNCIFY_OK)
     })
 }
@@ -60,7 +61,7 @@ pub extern "C" fn asyncify_override_set_ptr(
 ) -> asyncify_status {
     guard("asyncify_override_set_ptr", || {
         let key = key_arg(key)?;
-        table::set(key, Value::Ptr(PtrValue::new(ptr, release)));
+        overrides::set(key, Value::Ptr(PtrValue::new(ptr, release)), false);
         Ok(ASYNCIFY_OK)
     })
 }
@@ -154,7 +155,7 @@ pub extern "C" fn asyncify_override_get_ptr_ex(
 pub extern "C" fn asyncify_override_remove(key: *const c_char) -> asyncify_status {
     guard("asyncify_override_remove", || {
         let key = key_arg(key)?;
-        if table::remove(key) {
+        if overrides::remove(key) {
             Ok(ASYNCIFY_OK)
         } else {
             Err(fail(
@@ -170,7 +171,7 @@ pub extern "C" fn asyncify_override_remove(key: *const c_char) -> asyncify_statu
 #[no_mangle]
 pub extern "C" fn asyncify_override_clear() -> asyncify_status {
     guard("asyncify_override_clear", || {
-        table::clear();
+        overrides::clear();
         Ok(ASYNCIFY_OK)
     })
 }
@@ -180,7 +181,7 @@ pub extern "C" fn asyncify_override_clear() -> asyncify_status {
 pub extern "C" fn asyncify_override_count(out_count: *mut usize) -> asyncify_status {
     guard("asyncify_override_count", || {
         let out_count = required_out(out_count, "out_count")?;
-        write_out(out_count, table::count());
+        write_out(out_count, overrides::count());
         Ok(ASYNCIFY_OK)
     })
 }
@@ -191,7 +192,7 @@ pub extern "C" fn asyncify_override_count(out_count: *mut usize) -> asyncify_sta
 pub extern "C" fn asyncify_scope_enter(out_token: *mut u64) -> asyncify_status {
     guard("asyncify_scope_enter", || {
         let out_token = required_out(out_token, "out_token")?;
-        write_out(out_token, table::scope_enter());
+        write_out(out_token, overrides::scope_enter());
         Ok(ASYNCIFY_OK)
     })
 }
@@ -208,7 +209,7 @@ pub extern "C" fn asyncify_scope_exit(token: u64) -> asyncify_status {
                 "token 0 is never a scope",
             ));
         }
-        table::scope_exit(token).map_err(|_| {
+        overrides::scope_exit(token).map_err(|_| {
             fail(
                 ASYNCIFY_E_SCOPE_MISMATCH,
                 "the token is not the innermost open scope of this thread or task (LIFO order, same thread, same task)",

@@ -19,8 +19,9 @@ use super::table::asyncify_free_fn;
 use super::{
     fail, guard, init_struct, required, required_out, timeout_arg, versioned_arg, write_out,
 };
+use crate::overrides;
 use crate::status::*;
-use crate::table::{self, Table};
+use crate::table::Table;
 use crate::task::{self, TaskSpec};
 
 /// A task's handle: a generation-checked id; 0 is never valid.
@@ -154,7 +155,7 @@ pub extern "C" fn asyncify_submit(
         let snapshot = if flags & ASYNCIFY_SUBMIT_EMPTY_CONTEXT != 0 {
             Table::new()
         } else {
-            table::snapshot()
+            overrides::snapshot()
         };
         let handle = pool.submit(spec, snapshot)?;
         write_out(out_handle, handle);

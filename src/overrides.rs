@@ -1,0 +1,353 @@
+//! What a thread sees: its *frame* (the current table, its local keys, its
+//! open scopes) over the process-wide *global layer*.
+//!
+//! - The frame's `table` is what submitted tasks inherit (an O(1) snapshot).
+//! - Keys set with the local flag live in a separate `local` table that is
+//!   never snapshotted, so marking keys local costs the snapshot nothing.
+//! - Reads look at `local`, then `table`, then the global layer.
+//! - The global layer is one table behind a mutex plus a version number. Each
+//!   thread keeps a copy (an O(1) snapshot) of the version it last saw, so a
+//!   read takes no lock unless the global layer changed since.
+//! - A global pointer value handed out by a read is *pinned* in the frame: in
+//!   a task until the task ends; elsewhere until the thread reads that key
+//!   again or changes its table. So the pointer stays valid even if the
+//!   global layer drops it meanwhile.
+//!
+//! User code (release and clone functions) never runs under a borrow of the
+//! frame or the global lock: every displaced value is returned out of the
+//! borrow and dropped after it.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::table::{Table, Value};
+
+/// Why a scope could not be exited.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ScopeError {
+    /// The token is not the innermost open scope of this thread and task.
+    Mismatch,
+}
+
+struct Scope {
+    token: u64,
+    table: Table,
+    local: Table,
+}
+
+/// What a thread or a running task sees.
+#[derive(Default)]
+pub struct Frame {
+    table: Table,
+    local: Table,
+    scopes: Vec<Scope>,
+    pinned: Vec<(Arc<str>, Arc<Value>)>,
+    in_task: bool,
+}
+
+impl Frame {
+    /// The frame a task (or `context_run`) starts with: `snapshot` with the
+    /// task's own copies of cloneable values, no local keys, no open scope.
+    /// Runs clone functions: call it under no lock or borrow.
+    pub fn for_task(snapshot: &Table) -> Frame {
+        Frame {
+            table: snapshot.for_task(),
+            in_task: true,
+            ..Frame::default()
+        }
+    }
+}
+
+thread_local! {
+    static CURRENT: RefCell<Frame> = RefCell::new(Frame::default());
+    static GLOBAL_SEEN: RefCell<(u64, Table)> = RefCell::new((0, Table::new()));
+}
+
+static NEXT_SCOPE_TOKEN: AtomicU64 = AtomicU64::new(1);
+static GLOBAL: Mutex<Table> = Mutex::new(Table::EMPTY);
+/// Bumped after every change of `GLOBAL`; 0 is never a version.
+static GLOBAL_VERSION: AtomicU64 = AtomicU64::new(1);
+
+/// Runs `f` on this thread's frame. During thread teardown (a release function
+/// running from a thread-local destructor) the frame is gone; `f` then sees an
+/// empty frame whose changes are dropped.
+fn with_frame<R>(f: impl FnOnce(&mut Frame) -> R) -> R {
+    let mut f = Some(f);
+    let result = CURRENT.try_with(|cell| match cell.try_borrow_mut() {
+        Ok(mut frame) => Some((f.take().expect("called once"))(&mut frame)),
+        Err(_) => None,
+    });
+    match result {
+        Ok(Some(r)) => r,
+        _ => (f.take().expect("called once"))(&mut Frame::default()),
+    }
+}
+
+/// Installs `frame` as the calling thread's frame and returns the one it
+/// replaced; the caller restores that with `install_frame` again and drops
+/// the task's frame after.
+#[must_use = "the replaced frame must be restored"]
+pub fn install_frame(frame: Frame) -> Frame {
+    with_frame(|current| std::mem::replace(current, frame))
+}
+
+/// The calling thread's inheritable table: what a task submitted now gets.
+pub fn snapshot() -> Table {
+    with_frame(|frame| frame.table.clone())
+}
+
+/// Changes the thread's table. What the change displaced is returned by
+/// `change` and dropped here, after the borrow. Outside tasks, a change of
+/// the table also unpins the global values read so far.
+fn change<R>(change: impl FnOnce(&mut Frame) -> R) -> R {
+    let (result, unpinned) = with_frame(|frame| {
+        let result = change(frame);
+        let unpinned = if frame.in_task {
+            Vec::new()
+        } else {
+            std::mem::take(&mut frame.pinned)
+        };
+        (result, unpinned)
+    });
+    drop(unpinned);
+    result
+}
+
+/// Sets `key` on the calling thread; a `local` key is never copied into
+/// submitted tasks. The replaced value drops after the borrow.
+pub fn set(key: &str, value: Value, local: bool) {
+    let value = Arc::new(value);
+    let displaced = change(|frame| {
+        let (this, other) = if local {
+            (&mut frame.local, &mut frame.table)
+        } else {
+            (&mut frame.table, &mut frame.local)
+        };
+        (this.insert(key, value), other.remove(key))
+    });
+    drop(displaced);
+}
+
+/// Reads `key`: the thread's local keys, then its table, then the global
+/// layer. A global pointer value is pinned (see the module docs).
+pub fn get(key: &str) -> Option<Arc<Value>> {
+    let own = with_frame(|frame| {
+        frame
+            .local
+            .get(key)
+            .or_else(|| frame.table.get(key))
+            .cloned()
+    });
+    if own.is_some() {
+        return own;
+    }
+    let value = global_get(key)?;
+    if matches!(*value, Value::Ptr(_)) {
+        let unpinned = with_frame(|frame| {
+            let old = if frame.in_task {
+                None
+            } else {
+                let at = frame.pinned.iter().position(|(k, _)| &**k == key);
+                at.map(|i| frame.pinned.swap_remove(i))
+            };
+            frame.pinned.push((Arc::from(key), value.clone()));
+            old
+        });
+        drop(unpinned);
+    }
+    Some(value)
+}
+
+/// Removes `key` from the calling thread's table; false when it was absent.
+pub fn remove(key: &str) -> bool {
+    let removed = change(|frame| {
+        let local = frame.local.remove(key);
+        let table = frame.table.remove(key);
+        (local, table)
+    });
+    removed.0.is_some() || removed.1.is_some()
+}
+
+/// Empties the calling thread's table (open scopes still restore theirs).
+pub fn clear() {
+    let old = change(|frame| {
+        (
+            std::mem::take(&mut frame.table),
+            std::mem::take(&mut frame.local),
+        )
+    });
+    drop(old);
+}
+
+/// Number of keys in the calling thread's table (the global layer aside).
+pub fn count() -> usize {
+    with_frame(|frame| frame.table.len() + frame.local.len())
+}
+
+/// Remembers the current table and returns a token to restore it with.
+pub fn scope_enter() -> u64 {
+    let token = NEXT_SCOPE_TOKEN.fetch_add(1, Ordering::Relaxed);
+    with_frame(|frame| {
+        let scope = Scope {
+            token,
+            table: frame.table.clone(),
+            local: frame.local.clone(),
+        };
+        frame.scopes.push(scope);
+    });
+    token
+}
+
+/// Restores the table remembered by `token`, which must be the innermost
+/// scope opened on this thread (or in this task) and not yet exited.
+pub fn scope_exit(token: u64) -> Result<(), ScopeError> {
+    let displaced = change(|frame| match frame.scopes.last() {
+        Some(scope) if scope.token == token => {
+            let scope = frame.scopes.pop().expect("checked above");
+            let table = std::mem::replace(&mut frame.table, scope.table);
+            let local = std::mem::replace(&mut frame.local, scope.local);
+            Ok((table, local))
+        }
+        _ => Err(ScopeError::Mismatch),
+    })?;
+    drop(displaced);
+    Ok(())
+}
+
+fn lock_global() -> MutexGuard<'static, Table> {
+    // No user code runs under this lock, so its data stays consistent.
+    GLOBAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn global_get(key: &str) -> Option<Arc<Value>> {
+    let version = GLOBAL_VERSION.load(Ordering::Acquire);
+    let (value, stale) = GLOBAL_SEEN
+        .try_with(|seen| {
+            let mut seen = seen.borrow_mut();
+            let stale = if seen.0 == version {
+                None
+            } else {
+                let fresh = lock_global().clone();
+                Some(std::mem::replace(&mut *seen, (version, fresh)))
+            };
+            (seen.1.get(key).cloned(), stale)
+        })
+        .unwrap_or_else(|_| (lock_global().get(key).cloned(), None));
+    drop(stale);
+    value
+}
+
+fn global_change<R>(change: impl FnOnce(&mut Table) -> R) -> R {
+    let mut global = lock_global();
+    let result = change(&mut global);
+    GLOBAL_VERSION.fetch_add(1, Ordering::Release);
+    drop(global);
+    result
+}
+
+/// Sets `key` in the global layer: a process-wide default that every thread
+/// and running task sees where its own table has no such key.
+pub fn global_set(key: &str, value: Value) {
+    let replaced = global_change(|global| global.insert(key, Arc::new(value)));
+    drop(replaced);
+}
+
+/// Removes `key` from the global layer; false when it was absent.
+pub fn global_remove(key: &str) -> bool {
+    let removed = global_change(|global| global.remove(key));
+    removed.is_some()
+}
+
+/// Holds the global layer's lock across `fork()`, so the child never inherits
+/// it locked; dropping the guard (in parent and child) releases it.
+pub fn hold_global_for_fork() -> MutexGuard<'static, Table> {
+    lock_global()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(v: &Value) -> &[u8] {
+        match v {
+            Value::Bytes(b) => b,
+            Value::Ptr(_) => panic!("expected bytes"),
+        }
+    }
+
+    fn b(s: &str) -> Value {
+        Value::Bytes(s.as_bytes().into())
+    }
+
+    #[test]
+    fn scopes_restore_exactly_and_refuse_out_of_order_exit() {
+        std::thread::spawn(|| {
+            set("k", b("1"), false);
+            let outer = scope_enter();
+            set("k", b("2"), false);
+            let inner = scope_enter();
+            set("j", b("3"), true);
+            assert_eq!(scope_exit(outer), Err(ScopeError::Mismatch));
+            assert_eq!(count(), 2);
+            scope_exit(inner).unwrap();
+            assert!(get("j").is_none());
+            scope_exit(outer).unwrap();
+            assert_eq!(bytes(&get("k").unwrap()), b"1");
+            assert_eq!(scope_exit(outer), Err(ScopeError::Mismatch));
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_new_thread_starts_empty() {
+        std::thread::spawn(|| {
+            set("parent", b("1"), false);
+            let n = std::thread::spawn(count).join().unwrap();
+            assert_eq!(n, 0);
+            assert!(remove("parent"));
+            assert!(!remove("parent"));
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn local_keys_are_read_but_never_snapshotted() {
+        std::thread::spawn(|| {
+            set("shared", b("s"), false);
+            set("mine", b("m"), true);
+            assert_eq!(count(), 2);
+            assert_eq!(bytes(&get("mine").unwrap()), b"m");
+            let snap = snapshot();
+            assert!(snap.get("mine").is_none());
+            assert!(snap.get("shared").is_some());
+            // Setting a key the other way moves it.
+            set("mine", b("now shared"), false);
+            assert!(snapshot().get("mine").is_some());
+            assert_eq!(count(), 2);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn the_global_layer_is_read_through_and_live() {
+        std::thread::spawn(|| {
+            global_set("g-test", b("1"));
+            assert_eq!(bytes(&get("g-test").unwrap()), b"1");
+            set("g-test", b("own"), false);
+            assert_eq!(bytes(&get("g-test").unwrap()), b"own");
+            remove("g-test");
+            global_set("g-test", b("2"));
+            assert_eq!(bytes(&get("g-test").unwrap()), b"2");
+            assert_eq!(count(), 0, "the global layer is not the thread's table");
+            assert!(global_remove("g-test"));
+            assert!(get("g-test").is_none());
+            assert!(!global_remove("g-test"));
+        })
+        .join()
+        .unwrap();
+    }
+}
