@@ -29,6 +29,18 @@
 
 
 /*
+ Pool flag: an abandoned callable gives its slot back at once (AnyIO's
+ behaviour) instead of holding it until it returns.
+ */
+#define ASYNCIFY_POOL_RELEASE_SLOT_ON_ABANDON 1
+
+/*
+ Key flag: the value stays on this thread and is never copied into
+ submitted tasks or captured contexts.
+ */
+#define ASYNCIFY_KEY_LOCAL 1
+
+/*
  Submit flag: the handle releases itself once the task is terminal (after
  `on_done`); `out_handle` may then be NULL.
  */
@@ -40,13 +52,12 @@
 #define ASYNCIFY_SUBMIT_EMPTY_CONTEXT 2
 
 /*
- An immutable snapshot of a table (contract 6.2; not yet available in this
- version).
+ An immutable snapshot of an override table.
  */
 typedef struct asyncify_context asyncify_context;
 
 /*
- A completion queue (contract 6.3; not yet available in this version).
+ A completion queue.
  */
 typedef struct asyncify_cq asyncify_cq;
 
@@ -66,9 +77,146 @@ typedef int32_t asyncify_status;
 typedef void (*asyncify_free_fn)(void *ptr);
 
 /*
+ The work function: returns 0 for success, anything else is a failure code.
+ It may store a result in `*out_result`.
+ */
+typedef int32_t (*asyncify_work_fn)(void *arg, void **out_result);
+
+/*
  A task's handle: a generation-checked id; 0 is never valid.
  */
 typedef uint64_t asyncify_handle;
+
+/*
+ One completion drained from a queue.
+ */
+typedef struct asyncify_completion {
+  /*
+   The task's handle (still to be released, unless the task was detached).
+   */
+  asyncify_handle handle;
+  /*
+   `ASYNCIFY_OK`, `ASYNCIFY_FAILED` or `ASYNCIFY_CANCELLED`.
+   */
+  asyncify_status status;
+  /*
+   The work function's return value.
+   */
+  int32_t code;
+  /*
+   The result, now yours (NULL when none).
+   */
+  void *result;
+  /*
+   The task's `on_done_data`.
+   */
+  void *user_data;
+} asyncify_completion;
+
+/*
+ A function run on each worker thread of a pool (start or stop hook).
+ */
+typedef void (*asyncify_thread_hook)(void *user_data);
+
+/*
+ Options for `asyncify_pool_new_ex`. Prepare with `asyncify_pool_options_init`.
+ */
+typedef struct asyncify_pool_options {
+  /*
+   Set by `asyncify_pool_options_init`.
+   */
+  uint32_t struct_size;
+  /*
+   The limit (default 8): 0 pauses the pool, `UINT32_MAX` is unbounded.
+   */
+  uint32_t max_workers;
+  /*
+   0: unbounded (default); else `asyncify_submit` returns
+   `ASYNCIFY_E_BUSY` while this many tasks wait.
+   */
+  uint32_t max_queued;
+  /*
+   How long an idle worker waits before it exits; 0: the default (10 s).
+   */
+  uint32_t keep_alive_ms;
+  /*
+   `ASYNCIFY_POOL_*` bits.
+   */
+  uint32_t flags;
+  /*
+   Worker thread name prefix, copied; NULL: "asyncify".
+   */
+  const char *thread_name;
+  /*
+   Nullable: run on each worker thread when it starts, before any task.
+   */
+  asyncify_thread_hook on_thread_start;
+  /*
+   Nullable: run on each worker thread before it exits.
+   */
+  asyncify_thread_hook on_thread_stop;
+  /*
+   Passed to the hooks.
+   */
+  void *hook_data;
+} asyncify_pool_options;
+
+/*
+ A pool's counters; exact when the pool is quiet. Append-only: set
+ `struct_size` to `sizeof` before `asyncify_stats`.
+ */
+typedef struct asyncify_pool_stats {
+  /*
+   In: the size of the caller's struct. Out: how many bytes were filled.
+   */
+  uint32_t struct_size;
+  /*
+   The limit.
+   */
+  uint32_t limit;
+  /*
+   Worker threads alive.
+   */
+  uint32_t threads;
+  /*
+   Of those, parked waiting for work.
+   */
+  uint32_t idle_threads;
+  /*
+   Tasks waiting to start.
+   */
+  uint64_t queued;
+  /*
+   Callables running (abandoned ones included).
+   */
+  uint64_t running;
+  /*
+   Tasks accepted by `asyncify_submit`.
+   */
+  uint64_t submitted;
+  /*
+   Tasks whose work function returned 0.
+   */
+  uint64_t completed;
+  /*
+   Tasks whose work function returned non-zero.
+   */
+  uint64_t failed;
+  /*
+   Tasks cancelled before they started.
+   */
+  uint64_t cancelled;
+  /*
+   Tasks cancelled while running.
+   */
+  uint64_t abandoned;
+} asyncify_pool_stats;
+
+/*
+ Makes a task's own copy of a pointer value; called once per task that
+ receives the value, on the thread that installs the task.
+ */
+typedef void *(*asyncify_clone_fn)(void *ptr);
 
 /*
  Called exactly once per task with its terminal status.
@@ -113,20 +261,15 @@ typedef struct asyncify_submit_options {
    */
   struct asyncify_pool *pool;
   /*
-   Must be NULL in this version.
+   NULL: none. Without `on_done`, the completion goes to this queue.
    */
   struct asyncify_cq *cq;
   /*
-   Must be NULL in this version (the calling thread's table is snapshotted).
+   NULL: snapshot the calling thread's table now. Otherwise the task runs
+   with this context (it keeps its own reference).
    */
   const struct asyncify_context *context;
 } asyncify_submit_options;
-
-/*
- The work function: returns 0 for success, anything else is a failure code.
- It may store a result in `*out_result`.
- */
-typedef int32_t (*asyncify_work_fn)(void *arg, void **out_result);
 
 /*
  Success; for a task: finished and its work function returned 0.
@@ -219,6 +362,98 @@ extern "C" {
 #endif // __cplusplus
 
 /*
+ Captures the calling thread's table (what a task submitted now would get;
+ local keys excluded) in O(1). Free it with `asyncify_context_free`.
+ */
+asyncify_status asyncify_context_capture(struct asyncify_context **out);
+
+/*
+ A context with no keys.
+ */
+asyncify_status asyncify_context_empty(struct asyncify_context **out);
+
+/*
+ A new context: `ctx` with `key` set to a copy of `len` bytes. `ctx` is
+ unchanged and still owned by the caller.
+ */
+asyncify_status asyncify_context_with(const struct asyncify_context *ctx,
+                                      const char *key,
+                                      const void *value,
+                                      size_t len,
+                                      struct asyncify_context **out);
+
+/*
+ A new context: `ctx` with `key` set to the opaque pointer `ptr`, which the
+ contexts and tables holding it own from now on (`release`, nullable, is
+ called once when the last one is gone). On error the caller keeps `ptr`.
+ */
+asyncify_status asyncify_context_with_ptr(const struct asyncify_context *ctx,
+                                          const char *key,
+                                          void *ptr,
+                                          asyncify_free_fn release,
+                                          struct asyncify_context **out);
+
+/*
+ A new context: `ctx` without `key` (equal to `ctx` when the key is absent).
+ */
+asyncify_status asyncify_context_without(const struct asyncify_context *ctx,
+                                         const char *key,
+                                         struct asyncify_context **out);
+
+/*
+ Runs `fn(arg)` on the calling thread with `ctx` installed as its table
+ (as a task would see it), then restores the thread's own table. Returns
+ `OK` or `FAILED` as the function did; `out_result` and `out_code` are
+ nullable. The result is the caller's.
+ */
+asyncify_status asyncify_context_run(const struct asyncify_context *ctx,
+                                     asyncify_work_fn fn,
+                                     void *arg,
+                                     void **out_result,
+                                     int32_t *out_code);
+
+/*
+ Frees a context pointer. Values it held are released when no other
+ context, table or task holds them.
+ */
+asyncify_status asyncify_context_free(struct asyncify_context *ctx);
+
+/*
+ Creates a completion queue. Free it with `asyncify_cq_free`.
+ */
+asyncify_status asyncify_cq_new(struct asyncify_cq **out);
+
+/*
+ Writes the queue's file descriptor to `*out_fd`: readable while
+ completions wait (for poll/epoll/`loop.add_reader`/`uv_poll`). Owned by the
+ queue; do not read or close it.
+ */
+asyncify_status asyncify_cq_fd(const struct asyncify_cq *cq, int32_t *out_fd);
+
+/*
+ Waits until at least one completion is ready (`OK`) or `timeout_ms` (< 0:
+ forever) runs out (`TIMEOUT`). Does not drain. `ASYNCIFY_E_SHUT_DOWN` when
+ the queue is freed meanwhile from another thread.
+ */
+asyncify_status asyncify_cq_wait(struct asyncify_cq *cq, int64_t timeout_ms);
+
+/*
+ Moves up to `cap` completions, oldest first, into `out[0..*out_n]`; never
+ blocks (`*out_n` may be 0). Results move to the caller.
+ */
+asyncify_status asyncify_cq_drain(struct asyncify_cq *cq,
+                                  struct asyncify_completion *out,
+                                  size_t cap,
+                                  size_t *out_n);
+
+/*
+ Frees the queue and closes its fd. Tasks still pointing at it keep their
+ later completions on their handles (pollable); results of completions not
+ drained go to their `free_result`.
+ */
+asyncify_status asyncify_cq_free(struct asyncify_cq *cq);
+
+/*
  The fixed text of a status code. Never NULL, also for unknown values; the
  text is static and must not be freed.
  */
@@ -245,6 +480,26 @@ const char *asyncify_version(void);
  it, `UINT32_MAX` is unbounded). Free it with `asyncify_pool_free`.
  */
 asyncify_status asyncify_pool_new(uint32_t max_workers, struct asyncify_pool **out);
+
+/*
+ Prepares `*opts` with the defaults (limit 8, everything else off); `size`
+ is `sizeof(*opts)`.
+ */
+asyncify_status asyncify_pool_options_init(struct asyncify_pool_options *opts, size_t size);
+
+/*
+ Creates a pool as `opts` says (NULL: the defaults). Free it with
+ `asyncify_pool_free`.
+ */
+asyncify_status asyncify_pool_new_ex(const struct asyncify_pool_options *opts,
+                                     struct asyncify_pool **out);
+
+/*
+ Fills `*out` with the counters of `pool` (NULL: the default pool), up to
+ `min(out->struct_size, sizeof(asyncify_pool_stats))` bytes, and sets
+ `out->struct_size` to the bytes filled. `struct_size` must be at least 4.
+ */
+asyncify_status asyncify_stats(struct asyncify_pool *pool, struct asyncify_pool_stats *out);
 
 /*
  Shuts the pool down and frees it: new submissions get
@@ -281,12 +536,32 @@ asyncify_status asyncify_get_max_workers(struct asyncify_pool *pool, uint32_t *o
 asyncify_status asyncify_override_set(const char *key, const void *value, size_t len);
 
 /*
+ Like `asyncify_override_set`, with `ASYNCIFY_KEY_*` flags.
+ */
+asyncify_status asyncify_override_set_ex(const char *key,
+                                         const void *value,
+                                         size_t len,
+                                         uint32_t flags);
+
+/*
  Sets `key` to the opaque pointer `ptr`. The tables own it from now on:
  `release` (nullable) is called on it exactly once, when the last table or
  task holding it is gone, on whichever thread drops it (never with NULL).
  On error the caller keeps owning `ptr`.
  */
 asyncify_status asyncify_override_set_ptr(const char *key, void *ptr, asyncify_free_fn release);
+
+/*
+ Like `asyncify_override_set_ptr`, with `ASYNCIFY_KEY_*` flags and a clone
+ function (nullable): each task that receives the value gets
+ `clone(ptr)` instead, released with `release` when the task's table is
+ restored (for per-task state such as a usage tracker).
+ */
+asyncify_status asyncify_override_set_ptr_ex(const char *key,
+                                             void *ptr,
+                                             asyncify_free_fn release,
+                                             asyncify_clone_fn clone,
+                                             uint32_t flags);
 
 /*
  Copies the bytes of `key` into `buf` and their length into `*out_len`.
@@ -343,6 +618,26 @@ asyncify_status asyncify_scope_enter(uint64_t *out_token);
 asyncify_status asyncify_scope_exit(uint64_t token);
 
 /*
+ Sets `key` to a copy of `len` bytes in the global layer: a process-wide
+ default (like `dspy.configure`) that every thread and running task reads
+ where its own table has no such key, live.
+ */
+asyncify_status asyncify_global_set(const char *key, const void *value, size_t len);
+
+/*
+ Sets `key` to an opaque pointer in the global layer; `release` is called
+ once when the global layer and every reader are done with it. A pointer a
+ thread has read stays valid until its task ends or, outside tasks, until
+ the thread reads that key again or changes its table.
+ */
+asyncify_status asyncify_global_set_ptr(const char *key, void *ptr, asyncify_free_fn release);
+
+/*
+ Removes `key` from the global layer; `ASYNCIFY_E_NOT_FOUND` when absent.
+ */
+asyncify_status asyncify_global_remove(const char *key);
+
+/*
  Prepares `*opts` with the defaults; `size` is `sizeof(*opts)`.
  */
 asyncify_status asyncify_submit_options_init(struct asyncify_submit_options *opts, size_t size);
@@ -375,6 +670,17 @@ asyncify_status asyncify_wait(asyncify_handle h,
                               int64_t timeout_ms,
                               void **out_result,
                               int32_t *out_code);
+
+/*
+ Waits until at least one of the `n` handles at `hs` is terminal: `OK`
+ with the index of the first terminal one (in list order) in
+ `*out_index`, or `TIMEOUT` after `timeout_ms` (< 0: forever). Nothing is
+ received or released: poll or wait the handle for its result.
+ */
+asyncify_status asyncify_wait_any(const asyncify_handle *hs,
+                                  size_t n,
+                                  int64_t timeout_ms,
+                                  size_t *out_index);
 
 /*
  Frees the handle. A pending task goes on; its result goes to `free_result`.

@@ -63,6 +63,13 @@ thread_local! {
         Cell::new(NEXT_SHARD.fetch_add(1, Ordering::Relaxed) as usize % SHARDS);
 }
 
+/// How many forks deep this process is (mod 256). Handles carry it, and the
+/// task registry and the default pool are chosen by it, so a child starts
+/// with fresh ones and never touches a lock a thread of its parent held.
+pub fn fork_epoch() -> u8 {
+    FORK_EPOCH.load(Ordering::Relaxed)
+}
+
 /// Marks every handle made so far as belonging to the parent of a fork.
 pub fn bump_fork_epoch() {
     FORK_EPOCH.fetch_add(1, Ordering::Relaxed);

@@ -9,9 +9,13 @@
 //! - [`task`]: a task's state machine; poll, wait, cancel, release
 //! - [`handles`]: the generation-checked handle registry
 //! - [`pool`]: the limited pool (FIFO queue, limit, workers, keep-alive, shutdown)
+//! - [`cq`]: completion queues with a pollable file descriptor
+//! - `fork`: what a forked child gets (fresh registry and default pool)
 //! - [`status`]: status codes shared by the engine and the ABI
 //! - `ffi`: the C ABI and nothing else
 
+pub mod cq;
+mod fork;
 pub mod handles;
 pub mod overrides;
 pub mod pool;

@@ -84,12 +84,29 @@ fn with_frame<R>(f: impl FnOnce(&mut Frame) -> R) -> R {
     }
 }
 
-/// Installs `frame` as the calling thread's frame and returns the one it
-/// replaced; the caller restores that with `install_frame` again and drops
-/// the task's frame after.
-#[must_use = "the replaced frame must be restored"]
-pub fn install_frame(frame: Frame) -> Frame {
-    with_frame(|current| std::mem::replace(current, frame))
+/// Installs a frame on the calling thread until dropped: then the previous
+/// frame is back (on every path, panics included) and the installed one,
+/// with whatever the code under it set or left in a scope, is dropped after
+/// the borrow, so its release functions may run.
+pub struct Installed {
+    saved: Option<Frame>,
+}
+
+impl Installed {
+    /// Installs `frame`, remembering the current one.
+    pub fn new(frame: Frame) -> Installed {
+        Installed {
+            saved: Some(with_frame(|current| std::mem::replace(current, frame))),
+        }
+    }
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        let saved = self.saved.take().unwrap_or_default();
+        let installed = with_frame(|current| std::mem::replace(current, saved));
+        drop(installed);
+    }
 }
 
 /// The calling thread's inheritable table: what a task submitted now gets.
@@ -239,6 +256,7 @@ fn global_get(key: &str) -> Option<Arc<Value>> {
 }
 
 fn global_change<R>(change: impl FnOnce(&mut Table) -> R) -> R {
+    crate::fork::watch();
     let mut global = lock_global();
     let result = change(&mut global);
     GLOBAL_VERSION.fetch_add(1, Ordering::Release);
@@ -261,7 +279,7 @@ pub fn global_remove(key: &str) -> bool {
 
 /// Holds the global layer's lock across `fork()`, so the child never inherits
 /// it locked; dropping the guard (in parent and child) releases it.
-pub fn hold_global_for_fork() -> MutexGuard<'static, Table> {
+pub(crate) fn hold_global_for_fork() -> MutexGuard<'static, Table> {
     lock_global()
 }
 

@@ -20,14 +20,55 @@ use std::time::{Duration, Instant};
 
 use once_cell::sync::OnceCell;
 
+use crate::handles::fork_epoch;
 use crate::status::Error;
 use crate::table::Table;
-use crate::task::{from_handle_error, Task, TaskSpec, TASKS};
+use crate::task::{from_handle_error, tasks, Task, TaskSpec};
 
 /// The limit of the default pool unless `ASYNCIFY_MAX_WORKERS` says otherwise.
 pub const DEFAULT_MAX_WORKERS: u32 = 8;
 /// How long an idle worker waits for work before it exits.
 pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+/// A function run on each worker thread when it starts or before it exits.
+pub type ThreadHook = extern "C" fn(user_data: *mut std::ffi::c_void);
+
+/// How a pool is made.
+#[derive(Clone, Debug)]
+pub struct PoolOptions {
+    /// The limit: 0 pauses, `u32::MAX` is unbounded.
+    pub max_workers: u32,
+    /// 0: unbounded; else submit fails with `Busy` when this many wait.
+    pub max_queued: u32,
+    /// How long an idle worker waits for work before it exits.
+    pub keep_alive: Duration,
+    /// An abandoned callable gives its slot back at once (AnyIO's way)
+    /// instead of when it returns; its thread then runs beyond the limit.
+    pub release_slot_on_abandon: bool,
+    /// Worker threads are named `{thread_name}-{n}`.
+    pub thread_name: String,
+    /// Run on each worker thread when it starts, before any task.
+    pub on_thread_start: Option<ThreadHook>,
+    /// Run on each worker thread before it exits.
+    pub on_thread_stop: Option<ThreadHook>,
+    /// Passed to the hooks (an address, as the C caller gave it).
+    pub hook_data: usize,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions {
+            max_workers: DEFAULT_MAX_WORKERS,
+            max_queued: 0,
+            keep_alive: DEFAULT_KEEP_ALIVE,
+            release_slot_on_abandon: false,
+            thread_name: "asyncify".to_string(),
+            on_thread_start: None,
+            on_thread_stop: None,
+            hook_data: 0,
+        }
+    }
+}
 
 struct State {
     queue: VecDeque<Arc<Task>>,
@@ -37,6 +78,11 @@ struct State {
     /// Slots in use.
     busy: u32,
     threads: u32,
+    /// Threads still running an abandoned callable whose slot was given back
+    /// early (`release_slot_on_abandon`): they do not count against the limit.
+    abandoned_off_limit: u32,
+    /// Names the next worker.
+    spawned: u64,
     /// Workers parked on `work_ready`.
     sleeping: u32,
     /// Notifications sent to parked workers and not yet consumed. A worker
@@ -87,8 +133,7 @@ pub struct PoolShared {
     state: Mutex<State>,
     work_ready: Condvar,
     quiet: Condvar,
-    keep_alive: Duration,
-    thread_name: String,
+    options: PoolOptions,
     counters: Counters,
 }
 
@@ -140,7 +185,8 @@ impl PoolShared {
             st.signalled += 1;
             missing -= 1;
         }
-        let spawn = (missing as u32).min(st.limit.saturating_sub(st.threads));
+        let within_limit = st.threads - st.abandoned_off_limit;
+        let spawn = (missing as u32).min(st.limit.saturating_sub(within_limit));
         st.threads += spawn;
         st.starting += spawn;
         spawn
@@ -149,8 +195,13 @@ impl PoolShared {
     fn spawn_workers(self: &Arc<Self>, n: u32) {
         for _ in 0..n {
             let shared = self.clone();
+            let number = {
+                let mut st = self.lock();
+                st.spawned += 1;
+                st.spawned
+            };
             let spawned = thread::Builder::new()
-                .name(self.thread_name.clone())
+                .name(format!("{}-{number}", self.options.thread_name))
                 .spawn(move || worker_main(shared));
             if spawned.is_err() {
                 // The threads that exist keep serving the queue; a later
@@ -164,9 +215,28 @@ impl PoolShared {
 
     fn release_slot(&self, st: &mut State) {
         st.busy -= 1;
-        if st.busy == 0 {
+        self.notify_if_quiet(st);
+    }
+
+    fn notify_if_quiet(&self, st: &State) {
+        if st.busy == 0 && st.abandoned_off_limit == 0 {
             self.quiet.notify_all();
         }
+    }
+
+    /// For a cancel: with `release_slot_on_abandon`, the pool's lock, taken
+    /// before the task's (the lock order is pool, then task) so that giving
+    /// the slot back and marking the task happen as one step.
+    pub(crate) fn lock_for_abandon(self: &Arc<Self>) -> Option<SlotGiveBack<'_>> {
+        self.options.release_slot_on_abandon.then(|| SlotGiveBack {
+            shared: self,
+            st: Some(self.lock()),
+            given: false,
+        })
+    }
+
+    pub(crate) fn count_abandoned(&self) {
+        self.counters.abandoned.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn count_returned(&self, ok: bool) {
@@ -182,14 +252,43 @@ impl PoolShared {
         self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
         self.lock().queued -= 1;
     }
+}
 
-    pub(crate) fn count_abandoned(&self) {
-        self.counters.abandoned.fetch_add(1, Ordering::Relaxed);
+/// The pool's lock, held by a cancel that may give an abandoned task's slot
+/// back at once; dropping it starts workers for tasks that may now start.
+pub(crate) struct SlotGiveBack<'a> {
+    shared: &'a Arc<PoolShared>,
+    st: Option<MutexGuard<'a, State>>,
+    given: bool,
+}
+
+impl SlotGiveBack<'_> {
+    /// The abandoned callable's thread leaves the limit until it returns.
+    pub(crate) fn give_back(&mut self) {
+        let st = self.st.as_mut().expect("held until drop");
+        st.busy -= 1;
+        st.abandoned_off_limit += 1;
+        self.given = true;
+    }
+}
+
+impl Drop for SlotGiveBack<'_> {
+    fn drop(&mut self) {
+        let Some(mut st) = self.st.take() else { return };
+        if self.given {
+            let spawn = self.shared.provide_workers(&mut st);
+            drop(st);
+            self.shared.spawn_workers(spawn);
+        }
     }
 }
 
 fn worker_main(shared: Arc<PoolShared>) {
     WORKER_OF.with(|w| *w.borrow_mut() = Some(shared.clone()));
+    let hook_data = shared.options.hook_data as *mut std::ffi::c_void;
+    if let Some(start) = shared.options.on_thread_start {
+        start(hook_data);
+    }
     let mut st = shared.lock();
     st.starting -= 1;
     let mut timed_out = false;
@@ -197,19 +296,25 @@ fn worker_main(shared: Arc<PoolShared>) {
         if let Some((task, snapshot)) = PoolShared::take_next(&mut st) {
             drop(st);
             task.run(snapshot);
+            let slot_given_back = task.slot_given_back();
             drop(task);
             st = shared.lock();
-            shared.release_slot(&mut st);
+            if slot_given_back {
+                st.abandoned_off_limit -= 1;
+                shared.notify_if_quiet(&st);
+            } else {
+                shared.release_slot(&mut st);
+            }
             timed_out = false;
             continue;
         }
-        if st.shut_down || st.threads > st.limit || timed_out {
+        if st.shut_down || st.threads - st.abandoned_off_limit > st.limit || timed_out {
             break;
         }
         st.sleeping += 1;
         let (guard, wait) = shared
             .work_ready
-            .wait_timeout(st, shared.keep_alive)
+            .wait_timeout(st, shared.options.keep_alive)
             .unwrap_or_else(|e| e.into_inner());
         st = guard;
         st.sleeping -= 1;
@@ -218,33 +323,49 @@ fn worker_main(shared: Arc<PoolShared>) {
     }
     st.threads -= 1;
     drop(st);
+    if let Some(stop) = shared.options.on_thread_stop {
+        stop(hook_data);
+    }
     WORKER_OF.with(|w| w.borrow_mut().take());
 }
 
 /// When the calling thread is a worker of `task`'s pool and `task` is still
-/// queued, runs it here, in this thread's slot (contract 5.4).
-pub(crate) fn run_inline_if_stuck(task: &Arc<Task>) {
+/// queued, runs it here, in this thread's slot (contract 5.4). True when it ran.
+pub(crate) fn run_inline_if_stuck(task: &Arc<Task>) -> bool {
     if !on_worker_of(task.pool()) {
-        return;
+        return false;
     }
-    if let Some(snapshot) = task.try_start() {
-        task.pool().lock().queued -= 1;
-        task.run(snapshot);
-    }
+    let Some(snapshot) = task.try_start() else {
+        return false;
+    };
+    task.pool().lock().queued -= 1;
+    task.run(snapshot);
+    true
 }
 
 impl Pool {
     /// A pool that runs at most `max_workers` callables at once (0 pauses it,
-    /// `u32::MAX` is unbounded).
+    /// `u32::MAX` is unbounded), with the other options at their defaults.
     pub fn new(max_workers: u32) -> Pool {
+        Pool::with_options(PoolOptions {
+            max_workers,
+            ..PoolOptions::default()
+        })
+    }
+
+    /// A pool made as `options` say.
+    pub fn with_options(options: PoolOptions) -> Pool {
+        crate::fork::watch();
         Pool {
             shared: Arc::new(PoolShared {
                 state: Mutex::new(State {
                     queue: VecDeque::new(),
                     queued: 0,
-                    limit: max_workers,
+                    limit: options.max_workers,
                     busy: 0,
                     threads: 0,
+                    abandoned_off_limit: 0,
+                    spawned: 0,
                     sleeping: 0,
                     signalled: 0,
                     starting: 0,
@@ -252,8 +373,7 @@ impl Pool {
                 }),
                 work_ready: Condvar::new(),
                 quiet: Condvar::new(),
-                keep_alive: DEFAULT_KEEP_ALIVE,
-                thread_name: "asyncify".to_string(),
+                options,
                 counters: Counters::default(),
             }),
         }
@@ -267,13 +387,19 @@ impl Pool {
             return Err(Error::ShutDown);
         }
         let task = Arc::new(Task::new(spec, snapshot, shared.clone()));
-        let handle = TASKS.insert(task.clone()).map_err(from_handle_error)?;
+        let handle = tasks().insert(task.clone()).map_err(from_handle_error)?;
         task.set_handle(handle);
         let mut st = shared.lock();
         if st.shut_down {
             drop(st);
-            let _ = TASKS.remove(handle);
+            let _ = tasks().remove(handle);
             return Err(Error::ShutDown);
+        }
+        let bound = shared.options.max_queued as usize;
+        if bound > 0 && st.queued >= bound {
+            drop(st);
+            let _ = tasks().remove(handle);
+            return Err(Error::Busy);
         }
         st.queue.push_back(task);
         st.queued += 1;
@@ -312,7 +438,7 @@ impl Pool {
             threads: st.threads,
             idle_threads: st.sleeping,
             queued: st.queued as u64,
-            running: u64::from(st.busy),
+            running: u64::from(st.busy + st.abandoned_off_limit),
             submitted: c.submitted.load(Ordering::Relaxed),
             completed: c.completed.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),
@@ -341,7 +467,7 @@ impl Pool {
             task.cancel();
         }
         let mut st = shared.lock();
-        while st.busy > 0 {
+        while st.busy > 0 || st.abandoned_off_limit > 0 {
             st = match deadline {
                 None => shared.quiet.wait(st).unwrap_or_else(|e| e.into_inner()),
                 Some(d) => {
@@ -370,12 +496,14 @@ impl Drop for Pool {
     }
 }
 
-static DEFAULT_POOL: OnceCell<Pool> = OnceCell::new();
+/// One default pool per fork epoch: a forked child gets a fresh one.
+static DEFAULT_POOLS: [OnceCell<Pool>; 256] = [const { OnceCell::new() }; 256];
 
 /// The process-wide default pool, created on first use with a limit of 8 or
 /// `ASYNCIFY_MAX_WORKERS`.
 pub fn default_pool() -> &'static Pool {
-    DEFAULT_POOL.get_or_init(|| {
+    DEFAULT_POOLS[usize::from(fork_epoch())].get_or_init(|| {
+        crate::fork::watch();
         let limit = std::env::var("ASYNCIFY_MAX_WORKERS")
             .ok()
             .and_then(|v| v.trim().parse::<u32>().ok())

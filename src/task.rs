@@ -30,8 +30,10 @@ use std::time::{Duration, Instant};
 
 use once_cell::sync::Lazy;
 
-use crate::handles::{HandleError, Registry};
-use crate::overrides::{self, Frame};
+use crate::cq::Completion;
+use crate::cq::CompletionQueue;
+use crate::handles::{fork_epoch, HandleError, Registry};
+use crate::overrides::{Frame, Installed};
 use crate::pool::PoolShared;
 use crate::status::*;
 use crate::table::Table;
@@ -50,12 +52,17 @@ pub type DoneFn = extern "C" fn(
 /// Frees an argument or result (`asyncify_free_fn`).
 pub type FreeFn = extern "C" fn(ptr: *mut c_void);
 
-/// Every task, by handle. Handles outlive their pool.
-pub(crate) static TASKS: Lazy<Registry<Task>> = Lazy::new(Registry::default);
+/// Every task, by handle, one registry per fork epoch. Handles outlive their pool.
+static TASKS: [Lazy<Registry<Task>>; 256] = [const { Lazy::new(Registry::default) }; 256];
+
+/// The registry of this process (see [`fork_epoch`]).
+pub(crate) fn tasks() -> &'static Registry<Task> {
+    &TASKS[usize::from(fork_epoch())]
+}
 
 /// What to run and who owns what. Pointers are kept as addresses: the engine
 /// never dereferences them, it only passes them back to the caller's functions.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 pub struct TaskSpec {
     work: WorkFn,
     arg: usize,
@@ -64,6 +71,7 @@ pub struct TaskSpec {
     free_arg: Option<FreeFn>,
     free_result: Option<FreeFn>,
     detached: bool,
+    cq: Option<Arc<CompletionQueue>>,
 }
 
 impl TaskSpec {
@@ -77,7 +85,14 @@ impl TaskSpec {
             free_arg: None,
             free_result: None,
             detached: false,
+            cq: None,
         }
+    }
+
+    /// Without `on_done`, the completion (and the result) goes to `cq`.
+    pub fn completion_queue(mut self, cq: Option<Arc<CompletionQueue>>) -> Self {
+        self.cq = cq;
+        self
     }
 
     /// Calls `on_done(data, …)` exactly once with the terminal status.
@@ -143,6 +158,8 @@ struct State {
     released: bool,
     waiters: u32,
     snapshot: Option<Table>,
+    /// Abandoned, and its slot was given back at once.
+    slot_given_back: bool,
 }
 
 /// One submitted callable. Shared by the pool's queue, the handle registry
@@ -161,27 +178,38 @@ thread_local! {
     static CURRENT_TASK: RefCell<Option<Arc<Task>>> = const { RefCell::new(None) };
 }
 
+/// What a publish leaves to do once the task's lock is released.
+struct AfterPublish {
+    /// A result no one can receive any more (0: none).
+    orphan: usize,
+    /// The task is detached: its handle releases itself now.
+    release_self: bool,
+}
+
 fn free_with(f: Option<FreeFn>, addr: usize) {
     if let (Some(f), false) = (f, addr == 0) {
         f(addr as *mut c_void);
     }
 }
 
-/// Puts the previous frame and task back when dropped, so the worker is
-/// restored on every path.
-struct Installed {
-    saved_frame: Option<Frame>,
-    saved_task: Option<Arc<Task>>,
+/// Makes a task the thread's current task until dropped. Declared after
+/// the frame guard in [`Task::run`], so it is dropped first.
+struct Current {
+    previous: Option<Arc<Task>>,
 }
 
-impl Drop for Installed {
+impl Current {
+    fn new(task: &Arc<Task>) -> Current {
+        Current {
+            previous: CURRENT_TASK.with(|t| t.replace(Some(task.clone()))),
+        }
+    }
+}
+
+impl Drop for Current {
     fn drop(&mut self) {
-        let previous = self.saved_task.take();
+        let previous = self.previous.take();
         let _ = CURRENT_TASK.try_with(|t| t.replace(previous));
-        let task_frame = overrides::install_frame(self.saved_frame.take().unwrap_or_default());
-        // The task's own frame (its snapshot and whatever it set or left in a
-        // scope) drops here, after the borrow: release functions may run.
-        drop(task_frame);
     }
 }
 
@@ -200,6 +228,7 @@ impl Task {
                 released: false,
                 waiters: 0,
                 snapshot: Some(snapshot),
+                slot_given_back: false,
             }),
             published: Condvar::new(),
         }
@@ -233,14 +262,18 @@ impl Task {
         st.snapshot.take()
     }
 
+    /// True when the task was abandoned and its slot already given back.
+    pub(crate) fn slot_given_back(&self) -> bool {
+        self.lock().slot_given_back
+    }
+
     /// Runs the callable on this thread with `snapshot` installed, restores
     /// the thread, then decides and reports the outcome.
     pub(crate) fn run(self: &Arc<Self>, snapshot: Table) {
         let (code, result) = {
-            let _installed = Installed {
-                saved_frame: Some(overrides::install_frame(Frame::for_task(&snapshot))),
-                saved_task: CURRENT_TASK.with(|t| t.replace(Some(self.clone()))),
-            };
+            let _frame = Installed::new(Frame::for_task(&snapshot));
+            drop(snapshot);
+            let _current = Current::new(self);
             let mut result: *mut c_void = ptr::null_mut();
             let code = (self.spec.work)(self.spec.arg as *mut c_void, &mut result);
             (code, result as usize)
@@ -279,7 +312,8 @@ impl Task {
         self.report(outcome, to_callback);
     }
 
-    /// Calls `on_done` (no lock held), then makes the outcome visible.
+    /// Calls `on_done` (no lock held), then makes the outcome visible: into
+    /// the completion queue when the task has one and no `on_done`.
     fn report(&self, outcome: Outcome, result: usize) {
         if let Some(on_done) = self.spec.on_done {
             on_done(
@@ -290,25 +324,67 @@ impl Task {
                 outcome.code,
             );
         }
+        let queue = self
+            .spec
+            .cq
+            .as_ref()
+            .filter(|_| self.spec.on_done.is_none());
+        let queued = queue.and_then(|cq| {
+            cq.push_with(|| {
+                let (after, moved) = self.publish(true);
+                let record = Completion {
+                    handle: self.handle(),
+                    status: outcome.status,
+                    code: outcome.code,
+                    result: moved,
+                    user_data: self.spec.on_done_data,
+                    free_result: self.spec.free_result,
+                };
+                (record, after)
+            })
+        });
+        let after = queued.unwrap_or_else(|| self.publish(false).0);
+        free_with(self.spec.free_result, after.orphan);
+        if after.release_self {
+            // A user's release may have won the race; then this finds nothing.
+            let _ = tasks().remove(self.handle());
+        }
+        wake_wait_any();
+    }
+
+    /// Makes the outcome visible. With `to_queue`, the result moves out for
+    /// the queue's record. Says what is left to do outside the lock.
+    fn publish(&self, to_queue: bool) -> (AfterPublish, usize) {
         let mut st = self.lock();
         st.published = true;
         if st.waiters > 0 {
             self.published.notify_all();
         }
+        let moved = if to_queue {
+            st.result.take().unwrap_or(0)
+        } else {
+            0
+        };
         let release_self = self.spec.detached && !st.released;
         st.released |= self.spec.detached;
-        let orphan = if st.released { st.result.take() } else { None };
-        drop(st);
-        free_with(self.spec.free_result, orphan.unwrap_or(0));
-        if release_self {
-            // A user's release may have won the race; then this finds nothing.
-            let _ = TASKS.remove(self.handle());
-        }
+        let orphan = if st.released {
+            st.result.take().unwrap_or(0)
+        } else {
+            0
+        };
+        (
+            AfterPublish {
+                orphan,
+                release_self,
+            },
+            moved,
+        )
     }
 
     /// Decides `CANCELLED` unless the outcome is already decided, and reports
     /// it on this thread (5.1 queued, 5.2 running). Returns the outcome.
     pub(crate) fn cancel(&self) -> Outcome {
+        let mut give_back = self.pool.lock_for_abandon();
         let mut st = self.lock();
         if let Some(outcome) = st.outcome {
             return outcome;
@@ -316,8 +392,13 @@ impl Task {
         st.outcome = Some(CANCELLED);
         self.cancel_requested.store(true, Ordering::Relaxed);
         let was_queued = st.phase == Phase::Queued;
+        if let (false, Some(slots)) = (was_queued, give_back.as_mut()) {
+            slots.give_back();
+            st.slot_given_back = true;
+        }
         let snapshot = st.snapshot.take();
         drop(st);
+        drop(give_back);
         drop(snapshot);
         if was_queued {
             self.pool.count_cancelled_queued();
@@ -379,7 +460,7 @@ impl Task {
 }
 
 fn lookup(handle: u64) -> Result<Arc<Task>, Error> {
-    TASKS.get(handle).map_err(from_handle_error)
+    tasks().get(handle).map_err(from_handle_error)
 }
 
 pub(crate) fn from_handle_error(e: HandleError) -> Error {
@@ -421,13 +502,85 @@ pub fn cancel(handle: u64) -> Result<Outcome, Error> {
 
 /// Frees the handle. A pending task goes on; its result goes to `free_result`.
 pub fn release(handle: u64) -> Result<(), Error> {
-    let task = TASKS.remove(handle).map_err(from_handle_error)?;
+    let task = tasks().remove(handle).map_err(from_handle_error)?;
     let mut st = task.lock();
     st.released = true;
     let orphan = if st.published { st.result.take() } else { None };
     drop(st);
     free_with(task.spec.free_result, orphan.unwrap_or(0));
     Ok(())
+}
+
+/// Threads in `wait_any`, and a generation they wait on: every publish bumps
+/// it while someone waits, so a waiter never misses the completion it waits
+/// for (it reads the generation before it checks the tasks).
+static ANY_WAITERS: AtomicU64 = AtomicU64::new(0);
+static ANY_GENERATION: Mutex<u64> = Mutex::new(0);
+
+/// Holds `wait_any`'s lock across `fork()` (see `fork`).
+pub(crate) fn hold_wait_any_for_fork() -> MutexGuard<'static, u64> {
+    ANY_GENERATION.lock().unwrap_or_else(|e| e.into_inner())
+}
+static ANY_PUBLISHED: Condvar = Condvar::new();
+
+fn wake_wait_any() {
+    if ANY_WAITERS.load(Ordering::SeqCst) > 0 {
+        *ANY_GENERATION.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        ANY_PUBLISHED.notify_all();
+    }
+}
+
+/// Waits until one of `handles` is terminal; returns the index of the first
+/// terminal one in the list, or `None` when `timeout` ran out. A thread of a
+/// pool runs a still-queued task of the list inline (see [`wait`]).
+pub fn wait_any(handles: &[u64], timeout: Option<Duration>) -> Result<Option<usize>, Error> {
+    let tasks = handles
+        .iter()
+        .map(|&h| lookup(h))
+        .collect::<Result<Vec<_>, _>>()?;
+    let is_self = CURRENT_TASK.with(|t| {
+        t.borrow()
+            .as_ref()
+            .is_some_and(|c| tasks.iter().all(|task| Arc::ptr_eq(c, task)))
+    });
+    if is_self {
+        return Err(Error::WouldDeadlock);
+    }
+    let deadline = timeout.map(|t| Instant::now() + t);
+    ANY_WAITERS.fetch_add(1, Ordering::SeqCst);
+    let found = loop {
+        let generation = *ANY_GENERATION.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = tasks.iter().position(|t| t.lock().published) {
+            break Some(i);
+        }
+        if tasks.iter().any(crate::pool::run_inline_if_stuck) {
+            continue;
+        }
+        let mut seen = ANY_GENERATION.lock().unwrap_or_else(|e| e.into_inner());
+        let timed_out = loop {
+            if *seen != generation {
+                break false;
+            }
+            seen = match deadline {
+                None => ANY_PUBLISHED.wait(seen).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        break true;
+                    }
+                    ANY_PUBLISHED
+                        .wait_timeout(seen, d - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+        };
+        if timed_out {
+            break tasks.iter().position(|t| t.lock().published);
+        }
+    };
+    ANY_WAITERS.fetch_sub(1, Ordering::SeqCst);
+    Ok(found)
 }
 
 /// Inside a task: true once the task has been cancelled (it is abandoned and
@@ -442,5 +595,5 @@ pub fn cancel_requested() -> bool {
 
 /// Number of live handles in the process.
 pub fn live_handles() -> usize {
-    TASKS.live()
+    tasks().live()
 }

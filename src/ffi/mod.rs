@@ -20,8 +20,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::status::*;
 
+pub mod context;
+pub mod cq;
 pub mod error;
 pub mod pool;
+pub(crate) mod sys;
 pub mod table;
 pub mod task;
 

@@ -5,9 +5,72 @@
 //! pool (a NULL pool argument) is created on first use, with a limit of 8 or
 //! `ASYNCIFY_MAX_WORKERS` from the environment.
 
-use super::{fail, guard, required_out, timeout_arg, write_out};
-use crate::pool::{default_pool, Pool};
+use std::ffi::{c_char, c_void, CStr};
+use std::time::Duration;
+
+use super::{fail, guard, init_struct, required_out, timeout_arg, versioned_arg, write_out};
+use crate::pool::{default_pool, Pool, PoolOptions, DEFAULT_KEEP_ALIVE};
 use crate::status::*;
+
+/// A function run on each worker thread of a pool (start or stop hook).
+pub type asyncify_thread_hook = Option<extern "C" fn(user_data: *mut c_void)>;
+
+/// Pool flag: an abandoned callable gives its slot back at once (AnyIO's
+/// behaviour) instead of holding it until it returns.
+pub const ASYNCIFY_POOL_RELEASE_SLOT_ON_ABANDON: u32 = 1;
+
+/// Options for `asyncify_pool_new_ex`. Prepare with `asyncify_pool_options_init`.
+#[repr(C)]
+pub struct asyncify_pool_options {
+    /// Set by `asyncify_pool_options_init`.
+    pub struct_size: u32,
+    /// The limit (default 8): 0 pauses the pool, `UINT32_MAX` is unbounded.
+    pub max_workers: u32,
+    /// 0: unbounded (default); else `asyncify_submit` returns
+    /// `ASYNCIFY_E_BUSY` while this many tasks wait.
+    pub max_queued: u32,
+    /// How long an idle worker waits before it exits; 0: the default (10 s).
+    pub keep_alive_ms: u32,
+    /// `ASYNCIFY_POOL_*` bits.
+    pub flags: u32,
+    /// Worker thread name prefix, copied; NULL: "asyncify".
+    pub thread_name: *const c_char,
+    /// Nullable: run on each worker thread when it starts, before any task.
+    pub on_thread_start: asyncify_thread_hook,
+    /// Nullable: run on each worker thread before it exits.
+    pub on_thread_stop: asyncify_thread_hook,
+    /// Passed to the hooks.
+    pub hook_data: *mut c_void,
+}
+
+/// A pool's counters; exact when the pool is quiet. Append-only: set
+/// `struct_size` to `sizeof` before `asyncify_stats`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct asyncify_pool_stats {
+    /// In: the size of the caller's struct. Out: how many bytes were filled.
+    pub struct_size: u32,
+    /// The limit.
+    pub limit: u32,
+    /// Worker threads alive.
+    pub threads: u32,
+    /// Of those, parked waiting for work.
+    pub idle_threads: u32,
+    /// Tasks waiting to start.
+    pub queued: u64,
+    /// Callables running (abandoned ones included).
+    pub running: u64,
+    /// Tasks accepted by `asyncify_submit`.
+    pub submitted: u64,
+    /// Tasks whose work function returned 0.
+    pub completed: u64,
+    /// Tasks whose work function returned non-zero.
+    pub failed: u64,
+    /// Tasks cancelled before they started.
+    pub cancelled: u64,
+    /// Tasks cancelled while running.
+    pub abandoned: u64,
+}
 
 /// A pool of worker threads with a limit on how many callables run at once.
 pub struct asyncify_pool {
@@ -38,6 +101,127 @@ pub extern "C" fn asyncify_pool_new(
             inner: Pool::new(max_workers),
         });
         write_out(out, Box::into_raw(pool));
+        Ok(ASYNCIFY_OK)
+    })
+}
+
+/// Prepares `*opts` with the defaults (limit 8, everything else off); `size`
+/// is `sizeof(*opts)`.
+#[no_mangle]
+pub extern "C" fn asyncify_pool_options_init(
+    opts: *mut asyncify_pool_options,
+    size: usize,
+) -> asyncify_status {
+    guard("asyncify_pool_options_init", || {
+        let opts = required_out(opts, "opts")?;
+        // SAFETY: the caller promises `size` writable bytes at `opts`.
+        unsafe {
+            init_struct(
+                opts as *mut u8,
+                size,
+                std::mem::size_of::<asyncify_pool_options>(),
+                "asyncify_pool_options",
+            )?;
+            (*opts).max_workers = crate::pool::DEFAULT_MAX_WORKERS;
+        }
+        Ok(ASYNCIFY_OK)
+    })
+}
+
+/// Creates a pool as `opts` says (NULL: the defaults). Free it with
+/// `asyncify_pool_free`.
+#[no_mangle]
+pub extern "C" fn asyncify_pool_new_ex(
+    opts: *const asyncify_pool_options,
+    out: *mut *mut asyncify_pool,
+) -> asyncify_status {
+    guard("asyncify_pool_new_ex", || {
+        let out = required_out(out, "out")?;
+        let mut options = PoolOptions::default();
+        if let Some(o) = versioned_arg(opts, "asyncify_pool_options")? {
+            let unknown = o.flags & !ASYNCIFY_POOL_RELEASE_SLOT_ON_ABANDON;
+            if unknown != 0 {
+                return Err(fail(
+                    ASYNCIFY_E_INVALID_ARGUMENT,
+                    format!("unknown pool flags 0x{unknown:x}"),
+                ));
+            }
+            if !o.thread_name.is_null() {
+                // SAFETY: the caller promises a NUL-terminated string, valid
+                // for the call; it is copied.
+                let name = unsafe { CStr::from_ptr(o.thread_name) };
+                options.thread_name = name
+                    .to_str()
+                    .map_err(|_| {
+                        fail(
+                            ASYNCIFY_E_INVALID_ARGUMENT,
+                            "thread_name is not valid UTF-8",
+                        )
+                    })?
+                    .to_string();
+            }
+            options.max_workers = o.max_workers;
+            options.max_queued = o.max_queued;
+            options.keep_alive = match o.keep_alive_ms {
+                0 => DEFAULT_KEEP_ALIVE,
+                ms => Duration::from_millis(u64::from(ms)),
+            };
+            options.release_slot_on_abandon = o.flags & ASYNCIFY_POOL_RELEASE_SLOT_ON_ABANDON != 0;
+            options.on_thread_start = o.on_thread_start;
+            options.on_thread_stop = o.on_thread_stop;
+            options.hook_data = o.hook_data as usize;
+        }
+        let pool = Box::new(asyncify_pool {
+            inner: Pool::with_options(options),
+        });
+        write_out(out, Box::into_raw(pool));
+        Ok(ASYNCIFY_OK)
+    })
+}
+
+/// Fills `*out` with the counters of `pool` (NULL: the default pool), up to
+/// `min(out->struct_size, sizeof(asyncify_pool_stats))` bytes, and sets
+/// `out->struct_size` to the bytes filled. `struct_size` must be at least 4.
+#[no_mangle]
+pub extern "C" fn asyncify_stats(
+    pool: *mut asyncify_pool,
+    out: *mut asyncify_pool_stats,
+) -> asyncify_status {
+    guard("asyncify_stats", || {
+        let out = required_out(out, "out")?;
+        // SAFETY: the caller promises a writable stats struct of at least
+        // `struct_size` bytes at `out`, whose first field is `struct_size`.
+        let size = unsafe { (out as *const u32).read_unaligned() } as usize;
+        if size < 4 {
+            return Err(fail(
+                ASYNCIFY_E_INVALID_ARGUMENT,
+                format!("out->struct_size is {size}: set it to sizeof(asyncify_pool_stats)"),
+            ));
+        }
+        let s = pool_or_default(pool).stats();
+        let ours = std::mem::size_of::<asyncify_pool_stats>();
+        let filled = size.min(ours);
+        let stats = asyncify_pool_stats {
+            struct_size: filled as u32,
+            limit: s.limit,
+            threads: s.threads,
+            idle_threads: s.idle_threads,
+            queued: s.queued,
+            running: s.running,
+            submitted: s.submitted,
+            completed: s.completed,
+            failed: s.failed,
+            cancelled: s.cancelled,
+            abandoned: s.abandoned,
+        };
+        // SAFETY: `filled` bytes fit both our struct and the caller's.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                &stats as *const asyncify_pool_stats as *const u8,
+                out as *mut u8,
+                filled,
+            )
+        };
         Ok(ASYNCIFY_OK)
     })
 }

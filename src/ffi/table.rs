@@ -9,13 +9,31 @@
 use std::ffi::{c_char, c_void};
 use std::sync::Arc;
 
-use super::{bytes_arg, fail, guard, key_arg, required_out, write_out, Fail};
+use super::{bytes_arg, fail, guard, key_arg, required_out, write_out, Fail, FfiResult};
 use crate::overrides;
 use crate::status::*;
 use crate::table::{PtrValue, Value};
 
 /// Releases an opaque pointer value, an argument or a result.
 pub type asyncify_free_fn = Option<extern "C" fn(ptr: *mut c_void)>;
+
+/// Makes a task's own copy of a pointer value; called once per task that
+/// receives the value, on the thread that installs the task.
+pub type asyncify_clone_fn = Option<extern "C" fn(ptr: *mut c_void) -> *mut c_void>;
+
+/// Key flag: the value stays on this thread and is never copied into
+/// submitted tasks or captured contexts.
+pub const ASYNCIFY_KEY_LOCAL: u32 = 1;
+
+fn key_flags(flags: u32) -> Result<bool, Fail> {
+    if flags & !ASYNCIFY_KEY_LOCAL != 0 {
+        return Err(fail(
+            ASYNCIFY_E_INVALID_ARGUMENT,
+            format!("unknown key flags 0x{:x}", flags & !ASYNCIFY_KEY_LOCAL),
+        ));
+    }
+    Ok(flags & ASYNCIFY_KEY_LOCAL != 0)
+}
 
 fn lookup(key: &str) -> Result<Arc<Value>, Fail> {
     overrides::get(key).ok_or_else(|| {
@@ -41,12 +59,28 @@ pub extern "C" fn asyncify_override_set(
     value: *const c_void,
     len: usize,
 ) -> asyncify_status {
-    guard("asyncify_override_set", || {
-        let key = key_arg(key)?;
-        let bytes = bytes_arg(value as *const u8, len, "value")?;
-        overrides::set(key, Value::Bytes(bytes.into()), false);
-        Ok(ASYNCIFY_OK)
+    guard("asyncify_override_set", || set_bytes(key, value, len, 0))
+}
+
+/// Like `asyncify_override_set`, with `ASYNCIFY_KEY_*` flags.
+#[no_mangle]
+pub extern "C" fn asyncify_override_set_ex(
+    key: *const c_char,
+    value: *const c_void,
+    len: usize,
+    flags: u32,
+) -> asyncify_status {
+    guard("asyncify_override_set_ex", || {
+        set_bytes(key, value, len, flags)
     })
+}
+
+fn set_bytes(key: *const c_char, value: *const c_void, len: usize, flags: u32) -> FfiResult {
+    let key = key_arg(key)?;
+    let local = key_flags(flags)?;
+    let bytes = bytes_arg(value as *const u8, len, "value")?;
+    overrides::set(key, Value::Bytes(bytes.into()), local);
+    Ok(ASYNCIFY_OK)
 }
 
 /// Sets `key` to the opaque pointer `ptr`. The tables own it from now on:
@@ -60,10 +94,42 @@ pub extern "C" fn asyncify_override_set_ptr(
     release: asyncify_free_fn,
 ) -> asyncify_status {
     guard("asyncify_override_set_ptr", || {
-        let key = key_arg(key)?;
-        overrides::set(key, Value::Ptr(PtrValue::new(ptr, release)), false);
-        Ok(ASYNCIFY_OK)
+        set_ptr(key, ptr, release, None, 0)
     })
+}
+
+/// Like `asyncify_override_set_ptr`, with `ASYNCIFY_KEY_*` flags and a clone
+/// function (nullable): each task that receives the value gets
+/// `clone(ptr)` instead, released with `release` when the task's table is
+/// restored (for per-task state such as a usage tracker).
+#[no_mangle]
+pub extern "C" fn asyncify_override_set_ptr_ex(
+    key: *const c_char,
+    ptr: *mut c_void,
+    release: asyncify_free_fn,
+    clone: asyncify_clone_fn,
+    flags: u32,
+) -> asyncify_status {
+    guard("asyncify_override_set_ptr_ex", || {
+        set_ptr(key, ptr, release, clone, flags)
+    })
+}
+
+fn set_ptr(
+    key: *const c_char,
+    ptr: *mut c_void,
+    release: asyncify_free_fn,
+    clone: asyncify_clone_fn,
+    flags: u32,
+) -> FfiResult {
+    let key = key_arg(key)?;
+    let local = key_flags(flags)?;
+    overrides::set(
+        key,
+        Value::Ptr(PtrValue::with_clone(ptr, release, clone)),
+        local,
+    );
+    Ok(ASYNCIFY_OK)
 }
 
 /// Copies the bytes of `key` into `buf` and their length into `*out_len`.
@@ -216,5 +282,55 @@ pub extern "C" fn asyncify_scope_exit(token: u64) -> asyncify_status {
             )
         })?;
         Ok(ASYNCIFY_OK)
+    })
+}
+
+/// Sets `key` to a copy of `len` bytes in the global layer: a process-wide
+/// default (like `dspy.configure`) that every thread and running task reads
+/// where its own table has no such key, live.
+#[no_mangle]
+pub extern "C" fn asyncify_global_set(
+    key: *const c_char,
+    value: *const c_void,
+    len: usize,
+) -> asyncify_status {
+    guard("asyncify_global_set", || {
+        let key = key_arg(key)?;
+        let bytes = bytes_arg(value as *const u8, len, "value")?;
+        overrides::global_set(key, Value::Bytes(bytes.into()));
+        Ok(ASYNCIFY_OK)
+    })
+}
+
+/// Sets `key` to an opaque pointer in the global layer; `release` is called
+/// once when the global layer and every reader are done with it. A pointer a
+/// thread has read stays valid until its task ends or, outside tasks, until
+/// the thread reads that key again or changes its table.
+#[no_mangle]
+pub extern "C" fn asyncify_global_set_ptr(
+    key: *const c_char,
+    ptr: *mut c_void,
+    release: asyncify_free_fn,
+) -> asyncify_status {
+    guard("asyncify_global_set_ptr", || {
+        let key = key_arg(key)?;
+        overrides::global_set(key, Value::Ptr(PtrValue::new(ptr, release)));
+        Ok(ASYNCIFY_OK)
+    })
+}
+
+/// Removes `key` from the global layer; `ASYNCIFY_E_NOT_FOUND` when absent.
+#[no_mangle]
+pub extern "C" fn asyncify_global_remove(key: *const c_char) -> asyncify_status {
+    guard("asyncify_global_remove", || {
+        let key = key_arg(key)?;
+        if overrides::global_remove(key) {
+            Ok(ASYNCIFY_OK)
+        } else {
+            Err(fail(
+                ASYNCIFY_E_NOT_FOUND,
+                format!("no global value for key \"{key}\""),
+            ))
+        }
     })
 }

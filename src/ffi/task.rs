@@ -14,6 +14,8 @@
 use std::ffi::c_void;
 use std::mem::size_of;
 
+use super::context::{asyncify_context, context_ref};
+use super::cq::{asyncify_cq, queue_ref};
 use super::pool::{asyncify_pool, pool_or_default};
 use super::table::asyncify_free_fn;
 use super::{
@@ -50,17 +52,6 @@ pub const ASYNCIFY_SUBMIT_DETACHED: u32 = 1;
 pub const ASYNCIFY_SUBMIT_EMPTY_CONTEXT: u32 = 2;
 const KNOWN_SUBMIT_FLAGS: u32 = ASYNCIFY_SUBMIT_DETACHED | ASYNCIFY_SUBMIT_EMPTY_CONTEXT;
 
-/// A completion queue (contract 6.3; not yet available in this version).
-pub struct asyncify_cq {
-    _private: [u8; 0],
-}
-
-/// An immutable snapshot of a table (contract 6.2; not yet available in this
-/// version).
-pub struct asyncify_context {
-    _private: [u8; 0],
-}
-
 /// Options for `asyncify_submit`. Prepare with `asyncify_submit_options_init`.
 #[repr(C)]
 pub struct asyncify_submit_options {
@@ -79,9 +70,10 @@ pub struct asyncify_submit_options {
     pub free_result: asyncify_free_fn,
     /// NULL: the default pool.
     pub pool: *mut asyncify_pool,
-    /// Must be NULL in this version.
+    /// NULL: none. Without `on_done`, the completion goes to this queue.
     pub cq: *mut asyncify_cq,
-    /// Must be NULL in this version (the calling thread's table is snapshotted).
+    /// NULL: snapshot the calling thread's table now. Otherwise the task runs
+    /// with this context (it keeps its own reference).
     pub context: *const asyncify_context,
 }
 
@@ -135,12 +127,20 @@ pub extern "C" fn asyncify_submit(
                 "out_handle (required unless ASYNCIFY_SUBMIT_DETACHED)",
             )?;
         }
-        if opts.is_some_and(|o| !o.cq.is_null() || !o.context.is_null()) {
+        let context = opts.map_or(std::ptr::null(), |o| o.context);
+        let empty = flags & ASYNCIFY_SUBMIT_EMPTY_CONTEXT != 0;
+        if empty && !context.is_null() {
             return Err(fail(
                 ASYNCIFY_E_INVALID_ARGUMENT,
-                "cq and context must be NULL: this version has no completion queues or contexts",
+                "ASYNCIFY_SUBMIT_EMPTY_CONTEXT and a context exclude each other",
             ));
         }
+        let cq = opts.map_or(std::ptr::null_mut(), |o| o.cq);
+        let cq = if cq.is_null() {
+            None
+        } else {
+            Some(queue_ref(cq)?.clone())
+        };
         let pool = pool_or_default(opts.map_or(std::ptr::null_mut(), |o| o.pool));
         let spec = TaskSpec::new(work, arg)
             .on_done(
@@ -151,11 +151,14 @@ pub extern "C" fn asyncify_submit(
                 opts.and_then(|o| o.free_arg),
                 opts.and_then(|o| o.free_result),
             )
-            .detached(detached);
-        let snapshot = if flags & ASYNCIFY_SUBMIT_EMPTY_CONTEXT != 0 {
+            .detached(detached)
+            .completion_queue(cq);
+        let snapshot = if empty {
             Table::new()
-        } else {
+        } else if context.is_null() {
             overrides::snapshot()
+        } else {
+            context_ref(context)?.table.clone()
         };
         let handle = pool.submit(spec, snapshot)?;
         write_out(out_handle, handle);
@@ -202,6 +205,38 @@ pub extern "C" fn asyncify_wait(
     guard("asyncify_wait", || {
         let seen = task::wait(h, timeout_arg(timeout_ms), !out_result.is_null())?;
         Ok(write_observed(seen, out_result, out_code))
+    })
+}
+
+/// Waits until at least one of the `n` handles at `hs` is terminal: `OK`
+/// with the index of the first terminal one (in list order) in
+/// `*out_index`, or `TIMEOUT` after `timeout_ms` (< 0: forever). Nothing is
+/// received or released: poll or wait the handle for its result.
+#[no_mangle]
+pub extern "C" fn asyncify_wait_any(
+    hs: *const asyncify_handle,
+    n: usize,
+    timeout_ms: i64,
+    out_index: *mut usize,
+) -> asyncify_status {
+    guard("asyncify_wait_any", || {
+        let hs = required(hs, "hs")?;
+        let out_index = required_out(out_index, "out_index")?;
+        if n == 0 {
+            return Err(fail(
+                ASYNCIFY_E_INVALID_ARGUMENT,
+                "n is 0: nothing to wait for",
+            ));
+        }
+        // SAFETY: the caller promises `n` readable handles at `hs`.
+        let handles = unsafe { std::slice::from_raw_parts(hs, n) };
+        match task::wait_any(handles, timeout_arg(timeout_ms))? {
+            Some(i) => {
+                write_out(out_index, i);
+                Ok(ASYNCIFY_OK)
+            }
+            None => Ok(ASYNCIFY_TIMEOUT),
+        }
     })
 }
 
