@@ -12,8 +12,9 @@ use std::sync::atomic::{
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use asyncify::cq::{CompletionQueue, WaitEnd};
 use asyncify::overrides as table;
-use asyncify::pool::Pool;
+use asyncify::pool::{Pool, PoolOptions};
 use asyncify::status::*;
 use asyncify::table::{Table, Value};
 use asyncify::task::{self, TaskSpec};
@@ -387,5 +388,168 @@ fn threads_never_exceed_the_limit_and_are_reused() {
     }
     assert!(max_threads <= 3, "{max_threads} threads for a limit of 3");
     assert_eq!(LIVE_WORKERS.load(SeqCst), 30);
+    assert_eq!(pool.shutdown(None), Ok(true));
+}
+
+static HOOK_STARTS: AtomicU32 = AtomicU32::new(0);
+static HOOK_STOPS: AtomicU32 = AtomicU32::new(0);
+
+extern "C" fn on_start(data: *mut c_void) {
+    assert_eq!(data as usize, 42);
+    HOOK_STARTS.fetch_add(1, SeqCst);
+}
+
+extern "C" fn on_stop(_: *mut c_void) {
+    HOOK_STOPS.fetch_add(1, SeqCst);
+}
+
+#[test]
+fn idle_workers_leave_after_the_keep_alive_and_hooks_bracket_them() {
+    let lane = &LANE_STORE[8];
+    lane.sleep_ms.store(20, SeqCst);
+    let pool = Pool::with_options(PoolOptions {
+        max_workers: 3,
+        keep_alive: Duration::from_millis(50),
+        thread_name: "hooked".into(),
+        on_thread_start: Some(on_start),
+        on_thread_stop: Some(on_stop),
+        hook_data: 42,
+        ..PoolOptions::default()
+    });
+    let hs: Vec<u64> = (0..6).map(|n| submit(&pool, 8, n)).collect();
+    hs.into_iter().for_each(wait_ok);
+    let started = HOOK_STARTS.load(SeqCst);
+    assert!(
+        (1..=3).contains(&started),
+        "{started} workers for a limit of 3"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pool.stats().threads > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        pool.stats().threads,
+        0,
+        "idle workers left after the keep-alive"
+    );
+    while HOOK_STOPS.load(SeqCst) < started && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(
+        HOOK_STOPS.load(SeqCst),
+        started,
+        "every started worker ran the stop hook"
+    );
+    // The pool still works: new workers come.
+    wait_ok(submit(&pool, 8, 9));
+    assert_eq!(pool.shutdown(None), Ok(true));
+}
+
+#[test]
+fn release_slot_on_abandon_lets_the_next_task_start_at_once() {
+    let lane = &LANE_STORE[9];
+    lane.sleep_ms.store(400, SeqCst);
+    let pool = Pool::with_options(PoolOptions {
+        max_workers: 1,
+        release_slot_on_abandon: true,
+        ..PoolOptions::default()
+    });
+    let long = submit(&pool, 9, 0);
+    let next = submit(&pool, 9, 1);
+    while lane.started.load(SeqCst) == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(task::cancel(long).unwrap().status, ASYNCIFY_CANCELLED);
+    let deadline = Instant::now() + Duration::from_millis(300);
+    while lane.started.load(SeqCst) < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(
+        lane.started.load(SeqCst),
+        2,
+        "the next task started while the abandoned one runs"
+    );
+    assert_eq!(lane.max_running.load(SeqCst), 2);
+    assert_eq!(pool.stats().running, 2);
+    wait_ok(next);
+    // Shutdown also waits for the abandoned callable, slot or not.
+    assert_eq!(pool.shutdown(None), Ok(true));
+    assert_eq!(lane.running.load(SeqCst), 0);
+    assert_eq!(lane.arg_frees.load(SeqCst), 1);
+    let stats = pool.stats();
+    assert_eq!((stats.running, stats.abandoned, stats.completed), (0, 1, 1));
+    task::release(long).unwrap();
+}
+
+#[test]
+fn a_queue_bound_refuses_submissions_when_full() {
+    let pool = Pool::with_options(PoolOptions {
+        max_workers: 0,
+        max_queued: 2,
+        ..PoolOptions::default()
+    });
+    let a = pool
+        .submit(TaskSpec::new(tracked, arg(10, 0)), Table::new())
+        .unwrap();
+    let b = pool
+        .submit(TaskSpec::new(tracked, arg(10, 1)), Table::new())
+        .unwrap();
+    let refused = pool.submit(TaskSpec::new(tracked, arg(10, 2)), Table::new());
+    assert_eq!(refused, Err(Error::Busy));
+    task::cancel(a).unwrap();
+    let c = pool
+        .submit(TaskSpec::new(tracked, arg(10, 3)), Table::new())
+        .unwrap();
+    pool.set_max_workers(2);
+    wait_ok(b);
+    wait_ok(c);
+    task::release(a).unwrap();
+    assert_eq!(LANE_STORE[10].started.load(SeqCst), 2);
+    assert_eq!(pool.stats().submitted, 3);
+    assert_eq!(pool.shutdown(None), Ok(true));
+}
+
+#[test]
+fn completions_go_to_the_queue_with_their_results() {
+    let lane = &LANE_STORE[11];
+    let cq = Arc::new(CompletionQueue::new().unwrap());
+    let pool = Pool::new(2);
+    let mut hs: Vec<u64> = (0..20)
+        .map(|n| {
+            let spec = TaskSpec::new(tracked, arg(11, n))
+                .on_done(None, arg(11, 100 + n))
+                .completion_queue(Some(cq.clone()));
+            pool.submit(spec, Table::new()).unwrap()
+        })
+        .collect();
+    let mut seen = Vec::new();
+    while seen.len() < 20 {
+        cq.wait(Some(Duration::from_secs(5))).unwrap();
+        cq.drain(64, |c| seen.push(c));
+    }
+    assert_eq!(
+        cq.wait(Some(Duration::from_millis(10))),
+        Err(WaitEnd::Timeout)
+    );
+    for c in &seen {
+        assert_eq!(c.status, ASYNCIFY_OK);
+        assert_eq!(
+            c.result,
+            c.user_data - 100,
+            "the record carries the result and the data"
+        );
+        assert!(hs.contains(&c.handle));
+        assert!(
+            task::poll(c.handle, true).unwrap().result.is_null(),
+            "the result moved once"
+        );
+    }
+    hs.sort();
+    let mut from_queue: Vec<u64> = seen.iter().map(|c| c.handle).collect();
+    from_queue.sort();
+    assert_eq!(from_queue, hs);
+    hs.into_iter().for_each(|h| task::release(h).unwrap());
+    assert_eq!(lane.started.load(SeqCst), 20);
+    assert!(cq.close().is_empty());
     assert_eq!(pool.shutdown(None), Ok(true));
 }
