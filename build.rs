@@ -33,7 +33,7 @@ fn main() {
         .expect("cbindgen can read src/ffi");
     let mut raw = Vec::new();
     bindings.write(&mut raw);
-    let header = parenthesize_negative_defines(&String::from_utf8(raw).expect("UTF-8 header"));
+    let header = tidy_defines(&String::from_utf8(raw).expect("UTF-8 header"));
     let header = header.into_bytes();
 
     let path = Path::new(&dir).join("include").join("asyncify.h");
@@ -43,17 +43,26 @@ fn main() {
     }
 }
 
-/// `#define X -1` misparses in `a-X`; the header says `#define X (-1)`.
-fn parenthesize_negative_defines(header: &str) -> String {
+/// `#define X -1` misparses in `a-X`: the header says `#define X (-1)`. Flags
+/// are `uint32_t`, so their values are unsigned literals (`~FLAG` stays
+/// unsigned): `#define ASYNCIFY_SUBMIT_DETACHED 1u`.
+fn tidy_defines(header: &str) -> String {
+    const FLAG_PREFIXES: [&str; 3] = ["ASYNCIFY_SUBMIT_", "ASYNCIFY_KEY_", "ASYNCIFY_POOL_"];
+    let digits = |v: &str| !v.is_empty() && v.chars().all(|c| c.is_ascii_digit());
     header
         .lines()
         .map(|line| {
             match line
                 .strip_prefix("#define ")
-                .and_then(|r| r.split_once(" -"))
+                .and_then(|r| r.split_once(' '))
             {
-                Some((name, value)) if value.chars().all(|c| c.is_ascii_digit()) => {
-                    format!("#define {name} (-{value})\n")
+                Some((name, value)) if value.strip_prefix('-').is_some_and(digits) => {
+                    format!("#define {name} ({value})\n")
+                }
+                Some((name, value))
+                    if FLAG_PREFIXES.iter().any(|p| name.starts_with(p)) && digits(value) =>
+                {
+                    format!("#define {name} {value}u\n")
                 }
                 _ => format!("{line}\n"),
             }

@@ -32,24 +32,24 @@
  Pool flag: an abandoned callable gives its slot back at once (AnyIO's
  behaviour) instead of holding it until it returns.
  */
-#define ASYNCIFY_POOL_RELEASE_SLOT_ON_ABANDON 1
+#define ASYNCIFY_POOL_RELEASE_SLOT_ON_ABANDON 1u
 
 /*
  Key flag: the value stays on this thread and is never copied into
  submitted tasks or captured contexts.
  */
-#define ASYNCIFY_KEY_LOCAL 1
+#define ASYNCIFY_KEY_LOCAL 1u
 
 /*
  Submit flag: the handle releases itself once the task is terminal (after
  `on_done`); `out_handle` may then be NULL.
  */
-#define ASYNCIFY_SUBMIT_DETACHED 1
+#define ASYNCIFY_SUBMIT_DETACHED 1u
 
 /*
  Submit flag: run with an empty table instead of the caller's.
  */
-#define ASYNCIFY_SUBMIT_EMPTY_CONTEXT 2
+#define ASYNCIFY_SUBMIT_EMPTY_CONTEXT 2u
 
 /*
  An immutable snapshot of an override table.

@@ -149,8 +149,15 @@ impl<T> Registry<T> {
         if parts.generation == 0 {
             return Err(HandleError::Invalid);
         }
-        if parts.epoch != FORK_EPOCH.load(Ordering::Relaxed) {
-            return Err(HandleError::Forked);
+        let epoch = FORK_EPOCH.load(Ordering::Relaxed);
+        if parts.epoch != epoch {
+            // Only an epoch this process has left behind by forking is a
+            // parent's handle; any other is forged.
+            return Err(if parts.epoch < epoch {
+                HandleError::Forked
+            } else {
+                HandleError::Invalid
+            });
         }
         Ok(parts)
     }
@@ -224,7 +231,11 @@ mod tests {
         let r: Registry<u32> = Registry::default();
         assert_eq!(r.get(0).unwrap_err(), HandleError::Invalid);
         assert_eq!(r.get(0xdead_beef).unwrap_err(), HandleError::Invalid);
-        assert_eq!(r.get(u64::MAX).unwrap_err(), HandleError::Forked);
+        assert_eq!(r.get(u64::MAX).unwrap_err(), HandleError::Invalid);
+        assert_eq!(
+            r.get(0xdead_beef_1234_5678).unwrap_err(),
+            HandleError::Invalid
+        );
         let h = r.insert(Arc::new(1)).unwrap();
         assert_eq!(r.get(h ^ (1 << 30)).unwrap_err(), HandleError::Invalid);
         assert_eq!(r.get(h + 1).unwrap_err(), HandleError::Invalid);
