@@ -13,7 +13,7 @@ foreach(var CC HEADER_DIR WORK_DIR)
 endforeach()
 
 set(tu "${WORK_DIR}/header_prefix_tu.c")
-file(WRITE "${tu}" "#include \"asyncify.h\"\n")
+file(WRITE "${tu}" "#include <asyncify.h>\n")
 execute_process(COMMAND "${CC}" -std=c11 -E -dD -I "${HEADER_DIR}" "${tu}"
                 OUTPUT_VARIABLE pre RESULT_VARIABLE rc ERROR_VARIABLE err)
 if(NOT rc EQUAL 0)
