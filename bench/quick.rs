@@ -8,7 +8,7 @@ use std::ptr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use asyncify::ffi::pool::*;
 use asyncify::ffi::table::*;
@@ -205,12 +205,18 @@ fn w3w(k: usize) -> f64 {
 }
 
 fn main() {
+    // `cargo bench --bench quick -- w2` runs only the workloads named.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let wanted = |w: &str| only.is_empty() || only.iter().any(|o| o == w);
     let n = 100_000;
     let reps = 5;
     let fmt = |(m, lo, hi): (f64, f64, f64)| format!("{m:>10.0} (min {lo:.0}, max {hi:.0})");
     println!("| workload | asyncify | bare std pool |");
     println!("|---|---|---|");
-    for limit in [8u32, 2] {
+    for limit in [8u32, 2].into_iter().filter(|_| wanted("w1")) {
         w1_ours(limit, n / 10);
         w1_bare(limit as usize, n / 10);
         let ours = median((0..reps).map(|_| w1_ours(limit, n)).collect());
@@ -221,26 +227,32 @@ fn main() {
             fmt(bare)
         );
     }
-    std::thread::sleep(Duration::from_millis(100));
     let rounds = 20_000;
-    w2_ours(1000, noop);
-    let ours: Vec<(f64, f64)> = (0..reps).map(|_| w2_ours(rounds, noop)).collect();
-    let bare: Vec<(f64, f64)> = (0..reps).map(|_| w2_bare(rounds)).collect();
-    let p = |v: &[(f64, f64)]| {
-        let p50 = median(v.iter().map(|x| x.0).collect()).0;
-        let p99 = median(v.iter().map(|x| x.1).collect()).0;
-        format!("p50 {p50:.1} µs, p99 {p99:.1} µs")
-    };
-    println!("| W2 round trip, limit 8 | {} | {} |", p(&ours), p(&bare));
-    for k in [0usize, 10, 100, 1_000, 10_000] {
+    if wanted("w2") {
+        w2_ours(1000, noop);
+        let ours: Vec<(f64, f64)> = (0..reps).map(|_| w2_ours(rounds, noop)).collect();
+        let bare: Vec<(f64, f64)> = (0..reps).map(|_| w2_bare(rounds)).collect();
+        let p = |v: &[(f64, f64)]| {
+            let p50 = median(v.iter().map(|x| x.0).collect()).0;
+            let p99 = median(v.iter().map(|x| x.1).collect()).0;
+            format!("p50 {p50:.1} µs, p99 {p99:.1} µs")
+        };
+        println!("| W2 round trip, limit 8 | {} | {} |", p(&ours), p(&bare));
+    }
+    for k in [0usize, 10, 100, 1_000, 10_000]
+        .into_iter()
+        .filter(|_| wanted("w3"))
+    {
         set_keys(k);
         let ours: Vec<(f64, f64)> = (0..reps)
             .map(|_| w2_ours(rounds / 4, reads_one_key))
             .collect();
-        println!("| W3 round trip, K = {k} | {} | |", p(&ours));
+        let p50 = median(ours.iter().map(|x| x.0).collect()).0;
+        let p99 = median(ours.iter().map(|x| x.1).collect()).0;
+        println!("| W3 round trip, K = {k} | p50 {p50:.1} µs, p99 {p99:.1} µs | |");
     }
     asyncify_override_clear();
-    for k in [1_000usize, 10_000] {
+    for k in [1_000usize, 10_000].into_iter().filter(|_| wanted("w3w")) {
         let ours = median((0..reps).map(|_| w3w(k)).collect());
         println!("| W3w ns per set, K = {k} | {} | |", fmt(ours));
     }

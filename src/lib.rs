@@ -9,6 +9,7 @@
 //! - [`task`]: a task's state machine; poll, wait, cancel, release
 //! - [`handles`]: the generation-checked handle registry
 //! - [`pool`]: the limited pool (FIFO queue, limit, workers, keep-alive, shutdown)
+//! - `spin`: brief spinning before parking
 //! - [`cq`]: completion queues with a pollable file descriptor
 //! - `fork`: what a forked child gets (fresh registry and default pool)
 //! - [`status`]: status codes shared by the engine and the ABI
@@ -19,6 +20,7 @@ mod fork;
 pub mod handles;
 pub mod overrides;
 pub mod pool;
+mod spin;
 pub mod status;
 pub mod table;
 pub mod task;

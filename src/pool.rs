@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use once_cell::sync::OnceCell;
 
 use crate::handles::fork_epoch;
+use crate::spin;
 use crate::status::Error;
 use crate::table::Table;
 use crate::task::{from_handle_error, tasks, Task, TaskSpec};
@@ -91,6 +92,8 @@ struct State {
     signalled: u32,
     /// Spawned workers that have not looked at the queue yet.
     starting: u32,
+    /// Idle workers spinning on `wakeups` before they park (at most one).
+    spinning: u32,
     shut_down: bool,
 }
 
@@ -131,6 +134,9 @@ struct Counters {
 /// The part of a pool that its workers and tasks share.
 pub struct PoolShared {
     state: Mutex<State>,
+    /// Bumped (under the lock) whenever a task may have become startable, so
+    /// a spinning worker notices without taking the lock.
+    wakeups: AtomicU64,
     work_ready: Condvar,
     quiet: Condvar,
     options: PoolOptions,
@@ -176,8 +182,9 @@ impl PoolShared {
     /// Wakes parked workers, then decides how many new ones to start, so that
     /// every task that may start now has a thread coming for it.
     fn provide_workers(&self, st: &mut State) -> u32 {
+        self.wakeups.fetch_add(1, Ordering::Release);
         let startable = (st.limit.saturating_sub(st.busy) as usize).min(st.queued);
-        let coming = (st.signalled + st.starting) as usize;
+        let coming = (st.signalled + st.starting + st.spinning) as usize;
         let mut missing = startable.saturating_sub(coming);
         let parked = (st.sleeping - st.signalled) as usize;
         for _ in 0..missing.min(parked) {
@@ -292,6 +299,7 @@ fn worker_main(shared: Arc<PoolShared>) {
     let mut st = shared.lock();
     st.starting -= 1;
     let mut timed_out = false;
+    let mut may_spin = true;
     loop {
         if let Some((task, snapshot)) = PoolShared::take_next(&mut st) {
             drop(st);
@@ -306,11 +314,25 @@ fn worker_main(shared: Arc<PoolShared>) {
                 shared.release_slot(&mut st);
             }
             timed_out = false;
+            may_spin = true;
             continue;
         }
         if st.shut_down || st.threads - st.abandoned_off_limit > st.limit || timed_out {
             break;
         }
+        if may_spin && st.spinning == 0 && spin::enabled() {
+            // Watch for a submission briefly before parking; the submitter
+            // counts this worker as coming and skips the wake-up.
+            may_spin = false;
+            st.spinning += 1;
+            let seen = shared.wakeups.load(Ordering::Acquire);
+            drop(st);
+            spin::spin_until(|| shared.wakeups.load(Ordering::Acquire) != seen);
+            st = shared.lock();
+            st.spinning -= 1;
+            continue;
+        }
+        may_spin = true;
         st.sleeping += 1;
         let (guard, wait) = shared
             .work_ready
@@ -358,6 +380,7 @@ impl Pool {
         crate::fork::watch();
         Pool {
             shared: Arc::new(PoolShared {
+                wakeups: AtomicU64::new(0),
                 state: Mutex::new(State {
                     queue: VecDeque::new(),
                     queued: 0,
@@ -369,6 +392,7 @@ impl Pool {
                     sleeping: 0,
                     signalled: 0,
                     starting: 0,
+                    spinning: 0,
                     shut_down: false,
                 }),
                 work_ready: Condvar::new(),

@@ -169,6 +169,8 @@ pub struct Task {
     pool: Arc<PoolShared>,
     handle: AtomicU64,
     cancel_requested: AtomicBool,
+    /// Mirrors `State::published`, so a waiter can spin without the lock.
+    is_published: AtomicBool,
     state: Mutex<State>,
     published: Condvar,
 }
@@ -220,6 +222,7 @@ impl Task {
             pool,
             handle: AtomicU64::new(0),
             cancel_requested: AtomicBool::new(false),
+            is_published: AtomicBool::new(false),
             state: Mutex::new(State {
                 phase: Phase::Queued,
                 outcome: None,
@@ -357,6 +360,7 @@ impl Task {
     fn publish(&self, to_queue: bool) -> (AfterPublish, usize) {
         let mut st = self.lock();
         st.published = true;
+        self.is_published.store(true, Ordering::Release);
         if st.waiters > 0 {
             self.published.notify_all();
         }
@@ -430,6 +434,9 @@ impl Task {
     }
 
     fn wait_published(&self, timeout: Option<Duration>, want_result: bool) -> Observed {
+        if timeout != Some(Duration::ZERO) {
+            crate::spin::spin_until(|| self.is_published.load(Ordering::Acquire));
+        }
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut st = self.lock();
         if !st.published {
