@@ -194,8 +194,9 @@ fn free_with(f: Option<FreeFn>, addr: usize) {
     }
 }
 
-/// Makes a task the thread's current task until dropped. Declared after
-/// the frame guard in [`Task::run`], so it is dropped first.
+/// Makes a task the thread's current task until dropped (while its callable
+/// or its `on_done` runs). Declared after the frame guard in [`Task::run`],
+/// so it is dropped first.
 struct Current {
     previous: Option<Arc<Task>>,
 }
@@ -284,7 +285,7 @@ impl Task {
         self.finish(code, result);
     }
 
-    fn finish(&self, code: i32, result: usize) {
+    fn finish(self: &Arc<Self>, code: i32, result: usize) {
         let mut st = self.lock();
         st.phase = Phase::Returned;
         if st.outcome.is_some() {
@@ -317,8 +318,11 @@ impl Task {
 
     /// Calls `on_done` (no lock held), then makes the outcome visible: into
     /// the completion queue when the task has one and no `on_done`.
-    fn report(&self, outcome: Outcome, result: usize) {
+    fn report(self: &Arc<Self>, outcome: Outcome, result: usize) {
         if let Some(on_done) = self.spec.on_done {
+            // While its on_done runs the task counts as current: a wait for
+            // its own handle could never end (it is published afterwards).
+            let _current = Current::new(self);
             on_done(
                 self.spec.on_done_data as *mut c_void,
                 self.handle(),
@@ -387,7 +391,7 @@ impl Task {
 
     /// Decides `CANCELLED` unless the outcome is already decided, and reports
     /// it on this thread (5.1 queued, 5.2 running). Returns the outcome.
-    pub(crate) fn cancel(&self) -> Outcome {
+    pub(crate) fn cancel(self: &Arc<Self>) -> Outcome {
         let mut give_back = self.pool.lock_for_abandon();
         let mut st = self.lock();
         if let Some(outcome) = st.outcome {

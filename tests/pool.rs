@@ -553,3 +553,38 @@ fn completions_go_to_the_queue_with_their_results() {
     assert!(cq.close().is_empty());
     assert_eq!(pool.shutdown(None), Ok(true));
 }
+
+static ON_DONE_SELF_WAIT: AtomicI64 = AtomicI64::new(0);
+
+extern "C" fn on_done_waits_for_itself(
+    _: *mut c_void,
+    handle: u64,
+    _: i32,
+    _: *mut c_void,
+    _: i32,
+) {
+    let code = match task::wait(handle, Some(Duration::from_secs(5)), false) {
+        Err(e) => i64::from(e.status()),
+        Ok(seen) => i64::from(seen.status),
+    };
+    ON_DONE_SELF_WAIT.store(code, SeqCst);
+}
+
+#[test]
+fn on_done_waiting_for_its_own_task_is_refused() {
+    let pool = Pool::new(1);
+    let spec = TaskSpec::new(tracked, arg(12, 0))
+        .on_done(Some(on_done_waits_for_itself), std::ptr::null_mut());
+    let h = pool.submit(spec, Table::new()).unwrap();
+    let t = Instant::now();
+    wait_ok(h);
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "no hang until the wait's timeout"
+    );
+    assert_eq!(
+        ON_DONE_SELF_WAIT.load(SeqCst),
+        i64::from(ASYNCIFY_E_WOULD_DEADLOCK)
+    );
+    assert_eq!(pool.shutdown(None), Ok(true));
+}
