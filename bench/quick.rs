@@ -204,6 +204,42 @@ fn w3w(k: usize) -> f64 {
     ns
 }
 
+fn rss_bytes() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+/// M1: library bytes per task queued on a paused pool (RSS growth / tasks).
+fn m1(n: usize) -> f64 {
+    let pool = new_pool(0);
+    let mut opts = std::mem::MaybeUninit::<asyncify_submit_options>::uninit();
+    asyncify_submit_options_init(
+        opts.as_mut_ptr(),
+        std::mem::size_of::<asyncify_submit_options>(),
+    );
+    // SAFETY: initialised by asyncify_submit_options_init just above.
+    let mut opts = unsafe { opts.assume_init() };
+    opts.pool = pool;
+    let mut handles = Vec::with_capacity(n);
+    let before = rss_bytes();
+    for _ in 0..n {
+        let mut h = 0;
+        assert_eq!(
+            asyncify_submit(Some(noop), ptr::null_mut(), &opts, &mut h),
+            ASYNCIFY_OK
+        );
+        handles.push(h);
+    }
+    // The handles vector is the bench's, not the library's.
+    let bytes = (rss_bytes() - before) as f64 / n as f64 - 8.0;
+    asyncify_pool_free(pool, -1);
+    handles.into_iter().for_each(|h| {
+        asyncify_release(h);
+    });
+    bytes
+}
+
 fn main() {
     // `cargo bench --bench quick -- w2` runs only the workloads named.
     let only: Vec<String> = std::env::args()
@@ -252,6 +288,10 @@ fn main() {
         println!("| W3 round trip, K = {k} | p50 {p50:.1} µs, p99 {p99:.1} µs | |");
     }
     asyncify_override_clear();
+    if wanted("m1") {
+        let bytes = m1(1_000_000);
+        println!("| M1 bytes per queued task (1,000,000 on a paused pool) | {bytes:.0} | |");
+    }
     for k in [1_000usize, 10_000].into_iter().filter(|_| wanted("w3w")) {
         let ours = median((0..reps).map(|_| w3w(k)).collect());
         println!("| W3w ns per set, K = {k} | {} | |", fmt(ours));
