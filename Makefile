@@ -15,8 +15,13 @@ CFLAGS_DEMO := -std=c11 -Wall -Wextra -Werror -O2 -Iinclude
 
 all: lib
 
+SONAME  := libasyncify.so.$(shell sed -n 's/^version = "\([0-9]*\)\..*/\1/p' Cargo.toml | head -1)
+
+# The library's SONAME is libasyncify.so.MAJOR: the symlink lets programs
+# linked against target/release find it there at run time.
 lib:
 	$(CARGO) build --release
+	ln -sf libasyncify.so $(dir $(LIB))$(SONAME)
 
 $(VENV)/.installed:
 	$(PYTHON) -m venv $(VENV)

@@ -9,6 +9,12 @@ fn main() {
     let dir = env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
     let version = env::var("CARGO_PKG_VERSION").expect("cargo sets CARGO_PKG_VERSION");
     let part = |name: &str| env::var(name).expect("cargo sets the version parts");
+    // The shared library's SONAME carries the major version: a binary linked
+    // against libasyncify.so.0 keeps working across 0.x releases that only add.
+    println!(
+        "cargo:rustc-cdylib-link-arg=-Wl,-soname,libasyncify.so.{}",
+        part("CARGO_PKG_VERSION_MAJOR")
+    );
     println!("cargo:rerun-if-changed=src");
     println!("cargo:rerun-if-changed=cbindgen.toml");
 
