@@ -36,14 +36,30 @@ struct Scope {
     local: Table,
 }
 
-/// What a thread or a running task sees.
+/// What a thread or a running task sees. Installing a frame for each task
+/// moves it twice, so the parts most frames never use live behind a box.
 #[derive(Default)]
 pub struct Frame {
     table: Table,
+    extra: Option<Box<Extra>>,
+    in_task: bool,
+}
+
+#[derive(Default)]
+struct Extra {
     local: Table,
     scopes: Vec<Scope>,
     pinned: Vec<(Arc<str>, Arc<Value>)>,
-    in_task: bool,
+}
+
+impl Frame {
+    fn extra(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    fn local(&self) -> Option<&Table> {
+        self.extra.as_ref().map(|e| &e.local)
+    }
 }
 
 impl Frame {
@@ -53,8 +69,8 @@ impl Frame {
     pub fn for_task(snapshot: &Table) -> Frame {
         Frame {
             table: snapshot.for_task(),
+            extra: None,
             in_task: true,
-            ..Frame::default()
         }
     }
 }
@@ -120,10 +136,9 @@ pub fn snapshot() -> Table {
 fn change<R>(change: impl FnOnce(&mut Frame) -> R) -> R {
     let (result, unpinned) = with_frame(|frame| {
         let result = change(frame);
-        let unpinned = if frame.in_task {
-            Vec::new()
-        } else {
-            std::mem::take(&mut frame.pinned)
+        let unpinned = match &mut frame.extra {
+            Some(extra) if !frame.in_task => std::mem::take(&mut extra.pinned),
+            _ => Vec::new(),
         };
         (result, unpinned)
     });
@@ -136,12 +151,13 @@ fn change<R>(change: impl FnOnce(&mut Frame) -> R) -> R {
 pub fn set(key: &str, value: Value, local: bool) {
     let value = Arc::new(value);
     let displaced = change(|frame| {
-        let (this, other) = if local {
-            (&mut frame.local, &mut frame.table)
+        if local {
+            let moved = frame.table.remove(key);
+            (frame.extra().local.insert(key, value), moved)
         } else {
-            (&mut frame.table, &mut frame.local)
-        };
-        (this.insert(key, value), other.remove(key))
+            let moved = frame.extra.as_mut().and_then(|e| e.local.remove(key));
+            (frame.table.insert(key, value), moved)
+        }
     });
     drop(displaced);
 }
@@ -150,11 +166,8 @@ pub fn set(key: &str, value: Value, local: bool) {
 /// layer. A global pointer value is pinned (see the module docs).
 pub fn get(key: &str) -> Option<Arc<Value>> {
     let own = with_frame(|frame| {
-        frame
-            .local
-            .get(key)
-            .or_else(|| frame.table.get(key))
-            .cloned()
+        let local = frame.local().and_then(|l| l.get(key));
+        local.or_else(|| frame.table.get(key)).cloned()
     });
     if own.is_some() {
         return own;
@@ -162,13 +175,15 @@ pub fn get(key: &str) -> Option<Arc<Value>> {
     let value = global_get(key)?;
     if matches!(*value, Value::Ptr(_)) {
         let unpinned = with_frame(|frame| {
-            let old = if frame.in_task {
+            let in_task = frame.in_task;
+            let pinned = &mut frame.extra().pinned;
+            let old = if in_task {
                 None
             } else {
-                let at = frame.pinned.iter().position(|(k, _)| &**k == key);
-                at.map(|i| frame.pinned.swap_remove(i))
+                let at = pinned.iter().position(|(k, _)| &**k == key);
+                at.map(|i| pinned.swap_remove(i))
             };
-            frame.pinned.push((Arc::from(key), value.clone()));
+            pinned.push((Arc::from(key), value.clone()));
             old
         });
         drop(unpinned);
@@ -179,7 +194,7 @@ pub fn get(key: &str) -> Option<Arc<Value>> {
 /// Removes `key` from the calling thread's table; false when it was absent.
 pub fn remove(key: &str) -> bool {
     let removed = change(|frame| {
-        let local = frame.local.remove(key);
+        let local = frame.extra.as_mut().and_then(|e| e.local.remove(key));
         let table = frame.table.remove(key);
         (local, table)
     });
@@ -189,17 +204,15 @@ pub fn remove(key: &str) -> bool {
 /// Empties the calling thread's table (open scopes still restore theirs).
 pub fn clear() {
     let old = change(|frame| {
-        (
-            std::mem::take(&mut frame.table),
-            std::mem::take(&mut frame.local),
-        )
+        let local = frame.extra.as_mut().map(|e| std::mem::take(&mut e.local));
+        (std::mem::take(&mut frame.table), local)
     });
     drop(old);
 }
 
 /// Number of keys in the calling thread's table (the global layer aside).
 pub fn count() -> usize {
-    with_frame(|frame| frame.table.len() + frame.local.len())
+    with_frame(|frame| frame.table.len() + frame.local().map_or(0, Table::len))
 }
 
 /// Remembers the current table and returns a token to restore it with.
@@ -209,9 +222,9 @@ pub fn scope_enter() -> u64 {
         let scope = Scope {
             token,
             table: frame.table.clone(),
-            local: frame.local.clone(),
+            local: frame.local().cloned().unwrap_or_default(),
         };
-        frame.scopes.push(scope);
+        frame.extra().scopes.push(scope);
     });
     token
 }
@@ -219,14 +232,16 @@ pub fn scope_enter() -> u64 {
 /// Restores the table remembered by `token`, which must be the innermost
 /// scope opened on this thread (or in this task) and not yet exited.
 pub fn scope_exit(token: u64) -> Result<(), ScopeError> {
-    let displaced = change(|frame| match frame.scopes.last() {
-        Some(scope) if scope.token == token => {
-            let scope = frame.scopes.pop().expect("checked above");
-            let table = std::mem::replace(&mut frame.table, scope.table);
-            let local = std::mem::replace(&mut frame.local, scope.local);
-            Ok((table, local))
+    let displaced = change(|frame| {
+        let top = frame.extra.as_ref().and_then(|e| e.scopes.last());
+        if top.is_none_or(|scope| scope.token != token) {
+            return Err(ScopeError::Mismatch);
         }
-        _ => Err(ScopeError::Mismatch),
+        let extra = frame.extra();
+        let scope = extra.scopes.pop().expect("checked above");
+        let local = std::mem::replace(&mut extra.local, scope.local);
+        let table = std::mem::replace(&mut frame.table, scope.table);
+        Ok((table, local))
     })?;
     drop(displaced);
     Ok(())

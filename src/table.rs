@@ -209,6 +209,9 @@ impl Table {
     /// by the task's own copy. Runs the clone functions (user code), so call
     /// it under no lock or borrow. O(1) when no value has a clone function.
     pub fn for_task(&self) -> Table {
+        if self.cloned.is_none() {
+            return self.clone();
+        }
         let mut cloned = Vec::new();
         walk(&self.cloned, &mut cloned);
         let mut table = self.clone();

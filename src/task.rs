@@ -21,7 +21,7 @@
 //! poll or wait that asks for it. A result that can no longer reach anyone
 //! (handle released, detached, abandoned task) goes to `free_result`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -178,6 +178,17 @@ pub struct Task {
 thread_local! {
     /// The task whose callable this thread is running, if any.
     static CURRENT_TASK: RefCell<Option<Arc<Task>>> = const { RefCell::new(None) };
+    /// The address of the task whose `on_done` this thread is running (0:
+    /// none). Only compared, never dereferenced.
+    static REPORTING: Cell<usize> = const { Cell::new(0) };
+}
+
+/// True when the calling thread runs `task`'s callable or its `on_done`:
+/// a wait for it from here could never end.
+fn waits_for_itself(task: &Arc<Task>) -> bool {
+    let address = Arc::as_ptr(task) as usize;
+    REPORTING.with(Cell::get) == address
+        || CURRENT_TASK.with(|t| t.borrow().as_ref().is_some_and(|c| Arc::ptr_eq(c, task)))
 }
 
 /// What a publish leaves to do once the task's lock is released.
@@ -194,9 +205,8 @@ fn free_with(f: Option<FreeFn>, addr: usize) {
     }
 }
 
-/// Makes a task the thread's current task until dropped (while its callable
-/// or its `on_done` runs). Declared after the frame guard in [`Task::run`],
-/// so it is dropped first.
+/// Makes a task the thread's current task while its callable runs. Declared
+/// after the frame guard in [`Task::run`], so it is dropped first.
 struct Current {
     previous: Option<Arc<Task>>,
 }
@@ -320,9 +330,9 @@ impl Task {
     /// the completion queue when the task has one and no `on_done`.
     fn report(self: &Arc<Self>, outcome: Outcome, result: usize) {
         if let Some(on_done) = self.spec.on_done {
-            // While its on_done runs the task counts as current: a wait for
-            // its own handle could never end (it is published afterwards).
-            let _current = Current::new(self);
+            // A wait for this task from inside its on_done could never end
+            // (it is published afterwards): note who is reporting it.
+            let outer = REPORTING.with(|r| r.replace(Arc::as_ptr(self) as usize));
             on_done(
                 self.spec.on_done_data as *mut c_void,
                 self.handle(),
@@ -330,6 +340,7 @@ impl Task {
                 result as *mut c_void,
                 outcome.code,
             );
+            REPORTING.with(|r| r.set(outer));
         }
         let queue = self
             .spec
@@ -497,8 +508,7 @@ pub fn poll(handle: u64, want_result: bool) -> Result<Observed, Error> {
 /// own slot, so a full pool cannot deadlock on nested waits.
 pub fn wait(handle: u64, timeout: Option<Duration>, want_result: bool) -> Result<Observed, Error> {
     let task = lookup(handle)?;
-    let is_self = CURRENT_TASK.with(|t| t.borrow().as_ref().is_some_and(|c| Arc::ptr_eq(c, &task)));
-    if is_self {
+    if waits_for_itself(&task) {
         return Err(Error::WouldDeadlock);
     }
     crate::pool::run_inline_if_stuck(&task);
@@ -549,12 +559,7 @@ pub fn wait_any(handles: &[u64], timeout: Option<Duration>) -> Result<Option<usi
         .iter()
         .map(|&h| lookup(h))
         .collect::<Result<Vec<_>, _>>()?;
-    let is_self = CURRENT_TASK.with(|t| {
-        t.borrow()
-            .as_ref()
-            .is_some_and(|c| tasks.iter().all(|task| Arc::ptr_eq(c, task)))
-    });
-    if is_self {
+    if tasks.iter().all(waits_for_itself) {
         return Err(Error::WouldDeadlock);
     }
     let deadline = timeout.map(|t| Instant::now() + t);
