@@ -92,7 +92,7 @@ struct State {
     signalled: u32,
     /// Spawned workers that have not looked at the queue yet.
     starting: u32,
-    /// Idle workers spinning on `wakeups` before they park (at most one).
+    /// Idle workers spinning on `wakeups` before they park.
     spinning: u32,
     shut_down: bool,
 }
@@ -320,7 +320,7 @@ fn worker_main(shared: Arc<PoolShared>) {
         if st.shut_down || st.threads - st.abandoned_off_limit > st.limit || timed_out {
             break;
         }
-        if may_spin && st.spinning == 0 && spin::enabled() {
+        if may_spin && spin::enabled() {
             // Watch for a submission briefly before parking; the submitter
             // counts this worker as coming and skips the wake-up.
             may_spin = false;

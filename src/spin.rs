@@ -4,8 +4,9 @@
 //! and scheduling on each side; a task that takes a microsecond should not
 //! pay that twice. An idle worker and a waiting caller therefore watch for
 //! their event for a short while (`ASYNCIFY_SPIN_US`, default 50 µs; 0 turns
-//! spinning off, e.g. under valgrind) before they park. Only one worker per
-//! pool spins at a time, so idle pools do not burn the machine.
+//! spinning off, e.g. under valgrind) before they park. A worker spins only
+//! right after it ran a task, so an idle pool does not burn the machine; it
+//! yields while it spins, so on a busy machine the thread it waits for runs.
 
 use std::time::{Duration, Instant};
 
