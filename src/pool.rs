@@ -216,6 +216,7 @@ impl PoolShared {
                 let mut st = self.lock();
                 st.threads -= 1;
                 st.starting -= 1;
+                self.notify_if_quiet(&st);
             }
         }
     }
@@ -226,9 +227,17 @@ impl PoolShared {
     }
 
     fn notify_if_quiet(&self, st: &State) {
-        if st.busy == 0 && st.abandoned_off_limit == 0 {
+        if self.is_quiet(st) {
             self.quiet.notify_all();
         }
+    }
+
+    /// No callable runs, and, where worker threads run hooks, no worker is
+    /// left to run one: nothing of this pool can call user code any more.
+    /// (Without hooks an idle worker leaves silently, so it is not waited for.)
+    fn is_quiet(&self, st: &State) -> bool {
+        let hooks = self.options.on_thread_start.is_some() || self.options.on_thread_stop.is_some();
+        st.busy == 0 && st.abandoned_off_limit == 0 && !(hooks && st.threads > 0)
     }
 
     /// For a cancel: with `release_slot_on_abandon`, the pool's lock, taken
@@ -343,12 +352,16 @@ fn worker_main(shared: Arc<PoolShared>) {
         st.signalled = st.signalled.saturating_sub(1);
         timed_out = wait.timed_out();
     }
-    st.threads -= 1;
     drop(st);
     if let Some(stop) = shared.options.on_thread_stop {
         stop(hook_data);
     }
     WORKER_OF.with(|w| w.borrow_mut().take());
+    // Only now is this worker gone: a shutdown waits for that, so no hook of
+    // the pool runs after it returned OK.
+    let mut st = shared.lock();
+    st.threads -= 1;
+    shared.notify_if_quiet(&st);
 }
 
 /// When the calling thread is a worker of `task`'s pool and `task` is still
@@ -472,8 +485,9 @@ impl Pool {
     }
 
     /// Refuses new submissions, cancels queued tasks (on this thread), and
-    /// waits up to `timeout` (None: forever) for running callables and their
-    /// callbacks. Returns true when none is left. From a worker of this pool
+    /// waits up to `timeout` (None: forever) for running callables, their
+    /// callbacks and, when the pool has thread hooks, the exit of every worker
+    /// (its stop hook included). Returns true when none is left. From a worker of this pool
     /// it would wait for itself: [`Error::WouldDeadlock`], nothing changes.
     pub fn shutdown(&self, timeout: Option<Duration>) -> Result<bool, Error> {
         let shared = &self.shared;
@@ -490,8 +504,10 @@ impl Pool {
         for task in queued {
             task.cancel();
         }
+        // Running callables (abandoned ones too) and, with thread hooks,
+        // every worker thread: its stop hook is a callback of this pool too.
         let mut st = shared.lock();
-        while st.busy > 0 || st.abandoned_off_limit > 0 {
+        while !shared.is_quiet(&st) {
             st = match deadline {
                 None => shared.quiet.wait(st).unwrap_or_else(|e| e.into_inner()),
                 Some(d) => {
