@@ -5,9 +5,9 @@
 //! - Keys set with the local flag live in a separate `local` table that is
 //!   never snapshotted, so marking keys local costs the snapshot nothing.
 //! - Reads look at `local`, then `table`, then the global layer.
-//! - The global layer is one table behind a mutex plus a version number. Each
-//!   thread keeps a copy (an O(1) snapshot) of the version it last saw, so a
-//!   read takes no lock unless the global layer changed since.
+//! - The global layer is one table in an `ArcSwap`: a read loads the current
+//!   table without a lock and keeps nothing once it has the value; writers
+//!   (rare) take a mutex among themselves and swap in a new table.
 //! - A global pointer value handed out by a read is *pinned* in the frame: in
 //!   a task until the task ends; elsewhere until the thread reads that key
 //!   again or changes its table. So the pointer stays valid even if the
@@ -20,6 +20,9 @@
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwap;
+use once_cell::sync::Lazy;
 
 use crate::table::{Table, Value};
 
@@ -77,13 +80,12 @@ impl Frame {
 
 thread_local! {
     static CURRENT: RefCell<Frame> = RefCell::new(Frame::default());
-    static GLOBAL_SEEN: RefCell<(u64, Table)> = RefCell::new((0, Table::new()));
 }
 
 static NEXT_SCOPE_TOKEN: AtomicU64 = AtomicU64::new(1);
-static GLOBAL: Mutex<Table> = Mutex::new(Table::EMPTY);
-/// Bumped after every change of `GLOBAL`; 0 is never a version.
-static GLOBAL_VERSION: AtomicU64 = AtomicU64::new(1);
+static GLOBAL: Lazy<ArcSwap<Table>> = Lazy::new(|| ArcSwap::from_pointee(Table::new()));
+/// Serializes the writers of `GLOBAL` (each reads, changes and swaps).
+static GLOBAL_WRITER: Mutex<()> = Mutex::new(());
 
 /// Runs `f` on this thread's frame. During thread teardown (a release function
 /// running from a thread-local destructor) the frame is gone; `f` then sees an
@@ -163,30 +165,29 @@ pub fn set(key: &str, value: Value, local: bool) {
 }
 
 /// Reads `key`: the thread's local keys, then its table, then the global
-/// layer. A global pointer value is pinned (see the module docs).
+/// layer. A global pointer value is pinned (see the module docs); outside a
+/// task, reading a key drops the pin an earlier read of it left.
 pub fn get(key: &str) -> Option<Arc<Value>> {
-    let own = with_frame(|frame| {
+    let (own, unpinned) = with_frame(|frame| {
         let local = frame.local().and_then(|l| l.get(key));
-        local.or_else(|| frame.table.get(key)).cloned()
+        let own = local.or_else(|| frame.table.get(key)).cloned();
+        let unpinned = match &mut frame.extra {
+            Some(extra) if !frame.in_task => {
+                let at = extra.pinned.iter().position(|(k, _)| &**k == key);
+                at.map(|i| extra.pinned.swap_remove(i))
+            }
+            _ => None,
+        };
+        (own, unpinned)
     });
+    drop(unpinned);
     if own.is_some() {
         return own;
     }
-    let value = global_get(key)?;
+    let value = GLOBAL.load().get(key).cloned()?;
     if matches!(*value, Value::Ptr(_)) {
-        let unpinned = with_frame(|frame| {
-            let in_task = frame.in_task;
-            let pinned = &mut frame.extra().pinned;
-            let old = if in_task {
-                None
-            } else {
-                let at = pinned.iter().position(|(k, _)| &**k == key);
-                at.map(|i| pinned.swap_remove(i))
-            };
-            pinned.push((Arc::from(key), value.clone()));
-            old
-        });
-        drop(unpinned);
+        let pin = (Arc::from(key), value.clone());
+        with_frame(|frame| frame.extra().pinned.push(pin));
     }
     Some(value)
 }
@@ -247,35 +248,21 @@ pub fn scope_exit(token: u64) -> Result<(), ScopeError> {
     Ok(())
 }
 
-fn lock_global() -> MutexGuard<'static, Table> {
-    // No user code runs under this lock, so its data stays consistent.
-    GLOBAL.lock().unwrap_or_else(|e| e.into_inner())
+fn lock_writer() -> MutexGuard<'static, ()> {
+    // The guarded data is (); a panic elsewhere cannot leave it inconsistent.
+    GLOBAL_WRITER.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn global_get(key: &str) -> Option<Arc<Value>> {
-    let version = GLOBAL_VERSION.load(Ordering::Acquire);
-    let (value, stale) = GLOBAL_SEEN
-        .try_with(|seen| {
-            let mut seen = seen.borrow_mut();
-            let stale = if seen.0 == version {
-                None
-            } else {
-                let fresh = lock_global().clone();
-                Some(std::mem::replace(&mut *seen, (version, fresh)))
-            };
-            (seen.1.get(key).cloned(), stale)
-        })
-        .unwrap_or_else(|_| (lock_global().get(key).cloned(), None));
-    drop(stale);
-    value
-}
-
+/// Applies `change` to a copy of the global table and swaps it in. The old
+/// table and whatever the change displaced drop after the writers' lock.
 fn global_change<R>(change: impl FnOnce(&mut Table) -> R) -> R {
     crate::fork::watch();
-    let mut global = lock_global();
-    let result = change(&mut global);
-    GLOBAL_VERSION.fetch_add(1, Ordering::Release);
-    drop(global);
+    let writer = lock_writer();
+    let mut table = Table::clone(&GLOBAL.load());
+    let result = change(&mut table);
+    let old = GLOBAL.swap(Arc::new(table));
+    drop(writer);
+    drop(old);
     result
 }
 
@@ -292,10 +279,10 @@ pub fn global_remove(key: &str) -> bool {
     removed.is_some()
 }
 
-/// Holds the global layer's lock across `fork()`, so the child never inherits
-/// it locked; dropping the guard (in parent and child) releases it.
-pub(crate) fn hold_global_for_fork() -> MutexGuard<'static, Table> {
-    lock_global()
+/// Holds the global layer's writer lock across `fork()`, so the child never
+/// inherits it locked; dropping the guard (in parent and child) releases it.
+pub(crate) fn hold_global_for_fork() -> MutexGuard<'static, ()> {
+    lock_writer()
 }
 
 #[cfg(test)]

@@ -132,13 +132,6 @@ fn priority_of(key: &str) -> u64 {
 }
 
 impl Table {
-    /// The empty table, as a constant (for statics).
-    pub const EMPTY: Table = Table {
-        root: None,
-        len: 0,
-        cloned: None,
-    };
-
     /// The empty table.
     pub fn new() -> Self {
         Table::default()
