@@ -1,0 +1,422 @@
+"""Thin, typed wrappers of every function of ``include/asyncify.h``.
+
+One Python function per C function, same name without the ``asyncify_`` prefix.
+Error statuses (< 0) raise the matching ``casyncify.Error`` subclass with the
+library's ``asyncify_last_error`` text; outcomes are returned. Pointers
+(contexts, pools, queues, values) are plain ints; the caller owns what the C
+function says it owns. ``lib`` (GIL released during calls) and ``plib`` (GIL
+held) are the raw ctypes handles with ``argtypes``/``restype`` set for every
+exported function; structures and callback types are re-exported from here.
+
+Everything here acts on the *C* state of the calling thread (its override
+table, the global layer), not on the ``contextvars`` overrides of the
+high-level API.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from ctypes import byref, c_int32, c_size_t, c_uint32, c_uint64, c_void_p, sizeof
+from typing import Sequence
+
+from . import _ffi
+from ._errors import TimeoutError, check
+from ._ffi import (  # noqa: F401 - re-exported
+    CLONE_FN,
+    DONE_FN,
+    FREE_FN,
+    THREAD_HOOK,
+    WORK_FN,
+    Completion,
+    PoolOptions,
+    PoolStats,
+    SubmitOptions,
+    lib,
+    plib,
+)
+
+# -- status codes and flags ---------------------------------------------------
+OK = _ffi.OK
+PENDING = _ffi.PENDING
+FAILED = _ffi.FAILED
+CANCELLED = _ffi.CANCELLED
+TIMEOUT = _ffi.TIMEOUT
+E_NULL = _ffi.E_NULL
+E_INVALID_ARGUMENT = _ffi.E_INVALID_ARGUMENT
+E_INVALID_HANDLE = _ffi.E_INVALID_HANDLE
+E_NOT_FOUND = _ffi.E_NOT_FOUND
+E_BUFFER_TOO_SMALL = _ffi.E_BUFFER_TOO_SMALL
+E_SHUT_DOWN = _ffi.E_SHUT_DOWN
+E_BUSY = _ffi.E_BUSY
+E_WOULD_DEADLOCK = _ffi.E_WOULD_DEADLOCK
+E_SCOPE_MISMATCH = _ffi.E_SCOPE_MISMATCH
+E_FORKED = _ffi.E_FORKED
+E_PANIC = _ffi.E_PANIC
+E_OUT_OF_MEMORY = _ffi.E_OUT_OF_MEMORY
+POOL_RELEASE_SLOT_ON_ABANDON = _ffi.POOL_RELEASE_SLOT_ON_ABANDON
+KEY_LOCAL = _ffi.KEY_LOCAL
+SUBMIT_DETACHED = _ffi.SUBMIT_DETACHED
+SUBMIT_EMPTY_CONTEXT = _ffi.SUBMIT_EMPTY_CONTEXT
+
+
+def _key(key: str) -> bytes:
+    if not isinstance(key, str):
+        raise TypeError(f"keys are str, not {type(key).__name__}")
+    return key.encode("utf-8", "surrogatepass")
+
+
+def _nullable(ftype, f):
+    """ctypes refuses None for a function pointer argument: NULL is ``ftype()``."""
+    return ftype() if f is None else f
+
+
+def _ms(timeout: float | None) -> int:
+    return -1 if timeout is None or timeout < 0 else int(timeout * 1000)
+
+
+def _copy_out(call) -> bytes:
+    """Size query, then copy (retrying if the value grew meanwhile)."""
+    n = c_size_t(0)
+    status = call(None, 0, byref(n))
+    while True:
+        if status not in (OK, E_BUFFER_TOO_SMALL):
+            check(status)
+        if n.value == 0:
+            return b""
+        buf = ctypes.create_string_buffer(n.value)
+        status = call(buf, n.value, byref(n))
+        if status == OK:
+            return buf.raw[: n.value]
+
+
+# -- errors and version -----------------------------------------------------
+
+
+def status_str(status: int) -> str:
+    """``asyncify_status_str``: the fixed text of a status (also for unknown values)."""
+    return _ffi.status_str(status)
+
+
+def last_error() -> str:
+    """``asyncify_last_error``: this thread's last error message ('' when none)."""
+    return _ffi.last_error()
+
+
+def version() -> str:
+    """``asyncify_version``."""
+    return _ffi.VERSION
+
+
+# -- the calling thread's override table --------------------------------------
+
+
+def override_set(key: str, value: bytes, flags: int = 0) -> None:
+    """``asyncify_override_set`` / ``_set_ex``: a copy of ``value`` (bytes-like)."""
+    data = bytes(value)
+    if flags:
+        check(plib.asyncify_override_set_ex(_key(key), data, len(data), flags))
+    else:
+        check(plib.asyncify_override_set(_key(key), data, len(data)))
+
+
+def override_set_ptr(key: str, ptr: int, release=None, clone=None, flags: int = 0) -> None:
+    """``asyncify_override_set_ptr`` / ``_set_ptr_ex``. ``release``/``clone`` are
+    ``FREE_FN``/``CLONE_FN`` instances (keep them alive as long as C may call them)."""
+    if clone is not None or flags:
+        check(
+            plib.asyncify_override_set_ptr_ex(
+                _key(key), ptr, _nullable(FREE_FN, release), _nullable(CLONE_FN, clone), flags
+            )
+        )
+    else:
+        check(plib.asyncify_override_set_ptr(_key(key), ptr, _nullable(FREE_FN, release)))
+
+
+def override_set_ex(key: str, value: bytes, flags: int) -> None:
+    """``asyncify_override_set_ex`` (``KEY_LOCAL``: never copied into tasks)."""
+    data = bytes(value)
+    check(plib.asyncify_override_set_ex(_key(key), data, len(data), flags))
+
+
+def override_set_ptr_ex(key: str, ptr: int, release=None, clone=None, flags: int = 0) -> None:
+    """``asyncify_override_set_ptr_ex``."""
+    release_fn, clone_fn = _nullable(FREE_FN, release), _nullable(CLONE_FN, clone)
+    check(plib.asyncify_override_set_ptr_ex(_key(key), ptr, release_fn, clone_fn, flags))
+
+
+def override_get(key: str) -> bytes:
+    """``asyncify_override_get``: the bytes of ``key`` (``NotFoundError`` if unset,
+    ``InvalidArgumentError`` if it holds a pointer)."""
+    kb = _key(key)
+    return _copy_out(lambda buf, cap, n: plib.asyncify_override_get(kb, buf, cap, n))
+
+
+def override_get_ptr(key: str) -> int:
+    """``asyncify_override_get_ptr``: the address stored under ``key``."""
+    out = c_void_p()
+    check(plib.asyncify_override_get_ptr(_key(key), byref(out)))
+    return out.value or 0
+
+
+def override_get_ptr_ex(key: str) -> tuple[int, int]:
+    """``asyncify_override_get_ptr_ex``: ``(address, release function address or 0)``."""
+    out = c_void_p()
+    rel = c_void_p()
+    check(plib.asyncify_override_get_ptr_ex(_key(key), byref(out), byref(rel)))
+    return out.value or 0, rel.value or 0
+
+
+def override_remove(key: str) -> None:
+    """``asyncify_override_remove`` (``NotFoundError`` if absent)."""
+    check(plib.asyncify_override_remove(_key(key)))
+
+
+def override_clear() -> None:
+    """``asyncify_override_clear``."""
+    check(plib.asyncify_override_clear())
+
+
+def override_count() -> int:
+    """``asyncify_override_count``."""
+    n = c_size_t()
+    check(plib.asyncify_override_count(byref(n)))
+    return n.value
+
+
+def scope_enter() -> int:
+    """``asyncify_scope_enter``: a token for ``scope_exit``."""
+    token = c_uint64()
+    check(plib.asyncify_scope_enter(byref(token)))
+    return token.value
+
+
+def scope_exit(token: int) -> None:
+    """``asyncify_scope_exit`` (``ScopeMismatchError`` out of LIFO order)."""
+    check(plib.asyncify_scope_exit(token))
+
+
+# -- the global layer -----------------------------------------------------------
+
+
+def global_set(key: str, value: bytes) -> None:
+    """``asyncify_global_set``."""
+    data = bytes(value)
+    check(plib.asyncify_global_set(_key(key), data, len(data)))
+
+
+def global_set_ptr(key: str, ptr: int, release=None) -> None:
+    """``asyncify_global_set_ptr``."""
+    check(plib.asyncify_global_set_ptr(_key(key), ptr, _nullable(FREE_FN, release)))
+
+
+def global_remove(key: str) -> None:
+    """``asyncify_global_remove``."""
+    check(plib.asyncify_global_remove(_key(key)))
+
+
+# -- contexts (free each with context_free) -------------------------------------
+
+
+def context_capture() -> int:
+    """``asyncify_context_capture``."""
+    out = c_void_p()
+    check(plib.asyncify_context_capture(byref(out)))
+    return out.value  # type: ignore[return-value]
+
+
+def context_empty() -> int:
+    """``asyncify_context_empty``."""
+    out = c_void_p()
+    check(plib.asyncify_context_empty(byref(out)))
+    return out.value  # type: ignore[return-value]
+
+
+def context_with(ctx: int, key: str, value: bytes) -> int:
+    """``asyncify_context_with``: a new context."""
+    data = bytes(value)
+    out = c_void_p()
+    check(plib.asyncify_context_with(ctx, _key(key), data, len(data), byref(out)))
+    return out.value  # type: ignore[return-value]
+
+
+def context_with_ptr(ctx: int, key: str, ptr: int, release=None) -> int:
+    """``asyncify_context_with_ptr``: a new context."""
+    out = c_void_p()
+    check(plib.asyncify_context_with_ptr(ctx, _key(key), ptr, _nullable(FREE_FN, release), byref(out)))
+    return out.value  # type: ignore[return-value]
+
+
+def context_without(ctx: int, key: str) -> int:
+    """``asyncify_context_without``: a new context."""
+    out = c_void_p()
+    check(plib.asyncify_context_without(ctx, _key(key), byref(out)))
+    return out.value  # type: ignore[return-value]
+
+
+def context_run(ctx: int, fn, arg: int | None = None) -> tuple[int, int, int]:
+    """``asyncify_context_run`` with a ``WORK_FN``: ``(status, result, code)``."""
+    result = c_void_p()
+    code = c_int32()
+    status = check(lib.asyncify_context_run(ctx, fn, arg, byref(result), byref(code)))
+    return status, result.value or 0, code.value
+
+
+def context_free(ctx: int) -> None:
+    """``asyncify_context_free``."""
+    check(plib.asyncify_context_free(ctx))
+
+
+# -- completion queues ------------------------------------------------------------
+
+
+def cq_new() -> int:
+    """``asyncify_cq_new``."""
+    out = c_void_p()
+    check(plib.asyncify_cq_new(byref(out)))
+    return out.value  # type: ignore[return-value]
+
+
+def cq_fd(cq: int) -> int:
+    """``asyncify_cq_fd``: readable while completions wait (do not read or close it)."""
+    fd = c_int32()
+    check(plib.asyncify_cq_fd(cq, byref(fd)))
+    return fd.value
+
+
+def cq_wait(cq: int, timeout: float | None = None) -> bool:
+    """``asyncify_cq_wait``: True when a completion is ready, False on timeout."""
+    return check(lib.asyncify_cq_wait(cq, _ms(timeout))) == OK
+
+
+def cq_drain(cq: int, cap: int = 64) -> list[tuple[int, int, int, int, int]]:
+    """``asyncify_cq_drain``: ``[(handle, status, code, result, user_data), ...]``."""
+    batch = (Completion * cap)()
+    n = c_size_t()
+    check(plib.asyncify_cq_drain(cq, batch, cap, byref(n)))
+    return [(c.handle, c.status, c.code, c.result or 0, c.user_data or 0) for c in batch[: n.value]]
+
+
+def cq_free(cq: int) -> None:
+    """``asyncify_cq_free``."""
+    check(plib.asyncify_cq_free(cq))
+
+
+# -- pools (None: the library's own default pool) -------------------------------
+
+
+def pool_options_init() -> PoolOptions:
+    """``asyncify_pool_options_init``: options with the defaults."""
+    opts = PoolOptions()
+    check(plib.asyncify_pool_options_init(byref(opts), sizeof(opts)))
+    return opts
+
+
+def pool_new(max_workers: int) -> int:
+    """``asyncify_pool_new``. Worker threads get no Python thread state of their own:
+    prefer ``casyncify.Pool`` for Python callables."""
+    out = c_void_p()
+    check(lib.asyncify_pool_new(max_workers, byref(out)))
+    return out.value  # type: ignore[return-value]
+
+
+def pool_new_ex(opts: PoolOptions | None = None) -> int:
+    """``asyncify_pool_new_ex``."""
+    out = c_void_p()
+    check(lib.asyncify_pool_new_ex(byref(opts) if opts is not None else None, byref(out)))
+    return out.value  # type: ignore[return-value]
+
+
+def stats(pool: int | None = None) -> PoolStats:
+    """``asyncify_stats``."""
+    s = PoolStats()
+    s.struct_size = sizeof(s)
+    check(plib.asyncify_stats(pool, byref(s)))
+    return s
+
+
+def pool_free(pool: int, timeout: float | None = None) -> bool:
+    """``asyncify_pool_free``: True (``OK``) or False (``TIMEOUT``: some still run)."""
+    return check(lib.asyncify_pool_free(pool, _ms(timeout))) == OK
+
+
+def shutdown(timeout: float | None = None) -> bool:
+    """``asyncify_shutdown``: shuts the library's default pool down."""
+    return check(lib.asyncify_shutdown(_ms(timeout))) == OK
+
+
+def set_max_workers(pool: int | None, n: int) -> None:
+    """``asyncify_set_max_workers``."""
+    check(plib.asyncify_set_max_workers(pool, n))
+
+
+def get_max_workers(pool: int | None = None) -> int:
+    """``asyncify_get_max_workers``."""
+    n = c_uint32()
+    check(plib.asyncify_get_max_workers(pool, byref(n)))
+    return n.value
+
+
+# -- tasks ---------------------------------------------------------------------------
+
+
+def submit_options_init() -> SubmitOptions:
+    """``asyncify_submit_options_init``: options with the defaults."""
+    opts = SubmitOptions()
+    check(plib.asyncify_submit_options_init(byref(opts), sizeof(opts)))
+    return opts
+
+
+def submit(fn, arg: int | None = None, opts: SubmitOptions | None = None) -> int:
+    """``asyncify_submit`` with a ``WORK_FN``: the handle (0 with ``SUBMIT_DETACHED``)."""
+    h = c_uint64()
+    check(plib.asyncify_submit(fn, arg, byref(opts) if opts is not None else None, byref(h)))
+    return h.value
+
+
+def poll(handle: int, want_result: bool = True) -> tuple[int, int, int]:
+    """``asyncify_poll``: ``(status, result, code)``; status is PENDING/OK/FAILED/CANCELLED."""
+    result = c_void_p()
+    code = c_int32()
+    status = check(plib.asyncify_poll(handle, byref(result) if want_result else None, byref(code)))
+    return status, result.value or 0, code.value
+
+
+def wait(handle: int, timeout: float | None = None, want_result: bool = True) -> tuple[int, int, int]:
+    """``asyncify_wait``: ``(status, result, code)``; raises ``casyncify.TimeoutError``
+    (a builtin ``TimeoutError``) when the time runs out (the task goes on)."""
+    result = c_void_p()
+    code = c_int32()
+    status = check(lib.asyncify_wait(handle, _ms(timeout), byref(result) if want_result else None, byref(code)))
+    if status == TIMEOUT:
+        raise TimeoutError(TIMEOUT, f"asyncify_wait: handle {handle} still pending after {timeout} s")
+    return status, result.value or 0, code.value
+
+
+def wait_any(handles: Sequence[int], timeout: float | None = None) -> int:
+    """``asyncify_wait_any``: the index of the first terminal handle; raises
+    ``casyncify.TimeoutError`` when the time runs out."""
+    arr = (c_uint64 * len(handles))(*handles)
+    index = c_size_t()
+    status = check(lib.asyncify_wait_any(arr, len(handles), _ms(timeout), byref(index)))
+    if status == TIMEOUT:
+        raise TimeoutError(TIMEOUT, f"asyncify_wait_any: none of {len(handles)} handles finished in {timeout} s")
+    return index.value
+
+
+def release(handle: int) -> None:
+    """``asyncify_release``."""
+    check(plib.asyncify_release(handle))
+
+
+def cancel(handle: int) -> int:
+    """``asyncify_cancel``: CANCELLED, or OK/FAILED when the function had already returned."""
+    return check(plib.asyncify_cancel(handle))
+
+
+def cancel_requested() -> bool:
+    """``asyncify_cancel_requested``."""
+    return bool(plib.asyncify_cancel_requested())
+
+
+# Every exported C function has a wrapper here (checked by the tests).
+WRAPPED = {name: globals()[name[len("asyncify_"):]] for name in _ffi.SIGNATURES}

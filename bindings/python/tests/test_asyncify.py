@@ -1,0 +1,508 @@
+"""asyncify(): the dspy.asyncify contract, on asyncio, through a completion queue per loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import gc
+import math
+import threading
+import time
+import traceback
+
+import pytest
+from conftest import Gate, eventually, run
+
+import casyncify
+from casyncify import _core
+from casyncify import lowlevel as ll
+from test_overrides import c_view
+
+
+def test_result_args_kwargs_and_metadata(make_pool):
+    def add(a, b, *, scale=1):
+        """adds"""
+        return (a + b) * scale
+
+    aadd = casyncify.asyncify(add, pool=make_pool(2))
+    assert asyncio.iscoroutinefunction(aadd)
+    assert aadd.__name__ == "add" and aadd.__doc__ == "adds" and aadd.__wrapped__ is add
+    assert run(aadd(1, 2, scale=10)) == 30
+
+    @casyncify.asyncify
+    def default_pool_fn():
+        return threading.current_thread() is threading.main_thread()
+
+    assert run(default_pool_fn()) is False, "ran on a worker thread"
+
+
+def test_snapshot_at_call_time_queued(make_pool, gate):
+    pool = make_pool(1)
+    afn = casyncify.asyncify(lambda: (casyncify.get("k"), c_view("k")), pool=pool)
+    ablock = casyncify.asyncify(gate.block, pool=pool)
+
+    async def main():
+        blocker = asyncio.create_task(ablock())
+        casyncify.set("k", 1)
+        call = asyncio.ensure_future(afn())  # captured now, while k == 1
+        await asyncio.sleep(0.05)
+        assert pool.stats().queued == 1, "the call is queued behind the blocker"
+        casyncify.set("k", 2)  # later changes by the caller...
+        casyncify.remove("k")
+        gate.open()
+        assert await blocker == "gate"
+        return await call
+
+    assert run(main()) == (1, 1), "...are invisible to the queued call, in Python and in C"
+
+
+def test_snapshot_at_call_time_running(make_pool):
+    pool = make_pool(1)
+    started, proceed = threading.Event(), threading.Event()
+
+    def fn():
+        started.set()
+        proceed.wait(5)
+        return casyncify.get("k"), c_view("k")
+
+    afn = casyncify.asyncify(fn, pool=pool)
+
+    async def main():
+        with casyncify.context(k="at call"):
+            call = asyncio.ensure_future(afn())
+            await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
+            casyncify.set("k", "changed while running")
+        proceed.set()
+        return await call
+
+    assert run(main()) == ("at call", "at call")
+
+
+def test_snapshot_at_call_time_from_plain_threads(make_pool, gate):
+    pool = make_pool(1)
+    pool.submit(gate.block)
+    casyncify.set("k", 1)
+    fut = pool.submit(lambda: (casyncify.get("k"), c_view("k")))
+    casyncify.set("k", 2)
+    gate.open()
+    assert fut.result(5) == (1, 1)
+
+
+def test_no_leak_in_either_direction(make_pool):
+    pool = make_pool(1)  # one worker: the second call reuses the thread of the first
+
+    def messy():
+        casyncify.set("a", "from task")  # Python side
+        casyncify.remove("keep")
+        casyncify.context(b="open scope").__enter__()  # a scope never closed
+        ll.override_set("c_key", b"from task")  # C side, this thread's table
+        ll.scope_enter()  # a C scope never closed
+        return dict(casyncify.overrides()), ll.override_count()
+
+    def observe():
+        return dict(casyncify.overrides()), c_view("a"), c_view("c_key"), c_view("keep"), ll.override_count()
+
+    amessy = casyncify.asyncify(messy, pool=pool)
+    aobserve = casyncify.asyncify(observe, pool=pool)
+
+    async def main():
+        with casyncify.context(keep="caller", a="caller"):
+            inside, count = await amessy()
+            assert inside == {"a": "from task", "b": "open scope"}
+            assert count == 3
+            # Nothing reached the caller...
+            assert dict(casyncify.overrides()) == {"keep": "caller", "a": "caller"}
+            assert c_view("c_key") is None
+        # ...nor the next call on the same worker, which sees only its own submitter's table.
+        with casyncify.context(other=1):
+            return await aobserve()
+
+    mapping, a, c_key, keep, count = run(main())
+    assert mapping == {"other": 1}
+    assert (a, c_key, keep) == (None, None, None)
+    assert count == 1
+
+
+def test_nested_asyncify_inherits_the_workers_overrides(make_pool):
+    pool = make_pool(2)
+    ainner = casyncify.asyncify(lambda: (dict(casyncify.overrides()), c_view("outer"), c_view("inner")), pool=pool)
+
+    def outer():
+        casyncify.set("inner", "set by the outer call")
+        # A nested event loop on the worker thread, as a sync DSPy program calling an async one would.
+        return asyncio.run(ainner())
+
+    aouter = casyncify.asyncify(outer, pool=pool)
+
+    async def main():
+        with casyncify.context(outer="caller"):
+            return await aouter()
+
+    mapping, c_outer, c_inner = run(main())
+    assert mapping == {"outer": "caller", "inner": "set by the outer call"}
+    assert (c_outer, c_inner) == ("caller", "set by the outer call"), "C code sees the same table"
+
+
+def test_nested_submit_at_limit_one_runs_inline(make_pool):
+    pool = make_pool(1)
+
+    def inner():
+        return casyncify.get("k"), threading.get_ident()
+
+    def outer():
+        casyncify.set("k", "outer's change")
+        fut = pool.submit(inner)  # queued: the only worker is this one
+        return fut.result(5), threading.get_ident()
+
+    (k, inner_thread), outer_thread = run(casyncify.asyncify(outer, pool=pool)())
+    assert k == "outer's change"
+    assert inner_thread == outer_thread, "the waiting worker ran it inline instead of deadlocking"
+
+
+@pytest.mark.parametrize("limit,n", [(4, 10), (8, 15)])
+def test_limit_dspy_timing(make_pool, limit, n):
+    """DSPy's own check: n tasks of 0.5 s under a limit take between
+    floor(n/limit)*0.5 and ceil(n/limit)*0.5 + 1.0 seconds."""
+    pool = make_pool(limit)
+    active = 0
+    peak = 0
+    lock = threading.Lock()
+
+    def task():
+        nonlocal active, peak
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        time.sleep(0.5)
+        with lock:
+            active -= 1
+
+    atask = casyncify.asyncify(task, pool=pool)
+
+    async def main():
+        t = time.perf_counter()
+        await asyncio.gather(*[atask() for _ in range(n)])
+        return time.perf_counter() - t
+
+    elapsed = run(main())
+    assert math.floor(n / limit) * 0.5 < elapsed < math.ceil(n / limit) * 0.5 + 1.0
+    assert peak == limit
+
+
+def test_fifo_order(make_pool, gate):
+    pool = make_pool(1)
+    order = []
+    ablock = casyncify.asyncify(gate.block, pool=pool)
+    arecord = casyncify.asyncify(order.append, pool=pool)
+
+    async def main():
+        blocker = asyncio.create_task(ablock())
+        await asyncio.sleep(0.02)
+        tasks = [asyncio.create_task(arecord(i)) for i in range(30)]
+        await asyncio.sleep(0.02)  # all submitted, in creation order
+        gate.open()
+        await asyncio.gather(blocker, *tasks)
+
+    run(main())
+    assert order == list(range(30))
+
+
+def test_cancel_queued_never_runs(make_pool, gate):
+    pool = make_pool(1)
+    ran = []
+    ablock = casyncify.asyncify(gate.block, pool=pool)
+    afn = casyncify.asyncify(lambda: ran.append(1), pool=pool)
+
+    async def main():
+        blocker = asyncio.create_task(ablock())
+        await asyncio.sleep(0.02)
+        call = asyncio.create_task(afn())
+        await asyncio.sleep(0.02)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        gate.open()
+        await blocker
+        await asyncio.sleep(0.05)
+
+    before = pool.stats()
+    run(main())
+    assert ran == []
+    after = pool.stats()
+    assert after.cancelled - before.cancelled == 1
+    assert after.completed - before.completed == 1  # the blocker only
+
+
+def test_cancel_running_releases_the_awaiter_at_once(make_pool):
+    pool = make_pool(1)
+    started = threading.Event()
+    saw_cancel = threading.Event()
+
+    def long_call():
+        started.set()
+        time.sleep(0.6)  # busy, not looking: the awaiter must not wait for this
+        if casyncify.cancel_requested():
+            saw_cancel.set()
+        return "ran to the end"
+
+    along = casyncify.asyncify(long_call, pool=pool)
+
+    async def main():
+        call = asyncio.create_task(along())
+        await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
+        assert not casyncify.cancel_requested(), "false outside a call"
+        t = time.perf_counter()
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        return time.perf_counter() - t
+
+    released_after = run(main())
+    assert released_after < 0.25, "the awaiter did not wait for the 0.6 s call"
+    assert saw_cancel.wait(2), "cancel_requested() became true inside the abandoned call"
+    assert eventually(lambda: pool.stats().running == 0)
+    assert pool.stats().abandoned == 1
+
+
+def test_wait_for_timeout_abandons(make_pool):
+    pool = make_pool(1)
+    stop = threading.Event()
+
+    def slow():
+        while not casyncify.cancel_requested():
+            time.sleep(0.005)
+        stop.set()
+
+    async def main():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(casyncify.asyncify(slow, pool=pool)(), 0.05)
+
+    run(main())
+    assert stop.wait(2)
+
+
+def test_exception_reraised_as_the_same_object(make_pool):
+    err = ValueError("boom")
+
+    def failing():
+        raise err
+
+    async def main():
+        try:
+            await casyncify.asyncify(failing, pool=make_pool(1))()
+        except ValueError as e:
+            return e
+
+    caught = run(main())
+    assert caught is err
+    frames = [f.name for f in traceback.extract_tb(caught.__traceback__)]
+    assert "failing" in frames, "the worker's traceback is kept"
+    assert make_pool.__class__  # keep fixtures alive
+
+
+def test_base_exceptions_are_delivered_too(make_pool):
+    def exit_call():
+        raise SystemExit(3)
+
+    async def main():
+        try:
+            await casyncify.asyncify(exit_call, pool=make_pool(1))()
+        except SystemExit as e:
+            return e.code
+
+    assert run(main()) == 3, "a BaseException raised by the call reaches the awaiter"
+
+
+def test_two_threads_with_their_own_loops_share_one_pool(make_pool):
+    pool = make_pool(3)
+
+    def who():
+        time.sleep(0.001)
+        return casyncify.get("thread"), c_view("thread")
+
+    awho = casyncify.asyncify(who, pool=pool)
+    results: dict[str, list] = {}
+    errors = []
+
+    def thread_body(name: str):
+        async def main():
+            with casyncify.context(thread=name):
+                return await asyncio.gather(*[awho() for _ in range(150)])
+
+        try:
+            results[name] = run(main())
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=thread_body, args=(n,)) for n in ("A", "B")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    for name in ("A", "B"):
+        assert results[name] == [(name, name)] * 150
+
+
+def test_a_burst_of_completions_costs_one_wakeup(make_pool):
+    pool = make_pool(8)
+    go = threading.Event()
+    await_go = casyncify.asyncify(go.wait, pool=pool)
+
+    async def main():
+        state = _core._loop_state(asyncio.get_running_loop())
+        calls = [asyncio.ensure_future(await_go(5)) for _ in range(50)]
+        await asyncio.sleep(0.02)  # every call submitted; none can finish before `go`
+        wakeups = state.wakeups
+        go.set()
+        time.sleep(0.3)  # the loop is busy while they all complete
+        assert await asyncio.gather(*calls) == [True] * 50
+        return state.wakeups - wakeups, state
+
+    woke, state = run(main())
+    assert woke == 1, f"one wake-up drained all 50 completions (woke {woke} times)"
+    assert not state.pending
+
+
+def test_records_and_handles_are_cleaned_up(make_pool):
+    pool = make_pool(4)
+
+    async def main():
+        calls = [casyncify.asyncify(time.sleep, pool=pool)(0.001) for _ in range(200)]
+        await asyncio.gather(*calls)
+        state = _core._loop_state(asyncio.get_running_loop())
+        return dict(state.pending)
+
+    assert run(main()) == {}
+    assert eventually(lambda: not _core._calls)
+
+
+def test_loop_gone_frees_its_queue(make_pool):
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(casyncify.asyncify(lambda: 1, pool=make_pool(1))())
+    state = _core._loop_state(loop)
+    loop.close()
+    del loop
+    assert eventually(lambda: state.cq == 0), "the loop was collected: its queue is freed"
+
+
+def test_contextvars_of_other_libraries_follow_the_call(make_pool):
+    """DSPy 3 keeps dspy.context() overrides in a ContextVar; any ContextVar flows."""
+    thread_local_overrides = contextvars.ContextVar("context_overrides", default={})  # noqa: B039 - as DSPy
+
+    class Settings:  # the shape of dspy.settings
+        def __getattr__(self, name):
+            return thread_local_overrides.get().get(name)
+
+        def context(self, **kw):
+            import contextlib
+
+            @contextlib.contextmanager
+            def cm():
+                token = thread_local_overrides.set({**thread_local_overrides.get(), **kw})
+                try:
+                    yield
+                finally:
+                    thread_local_overrides.reset(token)
+
+            return cm()
+
+    settings = Settings()
+    program = casyncify.asyncify(lambda q: f"{settings.lm}:{q}", pool=make_pool(2))
+
+    async def main():
+        async def one(lm, q):
+            with settings.context(lm=lm):
+                await asyncio.sleep(0)
+                return await program(q)
+
+        return await asyncio.gather(one("gpt-4o", 1), one("llama", 2), program(3))
+
+    assert run(main()) == ["gpt-4o:1", "llama:2", "None:3"]
+
+
+def test_shutdown_of_the_pool_cancels_queued_awaiters(gate):
+    pool = casyncify.Pool(1)
+    ablock = casyncify.asyncify(gate.block, pool=pool)
+    afn = casyncify.asyncify(lambda: "ran", pool=pool)
+
+    async def main():
+        blocker = asyncio.create_task(ablock())
+        await asyncio.sleep(0.02)
+        queued = asyncio.create_task(afn())
+        await asyncio.sleep(0.02)
+        closer = threading.Thread(target=pool.close)
+        closer.start()
+        await asyncio.sleep(0.05)
+        gate.open()
+        assert await blocker == "gate"
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        closer.join(5)
+        with pytest.raises(casyncify.ShutDownError) as e:
+            await afn()
+        assert e.value.status == ll.E_SHUT_DOWN
+
+    run(main())
+
+
+def test_many_calls_release_everything(make_pool):
+    gc.collect()
+    pool = make_pool(4)
+    afn = casyncify.asyncify(lambda i: i * 2, pool=pool)
+
+    async def main():
+        with casyncify.context(x=object()):
+            return await asyncio.gather(*[afn(i) for i in range(2000)])
+
+    assert run(main()) == [i * 2 for i in range(2000)]
+    s = pool.stats()
+    assert s.submitted == s.completed == 2000 and s.queued == 0
+    assert Gate  # imported helper used elsewhere
+
+
+def test_stress_threads_loops_submits_and_cancels(make_pool):
+    """Four threads, each with its own loop, racing calls, futures and cancels on one
+    pool: every call that completes saw its own thread's overrides, nothing leaks."""
+    import random
+
+    pool = make_pool(3)
+    errors: list = []
+
+    def thread_body(seed: int):
+        rnd = random.Random(seed)
+        aget = casyncify.asyncify(lambda: (time.sleep(rnd.random() * 0.002), casyncify.get("k"))[1], pool=pool)
+
+        async def main():
+            for _ in range(25):
+                with casyncify.context(k=seed):
+                    calls = [asyncio.ensure_future(aget()) for _ in range(16)]
+                    await asyncio.sleep(rnd.random() * 0.003)
+                    for c in calls:
+                        if rnd.random() < 0.3:
+                            c.cancel()
+                    for r in await asyncio.gather(*calls, return_exceptions=True):
+                        if not (r == seed or isinstance(r, asyncio.CancelledError)):
+                            errors.append(r)
+                    futs = [pool.submit(casyncify.get, "k") for _ in range(8)]
+                for f in futs[::3]:
+                    f.cancel()
+                for f in futs:
+                    if not f.cancelled() and f.result(5) != seed:
+                        errors.append(("future", f.result()))
+
+        try:
+            run(main(), timeout=30)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=thread_body, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert eventually(lambda: pool.stats().running == 0 and pool.stats().queued == 0)
+    s = pool.stats()
+    assert s.submitted == s.completed + s.failed + s.cancelled + s.abandoned
+    assert eventually(lambda: not _core._calls), "every record was dropped"

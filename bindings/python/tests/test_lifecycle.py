@@ -1,0 +1,196 @@
+"""Loading, the declared ABI, interpreter exit, fork."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from conftest import PACKAGE_ROOT, REPO_ROOT
+
+from casyncify import _ffi
+from casyncify import lowlevel as ll
+
+HEADER = REPO_ROOT / "include" / "asyncify.h"
+
+
+def run_script(code: str, timeout: float = 20, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_ROOT), full_env.get("PYTHONPATH", "")])
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
+
+
+def header_functions() -> set[str]:
+    text = HEADER.read_text()
+    return set(re.findall(r"^(?:asyncify_status|const char \*|bool)\s*(asyncify_\w+)\(", text, re.M))
+
+
+@pytest.mark.skipif(not HEADER.exists(), reason="needs the repository's include/asyncify.h")
+def test_every_function_of_the_header_is_declared_and_wrapped():
+    declared = header_functions()
+    assert len(declared) >= 46
+    assert declared == set(_ffi.SIGNATURES)
+    for name in declared:
+        for handle in (_ffi.lib, _ffi.plib):
+            f = getattr(handle, name)
+            assert f.argtypes is not None and f.restype is not None or name == "asyncify_version"
+        assert callable(ll.WRAPPED[name])
+
+
+@pytest.mark.skipif(shutil.which("nm") is None, reason="needs nm")
+def test_every_exported_symbol_is_declared():
+    out = subprocess.run(["nm", "-D", "--defined-only", _ffi.library_path], capture_output=True, text=True).stdout
+    exported = {line.split()[-1] for line in out.splitlines() if " asyncify_" in line}
+    assert exported == set(_ffi.SIGNATURES)
+
+
+@pytest.mark.skipif(shutil.which("cc") is None or not HEADER.exists(), reason="needs a C compiler and the header")
+def test_struct_layouts_match_the_header(tmp_path):
+    structs = {
+        "asyncify_submit_options": _ffi.SubmitOptions,
+        "asyncify_pool_options": _ffi.PoolOptions,
+        "asyncify_pool_stats": _ffi.PoolStats,
+        "asyncify_completion": _ffi.Completion,
+    }
+    lines = []
+    for cname, pytype in structs.items():
+        lines.append(f'printf("{cname} sizeof %zu\\n", sizeof({cname}));')
+        for field, _ in pytype._fields_:
+            lines.append(f'printf("{cname} {field} %zu\\n", offsetof({cname}, {field}));')
+    src = tmp_path / "layout.c"
+    src.write_text(
+        "#include <stdio.h>\n#include <stddef.h>\n#include \"asyncify.h\"\nint main(void){\n"
+        + "\n".join(lines)
+        + "\nreturn 0;}\n"
+    )
+    exe = tmp_path / "layout"
+    subprocess.run(["cc", f"-I{HEADER.parent}", str(src), "-o", str(exe)], check=True)
+    for line in subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.splitlines():
+        cname, field, value = line.split()
+        pytype = structs[cname]
+        got = __import__("ctypes").sizeof(pytype) if field == "sizeof" else getattr(pytype, field).offset
+        assert got == int(value), f"{cname}.{field}: ctypes {got}, C {value}"
+
+
+def test_import_error_names_every_path_tried(tmp_path):
+    pkg = tmp_path / "site" / "casyncify"
+    shutil.copytree(PACKAGE_ROOT / "casyncify", pkg, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    r = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", "import casyncify"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(pkg.parent), "ASYNCIFY_LIBRARY": "/nonexistent/libasyncify.so"},
+        timeout=20,
+    )
+    assert r.returncode != 0
+    assert "ImportError" in r.stderr
+    assert "/nonexistent/libasyncify.so (ASYNCIFY_LIBRARY)" in r.stderr
+    assert f"{pkg}/libasyncify.so (package directory)" in r.stderr
+    assert "target/release/libasyncify.so (repository target/release)" in r.stderr
+
+
+def test_library_is_found_through_the_environment_variable():
+    r = run_script("import casyncify; print(casyncify.library_path)", env={"ASYNCIFY_LIBRARY": _ffi.library_path})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == _ffi.library_path
+
+
+def test_interpreter_exit_refuses_cancels_and_waits():
+    r = run_script(
+        """
+        import atexit, time, casyncify
+        def late():  # registered before... no: after casyncify, so it runs first
+            pass
+        pool = casyncify.Pool(1)
+        def running():
+            time.sleep(0.3)
+            print("running call finished", flush=True)
+        pool.submit(running)
+        time.sleep(0.05)
+        pool.submit(print, "queued call ran", flush=True)
+        casyncify.submit(time.sleep, 0.1)
+        import casyncify._core as core
+        def after_casyncify():
+            try:
+                casyncify.submit(print, "refused?")
+            except casyncify.ShutDownError as e:
+                print("refused after exit began:", e.status, flush=True)
+        # atexit runs handlers last-in first-out: make this one run after casyncify's.
+        atexit.unregister(core._at_exit)
+        atexit.register(after_casyncify)
+        atexit.register(core._at_exit)
+        print("main done", flush=True)
+        """
+    )
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "main done" in out and "running call finished" in out
+    assert "queued call ran" not in out
+    assert "refused after exit began: -6" in out
+    assert "Fatal" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_interpreter_exit_wait_is_bounded():
+    t = time.perf_counter()
+    r = run_script(
+        """
+        import time, casyncify
+        casyncify.configure(exit_timeout=0.3)
+        casyncify.submit(time.sleep, 30)
+        time.sleep(0.05)
+        print("main done", flush=True)
+        """
+    )
+    elapsed = time.perf_counter() - t
+    assert r.returncode == 0, r.stderr
+    assert elapsed < 3, "exit waited exit_timeout (0.3 s), not for the 30 s call nor the 5 s default"
+    assert "Fatal" not in r.stderr, r.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_multiprocessing_fork_child_uses_its_own_default_pool():
+    r = run_script(
+        """
+        import asyncio, multiprocessing as mp, casyncify
+        parent_pool = casyncify.Pool(2)
+        with casyncify.context(k="parent"):
+            assert casyncify.submit(casyncify.get, "k").result(5) == "parent"  # the default pool has workers
+            assert parent_pool.submit(casyncify.get, "k").result(5) == "parent"
+
+        def child(q):
+            out = []
+            with casyncify.context(k="child"):
+                out.append(casyncify.submit(casyncify.get, "k").result(5))
+                out.append(asyncio.run(casyncify.asyncify(casyncify.get)("k")))
+            try:
+                parent_pool.submit(print)
+            except casyncify.ForkedError as e:
+                out.append(("forked", e.status))
+            q.put(out)
+
+        ctx = mp.get_context("fork")
+        q = ctx.Queue()
+        p = ctx.Process(target=child, args=(q,))
+        p.start()
+        print(q.get(timeout=10))
+        p.join(10)
+        print("exitcode", p.exitcode)
+        print(casyncify.submit(lambda: "parent still works").result(5))
+        """
+    )
+    assert r.returncode == 0, r.stderr
+    assert "['child', 'child', ('forked', -10)]" in r.stdout
+    assert "exitcode 0" in r.stdout
+    assert "parent still works" in r.stdout

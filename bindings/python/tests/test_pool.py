@@ -1,0 +1,202 @@
+"""Pools, stats, configure, thread hooks, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+
+import pytest
+from conftest import eventually
+
+import casyncify
+from casyncify import lowlevel as ll
+
+
+def test_stats_is_a_dataclass_with_exact_counts(make_pool, gate):
+    pool = make_pool(1)
+    s = pool.stats()
+    assert dataclasses.is_dataclass(s)
+    assert s == casyncify.Stats(limit=1, threads=0, idle_threads=0, queued=0, running=0,
+                                submitted=0, completed=0, failed=0, cancelled=0, abandoned=0)  # fmt: skip
+    pool.submit(lambda: 1).result(5)
+    f = pool.submit(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        f.result(5)
+    pool.submit(gate.block)
+    assert gate.started.wait(5)
+    pool.submit(lambda: None).cancel()
+    s = pool.stats()
+    assert (s.running, s.queued) == (1, 0)
+    gate.open()
+    assert eventually(lambda: pool.stats().running == 0)
+    s = pool.stats()
+    assert (s.submitted, s.completed, s.failed, s.cancelled, s.abandoned) == (4, 2, 1, 1, 0)
+    assert s.threads == 1 and s.limit == 1
+
+
+def test_default_pool_stats_and_configure():
+    pool = casyncify.default_pool()
+    assert casyncify.stats() == pool.stats() or casyncify.stats().limit == pool.max_workers
+    before = pool.max_workers
+    try:
+        casyncify.configure(max_workers=3)
+        assert pool.max_workers == 3 and casyncify.stats().limit == 3
+    finally:
+        casyncify.configure(max_workers=before)
+    assert casyncify.default_pool() is pool
+
+
+def test_pool_context_manager_frees_on_exit():
+    with casyncify.Pool(2) as pool:
+        assert pool.submit(lambda: "x").result(5) == "x"
+        assert not pool.closed
+    assert pool.closed
+    with pytest.raises(casyncify.ShutDownError) as e:
+        pool.submit(lambda: 1)
+    assert e.value.status == ll.E_SHUT_DOWN == -6 and e.value.message
+    with pytest.raises(casyncify.ShutDownError):
+        pool.stats()
+    assert pool.close() is True, "closing twice is harmless"
+
+
+def test_close_waits_for_running_and_cancels_queued(gate):
+    pool = casyncify.Pool(1)
+    running = pool.submit(gate.block)
+    assert gate.started.wait(5)
+    queued = pool.submit(lambda: "never")
+    threading.Timer(0.1, gate.open).start()
+    t = time.perf_counter()
+    assert pool.close(timeout=5) is True
+    assert time.perf_counter() - t >= 0.05, "waited for the running call"
+    assert running.result(0) == "gate"
+    assert queued.cancelled()
+
+
+def test_close_with_a_timeout_returns_false_while_calls_run(gate):
+    pool = casyncify.Pool(1)
+    pool.submit(gate.block)
+    assert gate.started.wait(5)
+    assert pool.close(timeout=0.05) is False
+    gate.open()
+
+
+def test_close_from_its_own_worker_is_refused(make_pool):
+    pool = make_pool(1)
+    fut = pool.submit(pool.close)
+    with pytest.raises(casyncify.WouldDeadlockError) as e:
+        fut.result(5)
+    assert e.value.status == ll.E_WOULD_DEADLOCK
+    assert not pool.closed
+
+
+def test_max_workers_property_raise_and_pause(make_pool):
+    pool = make_pool(0)  # paused
+    fut = pool.submit(lambda: "ran")
+    time.sleep(0.05)
+    assert not fut.done() and pool.stats().queued == 1
+    pool.max_workers = 2  # raising starts queued calls at once
+    assert fut.result(5) == "ran"
+    assert pool.max_workers == 2
+    pool.max_workers = casyncify.UNBOUNDED
+    assert pool.max_workers == 2**32 - 1
+
+
+def test_queue_bound_gives_busy(make_pool, gate):
+    pool = make_pool(1, max_queued=1)
+    pool.submit(gate.block)
+    assert gate.started.wait(5)
+    pool.submit(lambda: None)
+    with pytest.raises(casyncify.BusyError) as e:
+        pool.submit(lambda: None)
+    assert e.value.status == ll.E_BUSY and e.value.message
+
+
+def test_bad_pool_arguments(make_pool):
+    with pytest.raises(ValueError):
+        casyncify.Pool(-1)
+    with pytest.raises(ValueError):
+        casyncify.Pool(2**32)
+    with pytest.raises(TypeError):
+        casyncify.Pool("4")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        casyncify.Pool(1, keep_alive=0)
+    pool = make_pool(1)
+    with pytest.raises(ValueError):
+        pool.max_workers = -3
+    with pytest.raises(TypeError):
+        casyncify.asyncify(42)  # type: ignore[arg-type]
+
+
+def test_thread_hooks_give_workers_a_lasting_thread_state():
+    local = threading.local()
+
+    def visit():
+        n = getattr(local, "n", 0) + 1  # threading.local lives in the thread state
+        local.n = n
+        return n, threading.get_ident()
+
+    with casyncify.Pool(1) as pool:
+        runs = [pool.submit(visit).result(5) for _ in range(5)]
+    assert len({ident for _, ident in runs}) == 1, "one worker"
+    assert [n for n, _ in runs] == [1, 2, 3, 4, 5], "its thread state survived between calls"
+
+    with casyncify.Pool(1, thread_hooks=False) as pool:
+        runs = [pool.submit(visit).result(5) for _ in range(5)]
+    assert [n for n, _ in runs] == [1] * 5, "without hooks each call gets a fresh thread state"
+
+
+def test_workers_leave_after_keep_alive_and_run_the_stop_hook():
+    from casyncify import _core
+
+    with casyncify.Pool(2, keep_alive=0.05) as pool:
+        before = _core._life.live_workers
+        pool.submit(time.sleep, 0.01).result(5)
+        assert eventually(lambda: pool.stats().threads == 0, timeout=3)
+        assert eventually(lambda: _core._life.live_workers <= before), "the stop hook dropped its thread state"
+
+
+def test_low_level_errors_carry_status_and_message():
+    with pytest.raises(casyncify.InvalidHandleError) as e:
+        ll.release(0)
+    assert e.value.status == -3 and "asyncify_release" in e.value.message
+    with pytest.raises(casyncify.InvalidHandleError):
+        ll.poll(123456789)
+    with pytest.raises(casyncify.InvalidArgumentError) as e:
+        ll.scope_exit(0)
+    assert e.value.status == -2
+    t1 = ll.scope_enter()
+    t2 = ll.scope_enter()
+    with pytest.raises(casyncify.ScopeMismatchError) as e:
+        ll.scope_exit(t1)  # out of LIFO order: refused, nothing changes
+    assert e.value.status == ll.E_SCOPE_MISMATCH
+    ll.scope_exit(t2)
+    ll.scope_exit(t1)
+    with pytest.raises(casyncify.NotFoundError) as e:
+        ll.override_get("no such key")
+    assert e.value.status == -4 and isinstance(e.value, KeyError)
+    assert "ASYNCIFY_E_NOT_FOUND" in str(e.value)
+    err = casyncify.Error(-7, "custom")
+    assert (err.status, err.message) == (-7, "custom")
+
+
+def test_low_level_task_round_trip():
+    out = []
+    cb = ll.WORK_FN(lambda arg, res: out.append(arg) or 7)
+    h = ll.submit(cb, 42)
+    status, result, code = ll.wait(h, 5)
+    assert (status, code, out) == (ll.FAILED, 7, [42])
+    ll.release(h)
+    with pytest.raises(casyncify.InvalidHandleError):
+        ll.release(h)  # double release
+    opts = ll.submit_options_init()
+    pool = ll.pool_new(0)  # paused: the task stays queued
+    opts.pool = pool
+    h = ll.submit(cb, 1, opts)
+    with pytest.raises(casyncify.TimeoutError) as e:
+        ll.wait(h, 0.01)
+    assert isinstance(e.value, TimeoutError) and e.value.status == ll.TIMEOUT
+    assert ll.cancel(h) == ll.CANCELLED
+    assert ll.poll(h)[0] == ll.CANCELLED
+    ll.release(h)
+    assert ll.pool_free(pool, 1) is True
