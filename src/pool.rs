@@ -46,7 +46,8 @@ pub struct PoolOptions {
     /// An abandoned callable gives its slot back at once (AnyIO's way)
     /// instead of when it returns; its thread then runs beyond the limit.
     pub release_slot_on_abandon: bool,
-    /// Worker threads are named `{thread_name}-{n}`.
+    /// Worker threads are named `{thread_name}-{n}` (the prefix shortened to
+    /// fit Linux's 15-byte thread names).
     pub thread_name: String,
     /// Run on each worker thread when it starts, before any task.
     pub on_thread_start: Option<ThreadHook>,
@@ -208,7 +209,7 @@ impl PoolShared {
                 st.spawned
             };
             let spawned = thread::Builder::new()
-                .name(format!("{}-{number}", self.options.thread_name))
+                .name(worker_name(&self.options.thread_name, number))
                 .spawn(move || worker_main(shared));
             if spawned.is_err() {
                 // The threads that exist keep serving the queue; a later
@@ -297,6 +298,20 @@ impl Drop for SlotGiveBack<'_> {
             self.shared.spawn_workers(spawn);
         }
     }
+}
+
+/// `prefix-N`, with the prefix shortened so the whole name fits the 15 bytes
+/// Linux keeps: workers stay tellable apart in `top` and `gdb`.
+fn worker_name(prefix: &str, number: u64) -> String {
+    const LINUX_NAME_MAX: usize = 15;
+    let suffix = format!("-{number}");
+    let mut end = prefix
+        .len()
+        .min(LINUX_NAME_MAX.saturating_sub(suffix.len()));
+    while !prefix.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{suffix}", &prefix[..end])
 }
 
 fn worker_main(shared: Arc<PoolShared>) {
@@ -550,4 +565,23 @@ pub fn default_pool() -> &'static Pool {
             .unwrap_or(DEFAULT_MAX_WORKERS);
         Pool::new(limit)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worker_name;
+
+    #[test]
+    fn worker_names_keep_their_number_within_fifteen_bytes() {
+        assert_eq!(worker_name("asyncify", 3), "asyncify-3");
+        assert_eq!(
+            worker_name("a-very-long-thread-name-prefix", 12),
+            "a-very-long--12"
+        );
+        assert_eq!(worker_name("ééééééééé", 7), "éééééé-7");
+        assert!(
+            worker_name("x", 123_456_789_012_345_678).len() > 15,
+            "a number alone is never cut"
+        );
+    }
 }

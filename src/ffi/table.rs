@@ -147,6 +147,9 @@ pub extern "C" fn asyncify_override_get(
     guard("asyncify_override_get", || {
         let key = key_arg(key)?;
         let out_len = required_out(out_len, "out_len")?;
+        if cap > 0 {
+            required_out(buf, "buf (NULL is allowed only with cap 0)")?;
+        }
         let value = lookup(key)?;
         let Value::Bytes(bytes) = &*value else {
             return Err(kind_mismatch(key, "a pointer"));
@@ -162,10 +165,9 @@ pub extern "C" fn asyncify_override_get(
             ));
         }
         if !bytes.is_empty() {
-            let buf = required_out(buf as *mut u8, "buf")?;
-            // SAFETY: the caller promises `cap` writable bytes at `buf`, and
-            // `bytes.len() <= cap`.
-            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf, bytes.len()) };
+            // SAFETY: `buf` is non-NULL (checked above, as `cap >= len > 0`) and
+            // the caller promises `cap` writable bytes there.
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf as *mut u8, bytes.len()) };
         }
         write_out(out_len, bytes.len());
         Ok(ASYNCIFY_OK)

@@ -148,6 +148,11 @@ static void test_table_arguments(void)
     CHECK_ERR(asyncify_override_set_ptr(NULL, &x, NULL), ASYNCIFY_E_NULL);
     CHECK_ERR(asyncify_override_get(NULL, buf, sizeof buf, &len), ASYNCIFY_E_NULL);
     CHECK_ERR(asyncify_override_get("k", NULL, sizeof buf, &len), ASYNCIFY_E_NULL);
+    /* NULL buf with cap > 0 is refused before anything else is looked at. */
+    CHECK_ERR(asyncify_override_get("no-such-key", NULL, 5, &len), ASYNCIFY_E_NULL);
+    CHECK_OK(asyncify_override_set("three", "xyz", 3));
+    CHECK_ERR(asyncify_override_get("three", NULL, 2, &len), ASYNCIFY_E_NULL);
+    CHECK_OK(asyncify_override_remove("three"));
     CHECK_ERR(asyncify_override_get("k", buf, sizeof buf, NULL), ASYNCIFY_E_NULL);
     CHECK_ERR(asyncify_override_get_ptr(NULL, &p), ASYNCIFY_E_NULL);
     CHECK_ERR(asyncify_override_get_ptr("p", NULL), ASYNCIFY_E_NULL);
