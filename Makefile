@@ -11,7 +11,7 @@ CMAKE   := $(VENV)/bin/cmake
 CTEST   := $(VENV)/bin/ctest
 CFLAGS_DEMO := -std=c11 -Wall -Wextra -Werror -O2 -Iinclude
 
-.PHONY: all lib demo test test-rust test-c test-python check-header lint clean
+.PHONY: all lib demo test test-rust test-c test-python test-packaging install check-header lint clean
 
 all: lib
 
@@ -76,7 +76,31 @@ test-c: lib $(VENV)/.installed
 test-python: lib $(VENV)/.installed
 	ASYNCIFY_LIBRARY=$(CURDIR)/$(LIB) $(VENV)/bin/python -m pytest bindings/python/tests -q
 
-test: lib check-header lint test-rust test-c test-python
+# --- packaging: make install, make test-packaging (bindings/cpp, packaging/, tests/cpp, tests/consumer) ---
+
+PREFIX  ?= /usr/local
+DESTDIR ?=
+
+# Installs into $(DESTDIR)$(PREFIX): lib/libasyncify.so.X.Y.Z with its .so.X and .so links,
+# lib/libasyncify.a, include/asyncify.h and asyncify.hpp, lib/pkgconfig/asyncify.pc and
+# lib/cmake/asyncify/. LIBDIR=lib64 (relative to PREFIX) is passed on as well.
+install: lib
+	PREFIX='$(PREFIX)' DESTDIR='$(DESTDIR)' sh packaging/install.sh
+
+# The C++ wrapper's tests, plain and under ASan+UBSan, then the install-and-consume test, which
+# installs into a temporary prefix (no root) and builds tests/consumer with find_package and pkg-config.
+test-packaging: lib $(VENV)/.installed
+	$(CMAKE) -S tests/cpp -B $(BUILD)/cpp -DASYNCIFY_INCLUDE_DIR=$(CURDIR)/include \
+		-DASYNCIFY_LIB=$(CURDIR)/$(LIB) -DASYNCIFY_SANITIZE= >/dev/null
+	$(CMAKE) --build $(BUILD)/cpp -j2
+	cd $(BUILD)/cpp && $(CURDIR)/$(CTEST) --output-on-failure -j2
+	$(CMAKE) -S tests/cpp -B $(BUILD)/cpp-asan -DASYNCIFY_INCLUDE_DIR=$(CURDIR)/include \
+		-DASYNCIFY_LIB=$(CURDIR)/$(LIB) -DASYNCIFY_SANITIZE=address,undefined >/dev/null
+	$(CMAKE) --build $(BUILD)/cpp-asan -j2
+	cd $(BUILD)/cpp-asan && $(CURDIR)/$(CTEST) --output-on-failure -j2
+	CMAKE=$(CURDIR)/$(CMAKE) CTEST=$(CURDIR)/$(CTEST) sh tests/consumer/run.sh
+
+test: lib check-header lint test-rust test-c test-python test-packaging
 
 clean:
 	$(CARGO) clean

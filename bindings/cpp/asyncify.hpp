@@ -1,0 +1,630 @@
+// asyncify.hpp: a header-only C++17 wrapper over the asyncify C API (asyncify.h).
+//
+//     #include <asyncify.hpp>
+//
+//     asyncify::set("model", "gpt-4o");                   // this thread's override table
+//     asyncify::task<std::string> t = asyncify::submit([](std::string doc) {
+//         return *asyncify::get("model") + " read " + doc; // the submitter's table, as at submit
+//     }, std::string("report.txt"));
+//     asyncify::set("model", "llama");                    // the task still sees gpt-4o
+//     std::string summary = t.get();                      // waits; rethrows what the lambda threw
+//
+// Link with asyncify::asyncify_cpp (CMake) or `pkg-config --libs asyncify`; it needs only C++17 and the C
+// library, and uses nothing but the public functions of asyncify.h.
+//
+// What is where:
+//   asyncify::submit(f, args...)      run f(args...) on the default pool   -> asyncify::task<R>
+//   asyncify::pool                    a pool of its own (RAII): submit, set_max_workers, stats, shutdown
+//   asyncify::task<R>                 move-only owner of a task's handle: get, wait, wait_for, ready, cancel
+//   asyncify::scope                   RAII override scope: restores this thread's table when it ends
+//   asyncify::set / get / get_ptr / remove   this thread's override table (bytes or pointer values)
+//   asyncify::cancel_requested()      inside f: the task was cancelled, stop early
+//   asyncify::error                   every failure: a std::runtime_error with the C status and message
+//
+// Errors. A C call that fails throws asyncify::error: status() is the C status (< 0, e.g.
+// ASYNCIFY_E_SHUT_DOWN, ASYNCIFY_E_BUSY, ASYNCIFY_E_INVALID_ARGUMENT) and what() is the library's message
+// (asyncify_last_error). task::get() of a cancelled task throws asyncify::error with status()
+// ASYNCIFY_CANCELLED. Using a task that is empty (default-constructed, moved from, or already got) throws
+// asyncify::error with ASYNCIFY_E_INVALID_HANDLE.
+//
+// Exceptions never cross into the C library. The work function's exception is caught on the worker
+// thread, kept as a std::exception_ptr, and rethrown by task::get() on the caller's thread with its own
+// dynamic type, so `catch (const MyError&)` works. Release functions called by the library (the deleter of a
+// std::unique_ptr value, the destruction of f and its arguments) are noexcept: a destructor that throws
+// there ends the program (std::terminate), as it would in any noexcept context.
+//
+// Threads (which code runs where):
+//   - submit() snapshots the calling thread's override table at the call (O(1)). f runs on a worker
+//     thread of the pool with that snapshot installed, so asyncify::get inside f sees the submitter's
+//     values; what f sets stays in the task. (A task that waits for a still-queued task of its own pool
+//     runs that one inline on its own thread.)
+//   - f and args are decay-copied at submit (as by std::thread), invoked as rvalues on the worker, and
+//     destroyed there right after the call. A task that never runs (cancelled while queued, pool shut
+//     down) has them destroyed on the thread that cancelled it or shut the pool down.
+//   - The returned value (or exception) is stored by the worker and moved out by get() on the caller's
+//     thread. If no one calls get(), it is destroyed with the last owner: the task object, or the worker
+//     when the task object was already gone.
+//   - A std::unique_ptr given to set() is deleted on whichever thread drops the last table, task or
+//     context holding it, possibly a worker.
+//   - One task object must not be used by two threads at once (like std::future); move it instead.
+//     Everything else may be called from any thread, including inside f.
+//   - A scope must end on the thread (and in the task) that began it, innermost first; C++ block scope
+//     does exactly that, which is why a scope can be neither copied nor moved.
+//
+// Lifetimes: destroying a task without get() detaches it (the work still runs, its result is
+// discarded); call cancel() first to stop it. Destroying a pool cancels its queued tasks (their get()
+// throws ASYNCIFY_CANCELLED) and waits for the running ones. Tasks may outlive their pool.
+#ifndef ASYNCIFY_HPP
+#define ASYNCIFY_HPP
+
+#include "asyncify.h"
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <initializer_list>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+#if !(__cplusplus >= 201703L || (defined(_MSVC_LANG) && _MSVC_LANG >= 201703L))
+#error "asyncify.hpp needs C++17 or later"
+#endif
+
+namespace asyncify {
+
+/// A failure reported by the C library (status() < 0), or a cancelled task's get() (ASYNCIFY_CANCELLED).
+class error : public std::runtime_error {
+public:
+    error(asyncify_status status, const std::string& message) : std::runtime_error(message), status_(status) {}
+
+    /// The C status code, one of the ASYNCIFY_* values.
+    asyncify_status status() const noexcept { return status_; }
+
+private:
+    asyncify_status status_;
+};
+
+template <class T>
+class task;
+
+namespace detail {
+
+/// This thread's asyncify_last_error text, or the status's fixed text when there is none.
+inline std::string last_error_message(asyncify_status status) {
+    std::size_t needed = 0;
+    std::string text;
+    if (asyncify_last_error(nullptr, 0, &needed) == ASYNCIFY_E_BUFFER_TOO_SMALL && needed > 1) {
+        text.resize(needed);
+        std::size_t len = 0;
+        if (asyncify_last_error(text.data(), text.size(), &len) == ASYNCIFY_OK) {
+            text.resize(std::strlen(text.c_str()));
+        } else {
+            text.clear();
+        }
+    }
+    if (text.empty()) {
+        text = asyncify_status_str(status);
+    }
+    return text;
+}
+
+/// Returns an outcome (>= 0) and throws asyncify::error for an error (< 0).
+inline asyncify_status check(asyncify_status status) {
+    if (status < 0) {
+        throw error(status, last_error_message(status));
+    }
+    return status;
+}
+
+/// A key as the C API wants it: NUL-terminated, with no NUL inside (which C would silently cut off).
+class c_key {
+public:
+    explicit c_key(std::string_view key) : text_(key) {
+        if (text_.find('\0') != std::string::npos) {
+            throw error(ASYNCIFY_E_INVALID_ARGUMENT, "asyncify: a key must not contain a NUL character");
+        }
+    }
+    const char* c_str() const noexcept { return text_.c_str(); }
+
+private:
+    std::string text_;
+};
+
+/// A timeout in milliseconds for the C API: rounded up, negative or zero is 0 (do not wait), and a
+/// duration too long for int64 milliseconds means forever (-1).
+template <class Rep, class Period>
+std::int64_t timeout_ms(const std::chrono::duration<Rep, Period>& timeout) noexcept {
+    const std::chrono::duration<double, std::milli> ms = timeout;
+    if (!(ms.count() > 0.0)) {
+        return 0;
+    }
+    if (ms.count() >= 9.0e18) {
+        return -1;
+    }
+    return static_cast<std::int64_t>(std::ceil(ms.count()));
+}
+
+/// The release function of a value set from a std::unique_ptr<T>; also how get_ptr<T> recognises one.
+template <class T>
+void delete_value(void* ptr) noexcept {
+    delete static_cast<T*>(ptr);
+}
+
+/// What a task object and the library share, with one reference each. The task object drops its
+/// reference when destroyed or after get(). The library's reference is dropped by on_done when the work
+/// function returned (OK or FAILED), or else by free_arg: at once for a task that never ran, and after
+/// the function returned for a task abandoned by cancel. So the state outlives every call that can touch
+/// it, and nothing is freed twice.
+class shared_state {
+public:
+    shared_state() = default;
+    shared_state(const shared_state&) = delete;
+    shared_state& operator=(const shared_state&) = delete;
+    virtual ~shared_state() = default;
+
+    void release() noexcept {
+        if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+            delete this;
+        }
+    }
+
+    static void on_done(void* data, asyncify_handle, asyncify_status status, void*, std::int32_t) noexcept {
+        if (status == ASYNCIFY_OK || status == ASYNCIFY_FAILED) {
+            static_cast<shared_state*>(data)->release();
+        }
+    }
+
+    static void free_arg(void* arg) noexcept {
+        auto* self = static_cast<shared_state*>(arg);
+        self->drop_call();
+        self->release();
+    }
+
+    /// Set by the worker when the work function threw.
+    std::exception_ptr exception;
+
+protected:
+    /// Destroys the callable and its arguments, if they are still there.
+    virtual void drop_call() noexcept = 0;
+
+private:
+    std::atomic<unsigned> refs_{2};
+};
+
+template <class T>
+class result_state : public shared_state {
+public:
+    /// Set by the worker when the work function returned.
+    std::optional<T> value;
+};
+
+template <>
+class result_state<void> : public shared_state {};
+
+struct invoke_moved {
+    template <class F, class... Args>
+    decltype(auto) operator()(F&& f, Args&&... args) const {
+        return std::invoke(std::forward<F>(f), std::forward<Args>(args)...);
+    }
+};
+
+/// A submitted call: the decayed callable and arguments, and where its outcome goes.
+template <class T, class Fn, class... Args>
+class job final : public result_state<T> {
+public:
+    template <class F, class... A>
+    explicit job(F&& f, A&&... args) : call_(std::in_place, std::forward<F>(f), std::forward<A>(args)...) {}
+
+    /// The C work function. Every exception stops here: it is stored for get() and reported to the
+    /// library as the failure code 1.
+    static std::int32_t run(void* arg, void** /*out_result*/) noexcept {
+        auto* self = static_cast<job*>(static_cast<shared_state*>(arg));
+        std::int32_t code = 0;
+        try {
+            if constexpr (std::is_void_v<T>) {
+                std::apply(invoke_moved{}, std::move(*self->call_));
+            } else {
+                self->value.emplace(std::apply(invoke_moved{}, std::move(*self->call_)));
+            }
+        } catch (...) {
+            self->exception = std::current_exception();
+            code = 1;
+        }
+        self->call_.reset();
+        return code;
+    }
+
+private:
+    void drop_call() noexcept override { call_.reset(); }
+
+    std::optional<std::tuple<Fn, Args...>> call_;
+};
+
+template <class F, class... Args>
+using result_t = std::invoke_result_t<std::decay_t<F>, std::decay_t<Args>...>;
+
+struct task_access {
+    template <class T>
+    static task<T> make(asyncify_handle handle, result_state<T>* state) noexcept {
+        return task<T>(handle, state);
+    }
+};
+
+template <class F, class... Args>
+task<result_t<F, Args...>> submit_to(asyncify_pool* pool, F&& f, Args&&... args);
+
+}  // namespace detail
+
+/// The owner of one submitted task's handle (move-only). Destroying it releases the handle: a task that
+/// is still pending goes on, detached, and its result is discarded.
+template <class T>
+class [[nodiscard]] task {
+public:
+    /// An empty task (valid() is false).
+    task() noexcept = default;
+
+    task(task&& other) noexcept
+        : handle_(std::exchange(other.handle_, 0)), state_(std::exchange(other.state_, nullptr)) {}
+
+    task& operator=(task&& other) noexcept {
+        if (this != &other) {
+            reset();
+            handle_ = std::exchange(other.handle_, 0);
+            state_ = std::exchange(other.state_, nullptr);
+        }
+        return *this;
+    }
+
+    task(const task&) = delete;
+    task& operator=(const task&) = delete;
+
+    ~task() { reset(); }
+
+    /// False for a default-constructed or moved-from task, and after get().
+    bool valid() const noexcept { return handle_ != 0; }
+
+    /// The C handle, for asyncify_wait_any and friends; still owned by this object.
+    asyncify_handle native_handle() const noexcept { return handle_; }
+
+    /// Waits for the task, then returns what f returned, rethrows what f threw (with its own type), or
+    /// throws asyncify::error with ASYNCIFY_CANCELLED. Afterwards the task is empty. Called inside the
+    /// task itself it throws ASYNCIFY_E_WOULD_DEADLOCK, and the task stays valid.
+    T get() {
+        asyncify_status status = wait_status(-1);
+        detail::result_state<T>* state = state_;
+        if (status == ASYNCIFY_CANCELLED) {
+            reset();
+            throw error(ASYNCIFY_CANCELLED, "asyncify::task::get: the task was cancelled");
+        }
+        if (status == ASYNCIFY_FAILED) {
+            std::exception_ptr exception = state->exception;
+            reset();
+            if (exception) {
+                std::rethrow_exception(exception);
+            }
+            throw error(ASYNCIFY_FAILED, "asyncify::task::get: the work function failed");
+        }
+        if constexpr (std::is_void_v<T>) {
+            reset();
+        } else {
+            T value = std::move(*state->value);
+            reset();
+            return value;
+        }
+    }
+
+    /// Waits until the task has finished, failed or been cancelled.
+    void wait() const { wait_status(-1); }
+
+    /// Waits at most `timeout` (rounded up to whole milliseconds): true when the task has finished,
+    /// failed or been cancelled, false when the time ran out (the task goes on).
+    template <class Rep, class Period>
+    bool wait_for(const std::chrono::duration<Rep, Period>& timeout) const {
+        return wait_status(detail::timeout_ms(timeout)) != ASYNCIFY_TIMEOUT;
+    }
+
+    /// True when the task has finished, failed or been cancelled; never blocks.
+    bool ready() const {
+        require_valid("ready");
+        return detail::check(asyncify_poll(handle_, nullptr, nullptr)) != ASYNCIFY_PENDING;
+    }
+
+    /// Cancels the task: a queued task never runs; a running one is abandoned (get() throws at once, f
+    /// runs to its end on its worker and may notice asyncify::cancel_requested()). True when the task is
+    /// now cancelled (by this call or an earlier one), false when f had already returned.
+    bool cancel() {
+        require_valid("cancel");
+        return detail::check(asyncify_cancel(handle_)) == ASYNCIFY_CANCELLED;
+    }
+
+private:
+    friend struct detail::task_access;
+
+    task(asyncify_handle handle, detail::result_state<T>* state) noexcept : handle_(handle), state_(state) {}
+
+    void require_valid(const char* what) const {
+        if (handle_ == 0) {
+            throw error(ASYNCIFY_E_INVALID_HANDLE,
+                        std::string("asyncify::task::") + what + ": the task is empty (moved from or already got)");
+        }
+    }
+
+    asyncify_status wait_status(std::int64_t ms) const {
+        require_valid("wait");
+        return detail::check(asyncify_wait(handle_, ms, nullptr, nullptr));
+    }
+
+    void reset() noexcept {
+        if (handle_ != 0) {
+            asyncify_release(handle_);
+            handle_ = 0;
+        }
+        if (state_ != nullptr) {
+            state_->release();
+            state_ = nullptr;
+        }
+    }
+
+    asyncify_handle handle_ = 0;
+    detail::result_state<T>* state_ = nullptr;
+};
+
+/// Runs f(args...) on the default pool with a snapshot of this thread's override table.
+/// Throws asyncify::error when the library refuses (e.g. ASYNCIFY_E_SHUT_DOWN after asyncify_shutdown).
+template <class F, class... Args>
+task<detail::result_t<F, Args...>> submit(F&& f, Args&&... args) {
+    return detail::submit_to(nullptr, std::forward<F>(f), std::forward<Args>(args)...);
+}
+
+/// A pool of worker threads of its own, with a limit on how many tasks run at once (RAII).
+class pool {
+public:
+    /// A pool running at most `max_workers` tasks at once (0 pauses it, UINT32_MAX is unbounded).
+    explicit pool(std::uint32_t max_workers = 8) { detail::check(asyncify_pool_new(max_workers, &pool_)); }
+
+    /// A pool with all the options of the C API (prepare them with asyncify_pool_options_init).
+    explicit pool(const asyncify_pool_options& options) { detail::check(asyncify_pool_new_ex(&options, &pool_)); }
+
+    pool(pool&& other) noexcept : pool_(std::exchange(other.pool_, nullptr)) {}
+
+    pool& operator=(pool&& other) noexcept {
+        if (this != &other) {
+            close();
+            pool_ = std::exchange(other.pool_, nullptr);
+        }
+        return *this;
+    }
+
+    pool(const pool&) = delete;
+    pool& operator=(const pool&) = delete;
+
+    /// Cancels the queued tasks and waits for the running ones. Must not run inside one of this pool's
+    /// own tasks: the library refuses (ASYNCIFY_E_WOULD_DEADLOCK) and the pool is then leaked.
+    ~pool() { close(); }
+
+    /// Runs f(args...) on this pool; as asyncify::submit.
+    template <class F, class... Args>
+    task<detail::result_t<F, Args...>> submit(F&& f, Args&&... args) {
+        return detail::submit_to(native(), std::forward<F>(f), std::forward<Args>(args)...);
+    }
+
+    /// Raising the limit starts waiting tasks at once; lowering it interrupts nothing; 0 pauses.
+    void set_max_workers(std::uint32_t n) { detail::check(asyncify_set_max_workers(native(), n)); }
+
+    std::uint32_t max_workers() const {
+        std::uint32_t n = 0;
+        detail::check(asyncify_get_max_workers(native(), &n));
+        return n;
+    }
+
+    asyncify_pool_stats stats() const {
+        asyncify_pool_stats out{};
+        out.struct_size = static_cast<std::uint32_t>(sizeof out);
+        detail::check(asyncify_stats(native(), &out));
+        return out;
+    }
+
+    /// Shuts the pool down now: queued tasks are cancelled, running ones waited for up to `timeout`.
+    /// True when all have finished, false when some still run (they finish on their own). The pool is
+    /// empty afterwards, except when called from one of its own tasks (ASYNCIFY_E_WOULD_DEADLOCK).
+    template <class Rep, class Period>
+    bool shutdown(const std::chrono::duration<Rep, Period>& timeout) {
+        asyncify_pool* p = native();
+        asyncify_status status = asyncify_pool_free(p, detail::timeout_ms(timeout));
+        if (status != ASYNCIFY_E_WOULD_DEADLOCK) {
+            pool_ = nullptr;
+        }
+        return detail::check(status) == ASYNCIFY_OK;
+    }
+
+    /// The C pool, still owned by this object; NULL after shutdown() or a move.
+    asyncify_pool* native_handle() const noexcept { return pool_; }
+
+private:
+    asyncify_pool* native() const {
+        if (pool_ == nullptr) {
+            throw error(ASYNCIFY_E_SHUT_DOWN, "asyncify::pool: the pool was shut down or moved from");
+        }
+        return pool_;
+    }
+
+    void close() noexcept {
+        if (pool_ != nullptr) {
+            asyncify_pool_free(pool_, -1);
+            pool_ = nullptr;
+        }
+    }
+
+    asyncify_pool* pool_ = nullptr;
+};
+
+/// An override scope (like `with dspy.context(...)`): remembers this thread's table when constructed,
+/// optionally sets string values, and restores the table exactly when destroyed, whatever was set or
+/// removed meanwhile. Scopes nest; each must end on the thread (and in the task) that began it.
+class scope {
+public:
+    scope() { detail::check(asyncify_scope_enter(&token_)); }
+
+    /// Begins a scope and sets each key to its string value in it.
+    scope(std::initializer_list<std::pair<std::string_view, std::string_view>> values);
+
+    scope(const scope&) = delete;
+    scope& operator=(const scope&) = delete;
+
+    /// Restores the table. A scope ended out of order (which C++ block scope never does) is refused by
+    /// the library and leaves the table as it is.
+    ~scope() { asyncify_scope_exit(token_); }
+
+private:
+    std::uint64_t token_ = 0;
+};
+
+/// Sets `key` to a copy of the bytes of `value` in this thread's table.
+inline void set(std::string_view key, std::string_view value) {
+    detail::c_key k(key);
+    detail::check(asyncify_override_set(k.c_str(), value.data(), value.size()));
+}
+
+/// Sets `key` to a pointer value the tables now own: it is deleted (with `delete`) once no table, task
+/// or context holds it any more, on whichever thread that happens. On error `value` keeps it.
+template <class T>
+void set(std::string_view key, std::unique_ptr<T>&& value) {
+    static_assert(!std::is_array_v<T>, "asyncify::set takes std::unique_ptr<T> of a single object");
+    detail::c_key k(key);
+    using plain = std::remove_cv_t<T>;
+    void* ptr = const_cast<plain*>(value.get());
+    detail::check(asyncify_override_set_ptr(k.c_str(), ptr, &detail::delete_value<plain>));
+    value.release();
+}
+
+/// Sets `key` to a raw pointer, as asyncify_override_set_ptr does: `release` (nullable) is called on it
+/// once no table, task or context holds it any more.
+inline void set(std::string_view key, void* ptr, asyncify_free_fn release) {
+    detail::c_key k(key);
+    detail::check(asyncify_override_set_ptr(k.c_str(), ptr, release));
+}
+
+/// The bytes of `key` (this thread's table, then the global layer); std::nullopt when it is not set.
+/// Throws ASYNCIFY_E_INVALID_ARGUMENT when the key holds a pointer.
+inline std::optional<std::string> get(std::string_view key) {
+    detail::c_key k(key);
+    std::string value(64, '\0');
+    for (;;) {
+        std::size_t len = 0;
+        asyncify_status status = asyncify_override_get(k.c_str(), value.data(), value.size(), &len);
+        if (status == ASYNCIFY_E_NOT_FOUND) {
+            return std::nullopt;
+        }
+        if (status == ASYNCIFY_E_BUFFER_TOO_SMALL) {
+            // (The global layer may change between two calls, so this asks again until it fits.)
+            value.resize(len);
+            continue;
+        }
+        detail::check(status);
+        value.resize(len);
+        return value;
+    }
+}
+
+/// The pointer value of `key`; nullptr when it is not set (or set to nullptr). With T (not void), the
+/// value must have been set from a std::unique_ptr<T>, else this throws ASYNCIFY_E_INVALID_ARGUMENT;
+/// get_ptr<void>() takes any pointer value. The pointer stays valid while this thread's table (or, in a
+/// task, the task) holds it.
+template <class T = void>
+T* get_ptr(std::string_view key) {
+    detail::c_key k(key);
+    void* ptr = nullptr;
+    asyncify_free_fn release = nullptr;
+    asyncify_status status = asyncify_override_get_ptr_ex(k.c_str(), &ptr, &release);
+    if (status == ASYNCIFY_E_NOT_FOUND) {
+        return nullptr;
+    }
+    detail::check(status);
+    if constexpr (!std::is_void_v<T>) {
+        if (release != &detail::delete_value<std::remove_cv_t<T>>) {
+            throw error(ASYNCIFY_E_INVALID_ARGUMENT,
+                        "asyncify::get_ptr<T>: \"" + std::string(key) +
+                            "\" holds a pointer that was not set from a std::unique_ptr<T>");
+        }
+    }
+    return static_cast<T*>(ptr);
+}
+
+/// Removes `key` from this thread's table: true when it was there.
+inline bool remove(std::string_view key) {
+    detail::c_key k(key);
+    asyncify_status status = asyncify_override_remove(k.c_str());
+    if (status == ASYNCIFY_E_NOT_FOUND) {
+        return false;
+    }
+    detail::check(status);
+    return true;
+}
+
+/// Inside a task: true once the task has been cancelled, so long work can stop early.
+inline bool cancel_requested() noexcept { return asyncify_cancel_requested(); }
+
+/// The default pool's limit.
+inline std::uint32_t max_workers() {
+    std::uint32_t n = 0;
+    detail::check(asyncify_get_max_workers(nullptr, &n));
+    return n;
+}
+
+/// Sets the default pool's limit.
+inline void set_max_workers(std::uint32_t n) { detail::check(asyncify_set_max_workers(nullptr, n)); }
+
+/// The library's version ("MAJOR.MINOR.PATCH"), which may be newer than the header's
+/// ASYNCIFY_VERSION_STRING within the same major version.
+inline const char* version() noexcept { return asyncify_version(); }
+
+inline scope::scope(std::initializer_list<std::pair<std::string_view, std::string_view>> values) : scope() {
+    // The delegated constructor has finished, so if a set throws, ~scope restores the table.
+    for (const auto& [key, value] : values) {
+        set(key, value);
+    }
+}
+
+namespace detail {
+
+template <class F, class... Args>
+task<result_t<F, Args...>> submit_to(asyncify_pool* pool, F&& f, Args&&... args) {
+    using T = result_t<F, Args...>;
+    static_assert(std::is_invocable_v<std::decay_t<F>, std::decay_t<Args>...>,
+                  "asyncify::submit(f, args...): f must be callable with rvalues of the decayed args");
+    static_assert(!std::is_reference_v<T>,
+                  "asyncify::submit: f must return a value, not a reference (return a copy, a pointer or a "
+                  "std::reference_wrapper)");
+    using job_t = job<T, std::decay_t<F>, std::decay_t<Args>...>;
+
+    std::unique_ptr<job_t> owned(new job_t(std::forward<F>(f), std::forward<Args>(args)...));
+    shared_state* state = owned.get();
+
+    asyncify_submit_options options{};
+    check(asyncify_submit_options_init(&options, sizeof options));
+    options.on_done = &shared_state::on_done;
+    options.on_done_data = state;
+    options.free_arg = &shared_state::free_arg;
+    options.pool = pool;
+
+    asyncify_handle handle = 0;
+    // On failure nothing runs and no callback is called: `owned` still frees the job.
+    check(asyncify_submit(&job_t::run, state, &options, &handle));
+    return task_access::make<T>(handle, owned.release());
+}
+
+}  // namespace detail
+}  // namespace asyncify
+
+#endif  // ASYNCIFY_HPP
