@@ -61,6 +61,8 @@ static void check_last_error_set(const char *file, int line, const char *what, c
 }
 
 /* Checks the status and that a message was stored for it. */
+/* A stricter CHECK_ERR than test_util.h's: the size query must also agree with the copy. */
+#undef CHECK_ERR
 #define CHECK_ERR(expr, expected)                                                                  \
     do {                                                                                           \
         CHECK_EQ_STATUS(expr, expected);                                                           \

@@ -7,20 +7,6 @@
 #include "test_util.h"
 
 /* A failing call: its status, and a message for asyncify_last_error. */
-static size_t last_error_size(void)
-{
-    size_t n = 0;
-    asyncify_status s = asyncify_last_error(NULL, 0, &n);
-    CHECK(s == ASYNCIFY_OK || s == ASYNCIFY_E_BUFFER_TOO_SMALL);
-    return n;
-}
-
-#define CHECK_ERR(expr, expected)                                                                  \
-    do {                                                                                           \
-        CHECK_EQ_STATUS(expr, expected);                                                           \
-        CHECK(last_error_size() > 1);                                                              \
-    } while (0)
-
 static asyncify_pool_options pool_options(void)
 {
     asyncify_pool_options o;

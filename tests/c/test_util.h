@@ -220,4 +220,20 @@ static inline size_t table_count(void)
     return n;
 }
 
+/* The size of this thread's last error message (terminator included); 1 when it is empty. */
+static inline size_t last_error_size(void)
+{
+    size_t n = 0;
+    asyncify_status s = asyncify_last_error(NULL, 0, &n);
+    CHECK(s == ASYNCIFY_OK || s == ASYNCIFY_E_BUFFER_TOO_SMALL);
+    return n;
+}
+
+/* An error status, with a non-empty message for asyncify_last_error. */
+#define CHECK_ERR(expr, expected)                                                                  \
+    do {                                                                                           \
+        CHECK_EQ_STATUS(expr, expected);                                                           \
+        CHECK(last_error_size() > 1);                                                              \
+    } while (0)
+
 #endif /* ASYNCIFY_TEST_UTIL_H */
