@@ -290,10 +290,7 @@ mod tests {
     use super::*;
 
     fn bytes(v: &Value) -> &[u8] {
-        match v {
-            Value::Bytes(b) => b,
-            Value::Ptr(_) => panic!("expected bytes"),
-        }
+        v.as_bytes().expect("a bytes value")
     }
 
     fn b(s: &str) -> Value {

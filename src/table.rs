@@ -48,6 +48,16 @@ pub struct PtrValue {
     clone: Option<CloneFn>,
 }
 
+impl Value {
+    /// The bytes, when this is a bytes value.
+    pub fn as_bytes(&self) -> Option<&[u8]> {
+        match self {
+            Value::Bytes(b) => Some(b),
+            Value::Ptr(_) => None,
+        }
+    }
+}
+
 impl PtrValue {
     /// Takes ownership of `ptr`; `release` (if any) is called on it once, when
     /// the last table holding this value drops it.
@@ -331,10 +341,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 
     fn bytes(v: &Value) -> &[u8] {
-        match v {
-            Value::Bytes(b) => b,
-            Value::Ptr(_) => panic!("expected bytes"),
-        }
+        v.as_bytes().expect("a bytes value")
     }
 
     fn depth(node: &Option<Arc<Node>>) -> usize {

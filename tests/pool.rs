@@ -50,10 +50,7 @@ fn lane_of(arg: *mut c_void) -> (&'static Lane, usize) {
 }
 
 fn bytes_of(key: &str) -> Option<Vec<u8>> {
-    table::get(key).map(|v| match &*v {
-        Value::Bytes(b) => b.to_vec(),
-        Value::Ptr(_) => panic!("expected bytes"),
-    })
+    table::get(key).map(|v| v.as_bytes().expect("a bytes value").to_vec())
 }
 
 /// Records concurrency and start order, reads key "k", sleeps the lane's time

@@ -151,7 +151,7 @@ pub extern "C" fn asyncify_override_get(
             required_out(buf, "buf (NULL is allowed only with cap 0)")?;
         }
         let value = lookup(key)?;
-        let Value::Bytes(bytes) = &*value else {
+        let Some(bytes) = value.as_bytes() else {
             return Err(kind_mismatch(key, "a pointer"));
         };
         if cap < bytes.len() {
