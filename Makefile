@@ -11,7 +11,7 @@ CMAKE   := $(VENV)/bin/cmake
 CTEST   := $(VENV)/bin/ctest
 CFLAGS_DEMO := -std=c11 -Wall -Wextra -Werror -O2 -Iinclude
 
-.PHONY: all lib demo test test-rust test-c test-python test-packaging install check-header lint clean
+.PHONY: all lib demo test test-rust test-c test-python test-packaging install check-header lint clean bench bench-full
 
 all: lib
 
@@ -105,3 +105,17 @@ test: lib check-header lint test-rust test-c test-python test-packaging
 clean:
 	$(CARGO) clean
 	rm -rf $(BUILD)
+
+# The side-by-side bench of PERFORMANCE.md (bench/suite): every workload for
+# asyncify and each peer; prints the table and writes bench/results/latest.md
+# and the plot bench/results/w1_w2.svg. `make bench BENCH_DSPY=1` also installs
+# dspy into .venv/ for the dspy.asyncify peer (skipped with a notice otherwise).
+BENCH_VENV = if [ "$(BENCH_DSPY)" = 1 ] && [ ! -x $(VENV)/bin/python ]; then $(PYTHON) -m venv $(VENV); fi
+
+bench: lib
+	@$(BENCH_VENV)
+	$(CARGO) bench --bench suite
+
+bench-full: lib
+	@$(BENCH_VENV)
+	$(CARGO) bench --bench suite -- --full

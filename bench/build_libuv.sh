@@ -23,7 +23,7 @@ find_src() {
 
 src=$(find_src)
 if [ -z "$src" ]; then
-    echo "fetching libuv-sys2 $ver (sources of libuv $ver) with cargo" >&2
+    echo "fetching the libuv-sys2 $ver crate (it bundles the libuv sources) with cargo" >&2
     mkdir -p "$out/fetch/src"
     : > "$out/fetch/src/lib.rs"
     cat > "$out/fetch/Cargo.toml" <<EOF
@@ -38,7 +38,8 @@ libuv-sys2 = "=$ver"
 
 [workspace]
 EOF
-    "$cargo" fetch --manifest-path "$out/fetch/Cargo.toml" >&2
+    "$cargo" fetch --manifest-path "$out/fetch/Cargo.toml" >&2 ||
+        { echo "cargo fetch of libuv-sys2 $ver failed" >&2; exit 1; }
     src=$(find_src)
     if [ -z "$src" ]; then
         crate=$(ls "$home"/registry/cache/*/libuv-sys2-$ver.crate 2>/dev/null | head -1)
@@ -64,9 +65,11 @@ flags="-O2 -g -fPIC -std=gnu89 -fno-strict-aliasing -w -DBUILDING_UV_SHARED=1
        -I$src/include -I$src/src"
 jobs=$(nproc 2>/dev/null || echo 2)
 # shellcheck disable=SC2086
-printf '%s\n' $files | xargs -P "$jobs" -I{} sh -c "$cc $(echo $flags) -c '$src/src/{}' -o '$objdir/{}.o'"
+printf '%s\n' $files | xargs -P "$jobs" -I{} sh -c "$cc $(echo $flags) -c '$src/src/{}' -o '$objdir/{}.o'" ||
+    { echo "compiling libuv's sources with $cc failed" >&2; exit 1; }
 objs=$(printf "$objdir/%s.o " $files)
 # shellcheck disable=SC2086
-$cc -shared -Wl,-soname,libuv.so.1 -o "$out/libuv.so.tmp" $objs -lpthread -ldl -lrt
+$cc -shared -Wl,-soname,libuv.so.1 -o "$out/libuv.so.tmp" $objs -lpthread -ldl -lrt ||
+    { echo "linking libuv.so with $cc failed" >&2; exit 1; }
 mv "$out/libuv.so.tmp" "$out/libuv.so"
-echo "built $out/libuv.so (libuv $ver)" >&2
+echo "built $out/libuv.so (from the libuv-sys2 $ver crate)" >&2

@@ -110,13 +110,26 @@ impl Reps {
         self.0.iter().copied().fold(f64::NEG_INFINITY, f64::max)
     }
 
-    /// Half the range of the repetitions, relative to the median, in percent.
+    /// The `q` quantile (0..=1) of the repetitions, interpolated.
+    pub fn quantile(&self, q: f64) -> f64 {
+        let mut v = self.0.clone();
+        v.sort_by(|a, b| a.total_cmp(b));
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        let x = q * (v.len() - 1) as f64;
+        let (i, f) = (x.floor() as usize, x.fract());
+        v[i] + (v[(i + 1).min(v.len() - 1)] - v[i]) * f
+    }
+
+    /// Half the interquartile range of the repetitions, relative to the
+    /// median, in percent: robust to one stray repetition on a noisy machine.
     pub fn spread_pct(&self) -> f64 {
         let m = self.median();
         if self.0.len() < 2 || m == 0.0 {
             0.0
         } else {
-            (self.max() - self.min()) / 2.0 / m.abs() * 100.0
+            (self.quantile(0.75) - self.quantile(0.25)) / 2.0 / m.abs() * 100.0
         }
     }
 }

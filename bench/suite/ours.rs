@@ -119,7 +119,8 @@ impl Pool for Ours {
             idle_pause(idle);
             let t = Instant::now();
             let mut h = 0;
-            asyncify_submit(Some(self.work), ptr::null_mut(), &opts, &mut h);
+            let s = asyncify_submit(Some(self.work), ptr::null_mut(), &opts, &mut h);
+            assert_eq!(s, ASYNCIFY_OK);
             let s = asyncify_wait(h, -1, ptr::null_mut(), ptr::null_mut());
             lat.push(t.elapsed());
             assert_eq!(s, ASYNCIFY_OK);

@@ -547,7 +547,7 @@ pub fn markdown(res: &Results, sizes: &Sizes, meta: &Meta) -> String {
     }
     let _ = writeln!(
         s,
-        "\nEach cell: the median of the repetitions, then ± half their range relative to the median. \
+        "\nEach cell: the median of the repetitions, then ± half their interquartile range relative to the median. \
          Latency cells: p50 / p99 (medians over repetitions), ± for p50. \
          W2 = {} round trips per repetition, W2idle = {}, W1 = {} tasks. \
          P rows: the asyncify column is the Python binding (casyncify).\n",
