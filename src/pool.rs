@@ -183,7 +183,11 @@ impl PoolShared {
     /// Wakes parked workers, then decides how many new ones to start, so that
     /// every task that may start now has a thread coming for it.
     fn provide_workers(&self, st: &mut State) -> u32 {
-        self.wakeups.fetch_add(1, Ordering::Release);
+        if st.spinning > 0 {
+            // Only spinners read this (they read it under the lock first), so
+            // with none there is no cache line to bounce.
+            self.wakeups.fetch_add(1, Ordering::Release);
+        }
         let startable = (st.limit.saturating_sub(st.busy) as usize).min(st.queued);
         let coming = (st.signalled + st.starting + st.spinning) as usize;
         let mut missing = startable.saturating_sub(coming);
@@ -344,7 +348,7 @@ fn worker_main(shared: Arc<PoolShared>) {
         if st.shut_down || st.threads - st.abandoned_off_limit > st.limit || timed_out {
             break;
         }
-        if may_spin && spin::enabled() {
+        if may_spin && st.spinning < spin::max_spinners() && spin::enabled() {
             // Watch for a submission briefly before parking; the submitter
             // counts this worker as coming and skips the wake-up.
             may_spin = false;
