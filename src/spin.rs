@@ -8,11 +8,12 @@
 //! right after it ran a task, so an idle pool does not burn the machine; it
 //! yields while it spins, so on a busy machine the thread it waits for runs.
 //!
-//! At most `ASYNCIFY_SPINNERS` workers of a pool spin at once (default: the
-//! number of CPUs). More spinners save futex wake-ups under a flood of tiny
-//! tasks (W1 at limit 8 on 2 CPUs: 3.0 M/s with 8, 1.9 M/s with 2), but they
-//! take the CPUs from the one thread that has work when tasks come one at a
-//! time (W2 p50: 6 µs with 8, 0.5 µs with 2).
+//! At most `ASYNCIFY_SPINNERS` workers of a pool spin at once (default: one
+//! less than the number of CPUs, at least 1: the caller waiting for a task
+//! spins too). More spinners save futex wake-ups under a flood of tiny tasks
+//! (W1 at limit 8 on 2 CPUs: 3.0 M/s with 8, 1.9 M/s with 1), but they take
+//! the CPUs from the threads that have work when tasks come one at a time
+//! (W2 p50 on 2 CPUs: 6 µs with 2 or more, 0.5 µs with 1).
 
 use std::time::{Duration, Instant};
 
@@ -31,7 +32,11 @@ static MAX_SPINNERS: Lazy<u32> = Lazy::new(|| {
     std::env::var("ASYNCIFY_SPINNERS")
         .ok()
         .and_then(|v| v.trim().parse::<u32>().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
+        .unwrap_or_else(|| {
+            // Leave one CPU to the thread that submits and waits (it spins too).
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+            cpus.saturating_sub(1).max(1)
+        })
 });
 
 /// How many idle workers of a pool may spin at once.
