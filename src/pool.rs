@@ -439,9 +439,6 @@ impl Pool {
     /// Never blocks; on error nothing runs and no callback is called.
     pub fn submit(&self, spec: TaskSpec, snapshot: Table) -> Result<u64, Error> {
         let shared = &self.shared;
-        if shared.lock().shut_down {
-            return Err(Error::ShutDown);
-        }
         let task = Arc::new(Task::new(spec, snapshot, shared.clone()));
         let handle = tasks().insert(task.clone()).map_err(from_handle_error)?;
         task.set_handle(handle);
