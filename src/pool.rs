@@ -80,6 +80,9 @@ struct State {
     /// Slots in use.
     busy: u32,
     threads: u32,
+    /// Workers that have decided to exit (no longer in `threads`, so a new
+    /// worker can start in their place) but have not run their stop hook yet.
+    leaving: u32,
     /// Threads still running an abandoned callable whose slot was given back
     /// early (`release_slot_on_abandon`): they do not count against the limit.
     abandoned_off_limit: u32,
@@ -171,7 +174,7 @@ impl PoolShared {
     fn take_next(st: &mut State) -> Option<(Arc<Task>, Table)> {
         while st.busy < st.limit {
             let task = st.queue.pop_front()?;
-            if let Some(snapshot) = task.try_start() {
+            if let Some(snapshot) = task.try_start(true) {
                 st.queued -= 1;
                 st.busy += 1;
                 return Some((task, snapshot));
@@ -204,7 +207,9 @@ impl PoolShared {
         spawn
     }
 
-    fn spawn_workers(self: &Arc<Self>, n: u32) {
+    /// Starts `n` workers; returns how many could not be started.
+    fn spawn_workers(self: &Arc<Self>, n: u32) -> u32 {
+        let mut failed = 0;
         for _ in 0..n {
             let shared = self.clone();
             let number = {
@@ -218,12 +223,14 @@ impl PoolShared {
             if spawned.is_err() {
                 // The threads that exist keep serving the queue; a later
                 // submit or finish tries again.
+                failed += 1;
                 let mut st = self.lock();
                 st.threads -= 1;
                 st.starting -= 1;
                 self.notify_if_quiet(&st);
             }
         }
+        failed
     }
 
     fn release_slot(&self, st: &mut State) {
@@ -242,7 +249,30 @@ impl PoolShared {
     /// (Without hooks an idle worker leaves silently, so it is not waited for.)
     fn is_quiet(&self, st: &State) -> bool {
         let hooks = self.options.on_thread_start.is_some() || self.options.on_thread_stop.is_some();
-        st.busy == 0 && st.abandoned_off_limit == 0 && !(hooks && st.threads > 0)
+        st.busy == 0 && st.abandoned_off_limit == 0 && !(hooks && st.threads + st.leaving > 0)
+    }
+
+    /// After a worker could not be started for the task `handle`: when the pool has no
+    /// thread at all, nothing would ever run it, so it leaves the queue (no
+    /// callback, as for any refused submit) and the submit fails.
+    fn withdraw_if_unserved(&self, handle: u64) -> Result<(), Error> {
+        let mut st = self.lock();
+        if st.threads > 0 {
+            return Ok(());
+        }
+        let Some(at) = st.queue.iter().rposition(|t| t.handle() == handle) else {
+            return Ok(());
+        };
+        if st.queue[at].try_start(false).is_none() {
+            // Reached through its handle and cancelled already: reported.
+            return Ok(());
+        }
+        st.queue.remove(at);
+        st.queued -= 1;
+        self.counters.submitted.fetch_sub(1, Ordering::Relaxed);
+        drop(st);
+        let _ = tasks().remove(handle);
+        Err(Error::NoWorkerThread)
     }
 
     /// For a cancel: with `release_slot_on_abandon`, the pool's lock, taken
@@ -346,6 +376,10 @@ fn worker_main(shared: Arc<PoolShared>) {
             continue;
         }
         if st.shut_down || st.threads - st.abandoned_off_limit > st.limit || timed_out {
+            // Leave the count at once: a submit or a raise of the limit from
+            // now on starts a new worker instead of counting on this one.
+            st.threads -= 1;
+            st.leaving += 1;
             break;
         }
         if may_spin && st.spinning < spin::max_spinners() && spin::enabled() {
@@ -379,7 +413,7 @@ fn worker_main(shared: Arc<PoolShared>) {
     // Only now is this worker gone: a shutdown waits for that, so no hook of
     // the pool runs after it returned OK.
     let mut st = shared.lock();
-    st.threads -= 1;
+    st.leaving -= 1;
     shared.notify_if_quiet(&st);
 }
 
@@ -389,7 +423,7 @@ pub(crate) fn run_inline_if_stuck(task: &Arc<Task>) -> bool {
     if !on_worker_of(task.pool()) {
         return false;
     }
-    let Some(snapshot) = task.try_start() else {
+    let Some(snapshot) = task.try_start(false) else {
         return false;
     };
     task.pool().lock().queued -= 1;
@@ -419,6 +453,7 @@ impl Pool {
                     limit: options.max_workers,
                     busy: 0,
                     threads: 0,
+                    leaving: 0,
                     abandoned_off_limit: 0,
                     spawned: 0,
                     sleeping: 0,
@@ -459,7 +494,9 @@ impl Pool {
         shared.counters.submitted.fetch_add(1, Ordering::Relaxed);
         let spawn = shared.provide_workers(&mut st);
         drop(st);
-        shared.spawn_workers(spawn);
+        if shared.spawn_workers(spawn) > 0 {
+            shared.withdraw_if_unserved(handle)?;
+        }
         Ok(handle)
     }
 
@@ -488,7 +525,7 @@ impl Pool {
         let c = &self.shared.counters;
         Stats {
             limit: st.limit,
-            threads: st.threads,
+            threads: st.threads + st.leaving,
             idle_threads: st.sleeping,
             queued: st.queued as u64,
             running: u64::from(st.busy + st.abandoned_off_limit),

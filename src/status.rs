@@ -95,6 +95,8 @@ pub enum Error {
     WouldDeadlock,
     /// Out of memory, or out of handle slots.
     OutOfMemory,
+    /// No worker thread could be started and the pool has none.
+    NoWorkerThread,
 }
 
 impl Error {
@@ -106,7 +108,7 @@ impl Error {
             Error::ShutDown => ASYNCIFY_E_SHUT_DOWN,
             Error::Busy => ASYNCIFY_E_BUSY,
             Error::WouldDeadlock => ASYNCIFY_E_WOULD_DEADLOCK,
-            Error::OutOfMemory => ASYNCIFY_E_OUT_OF_MEMORY,
+            Error::OutOfMemory | Error::NoWorkerThread => ASYNCIFY_E_OUT_OF_MEMORY,
         }
     }
 }

@@ -158,6 +158,8 @@ struct State {
     released: bool,
     waiters: u32,
     snapshot: Option<Table>,
+    /// Started by a worker in a slot of its own (not inline, in a waiter's).
+    own_slot: bool,
     /// Abandoned, and its slot was given back at once.
     slot_given_back: bool,
 }
@@ -242,6 +244,7 @@ impl Task {
                 released: false,
                 waiters: 0,
                 snapshot: Some(snapshot),
+                own_slot: false,
                 slot_given_back: false,
             }),
             published: Condvar::new(),
@@ -252,7 +255,7 @@ impl Task {
         self.handle.store(handle, Ordering::Relaxed);
     }
 
-    fn handle(&self) -> u64 {
+    pub(crate) fn handle(&self) -> u64 {
         self.handle.load(Ordering::Relaxed)
     }
 
@@ -265,14 +268,16 @@ impl Task {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queued → Running. Returns the snapshot to install, or `None` when the
-    /// task was cancelled or taken by another thread first.
-    pub(crate) fn try_start(&self) -> Option<Table> {
+    /// Queued → Running, in a slot of its own (`own_slot`) or in the slot of
+    /// a waiter that runs it inline. Returns the snapshot to install, or
+    /// `None` when the task was cancelled or taken by another thread first.
+    pub(crate) fn try_start(&self, own_slot: bool) -> Option<Table> {
         let mut st = self.lock();
         if st.phase != Phase::Queued || st.outcome.is_some() {
             return None;
         }
         st.phase = Phase::Running;
+        st.own_slot = own_slot;
         st.snapshot.take()
     }
 
@@ -411,7 +416,8 @@ impl Task {
         st.outcome = Some(CANCELLED);
         self.cancel_requested.store(true, Ordering::Relaxed);
         let was_queued = st.phase == Phase::Queued;
-        if let (false, Some(slots)) = (was_queued, give_back.as_mut()) {
+        // A task run inline has no slot to give: its waiter's stays taken.
+        if let (true, Some(slots)) = (st.own_slot, give_back.as_mut()) {
             slots.give_back();
             st.slot_given_back = true;
         }

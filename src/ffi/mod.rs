@@ -53,6 +53,9 @@ impl From<Error> for Fail {
             Error::Busy => "the pool's queue is full",
             Error::WouldDeadlock => "this call would wait for itself",
             Error::OutOfMemory => "out of memory or out of handle slots",
+            Error::NoWorkerThread => {
+                "no worker thread could be started (a thread or memory limit) and the pool has none"
+            }
         };
         fail(e.status(), message)
     }
