@@ -95,9 +95,17 @@ test-c: lib $(VENV)/.installed
 	$(CMAKE) --build $(BUILD)/c-valgrind -j2
 	cd $(BUILD)/c-valgrind && $(CURDIR)/$(CTEST) -L valgrind --output-on-failure -j2
 
-# The Python binding (bindings/python, package casyncify) against the built library.
-test-python: lib $(VENV)/.installed
-	ASYNCIFY_LIBRARY=$(CURDIR)/$(LIB) $(VENV)/bin/python -m pytest bindings/python/tests -q
+# DSPy, for the binding's test of a real DSPy program (about 20 s to install).
+DSPY_VERSION := 3.4.1
+$(VENV)/.dspy: $(VENV)/.installed
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check dspy==$(DSPY_VERSION)
+	touch $@
+
+# The Python binding (bindings/python, package casyncify) against the built
+# library; with DSPy required, so its test cannot be skipped here.
+test-python: lib $(VENV)/.dspy
+	ASYNCIFY_LIBRARY=$(CURDIR)/$(LIB) CASYNCIFY_REQUIRE_DSPY=1 \
+		$(VENV)/bin/python -m pytest bindings/python/tests -q -rs
 
 # --- packaging: make install, make test-packaging (bindings/cpp, packaging/, tests/cpp, tests/consumer) ---
 

@@ -51,15 +51,6 @@ int pthread_create(pthread_t *t, const pthread_attr_t *attr, void *(*fn)(void *)
     return real(t, attr, fn, arg);
 }
 
-static asyncify_pool_stats stats_of(struct asyncify_pool *pool)
-{
-    asyncify_pool_stats s;
-    memset(&s, 0, sizeof s);
-    s.struct_size = sizeof s;
-    CHECK_OK(asyncify_stats(pool, &s));
-    return s;
-}
-
 /* ---- failing work functions --------------------------------------------------------------------- */
 
 struct coded {

@@ -23,16 +23,6 @@ static struct asyncify_pool *new_pool_ex(const asyncify_pool_options *o)
     return pool;
 }
 
-static asyncify_pool_stats stats_of(struct asyncify_pool *pool)
-{
-    asyncify_pool_stats s;
-    memset(&s, 0, sizeof s);
-    s.struct_size = sizeof s;
-    CHECK_OK(asyncify_stats(pool, &s));
-    CHECK(s.struct_size == sizeof s);
-    return s;
-}
-
 /* A task that marks itself started, waits for its gate, then marks itself finished. */
 struct gated {
     atomic_int gate;

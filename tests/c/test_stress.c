@@ -526,15 +526,6 @@ static void release_owned(asyncify_handle h, struct rec *r)
 
 /* ---- pools ---- */
 
-static asyncify_pool_stats stats_of(struct asyncify_pool *pool)
-{
-    asyncify_pool_stats s;
-    memset(&s, 0, sizeof s);
-    s.struct_size = sizeof s;
-    CHECK_OK(asyncify_stats(pool, &s));
-    return s;
-}
-
 static struct asyncify_pool *make_pool(uint32_t gen)
 {
     asyncify_pool_options o;

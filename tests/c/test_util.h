@@ -166,6 +166,17 @@ static inline asyncify_handle submit_opts(asyncify_work_fn fn, void *arg, const 
     return h;
 }
 
+/* A pool's stats (NULL: the default pool), checked to be filled at this header's size. */
+static inline asyncify_pool_stats stats_of(struct asyncify_pool *pool)
+{
+    asyncify_pool_stats s;
+    memset(&s, 0, sizeof s);
+    s.struct_size = sizeof s;
+    CHECK_OK(asyncify_stats(pool, &s));
+    CHECK(s.struct_size == sizeof s);
+    return s;
+}
+
 static inline asyncify_handle submit_to(struct asyncify_pool *pool, asyncify_work_fn fn, void *arg)
 {
     asyncify_submit_options opts = options_for(pool);

@@ -456,6 +456,15 @@ macro_rules! ensure {
     };
 }
 
+/// What a call with one NULL output pointer (or none) returns.
+fn ok_unless_null(null_out: bool) -> i32 {
+    if null_out {
+        ASYNCIFY_E_NULL
+    } else {
+        ASYNCIFY_OK
+    }
+}
+
 fn status_name(s: i32) -> String {
     // SAFETY: asyncify_status_str returns a static NUL-terminated string.
     let text = unsafe { CStr::from_ptr(asyncify_status_str(s)) };
@@ -970,15 +979,7 @@ impl<C: Choices> Interp<C> {
                 let null_out = self.chance(15);
                 let mut n = 777usize;
                 let got = asyncify_override_count(if null_out { null_mut() } else { &mut n });
-                self.status(
-                    "asyncify_override_count",
-                    got,
-                    if null_out {
-                        ASYNCIFY_E_NULL
-                    } else {
-                        ASYNCIFY_OK
-                    },
-                )?;
+                self.status("asyncify_override_count", got, ok_unless_null(null_out))?;
                 let want = self.table.len() + self.local.len();
                 ensure!(
                     self,
@@ -995,15 +996,7 @@ impl<C: Choices> Interp<C> {
             let null_out = self.chance(8);
             let mut t = 0u64;
             let got = asyncify_scope_enter(if null_out { null_mut() } else { &mut t });
-            self.status(
-                "asyncify_scope_enter",
-                got,
-                if null_out {
-                    ASYNCIFY_E_NULL
-                } else {
-                    ASYNCIFY_OK
-                },
-            )?;
+            self.status("asyncify_scope_enter", got, ok_unless_null(null_out))?;
             if !null_out {
                 ensure!(self, t != 0, "scope token 0");
                 self.scopes
@@ -1135,15 +1128,7 @@ impl<C: Choices> Interp<C> {
                 } else {
                     (asyncify_context_capture(outp), "asyncify_context_capture")
                 };
-                self.status(
-                    function,
-                    got,
-                    if null_out {
-                        ASYNCIFY_E_NULL
-                    } else {
-                        ASYNCIFY_OK
-                    },
-                )?;
+                self.status(function, got, ok_unless_null(null_out))?;
                 if !null_out {
                     let map = if empty {
                         Map::new()
@@ -1870,15 +1855,7 @@ impl<C: Choices> Interp<C> {
                 let null_out = self.chance(10);
                 let mut q = null_mut();
                 let got = asyncify_cq_new(if null_out { null_mut() } else { &mut q });
-                self.status(
-                    "asyncify_cq_new",
-                    got,
-                    if null_out {
-                        ASYNCIFY_E_NULL
-                    } else {
-                        ASYNCIFY_OK
-                    },
-                )?;
+                self.status("asyncify_cq_new", got, ok_unless_null(null_out))?;
                 if !null_out {
                     self.cqs.push(Some(MCq {
                         ptr: q,
@@ -2089,15 +2066,7 @@ impl<C: Choices> Interp<C> {
                     self.pools[pool],
                     if null_out { null_mut() } else { &mut n },
                 );
-                self.status(
-                    "asyncify_get_max_workers",
-                    got,
-                    if null_out {
-                        ASYNCIFY_E_NULL
-                    } else {
-                        ASYNCIFY_OK
-                    },
-                )?;
+                self.status("asyncify_get_max_workers", got, ok_unless_null(null_out))?;
                 ensure!(self, null_out || n == 0, "a paused pool's limit is {n}");
             }
             2 | 3 => {

@@ -1,15 +1,22 @@
-"""A real DSPy program through casyncify.asyncify (skipped when DSPy is not installed)."""
+"""A real DSPy program through casyncify.asyncify.
+
+Skipped when DSPy is not installed, except under `make test`, which installs it and sets
+CASYNCIFY_REQUIRE_DSPY=1 so that a missing DSPy fails instead."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 from conftest import run
 
 import casyncify
 
-dspy = pytest.importorskip("dspy")
+if os.environ.get("CASYNCIFY_REQUIRE_DSPY") == "1":
+    import dspy
+else:
+    dspy = pytest.importorskip("dspy")
 from dspy.utils import DummyLM  # noqa: E402
 
 
