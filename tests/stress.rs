@@ -52,10 +52,13 @@ const MAX_GENS: usize = 4096;
 const RING: usize = 256;
 const HELD_MAX: usize = 48;
 
+/// A number from the environment, decimal or `0x` hex (as seeds are printed).
 fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().replace('_', "").parse().ok())
+    let v = std::env::var(name).ok()?.trim().replace('_', "");
+    match v.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => v.parse().ok(),
+    }
 }
 
 // ---- violations: recorded (callbacks must not panic across the ABI), checked at the end ----
