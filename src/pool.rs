@@ -263,14 +263,16 @@ impl PoolShared {
         let Some(at) = st.queue.iter().rposition(|t| t.handle() == handle) else {
             return Ok(());
         };
-        if st.queue[at].try_start(false).is_none() {
+        let Some(snapshot) = st.queue[at].try_start(false) else {
             // Reached through its handle and cancelled already: reported.
             return Ok(());
-        }
+        };
         st.queue.remove(at);
         st.queued -= 1;
         self.counters.submitted.fetch_sub(1, Ordering::Relaxed);
         drop(st);
+        // Dropped with no lock held: it may release the last reference to a value.
+        drop(snapshot);
         let _ = tasks().remove(handle);
         Err(Error::NoWorkerThread)
     }
