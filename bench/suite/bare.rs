@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
-use crate::common::{idle_pause, rss_bytes, Latencies};
+use crate::common::{idle_pause, noop, rss_bytes, sleep_10ms, Latencies};
 use crate::Pool;
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -64,12 +64,6 @@ impl Drop for Bare {
         self.tx.take();
         self.threads.drain(..).for_each(|t| t.join().unwrap());
     }
-}
-
-fn noop() {}
-
-fn sleep_10ms() {
-    std::thread::sleep(Duration::from_millis(10));
 }
 
 impl Pool for Bare {

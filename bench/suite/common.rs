@@ -1,5 +1,6 @@
 //! What every implementation shares: the latch that observes completions, the
-//! latency summary, the resident set size, and the summary of repetitions.
+//! latency summary, the resident set size, the summary of repetitions, and the
+//! jobs of the peers that run Rust closures.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -65,6 +66,14 @@ impl Latencies {
 }
 
 /// Sleep before a W2idle submit: long enough that workers have parked.
+/// The W1 job of the Rust-closure peers (bare, tokio).
+pub fn noop() {}
+
+/// The W4 job of the Rust-closure peers.
+pub fn sleep_10ms() {
+    std::thread::sleep(Duration::from_millis(10));
+}
+
 pub fn idle_pause(idle: Option<Duration>) {
     if let Some(d) = idle {
         std::thread::sleep(d);

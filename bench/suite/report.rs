@@ -305,52 +305,28 @@ fn rows(res: &Results) -> Vec<Row> {
         }
         let get = |i| med(res.w1.get(&(i, limit)), 0);
         let name = format!("W1 tasks/s, limit {limit}");
-        if limit == 8 {
-            rows.push(ratio_row(
-                &name,
-                cells,
-                get(Impl::Ours),
-                get(Impl::Libuv),
-                "libuv",
-                true,
-                1.5,
-            ));
-            rows.push(ratio_row(
-                same,
-                empty(),
-                get(Impl::Ours),
-                get(Impl::Tokio),
-                "tokio spawn_blocking",
-                true,
-                5.0,
-            ));
-            rows.push(ratio_row(
-                same,
-                empty(),
-                get(Impl::Ours),
-                get(Impl::TokioSem),
-                "tokio + Semaphore †",
-                true,
-                5.0,
-            ));
-            rows.push(ratio_row(
-                same,
-                empty(),
-                get(Impl::Ours),
-                get(Impl::Bare),
-                "bare",
-                true,
-                0.5,
-            ));
+        // PERFORMANCE.md compares W1 at limit 8 with every peer, at limit 2 with the bare pool.
+        let targets: &[(Impl, &str, f64)] = if limit == 8 {
+            &[
+                (Impl::Libuv, "libuv", 1.5),
+                (Impl::Tokio, "tokio spawn_blocking", 5.0),
+                (Impl::TokioSem, "tokio + Semaphore †", 5.0),
+                (Impl::Bare, "bare", 0.5),
+            ]
         } else {
+            &[(Impl::Bare, "bare", 0.5)]
+        };
+        let mut first = Some((name.as_str(), cells));
+        for &(peer, peer_name, want) in targets {
+            let (workload, cells) = first.take().unwrap_or_else(|| (same, empty()));
             rows.push(ratio_row(
-                &name,
+                workload,
                 cells,
                 get(Impl::Ours),
-                get(Impl::Bare),
-                "bare",
+                get(peer),
+                peer_name,
                 true,
-                0.5,
+                want,
             ));
         }
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
 
-use crate::common::{idle_pause, rss_bytes, Latch, Latencies};
+use crate::common::{idle_pause, noop, rss_bytes, sleep_10ms, Latch, Latencies};
 use crate::Pool;
 
 fn runtime(limit: usize) -> Runtime {
@@ -16,12 +16,6 @@ fn runtime(limit: usize) -> Runtime {
         .max_blocking_threads(limit.max(1))
         .build()
         .unwrap()
-}
-
-fn noop() {}
-
-fn sleep_10ms() {
-    std::thread::sleep(Duration::from_millis(10));
 }
 
 /// `Runtime::spawn_blocking` from a plain thread; completions counted by a latch.
