@@ -1993,6 +1993,22 @@ impl<C: Choices> Interp<C> {
         Ok(())
     }
 
+    /// A versioned struct the library filled in `buf` (pre-filled with 0xAB):
+    /// its `struct_size` says `filled` bytes, and nothing past them changed.
+    fn check_versioned_out(&self, buf: &[u8], filled: usize, function: &str) -> Result<(), String> {
+        ensure!(
+            self,
+            u32::from_ne_bytes(buf[..4].try_into().expect("4")) as usize == filled,
+            "{function}: struct_size is not the bytes filled ({filled})"
+        );
+        ensure!(
+            self,
+            buf[filled..].iter().all(|&b| b == 0xAB),
+            "{function} wrote past struct_size"
+        );
+        Ok(())
+    }
+
     fn op_structs(&mut self) -> Result<(), String> {
         match self.pick(8) {
             0 => {
@@ -2023,16 +2039,7 @@ impl<C: Choices> Interp<C> {
                 self.status("asyncify_stats", got, expect)?;
                 if expect == ASYNCIFY_OK {
                     let filled = (size as usize).min(size_of::<asyncify_pool_stats>());
-                    ensure!(
-                        self,
-                        u32::from_ne_bytes(s[..4].try_into().expect("4")) as usize == filled,
-                        "stats.struct_size not the bytes filled"
-                    );
-                    ensure!(
-                        self,
-                        s[filled..].iter().all(|&b| b == 0xAB),
-                        "stats wrote past struct_size"
-                    );
+                    self.check_versioned_out(&s, filled, "asyncify_stats")?;
                     if filled == size_of::<asyncify_pool_stats>() {
                         // SAFETY: the bytes hold a filled stats struct.
                         let st: asyncify_pool_stats =
@@ -2109,16 +2116,7 @@ impl<C: Choices> Interp<C> {
                 };
                 self.status(function, got, expect)?;
                 if expect == ASYNCIFY_OK {
-                    ensure!(
-                        self,
-                        u32::from_ne_bytes(buf[..4].try_into().expect("4")) as usize == size,
-                        "{function}: struct_size"
-                    );
-                    ensure!(
-                        self,
-                        buf[size..].iter().all(|&b| b == 0xAB),
-                        "{function} wrote past the size"
-                    );
+                    self.check_versioned_out(&buf, size, function)?;
                     if pool_opts {
                         // SAFETY: the bytes hold an initialised options struct.
                         let o: asyncify_pool_options =
