@@ -26,13 +26,6 @@ static int32_t job_task(void *arg, void **out_result)
     return 0;
 }
 
-static int32_t noop_task(void *arg, void **out_result)
-{
-    (void)arg;
-    (void)out_result;
-    return 0;
-}
-
 /* What a task in the child saw. */
 struct seen {
     char k[32];

@@ -38,13 +38,6 @@ static int32_t job_task(void *arg, void **out_result)
     return 0;
 }
 
-static int32_t noop_task(void *arg, void **out_result)
-{
-    (void)arg;
-    (void)out_result;
-    return 0;
-}
-
 static void job_free_arg(void *arg)
 {
     struct job *j = arg;

@@ -358,13 +358,6 @@ static int32_t follow_up_task(void *arg, void **out_result)
     return 0;
 }
 
-static int32_t noop_task(void *arg, void **out_result)
-{
-    (void)arg;
-    (void)out_result;
-    return 0;
-}
-
 static void reentrant_done(void *user_data, asyncify_handle handle, asyncify_status status, void *result,
                            int32_t code)
 {

@@ -95,6 +95,14 @@ static inline void test_fail(const char *file, int line, const char *fmt, ...)
         fflush(stdout);                                                                            \
     } while (0)
 
+/* A work function that does nothing and succeeds. */
+static inline int32_t noop_task(void *arg, void **out_result)
+{
+    (void)arg;
+    (void)out_result;
+    return 0;
+}
+
 static inline int64_t now_ms(void)
 {
     struct timespec ts;
