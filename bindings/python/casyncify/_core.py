@@ -297,6 +297,19 @@ class _Call:
         self.abandoned = False
         self.pool = pool  # keeps the Pool object alive while the call is pending
 
+    def outcome(self):
+        """The call's result, or its exception re-raised (the same object)."""
+        exc = self.exc
+        if exc is not None:
+            # Dropped from the record and this frame before it propagates: the
+            # traceback keeps the frame, which must not hold it in a cycle.
+            self.exc = None
+            try:
+                raise exc
+            finally:
+                exc = None
+        return self.result
+
 
 _calls: dict[int, _Call] = {}
 _ids = itertools.count(1)
@@ -897,14 +910,7 @@ async def _call_async(pool: Pool | None, fn: Callable, args: tuple, kwargs: dict
         rec.abandoned = True
         plib.asyncify_cancel(handle)
         raise
-    exc = rec.exc
-    if exc is not None:
-        rec.exc = None
-        try:
-            raise exc
-        finally:
-            exc = None
-    return rec.result
+    return rec.outcome()
 
 
 def asyncify(fn: Callable | None = None, *, pool: Pool | None = None) -> Callable:
@@ -946,14 +952,7 @@ def call(fn: Callable, /, *args: Any, **kwargs: Any) -> Any:
     finally:
         _calls.pop(cid, None)
     check(status)
-    exc = rec.exc
-    if exc is not None:
-        rec.exc = None
-        try:
-            raise exc
-        finally:
-            exc = None
-    return rec.result
+    return rec.outcome()
 
 
 # ---------------------------------------------------------------------------
