@@ -80,6 +80,10 @@ THREAD_HOOK = CFUNCTYPE(None, c_void_p)
 #: void *(*asyncify_clone_fn)(void *ptr)
 CLONE_FN = CFUNCTYPE(c_void_p, c_void_p)
 
+#: int32_t (*asyncify_visit_fn)(void *user_data, const char *key, size_t key_len,
+#:                               int32_t is_ptr, const void *value, size_t len)
+VISIT_FN = CFUNCTYPE(c_int32, c_void_p, c_void_p, c_size_t, c_int32, c_void_p, c_size_t)
+
 # The binding's own callbacks are declared with ``void *`` where the header has
 # ``void **``: same ABI, and ctypes then hands Python a plain int instead of
 # building a pointer object on every call.
@@ -115,6 +119,7 @@ class PoolOptions(Structure):
         ("on_thread_start", THREAD_HOOK),
         ("on_thread_stop", THREAD_HOOK),
         ("hook_data", c_void_p),
+        ("stack_size", c_size_t),  # since 0.2
     ]
 
 
@@ -190,6 +195,11 @@ SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "asyncify_context_without": (_S, [_P, c_char_p, _PP]),
     "asyncify_context_run": (_S, [_P, WORK_FN, c_void_p, _PP, POINTER(c_int32)]),
     "asyncify_context_free": (_S, [_P]),
+    "asyncify_context_get": (_S, [_P, c_char_p, c_void_p, c_size_t, POINTER(c_size_t)]),
+    "asyncify_context_get_ptr": (_S, [_P, c_char_p, _PP]),
+    "asyncify_context_get_ptr_ex": (_S, [_P, c_char_p, _PP, _PP]),
+    "asyncify_context_count": (_S, [_P, POINTER(c_size_t)]),
+    "asyncify_context_visit": (_S, [_P, VISIT_FN, c_void_p]),
     # completion queues
     "asyncify_cq_new": (_S, [_PP]),
     "asyncify_cq_fd": (_S, [_P, POINTER(c_int32)]),
@@ -202,6 +212,7 @@ SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "asyncify_pool_new_ex": (_S, [POINTER(PoolOptions), _PP]),
     "asyncify_stats": (_S, [_P, POINTER(PoolStats)]),
     "asyncify_pool_free": (_S, [_P, ctypes.c_int64]),
+    "asyncify_pool_close": (_S, [_P, ctypes.c_int64]),
     "asyncify_shutdown": (_S, [ctypes.c_int64]),
     "asyncify_set_max_workers": (_S, [_P, c_uint32]),
     "asyncify_get_max_workers": (_S, [_P, POINTER(c_uint32)]),
@@ -215,6 +226,13 @@ SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "asyncify_cancel": (_S, [c_uint64]),
     "asyncify_cancel_requested": (c_bool, []),
 }
+
+#: Functions added in 0.2: a 0.1 library without them still loads; ``has(name)``
+#: says whether the loaded one has them (the binding then does without).
+SINCE_0_2 = frozenset({
+    "asyncify_context_get", "asyncify_context_get_ptr", "asyncify_context_get_ptr_ex",
+    "asyncify_context_count", "asyncify_context_visit", "asyncify_pool_close",
+})  # fmt: skip
 
 # The binding submits its own work callback, declared with WORK_FN_FAST; the
 # argument type of asyncify_submit / asyncify_context_run must accept it.
@@ -263,7 +281,7 @@ def _load() -> tuple[ctypes.CDLL, ctypes.PyDLL, str]:
         except OSError as e:
             tried.append(f"  {path} ({origin}): {e}")
             continue
-        missing = [n for n in SIGNATURES if not hasattr(c, n)]
+        missing = [n for n in SIGNATURES if n not in SINCE_0_2 and not hasattr(c, n)]
         if missing:
             tried.append(f"  {path} ({origin}): not an asyncify library (missing {', '.join(missing)})")
             continue
@@ -276,7 +294,14 @@ def _load() -> tuple[ctypes.CDLL, ctypes.PyDLL, str]:
 
 lib, plib, library_path = _load()
 
+def has(name: str) -> bool:
+    """Whether the loaded library exports ``name``."""
+    return hasattr(lib, name)
+
+
 for _name, (_restype, _argtypes) in SIGNATURES.items():
+    if not has(_name):
+        continue
     for _h in (lib, plib):
         _f = getattr(_h, _name)
         _f.restype = _restype

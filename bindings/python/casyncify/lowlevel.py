@@ -26,6 +26,7 @@ from ._ffi import (  # noqa: F401 - re-exported
     DONE_FN,
     FREE_FN,
     THREAD_HOOK,
+    VISIT_FN,
     WORK_FN,
     Completion,
     PoolOptions,
@@ -266,6 +267,48 @@ def context_free(ctx: int) -> None:
     check(plib.asyncify_context_free(ctx))
 
 
+def context_get(ctx: int, key: str) -> bytes:
+    """``asyncify_context_get``: the bytes of ``key`` in ``ctx`` (``NotFoundError`` if
+    absent, ``InvalidArgumentError`` for a pointer value)."""
+    kb = _key(key)
+    return _copy_out(lambda buf, cap, n: plib.asyncify_context_get(ctx, kb, buf, cap, n))
+
+
+def context_get_ptr(ctx: int, key: str) -> int:
+    """``asyncify_context_get_ptr``: the address stored under ``key`` in ``ctx``."""
+    out = c_void_p()
+    check(plib.asyncify_context_get_ptr(ctx, _key(key), byref(out)))
+    return out.value or 0
+
+
+def context_get_ptr_ex(ctx: int, key: str) -> tuple[int, int]:
+    """``asyncify_context_get_ptr_ex``: ``(address, release function address or 0)``."""
+    out = c_void_p()
+    rel = c_void_p()
+    check(plib.asyncify_context_get_ptr_ex(ctx, _key(key), byref(out), byref(rel)))
+    return out.value or 0, rel.value or 0
+
+
+def context_count(ctx: int) -> int:
+    """``asyncify_context_count``: the number of keys in ``ctx``."""
+    n = c_size_t()
+    check(plib.asyncify_context_count(ctx, byref(n)))
+    return n.value
+
+
+def context_visit(ctx: int) -> list[tuple[str, bytes | int]]:
+    """``asyncify_context_visit``: ``[(key, bytes value or pointer address), ...]`` in key order."""
+    items: list[tuple[str, bytes | int]] = []
+
+    def visit(_data, key, key_len, is_ptr, value, length):
+        name = ctypes.string_at(key, key_len).decode("utf-8", "surrogateescape")
+        items.append((name, (value or 0) if is_ptr else ctypes.string_at(value, length) if length else b""))
+        return 0
+
+    check(lib.asyncify_context_visit(ctx, VISIT_FN(visit), None))
+    return items
+
+
 # -- completion queues ------------------------------------------------------------
 
 
@@ -337,6 +380,12 @@ def stats(pool: int | None = None) -> PoolStats:
 def pool_free(pool: int, timeout: float | None = None) -> bool:
     """``asyncify_pool_free``: True (``OK``) or False (``TIMEOUT``: some still run)."""
     return check(lib.asyncify_pool_free(pool, _ms(timeout))) == OK
+
+
+def pool_close(pool: int, timeout: float | None = None) -> bool:
+    """``asyncify_pool_close``: begins the shutdown and waits without freeing; True
+    (``OK``: quiet and joined) or False (``TIMEOUT``); may be called again."""
+    return check(lib.asyncify_pool_close(pool, _ms(timeout))) == OK
 
 
 def shutdown(timeout: float | None = None) -> bool:

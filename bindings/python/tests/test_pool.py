@@ -200,3 +200,24 @@ def test_low_level_task_round_trip():
     assert ll.poll(h)[0] == ll.CANCELLED
     ll.release(h)
     assert ll.pool_free(pool, 1) is True
+
+
+@pytest.mark.skipif(not casyncify._ffi.has("asyncify_context_visit"), reason="a 0.1 library")
+def test_low_level_context_readers_and_pool_close():
+    ctx = ll.context_with(ll.context_empty(), "b", b"bytes")
+    ctx2 = ll.context_with_ptr(ctx, "a", 0x1234)
+    try:
+        assert ll.context_count(ctx2) == 2
+        assert ll.context_get(ctx2, "b") == b"bytes"
+        assert ll.context_get_ptr(ctx2, "a") == 0x1234
+        assert ll.context_get_ptr_ex(ctx2, "a") == (0x1234, 0)
+        assert ll.context_visit(ctx2) == [("a", 0x1234), ("b", b"bytes")]
+        with pytest.raises(casyncify.NotFoundError):
+            ll.context_get(ctx2, "c")
+    finally:
+        ll.context_free(ctx2)
+        ll.context_free(ctx)
+    pool = ll.pool_new(1)
+    assert ll.pool_close(pool, 1) is True  # quiet: joined; callable again
+    assert ll.pool_close(pool, 1) is True
+    assert ll.pool_free(pool, 0) is True
