@@ -23,9 +23,9 @@
 #include <stdint.h>
 
 #define ASYNCIFY_VERSION_MAJOR 0
-#define ASYNCIFY_VERSION_MINOR 1
+#define ASYNCIFY_VERSION_MINOR 2
 #define ASYNCIFY_VERSION_PATCH 0
-#define ASYNCIFY_VERSION_STRING "0.1.0"
+#define ASYNCIFY_VERSION_STRING "0.2.0"
 
 
 /*
@@ -81,6 +81,19 @@ typedef void (*asyncify_free_fn)(void *ptr);
  It may store a result in `*out_result`.
  */
 typedef int32_t (*asyncify_work_fn)(void *arg, void **out_result);
+
+/*
+ Called by `asyncify_context_visit` once per key: `key` is NUL-terminated
+ and `key_len` bytes long; a bytes value is `len` bytes at `value`, a
+ pointer value (`is_ptr` 1) is `value` itself with `len` 0. Everything
+ passed is valid only during the call. Return non-zero to stop.
+ */
+typedef int32_t (*asyncify_visit_fn)(void *user_data,
+                                     const char *key,
+                                     size_t key_len,
+                                     int32_t is_ptr,
+                                     const void *value,
+                                     size_t len);
 
 /*
  A task's handle: a generation-checked id; 0 is never valid.
@@ -159,6 +172,13 @@ typedef struct asyncify_pool_options {
    Passed to the hooks.
    */
   void *hook_data;
+  /*
+   The stack size of each worker thread in bytes; 0: the platform's
+   default for new threads (on glibc it follows `RLIMIT_STACK`, 8 MiB on
+   most systems), so code recurses on a worker as on any other thread.
+   Below `PTHREAD_STACK_MIN`: `ASYNCIFY_E_INVALID_ARGUMENT`. (Since 0.2.)
+   */
+  size_t stack_size;
 } asyncify_pool_options;
 
 /*
@@ -419,6 +439,51 @@ asyncify_status asyncify_context_run(const struct asyncify_context *ctx,
 asyncify_status asyncify_context_free(struct asyncify_context *ctx);
 
 /*
+ Like `asyncify_override_get`, reading `ctx` instead of the calling
+ thread's table (the global layer is not consulted): copies the bytes value
+ of `key` to `buf` and its length to `*out_len`; `ASYNCIFY_E_NOT_FOUND`
+ when absent, `ASYNCIFY_E_BUFFER_TOO_SMALL` (with `*out_len` set) when it
+ does not fit, `ASYNCIFY_E_INVALID_ARGUMENT` for a pointer value. (Since 0.2.)
+ */
+asyncify_status asyncify_context_get(const struct asyncify_context *ctx,
+                                     const char *key,
+                                     void *buf,
+                                     size_t cap,
+                                     size_t *out_len);
+
+/*
+ Like `asyncify_override_get_ptr`, reading `ctx`: writes the pointer value
+ of `key` to `*out`. It stays valid while `ctx` (or another holder) keeps
+ the value. (Since 0.2.)
+ */
+asyncify_status asyncify_context_get_ptr(const struct asyncify_context *ctx,
+                                         const char *key,
+                                         void **out);
+
+/*
+ Like `asyncify_context_get_ptr`, and also writes the value's release
+ function (NULL if none) to `*out_release`. (Since 0.2.)
+ */
+asyncify_status asyncify_context_get_ptr_ex(const struct asyncify_context *ctx,
+                                            const char *key,
+                                            void **out,
+                                            asyncify_free_fn *out_release);
+
+/*
+ Writes the number of keys in `ctx` to `*out`. (Since 0.2.)
+ */
+asyncify_status asyncify_context_count(const struct asyncify_context *ctx, size_t *out);
+
+/*
+ Calls `fn` once per key of `ctx`, in key order, on this thread and with no
+ lock held (a context never changes, so `fn` may use the library freely),
+ until `fn` returns non-zero. (Since 0.2.)
+ */
+asyncify_status asyncify_context_visit(const struct asyncify_context *ctx,
+                                       asyncify_visit_fn fn,
+                                       void *user_data);
+
+/*
  Creates a completion queue. Free it with `asyncify_cq_free`.
  */
 asyncify_status asyncify_cq_new(struct asyncify_cq **out);
@@ -505,11 +570,25 @@ asyncify_status asyncify_stats(struct asyncify_pool *pool, struct asyncify_pool_
  Shuts the pool down and frees it: new submissions get
  `ASYNCIFY_E_SHUT_DOWN`, queued tasks are cancelled (on this thread), and
  running callables are waited for up to `timeout_ms` (< 0: forever) with
- every callback they cause. Returns `OK`, or `TIMEOUT` if some still run
- (they finish on their own). Always consumes `pool`, except from a worker
+ every callback they cause and the exit of every worker thread. Returns
+ `OK` once the workers are joined, or `TIMEOUT` if some still run (they
+ finish on their own and their threads free themselves). Always consumes `pool`, except from a worker
  thread of that pool: `ASYNCIFY_E_WOULD_DEADLOCK`, and nothing is freed.
  */
-asyncify_status asyncify_pool_free(struct asyncify_pool *pool, int64_t timeout_ms);
+asyncify_status asyncify_pool_free(struct asyncify_pool *pool,
+                                   int64_t timeout_ms);
+
+/*
+ Begins the shutdown of `pool` as `asyncify_pool_free` does (new
+ submissions get `ASYNCIFY_E_SHUT_DOWN`, queued tasks are cancelled on this
+ thread) and waits up to `timeout_ms` (< 0: forever) without freeing it.
+ Returns `OK` once no callable runs and every worker thread has left and
+ been joined, `TIMEOUT` before that; it may be called again (waiting in
+ short slices lets a caller handle signals between them). From a worker
+ thread of that pool: `ASYNCIFY_E_WOULD_DEADLOCK`. After `OK`,
+ `asyncify_pool_free` frees at once. (Since 0.2.)
+ */
+asyncify_status asyncify_pool_close(struct asyncify_pool *pool, int64_t timeout_ms);
 
 /*
  Shuts the default pool down, as `asyncify_pool_free` does (without freeing

@@ -63,7 +63,7 @@ pub enum WaitEnd {
 impl CompletionQueue {
     /// A new, empty queue.
     pub fn new() -> io::Result<CompletionQueue> {
-        let fd = crate::ffi::sys::eventfd()?;
+        let fd = crate::sys::eventfd()?;
         let signal = File::from(fd);
         Ok(CompletionQueue {
             fd: signal.as_raw_fd(),

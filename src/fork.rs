@@ -30,7 +30,7 @@ pub(crate) fn watch() {
     REGISTERED.call_once(|| {
         // Without the handlers a fork can still hang a child; there is
         // nothing better to do than go on, as before this library existed.
-        let _ = crate::ffi::sys::at_fork(prepare, parent, child);
+        let _ = crate::sys::at_fork(prepare, parent, child);
     });
 }
 

@@ -22,6 +22,7 @@ pub mod overrides;
 pub mod pool;
 mod spin;
 pub mod status;
+mod sys;
 pub mod table;
 pub mod task;
 

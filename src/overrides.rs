@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use arc_swap::ArcSwap;
 use once_cell::sync::Lazy;
 
+use crate::sys::LeakAtExit;
 use crate::table::{Table, Value};
 
 /// Why a scope could not be exited.
@@ -79,7 +80,7 @@ impl Frame {
 }
 
 thread_local! {
-    static CURRENT: RefCell<Frame> = RefCell::new(Frame::default());
+    static CURRENT: LeakAtExit<RefCell<Frame>> = LeakAtExit::new(RefCell::new(Frame::default()));
 }
 
 static NEXT_SCOPE_TOKEN: AtomicU64 = AtomicU64::new(1);
@@ -208,6 +209,14 @@ pub fn clear() {
         let local = frame.extra.as_mut().map(|e| std::mem::take(&mut e.local));
         (std::mem::take(&mut frame.table), local)
     });
+    drop(old);
+}
+
+/// Drops everything the calling thread has set (its table, local keys and
+/// scopes) and returns once their release functions have: a worker does this
+/// before its stop hook, so no value of its own outlives the hook.
+pub fn drop_thread_frame() {
+    let old = with_frame(std::mem::take);
     drop(old);
 }
 

@@ -15,16 +15,17 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use once_cell::sync::OnceCell;
 
 use crate::handles::fork_epoch;
+use crate::overrides;
 use crate::spin;
 use crate::status::Error;
+use crate::sys::{self, ForeignCall, LeakAtExit, Thread, ThreadBody};
 use crate::table::Table;
-use crate::task::{from_handle_error, tasks, Task, TaskSpec};
+use crate::task::{from_handle_error, tasks, Running, Task, TaskSpec};
 
 /// The limit of the default pool unless `ASYNCIFY_MAX_WORKERS` says otherwise.
 pub const DEFAULT_MAX_WORKERS: u32 = 8;
@@ -55,6 +56,8 @@ pub struct PoolOptions {
     pub on_thread_stop: Option<ThreadHook>,
     /// Passed to the hooks (an address, as the C caller gave it).
     pub hook_data: usize,
+    /// Each worker's stack in bytes; 0: the platform's default for new threads.
+    pub stack_size: usize,
 }
 
 impl Default for PoolOptions {
@@ -68,6 +71,7 @@ impl Default for PoolOptions {
             on_thread_start: None,
             on_thread_stop: None,
             hook_data: 0,
+            stack_size: 0,
         }
     }
 }
@@ -99,6 +103,12 @@ struct State {
     /// Idle workers spinning on `wakeups` before they park.
     spinning: u32,
     shut_down: bool,
+    /// Workers that have left and wait to be joined (by the next worker
+    /// start or a shutdown).
+    exited: Vec<Thread>,
+    /// The pool's owner let go of it before every worker had left: nobody
+    /// will join the rest, so each detaches itself as it leaves.
+    orphaned: bool,
 }
 
 /// Counters, exact when the pool is quiet.
@@ -155,7 +165,8 @@ pub struct Pool {
 
 thread_local! {
     /// The pool whose worker this thread is.
-    static WORKER_OF: RefCell<Option<Arc<PoolShared>>> = const { RefCell::new(None) };
+    static WORKER_OF: LeakAtExit<RefCell<Option<Arc<PoolShared>>>> =
+        const { LeakAtExit::new(RefCell::new(None)) };
 }
 
 fn on_worker_of(pool: &Arc<PoolShared>) -> bool {
@@ -207,20 +218,30 @@ impl PoolShared {
         spawn
     }
 
-    /// Starts `n` workers; returns how many could not be started.
+    /// Starts `n` workers; returns how many could not be started. Joins the
+    /// workers that left since the last start first.
     fn spawn_workers(self: &Arc<Self>, n: u32) -> u32 {
+        if n == 0 {
+            return 0;
+        }
+        let exited = std::mem::take(&mut self.lock().exited);
+        exited.into_iter().for_each(Thread::join);
         let mut failed = 0;
         for _ in 0..n {
-            let shared = self.clone();
             let number = {
                 let mut st = self.lock();
                 st.spawned += 1;
                 st.spawned
             };
-            let spawned = thread::Builder::new()
-                .name(worker_name(&self.options.thread_name, number))
-                .spawn(move || worker_main(shared));
-            if spawned.is_err() {
+            let worker = Worker {
+                shared: self.clone(),
+                step: Step::Start,
+                running: None,
+                timed_out: false,
+                may_spin: true,
+            };
+            let name = worker_name(&self.options.thread_name, number);
+            if sys::spawn_thread(worker, self.options.stack_size, &name).is_err() {
                 // The threads that exist keep serving the queue; a later
                 // submit or finish tries again.
                 failed += 1;
@@ -244,12 +265,15 @@ impl PoolShared {
         }
     }
 
-    /// No callable runs, and, where worker threads run hooks, no worker is
-    /// left to run one: nothing of this pool can call user code any more.
-    /// (Without hooks an idle worker leaves silently, so it is not waited for.)
+    fn has_thread_hooks(&self) -> bool {
+        self.options.on_thread_start.is_some() || self.options.on_thread_stop.is_some()
+    }
+
+    /// No callable runs and no worker thread is left (each has run its stop
+    /// hook and is about to end): nothing of this pool can call user code any
+    /// more, and the workers can be joined.
     fn is_quiet(&self, st: &State) -> bool {
-        let hooks = self.options.on_thread_start.is_some() || self.options.on_thread_stop.is_some();
-        st.busy == 0 && st.abandoned_off_limit == 0 && !(hooks && st.threads + st.leaving > 0)
+        st.busy == 0 && st.abandoned_off_limit == 0 && st.threads + st.leaving == 0
     }
 
     /// After a worker could not be started for the task `handle`: when the pool has no
@@ -350,73 +374,141 @@ fn worker_name(prefix: &str, number: u64) -> String {
     format!("{}{suffix}", &prefix[..end])
 }
 
-fn worker_main(shared: Arc<PoolShared>) {
-    WORKER_OF.with(|w| *w.borrow_mut() = Some(shared.clone()));
-    let hook_data = shared.options.hook_data as *mut std::ffi::c_void;
-    if let Some(start) = shared.options.on_thread_start {
-        start(hook_data);
-    }
-    let mut st = shared.lock();
-    st.starting -= 1;
-    let mut timed_out = false;
-    let mut may_spin = true;
-    loop {
-        if let Some((task, snapshot)) = PoolShared::take_next(&mut st) {
-            drop(st);
-            task.run(snapshot);
-            let slot_given_back = task.slot_given_back();
-            drop(task);
-            st = shared.lock();
-            if slot_given_back {
-                st.abandoned_off_limit -= 1;
-                shared.notify_if_quiet(&st);
-            } else {
-                shared.release_slot(&mut st);
+/// A worker thread's life, one step per call into user code (see
+/// [`ThreadBody`]): the start hook, then tasks, then the stop hook.
+struct Worker {
+    shared: Arc<PoolShared>,
+    step: Step,
+    /// The task whose work function the thread is running.
+    running: Option<(Arc<Task>, Running)>,
+    timed_out: bool,
+    may_spin: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Start,
+    Serve,
+    Stop,
+    Gone,
+}
+
+impl ThreadBody for Worker {
+    fn next(&mut self) -> ForeignCall {
+        let hook_data = self.shared.options.hook_data as *mut std::ffi::c_void;
+        loop {
+            match self.step {
+                Step::Start => {
+                    WORKER_OF.with(|w| *w.borrow_mut() = Some(self.shared.clone()));
+                    self.step = Step::Serve;
+                    self.shared.lock().starting -= 1;
+                    if let Some(start) = self.shared.options.on_thread_start {
+                        return ForeignCall::Hook(start, hook_data);
+                    }
+                }
+                Step::Serve => {
+                    if let Some(task) = self.serve() {
+                        let (work, arg) = task.work();
+                        return ForeignCall::Work(work, arg);
+                    }
+                    // Leaving. What code on this thread set outside any task
+                    // goes first, while the stop hook has not run yet.
+                    overrides::drop_thread_frame();
+                    sys::retire_thread();
+                    self.step = Step::Stop;
+                    if let Some(stop) = self.shared.options.on_thread_stop {
+                        return ForeignCall::Hook(stop, hook_data);
+                    }
+                }
+                Step::Stop => {
+                    self.leave();
+                    self.step = Step::Gone;
+                }
+                Step::Gone => return ForeignCall::Exit,
             }
-            timed_out = false;
-            may_spin = true;
-            continue;
         }
-        if st.shut_down || st.threads - st.abandoned_off_limit > st.limit || timed_out {
-            // Leave the count at once: a submit or a raise of the limit from
-            // now on starts a new worker instead of counting on this one.
-            st.threads -= 1;
-            st.leaving += 1;
-            break;
-        }
-        if may_spin && st.spinning < spin::max_spinners() && spin::enabled() {
-            // Watch for a submission briefly before parking; the submitter
-            // counts this worker as coming and skips the wake-up.
-            may_spin = false;
-            st.spinning += 1;
-            let seen = shared.wakeups.load(Ordering::Acquire);
-            drop(st);
-            spin::spin_until(|| shared.wakeups.load(Ordering::Acquire) != seen);
-            st = shared.lock();
-            st.spinning -= 1;
-            continue;
-        }
-        may_spin = true;
-        st.sleeping += 1;
-        let (guard, wait) = shared
-            .work_ready
-            .wait_timeout(st, shared.options.keep_alive)
-            .unwrap_or_else(|e| e.into_inner());
-        st = guard;
-        st.sleeping -= 1;
-        st.signalled = st.signalled.saturating_sub(1);
-        timed_out = wait.timed_out();
     }
-    drop(st);
-    if let Some(stop) = shared.options.on_thread_stop {
-        stop(hook_data);
+
+    fn finish(&mut self, code: i32, result: *mut std::ffi::c_void) {
+        let Some((task, running)) = self.running.take() else {
+            return; // a hook returned
+        };
+        task.end_run(running, code, result);
+        let slot_given_back = task.slot_given_back();
+        drop(task);
+        let shared = &self.shared;
+        let mut st = shared.lock();
+        if slot_given_back {
+            st.abandoned_off_limit -= 1;
+            shared.notify_if_quiet(&st);
+        } else {
+            shared.release_slot(&mut st);
+        }
+        self.timed_out = false;
+        self.may_spin = true;
     }
-    WORKER_OF.with(|w| w.borrow_mut().take());
-    // Only now is this worker gone: a shutdown waits for that, so no hook of
-    // the pool runs after it returned OK.
-    let mut st = shared.lock();
-    st.leaving -= 1;
-    shared.notify_if_quiet(&st);
+}
+
+impl Worker {
+    /// Waits for a task and starts it (installing its table); None when the
+    /// worker should leave.
+    fn serve(&mut self) -> Option<Arc<Task>> {
+        let shared = self.shared.clone();
+        let mut st = shared.lock();
+        loop {
+            if let Some((task, snapshot)) = PoolShared::take_next(&mut st) {
+                drop(st);
+                let running = task.begin_run(snapshot);
+                self.running = Some((task.clone(), running));
+                return Some(task);
+            }
+            if st.shut_down || st.threads - st.abandoned_off_limit > st.limit || self.timed_out {
+                // Leave the count at once: a submit or a raise of the limit from
+                // now on starts a new worker instead of counting on this one.
+                st.threads -= 1;
+                st.leaving += 1;
+                return None;
+            }
+            if self.may_spin && st.spinning < spin::max_spinners() && spin::enabled() {
+                // Watch for a submission briefly before parking; the submitter
+                // counts this worker as coming and skips the wake-up.
+                self.may_spin = false;
+                st.spinning += 1;
+                let seen = shared.wakeups.load(Ordering::Acquire);
+                drop(st);
+                spin::spin_until(|| shared.wakeups.load(Ordering::Acquire) != seen);
+                st = shared.lock();
+                st.spinning -= 1;
+                continue;
+            }
+            self.may_spin = true;
+            st.sleeping += 1;
+            let (guard, wait) = shared
+                .work_ready
+                .wait_timeout(st, shared.options.keep_alive)
+                .unwrap_or_else(|e| e.into_inner());
+            st = guard;
+            st.sleeping -= 1;
+            st.signalled = st.signalled.saturating_sub(1);
+            self.timed_out = wait.timed_out();
+        }
+    }
+
+    /// The stop hook has returned: only now is this worker gone, so a
+    /// shutdown that saw it go has no hook of the pool left to wait for. The
+    /// thread is handed to whoever joins the pool's workers, or detaches
+    /// itself when nobody will.
+    fn leave(&mut self) {
+        WORKER_OF.with(|w| w.borrow_mut().take());
+        let mut st = self.shared.lock();
+        if st.orphaned {
+            Thread::current().detach();
+        } else {
+            st.exited.push(Thread::current());
+        }
+        st.leaving -= 1;
+        self.shared.notify_if_quiet(&st);
+    }
 }
 
 /// When the calling thread is a worker of `task`'s pool and `task` is still
@@ -463,6 +555,8 @@ impl Pool {
                     starting: 0,
                     spinning: 0,
                     shut_down: false,
+                    exited: Vec::new(),
+                    orphaned: false,
                 }),
                 work_ready: Condvar::new(),
                 quiet: Condvar::new(),
@@ -541,8 +635,8 @@ impl Pool {
 
     /// Refuses new submissions, cancels queued tasks (on this thread), and
     /// waits up to `timeout` (None: forever) for running callables, their
-    /// callbacks and, when the pool has thread hooks, the exit of every worker
-    /// (its stop hook included). Returns true when none is left. From a worker of this pool
+    /// callbacks and the exit of every worker (its stop hook included), then
+    /// joins the workers. Returns true when none is left; may be called again. From a worker of this pool
     /// it would wait for itself: [`Error::WouldDeadlock`], nothing changes.
     pub fn shutdown(&self, timeout: Option<Duration>) -> Result<bool, Error> {
         let shared = &self.shared;
@@ -563,7 +657,13 @@ impl Pool {
         // every worker thread: its stop hook is a callback of this pool too.
         let mut st = shared.lock();
         while !shared.is_quiet(&st) {
-            st = match deadline {
+            // Idle workers of a pool without hooks run no user code on their
+            // way out and leave as soon as they wake: they are waited for
+            // whatever the timeout, so that an idle pool shuts down with OK
+            // (joined) even with a timeout of 0.
+            let only_idle_workers_left =
+                st.busy == 0 && st.abandoned_off_limit == 0 && !shared.has_thread_hooks();
+            st = match deadline.filter(|_| !only_idle_workers_left) {
                 None => shared.quiet.wait(st).unwrap_or_else(|e| e.into_inner()),
                 Some(d) => {
                     let now = Instant::now();
@@ -578,6 +678,9 @@ impl Pool {
                 }
             };
         }
+        let exited = std::mem::take(&mut st.exited);
+        drop(st);
+        exited.into_iter().for_each(Thread::join);
         Ok(true)
     }
 }
@@ -588,6 +691,14 @@ impl Drop for Pool {
         // a worker of this pool this is refused, and the queue drains as the
         // workers run it.
         let _ = self.shutdown(Some(Duration::ZERO));
+        // Workers still there finish on their own and detach themselves; the
+        // ones that already left are joined here.
+        let exited = {
+            let mut st = self.shared.lock();
+            st.orphaned = true;
+            std::mem::take(&mut st.exited)
+        };
+        exited.into_iter().for_each(Thread::join);
     }
 }
 

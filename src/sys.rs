@@ -1,8 +1,15 @@
-//! The few operating-system calls the engine needs that std does not offer.
-//! They live here because this folder holds the crate's whole unsafe surface.
+//! The operating-system calls the engine needs that std does not offer: the
+//! completion queue's eventfd, the fork handlers, and the worker threads
+//! (started with `pthread_create` so that a foreign unwind out of a work
+//! function is sound; see [`ThreadBody`]). The only OS-specific module.
 
+use std::cell::Cell;
+use std::ffi::{c_void, CString};
 use std::io;
+use std::mem::{ManuallyDrop, MaybeUninit};
+use std::ops::Deref;
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::panic::AssertUnwindSafe;
 
 /// A non-blocking, close-on-exec eventfd with a count of 0.
 pub(crate) fn eventfd() -> io::Result<OwnedFd> {
@@ -29,4 +36,249 @@ pub(crate) fn at_fork(
     } else {
         Err(io::Error::from_raw_os_error(rc))
     }
+}
+
+/// The smallest stack a thread may be given (`PTHREAD_STACK_MIN`).
+pub(crate) fn min_stack_size() -> usize {
+    libc::PTHREAD_STACK_MIN
+}
+
+/// What a thread started by [`spawn_thread`] does: it asks for the next
+/// foreign call, makes it, reports back, until told to exit.
+///
+/// Every call into the embedding program's code that may end the thread
+/// (`pthread_exit`, which an interpreter's finalization uses on threads that
+/// try to re-enter it) is made from the thread's start routine itself, whose
+/// frame then holds nothing to drop: the forced unwind crosses only that
+/// frame (a plain old frame of a `C-unwind` function, which RFC 2945 defines)
+/// and foreign ones, never a Rust frame with pending destructors, and never a
+/// `catch_unwind` or an `extern "C"` frame (both abort on a foreign unwind).
+pub(crate) trait ThreadBody: Send + 'static {
+    /// The next call to make. Runs engine code only.
+    fn next(&mut self) -> ForeignCall;
+    /// After the call made for [`ThreadBody::next`] returned `code` and `result`.
+    fn finish(&mut self, code: i32, result: *mut c_void);
+}
+
+/// A call into the embedding program, made by the thread's start routine.
+#[derive(Clone, Copy)]
+pub(crate) enum ForeignCall {
+    /// A work function: `code = work(arg, &result)`.
+    Work(WorkFn, *mut c_void),
+    /// A thread hook: `hook(data)`, then `finish(0, NULL)`.
+    Hook(extern "C" fn(*mut c_void), *mut c_void),
+    /// The thread returns (its body is dropped first).
+    Exit,
+}
+
+type WorkFn = extern "C" fn(*mut c_void, *mut *mut c_void) -> i32;
+type UnwindingWorkFn = extern "C-unwind" fn(*mut c_void, *mut *mut c_void) -> i32;
+type UnwindingHook = extern "C-unwind" fn(*mut c_void);
+
+thread_local! {
+    /// True while this thread is inside a foreign call: if the thread ends
+    /// now, it was ended from there (`pthread_exit`).
+    static IN_FOREIGN_CALL: Cell<bool> = const { Cell::new(false) };
+    /// True once the thread has made its last call into user code (its stop hook).
+    static RETIRED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether a thread-local destructor running now must leak what it holds
+/// instead of dropping it (see [`LeakAtExit`]): the thread was ended inside
+/// a foreign call, or it has retired.
+pub(crate) fn no_user_code_at_exit() -> bool {
+    IN_FOREIGN_CALL.try_with(Cell::get).unwrap_or(true)
+        || RETIRED.try_with(Cell::get).unwrap_or(true)
+}
+
+/// From now on this thread runs no user code at its exit: called once its
+/// own table is cleared, right before its stop hook.
+pub(crate) fn retire_thread() {
+    RETIRED.with(|f| f.set(true));
+}
+
+/// A thread-local's value that is leaked, not dropped, when the thread ends
+/// inside a foreign call or after it retired: dropping it could call a
+/// release function into an interpreter that is ending that very thread.
+pub(crate) struct LeakAtExit<T>(ManuallyDrop<T>);
+
+impl<T> LeakAtExit<T> {
+    pub(crate) const fn new(value: T) -> Self {
+        LeakAtExit(ManuallyDrop::new(value))
+    }
+}
+
+impl<T> Deref for LeakAtExit<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> Drop for LeakAtExit<T> {
+    fn drop(&mut self) {
+        if !no_user_code_at_exit() {
+            // SAFETY: dropped once, here; never used again.
+            unsafe { ManuallyDrop::drop(&mut self.0) };
+        }
+    }
+}
+
+/// A joinable thread started by [`spawn_thread`].
+pub(crate) struct Thread(libc::pthread_t);
+
+// SAFETY: a pthread_t is an id any thread may join once.
+unsafe impl Send for Thread {}
+
+impl Thread {
+    /// The calling thread (one started by [`spawn_thread`]).
+    pub(crate) fn current() -> Thread {
+        // SAFETY: pthread_self has no preconditions.
+        Thread(unsafe { libc::pthread_self() })
+    }
+
+    /// Lets the thread free itself when it ends; nobody joins it.
+    pub(crate) fn detach(self) {
+        // SAFETY: a joinable thread's id, detached once (this consumes it).
+        let rc = unsafe { libc::pthread_detach(self.0) };
+        debug_assert_eq!(rc, 0, "pthread_detach");
+    }
+
+    /// Waits for the thread to end and frees what the system kept for it.
+    pub(crate) fn join(self) {
+        // SAFETY: the id came from pthread_create and is joined once (join
+        // consumes it); the thread is joinable (never detached).
+        let rc = unsafe { libc::pthread_join(self.0, std::ptr::null_mut()) };
+        debug_assert_eq!(rc, 0, "pthread_join");
+    }
+}
+
+/// Starts a joinable thread named `name` (at most 15 bytes are kept) with a
+/// stack of `stack_size` bytes (0: the platform's default for new threads)
+/// that runs `body` as [`ThreadBody`] describes.
+pub(crate) fn spawn_thread<B: ThreadBody>(
+    body: B,
+    stack_size: usize,
+    name: &str,
+) -> io::Result<Thread> {
+    let body = Box::into_raw(Box::new(body));
+    let mut attr = MaybeUninit::<libc::pthread_attr_t>::uninit();
+    let mut thread = MaybeUninit::<libc::pthread_t>::uninit();
+    // SAFETY: attr is initialised before use and destroyed after; the start
+    // routine has the C calling convention pthread_create expects ("C-unwind"
+    // only changes what unwinding through it means), and it takes ownership
+    // of `body` only when the thread was created.
+    let rc = unsafe {
+        let rc = libc::pthread_attr_init(attr.as_mut_ptr());
+        if rc != 0 {
+            drop(Box::from_raw(body));
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        let mut rc = 0;
+        if stack_size != 0 {
+            rc = libc::pthread_attr_setstacksize(attr.as_mut_ptr(), stack_size);
+        }
+        if rc == 0 {
+            let start: extern "C-unwind" fn(*mut c_void) -> *mut c_void = thread_start::<B>;
+            rc = libc::pthread_create(
+                thread.as_mut_ptr(),
+                attr.as_ptr(),
+                std::mem::transmute::<
+                    extern "C-unwind" fn(*mut c_void) -> *mut c_void,
+                    extern "C" fn(*mut c_void) -> *mut c_void,
+                >(start),
+                body.cast(),
+            );
+        }
+        libc::pthread_attr_destroy(attr.as_mut_ptr());
+        if rc != 0 {
+            drop(Box::from_raw(body));
+        }
+        rc
+    };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    // SAFETY: pthread_create succeeded, so it wrote the id.
+    let thread = unsafe { thread.assume_init() };
+    if let Ok(name) = CString::new(truncate_name(name)) {
+        // SAFETY: a live thread's id and a NUL-terminated name of at most 15
+        // bytes. A failure only leaves the name unset.
+        unsafe { libc::pthread_setname_np(thread, name.as_ptr()) };
+    }
+    Ok(Thread(thread))
+}
+
+fn truncate_name(name: &str) -> &str {
+    let mut end = name.len().min(15);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
+}
+
+/// The start routine: a plain old frame around every foreign call (see
+/// [`ThreadBody`]). Its locals are a raw pointer and `Copy` values; the
+/// engine's work happens in `next`/`finish`, whose frames have returned
+/// before each foreign call begins.
+extern "C-unwind" fn thread_start<B: ThreadBody>(arg: *mut c_void) -> *mut c_void {
+    let body = arg.cast::<B>();
+    loop {
+        let call = body_next(body);
+        let mut result: *mut c_void = std::ptr::null_mut();
+        let code = match call {
+            ForeignCall::Work(work, arg) => {
+                // SAFETY: the same function with the unwinding ABI string: a
+                // foreign unwind out of it is then defined, not undefined.
+                let work = unsafe { std::mem::transmute::<WorkFn, UnwindingWorkFn>(work) };
+                set_in_foreign_call(true);
+                let code = work(arg, &mut result);
+                set_in_foreign_call(false);
+                code
+            }
+            ForeignCall::Hook(hook, data) => {
+                // SAFETY: as above.
+                let hook = unsafe {
+                    std::mem::transmute::<extern "C" fn(*mut c_void), UnwindingHook>(hook)
+                };
+                set_in_foreign_call(true);
+                hook(data);
+                set_in_foreign_call(false);
+                0
+            }
+            ForeignCall::Exit => break,
+        };
+        body_finish(body, code, result);
+    }
+    body_drop(body);
+    std::ptr::null_mut()
+}
+
+/// A panic in the engine cannot unwind into the thread's C start: it aborts,
+/// as a panic on a `std::thread` with no one to catch it would not, but as
+/// any panic escaping an `extern "C"` function does.
+fn engine_step<R>(f: impl FnOnce() -> R) -> R {
+    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(_) => std::process::abort(),
+    }
+}
+
+fn body_next<B: ThreadBody>(body: *mut B) -> ForeignCall {
+    // SAFETY: `body` is the Box this thread owns until `body_drop`.
+    engine_step(|| unsafe { (*body).next() })
+}
+
+fn body_finish<B: ThreadBody>(body: *mut B, code: i32, result: *mut c_void) {
+    // SAFETY: as above.
+    engine_step(|| unsafe { (*body).finish(code, result) })
+}
+
+fn body_drop<B: ThreadBody>(body: *mut B) {
+    // SAFETY: as above; dropped once, as the loop ends.
+    engine_step(|| drop(unsafe { Box::from_raw(body) }))
+}
+
+fn set_in_foreign_call(inside: bool) {
+    let _ = IN_FOREIGN_CALL.try_with(|f| f.set(inside));
 }

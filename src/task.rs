@@ -36,6 +36,7 @@ use crate::handles::{fork_epoch, HandleError, Registry};
 use crate::overrides::{Frame, Installed};
 use crate::pool::PoolShared;
 use crate::status::*;
+use crate::sys::LeakAtExit;
 use crate::table::Table;
 
 /// The work function: `0` is success, anything else a failure code. It may
@@ -179,7 +180,8 @@ pub struct Task {
 
 thread_local! {
     /// The task whose callable this thread is running, if any.
-    static CURRENT_TASK: RefCell<Option<Arc<Task>>> = const { RefCell::new(None) };
+    static CURRENT_TASK: LeakAtExit<RefCell<Option<Arc<Task>>>> =
+        const { LeakAtExit::new(RefCell::new(None)) };
     /// The address of the task whose `on_done` this thread is running (0:
     /// none). Only compared, never dereferenced.
     static REPORTING: Cell<usize> = const { Cell::new(0) };
@@ -207,8 +209,14 @@ fn free_with(f: Option<FreeFn>, addr: usize) {
     }
 }
 
-/// Makes a task the thread's current task while its callable runs. Declared
-/// after the frame guard in [`Task::run`], so it is dropped first.
+/// A started task's callable is running on this thread: dropping it makes
+/// the thread's previous task current again, then restores its table.
+pub(crate) struct Running {
+    _current: Current,
+    _frame: Installed,
+}
+
+/// Makes a task the thread's current task while its callable runs.
 struct Current {
     previous: Option<Arc<Task>>,
 }
@@ -288,16 +296,36 @@ impl Task {
 
     /// Runs the callable on this thread with `snapshot` installed, restores
     /// the thread, then decides and reports the outcome.
+    /// Runs the started task here (an inline run, contract 5.4).
     pub(crate) fn run(self: &Arc<Self>, snapshot: Table) {
-        let (code, result) = {
-            let _frame = Installed::new(Frame::for_task(&snapshot));
-            drop(snapshot);
-            let _current = Current::new(self);
-            let mut result: *mut c_void = ptr::null_mut();
-            let code = (self.spec.work)(self.spec.arg as *mut c_void, &mut result);
-            (code, result as usize)
-        };
-        self.finish(code, result);
+        let running = self.begin_run(snapshot);
+        let (work, arg) = self.work();
+        let mut result: *mut c_void = ptr::null_mut();
+        let code = work(arg, &mut result);
+        self.end_run(running, code, result);
+    }
+
+    /// The task's work function and argument, for the caller to call between
+    /// [`Task::begin_run`] and [`Task::end_run`].
+    pub(crate) fn work(&self) -> (WorkFn, *mut c_void) {
+        (self.spec.work, self.spec.arg as *mut c_void)
+    }
+
+    /// Installs the task's table and makes it the thread's current task.
+    pub(crate) fn begin_run(self: &Arc<Self>, snapshot: Table) -> Running {
+        let frame = Installed::new(Frame::for_task(&snapshot));
+        drop(snapshot);
+        Running {
+            _current: Current::new(self),
+            _frame: frame,
+        }
+    }
+
+    /// After the work function returned: restores the thread's table and
+    /// completes the task.
+    pub(crate) fn end_run(self: &Arc<Self>, running: Running, code: i32, result: *mut c_void) {
+        drop(running);
+        self.finish(code, result as usize);
     }
 
     fn finish(self: &Arc<Self>, code: i32, result: usize) {

@@ -6,10 +6,10 @@
 //! `asyncify_context_free`; a task submitted with a context keeps its own
 //! reference, so the caller may free its pointer right after `asyncify_submit`.
 
-use std::ffi::{c_char, c_void};
+use std::ffi::{c_char, c_void, CString};
 use std::sync::Arc;
 
-use super::table::asyncify_free_fn;
+use super::table::{asyncify_free_fn, copy_bytes_out, ptr_of};
 use super::task::asyncify_work_fn;
 use super::{bytes_arg, fail, guard, key_arg, required, required_out, write_out, Fail, FfiResult};
 use crate::overrides::{self, Frame, Installed};
@@ -158,6 +158,134 @@ pub extern "C" fn asyncify_context_free(ctx: *mut asyncify_context) -> asyncify_
         // SAFETY: a non-NULL context pointer came from this library and is
         // freed here once (the caller's promise).
         drop(unsafe { Box::from_raw(ctx) });
+        Ok(ASYNCIFY_OK)
+    })
+}
+
+/// The value of `key` in `ctx` (the global layer is not consulted).
+fn context_value(ctx: *const asyncify_context, key: &str) -> Result<Arc<Value>, Fail> {
+    context_ref(ctx)?.table.get(key).cloned().ok_or_else(|| {
+        fail(
+            ASYNCIFY_E_NOT_FOUND,
+            format!("the context has no key \"{key}\""),
+        )
+    })
+}
+
+/// Like `asyncify_override_get`, reading `ctx` instead of the calling
+/// thread's table (the global layer is not consulted): copies the bytes value
+/// of `key` to `buf` and its length to `*out_len`; `ASYNCIFY_E_NOT_FOUND`
+/// when absent, `ASYNCIFY_E_BUFFER_TOO_SMALL` (with `*out_len` set) when it
+/// does not fit, `ASYNCIFY_E_INVALID_ARGUMENT` for a pointer value. (Since 0.2.)
+#[no_mangle]
+pub extern "C" fn asyncify_context_get(
+    ctx: *const asyncify_context,
+    key: *const c_char,
+    buf: *mut c_void,
+    cap: usize,
+    out_len: *mut usize,
+) -> asyncify_status {
+    guard("asyncify_context_get", || {
+        let key = key_arg(key)?;
+        let out_len = required_out(out_len, "out_len")?;
+        if cap > 0 {
+            required_out(buf, "buf (NULL is allowed only with cap 0)")?;
+        }
+        copy_bytes_out(key, &*context_value(ctx, key)?, buf, cap, out_len)
+    })
+}
+
+/// Like `asyncify_override_get_ptr`, reading `ctx`: writes the pointer value
+/// of `key` to `*out`. It stays valid while `ctx` (or another holder) keeps
+/// the value. (Since 0.2.)
+#[no_mangle]
+pub extern "C" fn asyncify_context_get_ptr(
+    ctx: *const asyncify_context,
+    key: *const c_char,
+    out: *mut *mut c_void,
+) -> asyncify_status {
+    guard("asyncify_context_get_ptr", || {
+        let out = required_out(out, "out")?;
+        let key = key_arg(key)?;
+        let (ptr, _) = ptr_of(key, &*context_value(ctx, key)?)?;
+        write_out(out, ptr);
+        Ok(ASYNCIFY_OK)
+    })
+}
+
+/// Like `asyncify_context_get_ptr`, and also writes the value's release
+/// function (NULL if none) to `*out_release`. (Since 0.2.)
+#[no_mangle]
+pub extern "C" fn asyncify_context_get_ptr_ex(
+    ctx: *const asyncify_context,
+    key: *const c_char,
+    out: *mut *mut c_void,
+    out_release: *mut asyncify_free_fn,
+) -> asyncify_status {
+    guard("asyncify_context_get_ptr_ex", || {
+        let out = required_out(out, "out")?;
+        let out_release = required_out(out_release, "out_release")?;
+        let key = key_arg(key)?;
+        let (ptr, release) = ptr_of(key, &*context_value(ctx, key)?)?;
+        write_out(out, ptr);
+        write_out(out_release, release);
+        Ok(ASYNCIFY_OK)
+    })
+}
+
+/// Writes the number of keys in `ctx` to `*out`. (Since 0.2.)
+#[no_mangle]
+pub extern "C" fn asyncify_context_count(
+    ctx: *const asyncify_context,
+    out: *mut usize,
+) -> asyncify_status {
+    guard("asyncify_context_count", || {
+        let out = required_out(out, "out")?;
+        write_out(out, context_ref(ctx)?.table.len());
+        Ok(ASYNCIFY_OK)
+    })
+}
+
+/// Called by `asyncify_context_visit` once per key: `key` is NUL-terminated
+/// and `key_len` bytes long; a bytes value is `len` bytes at `value`, a
+/// pointer value (`is_ptr` 1) is `value` itself with `len` 0. Everything
+/// passed is valid only during the call. Return non-zero to stop.
+pub type asyncify_visit_fn = Option<
+    extern "C" fn(
+        user_data: *mut c_void,
+        key: *const c_char,
+        key_len: usize,
+        is_ptr: i32,
+        value: *const c_void,
+        len: usize,
+    ) -> i32,
+>;
+
+/// Calls `fn` once per key of `ctx`, in key order, on this thread and with no
+/// lock held (a context never changes, so `fn` may use the library freely),
+/// until `fn` returns non-zero. (Since 0.2.)
+#[no_mangle]
+pub extern "C" fn asyncify_context_visit(
+    ctx: *const asyncify_context,
+    r#fn: asyncify_visit_fn,
+    user_data: *mut c_void,
+) -> asyncify_status {
+    guard("asyncify_context_visit", || {
+        let Some(visit) = r#fn else {
+            return Err(fail(ASYNCIFY_E_NULL, "fn is NULL"));
+        };
+        // The entries are this call's own references: `ctx` may be freed by
+        // the callback without pulling them from under the walk.
+        for (key, value) in context_ref(ctx)?.table.entries() {
+            let c_key = CString::new(key.as_bytes()).expect("keys never hold a NUL");
+            let (is_ptr, ptr, len) = match &*value {
+                Value::Bytes(b) => (0, b.as_ptr() as *const c_void, b.len()),
+                Value::Ptr(p) => (1, p.ptr() as *const c_void, 0),
+            };
+            if visit(user_data, c_key.as_ptr(), key.len(), is_ptr, ptr, len) != 0 {
+                break;
+            }
+        }
         Ok(ASYNCIFY_OK)
     })
 }

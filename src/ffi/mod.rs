@@ -24,7 +24,6 @@ pub mod context;
 pub mod cq;
 pub mod error;
 pub mod pool;
-pub(crate) mod sys;
 pub mod table;
 pub mod task;
 
@@ -165,55 +164,83 @@ pub(crate) fn bytes_arg<'a>(ptr: *const u8, len: usize, what: &str) -> Result<&'
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
 }
 
-/// A nullable versioned input struct (its first field a `u32 struct_size`):
-/// `struct_size` at least the first published size (ours), and every byte
-/// beyond the ones this library knows zero.
-pub(crate) fn versioned_arg<'a, T>(ptr: *const T, what: &str) -> Result<Option<&'a T>, Fail> {
+/// A versioned input struct: `#[repr(C)]`, its first field a `u32
+/// struct_size`, new fields only ever appended, and every field's default its
+/// all-zero value (NULL, 0, no function).
+///
+/// # Safety
+/// An all-zero `Self` is valid, and `LAYOUT_ENDS` are true offsets of `Self`.
+pub(crate) unsafe trait Versioned: Copy {
+    /// The struct's name in messages.
+    const NAME: &'static str;
+    /// Where the last field of each published layout ends, oldest first; the
+    /// last entry is the end of the current layout's last field.
+    const LAYOUT_ENDS: &'static [usize];
+}
+
+/// A nullable versioned input struct, copied. A caller built against an
+/// older header passes that layout's size: the fields it has are read, the
+/// others keep their defaults. The size counts up to the end of the last
+/// field it covers (tail padding may be there or not); every byte past the
+/// fields read must be zero, so a field this library does not know is never
+/// silently ignored.
+pub(crate) fn versioned_arg<T: Versioned>(ptr: *const T) -> Result<Option<T>, Fail> {
     if ptr.is_null() {
         return Ok(None);
     }
-    let ours = std::mem::size_of::<T>();
     let bytes = ptr as *const u8;
     // SAFETY: the caller promises a valid struct whose first field is its
     // size, with `struct_size` readable bytes.
     let size = unsafe { (bytes as *const u32).read_unaligned() } as usize;
-    if size < ours {
+    let Some(&covered) = T::LAYOUT_ENDS.iter().rev().find(|&&end| end <= size) else {
         return Err(fail(
             ASYNCIFY_E_INVALID_ARGUMENT,
             format!(
-                "{what}.struct_size is {size}, at least {ours} expected (use the _init function)"
+                "{}.struct_size is {size}, at least {} expected (use the _init function)",
+                T::NAME,
+                T::LAYOUT_ENDS[0]
             ),
         ));
-    }
-    // SAFETY: as above: `size >= ours` readable bytes at `ptr`.
-    let tail = unsafe { std::slice::from_raw_parts(bytes.add(ours), size - ours) };
+    };
+    // SAFETY: as above: `size >= covered` readable bytes at `ptr`.
+    let tail = unsafe { std::slice::from_raw_parts(bytes.add(covered), size - covered) };
     if tail.iter().any(|&b| b != 0) {
         return Err(fail(
             ASYNCIFY_E_INVALID_ARGUMENT,
-            format!("{what} has non-zero bytes beyond the {ours} this library knows"),
+            format!(
+                "{} has non-zero bytes beyond the {covered} this library reads",
+                T::NAME
+            ),
         ));
     }
-    // SAFETY: checked non-NULL; the caller promises a valid, aligned struct
-    // that stays unchanged for the duration of the call.
-    Ok(Some(unsafe { &*ptr }))
+    // SAFETY: an all-zero `T` is valid (the trait's promise).
+    let mut out: T = unsafe { std::mem::zeroed() };
+    // SAFETY: `covered` bytes are readable at `ptr` and fit in `T` (it is at
+    // most the end of `T`'s last field); `out` is a distinct local.
+    unsafe { std::ptr::copy_nonoverlapping(bytes, &mut out as *mut T as *mut u8, covered) };
+    Ok(Some(out))
 }
 
-/// Prepares a versioned struct: zeroes its `size` bytes and sets `struct_size`.
+/// Prepares a versioned struct: zeroes its `size` bytes and sets
+/// `struct_size`. `size` may be the size of an older published layout (a
+/// program built against an older header), never less.
 ///
 /// # Safety
 /// `ptr` is non-NULL and points to `size` writable bytes.
-pub(crate) unsafe fn init_struct(ptr: *mut u8, size: usize, ours: usize, what: &str) -> FfiResult {
-    if size < ours || size > u32::MAX as usize {
+pub(crate) unsafe fn init_struct<T: Versioned>(ptr: *mut T, size: usize) -> FfiResult {
+    let least = T::LAYOUT_ENDS[0];
+    if size < least || size > u32::MAX as usize {
         return Err(fail(
             ASYNCIFY_E_INVALID_ARGUMENT,
             format!(
-                "size {size} is not a valid size for {what} (at least {ours}); pass sizeof(*opts)"
+                "size {size} is not a valid size for {} (at least {least}); pass sizeof(*opts)",
+                T::NAME
             ),
         ));
     }
     // SAFETY: the caller promises `size` writable bytes at `ptr`.
     unsafe {
-        std::ptr::write_bytes(ptr, 0, size);
+        std::ptr::write_bytes(ptr as *mut u8, 0, size);
         (ptr as *mut u32).write_unaligned(size as u32);
     }
     Ok(ASYNCIFY_OK)

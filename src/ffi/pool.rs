@@ -21,6 +21,7 @@ pub const ASYNCIFY_POOL_RELEASE_SLOT_ON_ABANDON: u32 = 1;
 
 /// Options for `asyncify_pool_new_ex`. Prepare with `asyncify_pool_options_init`.
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub struct asyncify_pool_options {
     /// Set by `asyncify_pool_options_init`.
     pub struct_size: u32,
@@ -41,6 +42,21 @@ pub struct asyncify_pool_options {
     pub on_thread_stop: asyncify_thread_hook,
     /// Passed to the hooks.
     pub hook_data: *mut c_void,
+    /// The stack size of each worker thread in bytes; 0: the platform's
+    /// default for new threads (on glibc it follows `RLIMIT_STACK`, 8 MiB on
+    /// most systems), so code recurses on a worker as on any other thread.
+    /// Below `PTHREAD_STACK_MIN`: `ASYNCIFY_E_INVALID_ARGUMENT`. (Since 0.2.)
+    pub stack_size: usize,
+}
+
+// SAFETY: repr(C), all fields valid when zero (NULL name, no hooks, stack
+// size 0 = the default); the ends are the 0.1 layout's and today's.
+unsafe impl super::Versioned for asyncify_pool_options {
+    const NAME: &'static str = "asyncify_pool_options";
+    const LAYOUT_ENDS: &'static [usize] = &[
+        std::mem::offset_of!(asyncify_pool_options, hook_data) + std::mem::size_of::<*mut c_void>(),
+        std::mem::offset_of!(asyncify_pool_options, stack_size) + std::mem::size_of::<usize>(),
+    ];
 }
 
 /// A pool's counters; exact when the pool is quiet. Append-only: set
@@ -116,12 +132,7 @@ pub extern "C" fn asyncify_pool_options_init(
         let opts = required_out(opts, "opts")?;
         // SAFETY: the caller promises `size` writable bytes at `opts`.
         unsafe {
-            init_struct(
-                opts as *mut u8,
-                size,
-                std::mem::size_of::<asyncify_pool_options>(),
-                "asyncify_pool_options",
-            )?;
+            init_struct(opts, size)?;
             (*opts).max_workers = crate::pool::DEFAULT_MAX_WORKERS;
         }
         Ok(ASYNCIFY_OK)
@@ -138,7 +149,7 @@ pub extern "C" fn asyncify_pool_new_ex(
     guard("asyncify_pool_new_ex", || {
         let out = required_out(out, "out")?;
         let mut options = PoolOptions::default();
-        if let Some(o) = versioned_arg(opts, "asyncify_pool_options")? {
+        if let Some(o) = versioned_arg(opts)? {
             let unknown = o.flags & !ASYNCIFY_POOL_RELEASE_SLOT_ON_ABANDON;
             if unknown != 0 {
                 return Err(fail(
@@ -170,6 +181,19 @@ pub extern "C" fn asyncify_pool_new_ex(
             options.on_thread_start = o.on_thread_start;
             options.on_thread_stop = o.on_thread_stop;
             options.hook_data = o.hook_data as usize;
+            if o.stack_size != 0 {
+                let least = crate::sys::min_stack_size();
+                if o.stack_size < least {
+                    return Err(fail(
+                        ASYNCIFY_E_INVALID_ARGUMENT,
+                        format!(
+                            "stack_size {} is below this platform's minimum of {least} bytes (0: the default)",
+                            o.stack_size
+                        ),
+                    ));
+                }
+            }
+            options.stack_size = o.stack_size;
         }
         let pool = Box::new(asyncify_pool {
             inner: Pool::with_options(options),
@@ -247,8 +271,9 @@ enum FfiShutdown {
 /// Shuts the pool down and frees it: new submissions get
 /// `ASYNCIFY_E_SHUT_DOWN`, queued tasks are cancelled (on this thread), and
 /// running callables are waited for up to `timeout_ms` (< 0: forever) with
-/// every callback they cause. Returns `OK`, or `TIMEOUT` if some still run
-/// (they finish on their own). Always consumes `pool`, except from a worker
+/// every callback they cause and the exit of every worker thread. Returns
+/// `OK` once the workers are joined, or `TIMEOUT` if some still run (they
+/// finish on their own and their threads free themselves). Always consumes `pool`, except from a worker
 /// thread of that pool: `ASYNCIFY_E_WOULD_DEADLOCK`, and nothing is freed.
 #[no_mangle]
 pub extern "C" fn asyncify_pool_free(pool: *mut asyncify_pool, timeout_ms: i64) -> asyncify_status {
@@ -263,6 +288,30 @@ pub extern "C" fn asyncify_pool_free(pool: *mut asyncify_pool, timeout_ms: i64) 
                 drop(unsafe { Box::from_raw(pool) });
                 Ok(status)
             }
+        }
+    })
+}
+
+/// Begins the shutdown of `pool` as `asyncify_pool_free` does (new
+/// submissions get `ASYNCIFY_E_SHUT_DOWN`, queued tasks are cancelled on this
+/// thread) and waits up to `timeout_ms` (< 0: forever) without freeing it.
+/// Returns `OK` once no callable runs and every worker thread has left and
+/// been joined, `TIMEOUT` before that; it may be called again (waiting in
+/// short slices lets a caller handle signals between them). From a worker
+/// thread of that pool: `ASYNCIFY_E_WOULD_DEADLOCK`. After `OK`,
+/// `asyncify_pool_free` frees at once. (Since 0.2.)
+#[no_mangle]
+pub extern "C" fn asyncify_pool_close(
+    pool: *mut asyncify_pool,
+    timeout_ms: i64,
+) -> asyncify_status {
+    guard("asyncify_pool_close", || {
+        let pool = required_out(pool, "pool")?;
+        // SAFETY: a non-NULL pool pointer came from `asyncify_pool_new` and has
+        // not been freed (the caller's promise).
+        match shutdown("asyncify_pool_close", unsafe { &(*pool).inner }, timeout_ms) {
+            FfiShutdown::Refused(f) => Err(f),
+            FfiShutdown::Done(status) => Ok(status),
         }
     })
 }

@@ -150,34 +150,49 @@ pub extern "C" fn asyncify_override_get(
         if cap > 0 {
             required_out(buf, "buf (NULL is allowed only with cap 0)")?;
         }
-        let value = lookup(key)?;
-        let Some(bytes) = value.as_bytes() else {
-            return Err(kind_mismatch(key, "a pointer"));
-        };
-        if cap < bytes.len() {
-            write_out(out_len, bytes.len());
-            return Err(fail(
-                ASYNCIFY_E_BUFFER_TOO_SMALL,
-                format!(
-                    "the value of \"{key}\" has {} bytes, the buffer {cap}",
-                    bytes.len()
-                ),
-            ));
-        }
-        if !bytes.is_empty() {
-            // SAFETY: `buf` is non-NULL (checked above, as `cap >= len > 0`) and
-            // the caller promises `cap` writable bytes there.
-            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf as *mut u8, bytes.len()) };
-        }
-        write_out(out_len, bytes.len());
-        Ok(ASYNCIFY_OK)
+        copy_bytes_out(key, &*lookup(key)?, buf, cap, out_len)
     })
+}
+
+/// Copies the bytes value of `key` to `buf` (checked: non-NULL when `cap > 0`)
+/// and its length to `out_len`, or says why not.
+pub(crate) fn copy_bytes_out(
+    key: &str,
+    value: &Value,
+    buf: *mut c_void,
+    cap: usize,
+    out_len: *mut usize,
+) -> FfiResult {
+    let Some(bytes) = value.as_bytes() else {
+        return Err(kind_mismatch(key, "a pointer"));
+    };
+    if cap < bytes.len() {
+        write_out(out_len, bytes.len());
+        return Err(fail(
+            ASYNCIFY_E_BUFFER_TOO_SMALL,
+            format!(
+                "the value of \"{key}\" has {} bytes, the buffer {cap}",
+                bytes.len()
+            ),
+        ));
+    }
+    if !bytes.is_empty() {
+        // SAFETY: `buf` is non-NULL (the caller checked it, as `cap >= len >
+        // 0`) and the C caller promises `cap` writable bytes there.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf as *mut u8, bytes.len()) };
+    }
+    write_out(out_len, bytes.len());
+    Ok(ASYNCIFY_OK)
 }
 
 fn get_ptr(key: *const c_char) -> Result<(*mut c_void, asyncify_free_fn), Fail> {
     let key = key_arg(key)?;
-    let value = lookup(key)?;
-    match &*value {
+    ptr_of(key, &*lookup(key)?)
+}
+
+/// The pointer value of `key` and its release function, or why not.
+pub(crate) fn ptr_of(key: &str, value: &Value) -> Result<(*mut c_void, asyncify_free_fn), Fail> {
+    match value {
         Value::Ptr(p) => Ok((p.ptr(), p.release_fn())),
         Value::Bytes(_) => Err(kind_mismatch(key, "bytes")),
     }

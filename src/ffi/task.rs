@@ -12,7 +12,6 @@
 //! runs, so callbacks may call any function of the library.
 
 use std::ffi::c_void;
-use std::mem::size_of;
 
 use super::context::{asyncify_context, context_ref};
 use super::cq::{asyncify_cq, queue_ref};
@@ -54,6 +53,7 @@ const KNOWN_SUBMIT_FLAGS: u32 = ASYNCIFY_SUBMIT_DETACHED | ASYNCIFY_SUBMIT_EMPTY
 
 /// Options for `asyncify_submit`. Prepare with `asyncify_submit_options_init`.
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub struct asyncify_submit_options {
     /// Set by `asyncify_submit_options_init`.
     pub struct_size: u32,
@@ -77,6 +77,14 @@ pub struct asyncify_submit_options {
     pub context: *const asyncify_context,
 }
 
+// SAFETY: repr(C), all fields valid when zero (no callbacks, NULL pool,
+// queue and context); one published layout so far.
+unsafe impl super::Versioned for asyncify_submit_options {
+    const NAME: &'static str = "asyncify_submit_options";
+    const LAYOUT_ENDS: &'static [usize] = &[std::mem::offset_of!(asyncify_submit_options, context)
+        + std::mem::size_of::<*const asyncify_context>()];
+}
+
 /// Prepares `*opts` with the defaults; `size` is `sizeof(*opts)`.
 #[no_mangle]
 pub extern "C" fn asyncify_submit_options_init(
@@ -86,14 +94,7 @@ pub extern "C" fn asyncify_submit_options_init(
     guard("asyncify_submit_options_init", || {
         let opts = required_out(opts, "opts")?;
         // SAFETY: the caller promises `size` writable bytes at `opts`.
-        unsafe {
-            init_struct(
-                opts as *mut u8,
-                size,
-                size_of::<asyncify_submit_options>(),
-                "asyncify_submit_options",
-            )
-        }
+        unsafe { init_struct(opts, size) }
     })
 }
 
@@ -112,7 +113,7 @@ pub extern "C" fn asyncify_submit(
         let Some(work) = r#fn else {
             return Err(fail(ASYNCIFY_E_NULL, "fn is NULL"));
         };
-        let opts = versioned_arg(opts, "asyncify_submit_options")?;
+        let opts = versioned_arg(opts)?;
         let flags = opts.map_or(0, |o| o.flags);
         if flags & !KNOWN_SUBMIT_FLAGS != 0 {
             return Err(fail(

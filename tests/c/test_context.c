@@ -710,6 +710,106 @@ static void test_clone(void)
     free(one.seen);
 }
 
+/* ---- reading a context: get, get_ptr(_ex), count, visit -------------------------------------------- */
+
+struct visited {
+    char keys[8][16];
+    int is_ptr[8];
+    size_t lens[8];
+    int n;
+    int stop_after;
+};
+
+static int visit_record(void *user_data, const char *key, size_t key_len, int is_ptr, const void *value,
+                        size_t len)
+{
+    struct visited *v = user_data;
+    CHECK(strlen(key) == key_len && key_len < sizeof v->keys[0]);
+    memcpy(v->keys[v->n], key, key_len + 1);
+    v->is_ptr[v->n] = is_ptr;
+    v->lens[v->n] = len;
+    if (!is_ptr && len > 0) {
+        CHECK(value != NULL);
+    }
+    v->n++;
+    return v->n == v->stop_after;
+}
+
+static int released_values;
+static void count_release(void *p)
+{
+    (void)p;
+    released_values++;
+}
+
+static void test_reading_a_context(void)
+{
+    static int marker;
+    asyncify_context *empty = NULL, *a = NULL, *b = NULL, *c = NULL;
+    CHECK_OK(asyncify_context_empty(&empty));
+    CHECK_OK(asyncify_context_with(empty, "model", "gpt", 3, &a));
+    CHECK_OK(asyncify_context_with_ptr(a, "client", &marker, count_release, &b));
+    CHECK_OK(asyncify_context_with(b, "alpha", "", 0, &c));
+
+    size_t n = 99;
+    CHECK_OK(asyncify_context_count(c, &n));
+    CHECK(n == 3);
+    CHECK_OK(asyncify_context_count(empty, &n));
+    CHECK(n == 0);
+
+    char buf[8];
+    size_t len = 0;
+    CHECK_OK(asyncify_context_get(c, "model", buf, sizeof buf, &len));
+    CHECK(len == 3 && memcmp(buf, "gpt", 3) == 0);
+    CHECK_ERR(asyncify_context_get(c, "model", buf, 2, &len), ASYNCIFY_E_BUFFER_TOO_SMALL);
+    CHECK(len == 3);
+    CHECK_OK(asyncify_context_get(c, "alpha", NULL, 0, &len));
+    CHECK(len == 0);
+    CHECK_ERR(asyncify_context_get(a, "client", buf, sizeof buf, &len), ASYNCIFY_E_NOT_FOUND);
+    CHECK_ERR(asyncify_context_get(c, "client", buf, sizeof buf, &len), ASYNCIFY_E_INVALID_ARGUMENT);
+    CHECK_ERR(asyncify_context_get(NULL, "model", buf, sizeof buf, &len), ASYNCIFY_E_NULL);
+    CHECK_ERR(asyncify_context_get(c, "", buf, sizeof buf, &len), ASYNCIFY_E_INVALID_ARGUMENT);
+    CHECK_ERR(asyncify_context_get(c, "model", NULL, 4, &len), ASYNCIFY_E_NULL);
+
+    /* The thread's own table and the global layer are not consulted. */
+    set_str("model", "thread's");
+    CHECK_OK(asyncify_global_set("global-only", "g", 1));
+    CHECK_ERR(asyncify_context_get(empty, "model", buf, sizeof buf, &len), ASYNCIFY_E_NOT_FOUND);
+    CHECK_ERR(asyncify_context_get(c, "global-only", buf, sizeof buf, &len), ASYNCIFY_E_NOT_FOUND);
+    CHECK_OK(asyncify_override_remove("model"));
+    CHECK_OK(asyncify_global_remove("global-only"));
+
+    void *p = NULL;
+    asyncify_free_fn release = NULL;
+    CHECK_OK(asyncify_context_get_ptr(c, "client", &p));
+    CHECK(p == &marker);
+    CHECK_OK(asyncify_context_get_ptr_ex(c, "client", &p, &release));
+    CHECK(p == &marker && release == count_release);
+    CHECK_ERR(asyncify_context_get_ptr(c, "model", &p), ASYNCIFY_E_INVALID_ARGUMENT);
+    CHECK_ERR(asyncify_context_get_ptr(a, "client", &p), ASYNCIFY_E_NOT_FOUND);
+    CHECK_ERR(asyncify_context_get_ptr_ex(c, "client", &p, NULL), ASYNCIFY_E_NULL);
+
+    struct visited v;
+    memset(&v, 0, sizeof v);
+    CHECK_OK(asyncify_context_visit(c, visit_record, &v));
+    CHECK(v.n == 3); /* in key order */
+    CHECK(strcmp(v.keys[0], "alpha") == 0 && !v.is_ptr[0] && v.lens[0] == 0);
+    CHECK(strcmp(v.keys[1], "client") == 0 && v.is_ptr[1] && v.lens[1] == 0);
+    CHECK(strcmp(v.keys[2], "model") == 0 && !v.is_ptr[2] && v.lens[2] == 3);
+    memset(&v, 0, sizeof v);
+    v.stop_after = 2;
+    CHECK_OK(asyncify_context_visit(c, visit_record, &v));
+    CHECK(v.n == 2);
+    CHECK_ERR(asyncify_context_visit(c, NULL, &v), ASYNCIFY_E_NULL);
+    CHECK_ERR(asyncify_context_visit(NULL, visit_record, &v), ASYNCIFY_E_NULL);
+
+    CHECK_OK(asyncify_context_free(c));
+    CHECK_OK(asyncify_context_free(b));
+    CHECK(released_values == 1);
+    CHECK_OK(asyncify_context_free(a));
+    CHECK_OK(asyncify_context_free(empty));
+}
+
 int main(void)
 {
     test_capture_and_run();
@@ -719,6 +819,7 @@ int main(void)
     test_with_ptr_release_once();
     test_local_keys();
     test_clone();
+    test_reading_a_context();
     TEST_PASS("test_context");
     return 0;
 }

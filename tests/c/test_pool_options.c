@@ -101,7 +101,8 @@ static void test_options_init_and_checks(void)
 
     /* NULL and sizes too small: refused, the struct untouched. */
     CHECK_ERR(asyncify_pool_options_init(NULL, sizeof o), ASYNCIFY_E_NULL);
-    const size_t small[] = { 0, 1, 4, sizeof o - 1 };
+    const size_t v0_1 = offsetof(asyncify_pool_options, hook_data) + sizeof(void *); /* the 0.1 layout */
+    const size_t small[] = { 0, 1, 4, v0_1 - 1 };
     for (size_t i = 0; i < sizeof small / sizeof small[0]; i++) {
         memset(&o, 0xAB, sizeof o);
         CHECK_ERR(asyncify_pool_options_init(&o, small[i]), ASYNCIFY_E_INVALID_ARGUMENT);
@@ -151,8 +152,9 @@ static void test_options_init_and_checks(void)
     CHECK_ERR(asyncify_pool_new_ex(&o, NULL), ASYNCIFY_E_NULL);
     CHECK_ERR(asyncify_pool_new(1, NULL), ASYNCIFY_E_NULL);
 
-    /* struct_size smaller than the first published size. */
-    const uint32_t bad_sizes[] = { 0, 4, (uint32_t)sizeof o - 1 };
+    /* struct_size smaller than the first published (0.1) layout. */
+    const uint32_t v0_1_end = (uint32_t)(offsetof(asyncify_pool_options, hook_data) + sizeof(void *));
+    const uint32_t bad_sizes[] = { 0, 4, v0_1_end - 1 };
     for (size_t i = 0; i < sizeof bad_sizes / sizeof bad_sizes[0]; i++) {
         o = pool_options();
         o.struct_size = bad_sizes[i];
@@ -160,6 +162,16 @@ static void test_options_init_and_checks(void)
         CHECK_ERR(asyncify_pool_new_ex(&o, &pool), ASYNCIFY_E_INVALID_ARGUMENT);
         CHECK(pool == untouched);
     }
+
+    /* The 0.1 layout's size (a program built against that header): accepted, stack_size defaulted
+     * even when the bytes after the 0.1 fields hold something else. */
+    o = pool_options();
+    o.struct_size = v0_1_end;
+    o.stack_size = 12345;
+    pool = untouched;
+    CHECK_OK(asyncify_pool_new_ex(&o, &pool));
+    CHECK(pool != untouched);
+    CHECK_OK(asyncify_pool_free(pool, -1));
 
     /* Unknown flags. */
     const uint32_t bad_flags[] = { 2, 4, 0x80000000u, ASYNCIFY_POOL_RELEASE_SLOT_ON_ABANDON | 8 };

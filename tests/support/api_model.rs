@@ -2085,9 +2085,16 @@ impl<C: Choices> Interp<C> {
                 } else {
                     size_of::<asyncify_submit_options>()
                 };
+                // The oldest published layout (0.1) is the least a caller may pass.
+                let least = if pool_opts {
+                    std::mem::offset_of!(asyncify_pool_options, hook_data) + size_of::<usize>()
+                } else {
+                    size_of::<asyncify_submit_options>()
+                };
                 let size = match fault {
-                    0 => ours - 1,
+                    0 => least - 1,
                     1 => ours + 8,
+                    2 => least,
                     _ => ours,
                 };
                 let null_opts = fault == 3 && self.chance(50);
@@ -2128,7 +2135,7 @@ impl<C: Choices> Interp<C> {
                         );
                         ensure!(
                             self,
-                            buf[size_of::<asyncify_pool_options>()..size]
+                            buf[size.min(size_of::<asyncify_pool_options>())..size]
                                 .iter()
                                 .all(|&b| b == 0),
                             "tail not zeroed"
