@@ -95,16 +95,20 @@ test-c: lib $(VENV)/.installed
 	$(CMAKE) --build $(BUILD)/c-valgrind -j2
 	cd $(BUILD)/c-valgrind && $(CURDIR)/$(CTEST) -L valgrind --output-on-failure -j2
 
-# DSPy, for the binding's test of a real DSPy program (about 20 s to install).
+# The binding's optional test dependencies (about 20 s to install): DSPy, for
+# its tests of real DSPy programs; trio, AnyIO (pinned: the binding marks its
+# worker threads as AnyIO does) and uvloop, for asyncify() under each loop.
 DSPY_VERSION := 3.4.1
+PY_TEST_EXTRAS := dspy==$(DSPY_VERSION) anyio==4.16.0 trio==0.35.0 uvloop==0.23.0
 $(VENV)/.dspy: $(VENV)/.installed
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check dspy==$(DSPY_VERSION)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(PY_TEST_EXTRAS)
 	touch $@
 
 # The Python binding (bindings/python, package casyncify) against the built
-# library; with DSPy required, so its test cannot be skipped here.
+# library; with DSPy, trio, AnyIO and uvloop required, so their tests cannot be
+# skipped here. LiteLLM reads its bundled model price map (no network).
 test-python: lib $(VENV)/.dspy
-	ASYNCIFY_LIBRARY=$(CURDIR)/$(LIB) CASYNCIFY_REQUIRE_DSPY=1 \
+	ASYNCIFY_LIBRARY=$(CURDIR)/$(LIB) CASYNCIFY_REQUIRE_DSPY=1 LITELLM_LOCAL_MODEL_COST_MAP=True \
 		$(VENV)/bin/python -m pytest bindings/python/tests -q -rs
 
 # --- packaging: make install, make test-packaging (bindings/cpp, packaging/, tests/cpp, tests/consumer) ---

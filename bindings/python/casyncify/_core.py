@@ -36,6 +36,7 @@ import functools
 import inspect
 import itertools
 import os
+import sys
 import threading
 import time
 import types
@@ -50,7 +51,12 @@ from concurrent.futures._base import (  # the states a Future moves through
 from ctypes import byref, c_int32, c_size_t, c_uint32, c_uint64, c_void_p, sizeof
 from typing import Any, Callable, Mapping
 
-from . import _ffi
+from . import _anyio_compat, _ffi
+
+try:  # names the running async library (asyncio, trio, AnyIO's backends) when installed
+    import sniffio as _sniffio
+except ImportError:  # pragma: no cover - asyncio, then trio, are tried by hand
+    _sniffio = None
 from ._errors import (
     Error,
     ForkedError,
@@ -283,7 +289,15 @@ class context:
 
 
 class _Call:
-    __slots__ = ("fn", "args", "kwargs", "ctx", "result", "exc", "fut", "handle", "abandoned", "pool")
+    """One call: what to run, in which context, and where its outcome goes.
+
+    ``fut`` is a ``TaskFuture`` (``submit``), a weak reference to the asyncio
+    future the awaiting task holds (``asyncify`` under asyncio: a pending call
+    must not keep a dropped event loop alive), or a trio waiter. ``marks`` are
+    the AnyIO/trio worker-thread marks set around ``fn`` (``_anyio_compat``).
+    """
+
+    __slots__ = ("fn", "args", "kwargs", "ctx", "result", "exc", "fut", "handle", "abandoned", "pool", "marks")
 
     def __init__(self, fn, args, kwargs, ctx, pool):
         self.fn = fn
@@ -296,6 +310,7 @@ class _Call:
         self.handle = 0
         self.abandoned = False
         self.pool = pool  # keeps the Pool object alive while the call is pending
+        self.marks = None
 
     def outcome(self):
         """The call's result, or its exception re-raised (the same object)."""
@@ -325,7 +340,10 @@ def _work(arg, _out, _calls=_calls):
     # No other local than `rec`, deleted below: the exception's traceback keeps
     # this frame, which must not keep the record (and so the exception) in a cycle.
     try:
-        rec.result = rec.ctx.run(rec.fn, *rec.args, **rec.kwargs)
+        if rec.marks is None:
+            rec.result = rec.ctx.run(rec.fn, *rec.args, **rec.kwargs)
+        else:
+            rec.result = rec.ctx.run(_anyio_compat.run_marked, rec.marks, rec.fn, rec.args, rec.kwargs)
         return 0
     except BaseException as e:  # noqa: BLE001 - delivered to the caller as is
         rec.exc = e
@@ -344,7 +362,9 @@ def _done(data, handle, status, result, code, _calls=_calls):
         return
     fut = rec.fut
     try:
-        if status == _ffi.OK:
+        if type(fut) is not TaskFuture:
+            fut.wake(status)  # a trio call: its task reads the outcome from the record
+        elif status == _ffi.OK:
             fut.set_result(rec.result)
         elif status == _ffi.FAILED:
             exc = rec.exc
@@ -787,13 +807,17 @@ _BATCH = 64
 
 
 class _LoopState:
-    """One event loop's completion queue, its fd in ``loop.add_reader``."""
+    """One event loop's completion queue, its fd in ``loop.add_reader``.
 
-    __slots__ = (
-        "cq", "fd", "batch", "count", "pending", "loop_ref", "wakeups", "completions", "generation", "__weakref__",
-    )  # fmt: skip
+    Nothing here refers to the loop: the loop owns its state (through its reader
+    callback and ``_loops``, a weak-keyed map), never the reverse, so a loop
+    dropped with calls pending is still collected; ``_loop_gone`` then detaches
+    those calls and frees the queue.
+    """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
+    __slots__ = ("cq", "fd", "batch", "count", "pending", "wakeups", "completions", "generation", "__weakref__")
+
+    def __init__(self):
         cq = c_void_p()
         check(plib.asyncify_cq_new(byref(cq)))
         fd = c_int32()
@@ -807,15 +831,18 @@ class _LoopState:
         self.batch = (_ffi.Completion * _BATCH)()
         self.count = c_size_t()
         self.pending: dict[int, _Call] = {}
-        self.loop_ref = weakref.ref(loop)
         self.wakeups = 0  # times the loop woke for this queue
         self.completions = 0
         self.generation = _life.fork_generation
-        loop.add_reader(self.fd, _drain, self)
-        weakref.finalize(loop, _loop_gone, self)
 
     def drain(self) -> None:
         _drain(self)
+
+    def free(self) -> None:
+        """Free the queue (its fd closes with it); idempotent."""
+        if self.cq and not _life.finalized and self.generation == _life.fork_generation:
+            cq, self.cq = self.cq, 0
+            plib.asyncify_cq_free(cq)
 
 
 def _drain(state: _LoopState, _calls=_calls) -> None:
@@ -839,8 +866,9 @@ def _drain(state: _LoopState, _calls=_calls) -> None:
             _calls.pop(cid, None)
             if rec is None:
                 continue
-            fut = rec.fut
-            if fut.done():
+            rec.handle = 0
+            fut = rec.fut()
+            if fut is None or fut.done():  # its task is gone, or was cancelled
                 continue
             if c.status == _ffi.CANCELLED:  # cancelled by a pool shutdown, not by our awaiter
                 fut.cancel()
@@ -851,41 +879,78 @@ def _drain(state: _LoopState, _calls=_calls) -> None:
 
 
 def _loop_gone(state: _LoopState) -> None:
-    """The loop was collected: detach what is still pending and free its queue."""
+    """The loop was collected: its pending calls complete into nothing; free its queue."""
     if state.generation != _life.fork_generation:
         return  # a queue of the parent process: never touched in a forked child
-    for cid, rec in list(state.pending.items()):
-        _calls.pop(cid, None)  # a call that has not started yet will not run Python
-        if rec.handle:
-            plib.asyncify_release(rec.handle)
+    pending = list(state.pending.items())
     state.pending.clear()
-    if state.cq and not _life.finalized:
-        cq, state.cq = state.cq, 0
-        plib.asyncify_cq_free(cq)
+    for cid, rec in pending:
+        _calls.pop(cid, None)  # a call that has not started yet will not run Python
+        rec.abandoned = True
+        handle, rec.handle = rec.handle, 0
+        if handle:
+            plib.asyncify_cancel(handle)  # queued: never runs; running: cancel_requested()
+            plib.asyncify_release(handle)
+    state.free()
 
 
-_loops: dict[int, _LoopState] = {}
-_loops_lock = threading.Lock()
+#: event loop -> its _LoopState. Weak keys, so no lock: an entry goes with its
+#: loop (the removal runs from GC, at any allocation, and must never wait).
+_loops: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState]" = weakref.WeakKeyDictionary()
 
 
 def _loop_state(loop: asyncio.AbstractEventLoop) -> _LoopState:
-    state = _loops.get(id(loop))
-    if state is not None and state.loop_ref() is loop:
+    state = _loops.get(loop)
+    if state is not None:
         return state
-    with _loops_lock:
-        state = _loops.get(id(loop))
-        if state is None or state.loop_ref() is not loop:
-            state = _LoopState(loop)
-            _loops[id(loop)] = state
-            weakref.finalize(loop, _loops_forget, id(loop), weakref.ref(state))
+    # No lock is held from here on: add_reader and the allocations below may run
+    # any Python (GC finalizers of other loops included).
+    state = _LoopState()
+    try:
+        loop.add_reader(state.fd, _drain, state)
+    except BaseException:
+        state.free()
+        raise
+    winner = _loops.setdefault(loop, state)  # one dict operation: atomic under the GIL
+    if winner is not state:  # another thread registered this loop first (it cannot run it, though)
+        loop.remove_reader(state.fd)
+        state.free()
+        return winner
+    weakref.finalize(loop, _loop_gone, state)
     return state
 
 
-def _loops_forget(key: int, ref) -> None:
-    with _loops_lock:
-        state = _loops.get(key)
-        if state is not None and state is ref():
-            del _loops[key]
+def _async_library() -> str:
+    """The async library running in this thread: "asyncio" or "trio".
+
+    sniffio when installed (it knows AnyIO's backends and trio-asyncio), else an
+    asyncio running loop, else a trio run.
+    """
+    if _sniffio is not None:
+        try:
+            name = _sniffio.current_async_library()
+        except _sniffio.AsyncLibraryNotFoundError:
+            name = None
+    elif asyncio._get_running_loop() is not None:
+        name = "asyncio"
+    else:
+        name = _trio_running()
+    if name in ("asyncio", "trio"):
+        return name
+    if name is None:
+        raise RuntimeError("casyncify.asyncify: no running event loop (asyncio or trio) in this thread")
+    raise RuntimeError(f"casyncify.asyncify runs under asyncio or trio, not {name}")
+
+
+def _trio_running() -> str | None:
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return None
+    try:
+        trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        return None
+    return "trio"
 
 
 async def _call_async(pool: Pool | None, fn: Callable, args: tuple, kwargs: dict) -> Any:
@@ -893,47 +958,67 @@ async def _call_async(pool: Pool | None, fn: Callable, args: tuple, kwargs: dict
     state = _loop_state(loop)
     pool = pool or default_pool()
     rec = _Call(fn, args, kwargs, contextvars.copy_context(), pool)
-    fut = rec.fut = loop.create_future()
+    fut = loop.create_future()
+    rec.fut = weakref.ref(fut)  # this frame holds the future; the record must not hold the loop
+    if "anyio" in sys.modules:
+        rec.marks = _anyio_compat.asyncio_marks(loop, asyncio.current_task())
     cid = next(_ids)
     _calls[cid] = rec
     state.pending[cid] = rec
     try:
-        rec.handle = handle = pool._submit(rec, cid, state.cq)
+        rec.handle = pool._submit(rec, cid, state.cq)
     except BaseException:
         _calls.pop(cid, None)
         state.pending.pop(cid, None)
         raise
     try:
         await fut
-    except asyncio.CancelledError:
+    except BaseException:
+        # Cancelled, or this coroutine closed (its task dropped with its loop).
         # Queued: it never runs. Running: abandoned; the awaiter goes now.
         rec.abandoned = True
-        plib.asyncify_cancel(handle)
+        if rec.handle:
+            plib.asyncify_cancel(rec.handle)
         raise
     return rec.outcome()
 
 
-def asyncify(fn: Callable | None = None, *, pool: Pool | None = None) -> Callable:
+def _is_async_callable(fn: Any) -> bool:
+    """An ``async def`` function, or an object whose ``__call__`` is one."""
+    if inspect.iscoroutinefunction(fn):
+        return True
+    if inspect.isroutine(fn) or isinstance(fn, type):
+        return False  # a class builds an instance: its own __call__ is not what runs
+    return inspect.iscoroutinefunction(getattr(type(fn), "__call__", None))
+
+
+def asyncify(fn: Callable = _MISSING, *, pool: Pool | None = None) -> Callable:  # type: ignore[assignment]
     """Like ``dspy.asyncify``: an ``async def`` wrapper running ``fn`` on a pool.
 
     Each call snapshots the caller's context (``contextvars``: casyncify's
     overrides, DSPy's settings, any ContextVar) at call time, runs
     ``fn(*args, **kwargs)`` on a worker with it, and returns its result or
     re-raises its exception (the same object). Cancelling the awaiting task
-    cancels a queued call (it never runs) or abandons a running one (the
-    awaiter is released at once; ``cancel_requested()`` is true inside).
+    (asyncio) or its cancel scope (trio, AnyIO) cancels a queued call (it never
+    runs) or abandons a running one (the awaiter is released at once;
+    ``cancel_requested()`` is true inside). Inside the call, AnyIO's and trio's
+    ``from_thread`` functions reach the caller's loop as in their worker threads.
     Usable as ``@asyncify`` or ``@asyncify(pool=p)``.
     """
-    if fn is None:
+    if fn is _MISSING:
         return functools.partial(asyncify, pool=pool)
     if not callable(fn):
         raise TypeError(f"asyncify() needs a callable, not {type(fn).__name__}")
-    if inspect.iscoroutinefunction(fn):
+    if _is_async_callable(fn):
         raise TypeError(f"{fn!r} is already a coroutine function: await it directly")
 
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         if _life.closing:
             raise ShutDownError(_ffi.E_SHUT_DOWN, "casyncify: the interpreter is exiting")
+        if _async_library() == "trio":
+            from . import _trio
+
+            return await _trio.call(pool, fn, args, kwargs)
         return await _call_async(pool, fn, args, kwargs)
 
     functools.update_wrapper(wrapper, fn, updated=())
@@ -983,7 +1068,7 @@ atexit.register(_at_exit)
 def _after_fork_child() -> None:
     # The parent's pools and queues have no workers here (README, fork()): forget
     # them without freeing; the child's default pool is made on first use.
-    global _default, _workers_cv, _default_lock, _loops_lock, _globals_lock
+    global _default, _workers_cv, _default_lock, _globals_lock
     _life.fork_generation += 1
     _life.live_workers = 0
     _default = None
@@ -992,7 +1077,6 @@ def _after_fork_child() -> None:
     _calls.clear()
     _workers_cv = threading.Condition(threading.Lock())
     _default_lock = threading.Lock()
-    _loops_lock = threading.Lock()
     _globals_lock = threading.Lock()
     _tls.__dict__.clear()
 

@@ -25,6 +25,17 @@ if not os.environ.get("CASYNCIFY_TEST_INSTALLED"):
 import casyncify  # noqa: E402
 
 
+def require(name: str):
+    """Import an optional test dependency: skip without it, except under `make
+    test-python` (CASYNCIFY_REQUIRE_DSPY=1), which installs them all, so there a
+    missing one fails instead."""
+    if os.environ.get("CASYNCIFY_REQUIRE_DSPY") == "1":
+        import importlib
+
+        return importlib.import_module(name)
+    return pytest.importorskip(name)
+
+
 def run(coro, timeout: float = 20.0):
     """asyncio.run with a safety timeout, so a hang fails the test instead of the suite."""
 
