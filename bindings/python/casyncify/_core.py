@@ -145,6 +145,10 @@ class _Snap:
 
     def with_(self, key: str, value: Any) -> "_Snap":
         kb = _key_bytes(key)
+        # Everything that can raise (a str subclass whose __hash__ fails, say)
+        # comes before the C call: once C holds the value, nothing may fail.
+        values = dict(self.values)
+        values[key] = value
         out = c_void_p()
         _incref(value)  # this reference now belongs to the C value
         status = plib.asyncify_context_with_ptr(self.ptr, kb, id(value), _RELEASE, byref(out))
@@ -152,17 +156,16 @@ class _Snap:
             err = error_for(status)  # read the message before anything else calls in
             _decref(id(value))  # on error the caller keeps the pointer
             raise err
-        values = dict(self.values)
-        values[key] = value
         return _Snap(values, out.value)
 
     def without(self, key: str) -> "_Snap":
+        kb = _key_bytes(key)
         if key not in self.values:
             raise NotFoundError(_ffi.E_NOT_FOUND, f"casyncify.remove: no override {key!r}")
-        out = c_void_p()
-        check(plib.asyncify_context_without(self.ptr, _key_bytes(key), byref(out)))
         values = dict(self.values)
         del values[key]
+        out = c_void_p()
+        check(plib.asyncify_context_without(self.ptr, kb, byref(out)))
         return _Snap(values, out.value)
 
 
@@ -210,6 +213,17 @@ def get(key: str, default: Any = None) -> Any:
     return _c_lookup(key, default, snap is _ROOT)
 
 
+def _settable(key: str) -> bool:
+    """Whether the library accepts ``key`` at all (not empty, no NUL, UTF-8)."""
+    if not key or "\0" in key:
+        return False
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
+
+
 def _c_lookup(key: str, default: Any, own_values: bool) -> Any:
     """Read ``key`` from this thread's C table (then the C global layer).
 
@@ -219,7 +233,11 @@ def _c_lookup(key: str, default: Any, own_values: bool) -> Any:
     mapping is authoritative for the binding's own values: one that is in the
     C table but not in the mapping was removed from Python, so it is skipped.
     """
-    kb = _key_bytes(key)
+    if not isinstance(key, str):
+        raise TypeError(f"override keys are str, not {type(key).__name__}")
+    if not _settable(key):
+        return default  # nothing can be stored under a key the library refuses
+    kb = key.encode("utf-8")
     ptr = c_void_p()
     rel = c_void_p()
     status = plib.asyncify_override_get_ptr_ex(kb, byref(ptr), byref(rel))
@@ -230,15 +248,17 @@ def _c_lookup(key: str, default: Any, own_values: bool) -> Any:
     if status == _ffi.E_NOT_FOUND:
         return default
     if status == _ffi.E_INVALID_ARGUMENT:  # a bytes value (or a key the library refuses)
-        return _c_bytes(kb)
+        return _c_bytes(kb, default)
     check(status)
     return default
 
 
-def _c_bytes(kb: bytes) -> bytes:
+def _c_bytes(kb: bytes, default: Any) -> Any:
     n = c_size_t(0)
     while True:
         status = plib.asyncify_override_get(kb, None, 0, byref(n))
+        if status in (_ffi.E_INVALID_ARGUMENT, _ffi.E_NOT_FOUND):
+            return default  # a key refused by the library, or removed meanwhile
         if status not in (_ffi.OK, _ffi.E_BUFFER_TOO_SMALL):
             check(status)
         if n.value == 0:
@@ -493,6 +513,10 @@ class Pool:
             opts.keep_alive_ms = _u32("keep_alive (ms)", ms)
         if release_slot_on_abandon:
             opts.flags = _ffi.POOL_RELEASE_SLOT_ON_ABANDON
+        if not isinstance(thread_name, str):
+            raise TypeError(f"thread_name must be a str, not {type(thread_name).__name__}")
+        if "\0" in thread_name:
+            raise ValueError("thread_name must not contain a NUL character")  # C would cut it there
         name = thread_name.encode()
         opts.thread_name = name
         self._serial = next(_pool_serials)

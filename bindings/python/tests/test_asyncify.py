@@ -506,3 +506,35 @@ def test_stress_threads_loops_submits_and_cancels(make_pool):
     s = pool.stats()
     assert s.submitted == s.completed + s.failed + s.cancelled + s.abandoned
     assert eventually(lambda: not _core._calls), "every record was dropped"
+
+
+def test_async_callables_are_refused_like_async_functions():
+    async def coro_fn():
+        return 1
+
+    class AsyncCallable:
+        async def __call__(self):
+            return 1
+
+    class SyncCallable:
+        def __call__(self):
+            return "sync"
+
+    class HasAsyncCall:  # the class itself is a sync callable (it builds an instance)
+        async def __call__(self):
+            return 1
+
+    for fn in (coro_fn, AsyncCallable(), AsyncCallable().__call__):
+        with pytest.raises(TypeError, match="already a coroutine function"):
+            casyncify.asyncify(fn)
+    assert run(casyncify.asyncify(SyncCallable())()) == "sync"
+    assert isinstance(run(casyncify.asyncify(HasAsyncCall)()), HasAsyncCall)
+
+
+def test_asyncify_of_none_is_a_type_error(make_pool):
+    with pytest.raises(TypeError, match="needs a callable"):
+        casyncify.asyncify(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="needs a callable"):
+        casyncify.asyncify(None, pool=make_pool(1))  # type: ignore[arg-type]
+    decorate = casyncify.asyncify(pool=make_pool(1))  # no function: a decorator
+    assert run(decorate(lambda: 5)()) == 5

@@ -287,3 +287,45 @@ def test_failed_set_does_not_leak_the_value():
         casyncify.set("", v)
     del v
     assert eventually(lambda: r() is None), "on error the binding gives its reference back"
+
+
+class UnhashableKey(str):
+    """A str key whose hash fails: refused by the mapping, after the C side could have taken it."""
+
+    def __hash__(self):
+        raise RuntimeError("no hash for this key")
+
+
+def test_a_refused_key_leaks_neither_the_value_nor_its_c_context():
+    v = Value("kept?")
+    r = weakref.ref(v)
+    with pytest.raises(RuntimeError, match="no hash"):
+        casyncify.set(UnhashableKey("k"), v)
+    with pytest.raises(RuntimeError, match="no hash"):
+        with casyncify.context({UnhashableKey("k"): v}):
+            pass
+    for bad in ("", "a\0b", "\ud800"):
+        with pytest.raises(casyncify.InvalidArgumentError):
+            casyncify.set(bad, v)
+    with pytest.raises(TypeError):
+        casyncify.set(1, v)  # type: ignore[arg-type]
+    del v
+    assert eventually(lambda: r() is None), "no C context kept the value"
+    assert dict(casyncify.overrides()) == {}
+
+
+def test_get_of_a_key_nothing_can_hold_is_the_default():
+    assert casyncify.get("") is None
+    assert casyncify.get("\ud800", "dflt") == "dflt"
+    assert casyncify.get("a\0b", 0) == 0
+    with casyncify.context(k=1):  # with overrides of its own, too
+        assert casyncify.get("", "d") == "d"
+    with pytest.raises(TypeError):
+        casyncify.get(1)  # type: ignore[arg-type]
+
+
+def test_remove_of_a_non_str_key_is_a_type_error():
+    with pytest.raises(TypeError):
+        casyncify.remove(1)  # type: ignore[arg-type]
+    with pytest.raises(casyncify.NotFoundError):
+        casyncify.remove("absent")

@@ -221,3 +221,10 @@ def test_low_level_context_readers_and_pool_close():
     assert ll.pool_close(pool, 1) is True  # quiet: joined; callable again
     assert ll.pool_close(pool, 1) is True
     assert ll.pool_free(pool, 0) is True
+
+
+def test_thread_name_is_checked():
+    with pytest.raises(ValueError, match="NUL"):
+        casyncify.Pool(1, thread_name="bad\0name")
+    with pytest.raises(TypeError):
+        casyncify.Pool(1, thread_name=b"bytes")  # type: ignore[arg-type]
