@@ -427,6 +427,11 @@ def _name_thread() -> None:
 
 def _thread_stop(data):
     try:
+        # What code on this worker set outside any call (a done-callback of a
+        # submit() future, say) lives in the thread's own context; drop it now,
+        # while the thread state is whole: freed during the thread state's
+        # teardown, its C context's release would call into a dying thread state.
+        _state.set(_ROOT)
         state = _tls.__dict__.pop("gilstate", None)
         _tls.pool = None
         if state is not None:
@@ -519,6 +524,9 @@ class Pool:
             raise ValueError("thread_name must not contain a NUL character")  # C would cut it there
         name = thread_name.encode()
         opts.thread_name = name
+        # Workers get what threading gives a new thread: threading.stack_size()
+        # when the program set it, else the platform's default (0).
+        opts.stack_size = threading.stack_size()
         self._serial = next(_pool_serials)
         if thread_hooks:
             opts.on_thread_start = _HOOK_START
