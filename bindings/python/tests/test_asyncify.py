@@ -538,3 +538,75 @@ def test_asyncify_of_none_is_a_type_error(make_pool):
         casyncify.asyncify(None, pool=make_pool(1))  # type: ignore[arg-type]
     decorate = casyncify.asyncify(pool=make_pool(1))  # no function: a decorator
     assert run(decorate(lambda: 5)()) == 5
+
+
+def test_no_lock_is_held_while_add_reader_may_run_gc_finalizers():
+    """A loop's first call registers its queue with loop.add_reader, which may run
+    any Python: here it collects an older loop, whose cleanup must not wait on a
+    lock held by the registration (a deadlock before: a non-reentrant lock)."""
+    from test_lifecycle import run_script
+
+    proc = run_script(
+        """
+        import asyncio, gc, casyncify
+        gc.disable()  # the old loop goes only in the gc.collect() inside add_reader
+
+        class CollectingLoop(asyncio.SelectorEventLoop):
+            victims = []
+            def add_reader(self, *args):
+                CollectingLoop.victims.clear()  # the old loop is now garbage (a cycle)
+                gc.collect()  # runs its finalizers here, inside the registration
+                return super().add_reader(*args)
+
+        old = asyncio.new_event_loop()
+        assert old.run_until_complete(casyncify.asyncify(lambda: 1)()) == 1
+        old.close()
+        old.cycle = old
+        CollectingLoop.victims.append(old)
+        del old
+        new = CollectingLoop()
+        print(new.run_until_complete(casyncify.asyncify(lambda: 2)()))
+        new.close()
+        """,
+        timeout=20,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "2", proc.stderr
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")  # the unclosed loops, on purpose
+def test_loops_dropped_with_pending_calls_are_collected_with_everything_of_theirs(make_pool, gate):
+    import logging
+    import os
+    import weakref
+
+    pool = make_pool(2)
+    ablock = casyncify.asyncify(gate.block, pool=pool)
+    logging.getLogger("asyncio").disabled = True  # "Task was destroyed but it is pending!"
+    try:
+        gc.collect()
+        fds = len(os.listdir("/proc/self/fd"))
+        loops, states = [], []
+        for i in range(200):
+            loop = asyncio.new_event_loop()
+
+            async def start():
+                asyncio.ensure_future(ablock())  # pending when the loop stops
+                await asyncio.sleep(0)
+
+            loop.run_until_complete(start())
+            states.append(weakref.ref(_core._loop_state(loop)))
+            if i % 2:
+                loop.close()  # closed, then dropped; the others are just dropped
+            loops.append(weakref.ref(loop))
+            del loop, start
+        assert pool.stats().submitted == 200, "each loop left a call pending (some are collected already)"
+        gc.collect()  # every loop is garbage now: their queued calls are cancelled before the gate opens
+        gate.open()
+        assert eventually(lambda: pool.stats().running == 0 and pool.stats().queued == 0, timeout=10)
+        assert eventually(lambda: all(r() is None for r in loops), timeout=10), "every loop was collected"
+        assert eventually(lambda: all(r() is None for r in states)), "and its queue state"
+        assert not _core._calls, "no call record is left"
+        assert eventually(lambda: len(os.listdir("/proc/self/fd")) <= fds), "no fd is left (eventfds, selectors)"
+        assert pool.stats().completed <= 2, "the queued calls of the dead loops never ran"
+    finally:
+        logging.getLogger("asyncio").disabled = False
