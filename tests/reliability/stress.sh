@@ -9,7 +9,8 @@
 #   4. the model-based test with STRESS_MODEL_SEEDS sequences (default 20,000);
 #   5. the engine's Rust tests under ThreadSanitizer (nightly, -Zsanitizer=thread, std rebuilt with it),
 #      and the pure-Rust modules' unit tests under Miri;
-#   6. the fuzz target for FUZZ_SECONDS (default 120), from the committed seed corpus.
+#   6. the fuzz target for FUZZ_SECONDS (default 120), from the committed seed corpus;
+#   7. the Python binding's process-exit scenarios (bindings/python/tests/test_exit.py), 20 runs each.
 #
 # Step 5 needs a nightly toolchain with rust-src, installed with rustup when missing (no root); where none
 # can be had, the engine's tests run under ASan on the stable toolchain instead. Step 6 needs cargo-fuzz
@@ -155,6 +156,15 @@ fi
     2>&1 | tee "$out/fuzz.log"
 runs=$(sed -n 's/^Done \([0-9]*\) runs.*/\1/p' "$out/fuzz.log" | tail -1)
 figure "fuzz: ${runs:-?} inputs in $FUZZ_SECONDS s, crashes and model mismatches 0"
+
+step "7. Python process exit with calls still running: each scenario 20 times"
+if [[ -x .venv/bin/python ]]; then
+    ASYNCIFY_LIBRARY=$lib CASYNCIFY_EXIT_RUNS=20 .venv/bin/python -m pytest bindings/python/tests/test_exit.py \
+        -q 2>&1 | tee "$out/exit.log"
+    figure "Python exit scenarios: $(grep -o '[0-9]* passed' "$out/exit.log" | tail -1), 20 runs each, aborts 0"
+else
+    figure "Python exit scenarios: not run (no .venv; run make test first)"
+fi
 
 printf '\n==> figures (also in %s)\n' "$summary"
 cat "$summary"
