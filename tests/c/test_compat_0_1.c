@@ -8,18 +8,6 @@
 #error "this test must be compiled against the 0.1 header"
 #endif
 
-static int32_t report_stack_size(void *arg, void **out)
-{
-    (void)out;
-    pthread_attr_t attr;
-    size_t size = 0;
-    CHECK(pthread_getattr_np(pthread_self(), &attr) == 0);
-    CHECK(pthread_attr_getstacksize(&attr, &size) == 0);
-    pthread_attr_destroy(&attr);
-    *(size_t *)arg = size;
-    return 0;
-}
-
 static void on_done_count(void *data, asyncify_handle h, asyncify_status status, void *result, int32_t code)
 {
     (void)h, (void)result, (void)code;
@@ -51,11 +39,7 @@ int main(void)
     wait_ok_release(h);
     CHECK(atomic_load(&done) == 1);
 
-    pthread_attr_t attr;
-    size_t platform = 0;
-    CHECK(pthread_attr_init(&attr) == 0);
-    CHECK(pthread_attr_getstacksize(&attr, &platform) == 0);
-    pthread_attr_destroy(&attr);
+    size_t platform = default_thread_stack_size();
     CHECK(stack >= platform);
 
     asyncify_pool_stats s = stats_of(pool);

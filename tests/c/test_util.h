@@ -255,4 +255,36 @@ static inline size_t last_error_size(void)
         CHECK(last_error_size() > 1);                                                              \
     } while (0)
 
+#ifdef _GNU_SOURCE
+/* The stack size of the calling thread. */
+static inline size_t this_thread_stack_size(void)
+{
+    pthread_attr_t attr;
+    size_t size = 0;
+    CHECK(pthread_getattr_np(pthread_self(), &attr) == 0);
+    CHECK(pthread_attr_getstacksize(&attr, &size) == 0);
+    pthread_attr_destroy(&attr);
+    return size;
+}
+
+/* What pthread_create gives a thread started without attributes (on glibc: RLIMIT_STACK). */
+static inline size_t default_thread_stack_size(void)
+{
+    pthread_attr_t attr;
+    size_t size = 0;
+    CHECK(pthread_attr_init(&attr) == 0);
+    CHECK(pthread_attr_getstacksize(&attr, &size) == 0);
+    pthread_attr_destroy(&attr);
+    return size;
+}
+
+/* A work function that writes its thread's stack size to *(size_t *)arg. */
+static inline int32_t report_stack_size(void *arg, void **out)
+{
+    (void)out;
+    *(size_t *)arg = this_thread_stack_size();
+    return 0;
+}
+#endif
+
 #endif /* ASYNCIFY_TEST_UTIL_H */

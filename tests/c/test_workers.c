@@ -7,19 +7,6 @@
 
 #include "test_util.h"
 
-/* The stack size of the thread running this work function, written to *(size_t *)arg. */
-static int32_t report_stack_size(void *arg, void **out)
-{
-    (void)out;
-    pthread_attr_t attr;
-    size_t size = 0;
-    CHECK(pthread_getattr_np(pthread_self(), &attr) == 0);
-    CHECK(pthread_attr_getstacksize(&attr, &size) == 0);
-    pthread_attr_destroy(&attr);
-    *(size_t *)arg = size;
-    return 0;
-}
-
 static struct asyncify_pool *pool_with_stack(size_t stack_size)
 {
     asyncify_pool_options o;
@@ -42,11 +29,7 @@ static void test_stack_size(void)
 {
     /* 0 (the default) is what pthread_create gives a thread without attributes: on glibc it follows
      * RLIMIT_STACK (8 MiB on most systems), not Rust's 2 MiB. */
-    pthread_attr_t attr;
-    size_t platform = 0;
-    CHECK(pthread_attr_init(&attr) == 0);
-    CHECK(pthread_attr_getstacksize(&attr, &platform) == 0);
-    pthread_attr_destroy(&attr);
+    size_t platform = default_thread_stack_size();
     struct asyncify_pool *pool = pool_with_stack(0);
     size_t got = stack_size_on(pool);
     CHECK(got >= platform && got <= platform + 64 * 1024);
