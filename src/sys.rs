@@ -161,7 +161,10 @@ pub(crate) fn spawn_thread<B: ThreadBody>(
     stack_size: usize,
     name: &str,
 ) -> io::Result<Thread> {
-    let body = Box::into_raw(Box::new(body));
+    let body = Box::into_raw(Box::new(Started {
+        body,
+        name: CString::new(truncate_name(name)).ok(),
+    }));
     let mut attr = MaybeUninit::<libc::pthread_attr_t>::uninit();
     let mut thread = MaybeUninit::<libc::pthread_t>::uninit();
     // SAFETY: attr is initialised before use and destroyed after; the start
@@ -200,13 +203,14 @@ pub(crate) fn spawn_thread<B: ThreadBody>(
         return Err(io::Error::from_raw_os_error(rc));
     }
     // SAFETY: pthread_create succeeded, so it wrote the id.
-    let thread = unsafe { thread.assume_init() };
-    if let Ok(name) = CString::new(truncate_name(name)) {
-        // SAFETY: a live thread's id and a NUL-terminated name of at most 15
-        // bytes. A failure only leaves the name unset.
-        unsafe { libc::pthread_setname_np(thread, name.as_ptr()) };
-    }
-    Ok(Thread(thread))
+    Ok(Thread(unsafe { thread.assume_init() }))
+}
+
+/// What a new thread owns: its body, and the name it gives itself (the
+/// thread names itself: its id may be gone by the time its creator could).
+struct Started<B> {
+    body: B,
+    name: Option<CString>,
 }
 
 fn truncate_name(name: &str) -> &str {
@@ -222,7 +226,10 @@ fn truncate_name(name: &str) -> &str {
 /// engine's work happens in `next`/`finish`, whose frames have returned
 /// before each foreign call begins.
 extern "C-unwind" fn thread_start<B: ThreadBody>(arg: *mut c_void) -> *mut c_void {
-    let body = arg.cast::<B>();
+    let started = arg.cast::<Started<B>>();
+    name_self(started);
+    // SAFETY: `started` is the Box this thread owns until `body_drop`.
+    let body = unsafe { &raw mut (*started).body };
     loop {
         let call = body_next(body);
         let mut result: *mut c_void = std::ptr::null_mut();
@@ -250,8 +257,16 @@ extern "C-unwind" fn thread_start<B: ThreadBody>(arg: *mut c_void) -> *mut c_voi
         };
         body_finish(body, code, result);
     }
-    body_drop(body);
+    body_drop(started);
     std::ptr::null_mut()
+}
+
+fn name_self<B>(started: *mut Started<B>) {
+    // SAFETY: as in `thread_start`; the name is NUL-terminated and at most 15
+    // bytes. A failure only leaves the name unset.
+    if let Some(name) = unsafe { &(*started).name } {
+        unsafe { libc::pthread_setname_np(libc::pthread_self(), name.as_ptr()) };
+    }
 }
 
 /// A panic in the engine cannot unwind into the thread's C start: it aborts,
@@ -274,9 +289,9 @@ fn body_finish<B: ThreadBody>(body: *mut B, code: i32, result: *mut c_void) {
     engine_step(|| unsafe { (*body).finish(code, result) })
 }
 
-fn body_drop<B: ThreadBody>(body: *mut B) {
-    // SAFETY: as above; dropped once, as the loop ends.
-    engine_step(|| drop(unsafe { Box::from_raw(body) }))
+fn body_drop<B: ThreadBody>(started: *mut Started<B>) {
+    // SAFETY: the Box made by `spawn_thread`; dropped once, as the loop ends.
+    engine_step(|| drop(unsafe { Box::from_raw(started) }))
 }
 
 fn set_in_foreign_call(inside: bool) {
