@@ -35,6 +35,7 @@ import dataclasses
 import functools
 import inspect
 import itertools
+import math
 import os
 import sys
 import threading
@@ -78,7 +79,7 @@ class _Lifecycle:
     closing = False  # atexit began: new calls are refused
     finalized = False  # atexit done: C contexts are no longer freed (leaked at exit)
     fork_generation = 0  # bumped in a forked child: parent pools are unusable there
-    exit_timeout = 5.0  # seconds atexit waits for running Python calls
+    exit_timeout: "float | None" = 5.0  # seconds atexit waits for running Python calls (None: forever)
     live_workers = 0  # worker threads holding a thread state (start hook ran, stop hook not yet)
 
 
@@ -483,6 +484,23 @@ class Stats:
     abandoned: int  # cancelled while running
 
 
+#: Seconds: every wait of the binding in Python wakes at least this often, so
+#: that Ctrl-C (a KeyboardInterrupt, raised between two C calls) gets through.
+_SLICE = 0.1
+
+
+def _seconds(name: str, timeout: float | None) -> float | None:
+    """A timeout in seconds: None or ``inf`` mean forever (None), below 0 is 0, nan is refused."""
+    if timeout is None:
+        return None
+    value = float(timeout)  # TypeError for what is not a number
+    if math.isnan(value):
+        raise ValueError(f"{name} must be a number of seconds or None, not nan")
+    if math.isinf(value) and value > 0:
+        return None
+    return max(0.0, value)
+
+
 _SUBMIT_TEMPLATE = _ffi.SubmitOptions()
 check(plib.asyncify_submit_options_init(byref(_SUBMIT_TEMPLATE), sizeof(_SUBMIT_TEMPLATE)))
 _pool_serials = itertools.count(1)
@@ -535,6 +553,8 @@ class Pool:
         out = c_void_p()
         check(lib.asyncify_pool_new_ex(byref(opts), byref(out)))
         self._ptr: int | None = out.value
+        self._closing: int | None = None  # the pointer while close() waits (or was interrupted)
+        self._closers = 0  # close() calls waiting on _closing: the last one frees it
         self._generation = _life.fork_generation
         self._lock = threading.RLock()
         _open_pools.add(self)
@@ -621,23 +641,59 @@ class Pool:
     def close(self, timeout: float | None = None) -> bool:
         """Shut the pool down and free it: new calls get ``ShutDownError``, queued
         calls are cancelled (here), running ones are waited for up to ``timeout``
-        seconds (None: as long as they take). True when none was left running.
-        Idempotent. From a worker of this pool: ``WouldDeadlockError``.
+        seconds (None or ``inf``: as long as they take; ``nan``: ``ValueError``).
+        True when none was left running. Idempotent. From a worker of this pool:
+        ``WouldDeadlockError``.
+
+        The wait wakes every 100 ms, so Ctrl-C gets through; a
+        ``KeyboardInterrupt`` leaves the pool closing (closed to new calls, not
+        yet freed): ``close()`` again resumes the wait, and exit or garbage
+        collection frees it.
         """
+        timeout = _seconds("timeout", timeout)  # checked before anything changes
         with self._lock:
-            if self._ptr is None:
+            ptr = self._ptr or self._closing
+            if ptr is None:
                 return True
-            ptr = self._pointer()
+            if self._generation != _life.fork_generation:
+                self._pointer()  # raises ForkedError
             if getattr(_tls, "pool", None) == self._serial:
                 raise WouldDeadlockError(
                     _ffi.E_WOULD_DEADLOCK, "casyncify: a pool cannot be closed from its own worker"
                 )
-            self._ptr = None
-        _open_pools.discard(self)
-        ms = -1 if timeout is None else max(0, int(timeout * 1000))
-        status = lib.asyncify_pool_free(ptr, ms)  # GIL released: running calls need it
-        check(status)
-        return status == _ffi.OK
+            self._ptr, self._closing = None, ptr
+            self._closers += 1
+        try:
+            quiet = self._wait_closed(ptr, timeout)
+        except BaseException:  # KeyboardInterrupt between two slices, say: stay closing
+            with self._lock:
+                self._closers -= 1
+            raise
+        with self._lock:
+            self._closers -= 1
+            # The last closer frees: another one may still be waiting on the pointer.
+            free = self._closers == 0 and self._closing == ptr
+            if free:
+                self._closing = None
+        if free:
+            _open_pools.discard(self)
+            status = lib.asyncify_pool_free(ptr, 0)  # after a quiet close: frees at once
+            check(status)
+            quiet = quiet or status == _ffi.OK
+        return quiet
+
+    @staticmethod
+    def _wait_closed(ptr: int, timeout: float | None) -> bool:
+        """Shut the pool down and wait, in slices, until it is quiet (True) or ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = _SLICE if deadline is None else min(_SLICE, max(0.0, deadline - time.monotonic()))
+            status = lib.asyncify_pool_close(ptr, int(left * 1000))  # GIL released: running calls need it
+            if status == _ffi.OK:
+                return True
+            check(status)
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
 
     def __enter__(self) -> "Pool":
         return self
@@ -651,10 +707,10 @@ class Pool:
         # Reached only once no call of this pool is pending (each record holds
         # its pool), so nothing queued is cancelled here. Globals are bound as
         # defaults: this may run during interpreter teardown.
-        ptr = getattr(self, "_ptr", None)
+        ptr = getattr(self, "_ptr", None) or getattr(self, "_closing", None)  # open, or an interrupted close
         if not ptr or _life.finalized or self._generation != _life.fork_generation:
             return
-        self._ptr = None
+        self._ptr = self._closing = None
         if getattr(_tls, "pool", None) == self._serial:
             # Freeing from one's own worker would wait for itself: hand it off.
             _threading.Thread(target=_free, args=(ptr, 0), daemon=True).start()
@@ -700,10 +756,17 @@ def configure(max_workers: int | None = None, *, exit_timeout: float | None = No
     Other keywords are process-wide settings: ``get(key)`` falls back to them
     when the current context has no override.
     """
+    # Everything is checked before anything changes.
+    if max_workers is not None:
+        max_workers = _u32("max_workers", max_workers)
+    if exit_timeout is not None:
+        if float(exit_timeout) < 0:
+            raise ValueError(f"exit_timeout must not be negative, got {exit_timeout}")
+        exit_seconds = _seconds("exit_timeout", exit_timeout)  # inf: wait for as long as calls run
     if max_workers is not None:
         default_pool().max_workers = max_workers
     if exit_timeout is not None:
-        _life.exit_timeout = float(exit_timeout)
+        _life.exit_timeout = exit_seconds
     if settings:
         global _globals
         with _globals_lock:
@@ -768,9 +831,14 @@ class TaskFuture(concurrent.futures.Future):
                 raise WouldDeadlockError(status, _ffi.last_error())
 
     def result(self, timeout: float | None = None) -> Any:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        self._help(timeout)
-        return super().result(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        try:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            self._help(timeout)
+            return super().result(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        finally:
+            # The raised exception's traceback keeps this frame: it must not keep
+            # the future, which keeps the exception (a cycle, as the stdlib avoids).
+            self = None  # noqa: PLW0642
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -1080,18 +1148,30 @@ def call(fn: Callable, /, *args: Any, **kwargs: Any) -> Any:
 def _at_exit() -> None:
     """Refuse new calls, cancel queued ones, wait (bounded) for running ones and
     for every worker to drop its thread state, so that no worker touches a
-    finalizing interpreter."""
+    finalizing interpreter. Every wait wakes each 100 ms: Ctrl-C ends it."""
     _life.closing = True
-    deadline = time.monotonic() + _life.exit_timeout
-    for pool in list(_open_pools):
-        try:
-            pool.close(max(0.0, deadline - time.monotonic()))
-        except Error:
-            pass
+    timeout = _life.exit_timeout
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        for pool in list(_open_pools):
+            try:
+                pool.close(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            except Error:
+                pass
+        _wait_for_workers(deadline)
+        time.sleep(0.01)  # let the last worker finish returning from its stop hook
+    finally:
+        _life.finalized = True
+
+
+def _wait_for_workers(deadline: float | None) -> None:
+    """Wait until no worker holds a thread state, or ``deadline`` (None: no limit), in slices."""
     with _workers_cv:
-        _workers_cv.wait_for(lambda: _life.live_workers <= 0, max(0.0, deadline - time.monotonic()))
-    time.sleep(0.01)  # let the last worker finish returning from its stop hook
-    _life.finalized = True
+        while _life.live_workers > 0:
+            left = _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
+            if left <= 0:
+                return
+            _workers_cv.wait(left)
 
 
 atexit.register(_at_exit)

@@ -227,11 +227,12 @@ SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "asyncify_cancel_requested": (c_bool, []),
 }
 
-#: Functions added in 0.2: a 0.1 library without them still loads; ``has(name)``
-#: says whether the loaded one has them (the binding then does without).
+#: Readers added in 0.2 that the binding itself does not use: a library without
+#: them still loads (``has(name)`` says whether the loaded one exports them).
+#: ``asyncify_pool_close`` (also 0.2) is required: ``Pool.close`` waits with it.
 SINCE_0_2 = frozenset({
     "asyncify_context_get", "asyncify_context_get_ptr", "asyncify_context_get_ptr_ex",
-    "asyncify_context_count", "asyncify_context_visit", "asyncify_pool_close",
+    "asyncify_context_count", "asyncify_context_visit",
 })  # fmt: skip
 
 # The binding submits its own work callback, declared with WORK_FN_FAST; the

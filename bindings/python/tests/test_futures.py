@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import threading
 import time
 
@@ -167,3 +168,31 @@ def test_done_callbacks_run_once(make_pool):
     concurrent.futures.wait(futs, timeout=5)
     assert eventually(lambda: len(seen) == 20)
     assert sorted(seen) == list(range(20))
+
+
+def _garbage_after_failed_results(submit) -> int:
+    """Objects only the cycle collector frees after five submit(...).result() that raised."""
+
+    def boom():
+        raise ValueError("boom")
+
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(5):
+            fut = submit(boom)
+            try:
+                fut.result(5)
+            except ValueError:
+                pass
+            del fut
+        return gc.collect()
+    finally:
+        gc.enable()
+
+
+def test_a_result_that_raises_leaves_no_reference_cycle(make_pool):
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        baseline = _garbage_after_failed_results(executor.submit)
+    assert _garbage_after_failed_results(make_pool(1).submit) <= baseline == 0
+    assert _garbage_after_failed_results(casyncify.submit) == 0

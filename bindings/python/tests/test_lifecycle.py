@@ -194,3 +194,54 @@ def test_multiprocessing_fork_child_uses_its_own_default_pool():
     assert "['child', 'child', ('forked', -10)]" in r.stdout
     assert "exitcode 0" in r.stdout
     assert "parent still works" in r.stdout
+
+
+def test_interpreter_exit_with_an_infinite_exit_timeout_waits_for_running_calls():
+    r = run_script(
+        """
+        import time, casyncify
+        casyncify.configure(exit_timeout=float("inf"))
+        def running():
+            time.sleep(0.3)
+            print("running call finished", flush=True)
+        casyncify.submit(running)
+        time.sleep(0.05)
+        print("main done", flush=True)
+        """
+    )
+    assert r.returncode == 0, r.stderr
+    assert "main done" in r.stdout and "running call finished" in r.stdout
+    assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
+
+
+def test_ctrl_c_ends_the_exit_wait():
+    import signal
+
+    code = textwrap.dedent(
+        """
+        import threading, time, casyncify
+        casyncify.configure(exit_timeout=60)
+        started = threading.Event()
+        def work():
+            started.set()
+            t = time.monotonic()
+            while not casyncify.cancel_requested() and time.monotonic() - t < 30:
+                time.sleep(0.01)
+        casyncify.submit(work)
+        started.wait(5)
+        print("main done", flush=True)
+        """
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_ROOT), env.get("PYTHONPATH", "")])
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "main done"
+        time.sleep(0.5)  # exit is waiting for the call now (up to 60 s)
+        t = time.perf_counter()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert time.perf_counter() - t < 5, "the exit wait woke for Ctrl-C"
+    assert "KeyboardInterrupt" in err and "Fatal" not in err, err

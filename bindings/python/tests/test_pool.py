@@ -228,3 +228,67 @@ def test_thread_name_is_checked():
         casyncify.Pool(1, thread_name="bad\0name")
     with pytest.raises(TypeError):
         casyncify.Pool(1, thread_name=b"bytes")  # type: ignore[arg-type]
+
+
+def test_close_timeouts_inf_waits_forever_and_nan_is_refused(gate):
+    pool = casyncify.Pool(1)
+    running = pool.submit(gate.block)
+    assert gate.started.wait(5)
+    for bad in (float("nan"), "soon", [1]):
+        with pytest.raises((ValueError, TypeError)):
+            pool.close(bad)  # type: ignore[arg-type]
+    assert not pool.closed and pool.submit(lambda: 1), "a refused close() changes nothing"
+    closer = threading.Thread(target=lambda: results.append(pool.close(float("inf"))))
+    results: list = []
+    closer.start()
+    closer.join(0.4)
+    assert closer.is_alive() and not results, "inf: still waiting for the running call"
+    gate.open()
+    closer.join(5)
+    assert results == [True] and running.result(0) == "gate"
+
+
+def test_keyboard_interrupt_during_close_leaves_the_pool_closing(gate):
+    import _thread
+
+    from casyncify import _core
+
+    pool = casyncify.Pool(1)
+    running = pool.submit(gate.block)
+    assert gate.started.wait(5)
+    threading.Timer(0.3, _thread.interrupt_main).start()  # Ctrl-C while close() waits
+    t = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        pool.close()  # no timeout: only the interrupt ends this wait
+    assert time.perf_counter() - t < 2, "the wait woke for Ctrl-C (it wakes every 100 ms)"
+    assert pool.closed and pool in _core._open_pools, "closing, not freed: exit would still close it"
+    with pytest.raises(casyncify.ShutDownError):
+        pool.submit(lambda: 1)
+    gate.open()
+    assert pool.close(5) is True, "close() again resumes the wait, then frees"
+    assert running.result(0) == "gate" and pool not in _core._open_pools
+    assert pool.close() is True
+
+
+def test_configure_checks_every_argument_before_changing_anything():
+    from casyncify import _core
+
+    limit = casyncify.default_pool().max_workers
+    exit_timeout = _core._life.exit_timeout
+    bad_calls = [
+        dict(max_workers=limit + 1, exit_timeout=float("nan"), configure_probe=1),
+        dict(max_workers=-1, exit_timeout=1.0, configure_probe=1),
+        dict(max_workers=limit + 1, exit_timeout=-1, configure_probe=1),
+        dict(exit_timeout="soon", configure_probe=1),
+    ]
+    for kwargs in bad_calls:
+        with pytest.raises((ValueError, TypeError)):
+            casyncify.configure(**kwargs)
+        assert casyncify.default_pool().max_workers == limit
+        assert _core._life.exit_timeout == exit_timeout
+        assert casyncify.get("configure_probe") is None
+    try:
+        casyncify.configure(exit_timeout=float("inf"))
+        assert _core._life.exit_timeout is None, "inf: exit waits for as long as calls run"
+    finally:
+        _core._life.exit_timeout = exit_timeout
