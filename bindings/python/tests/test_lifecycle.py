@@ -97,7 +97,7 @@ def test_import_error_names_every_path_tried(tmp_path):
     assert r.returncode != 0
     assert "ImportError" in r.stderr
     assert "/nonexistent/libasyncify.so (ASYNCIFY_LIBRARY)" in r.stderr
-    assert f"{pkg}/libasyncify.so (package directory)" in r.stderr
+    assert f"{pkg}/libasyncify.abi3.so (package directory)" in r.stderr
     assert "target/release/libasyncify.so (repository target/release)" in r.stderr
 
 
