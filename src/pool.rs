@@ -237,6 +237,7 @@ impl PoolShared {
                 shared: self.clone(),
                 step: Step::Start,
                 running: None,
+                finished: None,
                 timed_out: false,
                 may_spin: true,
             };
@@ -381,6 +382,8 @@ struct Worker {
     step: Step,
     /// The task whose work function the thread is running.
     running: Option<(Arc<Task>, Running)>,
+    /// The task whose work function returned, until its callbacks have too.
+    finished: Option<Arc<Task>>,
     timed_out: bool,
     may_spin: bool,
 }
@@ -395,6 +398,9 @@ enum Step {
 
 impl ThreadBody for Worker {
     fn next(&mut self) -> ForeignCall {
+        if let Some(task) = self.finished.take() {
+            self.give_back_slot(&task);
+        }
         let hook_data = self.shared.options.hook_data as *mut std::ffi::c_void;
         loop {
             match self.step {
@@ -403,7 +409,7 @@ impl ThreadBody for Worker {
                     self.step = Step::Serve;
                     self.shared.lock().starting -= 1;
                     if let Some(start) = self.shared.options.on_thread_start {
-                        return ForeignCall::Hook(start, hook_data);
+                        return ForeignCall::Unary(start, hook_data);
                     }
                 }
                 Step::Serve => {
@@ -417,7 +423,7 @@ impl ThreadBody for Worker {
                     sys::retire_thread();
                     self.step = Step::Stop;
                     if let Some(stop) = self.shared.options.on_thread_stop {
-                        return ForeignCall::Hook(stop, hook_data);
+                        return ForeignCall::Unary(stop, hook_data);
                     }
                 }
                 Step::Stop => {
@@ -433,12 +439,19 @@ impl ThreadBody for Worker {
         let Some((task, running)) = self.running.take() else {
             return; // a hook returned
         };
+        // Its on_done, frees and releases are made next, by the thread's
+        // start routine; the slot goes back after them, in `next`.
         task.end_run(running, code, result);
-        let slot_given_back = task.slot_given_back();
-        drop(task);
+        self.finished = Some(task);
+    }
+}
+
+impl Worker {
+    /// The finished task's callbacks have returned: its slot goes back.
+    fn give_back_slot(&mut self, task: &Task) {
         let shared = &self.shared;
         let mut st = shared.lock();
-        if slot_given_back {
+        if task.slot_given_back() {
             st.abandoned_off_limit -= 1;
             shared.notify_if_quiet(&st);
         } else {
@@ -447,9 +460,7 @@ impl ThreadBody for Worker {
         self.timed_out = false;
         self.may_spin = true;
     }
-}
 
-impl Worker {
     /// Waits for a task and starts it (installing its table); None when the
     /// worker should leave.
     fn serve(&mut self) -> Option<Arc<Task>> {

@@ -3,7 +3,8 @@
 //! (started with `pthread_create` so that a foreign unwind out of a work
 //! function is sound; see [`ThreadBody`]). The only OS-specific module.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::ffi::{c_void, CString};
 use std::io;
 use std::mem::{ManuallyDrop, MaybeUninit};
@@ -48,11 +49,15 @@ pub(crate) fn min_stack_size() -> usize {
 ///
 /// Every call into the embedding program's code that may end the thread
 /// (`pthread_exit`, which an interpreter's finalization uses on threads that
-/// try to re-enter it) is made from the thread's start routine itself, whose
-/// frame then holds nothing to drop: the forced unwind crosses only that
-/// frame (a plain old frame of a `C-unwind` function, which RFC 2945 defines)
-/// and foreign ones, never a Rust frame with pending destructors, and never a
-/// `catch_unwind` or an `extern "C"` frame (both abort on a foreign unwind).
+/// try to re-enter it) is made from the thread's start routine or a function
+/// it calls whose frame, like its own, holds nothing to drop: the forced
+/// unwind crosses only such plain old frames (which RFC 2945 defines for a
+/// forced unwind) and foreign ones, never a Rust frame with pending
+/// destructors, and never a `catch_unwind` or an `extern "C"` frame (both
+/// abort on a foreign unwind). That covers the work function, the thread
+/// hooks, and, through [`call_foreign`], every `on_done`, free and release
+/// function the engine calls on the thread between them (a clone function,
+/// whose result the engine needs at once, is still called in place).
 pub(crate) trait ThreadBody: Send + 'static {
     /// The next call to make. Runs engine code only.
     fn next(&mut self) -> ForeignCall;
@@ -60,20 +65,133 @@ pub(crate) trait ThreadBody: Send + 'static {
     fn finish(&mut self, code: i32, result: *mut c_void);
 }
 
-/// A call into the embedding program, made by the thread's start routine.
+/// A call into the embedding program.
 #[derive(Clone, Copy)]
 pub(crate) enum ForeignCall {
     /// A work function: `code = work(arg, &result)`.
     Work(WorkFn, *mut c_void),
-    /// A thread hook: `hook(data)`, then `finish(0, NULL)`.
-    Hook(extern "C" fn(*mut c_void), *mut c_void),
+    /// A thread hook, free or release function: `f(ptr)`.
+    Unary(UnaryFn, *mut c_void),
+    /// `on_done(user_data, handle, status, result, code)`.
+    Done(DoneFn, *mut c_void, u64, i32, *mut c_void, i32),
     /// The thread returns (its body is dropped first).
     Exit,
 }
 
-type WorkFn = extern "C" fn(*mut c_void, *mut *mut c_void) -> i32;
+/// `asyncify_work_fn`.
+pub(crate) type WorkFn = extern "C" fn(*mut c_void, *mut *mut c_void) -> i32;
+/// `asyncify_free_fn`, `asyncify_thread_hook`.
+pub(crate) type UnaryFn = extern "C" fn(*mut c_void);
+/// `asyncify_done_fn`.
+pub(crate) type DoneFn = extern "C" fn(*mut c_void, u64, i32, *mut c_void, i32);
 type UnwindingWorkFn = extern "C-unwind" fn(*mut c_void, *mut *mut c_void) -> i32;
-type UnwindingHook = extern "C-unwind" fn(*mut c_void);
+type UnwindingUnaryFn = extern "C-unwind" fn(*mut c_void);
+type UnwindingDoneFn = extern "C-unwind" fn(*mut c_void, u64, i32, *mut c_void, i32);
+
+/// What the engine left for the start routine to do after its step: a
+/// foreign call, or engine code that must come after the calls before it.
+enum Deferred {
+    Call(ForeignCall),
+    Engine(Box<dyn FnOnce()>),
+}
+
+thread_local! {
+    /// Set while a thread started by [`spawn_thread`] runs engine code
+    /// between its foreign calls: foreign calls are then deferred.
+    static IN_ENGINE_STEP: Cell<bool> = const { Cell::new(false) };
+    static DEFERRED: DeferredQueue = const { DeferredQueue(RefCell::new(VecDeque::new())) };
+}
+
+/// The calls an engine step deferred. Empty whenever the thread ends on its
+/// own; a thread ended inside a foreign call leaks what is left (engine
+/// continuations that may hold the last reference to a table) rather than
+/// drop it on a thread that is going away.
+struct DeferredQueue(RefCell<VecDeque<Deferred>>);
+
+impl Drop for DeferredQueue {
+    fn drop(&mut self) {
+        if IN_FOREIGN_CALL.try_with(Cell::get).unwrap_or(true) {
+            std::mem::forget(std::mem::take(self.0.get_mut()));
+        }
+    }
+}
+
+fn in_engine_step() -> bool {
+    IN_ENGINE_STEP.try_with(Cell::get).unwrap_or(false)
+}
+
+/// Makes `call` now; or, on a worker thread between its foreign calls, has
+/// its start routine make it right after the current engine step, in the
+/// order of the calls to this function.
+pub(crate) fn call_foreign(call: ForeignCall) {
+    if in_engine_step() {
+        DEFERRED.with(|d| d.0.borrow_mut().push_back(Deferred::Call(call)));
+    } else {
+        make_call(call);
+    }
+}
+
+/// Runs `f` now; or, on a worker thread between its foreign calls, after the
+/// calls deferred before it (engine code that must follow an `on_done`).
+pub(crate) fn then(f: impl FnOnce() + 'static) {
+    if in_engine_step() {
+        DEFERRED.with(|d| d.0.borrow_mut().push_back(Deferred::Engine(Box::new(f))));
+    } else {
+        f();
+    }
+}
+
+/// Makes one foreign call; returns what a work function returned. Its
+/// frame holds nothing to drop (see [`ThreadBody`]).
+fn make_call(call: ForeignCall) -> (i32, *mut c_void) {
+    let mut result: *mut c_void = std::ptr::null_mut();
+    let code = match call {
+        ForeignCall::Work(work, arg) => {
+            // SAFETY: the same function with the unwinding ABI string: a
+            // foreign unwind out of it is then defined, not undefined.
+            let work = unsafe { std::mem::transmute::<WorkFn, UnwindingWorkFn>(work) };
+            set_in_foreign_call(true);
+            let code = work(arg, &mut result);
+            set_in_foreign_call(false);
+            code
+        }
+        ForeignCall::Unary(f, ptr) => {
+            // SAFETY: as above.
+            let f = unsafe { std::mem::transmute::<UnaryFn, UnwindingUnaryFn>(f) };
+            set_in_foreign_call(true);
+            f(ptr);
+            set_in_foreign_call(false);
+            0
+        }
+        ForeignCall::Done(f, data, handle, status, res, code) => {
+            // SAFETY: as above.
+            let f = unsafe { std::mem::transmute::<DoneFn, UnwindingDoneFn>(f) };
+            set_in_foreign_call(true);
+            f(data, handle, status, res, code);
+            set_in_foreign_call(false);
+            0
+        }
+        ForeignCall::Exit => 0,
+    };
+    (code, result)
+}
+
+/// Makes the calls the last engine step deferred, and runs the engine code
+/// between them, until none is left.
+fn drain_deferred() {
+    while let Some(call) = next_deferred() {
+        make_call(call);
+    }
+}
+
+fn next_deferred() -> Option<ForeignCall> {
+    engine_step(|| loop {
+        match DEFERRED.with(|d| d.0.borrow_mut().pop_front())? {
+            Deferred::Call(call) => return Some(call),
+            Deferred::Engine(f) => f(),
+        }
+    })
+}
 
 thread_local! {
     /// True while this thread is inside a foreign call: if the thread ends
@@ -232,30 +350,13 @@ extern "C-unwind" fn thread_start<B: ThreadBody>(arg: *mut c_void) -> *mut c_voi
     let body = unsafe { &raw mut (*started).body };
     loop {
         let call = body_next(body);
-        let mut result: *mut c_void = std::ptr::null_mut();
-        let code = match call {
-            ForeignCall::Work(work, arg) => {
-                // SAFETY: the same function with the unwinding ABI string: a
-                // foreign unwind out of it is then defined, not undefined.
-                let work = unsafe { std::mem::transmute::<WorkFn, UnwindingWorkFn>(work) };
-                set_in_foreign_call(true);
-                let code = work(arg, &mut result);
-                set_in_foreign_call(false);
-                code
-            }
-            ForeignCall::Hook(hook, data) => {
-                // SAFETY: as above.
-                let hook = unsafe {
-                    std::mem::transmute::<extern "C" fn(*mut c_void), UnwindingHook>(hook)
-                };
-                set_in_foreign_call(true);
-                hook(data);
-                set_in_foreign_call(false);
-                0
-            }
-            ForeignCall::Exit => break,
-        };
+        drain_deferred();
+        if let ForeignCall::Exit = call {
+            break;
+        }
+        let (code, result) = make_call(call);
         body_finish(body, code, result);
+        drain_deferred();
     }
     body_drop(started);
     std::ptr::null_mut()
@@ -269,14 +370,17 @@ fn name_self<B>(started: *mut Started<B>) {
     }
 }
 
-/// A panic in the engine cannot unwind into the thread's C start: it aborts,
-/// as a panic on a `std::thread` with no one to catch it would not, but as
-/// any panic escaping an `extern "C"` function does.
+/// Engine code between foreign calls: the foreign calls it asks for are
+/// deferred to the start routine. A panic cannot unwind into the thread's C
+/// start: it aborts, as any panic escaping an `extern "C"` function does.
 fn engine_step<R>(f: impl FnOnce() -> R) -> R {
-    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+    let _ = IN_ENGINE_STEP.try_with(|s| s.set(true));
+    let r = match std::panic::catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(_) => std::process::abort(),
-    }
+    };
+    let _ = IN_ENGINE_STEP.try_with(|s| s.set(false));
+    r
 }
 
 fn body_next<B: ThreadBody>(body: *mut B) -> ForeignCall {

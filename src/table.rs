@@ -108,7 +108,11 @@ impl Drop for PtrValue {
     fn drop(&mut self) {
         // Never called with NULL, like every free function of the library.
         if let (Some(release), false) = (self.release, self.addr == 0) {
-            release(self.addr as *mut c_void);
+            // On a worker, made from its start routine (see `sys::ThreadBody`).
+            crate::sys::call_foreign(crate::sys::ForeignCall::Unary(
+                release,
+                self.addr as *mut c_void,
+            ));
         }
     }
 }

@@ -36,7 +36,7 @@ use crate::handles::{fork_epoch, HandleError, Registry};
 use crate::overrides::{Frame, Installed};
 use crate::pool::PoolShared;
 use crate::status::*;
-use crate::sys::LeakAtExit;
+use crate::sys::{self, ForeignCall, LeakAtExit};
 use crate::table::Table;
 
 /// The work function: `0` is success, anything else a failure code. It may
@@ -203,9 +203,11 @@ struct AfterPublish {
     release_self: bool,
 }
 
+/// Frees `addr` with `f` (never NULL), as a foreign call (on a worker, from
+/// its start routine).
 fn free_with(f: Option<FreeFn>, addr: usize) {
     if let (Some(f), false) = (f, addr == 0) {
-        f(addr as *mut c_void);
+        sys::call_foreign(ForeignCall::Unary(f, addr as *mut c_void));
     }
 }
 
@@ -360,21 +362,37 @@ impl Task {
     }
 
     /// Calls `on_done` (no lock held), then makes the outcome visible: into
-    /// the completion queue when the task has one and no `on_done`.
+    /// the completion queue when the task has one and no `on_done`. On a
+    /// worker both happen right after its engine step, from the thread's
+    /// start routine (see `sys::ThreadBody`), in that order.
     fn report(self: &Arc<Self>, outcome: Outcome, result: usize) {
-        if let Some(on_done) = self.spec.on_done {
-            // A wait for this task from inside its on_done could never end
-            // (it is published afterwards): note who is reporting it.
-            let outer = REPORTING.with(|r| r.replace(Arc::as_ptr(self) as usize));
-            on_done(
-                self.spec.on_done_data as *mut c_void,
-                self.handle(),
-                outcome.status,
-                result as *mut c_void,
-                outcome.code,
-            );
+        let Some(on_done) = self.spec.on_done else {
+            // After the release functions of the task's table, as on_done.
+            let task = self.clone();
+            sys::then(move || task.after_on_done(outcome));
+            return;
+        };
+        // A wait for this task from inside its on_done could never end (it
+        // is published afterwards): note who is reporting it.
+        let me = Arc::as_ptr(self) as usize;
+        let outer = REPORTING.with(Cell::get);
+        sys::then(move || REPORTING.with(|r| r.set(me)));
+        sys::call_foreign(ForeignCall::Done(
+            on_done,
+            self.spec.on_done_data as *mut c_void,
+            self.handle(),
+            outcome.status,
+            result as *mut c_void,
+            outcome.code,
+        ));
+        let task = self.clone();
+        sys::then(move || {
             REPORTING.with(|r| r.set(outer));
-        }
+            task.after_on_done(outcome);
+        });
+    }
+
+    fn after_on_done(self: &Arc<Self>, outcome: Outcome) {
         let queue = self
             .spec
             .cq
