@@ -1,10 +1,12 @@
 //! Completion queues: tasks deliver their completions here instead of to a
 //! callback, and an event loop learns of many of them with one wake-up.
 //!
-//! The queue's eventfd is written only when the queue goes from empty to
-//! non-empty, and read back (made unreadable) when a drain empties it, both
-//! under the queue's lock, so the fd is readable exactly while completions
-//! wait. A task publishes its status and moves its result into the record
+//! The queue's descriptor (an eventfd, or a pipe where there is none) is
+//! made readable when the queue goes from empty to non-empty, and unreadable
+//! when a drain empties it, both under the queue's lock, so it is readable
+//! exactly while completions wait. A drain that leaves completions behind
+//! raises it again: an edge-triggered loop that drains in batches gets a new
+//! edge for the rest instead of stalling. A task publishes its status and moves its result into the record
 //! under the queue's lock (lock order: queue, then task), so a record is in
 //! the queue exactly when its task is terminal.
 //!
@@ -13,12 +15,12 @@
 //! records nobody drained go to their `free_result`.
 
 use std::collections::VecDeque;
-use std::fs::File;
-use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::io;
+use std::os::fd::RawFd;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::sys::Signal;
 use crate::task::FreeFn;
 
 /// One completion, as `asyncify_completion` reports it.
@@ -40,7 +42,7 @@ pub struct Completion {
 struct State {
     items: VecDeque<Completion>,
     /// None once the queue is closed.
-    signal: Option<File>,
+    signal: Option<Signal>,
     waiters: u32,
 }
 
@@ -63,10 +65,9 @@ pub enum WaitEnd {
 impl CompletionQueue {
     /// A new, empty queue.
     pub fn new() -> io::Result<CompletionQueue> {
-        let fd = crate::sys::eventfd()?;
-        let signal = File::from(fd);
+        let signal = Signal::new()?;
         Ok(CompletionQueue {
-            fd: signal.as_raw_fd(),
+            fd: signal.fd(),
             state: Mutex::new(State {
                 items: VecDeque::new(),
                 signal: Some(signal),
@@ -93,9 +94,7 @@ impl CompletionQueue {
         let signal = st.signal.as_ref()?;
         let was_empty = st.items.is_empty();
         if was_empty {
-            // An eventfd write of 1 fails only when the count would
-            // overflow; it is reset at every drain to empty, so it cannot.
-            let _ = (&*signal).write(&1u64.to_ne_bytes());
+            signal.raise();
         }
         let (record, extra) = make();
         st.items.push_back(record);
@@ -142,11 +141,11 @@ impl CompletionQueue {
         for record in st.items.drain(..n) {
             sink(record);
         }
-        if n > 0 && st.items.is_empty() {
-            if let Some(signal) = &st.signal {
-                let mut count = [0u8; 8];
-                // Resets the count to 0: the fd is not readable any more.
-                let _ = (&*signal).read(&mut count);
+        if let (true, Some(signal)) = (n > 0, &st.signal) {
+            signal.clear();
+            if !st.items.is_empty() {
+                // Still readable, and a new edge for edge-triggered loops.
+                signal.raise();
             }
         }
         n

@@ -1,5 +1,5 @@
 //! The operating-system calls the engine needs that std does not offer: the
-//! completion queue's eventfd, the fork handlers, and the worker threads
+//! completion queue's descriptor (an eventfd, or a pipe), the fork handlers, and the worker threads
 //! (started with `pthread_create` so that a foreign unwind out of a work
 //! function is sound; see [`ThreadBody`]). The only OS-specific module.
 
@@ -9,18 +9,95 @@ use std::ffi::{c_void, CString};
 use std::io;
 use std::mem::{ManuallyDrop, MaybeUninit};
 use std::ops::Deref;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::panic::AssertUnwindSafe;
 
-/// A non-blocking, close-on-exec eventfd with a count of 0.
-pub(crate) fn eventfd() -> io::Result<OwnedFd> {
-    // SAFETY: eventfd takes no pointers; it returns a new descriptor or -1.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
+/// A descriptor that is readable exactly while its owner says so, for an
+/// event loop to watch: a completion queue's. An eventfd on Linux; a
+/// non-blocking pipe elsewhere, or where `ASYNCIFY_CQ_PIPE=1` is set when it
+/// is made (so the portable path is tested on Linux too).
+pub(crate) struct Signal {
+    read: OwnedFd,
+    /// The pipe's other end; `None` for an eventfd (one descriptor for both).
+    write: Option<OwnedFd>,
+}
+
+impl Signal {
+    pub(crate) fn new() -> io::Result<Signal> {
+        let forced_pipe = std::env::var_os("ASYNCIFY_CQ_PIPE").is_some_and(|v| v == "1");
+        #[cfg(target_os = "linux")]
+        if !forced_pipe {
+            // SAFETY: eventfd takes no pointers; it returns a new descriptor or -1.
+            let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+            let read = unsafe { OwnedFd::from_raw_fd(fd) };
+            return Ok(Signal { read, write: None });
+        }
+        let _ = forced_pipe;
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe writes.
+        if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: two fresh descriptors that nothing else owns.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        for fd in [&read, &write] {
+            set_nonblocking_cloexec(fd.as_raw_fd())?;
+        }
+        Ok(Signal {
+            read,
+            write: Some(write),
+        })
     }
-    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+
+    /// The descriptor to watch.
+    pub(crate) fn fd(&self) -> RawFd {
+        self.read.as_raw_fd()
+    }
+
+    /// Makes the descriptor readable, with a new wake-up even when it already
+    /// was (an edge for edge-triggered loops).
+    pub(crate) fn raise(&self) {
+        let fd = self.write.as_ref().unwrap_or(&self.read).as_raw_fd();
+        let one = 1u64.to_ne_bytes();
+        // An eventfd takes 8 bytes, a pipe 1. Neither write can fail here
+        // but for a full pipe, which is readable already.
+        let len = if self.write.is_some() { 1 } else { one.len() };
+        // SAFETY: `one` holds at least `len` readable bytes.
+        let _ = unsafe { libc::write(fd, one.as_ptr().cast(), len) };
+    }
+
+    /// Makes the descriptor unreadable.
+    pub(crate) fn clear(&self) {
+        let mut buf = [0u8; 64];
+        loop {
+            // SAFETY: `buf` has room for the bytes asked for.
+            let n =
+                unsafe { libc::read(self.read.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            // An eventfd is emptied by one read; a pipe when a read finds nothing.
+            if n <= 0 || self.write.is_none() {
+                break;
+            }
+        }
+    }
+}
+
+fn set_nonblocking_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor this module owns, with integer arguments.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Registers `prepare`, `parent` and `child` with `pthread_atfork`.
