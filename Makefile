@@ -11,7 +11,7 @@ CMAKE   := $(VENV)/bin/cmake
 CTEST   := $(VENV)/bin/ctest
 CFLAGS_DEMO := -std=c11 -Wall -Wextra -Werror -O2 -Iinclude
 
-.PHONY: all lib demo test test-wheel wheel test-rust test-rust-asan test-c test-python test-packaging install check-header lint clean bench bench-full stress
+.PHONY: all lib demo test test-uv test-wheel wheel test-rust test-rust-asan test-c test-python test-packaging install check-header lint clean bench bench-full stress
 
 all: lib
 
@@ -95,6 +95,19 @@ test-c: lib $(VENV)/.installed
 	$(CMAKE) --build $(BUILD)/c-valgrind -j2
 	cd $(BUILD)/c-valgrind && $(CURDIR)/$(CTEST) -L valgrind --output-on-failure -j2
 
+# The libuv example (examples/uv_loop.c: a uv_poll_t on a completion queue's
+# fd, 1,000 tasks) against the libuv that bench/build_libuv.sh builds from the
+# sources bundled in a crate (no root, no system package).
+UV_DIR := target/bench-libuv
+$(UV_DIR)/libuv.so:
+	sh bench/build_libuv.sh $(UV_DIR)
+
+test-uv: lib $(UV_DIR)/libuv.so
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_DEMO) -I$(UV_DIR)/include examples/uv_loop.c -L$(dir $(LIB)) -lasyncify -L$(UV_DIR) -luv \
+		-Wl,-rpath,$(CURDIR)/$(dir $(LIB)) -Wl,-rpath,$(CURDIR)/$(UV_DIR) -o $(BUILD)/uv_loop
+	$(BUILD)/uv_loop
+
 # The binding's optional test dependencies (about 20 s to install): DSPy, for
 # its tests of real DSPy programs; trio, AnyIO (pinned: the binding marks its
 # worker threads as AnyIO does) and uvloop, for asyncify() under each loop.
@@ -165,7 +178,7 @@ test-packaging: lib $(VENV)/.installed
 	cd $(BUILD)/cpp-asan && $(CURDIR)/$(CTEST) --output-on-failure -j2
 	CMAKE=$(CURDIR)/$(CMAKE) CTEST=$(CURDIR)/$(CTEST) sh tests/consumer/run.sh
 
-test: lib check-header lint test-rust test-rust-asan test-c test-python test-wheel test-packaging
+test: lib check-header lint test-rust test-rust-asan test-c test-uv test-python test-wheel test-packaging
 
 # The long reliability runs (issue 6; tests/reliability/stress.sh says what
 # and how to size them): 10,000,000 stress tasks and a timed run, the C

@@ -5,7 +5,8 @@
 # only: that crate's own build needs libclang for bindgen). Compiled with the
 # file list and defines of libuv's CMakeLists.txt for Linux.
 #
-#   sh bench/build_libuv.sh [OUT_DIR]      -> OUT_DIR/libuv.so (default target/bench-libuv)
+#   sh bench/build_libuv.sh [OUT_DIR]      -> OUT_DIR/libuv.so, libuv.so.1 and include/
+#                                             (default target/bench-libuv)
 set -eu
 
 out=${1:-target/bench-libuv}
@@ -72,4 +73,7 @@ objs=$(printf "$objdir/%s.o " $files)
 $cc -shared -Wl,-soname,libuv.so.1 -o "$out/libuv.so.tmp" $objs -lpthread -ldl -lrt ||
     { echo "linking libuv.so with $cc failed" >&2; exit 1; }
 mv "$out/libuv.so.tmp" "$out/libuv.so"
+# For programs built against it (examples/uv_loop.c): its headers and its SONAME's name.
+rm -rf "$out/include" && cp -R "$src/include" "$out/include"
+ln -sf libuv.so "$out/libuv.so.1"
 echo "built $out/libuv.so (from the libuv-sys2 $ver crate)" >&2
