@@ -1,0 +1,143 @@
+"""DSPy's ``asyncify`` and ``streamify`` on casyncify pools.
+
+    import casyncify.integrations.dspy as casyncify_dspy
+
+    casyncify_dspy.install()      # dspy.asyncify(program) now runs on casyncify
+    ...
+    casyncify_dspy.uninstall()    # DSPy's own asyncify again
+
+``install()`` replaces DSPy's ``asyncify`` function wherever DSPy has bound it: the
+``dspy.asyncify`` attribute, ``dspy.utils.asyncify.asyncify`` and the module global
+that ``dspy.streamify`` calls for a synchronous program (``dspy.streaming.streamify``),
+plus any other ``dspy.*`` module that imported it by name. ``uninstall()`` puts DSPy's
+function back where ours still is. Wrappers made while installed stay casyncify's.
+
+The limit follows DSPy's setting: each call reads ``dspy.settings.async_max_workers``
+as the calling task sees it (``dspy.configure(async_max_workers=N)`` or a scoped
+``dspy.context(async_max_workers=N)``) and runs on the casyncify pool of that limit,
+made on first use and shared by every call with the same value. A scoped value thus
+limits its own calls only: it never resizes the pool of anyone else's (DSPy's one
+global ``CapacityLimiter`` is resized by each call instead).
+
+The rest is casyncify's contract: the caller's whole ``contextvars`` context (DSPy's
+``dspy.context`` overrides included) is copied at call time; cancelling the awaiting
+task (asyncio) or cancel scope (trio, AnyIO) cancels a queued call or abandons a
+running one; inside a call ``anyio.from_thread`` works, which is how
+``dspy.streamify`` gets status messages and LM chunks out of a synchronous program,
+under asyncio and under AnyIO's trio backend alike.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import sys
+import threading
+from typing import Any, Awaitable, Callable
+
+from .. import _core
+from .._core import UNBOUNDED, Pool
+
+__all__ = ["install", "uninstall", "installed", "asyncify", "pool_for"]
+
+#: Where DSPy binds its asyncify (module name, attribute), besides any other
+#: ``dspy.*`` module found holding the very function at install time.
+KNOWN_BINDINGS = (
+    ("dspy", "asyncify"),
+    ("dspy.utils.asyncify", "asyncify"),
+    ("dspy.streaming.streamify", "asyncify"),
+)
+
+_pools: dict[Any, Pool] = {}  # async_max_workers value -> its pool (made on first use)
+_installed: list[tuple[Any, str, Callable]] = []  # (module, attribute, DSPy's function) replaced
+_install_lock = threading.Lock()  # install()/uninstall() only: never held while a call runs
+
+
+def _limit(value: Any) -> int:
+    """A pool limit for DSPy's ``async_max_workers``: an int >= 1, or inf/None for no limit."""
+    if value is None or (isinstance(value, float) and math.isinf(value) and value > 0):
+        return UNBOUNDED
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"dspy async_max_workers must be an int, not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"dspy async_max_workers must be at least 1, got {value}")
+    return min(value, UNBOUNDED)
+
+
+def pool_for(async_max_workers: Any) -> Pool:
+    """The casyncify pool of this ``async_max_workers`` value (one per value, made on first use)."""
+    limit = _limit(async_max_workers)
+    pool = _pools.get(limit)
+    if pool is None or pool.closed:
+        # No lock: making a pool may run any Python (GC). A racing thread's pool
+        # loses the setdefault and is closed at once (it ran nothing).
+        fresh = Pool(limit, thread_name="casyncify-dspy")
+        if pool is not None:  # closed (by the user, or at exit): replace it
+            _pools.pop(limit, None)
+        pool = _pools.setdefault(limit, fresh)
+        if pool is not fresh:
+            fresh.close(0)
+    return pool
+
+
+def _current_async_max_workers() -> Any:
+    import dspy
+
+    return dspy.settings.async_max_workers
+
+
+def asyncify(program: Callable) -> Callable[..., Awaitable[Any]]:
+    """DSPy's ``asyncify(program)`` on casyncify: an ``async def`` wrapper whose calls run
+    on the pool of the ``async_max_workers`` value DSPy holds at call time."""
+    per_pool: dict[Pool, Callable[..., Awaitable[Any]]] = {}
+
+    async def async_program(*args: Any, **kwargs: Any) -> Any:
+        pool = pool_for(_current_async_max_workers())
+        call = per_pool.get(pool)
+        if call is None:
+            call = per_pool.setdefault(pool, _core.asyncify(program, pool=pool))
+        return await call(*args, **kwargs)
+
+    if _core._is_async_callable(program) or not callable(program):
+        _core.asyncify(program)  # raises the same TypeError as casyncify.asyncify
+    functools.update_wrapper(async_program, program, updated=())
+    return async_program
+
+
+def install() -> None:
+    """Route DSPy's ``asyncify`` (and so ``streamify`` of a sync program) through casyncify.
+
+    Idempotent. Imports DSPy (and the streaming module) if not yet imported.
+    """
+    import dspy.streaming.streamify  # noqa: F401 - make sure every known binding exists
+    import dspy.utils.asyncify as dspy_asyncify_module
+
+    with _install_lock:
+        if _installed:
+            return
+        original = dspy_asyncify_module.asyncify  # DSPy's own, as nothing of ours is installed
+        targets = {(name, attr) for name, attr in KNOWN_BINDINGS}
+        for name, module in list(sys.modules.items()):
+            if (name == "dspy" or name.startswith("dspy.")) and getattr(module, "asyncify", None) is original:
+                targets.add((name, "asyncify"))
+        for name, attr in sorted(targets):
+            module = sys.modules.get(name)
+            if module is not None and getattr(module, attr, None) is original:
+                setattr(module, attr, asyncify)
+                _installed.append((module, attr, original))
+
+
+def uninstall() -> None:
+    """Put DSPy's own ``asyncify`` back wherever ``install()`` replaced it (and ours
+    is still there). The pools made meanwhile stay usable (by wrappers made while
+    installed) and are closed at exit."""
+    with _install_lock:
+        while _installed:
+            module, attr, original = _installed.pop()
+            if getattr(module, attr, None) is asyncify:
+                setattr(module, attr, original)
+
+
+def installed() -> bool:
+    """Whether ``install()`` is in effect."""
+    return bool(_installed)
