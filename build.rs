@@ -21,8 +21,17 @@ fn main() {
     let mut config = cbindgen::Config::from_file(Path::new(&dir).join("cbindgen.toml"))
         .expect("cbindgen.toml is valid");
     config.after_includes = Some(format!(
-        "\n#define ASYNCIFY_VERSION_MAJOR {}\n#define ASYNCIFY_VERSION_MINOR {}\n\
-         #define ASYNCIFY_VERSION_PATCH {}\n#define ASYNCIFY_VERSION_STRING \"{version}\"\n",
+        "\n/**\n * The major version of the library this header came with. A program\n \
+         * linked against `libasyncify.so.MAJOR` runs with every later library of\n \
+         * that major version.\n */\n#define ASYNCIFY_VERSION_MAJOR {}\n\n\
+         /**\n * The minor version of this header: a minor release only adds\n \
+         * (functions, statuses, flags, fields at the end of versioned structs).\n \
+         */\n#define ASYNCIFY_VERSION_MINOR {}\n\n\
+         /**\n * The patch version of this header: a patch release only fixes.\n \
+         */\n#define ASYNCIFY_VERSION_PATCH {}\n\n\
+         /**\n * This header's version as `\"MAJOR.MINOR.PATCH\"`; asyncify_version()\n \
+         * gives the version of the library loaded at run time.\n \
+         */\n#define ASYNCIFY_VERSION_STRING \"{version}\"\n",
         part("CARGO_PKG_VERSION_MAJOR"),
         part("CARGO_PKG_VERSION_MINOR"),
         part("CARGO_PKG_VERSION_PATCH"),
@@ -40,6 +49,7 @@ fn main() {
     let mut raw = Vec::new();
     bindings.write(&mut raw);
     let header = tidy_defines(&String::from_utf8(raw).expect("UTF-8 header"));
+    let header = statuses_first(&header);
     let header = header.into_bytes();
 
     let path = Path::new(&dir).join("include").join("asyncify.h");
@@ -74,4 +84,60 @@ fn tidy_defines(header: &str) -> String {
             }
         })
         .collect()
+}
+
+/// cbindgen writes constants of a typedef'd type after all the types; the
+/// status codes (with their `asyncify_status` typedef) are moved up to just
+/// after the version macros, so that a reader meets the values every function
+/// returns before the flags, types and functions.
+fn statuses_first(header: &str) -> String {
+    let lines: Vec<&str> = header.lines().collect();
+    let find = |prefix: &str| {
+        lines
+            .iter()
+            .position(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("the generated header has no line `{prefix}`"))
+    };
+    // The lines start..end of the blank-line-separated paragraph holding `at`.
+    let paragraph = |at: usize| {
+        let start = lines[..at]
+            .iter()
+            .rposition(|l| l.is_empty())
+            .map_or(0, |i| i + 1);
+        let end = lines[at..]
+            .iter()
+            .position(|l| l.is_empty())
+            .map_or(lines.len(), |i| at + i);
+        (start, end)
+    };
+    let after = paragraph(find("#define ASYNCIFY_VERSION_STRING ")).1;
+    let typedef = paragraph(find("typedef int32_t asyncify_status;"));
+    let (first, mut last) = paragraph(find("#define ASYNCIFY_OK "));
+    // Every following paragraph that ends in a #define is a status too.
+    while last + 1 < lines.len() {
+        let (_, end) = paragraph(last + 1);
+        if end == last + 1 || !lines[end - 1].starts_with("#define ") {
+            break;
+        }
+        last = end;
+    }
+    assert!(
+        after < typedef.0 && typedef.1 < first,
+        "unexpected header layout"
+    );
+    let mut out: Vec<&str> = Vec::with_capacity(lines.len());
+    out.extend(&lines[..=after]);
+    out.extend(&lines[typedef.0..typedef.1]);
+    out.push("");
+    out.extend(&lines[first..last]);
+    out.push("");
+    // The rest, without the moved paragraphs and the blank line after each.
+    out.extend(&lines[after + 1..typedef.0]);
+    out.extend(&lines[(typedef.1 + 1).min(first)..first]);
+    out.extend(&lines[(last + 1).min(lines.len())..]);
+    // The extra blank line after the version macros is now between paragraphs.
+    out.dedup_by(|a, b| a.is_empty() && b.is_empty());
+    let mut text = out.join("\n");
+    text.push('\n');
+    text
 }

@@ -1,16 +1,80 @@
-/*
- * asyncify: run blocking work on a bounded pool of worker threads without
- * losing the caller's per-thread context (override table).
+/**
+ * @file asyncify.h
+ * @brief Run blocking work on a bounded pool of worker threads without losing
+ * the caller's per-thread context (its override table).
  *
- * Conventions for every function:
- * - returns an asyncify_status: >= 0 an outcome, < 0 an error (see
- *   asyncify_status_str and asyncify_last_error);
- * - a NULL where a pointer is required gives ASYNCIFY_E_NULL;
- * - output pointers are written only when the status is >= 0, except *out_len
- *   with ASYNCIFY_E_BUFFER_TOO_SMALL;
- * - callbacks take user_data first and must not unwind through the library;
- * - no library lock is held while user code runs: callbacks may call back in;
- * - the library never calls a free or release function with NULL.
+ * Each thread has an override table (key to bytes or opaque pointer).
+ * asyncify_submit() snapshots the caller's table in O(1) and runs a work
+ * function on a limited pool (8 workers by default, FIFO) with that snapshot
+ * installed on the worker thread. Completion arrives by callback (`on_done`),
+ * through the handle (asyncify_poll(), asyncify_wait(), asyncify_wait_any())
+ * or on a completion queue whose file descriptor joins an event loop.
+ *
+ * The declarations follow a reading order: version and error reporting, the
+ * status codes, the flags and types, then the functions: the override table,
+ * submitting, completion, pools, contexts, completion queues and the global
+ * layer. These conventions hold for every function:
+ *
+ * @par Status codes
+ * Every function returns an ::asyncify_status unless its documentation says
+ * otherwise. A value `>= 0` is an outcome (`ASYNCIFY_OK`, `ASYNCIFY_PENDING`,
+ * `ASYNCIFY_FAILED`, `ASYNCIFY_CANCELLED`, `ASYNCIFY_TIMEOUT`); a value `< 0`
+ * is an error, and asyncify_last_error() then gives this thread's message for
+ * it, such as `asyncify_release: the handle is zero, unknown, released or
+ * stale`. The values are `#define`s of an `int32_t`, so a value this header
+ * does not know is still just an integer; asyncify_status_str() has a text for
+ * every value. Any function that returns a status may return
+ * `ASYNCIFY_E_PANIC`: an internal error caught at the boundary, after which the
+ * library keeps working.
+ *
+ * @par NULL, handles and pointers
+ * A NULL where a pointer is required returns `ASYNCIFY_E_NULL`; each function
+ * says which of its pointers may be NULL. Handles are checked fully: 0, a
+ * forged, released, stale or double-released handle returns
+ * `ASYNCIFY_E_INVALID_HANDLE` (and one made by the parent of a `fork()`
+ * returns `ASYNCIFY_E_FORKED`), never undefined behaviour. Pool, context and
+ * queue pointers are checked for NULL only: using one after it was freed is a
+ * bug, as with `free()`.
+ *
+ * @par Outputs
+ * Output pointers are written only when the status is `>= 0`. The one
+ * exception is `*out_len` with `ASYNCIFY_E_BUFFER_TOO_SMALL`, which tells the
+ * size needed.
+ *
+ * @par Ownership
+ * - Override bytes are copied in. A pointer value belongs to the library once
+ *   set: its release function is called exactly once, when the last table,
+ *   context or task holding it is gone, on whichever thread drops it.
+ * - A task's `arg` stays the caller's, unless the task never runs or is
+ *   abandoned: then `free_arg` gets it.
+ * - A task's result moves exactly once: to `on_done` if set (it is then the
+ *   callee's); otherwise to its completion queue if it has one; otherwise to the
+ *   first asyncify_poll() or asyncify_wait() that passes a non-NULL
+ *   `out_result` and returns `ASYNCIFY_OK` or `ASYNCIFY_FAILED`. A result
+ *   nobody can receive (handle released or detached before delivery, task
+ *   abandoned, queue freed before the drain) goes to `free_result`.
+ * - The library never calls a free or release function with NULL.
+ * - Pools, contexts and completion queues are the caller's until their
+ *   `_free` function; asyncify_pool_free() always consumes the pool, except
+ *   when called on one of that pool's own workers.
+ *
+ * @par Versioned structs
+ * A struct that begins with `uint32_t struct_size` is versioned: prepare it
+ * with its `_init` function (`asyncify_submit_options_init(&opts, sizeof
+ * opts)`), which zeroes it and sets `struct_size`. The library reads the
+ * fields that size covers and gives the others their defaults, so a program
+ * built against an older header keeps working; a larger struct from a newer
+ * header is accepted when the bytes this library does not know are zero
+ * (otherwise `ASYNCIFY_E_INVALID_ARGUMENT`).
+ *
+ * @par Threads
+ * Every function may be called from any thread, from inside a task and from
+ * inside any callback. No user code (work function, `on_done`, free, release
+ * or clone function, thread hook) runs while the library holds a lock, so
+ * callbacks may call back into the library and take their own locks. A
+ * callback's user data comes first, and callbacks must not unwind (C++
+ * exceptions, `longjmp`) through the library. Each function and callback type
+ * says which thread runs the callbacks it causes.
  */
 
 #ifndef ASYNCIFY_H
@@ -22,71 +86,345 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/**
+ * The major version of the library this header came with. A program
+ * linked against `libasyncify.so.MAJOR` runs with every later library of
+ * that major version.
+ */
 #define ASYNCIFY_VERSION_MAJOR 0
+
+/**
+ * The minor version of this header: a minor release only adds
+ * (functions, statuses, flags, fields at the end of versioned structs).
+ */
 #define ASYNCIFY_VERSION_MINOR 2
+
+/**
+ * The patch version of this header: a patch release only fixes.
+ */
 #define ASYNCIFY_VERSION_PATCH 0
+
+/**
+ * This header's version as `"MAJOR.MINOR.PATCH"`; asyncify_version()
+ * gives the version of the library loaded at run time.
+ */
 #define ASYNCIFY_VERSION_STRING "0.2.0"
 
-
-/*
- Pool flag: an abandoned callable gives its slot back at once (AnyIO's
- behaviour) instead of holding it until it returns.
- */
-#define ASYNCIFY_POOL_RELEASE_SLOT_ON_ABANDON 1u
-
-/*
- Key flag: the value stays on this thread and is never copied into
- submitted tasks or captured contexts.
- */
-#define ASYNCIFY_KEY_LOCAL 1u
-
-/*
- Submit flag: the handle releases itself once the task is terminal (after
- `on_done`); `out_handle` may then be NULL.
- */
-#define ASYNCIFY_SUBMIT_DETACHED 1u
-
-/*
- Submit flag: run with an empty table instead of the caller's.
- */
-#define ASYNCIFY_SUBMIT_EMPTY_CONTEXT 2u
-
-/*
- An immutable snapshot of an override table.
- */
-typedef struct asyncify_context asyncify_context;
-
-/*
- A completion queue.
- */
-typedef struct asyncify_cq asyncify_cq;
-
-/*
- A pool of worker threads with a limit on how many callables run at once.
- */
-typedef struct asyncify_pool asyncify_pool;
-
-/*
- A status code: `>= 0` an outcome, `< 0` an error.
+/**
+ * A status code: `>= 0` an outcome, `< 0` an error.
  */
 typedef int32_t asyncify_status;
 
-/*
- Releases an opaque pointer value, an argument or a result.
+/**
+ * Success; for a task: finished and its work function returned 0.
+ */
+#define ASYNCIFY_OK 0
+
+/**
+ * The task is queued or running.
+ */
+#define ASYNCIFY_PENDING 1
+
+/**
+ * The work function returned a non-zero code (delivered as `code`).
+ */
+#define ASYNCIFY_FAILED 2
+
+/**
+ * Cancelled before it started, or abandoned while running.
+ */
+#define ASYNCIFY_CANCELLED 3
+
+/**
+ * A wait ran out of time; the task goes on.
+ */
+#define ASYNCIFY_TIMEOUT 4
+
+/**
+ * A required pointer was NULL.
+ */
+#define ASYNCIFY_E_NULL (-1)
+
+/**
+ * A bad value: empty or non-UTF-8 key, bad `struct_size`, non-zero unknown
+ * bytes, a value of the other kind (bytes vs pointer), an unknown flag.
+ */
+#define ASYNCIFY_E_INVALID_ARGUMENT (-2)
+
+/**
+ * An unknown, released or stale handle.
+ */
+#define ASYNCIFY_E_INVALID_HANDLE (-3)
+
+/**
+ * No such override key.
+ */
+#define ASYNCIFY_E_NOT_FOUND (-4)
+
+/**
+ * The copy-out buffer is too small; `*out_len` holds the size needed.
+ */
+#define ASYNCIFY_E_BUFFER_TOO_SMALL (-5)
+
+/**
+ * The pool is shut down.
+ */
+#define ASYNCIFY_E_SHUT_DOWN (-6)
+
+/**
+ * The pool's queue is full (only when a queue bound is set).
+ */
+#define ASYNCIFY_E_BUSY (-7)
+
+/**
+ * A wait or free that could never finish.
+ */
+#define ASYNCIFY_E_WOULD_DEADLOCK (-8)
+
+/**
+ * `asyncify_scope_exit` out of LIFO order, from another thread or another task.
+ */
+#define ASYNCIFY_E_SCOPE_MISMATCH (-9)
+
+/**
+ * The handle belongs to the parent of a `fork()`.
+ */
+#define ASYNCIFY_E_FORKED (-10)
+
+/**
+ * An internal error caught at the boundary.
+ */
+#define ASYNCIFY_E_PANIC (-11)
+
+/**
+ * An allocation failed.
+ */
+#define ASYNCIFY_E_OUT_OF_MEMORY (-12)
+
+/**
+ * Key flag: the value stays on this thread and is never copied into
+ * submitted tasks or captured contexts.
+ */
+#define ASYNCIFY_KEY_LOCAL 1u
+
+/**
+ * Submit flag: the handle releases itself once the task is terminal (after
+ * `on_done`); `out_handle` may then be NULL.
+ */
+#define ASYNCIFY_SUBMIT_DETACHED 1u
+
+/**
+ * Submit flag: run with an empty table instead of the caller's.
+ */
+#define ASYNCIFY_SUBMIT_EMPTY_CONTEXT 2u
+
+/**
+ * Pool flag: an abandoned callable gives its slot back at once (AnyIO's
+ * behaviour) instead of holding it until it returns.
+ */
+#define ASYNCIFY_POOL_RELEASE_SLOT_ON_ABANDON 1u
+
+/**
+ * An immutable snapshot of an override table.
+ */
+typedef struct asyncify_context asyncify_context;
+
+/**
+ * A completion queue.
+ */
+typedef struct asyncify_cq asyncify_cq;
+
+/**
+ * A pool of worker threads with a limit on how many callables run at once.
+ */
+typedef struct asyncify_pool asyncify_pool;
+
+/**
+ * Releases an opaque pointer value, an argument or a result.
  */
 typedef void (*asyncify_free_fn)(void *ptr);
 
-/*
- The work function: returns 0 for success, anything else is a failure code.
- It may store a result in `*out_result`.
+/**
+ * Makes a task's own copy of a pointer value; called once per task that
+ * receives the value, on the thread that installs the task.
+ */
+typedef void *(*asyncify_clone_fn)(void *ptr);
+
+/**
+ * A task's handle: a generation-checked id; 0 is never valid.
+ */
+typedef uint64_t asyncify_handle;
+
+/**
+ * Called exactly once per task with its terminal status.
+ */
+typedef void (*asyncify_done_fn)(void *user_data,
+                                 asyncify_handle handle,
+                                 asyncify_status status,
+                                 void *result,
+                                 int32_t code);
+
+/**
+ * Options for `asyncify_submit`. Prepare with `asyncify_submit_options_init`.
+ */
+typedef struct asyncify_submit_options {
+  /**
+   * Set by `asyncify_submit_options_init`.
+   */
+  uint32_t struct_size;
+  /**
+   * `ASYNCIFY_SUBMIT_*` bits.
+   */
+  uint32_t flags;
+  /**
+   * Nullable: called exactly once with the terminal status.
+   */
+  asyncify_done_fn on_done;
+  /**
+   * Passed to `on_done`.
+   */
+  void *on_done_data;
+  /**
+   * Nullable: called on `arg` when the task will never run, or after an
+   * abandoned work function returns.
+   */
+  asyncify_free_fn free_arg;
+  /**
+   * Nullable: called on a result no one can receive.
+   */
+  asyncify_free_fn free_result;
+  /**
+   * NULL: the default pool.
+   */
+  struct asyncify_pool *pool;
+  /**
+   * NULL: none. Without `on_done`, the completion goes to this queue.
+   */
+  struct asyncify_cq *cq;
+  /**
+   * NULL: snapshot the calling thread's table now. Otherwise the task runs
+   * with this context (it keeps its own reference).
+   */
+  const struct asyncify_context *context;
+} asyncify_submit_options;
+
+/**
+ * The work function: returns 0 for success, anything else is a failure code.
+ * It may store a result in `*out_result`.
  */
 typedef int32_t (*asyncify_work_fn)(void *arg, void **out_result);
 
-/*
- Called by `asyncify_context_visit` once per key: `key` is NUL-terminated
- and `key_len` bytes long; a bytes value is `len` bytes at `value`, a
- pointer value (`is_ptr` 1) is `value` itself with `len` 0. Everything
- passed is valid only during the call. Return non-zero to stop.
+/**
+ * A function run on each worker thread of a pool (start or stop hook).
+ */
+typedef void (*asyncify_thread_hook)(void *user_data);
+
+/**
+ * Options for `asyncify_pool_new_ex`. Prepare with `asyncify_pool_options_init`.
+ */
+typedef struct asyncify_pool_options {
+  /**
+   * Set by `asyncify_pool_options_init`.
+   */
+  uint32_t struct_size;
+  /**
+   * The limit (default 8): 0 pauses the pool, `UINT32_MAX` is unbounded.
+   */
+  uint32_t max_workers;
+  /**
+   * 0: unbounded (default); else `asyncify_submit` returns
+   * `ASYNCIFY_E_BUSY` while this many tasks wait.
+   */
+  uint32_t max_queued;
+  /**
+   * How long an idle worker waits before it exits; 0: the default (10 s).
+   */
+  uint32_t keep_alive_ms;
+  /**
+   * `ASYNCIFY_POOL_*` bits.
+   */
+  uint32_t flags;
+  /**
+   * Worker thread name prefix, copied; NULL: "asyncify".
+   */
+  const char *thread_name;
+  /**
+   * Nullable: run on each worker thread when it starts, before any task.
+   */
+  asyncify_thread_hook on_thread_start;
+  /**
+   * Nullable: run on each worker thread before it exits.
+   */
+  asyncify_thread_hook on_thread_stop;
+  /**
+   * Passed to the hooks.
+   */
+  void *hook_data;
+  /**
+   * The stack size of each worker thread in bytes; 0: the platform's
+   * default for new threads (on glibc it follows `RLIMIT_STACK`, 8 MiB on
+   * most systems), so code recurses on a worker as on any other thread.
+   * Below `PTHREAD_STACK_MIN`: `ASYNCIFY_E_INVALID_ARGUMENT`. (Since 0.2.)
+   */
+  size_t stack_size;
+} asyncify_pool_options;
+
+/**
+ * A pool's counters; exact when the pool is quiet. Append-only: set
+ * `struct_size` to `sizeof` before `asyncify_stats`.
+ */
+typedef struct asyncify_pool_stats {
+  /**
+   * In: the size of the caller's struct. Out: how many bytes were filled.
+   */
+  uint32_t struct_size;
+  /**
+   * The limit.
+   */
+  uint32_t limit;
+  /**
+   * Worker threads alive.
+   */
+  uint32_t threads;
+  /**
+   * Of those, parked waiting for work.
+   */
+  uint32_t idle_threads;
+  /**
+   * Tasks waiting to start.
+   */
+  uint64_t queued;
+  /**
+   * Callables running (abandoned ones included).
+   */
+  uint64_t running;
+  /**
+   * Tasks accepted by `asyncify_submit`.
+   */
+  uint64_t submitted;
+  /**
+   * Tasks whose work function returned 0.
+   */
+  uint64_t completed;
+  /**
+   * Tasks whose work function returned non-zero.
+   */
+  uint64_t failed;
+  /**
+   * Tasks cancelled before they started.
+   */
+  uint64_t cancelled;
+  /**
+   * Tasks cancelled while running.
+   */
+  uint64_t abandoned;
+} asyncify_pool_stats;
+
+/**
+ * Called by `asyncify_context_visit` once per key: `key` is NUL-terminated
+ * and `key_len` bytes long; a bytes value is `len` bytes at `value`, a
+ * pointer value (`is_ptr` 1) is `value` itself with `len` 0. Everything
+ * passed is valid only during the call. Return non-zero to stop.
  */
 typedef int32_t (*asyncify_visit_fn)(void *user_data,
                                      const char *key,
@@ -95,546 +433,85 @@ typedef int32_t (*asyncify_visit_fn)(void *user_data,
                                      const void *value,
                                      size_t len);
 
-/*
- A task's handle: a generation-checked id; 0 is never valid.
- */
-typedef uint64_t asyncify_handle;
-
-/*
- One completion drained from a queue.
+/**
+ * One completion drained from a queue.
  */
 typedef struct asyncify_completion {
-  /*
-   The task's handle (still to be released, unless the task was detached).
+  /**
+   * The task's handle (still to be released, unless the task was detached).
    */
   asyncify_handle handle;
-  /*
-   `ASYNCIFY_OK`, `ASYNCIFY_FAILED` or `ASYNCIFY_CANCELLED`.
+  /**
+   * `ASYNCIFY_OK`, `ASYNCIFY_FAILED` or `ASYNCIFY_CANCELLED`.
    */
   asyncify_status status;
-  /*
-   The work function's return value.
+  /**
+   * The work function's return value.
    */
   int32_t code;
-  /*
-   The result, now yours (NULL when none).
+  /**
+   * The result, now yours (NULL when none).
    */
   void *result;
-  /*
-   The task's `on_done_data`.
+  /**
+   * The task's `on_done_data`.
    */
   void *user_data;
 } asyncify_completion;
-
-/*
- A function run on each worker thread of a pool (start or stop hook).
- */
-typedef void (*asyncify_thread_hook)(void *user_data);
-
-/*
- Options for `asyncify_pool_new_ex`. Prepare with `asyncify_pool_options_init`.
- */
-typedef struct asyncify_pool_options {
-  /*
-   Set by `asyncify_pool_options_init`.
-   */
-  uint32_t struct_size;
-  /*
-   The limit (default 8): 0 pauses the pool, `UINT32_MAX` is unbounded.
-   */
-  uint32_t max_workers;
-  /*
-   0: unbounded (default); else `asyncify_submit` returns
-   `ASYNCIFY_E_BUSY` while this many tasks wait.
-   */
-  uint32_t max_queued;
-  /*
-   How long an idle worker waits before it exits; 0: the default (10 s).
-   */
-  uint32_t keep_alive_ms;
-  /*
-   `ASYNCIFY_POOL_*` bits.
-   */
-  uint32_t flags;
-  /*
-   Worker thread name prefix, copied; NULL: "asyncify".
-   */
-  const char *thread_name;
-  /*
-   Nullable: run on each worker thread when it starts, before any task.
-   */
-  asyncify_thread_hook on_thread_start;
-  /*
-   Nullable: run on each worker thread before it exits.
-   */
-  asyncify_thread_hook on_thread_stop;
-  /*
-   Passed to the hooks.
-   */
-  void *hook_data;
-  /*
-   The stack size of each worker thread in bytes; 0: the platform's
-   default for new threads (on glibc it follows `RLIMIT_STACK`, 8 MiB on
-   most systems), so code recurses on a worker as on any other thread.
-   Below `PTHREAD_STACK_MIN`: `ASYNCIFY_E_INVALID_ARGUMENT`. (Since 0.2.)
-   */
-  size_t stack_size;
-} asyncify_pool_options;
-
-/*
- A pool's counters; exact when the pool is quiet. Append-only: set
- `struct_size` to `sizeof` before `asyncify_stats`.
- */
-typedef struct asyncify_pool_stats {
-  /*
-   In: the size of the caller's struct. Out: how many bytes were filled.
-   */
-  uint32_t struct_size;
-  /*
-   The limit.
-   */
-  uint32_t limit;
-  /*
-   Worker threads alive.
-   */
-  uint32_t threads;
-  /*
-   Of those, parked waiting for work.
-   */
-  uint32_t idle_threads;
-  /*
-   Tasks waiting to start.
-   */
-  uint64_t queued;
-  /*
-   Callables running (abandoned ones included).
-   */
-  uint64_t running;
-  /*
-   Tasks accepted by `asyncify_submit`.
-   */
-  uint64_t submitted;
-  /*
-   Tasks whose work function returned 0.
-   */
-  uint64_t completed;
-  /*
-   Tasks whose work function returned non-zero.
-   */
-  uint64_t failed;
-  /*
-   Tasks cancelled before they started.
-   */
-  uint64_t cancelled;
-  /*
-   Tasks cancelled while running.
-   */
-  uint64_t abandoned;
-} asyncify_pool_stats;
-
-/*
- Makes a task's own copy of a pointer value; called once per task that
- receives the value, on the thread that installs the task.
- */
-typedef void *(*asyncify_clone_fn)(void *ptr);
-
-/*
- Called exactly once per task with its terminal status.
- */
-typedef void (*asyncify_done_fn)(void *user_data,
-                                 asyncify_handle handle,
-                                 asyncify_status status,
-                                 void *result,
-                                 int32_t code);
-
-/*
- Options for `asyncify_submit`. Prepare with `asyncify_submit_options_init`.
- */
-typedef struct asyncify_submit_options {
-  /*
-   Set by `asyncify_submit_options_init`.
-   */
-  uint32_t struct_size;
-  /*
-   `ASYNCIFY_SUBMIT_*` bits.
-   */
-  uint32_t flags;
-  /*
-   Nullable: called exactly once with the terminal status.
-   */
-  asyncify_done_fn on_done;
-  /*
-   Passed to `on_done`.
-   */
-  void *on_done_data;
-  /*
-   Nullable: called on `arg` when the task will never run, or after an
-   abandoned work function returns.
-   */
-  asyncify_free_fn free_arg;
-  /*
-   Nullable: called on a result no one can receive.
-   */
-  asyncify_free_fn free_result;
-  /*
-   NULL: the default pool.
-   */
-  struct asyncify_pool *pool;
-  /*
-   NULL: none. Without `on_done`, the completion goes to this queue.
-   */
-  struct asyncify_cq *cq;
-  /*
-   NULL: snapshot the calling thread's table now. Otherwise the task runs
-   with this context (it keeps its own reference).
-   */
-  const struct asyncify_context *context;
-} asyncify_submit_options;
-
-/*
- Success; for a task: finished and its work function returned 0.
- */
-#define ASYNCIFY_OK 0
-
-/*
- The task is queued or running.
- */
-#define ASYNCIFY_PENDING 1
-
-/*
- The work function returned a non-zero code (delivered as `code`).
- */
-#define ASYNCIFY_FAILED 2
-
-/*
- Cancelled before it started, or abandoned while running.
- */
-#define ASYNCIFY_CANCELLED 3
-
-/*
- A wait ran out of time; the task goes on.
- */
-#define ASYNCIFY_TIMEOUT 4
-
-/*
- A required pointer was NULL.
- */
-#define ASYNCIFY_E_NULL (-1)
-
-/*
- A bad value: empty or non-UTF-8 key, bad `struct_size`, non-zero unknown
- bytes, a value of the other kind (bytes vs pointer), an unknown flag.
- */
-#define ASYNCIFY_E_INVALID_ARGUMENT (-2)
-
-/*
- An unknown, released or stale handle.
- */
-#define ASYNCIFY_E_INVALID_HANDLE (-3)
-
-/*
- No such override key.
- */
-#define ASYNCIFY_E_NOT_FOUND (-4)
-
-/*
- The copy-out buffer is too small; `*out_len` holds the size needed.
- */
-#define ASYNCIFY_E_BUFFER_TOO_SMALL (-5)
-
-/*
- The pool is shut down.
- */
-#define ASYNCIFY_E_SHUT_DOWN (-6)
-
-/*
- The pool's queue is full (only when a queue bound is set).
- */
-#define ASYNCIFY_E_BUSY (-7)
-
-/*
- A wait or free that could never finish.
- */
-#define ASYNCIFY_E_WOULD_DEADLOCK (-8)
-
-/*
- `asyncify_scope_exit` out of LIFO order, from another thread or another task.
- */
-#define ASYNCIFY_E_SCOPE_MISMATCH (-9)
-
-/*
- The handle belongs to the parent of a `fork()`.
- */
-#define ASYNCIFY_E_FORKED (-10)
-
-/*
- An internal error caught at the boundary.
- */
-#define ASYNCIFY_E_PANIC (-11)
-
-/*
- An allocation failed.
- */
-#define ASYNCIFY_E_OUT_OF_MEMORY (-12)
 
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
 
-/*
- Captures the calling thread's table (what a task submitted now would get;
- local keys excluded) in O(1). Free it with `asyncify_context_free`.
- */
-asyncify_status asyncify_context_capture(struct asyncify_context **out);
-
-/*
- A context with no keys.
- */
-asyncify_status asyncify_context_empty(struct asyncify_context **out);
-
-/*
- A new context: `ctx` with `key` set to a copy of `len` bytes. `ctx` is
- unchanged and still owned by the caller.
- */
-asyncify_status asyncify_context_with(const struct asyncify_context *ctx,
-                                      const char *key,
-                                      const void *value,
-                                      size_t len,
-                                      struct asyncify_context **out);
-
-/*
- A new context: `ctx` with `key` set to the opaque pointer `ptr`, which the
- contexts and tables holding it own from now on (`release`, nullable, is
- called once when the last one is gone). On error the caller keeps `ptr`.
- */
-asyncify_status asyncify_context_with_ptr(const struct asyncify_context *ctx,
-                                          const char *key,
-                                          void *ptr,
-                                          asyncify_free_fn release,
-                                          struct asyncify_context **out);
-
-/*
- A new context: `ctx` without `key` (equal to `ctx` when the key is absent).
- */
-asyncify_status asyncify_context_without(const struct asyncify_context *ctx,
-                                         const char *key,
-                                         struct asyncify_context **out);
-
-/*
- Runs `fn(arg)` on the calling thread with `ctx` installed as its table
- (as a task would see it), then restores the thread's own table. Returns
- `OK` or `FAILED` as the function did; `out_result` and `out_code` are
- nullable. The result is the caller's.
- */
-asyncify_status asyncify_context_run(const struct asyncify_context *ctx,
-                                     asyncify_work_fn fn,
-                                     void *arg,
-                                     void **out_result,
-                                     int32_t *out_code);
-
-/*
- Frees a context pointer. Values it held are released when no other
- context, table or task holds them.
- */
-asyncify_status asyncify_context_free(struct asyncify_context *ctx);
-
-/*
- Like `asyncify_override_get`, reading `ctx` instead of the calling
- thread's table (the global layer is not consulted): copies the bytes value
- of `key` to `buf` and its length to `*out_len`; `ASYNCIFY_E_NOT_FOUND`
- when absent, `ASYNCIFY_E_BUFFER_TOO_SMALL` (with `*out_len` set) when it
- does not fit, `ASYNCIFY_E_INVALID_ARGUMENT` for a pointer value. (Since 0.2.)
- */
-asyncify_status asyncify_context_get(const struct asyncify_context *ctx,
-                                     const char *key,
-                                     void *buf,
-                                     size_t cap,
-                                     size_t *out_len);
-
-/*
- Like `asyncify_override_get_ptr`, reading `ctx`: writes the pointer value
- of `key` to `*out`. It stays valid while `ctx` (or another holder) keeps
- the value. (Since 0.2.)
- */
-asyncify_status asyncify_context_get_ptr(const struct asyncify_context *ctx,
-                                         const char *key,
-                                         void **out);
-
-/*
- Like `asyncify_context_get_ptr`, and also writes the value's release
- function (NULL if none) to `*out_release`. (Since 0.2.)
- */
-asyncify_status asyncify_context_get_ptr_ex(const struct asyncify_context *ctx,
-                                            const char *key,
-                                            void **out,
-                                            asyncify_free_fn *out_release);
-
-/*
- Writes the number of keys in `ctx` to `*out`. (Since 0.2.)
- */
-asyncify_status asyncify_context_count(const struct asyncify_context *ctx, size_t *out);
-
-/*
- Calls `fn` once per key of `ctx`, in key order, on this thread and with no
- lock held (a context never changes, so `fn` may use the library freely),
- until `fn` returns non-zero. (Since 0.2.)
- */
-asyncify_status asyncify_context_visit(const struct asyncify_context *ctx,
-                                       asyncify_visit_fn fn,
-                                       void *user_data);
-
-/*
- Creates a completion queue. Free it with `asyncify_cq_free`.
- */
-asyncify_status asyncify_cq_new(struct asyncify_cq **out);
-
-/*
- Writes the queue's file descriptor to `*out_fd`: readable while
- completions wait (for poll/epoll/`loop.add_reader`/`uv_poll`). Owned by the
- queue; do not read or close it.
- */
-asyncify_status asyncify_cq_fd(const struct asyncify_cq *cq, int32_t *out_fd);
-
-/*
- Waits until at least one completion is ready (`OK`) or `timeout_ms` (< 0:
- forever) runs out (`TIMEOUT`). Does not drain. `ASYNCIFY_E_SHUT_DOWN` when
- the queue is freed meanwhile from another thread.
- */
-asyncify_status asyncify_cq_wait(struct asyncify_cq *cq, int64_t timeout_ms);
-
-/*
- Moves up to `cap` completions, oldest first, into `out[0..*out_n]`; never
- blocks (`*out_n` may be 0). Results move to the caller.
- */
-asyncify_status asyncify_cq_drain(struct asyncify_cq *cq,
-                                  struct asyncify_completion *out,
-                                  size_t cap,
-                                  size_t *out_n);
-
-/*
- Frees the queue and closes its fd. Tasks still pointing at it keep their
- later completions on their handles (pollable); results of completions not
- drained go to their `free_result`.
- */
-asyncify_status asyncify_cq_free(struct asyncify_cq *cq);
-
-/*
- The fixed text of a status code. Never NULL, also for unknown values; the
- text is static and must not be freed.
- */
-const char *asyncify_status_str(asyncify_status s);
-
-/*
- Copies the calling thread's last error message (NUL-terminated) into
- `buf`. `*out_len` (nullable) receives the size needed, terminator included.
- `buf` may be NULL when `cap` is 0 (a size query). Returns
- `ASYNCIFY_E_BUFFER_TOO_SMALL` when `cap` is smaller than the size needed.
- The message is empty when no call on this thread has failed yet. This
- function never changes the stored message, even when it fails.
- */
-asyncify_status asyncify_last_error(char *buf, size_t cap, size_t *out_len);
-
-/*
- The library's version, `"MAJOR.MINOR.PATCH"`; equals `ASYNCIFY_VERSION_STRING`
- of the header it was built with. Static; never NULL.
+/**
+ * The library's version, `"MAJOR.MINOR.PATCH"`; equals `ASYNCIFY_VERSION_STRING`
+ * of the header it was built with. Static; never NULL.
  */
 const char *asyncify_version(void);
 
-/*
- Creates a pool that runs at most `max_workers` callables at once (0 pauses
- it, `UINT32_MAX` is unbounded). Free it with `asyncify_pool_free`.
+/**
+ * The fixed text of a status code. Never NULL, also for unknown values; the
+ * text is static and must not be freed.
  */
-asyncify_status asyncify_pool_new(uint32_t max_workers, struct asyncify_pool **out);
+const char *asyncify_status_str(asyncify_status s);
 
-/*
- Prepares `*opts` with the defaults (limit 8, everything else off); `size`
- is `sizeof(*opts)`.
+/**
+ * Copies the calling thread's last error message (NUL-terminated) into
+ * `buf`. `*out_len` (nullable) receives the size needed, terminator included.
+ * `buf` may be NULL when `cap` is 0 (a size query). Returns
+ * `ASYNCIFY_E_BUFFER_TOO_SMALL` when `cap` is smaller than the size needed.
+ * The message is empty when no call on this thread has failed yet. This
+ * function never changes the stored message, even when it fails.
  */
-asyncify_status asyncify_pool_options_init(struct asyncify_pool_options *opts, size_t size);
+asyncify_status asyncify_last_error(char *buf, size_t cap, size_t *out_len);
 
-/*
- Creates a pool as `opts` says (NULL: the defaults). Free it with
- `asyncify_pool_free`.
- */
-asyncify_status asyncify_pool_new_ex(const struct asyncify_pool_options *opts,
-                                     struct asyncify_pool **out);
-
-/*
- Fills `*out` with the counters of `pool` (NULL: the default pool), up to
- `min(out->struct_size, sizeof(asyncify_pool_stats))` bytes, and sets
- `out->struct_size` to the bytes filled. `struct_size` must be at least 4.
- */
-asyncify_status asyncify_stats(struct asyncify_pool *pool, struct asyncify_pool_stats *out);
-
-/*
- Shuts the pool down and frees it: new submissions get
- `ASYNCIFY_E_SHUT_DOWN`, queued tasks are cancelled (on this thread), and
- running callables are waited for up to `timeout_ms` (< 0: forever) with
- every callback they cause and the exit of every worker thread. Returns
- `OK` once the workers are joined, or `TIMEOUT` if some still run (they
- finish on their own and their threads free themselves). Always consumes `pool`, except from a worker
- thread of that pool: `ASYNCIFY_E_WOULD_DEADLOCK`, and nothing is freed.
- */
-asyncify_status asyncify_pool_free(struct asyncify_pool *pool,
-                                   int64_t timeout_ms);
-
-/*
- Begins the shutdown of `pool` as `asyncify_pool_free` does (new
- submissions get `ASYNCIFY_E_SHUT_DOWN`, queued tasks are cancelled on this
- thread) and waits up to `timeout_ms` (< 0: forever) without freeing it.
- Returns `OK` once no callable runs and every worker thread has left and
- been joined, `TIMEOUT` before that; it may be called again (waiting in
- short slices lets a caller handle signals between them). From a worker
- thread of that pool: `ASYNCIFY_E_WOULD_DEADLOCK`. After `OK`,
- `asyncify_pool_free` frees at once. (Since 0.2.)
- */
-asyncify_status asyncify_pool_close(struct asyncify_pool *pool, int64_t timeout_ms);
-
-/*
- Shuts the default pool down, as `asyncify_pool_free` does (without freeing
- it): later submissions to the default pool get `ASYNCIFY_E_SHUT_DOWN`.
- */
-asyncify_status asyncify_shutdown(int64_t timeout_ms);
-
-/*
- Sets the limit of `pool` (NULL: the default pool). Raising it starts
- waiting tasks at once; lowering it interrupts nothing; 0 pauses the pool;
- `UINT32_MAX` is unbounded.
- */
-asyncify_status asyncify_set_max_workers(struct asyncify_pool *pool, uint32_t n);
-
-/*
- Writes the limit of `pool` (NULL: the default pool) to `*out_n`.
- */
-asyncify_status asyncify_get_max_workers(struct asyncify_pool *pool, uint32_t *out_n);
-
-/*
- Sets `key` to a copy of `len` bytes at `value` (NULL allowed when `len` is
- 0) in the calling thread's table. The caller keeps owning `value`.
+/**
+ * Sets `key` to a copy of `len` bytes at `value` (NULL allowed when `len` is
+ * 0) in the calling thread's table. The caller keeps owning `value`.
  */
 asyncify_status asyncify_override_set(const char *key, const void *value, size_t len);
 
-/*
- Like `asyncify_override_set`, with `ASYNCIFY_KEY_*` flags.
+/**
+ * Like `asyncify_override_set`, with `ASYNCIFY_KEY_*` flags.
  */
 asyncify_status asyncify_override_set_ex(const char *key,
                                          const void *value,
                                          size_t len,
                                          uint32_t flags);
 
-/*
- Sets `key` to the opaque pointer `ptr`. The tables own it from now on:
- `release` (nullable) is called on it exactly once, when the last table or
- task holding it is gone, on whichever thread drops it (never with NULL).
- On error the caller keeps owning `ptr`.
+/**
+ * Sets `key` to the opaque pointer `ptr`. The tables own it from now on:
+ * `release` (nullable) is called on it exactly once, when the last table or
+ * task holding it is gone, on whichever thread drops it (never with NULL).
+ * On error the caller keeps owning `ptr`.
  */
 asyncify_status asyncify_override_set_ptr(const char *key, void *ptr, asyncify_free_fn release);
 
-/*
- Like `asyncify_override_set_ptr`, with `ASYNCIFY_KEY_*` flags and a clone
- function (nullable): each task that receives the value gets
- `clone(ptr)` instead, released with `release` when the task's table is
- restored (for per-task state such as a usage tracker).
+/**
+ * Like `asyncify_override_set_ptr`, with `ASYNCIFY_KEY_*` flags and a clone
+ * function (nullable): each task that receives the value gets
+ * `clone(ptr)` instead, released with `release` when the task's table is
+ * restored (for per-task state such as a usage tracker).
  */
 asyncify_status asyncify_override_set_ptr_ex(const char *key,
                                              void *ptr,
@@ -642,144 +519,349 @@ asyncify_status asyncify_override_set_ptr_ex(const char *key,
                                              asyncify_clone_fn clone,
                                              uint32_t flags);
 
-/*
- Copies the bytes of `key` into `buf` and their length into `*out_len`.
- `buf` may be NULL when `cap` is 0 (a size query). Returns
- `ASYNCIFY_E_BUFFER_TOO_SMALL` (with `*out_len` set) when `cap` is too small,
- `ASYNCIFY_E_NOT_FOUND` when the key is not set, and
- `ASYNCIFY_E_INVALID_ARGUMENT` when its value is a pointer.
+/**
+ * Copies the bytes of `key` into `buf` and their length into `*out_len`.
+ * `buf` may be NULL when `cap` is 0 (a size query). Returns
+ * `ASYNCIFY_E_BUFFER_TOO_SMALL` (with `*out_len` set) when `cap` is too small,
+ * `ASYNCIFY_E_NOT_FOUND` when the key is not set, and
+ * `ASYNCIFY_E_INVALID_ARGUMENT` when its value is a pointer.
  */
 asyncify_status asyncify_override_get(const char *key, void *buf, size_t cap, size_t *out_len);
 
-/*
- Writes the pointer value of `key` to `*out_ptr`. It stays valid while the
- calling thread's table (or, in a task, the task) still holds the value.
+/**
+ * Writes the pointer value of `key` to `*out_ptr`. It stays valid while the
+ * calling thread's table (or, in a task, the task) still holds the value.
  */
 asyncify_status asyncify_override_get_ptr(const char *key, void **out_ptr);
 
-/*
- Like `asyncify_override_get_ptr`, and also writes the release function the
- value was set with (NULL if none) to `*out_release`, so a binding can tell
- its own values from pointers set by other code.
+/**
+ * Like `asyncify_override_get_ptr`, and also writes the release function the
+ * value was set with (NULL if none) to `*out_release`, so a binding can tell
+ * its own values from pointers set by other code.
  */
 asyncify_status asyncify_override_get_ptr_ex(const char *key,
                                              void **out_ptr,
                                              asyncify_free_fn *out_release);
 
-/*
- Removes `key` from the calling thread's table; `ASYNCIFY_E_NOT_FOUND` when
- it is not set.
+/**
+ * Removes `key` from the calling thread's table; `ASYNCIFY_E_NOT_FOUND` when
+ * it is not set.
  */
 asyncify_status asyncify_override_remove(const char *key);
 
-/*
- Empties the calling thread's table. Open scopes still restore what they
- remembered.
+/**
+ * Empties the calling thread's table. Open scopes still restore what they
+ * remembered.
  */
 asyncify_status asyncify_override_clear(void);
 
-/*
- Writes the number of keys in the calling thread's table to `*out_count`.
+/**
+ * Writes the number of keys in the calling thread's table to `*out_count`.
  */
 asyncify_status asyncify_override_count(size_t *out_count);
 
-/*
- Remembers the calling thread's table (like `dspy.context()`); the token
- restores it with `asyncify_scope_exit`. Scopes are per thread and per task.
+/**
+ * Remembers the calling thread's table (like `dspy.context()`); the token
+ * restores it with `asyncify_scope_exit`. Scopes are per thread and per task.
  */
 asyncify_status asyncify_scope_enter(uint64_t *out_token);
 
-/*
- Restores exactly the table remembered by `token`. It must be the innermost
- open scope of this thread (or task): otherwise `ASYNCIFY_E_SCOPE_MISMATCH`
- and nothing changes. Token 0 is never valid (`ASYNCIFY_E_INVALID_ARGUMENT`).
+/**
+ * Restores exactly the table remembered by `token`. It must be the innermost
+ * open scope of this thread (or task): otherwise `ASYNCIFY_E_SCOPE_MISMATCH`
+ * and nothing changes. Token 0 is never valid (`ASYNCIFY_E_INVALID_ARGUMENT`).
  */
 asyncify_status asyncify_scope_exit(uint64_t token);
 
-/*
- Sets `key` to a copy of `len` bytes in the global layer: a process-wide
- default (like `dspy.configure`) that every thread and running task reads
- where its own table has no such key, live.
- */
-asyncify_status asyncify_global_set(const char *key, const void *value, size_t len);
-
-/*
- Sets `key` to an opaque pointer in the global layer; `release` is called
- once when the global layer and every reader are done with it. A pointer a
- thread has read stays valid until its task ends or, outside tasks, until
- the thread reads that key again or changes its table.
- */
-asyncify_status asyncify_global_set_ptr(const char *key, void *ptr, asyncify_free_fn release);
-
-/*
- Removes `key` from the global layer; `ASYNCIFY_E_NOT_FOUND` when absent.
- */
-asyncify_status asyncify_global_remove(const char *key);
-
-/*
- Prepares `*opts` with the defaults; `size` is `sizeof(*opts)`.
+/**
+ * Prepares `*opts` with the defaults; `size` is `sizeof(*opts)`.
  */
 asyncify_status asyncify_submit_options_init(struct asyncify_submit_options *opts, size_t size);
 
-/*
- Runs `fn(arg)` on a pool with a snapshot of the calling thread's table
- installed. Never blocks. `opts` NULL means the defaults; `out_handle` may
- be NULL only with `ASYNCIFY_SUBMIT_DETACHED`. On failure nothing runs, no
- callback is called, and the caller still owns `arg`.
+/**
+ * Runs `fn(arg)` on a pool with a snapshot of the calling thread's table
+ * installed. Never blocks. `opts` NULL means the defaults; `out_handle` may
+ * be NULL only with `ASYNCIFY_SUBMIT_DETACHED`. On failure nothing runs, no
+ * callback is called, and the caller still owns `arg`.
  */
 asyncify_status asyncify_submit(asyncify_work_fn fn,
                                 void *arg,
                                 const struct asyncify_submit_options *opts,
                                 asyncify_handle *out_handle);
 
-/*
- The task's status now, without blocking: `PENDING`, `OK`, `FAILED` or
- `CANCELLED`. `out_result` and `out_code` are nullable; the result moves to
- the first call that asks for it and sees `OK`/`FAILED` (later calls get NULL).
+/**
+ * The task's status now, without blocking: `PENDING`, `OK`, `FAILED` or
+ * `CANCELLED`. `out_result` and `out_code` are nullable; the result moves to
+ * the first call that asks for it and sees `OK`/`FAILED` (later calls get NULL).
  */
 asyncify_status asyncify_poll(asyncify_handle h, void **out_result, int32_t *out_code);
 
-/*
- Waits until the task is terminal or `timeout_ms` (< 0: forever) runs out
- (`ASYNCIFY_TIMEOUT`; the task goes on). Outputs as for `asyncify_poll`. A
- task waiting for its own handle gets `ASYNCIFY_E_WOULD_DEADLOCK`; a task
- waiting for a still-queued task of its own pool runs it inline.
+/**
+ * Waits until the task is terminal or `timeout_ms` (< 0: forever) runs out
+ * (`ASYNCIFY_TIMEOUT`; the task goes on). Outputs as for `asyncify_poll`. A
+ * task waiting for its own handle gets `ASYNCIFY_E_WOULD_DEADLOCK`; a task
+ * waiting for a still-queued task of its own pool runs it inline.
  */
 asyncify_status asyncify_wait(asyncify_handle h,
                               int64_t timeout_ms,
                               void **out_result,
                               int32_t *out_code);
 
-/*
- Waits until at least one of the `n` handles at `hs` is terminal: `OK`
- with the index of the first terminal one (in list order) in
- `*out_index`, or `TIMEOUT` after `timeout_ms` (< 0: forever). Nothing is
- received or released: poll or wait the handle for its result.
+/**
+ * Waits until at least one of the `n` handles at `hs` is terminal: `OK`
+ * with the index of the first terminal one (in list order) in
+ * `*out_index`, or `TIMEOUT` after `timeout_ms` (< 0: forever). Nothing is
+ * received or released: poll or wait the handle for its result.
  */
 asyncify_status asyncify_wait_any(const asyncify_handle *hs,
                                   size_t n,
                                   int64_t timeout_ms,
                                   size_t *out_index);
 
-/*
- Frees the handle. A pending task goes on; its result goes to `free_result`.
- */
-asyncify_status asyncify_release(asyncify_handle h);
-
-/*
- Cancels the task. Queued: it never runs, `free_arg` then `on_done`
- (`CANCELLED`) are called on this thread. Running: it is abandoned (waiters
- see `CANCELLED` at once, `on_done` is called here, the work function runs
- to its end and its result and arg are then freed). Returns `CANCELLED`
- when the task is now cancelled, `OK`/`FAILED` when it had already returned.
+/**
+ * Cancels the task. Queued: it never runs, `free_arg` then `on_done`
+ * (`CANCELLED`) are called on this thread. Running: it is abandoned (waiters
+ * see `CANCELLED` at once, `on_done` is called here, the work function runs
+ * to its end and its result and arg are then freed). Returns `CANCELLED`
+ * when the task is now cancelled, `OK`/`FAILED` when it had already returned.
  */
 asyncify_status asyncify_cancel(asyncify_handle h);
 
-/*
- Inside a task: true once the task has been cancelled, so long work can stop
- early (its result will be freed). False outside tasks.
+/**
+ * Frees the handle. A pending task goes on; its result goes to `free_result`.
+ */
+asyncify_status asyncify_release(asyncify_handle h);
+
+/**
+ * Inside a task: true once the task has been cancelled, so long work can stop
+ * early (its result will be freed). False outside tasks.
  */
 bool asyncify_cancel_requested(void);
+
+/**
+ * Prepares `*opts` with the defaults (limit 8, everything else off); `size`
+ * is `sizeof(*opts)`.
+ */
+asyncify_status asyncify_pool_options_init(struct asyncify_pool_options *opts, size_t size);
+
+/**
+ * Creates a pool that runs at most `max_workers` callables at once (0 pauses
+ * it, `UINT32_MAX` is unbounded). Free it with `asyncify_pool_free`.
+ */
+asyncify_status asyncify_pool_new(uint32_t max_workers, struct asyncify_pool **out);
+
+/**
+ * Creates a pool as `opts` says (NULL: the defaults). Free it with
+ * `asyncify_pool_free`.
+ */
+asyncify_status asyncify_pool_new_ex(const struct asyncify_pool_options *opts,
+                                     struct asyncify_pool **out);
+
+/**
+ * Shuts the pool down and frees it: new submissions get
+ * `ASYNCIFY_E_SHUT_DOWN`, queued tasks are cancelled (on this thread), and
+ * running callables are waited for up to `timeout_ms` (< 0: forever) with
+ * every callback they cause and the exit of every worker thread. Returns
+ * `OK` once the workers are joined, or `TIMEOUT` if some still run (they
+ * finish on their own and their threads free themselves). Always consumes `pool`, except from a worker
+ * thread of that pool: `ASYNCIFY_E_WOULD_DEADLOCK`, and nothing is freed.
+ */
+asyncify_status asyncify_pool_free(struct asyncify_pool *pool,
+                                   int64_t timeout_ms);
+
+/**
+ * Begins the shutdown of `pool` as `asyncify_pool_free` does (new
+ * submissions get `ASYNCIFY_E_SHUT_DOWN`, queued tasks are cancelled on this
+ * thread) and waits up to `timeout_ms` (< 0: forever) without freeing it.
+ * Returns `OK` once no callable runs and every worker thread has left and
+ * been joined, `TIMEOUT` before that; it may be called again (waiting in
+ * short slices lets a caller handle signals between them). From a worker
+ * thread of that pool: `ASYNCIFY_E_WOULD_DEADLOCK`. After `OK`,
+ * `asyncify_pool_free` frees at once. (Since 0.2.)
+ */
+asyncify_status asyncify_pool_close(struct asyncify_pool *pool, int64_t timeout_ms);
+
+/**
+ * Shuts the default pool down, as `asyncify_pool_free` does (without freeing
+ * it): later submissions to the default pool get `ASYNCIFY_E_SHUT_DOWN`.
+ */
+asyncify_status asyncify_shutdown(int64_t timeout_ms);
+
+/**
+ * Sets the limit of `pool` (NULL: the default pool). Raising it starts
+ * waiting tasks at once; lowering it interrupts nothing; 0 pauses the pool;
+ * `UINT32_MAX` is unbounded.
+ */
+asyncify_status asyncify_set_max_workers(struct asyncify_pool *pool, uint32_t n);
+
+/**
+ * Writes the limit of `pool` (NULL: the default pool) to `*out_n`.
+ */
+asyncify_status asyncify_get_max_workers(struct asyncify_pool *pool, uint32_t *out_n);
+
+/**
+ * Fills `*out` with the counters of `pool` (NULL: the default pool), up to
+ * `min(out->struct_size, sizeof(asyncify_pool_stats))` bytes, and sets
+ * `out->struct_size` to the bytes filled. `struct_size` must be at least 4.
+ */
+asyncify_status asyncify_stats(struct asyncify_pool *pool, struct asyncify_pool_stats *out);
+
+/**
+ * Captures the calling thread's table (what a task submitted now would get;
+ * local keys excluded) in O(1). Free it with `asyncify_context_free`.
+ */
+asyncify_status asyncify_context_capture(struct asyncify_context **out);
+
+/**
+ * A context with no keys.
+ */
+asyncify_status asyncify_context_empty(struct asyncify_context **out);
+
+/**
+ * A new context: `ctx` with `key` set to a copy of `len` bytes. `ctx` is
+ * unchanged and still owned by the caller.
+ */
+asyncify_status asyncify_context_with(const struct asyncify_context *ctx,
+                                      const char *key,
+                                      const void *value,
+                                      size_t len,
+                                      struct asyncify_context **out);
+
+/**
+ * A new context: `ctx` with `key` set to the opaque pointer `ptr`, which the
+ * contexts and tables holding it own from now on (`release`, nullable, is
+ * called once when the last one is gone). On error the caller keeps `ptr`.
+ */
+asyncify_status asyncify_context_with_ptr(const struct asyncify_context *ctx,
+                                          const char *key,
+                                          void *ptr,
+                                          asyncify_free_fn release,
+                                          struct asyncify_context **out);
+
+/**
+ * A new context: `ctx` without `key` (equal to `ctx` when the key is absent).
+ */
+asyncify_status asyncify_context_without(const struct asyncify_context *ctx,
+                                         const char *key,
+                                         struct asyncify_context **out);
+
+/**
+ * Runs `fn(arg)` on the calling thread with `ctx` installed as its table
+ * (as a task would see it), then restores the thread's own table. Returns
+ * `OK` or `FAILED` as the function did; `out_result` and `out_code` are
+ * nullable. The result is the caller's.
+ */
+asyncify_status asyncify_context_run(const struct asyncify_context *ctx,
+                                     asyncify_work_fn fn,
+                                     void *arg,
+                                     void **out_result,
+                                     int32_t *out_code);
+
+/**
+ * Frees a context pointer. Values it held are released when no other
+ * context, table or task holds them.
+ */
+asyncify_status asyncify_context_free(struct asyncify_context *ctx);
+
+/**
+ * Like `asyncify_override_get`, reading `ctx` instead of the calling
+ * thread's table (the global layer is not consulted): copies the bytes value
+ * of `key` to `buf` and its length to `*out_len`; `ASYNCIFY_E_NOT_FOUND`
+ * when absent, `ASYNCIFY_E_BUFFER_TOO_SMALL` (with `*out_len` set) when it
+ * does not fit, `ASYNCIFY_E_INVALID_ARGUMENT` for a pointer value. (Since 0.2.)
+ */
+asyncify_status asyncify_context_get(const struct asyncify_context *ctx,
+                                     const char *key,
+                                     void *buf,
+                                     size_t cap,
+                                     size_t *out_len);
+
+/**
+ * Like `asyncify_override_get_ptr`, reading `ctx`: writes the pointer value
+ * of `key` to `*out`. It stays valid while `ctx` (or another holder) keeps
+ * the value. (Since 0.2.)
+ */
+asyncify_status asyncify_context_get_ptr(const struct asyncify_context *ctx,
+                                         const char *key,
+                                         void **out);
+
+/**
+ * Like `asyncify_context_get_ptr`, and also writes the value's release
+ * function (NULL if none) to `*out_release`. (Since 0.2.)
+ */
+asyncify_status asyncify_context_get_ptr_ex(const struct asyncify_context *ctx,
+                                            const char *key,
+                                            void **out,
+                                            asyncify_free_fn *out_release);
+
+/**
+ * Writes the number of keys in `ctx` to `*out`. (Since 0.2.)
+ */
+asyncify_status asyncify_context_count(const struct asyncify_context *ctx, size_t *out);
+
+/**
+ * Calls `fn` once per key of `ctx`, in key order, on this thread and with no
+ * lock held (a context never changes, so `fn` may use the library freely),
+ * until `fn` returns non-zero. (Since 0.2.)
+ */
+asyncify_status asyncify_context_visit(const struct asyncify_context *ctx,
+                                       asyncify_visit_fn fn,
+                                       void *user_data);
+
+/**
+ * Creates a completion queue. Free it with `asyncify_cq_free`.
+ */
+asyncify_status asyncify_cq_new(struct asyncify_cq **out);
+
+/**
+ * Writes the queue's file descriptor to `*out_fd`: readable while
+ * completions wait (for poll/epoll/`loop.add_reader`/`uv_poll`). Owned by the
+ * queue; do not read or close it.
+ */
+asyncify_status asyncify_cq_fd(const struct asyncify_cq *cq, int32_t *out_fd);
+
+/**
+ * Waits until at least one completion is ready (`OK`) or `timeout_ms` (< 0:
+ * forever) runs out (`TIMEOUT`). Does not drain. `ASYNCIFY_E_SHUT_DOWN` when
+ * the queue is freed meanwhile from another thread.
+ */
+asyncify_status asyncify_cq_wait(struct asyncify_cq *cq, int64_t timeout_ms);
+
+/**
+ * Moves up to `cap` completions, oldest first, into `out[0..*out_n]`; never
+ * blocks (`*out_n` may be 0). Results move to the caller.
+ */
+asyncify_status asyncify_cq_drain(struct asyncify_cq *cq,
+                                  struct asyncify_completion *out,
+                                  size_t cap,
+                                  size_t *out_n);
+
+/**
+ * Frees the queue and closes its fd. Tasks still pointing at it keep their
+ * later completions on their handles (pollable); results of completions not
+ * drained go to their `free_result`.
+ */
+asyncify_status asyncify_cq_free(struct asyncify_cq *cq);
+
+/**
+ * Sets `key` to a copy of `len` bytes in the global layer: a process-wide
+ * default (like `dspy.configure`) that every thread and running task reads
+ * where its own table has no such key, live.
+ */
+asyncify_status asyncify_global_set(const char *key, const void *value, size_t len);
+
+/**
+ * Sets `key` to an opaque pointer in the global layer; `release` is called
+ * once when the global layer and every reader are done with it. A pointer a
+ * thread has read stays valid until its task ends or, outside tasks, until
+ * the thread reads that key again or changes its table.
+ */
+asyncify_status asyncify_global_set_ptr(const char *key, void *ptr, asyncify_free_fn release);
+
+/**
+ * Removes `key` from the global layer; `ASYNCIFY_E_NOT_FOUND` when absent.
+ */
+asyncify_status asyncify_global_remove(const char *key);
 
 #ifdef __cplusplus
 }  // extern "C"

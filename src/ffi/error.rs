@@ -5,6 +5,13 @@ use std::ffi::c_char;
 use super::{guard_value, write_out, LAST_ERROR};
 use crate::status::*;
 
+/// The library's version, `"MAJOR.MINOR.PATCH"`; equals `ASYNCIFY_VERSION_STRING`
+/// of the header it was built with. Static; never NULL.
+#[no_mangle]
+pub extern "C" fn asyncify_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const c_char
+}
+
 /// The fixed text of a status code. Never NULL, also for unknown values; the
 /// text is static and must not be freed.
 #[no_mangle]
@@ -43,11 +50,4 @@ pub extern "C" fn asyncify_last_error(
         write_out(out_len, needed);
         ASYNCIFY_OK
     })
-}
-
-/// The library's version, `"MAJOR.MINOR.PATCH"`; equals `ASYNCIFY_VERSION_STRING`
-/// of the header it was built with. Static; never NULL.
-#[no_mangle]
-pub extern "C" fn asyncify_version() -> *const c_char {
-    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const c_char
 }

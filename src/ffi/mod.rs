@@ -20,12 +20,24 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::status::*;
 
-pub mod context;
-pub mod cq;
+// cbindgen reads these modules in declaration order, and that order is the
+// reading order of the functions in include/asyncify.h: conventions (status
+// text, last error, version), the override table, submit and completion,
+// pools, contexts, completion queues, then the global layer. The blank lines
+// keep rustfmt from sorting them.
 pub mod error;
-pub mod pool;
+
 pub mod table;
+
 pub mod task;
+
+pub mod pool;
+
+pub mod context;
+
+pub mod cq;
+
+pub mod global;
 
 /// An error on its way to the caller: a status and the text for
 /// `asyncify_last_error`.

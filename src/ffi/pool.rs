@@ -104,23 +104,6 @@ pub(crate) fn pool_or_default<'a>(pool: *mut asyncify_pool) -> &'a Pool {
     }
 }
 
-/// Creates a pool that runs at most `max_workers` callables at once (0 pauses
-/// it, `UINT32_MAX` is unbounded). Free it with `asyncify_pool_free`.
-#[no_mangle]
-pub extern "C" fn asyncify_pool_new(
-    max_workers: u32,
-    out: *mut *mut asyncify_pool,
-) -> asyncify_status {
-    guard("asyncify_pool_new", || {
-        let out = required_out(out, "out")?;
-        let pool = Box::new(asyncify_pool {
-            inner: Pool::new(max_workers),
-        });
-        write_out(out, Box::into_raw(pool));
-        Ok(ASYNCIFY_OK)
-    })
-}
-
 /// Prepares `*opts` with the defaults (limit 8, everything else off); `size`
 /// is `sizeof(*opts)`.
 #[no_mangle]
@@ -135,6 +118,23 @@ pub extern "C" fn asyncify_pool_options_init(
             init_struct(opts, size)?;
             (*opts).max_workers = crate::pool::DEFAULT_MAX_WORKERS;
         }
+        Ok(ASYNCIFY_OK)
+    })
+}
+
+/// Creates a pool that runs at most `max_workers` callables at once (0 pauses
+/// it, `UINT32_MAX` is unbounded). Free it with `asyncify_pool_free`.
+#[no_mangle]
+pub extern "C" fn asyncify_pool_new(
+    max_workers: u32,
+    out: *mut *mut asyncify_pool,
+) -> asyncify_status {
+    guard("asyncify_pool_new", || {
+        let out = required_out(out, "out")?;
+        let pool = Box::new(asyncify_pool {
+            inner: Pool::new(max_workers),
+        });
+        write_out(out, Box::into_raw(pool));
         Ok(ASYNCIFY_OK)
     })
 }
@@ -199,53 +199,6 @@ pub extern "C" fn asyncify_pool_new_ex(
             inner: Pool::with_options(options),
         });
         write_out(out, Box::into_raw(pool));
-        Ok(ASYNCIFY_OK)
-    })
-}
-
-/// Fills `*out` with the counters of `pool` (NULL: the default pool), up to
-/// `min(out->struct_size, sizeof(asyncify_pool_stats))` bytes, and sets
-/// `out->struct_size` to the bytes filled. `struct_size` must be at least 4.
-#[no_mangle]
-pub extern "C" fn asyncify_stats(
-    pool: *mut asyncify_pool,
-    out: *mut asyncify_pool_stats,
-) -> asyncify_status {
-    guard("asyncify_stats", || {
-        let out = required_out(out, "out")?;
-        // SAFETY: the caller promises a writable stats struct of at least
-        // `struct_size` bytes at `out`, whose first field is `struct_size`.
-        let size = unsafe { (out as *const u32).read_unaligned() } as usize;
-        if size < 4 {
-            return Err(fail(
-                ASYNCIFY_E_INVALID_ARGUMENT,
-                format!("out->struct_size is {size}: set it to sizeof(asyncify_pool_stats)"),
-            ));
-        }
-        let s = pool_or_default(pool).stats();
-        let ours = std::mem::size_of::<asyncify_pool_stats>();
-        let filled = size.min(ours);
-        let stats = asyncify_pool_stats {
-            struct_size: filled as u32,
-            limit: s.limit,
-            threads: s.threads,
-            idle_threads: s.idle_threads,
-            queued: s.queued,
-            running: s.running,
-            submitted: s.submitted,
-            completed: s.completed,
-            failed: s.failed,
-            cancelled: s.cancelled,
-            abandoned: s.abandoned,
-        };
-        // SAFETY: `filled` bytes fit both our struct and the caller's.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                &stats as *const asyncify_pool_stats as *const u8,
-                out as *mut u8,
-                filled,
-            )
-        };
         Ok(ASYNCIFY_OK)
     })
 }
@@ -348,6 +301,53 @@ pub extern "C" fn asyncify_get_max_workers(
     guard("asyncify_get_max_workers", || {
         let out_n = required_out(out_n, "out_n")?;
         write_out(out_n, pool_or_default(pool).max_workers());
+        Ok(ASYNCIFY_OK)
+    })
+}
+
+/// Fills `*out` with the counters of `pool` (NULL: the default pool), up to
+/// `min(out->struct_size, sizeof(asyncify_pool_stats))` bytes, and sets
+/// `out->struct_size` to the bytes filled. `struct_size` must be at least 4.
+#[no_mangle]
+pub extern "C" fn asyncify_stats(
+    pool: *mut asyncify_pool,
+    out: *mut asyncify_pool_stats,
+) -> asyncify_status {
+    guard("asyncify_stats", || {
+        let out = required_out(out, "out")?;
+        // SAFETY: the caller promises a writable stats struct of at least
+        // `struct_size` bytes at `out`, whose first field is `struct_size`.
+        let size = unsafe { (out as *const u32).read_unaligned() } as usize;
+        if size < 4 {
+            return Err(fail(
+                ASYNCIFY_E_INVALID_ARGUMENT,
+                format!("out->struct_size is {size}: set it to sizeof(asyncify_pool_stats)"),
+            ));
+        }
+        let s = pool_or_default(pool).stats();
+        let ours = std::mem::size_of::<asyncify_pool_stats>();
+        let filled = size.min(ours);
+        let stats = asyncify_pool_stats {
+            struct_size: filled as u32,
+            limit: s.limit,
+            threads: s.threads,
+            idle_threads: s.idle_threads,
+            queued: s.queued,
+            running: s.running,
+            submitted: s.submitted,
+            completed: s.completed,
+            failed: s.failed,
+            cancelled: s.cancelled,
+            abandoned: s.abandoned,
+        };
+        // SAFETY: `filled` bytes fit both our struct and the caller's.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                &stats as *const asyncify_pool_stats as *const u8,
+                out as *mut u8,
+                filled,
+            )
+        };
         Ok(ASYNCIFY_OK)
     })
 }

@@ -241,15 +241,6 @@ pub extern "C" fn asyncify_wait_any(
     })
 }
 
-/// Frees the handle. A pending task goes on; its result goes to `free_result`.
-#[no_mangle]
-pub extern "C" fn asyncify_release(h: asyncify_handle) -> asyncify_status {
-    guard("asyncify_release", || {
-        task::release(h)?;
-        Ok(ASYNCIFY_OK)
-    })
-}
-
 /// Cancels the task. Queued: it never runs, `free_arg` then `on_done`
 /// (`CANCELLED`) are called on this thread. Running: it is abandoned (waiters
 /// see `CANCELLED` at once, `on_done` is called here, the work function runs
@@ -258,6 +249,15 @@ pub extern "C" fn asyncify_release(h: asyncify_handle) -> asyncify_status {
 #[no_mangle]
 pub extern "C" fn asyncify_cancel(h: asyncify_handle) -> asyncify_status {
     guard("asyncify_cancel", || Ok(task::cancel(h)?.status))
+}
+
+/// Frees the handle. A pending task goes on; its result goes to `free_result`.
+#[no_mangle]
+pub extern "C" fn asyncify_release(h: asyncify_handle) -> asyncify_status {
+    guard("asyncify_release", || {
+        task::release(h)?;
+        Ok(ASYNCIFY_OK)
+    })
 }
 
 /// Inside a task: true once the task has been cancelled, so long work can stop
