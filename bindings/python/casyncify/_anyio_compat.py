@@ -80,10 +80,39 @@ def check() -> list[str]:
 
 
 # ---------------------------------------------------------------------------
-# Captured on the event loop's thread, at call time
+# The hooks, resolved once per library (None when missing: no marks, one warning)
 # ---------------------------------------------------------------------------
 
+_anyio_hooks: Any = _MISSING  # (threadlocals, EventLoopToken) or None
+_trio_data: Any = _MISSING  # trio._threads.PARENT_TASK_DATA or None
 _backends: dict[str, Any] = {}  # "asyncio"/"trio" -> AnyIO's backend class (public current_token)
+
+
+def _anyio() -> Any:
+    global _anyio_hooks
+    if _anyio_hooks is _MISSING:
+        try:
+            from anyio._core._eventloop import threadlocals
+            from anyio.lowlevel import EventLoopToken
+
+            _anyio_hooks = (threadlocals, EventLoopToken)
+        except ImportError:
+            _warn_once("anyio", "anyio._core._eventloop.threadlocals is gone")
+            _anyio_hooks = None
+    return _anyio_hooks
+
+
+def _trio() -> Any:
+    global _trio_data
+    if _trio_data is _MISSING:
+        try:
+            from trio._threads import PARENT_TASK_DATA
+
+            _trio_data = PARENT_TASK_DATA
+        except ImportError:
+            _warn_once("trio", "trio._threads.PARENT_TASK_DATA is gone")
+            _trio_data = None
+    return _trio_data
 
 
 def _anyio_backend(library: str) -> Any:
@@ -100,28 +129,24 @@ def _anyio_backend(library: str) -> Any:
     return backend
 
 
-class Marks:
-    """What the worker needs to mark itself as the caller's loop's worker thread.
+# ---------------------------------------------------------------------------
+# Captured on the event loop's thread, at call time. Marks are tuples (one per
+# call, so cheap): (kind, AnyIO backend or None, loop weakref or TrioToken,
+# scope weakref or trio's cancel register). The loop and the AnyIO cancel
+# scope are held weakly: a pending call must not keep a dropped event loop
+# alive (the worker holds them only while the call runs).
+# ---------------------------------------------------------------------------
 
-    The loop and the cancel scope are held weakly: a pending call must not keep
-    a dropped event loop alive (the worker holds them only while the call runs).
-    """
-
-    __slots__ = ("backend", "loop_ref", "scope_ref", "trio_token", "cancel_register")
-
-    def __init__(self, backend, loop_ref, scope_ref, trio_token, cancel_register):
-        self.backend = backend  # AnyIO's backend class, or None when AnyIO is not in use
-        self.loop_ref = loop_ref  # asyncio: weakref to the loop
-        self.scope_ref = scope_ref  # asyncio: weakref to the host task's AnyIO cancel scope
-        self.trio_token = trio_token  # trio: the run's TrioToken
-        self.cancel_register = cancel_register  # trio: [raise_cancel or None], filled on abort
+ASYNCIO, TRIO = 0, 1
 
 
-def asyncio_marks(loop, task) -> Marks | None:
-    """Marks for a call made by ``task`` on ``loop``; None when AnyIO is not imported."""
-    if "anyio" not in sys.modules or "anyio" in _broken:
+def asyncio_marks(loop_ref: Callable, task: Any) -> tuple | None:
+    """Marks for a call made by ``task`` on the loop of ``loop_ref``; None without AnyIO."""
+    if "anyio" not in sys.modules:
         return None
-    backend = _anyio_backend("asyncio")
+    backend = _backends.get("asyncio", _MISSING)
+    if backend is _MISSING:
+        backend = _anyio_backend("asyncio")
     if backend is None:
         return None
     scope_ref = None
@@ -135,15 +160,13 @@ def asyncio_marks(loop, task) -> Marks | None:
         scope = getattr(task_state, "cancel_scope", None)
         if scope is not None:
             scope_ref = weakref.ref(scope)
-    return Marks(backend, weakref.ref(loop), scope_ref, None, None)
+    return (ASYNCIO, backend, loop_ref, scope_ref)
 
 
-def trio_marks(token, cancel_register: list) -> Marks:
+def trio_marks(token: Any, cancel_register: list) -> tuple:
     """Marks for a call made under trio (``trio.from_thread`` works with or without AnyIO)."""
-    backend = None
-    if "anyio" in sys.modules and "anyio" not in _broken:
-        backend = _anyio_backend("trio")
-    return Marks(backend, None, None, token, cancel_register)
+    backend = _anyio_backend("trio") if "anyio" in sys.modules else None
+    return (TRIO, backend, token, cancel_register)
 
 
 # ---------------------------------------------------------------------------
@@ -151,76 +174,77 @@ def trio_marks(token, cancel_register: list) -> Marks:
 # ---------------------------------------------------------------------------
 
 
-def _swap(ns: Any, name: str, value: Any) -> Any:
-    """Set ``ns.name`` and return its previous value (``_MISSING`` when unset)."""
-    old = ns.__dict__.get(name, _MISSING)
-    setattr(ns, name, value)
-    return old
-
-
-def _restore(ns: Any, name: str, old: Any) -> None:
-    if old is _MISSING:
-        ns.__dict__.pop(name, None)
-    else:
-        setattr(ns, name, old)
-
-
-def run_marked(marks: Marks, fn: Callable, args: tuple, kwargs: dict) -> Any:
+def run_marked(marks: tuple, fn: Callable, args: tuple, kwargs: dict) -> Any:
     """``fn(*args, **kwargs)`` with this thread marked as the caller's worker thread.
 
     Previous marks are restored afterwards: a call may run inline inside another
     call on the same thread (a nested wait), which keeps its own marks.
     """
-    saved: list = []
-    try:
-        _enter(marks, saved)
-        return fn(*args, **kwargs)
-    finally:
-        for ns, name, old in reversed(saved):
-            _restore(ns, name, old)
-
-
-def _enter(marks: Marks, saved: list) -> None:
     sniffio = sys.modules.get("sniffio")
     if sniffio is not None:
         # As in AnyIO's and trio's workers: this thread is not in async context
         # (this context is the call's own copy, so nothing leaks out).
         sniffio.current_async_library_cvar.set(None)
-    if marks.trio_token is not None:
-        _enter_trio(marks, saved)
-    if marks.backend is not None:
-        _enter_anyio(marks, saved)
-
-
-def _enter_trio(marks: Marks, saved: list) -> None:
+    kind, backend, native, extra = marks
+    if kind == ASYNCIO:
+        return _run_asyncio(backend, native(), extra() if extra is not None else None, fn, args, kwargs)
+    saved: list = []
     try:
-        from trio._threads import PARENT_TASK_DATA as data
-    except ImportError:
-        _warn_once("trio", "trio._threads.PARENT_TASK_DATA is gone")
-        return
-    for name, value in (
-        ("token", marks.trio_token),
-        ("abandon_on_cancel", True),  # casyncify abandons a running call on cancel
-        ("cancel_register", marks.cancel_register),
-        ("task_register", [None]),  # read only when not abandoning: never here
-    ):
-        saved.append((data, name, _swap(data, name, value)))
+        _mark_trio(native, extra, saved)
+        if backend is not None:
+            _mark_anyio(backend, native, saved)
+        return fn(*args, **kwargs)
+    finally:
+        for namespace, name, old in reversed(saved):
+            if old is _MISSING:
+                namespace.pop(name, None)
+            else:
+                namespace[name] = old
 
 
-def _enter_anyio(marks: Marks, saved: list) -> None:
+def _run_asyncio(backend: Any, loop: Any, scope: Any, fn: Callable, args: tuple, kwargs: dict) -> Any:
+    """The hot path (every call under asyncio once AnyIO is imported): two marks, no list."""
+    hooks = _anyio_hooks if _anyio_hooks is not _MISSING else _anyio()
+    if hooks is None or loop is None:  # no hook, or the loop is gone: nothing to call back into
+        return fn(*args, **kwargs)
+    threadlocals, token_class = hooks
+    ns = threadlocals.__dict__  # this thread's attributes
+    old_token = ns.get("current_token", _MISSING)
+    old_scope = ns.get("current_cancel_scope", _MISSING)
+    ns["current_token"] = token_class(backend, loop)
+    ns["current_cancel_scope"] = scope  # check_cancelled and from_thread.run read it
     try:
-        from anyio._core._eventloop import threadlocals
-        from anyio.lowlevel import EventLoopToken
-    except ImportError:
-        _warn_once("anyio", "anyio._core._eventloop.threadlocals is gone")
+        return fn(*args, **kwargs)
+    finally:
+        if old_token is _MISSING:
+            ns.pop("current_token", None)
+        else:
+            ns["current_token"] = old_token
+        if old_scope is _MISSING:
+            ns.pop("current_cancel_scope", None)
+        else:
+            ns["current_cancel_scope"] = old_scope
+
+
+def _set(namespace: dict, name: str, value: Any, saved: list) -> None:
+    saved.append((namespace, name, namespace.get(name, _MISSING)))
+    namespace[name] = value
+
+
+def _mark_trio(token: Any, cancel_register: list, saved: list) -> None:
+    data = _trio()
+    if data is None:
         return
-    if marks.trio_token is not None:
-        native = marks.trio_token
-    else:
-        native = marks.loop_ref()
-        if native is None:
-            return  # the loop is gone: nothing to call back into
-        scope = marks.scope_ref() if marks.scope_ref is not None else None
-        saved.append((threadlocals, "current_cancel_scope", _swap(threadlocals, "current_cancel_scope", scope)))
-    token = EventLoopToken(marks.backend, native)
-    saved.append((threadlocals, "current_token", _swap(threadlocals, "current_token", token)))
+    ns = data.__dict__  # this thread's attributes (a threading.local)
+    _set(ns, "token", token, saved)
+    _set(ns, "abandon_on_cancel", True, saved)  # casyncify abandons a running call on cancel
+    _set(ns, "cancel_register", cancel_register, saved)
+    _set(ns, "task_register", [None], saved)  # read only when not abandoning: never here
+
+
+def _mark_anyio(backend: Any, token: Any, saved: list) -> None:
+    hooks = _anyio()
+    if hooks is None:
+        return
+    threadlocals, token_class = hooks
+    _set(threadlocals.__dict__, "current_token", token_class(backend, token), saved)

@@ -915,7 +915,9 @@ class _LoopState:
     those calls and frees the queue.
     """
 
-    __slots__ = ("cq", "fd", "batch", "count", "pending", "wakeups", "completions", "generation", "__weakref__")
+    __slots__ = (
+        "cq", "fd", "batch", "count", "pending", "wakeups", "completions", "generation", "loop_ref", "__weakref__",
+    )  # fmt: skip
 
     def __init__(self):
         cq = c_void_p()
@@ -934,6 +936,7 @@ class _LoopState:
         self.wakeups = 0  # times the loop woke for this queue
         self.completions = 0
         self.generation = _life.fork_generation
+        self.loop_ref: Callable = lambda: None  # weakref.ref(loop), set once registered
 
     def drain(self) -> None:
         _drain(self)
@@ -1016,6 +1019,7 @@ def _loop_state(loop: asyncio.AbstractEventLoop) -> _LoopState:
         loop.remove_reader(state.fd)
         state.free()
         return winner
+    state.loop_ref = weakref.ref(loop)
     weakref.finalize(loop, _loop_gone, state)
     return state
 
@@ -1061,7 +1065,7 @@ async def _call_async(pool: Pool | None, fn: Callable, args: tuple, kwargs: dict
     fut = loop.create_future()
     rec.fut = weakref.ref(fut)  # this frame holds the future; the record must not hold the loop
     if "anyio" in sys.modules:
-        rec.marks = _anyio_compat.asyncio_marks(loop, asyncio.current_task())
+        rec.marks = _anyio_compat.asyncio_marks(state.loop_ref, asyncio.current_task())
     cid = next(_ids)
     _calls[cid] = rec
     state.pending[cid] = rec

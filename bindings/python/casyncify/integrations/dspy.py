@@ -68,11 +68,11 @@ def pool_for(async_max_workers: Any) -> Pool:
     """The casyncify pool of this ``async_max_workers`` value (one per value, made on first use)."""
     limit = _limit(async_max_workers)
     pool = _pools.get(limit)
-    if pool is None or pool.closed:
+    if pool is None or pool.closed or pool._generation != _core._life.fork_generation:
         # No lock: making a pool may run any Python (GC). A racing thread's pool
         # loses the setdefault and is closed at once (it ran nothing).
         fresh = Pool(limit, thread_name="casyncify-dspy")
-        if pool is not None:  # closed (by the user, or at exit): replace it
+        if pool is not None:  # closed (by the user, at exit) or the parent's (after fork): replace it
             _pools.pop(limit, None)
         pool = _pools.setdefault(limit, fresh)
         if pool is not fresh:
