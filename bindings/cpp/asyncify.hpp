@@ -17,6 +17,11 @@
 //   asyncify::pool                    a pool of its own (RAII): submit, set_max_workers, stats, shutdown
 //   asyncify::task<R>                 move-only owner of a task's handle: get, wait, wait_for, ready, cancel
 //   asyncify::scope                   RAII override scope: restores this thread's table when it ends
+//   asyncify::context                 an immutable table as a value: capture, with, without, get, run
+//   asyncify::submit(options, f, ...) with a pool, a context or flags (asyncify::submit_options)
+//   task<R>::to_future()              a std::future<R>; C++20: co_await t, co_await t.resume_via(post)
+//   asyncify::completion_queue        RAII queue for C submissions with an fd for your event loop
+//   asyncify::stats()                 the default pool's counters (pool::stats() for a pool)
 //   asyncify::set / get / get_ptr / remove   this thread's override table (bytes or pointer values)
 //   asyncify::cancel_requested()      inside f: the task was cancelled, stop early
 //   asyncify::error                   every failure: a std::runtime_error with the C status and message
@@ -60,6 +65,7 @@
 #include "asyncify.h"
 
 #include <atomic>
+#include <cassert>
 #include <chrono>
 #include <cmath>
 #include <cstddef>
@@ -67,15 +73,22 @@
 #include <cstring>
 #include <exception>
 #include <functional>
+#include <future>
 #include <initializer_list>
+#include <vector>
 #include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <tuple>
 #include <type_traits>
 #include <utility>
+
+#if defined(__cpp_impl_coroutine) && __cpp_impl_coroutine >= 201902L && __has_include(<coroutine>)
+#include <coroutine>
+#endif
 
 #if !(__cplusplus >= 201703L || (defined(_MSVC_LANG) && _MSVC_LANG >= 201703L))
 #error "asyncify.hpp needs C++17 or later"
@@ -161,17 +174,28 @@ void delete_value(void* ptr) noexcept {
     delete static_cast<T*>(ptr);
 }
 
-/// What a task object and the library share, with one reference each. The task object drops its
-/// reference when destroyed or after get(). The library's reference is dropped by on_done when the work
-/// function returned (OK or FAILED), or else by free_arg: at once for a task that never ran, and after
-/// the function returned for a task abandoned by cancel. So the state outlives every call that can touch
-/// it, and nothing is freed twice.
+/// Something to run once when a task reaches its terminal status (a coroutine to resume, a promise to
+/// fulfil): on the thread that reports it, i.e. the worker (finished or failed) or the cancelling thread.
+class continuation {
+public:
+    virtual ~continuation() = default;
+    /// Called once with the task's terminal status, inside its on_done (the task is not published yet:
+    /// waiting for it here would wait for this very call).
+    virtual void run(asyncify_status status) noexcept = 0;
+};
+
+/// What a task object and the library share. Three references: the task object's (dropped when it is
+/// destroyed or after get()); on_done's, dropped by on_done, which the library calls exactly once with
+/// the terminal status; and the argument's, dropped with the callable: by on_done when the work function
+/// returned (OK or FAILED), or else by free_arg (at once for a task that never ran, after the function
+/// returned for an abandoned one). So the state outlives every call that can touch it, and nothing is
+/// freed twice.
 class shared_state {
 public:
     shared_state() = default;
     shared_state(const shared_state&) = delete;
     shared_state& operator=(const shared_state&) = delete;
-    virtual ~shared_state() = default;
+    virtual ~shared_state() { delete waiter(waiter_.load(std::memory_order_acquire)); }
 
     void release() noexcept {
         if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
@@ -180,15 +204,32 @@ public:
     }
 
     static void on_done(void* data, asyncify_handle, asyncify_status status, void*, std::int32_t) noexcept {
-        if (status == ASYNCIFY_OK || status == ASYNCIFY_FAILED) {
-            static_cast<shared_state*>(data)->release();
+        auto* self = static_cast<shared_state*>(data);
+        if (continuation* c = waiter(self->waiter_.exchange(done_mark, std::memory_order_acq_rel))) {
+            c->run(status);
+            delete c;
         }
+        if (status == ASYNCIFY_OK || status == ASYNCIFY_FAILED) {
+            self->release();  // the argument's: no free_arg follows
+        }
+        self->release();
     }
 
     static void free_arg(void* arg) noexcept {
         auto* self = static_cast<shared_state*>(arg);
         self->drop_call();
         self->release();
+    }
+
+    /// Registers `c` to run when the task reaches its terminal status. False (and `c` is deleted) when it
+    /// already has: then nothing will run it, and the caller goes on at once.
+    bool on_terminal(continuation* c) noexcept {
+        std::uintptr_t none = 0;
+        if (waiter_.compare_exchange_strong(none, reinterpret_cast<std::uintptr_t>(c), std::memory_order_acq_rel)) {
+            return true;
+        }
+        delete c;
+        return false;
     }
 
     /// Set by the worker when the work function threw.
@@ -199,7 +240,15 @@ protected:
     virtual void drop_call() noexcept = 0;
 
 private:
-    std::atomic<unsigned> refs_{2};
+    static constexpr std::uintptr_t done_mark = 1;
+
+    static continuation* waiter(std::uintptr_t word) noexcept {
+        return word > done_mark ? reinterpret_cast<continuation*>(word) : nullptr;
+    }
+
+    std::atomic<unsigned> refs_{3};
+    /// 0: nothing registered; done_mark: terminal; else the registered continuation.
+    std::atomic<std::uintptr_t> waiter_{0};
 };
 
 template <class T>
@@ -262,7 +311,15 @@ struct task_access {
 };
 
 template <class F, class... Args>
-task<result_t<F, Args...>> submit_to(asyncify_pool* pool, F&& f, Args&&... args);
+task<result_t<F, Args...>> submit_to(const asyncify_submit_options& base, F&& f, Args&&... args);
+
+template <class F, class... Args>
+task<result_t<F, Args...>> submit_to(asyncify_pool* pool, F&& f, Args&&... args) {
+    asyncify_submit_options options{};
+    check(asyncify_submit_options_init(&options, sizeof options));
+    options.pool = pool;
+    return submit_to(options, std::forward<F>(f), std::forward<Args>(args)...);
+}
 
 }  // namespace detail
 
@@ -300,29 +357,51 @@ public:
     /// Waits for the task, then returns what f returned, rethrows what f threw (with its own type), or
     /// throws asyncify::error with ASYNCIFY_CANCELLED. Afterwards the task is empty. Called inside the
     /// task itself it throws ASYNCIFY_E_WOULD_DEADLOCK, and the task stays valid.
-    T get() {
-        asyncify_status status = wait_status(-1);
-        detail::result_state<T>* state = state_;
-        if (status == ASYNCIFY_CANCELLED) {
-            reset();
-            throw error(ASYNCIFY_CANCELLED, "asyncify::task::get: the task was cancelled");
-        }
-        if (status == ASYNCIFY_FAILED) {
-            std::exception_ptr exception = state->exception;
-            reset();
-            if (exception) {
-                std::rethrow_exception(exception);
+    T get() { return take(wait_status(-1)); }
+
+    /// The task as a std::future (this task is empty afterwards): its get() returns what f returned or
+    /// rethrows what f threw, or asyncify::error with ASYNCIFY_CANCELLED. The promise is fulfilled on the
+    /// thread that reports the task's status (the worker, or the cancelling thread).
+    std::future<T> to_future() && {
+        require_valid("to_future");
+        auto fulfil = std::make_unique<promise_continuation>(state_);
+        std::future<T> future = fulfil->promise.get_future();
+        auto* raw = fulfil.release();
+        if (!state_->on_terminal(raw)) {
+            // Already reported (perhaps not yet published): take the outcome as get() does.
+            std::promise<T> promise;
+            future = promise.get_future();
+            try {
+                if constexpr (std::is_void_v<T>) {
+                    get();
+                    promise.set_value();
+                } else {
+                    promise.set_value(get());
+                }
+            } catch (...) {
+                promise.set_exception(std::current_exception());
             }
-            throw error(ASYNCIFY_FAILED, "asyncify::task::get: the work function failed");
+            return future;
         }
-        if constexpr (std::is_void_v<T>) {
-            reset();
-        } else {
-            T value = std::move(*state->value);
-            reset();
-            return value;
-        }
+        reset();
+        return future;
     }
+
+#if defined(__cpp_impl_coroutine) && __cpp_impl_coroutine >= 201902L && __has_include(<coroutine>)
+    /// C++20: `co_await std::move(t)` (or `co_await t`) suspends until the task is terminal, then gives
+    /// what get() gives. The coroutine resumes on the thread that reports the status, inside the task's
+    /// on_done: the worker (whose slot it holds until the coroutine suspends again or ends) or the
+    /// cancelling thread. Use resume_via() to resume elsewhere.
+    auto operator co_await() noexcept { return awaiter<inline_resume>{*this, {}}; }
+
+    /// C++20: `co_await t.resume_via(post)` resumes the coroutine through `post`, a callable that takes a
+    /// `std::function<void()>` and runs it later where you want (your event loop, an executor, a thread
+    /// that drains a completion queue). `post` is called on the reporting thread and must not throw.
+    template <class Post>
+    auto resume_via(Post post) noexcept {
+        return awaiter<posted_resume<Post>>{*this, posted_resume<Post>{std::move(post)}};
+    }
+#endif
 
     /// Waits until the task has finished, failed or been cancelled.
     void wait() const { wait_status(-1); }
@@ -352,6 +431,100 @@ private:
     friend struct detail::task_access;
 
     task(asyncify_handle handle, detail::result_state<T>* state) noexcept : handle_(handle), state_(state) {}
+
+    /// The outcome for a terminal `status`, read from the state (no wait); the task is empty afterwards.
+    T take(asyncify_status status) {
+        detail::result_state<T>* state = state_;
+        if (status == ASYNCIFY_CANCELLED) {
+            reset();
+            throw error(ASYNCIFY_CANCELLED, "asyncify::task::get: the task was cancelled");
+        }
+        if (status == ASYNCIFY_FAILED) {
+            std::exception_ptr exception = state->exception;
+            reset();
+            if (exception) {
+                std::rethrow_exception(exception);
+            }
+            throw error(ASYNCIFY_FAILED, "asyncify::task::get: the work function failed");
+        }
+        if constexpr (std::is_void_v<T>) {
+            reset();
+        } else {
+            T value = std::move(*state->value);
+            reset();
+            return value;
+        }
+    }
+
+    /// Fulfils a promise with the outcome; keeps the state alive until then.
+    struct promise_continuation final : detail::continuation {
+        explicit promise_continuation(detail::result_state<T>* s) noexcept : state(s) {}
+        void run(asyncify_status status) noexcept override {
+            try {
+                if (status == ASYNCIFY_CANCELLED) {
+                    throw error(ASYNCIFY_CANCELLED, "asyncify::task: the task was cancelled");
+                }
+                if (status == ASYNCIFY_FAILED) {
+                    if (state->exception) {
+                        std::rethrow_exception(state->exception);
+                    }
+                    throw error(ASYNCIFY_FAILED, "asyncify::task: the work function failed");
+                }
+                if constexpr (std::is_void_v<T>) {
+                    promise.set_value();
+                } else {
+                    promise.set_value(std::move(*state->value));
+                }
+            } catch (...) {
+                promise.set_exception(std::current_exception());
+            }
+        }
+        detail::result_state<T>* state;  // kept alive by on_done's reference while this runs
+        std::promise<T> promise;
+    };
+
+#if defined(__cpp_impl_coroutine) && __cpp_impl_coroutine >= 201902L && __has_include(<coroutine>)
+    struct inline_resume {
+        void operator()(std::coroutine_handle<> h) noexcept { h.resume(); }
+    };
+
+    template <class Post>
+    struct posted_resume {
+        Post post;
+        void operator()(std::coroutine_handle<> h) noexcept {
+            post(std::function<void()>([h] { h.resume(); }));
+        }
+    };
+
+    /// Suspends a coroutine until the task is terminal; the status comes with the wake-up, so resuming
+    /// never waits (not even inside the task's own on_done).
+    template <class Resume>
+    struct awaiter {
+        task& t;
+        Resume resume;
+        std::optional<asyncify_status> status{};
+
+        struct wake final : detail::continuation {
+            wake(awaiter* a, std::coroutine_handle<> h) noexcept : self(a), handle(h) {}
+            void run(asyncify_status s) noexcept override {
+                self->status = s;
+                self->resume(handle);
+            }
+            awaiter* self;
+            std::coroutine_handle<> handle;
+        };
+
+        bool await_ready() const { return t.ready(); }
+
+        bool await_suspend(std::coroutine_handle<> h) {
+            t.require_valid("co_await");
+            // False when it was reported meanwhile: go on at once, with get().
+            return t.state_->on_terminal(new wake(this, h));
+        }
+
+        T await_resume() { return status ? t.take(*status) : t.get(); }
+    };
+#endif
 
     void require_valid(const char* what) const {
         if (handle_ == 0) {
@@ -448,6 +621,14 @@ public:
         return detail::check(status) == ASYNCIFY_OK;
     }
 
+    /// Begins the shutdown (as shutdown() does) and waits up to `timeout` without giving the pool up:
+    /// true once no task runs and every worker thread has left, false before that. Call it again to
+    /// go on waiting (in slices, e.g. to stay responsive); the destructor then frees at once.
+    template <class Rep, class Period>
+    bool close_for(const std::chrono::duration<Rep, Period>& timeout) {
+        return detail::check(asyncify_pool_close(native(), detail::timeout_ms(timeout))) == ASYNCIFY_OK;
+    }
+
     /// The C pool, still owned by this object; NULL after shutdown() or a move.
     asyncify_pool* native_handle() const noexcept { return pool_; }
 
@@ -469,12 +650,240 @@ private:
     asyncify_pool* pool_ = nullptr;
 };
 
+/// The default pool's counters (exact when it is quiet).
+inline asyncify_pool_stats stats() {
+    asyncify_pool_stats out{};
+    out.struct_size = static_cast<std::uint32_t>(sizeof out);
+    detail::check(asyncify_stats(nullptr, &out));
+    return out;
+}
+
+/// An immutable snapshot of an override table, as a value: copies share it, `with` and `without`
+/// return a new context in O(log n) and leave this one unchanged (like Python's contextvars).
+class context {
+public:
+    /// A context with no keys.
+    context() : context(make(asyncify_context_empty)) {}
+
+    /// This thread's table now (what a task submitted now would get), in O(1).
+    static context capture() { return context(make(asyncify_context_capture)); }
+
+    /// This context with `key` set to a copy of the bytes of `value`.
+    context with(std::string_view key, std::string_view value) const {
+        detail::c_key k(key);
+        asyncify_context* out = nullptr;
+        detail::check(asyncify_context_with(native(), k.c_str(), value.data(), value.size(), &out));
+        return context(out);
+    }
+
+    /// This context with `key` set to a pointer value the contexts now own (deleted with `delete` once
+    /// no table, task or context holds it). On error `value` keeps it.
+    template <class T>
+    context with(std::string_view key, std::unique_ptr<T>&& value) const {
+        static_assert(!std::is_array_v<T>, "asyncify::context::with takes std::unique_ptr<T> of a single object");
+        detail::c_key k(key);
+        using plain = std::remove_cv_t<T>;
+        asyncify_context* out = nullptr;
+        void* ptr = const_cast<plain*>(value.get());
+        detail::check(asyncify_context_with_ptr(native(), k.c_str(), ptr, &detail::delete_value<plain>, &out));
+        value.release();
+        return context(out);
+    }
+
+    /// This context without `key` (the same keys when it is absent).
+    context without(std::string_view key) const {
+        detail::c_key k(key);
+        asyncify_context* out = nullptr;
+        detail::check(asyncify_context_without(native(), k.c_str(), &out));
+        return context(out);
+    }
+
+    /// The bytes of `key` in this context (the global layer is not consulted); std::nullopt when absent.
+    std::optional<std::string> get(std::string_view key) const {
+        detail::c_key k(key);
+        std::size_t len = 0;
+        asyncify_status status = asyncify_context_get(native(), k.c_str(), nullptr, 0, &len);
+        if (status == ASYNCIFY_E_NOT_FOUND) {
+            return std::nullopt;
+        }
+        std::string value(len, '\0');
+        if (status == ASYNCIFY_E_BUFFER_TOO_SMALL) {
+            status = asyncify_context_get(native(), k.c_str(), value.data(), value.size(), &len);
+        }
+        detail::check(status);
+        return value;
+    }
+
+    /// The pointer value of `key`; nullptr when absent. With T (not void) it must have been set from a
+    /// std::unique_ptr<T>, else this throws ASYNCIFY_E_INVALID_ARGUMENT. Valid while this context lives.
+    template <class T = void>
+    T* get_ptr(std::string_view key) const {
+        detail::c_key k(key);
+        void* ptr = nullptr;
+        asyncify_free_fn release = nullptr;
+        asyncify_status status = asyncify_context_get_ptr_ex(native(), k.c_str(), &ptr, &release);
+        if (status == ASYNCIFY_E_NOT_FOUND) {
+            return nullptr;
+        }
+        detail::check(status);
+        if constexpr (!std::is_void_v<T>) {
+            if (release != &detail::delete_value<std::remove_cv_t<T>>) {
+                throw error(ASYNCIFY_E_INVALID_ARGUMENT, "asyncify::context::get_ptr<T>: \"" + std::string(key) +
+                                                              "\" holds a pointer not set from a std::unique_ptr<T>");
+            }
+        }
+        return static_cast<T*>(ptr);
+    }
+
+    /// The number of keys.
+    std::size_t size() const {
+        std::size_t n = 0;
+        detail::check(asyncify_context_count(native(), &n));
+        return n;
+    }
+
+    /// The keys, in order.
+    std::vector<std::string> keys() const {
+        std::vector<std::string> out;
+        detail::check(asyncify_context_visit(native(), &collect_key, &out));
+        return out;
+    }
+
+    /// Runs f() here, on this thread, with this context installed as the thread's table, then restores
+    /// the table; returns what f returns (an exception passes through, after the restore).
+    template <class F>
+    std::invoke_result_t<F&> run(F&& f) const {
+        using R = std::invoke_result_t<F&>;
+        struct call {
+            F* fn;
+            std::optional<std::conditional_t<std::is_void_v<R>, char, R>> value;
+            std::exception_ptr exception;
+            static std::int32_t work(void* arg, void**) noexcept {
+                auto* self = static_cast<call*>(arg);
+                try {
+                    if constexpr (std::is_void_v<R>) {
+                        (*self->fn)();
+                    } else {
+                        self->value.emplace((*self->fn)());
+                    }
+                } catch (...) {
+                    self->exception = std::current_exception();
+                }
+                return 0;
+            }
+        } c{&f, std::nullopt, nullptr};
+        detail::check(asyncify_context_run(native(), &call::work, &c, nullptr, nullptr));
+        if (c.exception) {
+            std::rethrow_exception(c.exception);
+        }
+        if constexpr (!std::is_void_v<R>) {
+            return std::move(*c.value);
+        }
+    }
+
+    /// The C context, still owned by this object (and its copies).
+    const asyncify_context* native_handle() const noexcept { return ctx_.get(); }
+
+private:
+    explicit context(asyncify_context* owned) : ctx_(owned, [](asyncify_context* c) { asyncify_context_free(c); }) {}
+
+    static asyncify_context* make(asyncify_status (*fn)(asyncify_context**)) {
+        asyncify_context* out = nullptr;
+        detail::check(fn(&out));
+        return out;
+    }
+
+    static int collect_key(void* out, const char* key, std::size_t len, int, const void*, std::size_t) {
+        static_cast<std::vector<std::string>*>(out)->emplace_back(key, len);
+        return 0;
+    }
+
+    const asyncify_context* native() const noexcept { return ctx_.get(); }
+
+    std::shared_ptr<asyncify_context> ctx_;
+};
+
+/// How to submit: which pool, with which context, with which flags.
+struct submit_options {
+    /// nullptr: the default pool.
+    asyncify::pool* pool = nullptr;
+    /// The table the task runs with; std::nullopt: a snapshot of this thread's table at submit.
+    std::optional<asyncify::context> context{};
+    /// ASYNCIFY_SUBMIT_EMPTY_CONTEXT runs with an empty table. (DETACHED is not for C++ tasks: a
+    /// task object that is destroyed without get() detaches already.)
+    std::uint32_t flags = 0;
+};
+
+/// Runs f(args...) as `options` say; as asyncify::submit. The context, if any, is referenced by the
+/// task: it may be destroyed right after.
+template <class F, class... Args>
+task<detail::result_t<F, Args...>> submit(const submit_options& options, F&& f, Args&&... args) {
+    if (options.flags & ASYNCIFY_SUBMIT_DETACHED) {
+        throw error(ASYNCIFY_E_INVALID_ARGUMENT,
+                    "asyncify::submit: ASYNCIFY_SUBMIT_DETACHED is for C handles; destroy the task instead");
+    }
+    asyncify_submit_options c{};
+    detail::check(asyncify_submit_options_init(&c, sizeof c));
+    c.pool = options.pool != nullptr ? options.pool->native_handle() : nullptr;
+    if (options.pool != nullptr && c.pool == nullptr) {
+        throw error(ASYNCIFY_E_SHUT_DOWN, "asyncify::submit: the pool was shut down or moved from");
+    }
+    c.context = options.context ? options.context->native_handle() : nullptr;
+    c.flags = options.flags;
+    return detail::submit_to(c, std::forward<F>(f), std::forward<Args>(args)...);
+}
+
+/// A completion queue (RAII): tasks submitted through the C API with `opts.cq` set (and no on_done)
+/// complete into it, and an event loop watches fd(). C++ tasks (asyncify::task) complete through their
+/// own objects instead; use resume_via() to hand a coroutine's resumption to your loop.
+class completion_queue {
+public:
+    completion_queue() { detail::check(asyncify_cq_new(&cq_)); }
+    completion_queue(const completion_queue&) = delete;
+    completion_queue& operator=(const completion_queue&) = delete;
+    /// Frees the queue: later completions stay on their handles; undrained results go to free_result.
+    ~completion_queue() { asyncify_cq_free(cq_); }
+
+    /// Readable while completions wait (for poll/epoll/uv_poll). Owned by the queue: do not read it.
+    int fd() const {
+        std::int32_t out = -1;
+        detail::check(asyncify_cq_fd(cq_, &out));
+        return out;
+    }
+
+    /// Waits up to `timeout` for a completion: true when one is ready.
+    template <class Rep, class Period>
+    bool wait_for(const std::chrono::duration<Rep, Period>& timeout) {
+        return detail::check(asyncify_cq_wait(cq_, detail::timeout_ms(timeout))) == ASYNCIFY_OK;
+    }
+
+    /// Up to `max` completions, oldest first; never blocks. Their results are now yours.
+    std::vector<asyncify_completion> drain(std::size_t max = 64) {
+        std::vector<asyncify_completion> out(max);
+        std::size_t n = 0;
+        detail::check(asyncify_cq_drain(cq_, out.data(), out.size(), &n));
+        out.resize(n);
+        return out;
+    }
+
+    /// The C queue, for asyncify_submit_options::cq; still owned by this object.
+    asyncify_cq* native_handle() const noexcept { return cq_; }
+
+private:
+    asyncify_cq* cq_ = nullptr;
+};
+
 /// An override scope (like `with dspy.context(...)`): remembers this thread's table when constructed,
 /// optionally sets string values, and restores the table exactly when destroyed, whatever was set or
 /// removed meanwhile. Scopes nest; each must end on the thread (and in the task) that began it.
+///
+/// Coroutines: a scope must not be held across a `co_await` that may resume on another thread (the
+/// override would stay in the first thread's table, and this thread's would not be restored). Builds
+/// without NDEBUG detect it when the scope ends (an assert); to give a coroutine's tasks overrides, pass
+/// an asyncify::context in submit_options, or run code under context::run.
 class scope {
 public:
-    scope() { detail::check(asyncify_scope_enter(&token_)); }
+    scope() : owner_(std::this_thread::get_id()) { detail::check(asyncify_scope_enter(&token_)); }
 
     /// Begins a scope and sets each key to its string value in it.
     scope(std::initializer_list<std::pair<std::string_view, std::string_view>> values);
@@ -484,10 +893,15 @@ public:
 
     /// Restores the table. A scope ended out of order (which C++ block scope never does) is refused by
     /// the library and leaves the table as it is.
-    ~scope() { asyncify_scope_exit(token_); }
+    ~scope() {
+        assert(owner_ == std::this_thread::get_id() &&
+               "asyncify::scope ended on another thread than it began on (held across a co_await?)");
+        asyncify_scope_exit(token_);
+    }
 
 private:
     std::uint64_t token_ = 0;
+    std::thread::id owner_;
 };
 
 /// Sets `key` to a copy of the bytes of `value` in this thread's table.
@@ -599,7 +1013,7 @@ inline scope::scope(std::initializer_list<std::pair<std::string_view, std::strin
 namespace detail {
 
 template <class F, class... Args>
-task<result_t<F, Args...>> submit_to(asyncify_pool* pool, F&& f, Args&&... args) {
+task<result_t<F, Args...>> submit_to(const asyncify_submit_options& base, F&& f, Args&&... args) {
     using T = result_t<F, Args...>;
     static_assert(std::is_invocable_v<std::decay_t<F>, std::decay_t<Args>...>,
                   "asyncify::submit(f, args...): f must be callable with rvalues of the decayed args");
@@ -611,12 +1025,10 @@ task<result_t<F, Args...>> submit_to(asyncify_pool* pool, F&& f, Args&&... args)
     std::unique_ptr<job_t> owned(new job_t(std::forward<F>(f), std::forward<Args>(args)...));
     shared_state* state = owned.get();
 
-    asyncify_submit_options options{};
-    check(asyncify_submit_options_init(&options, sizeof options));
+    asyncify_submit_options options = base;
     options.on_done = &shared_state::on_done;
     options.on_done_data = state;
     options.free_arg = &shared_state::free_arg;
-    options.pool = pool;
 
     asyncify_handle handle = 0;
     // On failure nothing runs and no callback is called: `owned` still frees the job.
