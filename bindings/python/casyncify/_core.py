@@ -738,13 +738,19 @@ def default_pool() -> Pool:
     """The binding's default pool (created on first use: limit 8 or ``ASYNCIFY_MAX_WORKERS``)."""
     global _default
     pool = _default
-    if pool is None or pool._ptr is None:
-        with _default_lock:
-            if _default is None or _default._ptr is None:  # first use, or closed by the user
-                if _life.closing:
-                    raise ShutDownError(_ffi.E_SHUT_DOWN, "casyncify: the interpreter is exiting")
-                _default = Pool(_default_max_workers(), thread_name="casyncify")
-            pool = _default
+    if pool is not None and pool._ptr is not None:
+        return pool
+    if _life.closing:
+        raise ShutDownError(_ffi.E_SHUT_DOWN, "casyncify: the interpreter is exiting")
+    # First use, or closed by the user. Made with no lock held: making a pool
+    # may run any Python (a GC finalizer that itself calls default_pool()).
+    fresh: Pool | None = Pool(_default_max_workers(), thread_name="casyncify")
+    with _default_lock:
+        if _default is None or _default._ptr is None:
+            _default, fresh = fresh, None
+        pool = _default
+    if fresh is not None:  # another thread published its pool first
+        fresh.close(0)
     return pool
 
 
@@ -768,11 +774,20 @@ def configure(max_workers: int | None = None, *, exit_timeout: float | None = No
     if exit_timeout is not None:
         _life.exit_timeout = exit_seconds
     if settings:
-        global _globals
+        _merge_globals(settings)
+
+
+def _merge_globals(settings: dict) -> None:
+    """Copy on write; the lock only guards the swap (the copy may run GC finalizers)."""
+    global _globals
+    while True:
+        old = _globals
+        new = dict(old)
+        new.update(settings)
         with _globals_lock:
-            new = dict(_globals)
-            new.update(settings)
-            _globals = new
+            if _globals is old:
+                _globals = new
+                return
 
 
 def stats(pool: Pool | None = None) -> Stats:
@@ -909,8 +924,8 @@ _BATCH = 64
 class _LoopState:
     """One event loop's completion queue, its fd in ``loop.add_reader``.
 
-    Nothing here refers to the loop: the loop owns its state (through its reader
-    callback and ``_loops``, a weak-keyed map), never the reverse, so a loop
+    Nothing here holds the loop (``loop_ref`` is weak): the loop owns its state
+    (through its reader callback and ``_loops``, a weak-keyed map), never the reverse, so a loop
     dropped with calls pending is still collected; ``_loop_gone`` then detaches
     those calls and frees the queue.
     """

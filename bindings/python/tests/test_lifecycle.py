@@ -110,15 +110,15 @@ def test_library_is_found_through_the_environment_variable():
 def test_interpreter_exit_refuses_cancels_and_waits():
     r = run_script(
         """
-        import atexit, time, casyncify
-        def late():  # registered before... no: after casyncify, so it runs first
-            pass
+        import atexit, threading, time, casyncify
         pool = casyncify.Pool(1)
+        started = threading.Event()
         def running():
+            started.set()
             time.sleep(0.3)
             print("running call finished", flush=True)
         pool.submit(running)
-        time.sleep(0.05)
+        started.wait(10)  # running, not queued, when exit begins (a loaded machine is slow)
         pool.submit(print, "queued call ran", flush=True)
         casyncify.submit(time.sleep, 0.1)
         import casyncify._core as core

@@ -292,3 +292,39 @@ def test_configure_checks_every_argument_before_changing_anything():
         assert _core._life.exit_timeout is None, "inf: exit waits for as long as calls run"
     finally:
         _core._life.exit_timeout = exit_timeout
+
+
+def test_making_the_default_pool_holds_no_lock_a_finalizer_may_need():
+    """Making a pool may run GC finalizers; one that uses the default pool must not
+    wait on a lock held while the default pool is being made (a deadlock before)."""
+    from test_lifecycle import run_script
+
+    proc = run_script(
+        """
+        import gc, casyncify
+        from casyncify import _core
+        gc.disable()
+
+        class UsesCasyncifyWhenCollected:
+            def __del__(self):
+                print("finalizer:", casyncify.submit(lambda: "ok").result(5), flush=True)
+
+        class CollectingPool(_core.Pool):
+            def __init__(self, *args, **kwargs):
+                junk = UsesCasyncifyWhenCollected()
+                junk.cycle = junk
+                del junk
+                if not getattr(CollectingPool, "done", False):
+                    CollectingPool.done = True
+                    gc.collect()  # runs the finalizer here, while the default pool is being made
+                super().__init__(*args, **kwargs)
+
+        _core.Pool = CollectingPool
+        print("main:", casyncify.submit(lambda: "ok").result(5), flush=True)
+        casyncify.configure(**{"k": 1})
+        print("get:", casyncify.get("k"), flush=True)
+        """,
+        timeout=20,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "finalizer: ok" in proc.stdout and "main: ok" in proc.stdout and "get: 1" in proc.stdout
