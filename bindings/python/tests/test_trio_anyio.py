@@ -336,3 +336,15 @@ def test_the_private_hooks_are_still_there():
         "AnyIO or trio changed the worker-thread state casyncify marks (see casyncify/_anyio_compat.py); "
         "from_thread calls inside casyncify calls would need a token: " + "; ".join(problems)
     )
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_the_loop_is_found_without_sniffio_too(runner, make_pool, monkeypatch):
+    monkeypatch.setattr(_core, "_sniffio", None)  # as when sniffio is not installed
+    pool = make_pool(1)
+
+    async def main():
+        return await casyncify.asyncify(lambda: "found", pool=pool)()
+
+    assert RUNNERS[runner](main) == "found"
+    assert asyncio.run(main()) == "found"
