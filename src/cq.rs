@@ -20,8 +20,7 @@ use std::os::fd::RawFd;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::sys::Signal;
-use crate::task::FreeFn;
+use crate::sys::{Signal, UnaryFn};
 
 /// One completion, as `asyncify_completion` reports it.
 #[derive(Debug, Clone, Copy)]
@@ -36,7 +35,7 @@ pub struct Completion {
     pub result: usize,
     /// The task's `on_done_data`.
     pub user_data: usize,
-    pub(crate) free_result: Option<FreeFn>,
+    pub(crate) free_result: Option<UnaryFn>,
 }
 
 struct State {

@@ -14,9 +14,17 @@
 
 use std::any::Any;
 use std::cell::RefCell;
-use std::sync::Once;
+use std::sync::{Mutex, Once};
 
 use crate::handles::bump_fork_epoch;
+
+/// Takes a process-wide lock for the forking thread to hold across `fork()`;
+/// dropping what it returns releases the lock.
+pub(crate) type Holder = fn() -> Box<dyn Any>;
+
+/// The locks to hold across a fork, registered by the modules that own them
+/// (this module stays a leaf: it calls them without knowing them).
+static HOLDERS: Mutex<Vec<Holder>> = Mutex::new(Vec::new());
 
 thread_local! {
     /// The locks held across a fork by the forking thread.
@@ -34,10 +42,20 @@ pub(crate) fn watch() {
     });
 }
 
+/// Has `holder`'s lock held across every later `fork()` (call it once per
+/// lock, e.g. under a `Once`).
+pub(crate) fn hold_across_fork(holder: Holder) {
+    watch();
+    HOLDERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(holder);
+}
+
 extern "C" fn prepare() {
-    let global: Box<dyn Any> = Box::new(crate::overrides::hold_global_for_fork());
-    let wait_any: Box<dyn Any> = Box::new(crate::task::hold_wait_any_for_fork());
-    HELD.with(|h| h.borrow_mut().extend([global, wait_any]));
+    let holders = HOLDERS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let held: Vec<Box<dyn Any>> = holders.into_iter().map(|hold| hold()).collect();
+    HELD.with(|h| h.borrow_mut().extend(held));
 }
 
 extern "C" fn parent() {

@@ -19,7 +19,7 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Once};
 
 use arc_swap::ArcSwap;
 use once_cell::sync::Lazy;
@@ -265,7 +265,8 @@ fn lock_writer() -> MutexGuard<'static, ()> {
 /// Applies `change` to a copy of the global table and swaps it in. The old
 /// table and whatever the change displaced drop after the writers' lock.
 fn global_change<R>(change: impl FnOnce(&mut Table) -> R) -> R {
-    crate::fork::watch();
+    static HELD_ACROSS_FORK: Once = Once::new();
+    HELD_ACROSS_FORK.call_once(|| crate::fork::hold_across_fork(|| Box::new(lock_writer())));
     let writer = lock_writer();
     let mut table = Table::clone(&GLOBAL.load());
     let result = change(&mut table);
@@ -286,12 +287,6 @@ pub fn global_set(key: &str, value: Value) {
 pub fn global_remove(key: &str) -> bool {
     let removed = global_change(|global| global.remove(key));
     removed.is_some()
-}
-
-/// Holds the global layer's writer lock across `fork()`, so the child never
-/// inherits it locked; dropping the guard (in parent and child) releases it.
-pub(crate) fn hold_global_for_fork() -> MutexGuard<'static, ()> {
-    lock_writer()
 }
 
 #[cfg(test)]

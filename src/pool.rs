@@ -14,7 +14,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use once_cell::sync::OnceCell;
@@ -25,7 +25,7 @@ use crate::spin;
 use crate::status::Error;
 use crate::sys::{self, ForeignCall, LeakAtExit, Thread, ThreadBody};
 use crate::table::Table;
-use crate::task::{from_handle_error, tasks, Running, Task, TaskSpec};
+use crate::task::{from_handle_error, tasks, AbandonSlot, Running, Scheduler, Task, TaskSpec};
 
 /// The limit of the default pool unless `ASYNCIFY_MAX_WORKERS` says otherwise.
 pub const DEFAULT_MAX_WORKERS: u32 = 8;
@@ -147,6 +147,9 @@ struct Counters {
 
 /// The part of a pool that its workers and tasks share.
 pub struct PoolShared {
+    /// This pool itself, for the code that has only `&self` and starts
+    /// workers (which hold the pool).
+    me: Weak<PoolShared>,
     state: Mutex<State>,
     /// Bumped (under the lock) whenever a task may have become startable, so
     /// a spinning worker notices without taking the lock.
@@ -169,9 +172,13 @@ thread_local! {
         const { LeakAtExit::new(RefCell::new(None)) };
 }
 
-fn on_worker_of(pool: &Arc<PoolShared>) -> bool {
+fn on_worker_of(pool: &PoolShared) -> bool {
     WORKER_OF
-        .try_with(|w| w.borrow().as_ref().is_some_and(|p| Arc::ptr_eq(p, pool)))
+        .try_with(|w| {
+            w.borrow()
+                .as_ref()
+                .is_some_and(|p| std::ptr::eq(Arc::as_ptr(p), pool))
+        })
         .unwrap_or(false)
 }
 
@@ -301,23 +308,25 @@ impl PoolShared {
         let _ = tasks().remove(handle);
         Err(Error::NoWorkerThread)
     }
+}
 
-    /// For a cancel: with `release_slot_on_abandon`, the pool's lock, taken
-    /// before the task's (the lock order is pool, then task) so that giving
-    /// the slot back and marking the task happen as one step.
-    pub(crate) fn lock_for_abandon(self: &Arc<Self>) -> Option<SlotGiveBack<'_>> {
-        self.options.release_slot_on_abandon.then(|| SlotGiveBack {
+impl Scheduler for PoolShared {
+    fn lock_for_abandon(&self) -> Option<Box<dyn AbandonSlot + '_>> {
+        if !self.options.release_slot_on_abandon {
+            return None;
+        }
+        Some(Box::new(SlotGiveBack {
             shared: self,
             st: Some(self.lock()),
             given: false,
-        })
+        }))
     }
 
-    pub(crate) fn count_abandoned(&self) {
+    fn count_abandoned(&self) {
         self.counters.abandoned.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn count_returned(&self, ok: bool) {
+    fn count_returned(&self, ok: bool) {
         let c = if ok {
             &self.counters.completed
         } else {
@@ -326,23 +335,35 @@ impl PoolShared {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn count_cancelled_queued(&self) {
+    fn count_cancelled_queued(&self) {
         self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
         self.lock().queued -= 1;
+    }
+
+    fn run_inline_if_stuck(&self, task: &Arc<Task>) -> bool {
+        if !on_worker_of(self) {
+            return false;
+        }
+        let Some(snapshot) = task.try_start(false) else {
+            return false;
+        };
+        self.lock().queued -= 1;
+        task.run(snapshot);
+        true
     }
 }
 
 /// The pool's lock, held by a cancel that may give an abandoned task's slot
 /// back at once; dropping it starts workers for tasks that may now start.
-pub(crate) struct SlotGiveBack<'a> {
-    shared: &'a Arc<PoolShared>,
+struct SlotGiveBack<'a> {
+    shared: &'a PoolShared,
     st: Option<MutexGuard<'a, State>>,
     given: bool,
 }
 
-impl SlotGiveBack<'_> {
+impl AbandonSlot for SlotGiveBack<'_> {
     /// The abandoned callable's thread leaves the limit until it returns.
-    pub(crate) fn give_back(&mut self) {
+    fn give_back(&mut self) {
         let st = self.st.as_mut().expect("held until drop");
         st.busy -= 1;
         st.abandoned_off_limit += 1;
@@ -356,7 +377,9 @@ impl Drop for SlotGiveBack<'_> {
         if self.given {
             let spawn = self.shared.provide_workers(&mut st);
             drop(st);
-            self.shared.spawn_workers(spawn);
+            if let Some(shared) = self.shared.me.upgrade() {
+                shared.spawn_workers(spawn);
+            }
         }
     }
 }
@@ -522,20 +545,6 @@ impl Worker {
     }
 }
 
-/// When the calling thread is a worker of `task`'s pool and `task` is still
-/// queued, runs it here, in this thread's slot (contract 5.4). True when it ran.
-pub(crate) fn run_inline_if_stuck(task: &Arc<Task>) -> bool {
-    if !on_worker_of(task.pool()) {
-        return false;
-    }
-    let Some(snapshot) = task.try_start(false) else {
-        return false;
-    };
-    task.pool().lock().queued -= 1;
-    task.run(snapshot);
-    true
-}
-
 impl Pool {
     /// A pool that runs at most `max_workers` callables at once (0 pauses it,
     /// `u32::MAX` is unbounded), with the other options at their defaults.
@@ -550,7 +559,8 @@ impl Pool {
     pub fn with_options(options: PoolOptions) -> Pool {
         crate::fork::watch();
         Pool {
-            shared: Arc::new(PoolShared {
+            shared: Arc::new_cyclic(|me| PoolShared {
+                me: me.clone(),
                 wakeups: AtomicU64::new(0),
                 state: Mutex::new(State {
                     queue: VecDeque::new(),

@@ -25,7 +25,7 @@ use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
 use std::time::{Duration, Instant};
 
 use once_cell::sync::Lazy;
@@ -34,7 +34,6 @@ use crate::cq::Completion;
 use crate::cq::CompletionQueue;
 use crate::handles::{fork_epoch, HandleError, Registry};
 use crate::overrides::{Frame, Installed};
-use crate::pool::PoolShared;
 use crate::status::*;
 use crate::sys::{self, ForeignCall, LeakAtExit};
 use crate::table::Table;
@@ -59,6 +58,32 @@ static TASKS: [Lazy<Registry<Task>>; 256] = [const { Lazy::new(Registry::default
 /// The registry of this process (see [`fork_epoch`]).
 pub(crate) fn tasks() -> &'static Registry<Task> {
     &TASKS[usize::from(fork_epoch())]
+}
+
+/// What a task needs of the pool that schedules it: the task state machine
+/// knows its pool only through this, so the pool depends on tasks and not
+/// the other way round.
+pub(crate) trait Scheduler: Send + Sync {
+    /// The work function returned: 0 (`ok`) or a failure code.
+    fn count_returned(&self, ok: bool);
+    /// The task was cancelled while running.
+    fn count_abandoned(&self);
+    /// The task was cancelled while queued: it leaves the queue's count.
+    fn count_cancelled_queued(&self);
+    /// For a cancel: when an abandoned task gives its slot back at once, the
+    /// pool's lock, taken before the task's (the lock order is pool, then
+    /// task), so that giving the slot back and marking the task are one step.
+    fn lock_for_abandon(&self) -> Option<Box<dyn AbandonSlot + '_>>;
+    /// When the calling thread is a worker of this pool and `task` is still
+    /// queued, runs it here, in this thread's slot (contract 5.4). True when
+    /// it ran.
+    fn run_inline_if_stuck(&self, task: &Arc<Task>) -> bool;
+}
+
+/// The pool's lock during a cancel (see [`Scheduler::lock_for_abandon`]).
+pub(crate) trait AbandonSlot {
+    /// The abandoned callable's thread leaves the limit until it returns.
+    fn give_back(&mut self);
 }
 
 /// What to run and who owns what. Pointers are kept as addresses: the engine
@@ -169,7 +194,7 @@ struct State {
 /// and whichever thread runs it.
 pub struct Task {
     spec: TaskSpec,
-    pool: Arc<PoolShared>,
+    pool: Arc<dyn Scheduler>,
     handle: AtomicU64,
     cancel_requested: AtomicBool,
     /// Mirrors `State::published`, so a waiter can spin without the lock.
@@ -239,7 +264,7 @@ impl Drop for Current {
 }
 
 impl Task {
-    pub(crate) fn new(spec: TaskSpec, snapshot: Table, pool: Arc<PoolShared>) -> Self {
+    pub(crate) fn new(spec: TaskSpec, snapshot: Table, pool: Arc<dyn Scheduler>) -> Self {
         Task {
             spec,
             pool,
@@ -267,10 +292,6 @@ impl Task {
 
     pub(crate) fn handle(&self) -> u64 {
         self.handle.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn pool(&self) -> &Arc<PoolShared> {
-        &self.pool
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -563,7 +584,7 @@ pub fn wait(handle: u64, timeout: Option<Duration>, want_result: bool) -> Result
     if waits_for_itself(&task) {
         return Err(Error::WouldDeadlock);
     }
-    crate::pool::run_inline_if_stuck(&task);
+    task.pool.run_inline_if_stuck(&task);
     Ok(task.wait_published(timeout, want_result))
 }
 
@@ -590,10 +611,6 @@ pub fn release(handle: u64) -> Result<(), Error> {
 static ANY_WAITERS: AtomicU64 = AtomicU64::new(0);
 static ANY_GENERATION: Mutex<u64> = Mutex::new(0);
 
-/// Holds `wait_any`'s lock across `fork()` (see `fork`).
-pub(crate) fn hold_wait_any_for_fork() -> MutexGuard<'static, u64> {
-    ANY_GENERATION.lock().unwrap_or_else(|e| e.into_inner())
-}
 static ANY_PUBLISHED: Condvar = Condvar::new();
 
 fn wake_wait_any() {
@@ -607,6 +624,14 @@ fn wake_wait_any() {
 /// terminal one in the list, or `None` when `timeout` ran out. A thread of a
 /// pool runs a still-queued task of the list inline (see [`wait`]).
 pub fn wait_any(handles: &[u64], timeout: Option<Duration>) -> Result<Option<usize>, Error> {
+    // Its lock is held across fork(), so a child never inherits it locked
+    // (only waiters, and publishers while there are waiters, take it).
+    static HELD_ACROSS_FORK: Once = Once::new();
+    HELD_ACROSS_FORK.call_once(|| {
+        crate::fork::hold_across_fork(|| {
+            Box::new(ANY_GENERATION.lock().unwrap_or_else(|e| e.into_inner()))
+        })
+    });
     let tasks = handles
         .iter()
         .map(|&h| lookup(h))
@@ -621,7 +646,7 @@ pub fn wait_any(handles: &[u64], timeout: Option<Duration>) -> Result<Option<usi
         if let Some(i) = tasks.iter().position(|t| t.lock().published) {
             break Some(i);
         }
-        if tasks.iter().any(crate::pool::run_inline_if_stuck) {
+        if tasks.iter().any(|t| t.pool.run_inline_if_stuck(t)) {
             continue;
         }
         let mut seen = ANY_GENERATION.lock().unwrap_or_else(|e| e.into_inner());
