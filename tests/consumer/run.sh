@@ -97,6 +97,16 @@ check_soname() {
 }
 step "readelf -d: SONAME libasyncify.so.$major" check_soname
 
+check_stripped() {
+    readelf -S "$lib/libasyncify.so.$version" >"$work/sections" || fail "readelf -S"
+    ! grep '\.debug_' "$work/sections" || fail "the installed library has debug sections (above)"
+    size=$(wc -c <"$lib/libasyncify.so.$version")
+    echo "$size bytes"
+    [ "$size" -lt 1048576 ] || fail "the installed library is $size bytes, 1 MB or more"
+}
+step "readelf -S: the installed library has no .debug_info (nor other .debug_ section), under 1 MB" \
+    check_stripped
+
 check_exports() {
     nm -D --defined-only "$lib/libasyncify.so.$version" | awk '{ print $NF }' | sed 's/@.*//' | sort -u \
         >"$work/exported"
