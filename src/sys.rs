@@ -3,6 +3,8 @@
 //! (started with `pthread_create` so that a foreign unwind out of a work
 //! function is sound; see [`ThreadBody`]). The only OS-specific module.
 
+#![allow(unsafe_code)]
+
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::ffi::{c_void, CString};
@@ -440,9 +442,10 @@ extern "C-unwind" fn thread_start<B: ThreadBody>(arg: *mut c_void) -> *mut c_voi
 }
 
 fn name_self<B>(started: *mut Started<B>) {
-    // SAFETY: as in `thread_start`; the name is NUL-terminated and at most 15
-    // bytes. A failure only leaves the name unset.
+    // SAFETY: as in `thread_start`.
     if let Some(name) = unsafe { &(*started).name } {
+        // SAFETY: this thread's id and a NUL-terminated name of at most 15
+        // bytes. A failure only leaves the name unset.
         unsafe { libc::pthread_setname_np(libc::pthread_self(), name.as_ptr()) };
     }
 }

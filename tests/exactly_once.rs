@@ -6,6 +6,9 @@
 //! Work functions are C callbacks; each task's `arg` is its index + 1, so the
 //! callbacks find the task's counters without any pointer casting.
 
+// Calls the C ABI as a C program would: raw pointers, hence unsafe blocks.
+#![allow(unsafe_code)]
+
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 use std::sync::Arc;

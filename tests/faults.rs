@@ -24,6 +24,9 @@
 //! thread creation that always fails). The test re-runs this binary with
 //! `ASYNCIFY_FAULTS_CHILD` set; the test of that name then plays the child.
 
+// Calls the C ABI as a C program would: raw pointers, hence unsafe blocks.
+#![allow(unsafe_code)]
+
 use std::ffi::c_void;
 use std::mem::{size_of, zeroed};
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -8,6 +8,9 @@
 //! failure names the seed that reproduces it:
 //! `ASYNCIFY_MODEL_SEED=<seed> ASYNCIFY_MODEL_SEEDS=1 cargo test --release --test model`.
 
+// Calls the C ABI as a C program would: raw pointers, hence unsafe blocks.
+#![allow(unsafe_code)]
+
 #[path = "support/api_model.rs"]
 mod api_model;
 

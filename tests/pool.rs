@@ -5,6 +5,9 @@
 //! Each test owns a "lane" of counters, selected by the task's `arg`, so tests
 //! running in parallel never share state.
 
+// Calls the C ABI as a C program would: raw pointers, hence unsafe blocks.
+#![allow(unsafe_code)]
+
 use std::ffi::c_void;
 use std::sync::atomic::{
     AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering::SeqCst,

@@ -29,6 +29,9 @@
 //! instead), `ASYNCIFY_STRESS_SEED`. `make test` runs the default, `make
 //! stress` 10,000,000 tasks and a timed run.
 
+// Calls the C ABI as a C program would: raw pointers, hence unsafe blocks.
+#![allow(unsafe_code)]
+
 use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 use std::mem::{size_of, zeroed};

@@ -16,6 +16,9 @@
 //! Repetitions of different implementations are interleaved (rep 1 of each,
 //! then rep 2 of each, ...) so that a noisy neighbour hurts all alike.
 
+// Calls the C ABI as a C program would: raw pointers, hence unsafe blocks.
+#![allow(unsafe_code)]
+
 mod bare;
 mod common;
 mod ours;

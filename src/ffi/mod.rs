@@ -12,6 +12,9 @@
 //! - the library never calls a free or release function with NULL.
 
 #![allow(non_camel_case_types)]
+// The C ABI is raw pointers by nature: this module and its children are where
+// the crate's `unsafe` lives (with the platform calls of `sys`).
+#![allow(unsafe_code)]
 
 use std::any::Any;
 use std::cell::RefCell;
