@@ -9,7 +9,10 @@
 #     and static), against the installed copy only, and runs;
 #   - the CMake version file accepts the same major version only;
 #   - the C++ wrapper tests (tests/cpp) build and pass against the installed asyncify::asyncify_cpp;
-#   - a DESTDIR staged install with LIBDIR=lib64 is relocatable.
+#   - a DESTDIR staged install with LIBDIR=lib64 is relocatable;
+#   - the installed library has no .debug_info section and is under 1 MB;
+#   - `make install` installs the library already built without running cargo (CARGO=false), and in a
+#     checkout with no build runs `make lib` first (a stand-in cargo records the call).
 #
 # Needs: make lib first; cmake (default: .venv/bin/cmake); cc and c++; nm and readelf (binutils);
 # pkg-config or pkgconf, else the PyPI pkgconf package is installed into .venv. Settings: CMAKE, CTEST,
@@ -89,6 +92,46 @@ step "layout: lib/libasyncify.so.$version, .so.$major -> it, .so -> .so.$major, 
 
 # Installing again over an existing copy works (and replaces files by rename).
 step "installing twice is fine" env PREFIX="$prefix" DESTDIR= LIBDIR= INCLUDEDIR= sh "$root/packaging/install.sh"
+
+# --- make install -------------------------------------------------------------------------------------
+
+# The outer make's settings (test-packaging runs this script) must not reach these.
+plain_make() {
+    env -u MAKEFLAGS -u MAKELEVEL -u MFLAGS make --no-print-directory "$@"
+}
+
+make_install_built() {
+    # With the library built, `make install` must not run cargo: CARGO=false would fail the build.
+    plain_make -C "$root" install PREFIX="$work/make-prefix" CARGO=false &&
+        [ -f "$work/make-prefix/lib/libasyncify.so.$version" ] &&
+        [ -f "$work/make-prefix/lib/cmake/asyncify/asyncifyConfig.cmake" ] ||
+        fail "make install did not install into $work/make-prefix"
+}
+step "make install with the library built runs no cargo (CARGO=false)" make_install_built
+
+make_install_clean() {
+    # A checkout without target/: the files git tracks or would track, as in a user's fresh clone.
+    clean=$work/clean-checkout
+    mkdir -p "$clean"
+    (cd "$root" && git ls-files -z --cached --others --exclude-standard |
+        xargs -0 sh -c 'for f; do [ -f "$f" ] && printf "%s\0" "$f"; done; true' sh |
+        tar --null -T - -cf -) | (cd "$clean" && tar -xf -)
+    [ ! -e "$clean/target" ] || fail "the copy has a target/"
+    # A stand-in cargo: records its arguments and "builds" by copying this checkout's build.
+    printf '%s\n' '#!/bin/sh' \
+        "echo \"\$*\" >>'$work/fake-cargo.log'" \
+        'mkdir -p target/release' \
+        "cp '$root/target/release/libasyncify.so' '$root/target/release/libasyncify.a' target/release/" \
+        >"$work/fake-cargo"
+    chmod +x "$work/fake-cargo"
+    plain_make -C "$clean" install PREFIX="$work/clean-prefix" CARGO="$work/fake-cargo" ||
+        fail "make install in a clean checkout failed"
+    cat "$work/fake-cargo.log"
+    grep -q '^build --profile release' "$work/fake-cargo.log" || fail "make install did not build first"
+    [ -L "$clean/target/release/libasyncify.so.$major" ] || fail "make lib did not link libasyncify.so.$major"
+    [ -f "$work/clean-prefix/lib/libasyncify.so.$version" ] || fail "nothing installed"
+}
+step "make install in a checkout with no build runs make lib (cargo build) first" make_install_clean
 
 # --- the shared library -------------------------------------------------------------------------------
 
