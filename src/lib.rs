@@ -3,17 +3,41 @@
 //!
 //! The engine is safe Rust with a Rust API; `ffi` translates it to the C ABI
 //! described in `include/asyncify.h` and owns every raw-pointer conversion.
+//! Modules, each depending only on the ones listed before it:
 //!
+//! - `sys`: every platform call (worker threads, the completion queue's fd,
+//!   fork handlers) and, with `ffi`, the only `unsafe` code
+//! - [`status`], [`handles`] (the generation-checked handle registry), `spin`
+//! - `fork`: the fork epoch's handlers; a leaf that others register locks with
 //! - [`table`]: the override table as a value (a persistent map)
 //! - [`overrides`]: what a thread sees: its frame (table, local keys, scopes) over the global layer
-//! - [`task`]: a task's state machine; poll, wait, cancel, release
-//! - [`handles`]: the generation-checked handle registry
-//! - [`pool`]: the limited pool (FIFO queue, limit, workers, keep-alive, shutdown)
-//! - `spin`: brief spinning before parking
 //! - [`cq`]: completion queues with a pollable file descriptor
-//! - `fork`: what a forked child gets (fresh registry and default pool)
-//! - [`status`]: status codes shared by the engine and the ABI
+//! - [`task`]: a task's state machine and the operations on handles (poll,
+//!   wait, wait_any, cancel, release); it knows its pool only through the
+//!   `Scheduler` trait
+//! - [`pool`]: the limited pool (FIFO queue, limit, workers, keep-alive,
+//!   shutdown), the `Scheduler` of its tasks
 //! - `ffi`: the C ABI and nothing else
+//!
+//! # Locks and invariants
+//!
+//! Lock order, outermost first: a pool's state, then a task's state; a
+//! completion queue's, then a task's (a task is published into its queue under
+//! both). The global layer's writer lock and `wait_any`'s generation lock are
+//! never held with another. No user code (work, `on_done`, free, release,
+//! clone functions, hooks) runs under any lock, and on a worker thread every
+//! one of them but clone functions is called from the thread's start routine
+//! (`sys::ThreadBody`), so an interpreter that ends the thread there
+//! (`pthread_exit`) unwinds no Rust frame.
+//!
+//! - A task's outcome is decided once, under its lock, by whichever comes
+//!   first: its work function returning, or a cancel. `poll`/`wait` see it
+//!   only after `on_done` returned (publication); its result moves once.
+//! - A pool's slot is taken with each start and given back after the task's
+//!   callbacks returned, so `limit` bounds running callables (abandoned ones
+//!   too, unless `release_slot_on_abandon`) and a shutdown that returns OK has
+//!   no callback left to run and has joined every worker.
+//! - A completion queue's fd is readable exactly while completions wait.
 
 pub mod cq;
 mod fork;
