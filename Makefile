@@ -227,6 +227,8 @@ test-packaging: lib $(VENV)/.installed
 	$(CMAKE) --build $(BUILD)/cpp-asan -j2
 	cd $(BUILD)/cpp-asan && $(CURDIR)/$(CTEST) --output-on-failure -j2
 	CMAKE=$(CURDIR)/$(CMAKE) CTEST=$(CURDIR)/$(CTEST) sh tests/consumer/run.sh
+	CMAKE=$(CURDIR)/$(CMAKE) sh tests/consumer/source.sh
+	sh tests/consumer/readme.sh
 
 test: lib check-header check-header-docs lint test-rust test-rust-asan test-c test-uv test-python test-wheel test-packaging
 
