@@ -8,8 +8,9 @@ typedef, struct, struct field and function has a doc comment (`/** */`,
 field or macro on its line) with some text in it. Plain `/* */` comments do
 not count: Doxygen ignores them. As Doxygen's WARN_IF_INCOMPLETE_DOC and
 WARN_IF_DOC_ERROR do, it also fails when a function documents some of its
-parameters with @param but not all, names a parameter it does not have, or
-documents a return value of a void function.
+parameters with @param but not all, names a parameter it does not have,
+documents one parameter or @retval value twice, or documents a return value
+of a void function.
 
 Usage: check_header_docs.py [HEADER]   (default: include/asyncify.h)
 
@@ -308,6 +309,7 @@ def parse(text: str):
 
 
 PARAM = re.compile(r"[@\\]param(?:\[[^\]]*\])?\s+(\w+(?:\s*,\s*\w+)*)")
+RETVAL = re.compile(r"[@\\]retval\s+(\w+)")
 RETURN = re.compile(r"[@\\](?:return|returns|result|retval)\b")
 
 
@@ -324,6 +326,9 @@ def problems(text: str, path: str) -> List[str]:
         if e.kind != "function":
             continue
         named = [n.strip() for group in PARAM.findall(e.doc.text) for n in group.split(",")]
+        for command, names in (("@param", named), ("@retval", RETVAL.findall(e.doc.text))):
+            for name in sorted({n for n in names if names.count(n) > 1}):
+                found.append(f"{where}: two {command} {name} entries (Doxygen: multiple documentation sections)")
         for name in named:
             if name not in e.params:
                 found.append(f"{where}: @param {name} names no parameter of it")
