@@ -111,99 +111,122 @@
 #define ASYNCIFY_VERSION_STRING "0.2.0"
 
 /**
- * A status code: `>= 0` an outcome, `< 0` an error.
+ * A status code, what almost every function returns: `>= 0` an outcome, `< 0`
+ * an error, whose message asyncify_last_error() then gives. It is a plain
+ * `int32_t` with `#define`d values rather than an enum, so a value from a newer
+ * library is still just an integer; asyncify_status_str() names any value.
  */
 typedef int32_t asyncify_status;
 
 /**
- * Success; for a task: finished and its work function returned 0.
+ * Success. For a task (asyncify_poll(), asyncify_wait(), `on_done`, a
+ * completion): it ran and its work function returned 0.
  */
 #define ASYNCIFY_OK 0
 
 /**
- * The task is queued or running.
+ * The task is queued or running, or has finished but its `on_done` has not
+ * returned yet (asyncify_poll()).
  */
 #define ASYNCIFY_PENDING 1
 
 /**
- * The work function returned a non-zero code (delivered as `code`).
+ * The work function returned a non-zero code, delivered as `code` (for a task,
+ * and from asyncify_context_run()).
  */
 #define ASYNCIFY_FAILED 2
 
 /**
- * Cancelled before it started, or abandoned while running.
+ * The task was cancelled before it started, so it never ran, or abandoned while
+ * running (asyncify_cancel(), or a pool's shutdown for a queued task).
  */
 #define ASYNCIFY_CANCELLED 3
 
 /**
- * A wait ran out of time; the task goes on.
+ * A wait ran out of time (asyncify_wait(), asyncify_wait_any(),
+ * asyncify_cq_wait()) or a pool's shutdown did not finish in time
+ * (asyncify_pool_free(), asyncify_pool_close(), asyncify_shutdown()); the
+ * tasks go on.
  */
 #define ASYNCIFY_TIMEOUT 4
 
 /**
- * A required pointer was NULL.
+ * A pointer the function requires was NULL.
  */
 #define ASYNCIFY_E_NULL (-1)
 
 /**
- * A bad value: empty or non-UTF-8 key, bad `struct_size`, non-zero unknown
- * bytes, a value of the other kind (bytes vs pointer), an unknown flag.
+ * A bad value: an empty or non-UTF-8 key, a `size` or `struct_size` too small
+ * for any published layout, non-zero bytes past the fields this library knows,
+ * an unknown flag, a value of the other kind (bytes where a pointer is read, or
+ * the reverse), or a value the function documents as refused.
  */
 #define ASYNCIFY_E_INVALID_ARGUMENT (-2)
 
 /**
- * An unknown, released or stale handle.
+ * A handle that is 0, was never issued, or was released already (by
+ * asyncify_release(), or by itself for a detached task).
  */
 #define ASYNCIFY_E_INVALID_HANDLE (-3)
 
 /**
- * No such override key.
+ * The key is not set in what the function reads (the thread's table and the
+ * global layer, a context, or the global layer alone).
  */
 #define ASYNCIFY_E_NOT_FOUND (-4)
 
 /**
- * The copy-out buffer is too small; `*out_len` holds the size needed.
+ * The caller's buffer is too small; `*out_len` holds the size needed.
  */
 #define ASYNCIFY_E_BUFFER_TOO_SMALL (-5)
 
 /**
- * The pool is shut down.
+ * The pool is shut down (asyncify_submit() after its shutdown began), or the
+ * completion queue was freed while asyncify_cq_wait() waited on it.
  */
 #define ASYNCIFY_E_SHUT_DOWN (-6)
 
 /**
- * The pool's queue is full (only when a queue bound is set).
+ * The pool's queue is full: `max_queued` tasks of the pool are waiting to start
+ * already (only when the pool was given a bound).
  */
 #define ASYNCIFY_E_BUSY (-7)
 
 /**
- * A wait or free that could never finish.
+ * The call would wait for itself, so it did nothing: a task, or its `on_done`,
+ * waiting for its own handle, or a pool shut down from one of its own workers.
  */
 #define ASYNCIFY_E_WOULD_DEADLOCK (-8)
 
 /**
- * `asyncify_scope_exit` out of LIFO order, from another thread or another task.
+ * asyncify_scope_exit() with a token that is not the innermost open scope of
+ * the calling thread (or task): out of LIFO order, from another thread or from
+ * another task. Nothing changed.
  */
 #define ASYNCIFY_E_SCOPE_MISMATCH (-9)
 
 /**
- * The handle belongs to the parent of a `fork()`.
+ * The handle was made in the parent process before `fork()`; the child cannot
+ * use it.
  */
 #define ASYNCIFY_E_FORKED (-10)
 
 /**
- * An internal error caught at the boundary.
+ * An internal error (a bug of the library) caught at the boundary;
+ * asyncify_last_error() has its text. The library keeps working.
  */
 #define ASYNCIFY_E_PANIC (-11)
 
 /**
- * An allocation failed.
+ * A resource ran out: memory, handle slots, worker threads (no worker could be
+ * started for a pool that has none) or file descriptors (asyncify_cq_new()).
  */
 #define ASYNCIFY_E_OUT_OF_MEMORY (-12)
 
 /**
- * Key flag: the value stays on this thread and is never copied into
- * submitted tasks or captured contexts.
+ * Key flag (asyncify_override_set_ex(), asyncify_override_set_ptr_ex()): the
+ * value is readable on this thread only; it is never copied into submitted
+ * tasks or captured contexts.
  */
 #define ASYNCIFY_KEY_LOCAL 1u
 
@@ -240,13 +263,26 @@ typedef struct asyncify_cq asyncify_cq;
 typedef struct asyncify_pool asyncify_pool;
 
 /**
- * Releases an opaque pointer value, an argument or a result.
+ * Gives a pointer back to its owner to free: the release function of a pointer
+ * value, and a task's `free_arg` and `free_result`.
+ *
+ * Called exactly once per pointer, never with NULL and with no library lock
+ * held, on whichever thread lets go of the pointer (each function that can
+ * cause a call says which). It may call the library; it must not unwind.
  */
 typedef void (*asyncify_free_fn)(void *ptr);
 
 /**
- * Makes a task's own copy of a pointer value; called once per task that
- * receives the value, on the thread that installs the task.
+ * Makes a task's own copy of a pointer value set with
+ * asyncify_override_set_ptr_ex(), so that per-task state (a usage tracker, say)
+ * is never shared between tasks.
+ *
+ * Called with the value's pointer once per task that receives the value, on the
+ * thread that installs the task's table (the worker, or the caller of
+ * asyncify_context_run()) before the work function runs, with no lock held.
+ * The task sees the returned pointer instead, and it is released with the
+ * value's release function when the task's table is restored (a NULL copy is
+ * never released). It must not unwind.
  */
 typedef void *(*asyncify_clone_fn)(void *ptr);
 
@@ -464,35 +500,91 @@ extern "C" {
 #endif // __cplusplus
 
 /**
- * The library's version, `"MAJOR.MINOR.PATCH"`; equals `ASYNCIFY_VERSION_STRING`
- * of the header it was built with. Static; never NULL.
+ * The version of the library loaded at run time.
+ *
+ * A program built against a newer minor version's header may call functions an
+ * older library lacks; comparing this with the header's `ASYNCIFY_VERSION_*`
+ * macros tells which library it runs with.
+ *
+ * @return `"MAJOR.MINOR.PATCH"`, equal to `ASYNCIFY_VERSION_STRING` of the
+ * header the library was built with: a static string, never NULL, not to be
+ * freed. This function cannot fail.
  */
 const char *asyncify_version(void);
 
 /**
- * The fixed text of a status code. Never NULL, also for unknown values; the
- * text is static and must not be freed.
+ * The fixed text of a status code, for messages and logs.
+ *
+ * @param s Any value, known to this library or not.
+ * @return A static NUL-terminated text such as `"ASYNCIFY_E_NULL: a required
+ * pointer was NULL"`, or `"unknown asyncify status"` for a value this library
+ * does not know: never NULL, not to be freed. This function cannot fail and
+ * leaves the thread's last error alone.
  */
 const char *asyncify_status_str(asyncify_status s);
 
 /**
- * Copies the calling thread's last error message (NUL-terminated) into
- * `buf`. `*out_len` (nullable) receives the size needed, terminator included.
- * `buf` may be NULL when `cap` is 0 (a size query). Returns
- * `ASYNCIFY_E_BUFFER_TOO_SMALL` when `cap` is smaller than the size needed.
- * The message is empty when no call on this thread has failed yet. This
- * function never changes the stored message, even when it fails.
+ * Copies the calling thread's last error message into `buf`.
+ *
+ * Each thread has its own message: that of the latest call on this thread that
+ * returned an error (`< 0`), such as `"asyncify_release: the handle is zero,
+ * unknown, released or stale"`. Successful calls leave it alone, and so does
+ * this function, even when it fails. Read it right after the failing call: a
+ * later failing call on this thread replaces it, including one made by a
+ * callback that the library runs on this thread.
+ *
+ * @param buf Where the NUL-terminated message goes; NULL is allowed with `cap`
+ * 0, a size query.
+ * @param cap The size of `buf` in bytes.
+ * @param out_len Nullable: receives the size of the message, terminator
+ * included (also with `ASYNCIFY_E_BUFFER_TOO_SMALL`). It is 1, an empty
+ * message, when no call on this thread has failed yet.
+ * @retval ASYNCIFY_OK The message was copied.
+ * @retval ASYNCIFY_E_BUFFER_TOO_SMALL `cap` is below the size needed, which
+ * `*out_len` then holds; a size query (`buf` NULL, `cap` 0) returns this.
+ * @retval ASYNCIFY_E_NULL `buf` is NULL while `cap` is large enough.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_last_error(char *buf, size_t cap, size_t *out_len);
 
 /**
- * Sets `key` to a copy of `len` bytes at `value` (NULL allowed when `len` is
- * 0) in the calling thread's table. The caller keeps owning `value`.
+ * Sets `key` to a copy of `len` bytes in the calling thread's table.
+ *
+ * What a task submitted afterwards from this thread sees; tasks submitted
+ * earlier keep the value they were given. Inside a task the change stays in the
+ * task. A pointer value that `key` held is released if no other table, context
+ * or task holds it, possibly on this thread before the call returns.
+ *
+ * @param key The key: a non-empty NUL-terminated UTF-8 string, read during
+ * the call only.
+ * @param value The bytes, copied; the caller keeps owning them. NULL is
+ * allowed when `len` is 0.
+ * @param len The number of bytes at `value`.
+ * @retval ASYNCIFY_OK The key is set.
+ * @retval ASYNCIFY_E_NULL `key` is NULL; or `value` is NULL and `len` is not
+ * 0.
+ * @retval ASYNCIFY_E_INVALID_ARGUMENT `key` is empty or not UTF-8.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_override_set(const char *key, const void *value, size_t len);
 
 /**
- * Like `asyncify_override_set`, with `ASYNCIFY_KEY_*` flags.
+ * Like asyncify_override_set(), with flags: `ASYNCIFY_KEY_LOCAL` keeps the key
+ * on this thread (not copied into tasks or contexts).
+ *
+ * Setting a key with or without the flag replaces its value and its locality.
+ *
+ * @param key The key: a non-empty NUL-terminated UTF-8 string, read during
+ * the call only.
+ * @param value The bytes, copied; NULL is allowed when `len` is 0.
+ * @param len The number of bytes at `value`.
+ * @param flags `ASYNCIFY_KEY_*` bits, or 0.
+ * @retval ASYNCIFY_OK The key is set.
+ * @retval ASYNCIFY_E_NULL `key` is NULL; or `value` is NULL and `len` is not
+ * 0.
+ * @retval ASYNCIFY_E_INVALID_ARGUMENT `key` is empty or not UTF-8; or
+ * `flags` has an unknown bit.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_override_set_ex(const char *key,
                                          const void *value,
@@ -500,18 +592,45 @@ asyncify_status asyncify_override_set_ex(const char *key,
                                          uint32_t flags);
 
 /**
- * Sets `key` to the opaque pointer `ptr`. The tables own it from now on:
- * `release` (nullable) is called on it exactly once, when the last table or
- * task holding it is gone, on whichever thread drops it (never with NULL).
- * On error the caller keeps owning `ptr`.
+ * Sets `key` to the opaque pointer `ptr` in the calling thread's table.
+ *
+ * On success the pointer belongs to the library: tables, contexts and tasks
+ * share it, and `release` is called on it exactly once, when the last of them
+ * holding it is gone, on whichever thread drops that one (never with NULL).
+ * Readers get the pointer itself; the library never dereferences it. On error
+ * the caller keeps owning `ptr`.
+ *
+ * @param key The key: a non-empty NUL-terminated UTF-8 string, read during
+ * the call only.
+ * @param ptr The pointer; NULL is allowed (and is then never released).
+ * @param release Nullable: called once on `ptr` when the value is dropped.
+ * @retval ASYNCIFY_OK The key is set.
+ * @retval ASYNCIFY_E_NULL `key` is NULL.
+ * @retval ASYNCIFY_E_INVALID_ARGUMENT `key` is empty or not UTF-8.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_override_set_ptr(const char *key, void *ptr, asyncify_free_fn release);
 
 /**
- * Like `asyncify_override_set_ptr`, with `ASYNCIFY_KEY_*` flags and a clone
- * function (nullable): each task that receives the value gets
- * `clone(ptr)` instead, released with `release` when the task's table is
- * restored (for per-task state such as a usage tracker).
+ * Like asyncify_override_set_ptr(), with flags and a clone function.
+ *
+ * With `clone`, each task that receives the value gets `clone(ptr)` instead,
+ * made on the thread that installs the task and released with `release` when
+ * the task's table is restored (see ::asyncify_clone_fn); the original stays in
+ * the table it was set in. On error the caller keeps owning `ptr`.
+ *
+ * @param key The key: a non-empty NUL-terminated UTF-8 string, read during
+ * the call only.
+ * @param ptr The pointer; NULL is allowed.
+ * @param release Nullable: called once on `ptr`, and on each clone, when it is
+ * dropped.
+ * @param clone Nullable: makes each task's own copy.
+ * @param flags `ASYNCIFY_KEY_*` bits, or 0.
+ * @retval ASYNCIFY_OK The key is set.
+ * @retval ASYNCIFY_E_NULL `key` is NULL.
+ * @retval ASYNCIFY_E_INVALID_ARGUMENT `key` is empty or not UTF-8; or
+ * `flags` has an unknown bit.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_override_set_ptr_ex(const char *key,
                                              void *ptr,
@@ -520,56 +639,143 @@ asyncify_status asyncify_override_set_ptr_ex(const char *key,
                                              uint32_t flags);
 
 /**
- * Copies the bytes of `key` into `buf` and their length into `*out_len`.
- * `buf` may be NULL when `cap` is 0 (a size query). Returns
- * `ASYNCIFY_E_BUFFER_TOO_SMALL` (with `*out_len` set) when `cap` is too small,
- * `ASYNCIFY_E_NOT_FOUND` when the key is not set, and
- * `ASYNCIFY_E_INVALID_ARGUMENT` when its value is a pointer.
+ * Copies the bytes value of `key` into `buf` and its length into `*out_len`.
+ *
+ * Reads the calling thread's table (its local keys first), then, when the key
+ * is not there, the global layer. Inside a task that is the task's table.
+ *
+ * @param key The key: a non-empty NUL-terminated UTF-8 string, read during
+ * the call only.
+ * @param buf Where the bytes go (no terminator is added); NULL is allowed with
+ * `cap` 0, a size query.
+ * @param cap The size of `buf` in bytes.
+ * @param out_len Receives the value's length in bytes, also with
+ * `ASYNCIFY_E_BUFFER_TOO_SMALL`.
+ * @retval ASYNCIFY_OK Copied (an empty value with `cap` 0 too).
+ * @retval ASYNCIFY_E_BUFFER_TOO_SMALL `cap` is below the value's length,
+ * which `*out_len` then holds; nothing is copied.
+ * @retval ASYNCIFY_E_NOT_FOUND The key is set neither here nor globally.
+ * @retval ASYNCIFY_E_NULL `key` is NULL; or `out_len` is NULL, or `buf` is
+ * NULL with `cap` above 0.
+ * @retval ASYNCIFY_E_INVALID_ARGUMENT `key` is empty or not UTF-8; or the
+ * value is a pointer: use asyncify_override_get_ptr().
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_override_get(const char *key, void *buf, size_t cap, size_t *out_len);
 
 /**
- * Writes the pointer value of `key` to `*out_ptr`. It stays valid while the
- * calling thread's table (or, in a task, the task) still holds the value.
+ * Writes the pointer value of `key` to `*out_ptr`.
+ *
+ * Reads the calling thread's table (its local keys first), then the global
+ * layer. The pointer still belongs to the library: do not release it. It stays
+ * valid while the calling thread's table (or, in a task, the task) holds the
+ * value; a pointer read from the global layer stays valid until the task ends
+ * or, outside tasks, until this thread reads that key again or changes its
+ * table, even if the global layer drops it meanwhile. A key set with a clone
+ * function gives a task its own clone.
+ *
+ * @param key The key: a non-empty NUL-terminated UTF-8 string, read during
+ * the call only.
+ * @param out_ptr Receives the pointer.
+ * @retval ASYNCIFY_OK `*out_ptr` is set.
+ * @retval ASYNCIFY_E_NOT_FOUND The key is set neither here nor globally.
+ * @retval ASYNCIFY_E_NULL `key` is NULL; or `out_ptr` is NULL.
+ * @retval ASYNCIFY_E_INVALID_ARGUMENT `key` is empty or not UTF-8; or the
+ * value is bytes: use asyncify_override_get().
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_override_get_ptr(const char *key, void **out_ptr);
 
 /**
- * Like `asyncify_override_get_ptr`, and also writes the release function the
- * value was set with (NULL if none) to `*out_release`, so a binding can tell
- * its own values from pointers set by other code.
+ * Like asyncify_override_get_ptr(), and also gives the release function the
+ * value was set with, so that a binding can tell its own values from pointers
+ * set by other code.
+ *
+ * @param key The key: a non-empty NUL-terminated UTF-8 string, read during
+ * the call only.
+ * @param out_ptr Receives the pointer (still the library's).
+ * @param out_release Receives the release function, NULL if none.
+ * @retval ASYNCIFY_OK Both are set.
+ * @retval ASYNCIFY_E_NOT_FOUND The key is set neither here nor globally.
+ * @retval ASYNCIFY_E_NULL `key` is NULL; or `out_ptr` or `out_release` is
+ * NULL.
+ * @retval ASYNCIFY_E_INVALID_ARGUMENT `key` is empty or not UTF-8; or the
+ * value is bytes.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_override_get_ptr_ex(const char *key,
                                              void **out_ptr,
                                              asyncify_free_fn *out_release);
 
 /**
- * Removes `key` from the calling thread's table; `ASYNCIFY_E_NOT_FOUND` when
- * it is not set.
+ * Removes `key` from the calling thread's table (local or not).
+ *
+ * The global layer is untouched: a global value of that key shows through
+ * afterwards. A pointer value is released if nothing else holds it, possibly on
+ * this thread before the call returns.
+ *
+ * @param key The key: a non-empty NUL-terminated UTF-8 string, read during
+ * the call only.
+ * @retval ASYNCIFY_OK Removed.
+ * @retval ASYNCIFY_E_NOT_FOUND The thread's table has no such key.
+ * @retval ASYNCIFY_E_NULL `key` is NULL.
+ * @retval ASYNCIFY_E_INVALID_ARGUMENT `key` is empty or not UTF-8.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_override_remove(const char *key);
 
 /**
- * Empties the calling thread's table. Open scopes still restore what they
- * remembered.
+ * Empties the calling thread's table, local keys included (the global layer is
+ * untouched).
+ *
+ * Open scopes still restore what they remembered. Pointer values nothing else
+ * holds are released, possibly on this thread before the call returns.
+ *
+ * @retval ASYNCIFY_OK The table is empty.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_override_clear(void);
 
 /**
- * Writes the number of keys in the calling thread's table to `*out_count`.
+ * Counts the keys of the calling thread's table, local keys included and the
+ * global layer aside.
+ *
+ * @param out_count Receives the number of keys.
+ * @retval ASYNCIFY_OK `*out_count` is set.
+ * @retval ASYNCIFY_E_NULL `out_count` is NULL.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_override_count(size_t *out_count);
 
 /**
- * Remembers the calling thread's table (like `dspy.context()`); the token
- * restores it with `asyncify_scope_exit`. Scopes are per thread and per task.
+ * Remembers the calling thread's table (local keys included), like entering
+ * `with dspy.context(...)`: asyncify_scope_exit() with the token restores it
+ * exactly.
+ *
+ * Scopes nest and belong to the thread, or inside a task to the task: a task
+ * starts with none, and a scope it leaves open ends with it.
+ *
+ * @param out_token Receives the scope's token, never 0 and never reused.
+ * @retval ASYNCIFY_OK `*out_token` is set.
+ * @retval ASYNCIFY_E_NULL `out_token` is NULL.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_scope_enter(uint64_t *out_token);
 
 /**
- * Restores exactly the table remembered by `token`. It must be the innermost
- * open scope of this thread (or task): otherwise `ASYNCIFY_E_SCOPE_MISMATCH`
- * and nothing changes. Token 0 is never valid (`ASYNCIFY_E_INVALID_ARGUMENT`).
+ * Restores exactly the table remembered by `token`, closing that scope.
+ *
+ * The scope must be the innermost open one of this thread (or task). Values set
+ * since the scope began are dropped, and pointer values nothing else holds are
+ * released, possibly on this thread before the call returns.
+ *
+ * @param token From asyncify_scope_enter() on this thread (or in this task).
+ * @retval ASYNCIFY_OK Restored.
+ * @retval ASYNCIFY_E_SCOPE_MISMATCH `token` is not the innermost open scope
+ * here (out of LIFO order, exited already, from another thread or another
+ * task); nothing changes.
+ * @retval ASYNCIFY_E_INVALID_ARGUMENT `token` is 0, never a scope.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_scope_exit(uint64_t token);
 
@@ -845,21 +1051,58 @@ asyncify_status asyncify_cq_free(struct asyncify_cq *cq);
 
 /**
  * Sets `key` to a copy of `len` bytes in the global layer: a process-wide
- * default (like `dspy.configure`) that every thread and running task reads
- * where its own table has no such key, live.
+ * default, like `dspy.configure`.
+ *
+ * Every thread and every task reads the global layer where its own table has no
+ * such key, live: a running task that did not override `key` sees this change.
+ * Values in the global layer are never copied into tasks or contexts. A pointer
+ * value that `key` held is released once no reader holds it.
+ *
+ * @param key The key: a non-empty NUL-terminated UTF-8 string, read during
+ * the call only.
+ * @param value The bytes, copied; NULL is allowed when `len` is 0.
+ * @param len The number of bytes at `value`.
+ * @retval ASYNCIFY_OK The key is set.
+ * @retval ASYNCIFY_E_NULL `key` is NULL; or `value` is NULL and `len` is not
+ * 0.
+ * @retval ASYNCIFY_E_INVALID_ARGUMENT `key` is empty or not UTF-8.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_global_set(const char *key, const void *value, size_t len);
 
 /**
- * Sets `key` to an opaque pointer in the global layer; `release` is called
- * once when the global layer and every reader are done with it. A pointer a
- * thread has read stays valid until its task ends or, outside tasks, until
- * the thread reads that key again or changes its table.
+ * Sets `key` to the opaque pointer `ptr` in the global layer.
+ *
+ * On success the pointer belongs to the library: `release` is called on it
+ * exactly once, when the global layer no longer holds it and no reader does,
+ * on whichever thread lets go last (never with NULL). A pointer a thread has
+ * read stays valid until its task ends or, outside tasks, until that thread
+ * reads the key again or changes its table. On error the caller keeps owning
+ * `ptr`.
+ *
+ * @param key The key: a non-empty NUL-terminated UTF-8 string, read during
+ * the call only.
+ * @param ptr The pointer; NULL is allowed (and is then never released).
+ * @param release Nullable: called once on `ptr` when the value is dropped.
+ * @retval ASYNCIFY_OK The key is set.
+ * @retval ASYNCIFY_E_NULL `key` is NULL.
+ * @retval ASYNCIFY_E_INVALID_ARGUMENT `key` is empty or not UTF-8.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_global_set_ptr(const char *key, void *ptr, asyncify_free_fn release);
 
 /**
- * Removes `key` from the global layer; `ASYNCIFY_E_NOT_FOUND` when absent.
+ * Removes `key` from the global layer; threads' own tables are untouched.
+ *
+ * A pointer value is released once no reader holds it.
+ *
+ * @param key The key: a non-empty NUL-terminated UTF-8 string, read during
+ * the call only.
+ * @retval ASYNCIFY_OK Removed.
+ * @retval ASYNCIFY_E_NOT_FOUND The global layer has no such key.
+ * @retval ASYNCIFY_E_NULL `key` is NULL.
+ * @retval ASYNCIFY_E_INVALID_ARGUMENT `key` is empty or not UTF-8.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_global_remove(const char *key);
 

@@ -11,8 +11,22 @@ use crate::status::*;
 use crate::table::{PtrValue, Value};
 
 /// Sets `key` to a copy of `len` bytes in the global layer: a process-wide
-/// default (like `dspy.configure`) that every thread and running task reads
-/// where its own table has no such key, live.
+/// default, like `dspy.configure`.
+///
+/// Every thread and every task reads the global layer where its own table has no
+/// such key, live: a running task that did not override `key` sees this change.
+/// Values in the global layer are never copied into tasks or contexts. A pointer
+/// value that `key` held is released once no reader holds it.
+///
+/// @param key The key: a non-empty NUL-terminated UTF-8 string, read during
+/// the call only.
+/// @param value The bytes, copied; NULL is allowed when `len` is 0.
+/// @param len The number of bytes at `value`.
+/// @retval ASYNCIFY_OK The key is set.
+/// @retval ASYNCIFY_E_NULL `key` is NULL; or `value` is NULL and `len` is not
+/// 0.
+/// @retval ASYNCIFY_E_INVALID_ARGUMENT `key` is empty or not UTF-8.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_global_set(
     key: *const c_char,
@@ -27,10 +41,23 @@ pub extern "C" fn asyncify_global_set(
     })
 }
 
-/// Sets `key` to an opaque pointer in the global layer; `release` is called
-/// once when the global layer and every reader are done with it. A pointer a
-/// thread has read stays valid until its task ends or, outside tasks, until
-/// the thread reads that key again or changes its table.
+/// Sets `key` to the opaque pointer `ptr` in the global layer.
+///
+/// On success the pointer belongs to the library: `release` is called on it
+/// exactly once, when the global layer no longer holds it and no reader does,
+/// on whichever thread lets go last (never with NULL). A pointer a thread has
+/// read stays valid until its task ends or, outside tasks, until that thread
+/// reads the key again or changes its table. On error the caller keeps owning
+/// `ptr`.
+///
+/// @param key The key: a non-empty NUL-terminated UTF-8 string, read during
+/// the call only.
+/// @param ptr The pointer; NULL is allowed (and is then never released).
+/// @param release Nullable: called once on `ptr` when the value is dropped.
+/// @retval ASYNCIFY_OK The key is set.
+/// @retval ASYNCIFY_E_NULL `key` is NULL.
+/// @retval ASYNCIFY_E_INVALID_ARGUMENT `key` is empty or not UTF-8.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_global_set_ptr(
     key: *const c_char,
@@ -44,7 +71,17 @@ pub extern "C" fn asyncify_global_set_ptr(
     })
 }
 
-/// Removes `key` from the global layer; `ASYNCIFY_E_NOT_FOUND` when absent.
+/// Removes `key` from the global layer; threads' own tables are untouched.
+///
+/// A pointer value is released once no reader holds it.
+///
+/// @param key The key: a non-empty NUL-terminated UTF-8 string, read during
+/// the call only.
+/// @retval ASYNCIFY_OK Removed.
+/// @retval ASYNCIFY_E_NOT_FOUND The global layer has no such key.
+/// @retval ASYNCIFY_E_NULL `key` is NULL.
+/// @retval ASYNCIFY_E_INVALID_ARGUMENT `key` is empty or not UTF-8.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_global_remove(key: *const c_char) -> asyncify_status {
     guard("asyncify_global_remove", || {

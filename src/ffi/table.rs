@@ -18,15 +18,29 @@ use crate::table::{PtrValue, Value};
 // them last); Rust callers keep reaching them here.
 pub use super::global::{asyncify_global_remove, asyncify_global_set, asyncify_global_set_ptr};
 
-/// Releases an opaque pointer value, an argument or a result.
+/// Gives a pointer back to its owner to free: the release function of a pointer
+/// value, and a task's `free_arg` and `free_result`.
+///
+/// Called exactly once per pointer, never with NULL and with no library lock
+/// held, on whichever thread lets go of the pointer (each function that can
+/// cause a call says which). It may call the library; it must not unwind.
 pub type asyncify_free_fn = Option<extern "C" fn(ptr: *mut c_void)>;
 
-/// Makes a task's own copy of a pointer value; called once per task that
-/// receives the value, on the thread that installs the task.
+/// Makes a task's own copy of a pointer value set with
+/// asyncify_override_set_ptr_ex(), so that per-task state (a usage tracker, say)
+/// is never shared between tasks.
+///
+/// Called with the value's pointer once per task that receives the value, on the
+/// thread that installs the task's table (the worker, or the caller of
+/// asyncify_context_run()) before the work function runs, with no lock held.
+/// The task sees the returned pointer instead, and it is released with the
+/// value's release function when the task's table is restored (a NULL copy is
+/// never released). It must not unwind.
 pub type asyncify_clone_fn = Option<extern "C" fn(ptr: *mut c_void) -> *mut c_void>;
 
-/// Key flag: the value stays on this thread and is never copied into
-/// submitted tasks or captured contexts.
+/// Key flag (asyncify_override_set_ex(), asyncify_override_set_ptr_ex()): the
+/// value is readable on this thread only; it is never copied into submitted
+/// tasks or captured contexts.
 pub const ASYNCIFY_KEY_LOCAL: u32 = 1;
 
 fn key_flags(flags: u32) -> Result<bool, Fail> {
@@ -55,8 +69,23 @@ fn kind_mismatch(key: &str, is: &str) -> Fail {
     )
 }
 
-/// Sets `key` to a copy of `len` bytes at `value` (NULL allowed when `len` is
-/// 0) in the calling thread's table. The caller keeps owning `value`.
+/// Sets `key` to a copy of `len` bytes in the calling thread's table.
+///
+/// What a task submitted afterwards from this thread sees; tasks submitted
+/// earlier keep the value they were given. Inside a task the change stays in the
+/// task. A pointer value that `key` held is released if no other table, context
+/// or task holds it, possibly on this thread before the call returns.
+///
+/// @param key The key: a non-empty NUL-terminated UTF-8 string, read during
+/// the call only.
+/// @param value The bytes, copied; the caller keeps owning them. NULL is
+/// allowed when `len` is 0.
+/// @param len The number of bytes at `value`.
+/// @retval ASYNCIFY_OK The key is set.
+/// @retval ASYNCIFY_E_NULL `key` is NULL; or `value` is NULL and `len` is not
+/// 0.
+/// @retval ASYNCIFY_E_INVALID_ARGUMENT `key` is empty or not UTF-8.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_override_set(
     key: *const c_char,
@@ -66,7 +95,22 @@ pub extern "C" fn asyncify_override_set(
     guard("asyncify_override_set", || set_bytes(key, value, len, 0))
 }
 
-/// Like `asyncify_override_set`, with `ASYNCIFY_KEY_*` flags.
+/// Like asyncify_override_set(), with flags: `ASYNCIFY_KEY_LOCAL` keeps the key
+/// on this thread (not copied into tasks or contexts).
+///
+/// Setting a key with or without the flag replaces its value and its locality.
+///
+/// @param key The key: a non-empty NUL-terminated UTF-8 string, read during
+/// the call only.
+/// @param value The bytes, copied; NULL is allowed when `len` is 0.
+/// @param len The number of bytes at `value`.
+/// @param flags `ASYNCIFY_KEY_*` bits, or 0.
+/// @retval ASYNCIFY_OK The key is set.
+/// @retval ASYNCIFY_E_NULL `key` is NULL; or `value` is NULL and `len` is not
+/// 0.
+/// @retval ASYNCIFY_E_INVALID_ARGUMENT `key` is empty or not UTF-8; or
+/// `flags` has an unknown bit.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_override_set_ex(
     key: *const c_char,
@@ -87,10 +131,22 @@ fn set_bytes(key: *const c_char, value: *const c_void, len: usize, flags: u32) -
     Ok(ASYNCIFY_OK)
 }
 
-/// Sets `key` to the opaque pointer `ptr`. The tables own it from now on:
-/// `release` (nullable) is called on it exactly once, when the last table or
-/// task holding it is gone, on whichever thread drops it (never with NULL).
-/// On error the caller keeps owning `ptr`.
+/// Sets `key` to the opaque pointer `ptr` in the calling thread's table.
+///
+/// On success the pointer belongs to the library: tables, contexts and tasks
+/// share it, and `release` is called on it exactly once, when the last of them
+/// holding it is gone, on whichever thread drops that one (never with NULL).
+/// Readers get the pointer itself; the library never dereferences it. On error
+/// the caller keeps owning `ptr`.
+///
+/// @param key The key: a non-empty NUL-terminated UTF-8 string, read during
+/// the call only.
+/// @param ptr The pointer; NULL is allowed (and is then never released).
+/// @param release Nullable: called once on `ptr` when the value is dropped.
+/// @retval ASYNCIFY_OK The key is set.
+/// @retval ASYNCIFY_E_NULL `key` is NULL.
+/// @retval ASYNCIFY_E_INVALID_ARGUMENT `key` is empty or not UTF-8.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_override_set_ptr(
     key: *const c_char,
@@ -102,10 +158,25 @@ pub extern "C" fn asyncify_override_set_ptr(
     })
 }
 
-/// Like `asyncify_override_set_ptr`, with `ASYNCIFY_KEY_*` flags and a clone
-/// function (nullable): each task that receives the value gets
-/// `clone(ptr)` instead, released with `release` when the task's table is
-/// restored (for per-task state such as a usage tracker).
+/// Like asyncify_override_set_ptr(), with flags and a clone function.
+///
+/// With `clone`, each task that receives the value gets `clone(ptr)` instead,
+/// made on the thread that installs the task and released with `release` when
+/// the task's table is restored (see ::asyncify_clone_fn); the original stays in
+/// the table it was set in. On error the caller keeps owning `ptr`.
+///
+/// @param key The key: a non-empty NUL-terminated UTF-8 string, read during
+/// the call only.
+/// @param ptr The pointer; NULL is allowed.
+/// @param release Nullable: called once on `ptr`, and on each clone, when it is
+/// dropped.
+/// @param clone Nullable: makes each task's own copy.
+/// @param flags `ASYNCIFY_KEY_*` bits, or 0.
+/// @retval ASYNCIFY_OK The key is set.
+/// @retval ASYNCIFY_E_NULL `key` is NULL.
+/// @retval ASYNCIFY_E_INVALID_ARGUMENT `key` is empty or not UTF-8; or
+/// `flags` has an unknown bit.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_override_set_ptr_ex(
     key: *const c_char,
@@ -136,11 +207,27 @@ fn set_ptr(
     Ok(ASYNCIFY_OK)
 }
 
-/// Copies the bytes of `key` into `buf` and their length into `*out_len`.
-/// `buf` may be NULL when `cap` is 0 (a size query). Returns
-/// `ASYNCIFY_E_BUFFER_TOO_SMALL` (with `*out_len` set) when `cap` is too small,
-/// `ASYNCIFY_E_NOT_FOUND` when the key is not set, and
-/// `ASYNCIFY_E_INVALID_ARGUMENT` when its value is a pointer.
+/// Copies the bytes value of `key` into `buf` and its length into `*out_len`.
+///
+/// Reads the calling thread's table (its local keys first), then, when the key
+/// is not there, the global layer. Inside a task that is the task's table.
+///
+/// @param key The key: a non-empty NUL-terminated UTF-8 string, read during
+/// the call only.
+/// @param buf Where the bytes go (no terminator is added); NULL is allowed with
+/// `cap` 0, a size query.
+/// @param cap The size of `buf` in bytes.
+/// @param out_len Receives the value's length in bytes, also with
+/// `ASYNCIFY_E_BUFFER_TOO_SMALL`.
+/// @retval ASYNCIFY_OK Copied (an empty value with `cap` 0 too).
+/// @retval ASYNCIFY_E_BUFFER_TOO_SMALL `cap` is below the value's length,
+/// which `*out_len` then holds; nothing is copied.
+/// @retval ASYNCIFY_E_NOT_FOUND The key is set neither here nor globally.
+/// @retval ASYNCIFY_E_NULL `key` is NULL; or `out_len` is NULL, or `buf` is
+/// NULL with `cap` above 0.
+/// @retval ASYNCIFY_E_INVALID_ARGUMENT `key` is empty or not UTF-8; or the
+/// value is a pointer: use asyncify_override_get_ptr().
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_override_get(
     key: *const c_char,
@@ -202,8 +289,25 @@ pub(crate) fn ptr_of(key: &str, value: &Value) -> Result<(*mut c_void, asyncify_
     }
 }
 
-/// Writes the pointer value of `key` to `*out_ptr`. It stays valid while the
-/// calling thread's table (or, in a task, the task) still holds the value.
+/// Writes the pointer value of `key` to `*out_ptr`.
+///
+/// Reads the calling thread's table (its local keys first), then the global
+/// layer. The pointer still belongs to the library: do not release it. It stays
+/// valid while the calling thread's table (or, in a task, the task) holds the
+/// value; a pointer read from the global layer stays valid until the task ends
+/// or, outside tasks, until this thread reads that key again or changes its
+/// table, even if the global layer drops it meanwhile. A key set with a clone
+/// function gives a task its own clone.
+///
+/// @param key The key: a non-empty NUL-terminated UTF-8 string, read during
+/// the call only.
+/// @param out_ptr Receives the pointer.
+/// @retval ASYNCIFY_OK `*out_ptr` is set.
+/// @retval ASYNCIFY_E_NOT_FOUND The key is set neither here nor globally.
+/// @retval ASYNCIFY_E_NULL `key` is NULL; or `out_ptr` is NULL.
+/// @retval ASYNCIFY_E_INVALID_ARGUMENT `key` is empty or not UTF-8; or the
+/// value is bytes: use asyncify_override_get().
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_override_get_ptr(
     key: *const c_char,
@@ -217,9 +321,21 @@ pub extern "C" fn asyncify_override_get_ptr(
     })
 }
 
-/// Like `asyncify_override_get_ptr`, and also writes the release function the
-/// value was set with (NULL if none) to `*out_release`, so a binding can tell
-/// its own values from pointers set by other code.
+/// Like asyncify_override_get_ptr(), and also gives the release function the
+/// value was set with, so that a binding can tell its own values from pointers
+/// set by other code.
+///
+/// @param key The key: a non-empty NUL-terminated UTF-8 string, read during
+/// the call only.
+/// @param out_ptr Receives the pointer (still the library's).
+/// @param out_release Receives the release function, NULL if none.
+/// @retval ASYNCIFY_OK Both are set.
+/// @retval ASYNCIFY_E_NOT_FOUND The key is set neither here nor globally.
+/// @retval ASYNCIFY_E_NULL `key` is NULL; or `out_ptr` or `out_release` is
+/// NULL.
+/// @retval ASYNCIFY_E_INVALID_ARGUMENT `key` is empty or not UTF-8; or the
+/// value is bytes.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_override_get_ptr_ex(
     key: *const c_char,
@@ -236,8 +352,19 @@ pub extern "C" fn asyncify_override_get_ptr_ex(
     })
 }
 
-/// Removes `key` from the calling thread's table; `ASYNCIFY_E_NOT_FOUND` when
-/// it is not set.
+/// Removes `key` from the calling thread's table (local or not).
+///
+/// The global layer is untouched: a global value of that key shows through
+/// afterwards. A pointer value is released if nothing else holds it, possibly on
+/// this thread before the call returns.
+///
+/// @param key The key: a non-empty NUL-terminated UTF-8 string, read during
+/// the call only.
+/// @retval ASYNCIFY_OK Removed.
+/// @retval ASYNCIFY_E_NOT_FOUND The thread's table has no such key.
+/// @retval ASYNCIFY_E_NULL `key` is NULL.
+/// @retval ASYNCIFY_E_INVALID_ARGUMENT `key` is empty or not UTF-8.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_override_remove(key: *const c_char) -> asyncify_status {
     guard("asyncify_override_remove", || {
@@ -253,8 +380,14 @@ pub extern "C" fn asyncify_override_remove(key: *const c_char) -> asyncify_statu
     })
 }
 
-/// Empties the calling thread's table. Open scopes still restore what they
-/// remembered.
+/// Empties the calling thread's table, local keys included (the global layer is
+/// untouched).
+///
+/// Open scopes still restore what they remembered. Pointer values nothing else
+/// holds are released, possibly on this thread before the call returns.
+///
+/// @retval ASYNCIFY_OK The table is empty.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_override_clear() -> asyncify_status {
     guard("asyncify_override_clear", || {
@@ -263,7 +396,13 @@ pub extern "C" fn asyncify_override_clear() -> asyncify_status {
     })
 }
 
-/// Writes the number of keys in the calling thread's table to `*out_count`.
+/// Counts the keys of the calling thread's table, local keys included and the
+/// global layer aside.
+///
+/// @param out_count Receives the number of keys.
+/// @retval ASYNCIFY_OK `*out_count` is set.
+/// @retval ASYNCIFY_E_NULL `out_count` is NULL.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_override_count(out_count: *mut usize) -> asyncify_status {
     guard("asyncify_override_count", || {
@@ -273,8 +412,17 @@ pub extern "C" fn asyncify_override_count(out_count: *mut usize) -> asyncify_sta
     })
 }
 
-/// Remembers the calling thread's table (like `dspy.context()`); the token
-/// restores it with `asyncify_scope_exit`. Scopes are per thread and per task.
+/// Remembers the calling thread's table (local keys included), like entering
+/// `with dspy.context(...)`: asyncify_scope_exit() with the token restores it
+/// exactly.
+///
+/// Scopes nest and belong to the thread, or inside a task to the task: a task
+/// starts with none, and a scope it leaves open ends with it.
+///
+/// @param out_token Receives the scope's token, never 0 and never reused.
+/// @retval ASYNCIFY_OK `*out_token` is set.
+/// @retval ASYNCIFY_E_NULL `out_token` is NULL.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_scope_enter(out_token: *mut u64) -> asyncify_status {
     guard("asyncify_scope_enter", || {
@@ -284,9 +432,19 @@ pub extern "C" fn asyncify_scope_enter(out_token: *mut u64) -> asyncify_status {
     })
 }
 
-/// Restores exactly the table remembered by `token`. It must be the innermost
-/// open scope of this thread (or task): otherwise `ASYNCIFY_E_SCOPE_MISMATCH`
-/// and nothing changes. Token 0 is never valid (`ASYNCIFY_E_INVALID_ARGUMENT`).
+/// Restores exactly the table remembered by `token`, closing that scope.
+///
+/// The scope must be the innermost open one of this thread (or task). Values set
+/// since the scope began are dropped, and pointer values nothing else holds are
+/// released, possibly on this thread before the call returns.
+///
+/// @param token From asyncify_scope_enter() on this thread (or in this task).
+/// @retval ASYNCIFY_OK Restored.
+/// @retval ASYNCIFY_E_SCOPE_MISMATCH `token` is not the innermost open scope
+/// here (out of LIFO order, exited already, from another thread or another
+/// task); nothing changes.
+/// @retval ASYNCIFY_E_INVALID_ARGUMENT `token` is 0, never a scope.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_scope_exit(token: u64) -> asyncify_status {
     guard("asyncify_scope_exit", || {
