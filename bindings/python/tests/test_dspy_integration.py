@@ -75,6 +75,25 @@ def test_install_routes_every_binding_and_uninstall_restores_them():
     assert all(getattr(m, a) is original for m, a in places), "DSPy's own function is back everywhere"
 
 
+def test_a_dspy_module_imported_while_installed_gets_dspys_function_back():
+    import sys
+    import types
+
+    import dspy.utils.asyncify
+
+    original = dspy.utils.asyncify.asyncify
+    casyncify_dspy.install()
+    try:
+        late = types.ModuleType("dspy.late_importer")  # `from dspy.utils.asyncify import asyncify`, now
+        late.asyncify = sys.modules["dspy.utils.asyncify"].asyncify
+        sys.modules[late.__name__] = late
+        assert late.asyncify is casyncify_dspy.asyncify
+    finally:
+        casyncify_dspy.uninstall()
+        sys.modules.pop("dspy.late_importer", None)
+    assert late.asyncify is original
+
+
 def test_async_programs_are_refused(installed):
     class AsyncCallable:
         async def __call__(self):

@@ -132,10 +132,17 @@ def uninstall() -> None:
     is still there). The pools made meanwhile stay usable (by wrappers made while
     installed) and are closed at exit."""
     with _install_lock:
+        if not _installed:
+            return
+        original = _installed[0][2]
         while _installed:
-            module, attr, original = _installed.pop()
+            module, attr, _ = _installed.pop()
             if getattr(module, attr, None) is asyncify:
                 setattr(module, attr, original)
+        # A dspy.* module imported while installed took ours by name: give it DSPy's too.
+        for name, module in list(sys.modules.items()):
+            if (name == "dspy" or name.startswith("dspy.")) and getattr(module, "asyncify", None) is asyncify:
+                module.asyncify = original
 
 
 def installed() -> bool:
