@@ -232,18 +232,24 @@ typedef int32_t asyncify_status;
 
 /**
  * Submit flag: the handle releases itself once the task is terminal (after
- * `on_done`); `out_handle` may then be NULL.
+ * `on_done` returned or the completion was queued), so nothing is left to
+ * release; `out_handle` may then be NULL. A result that neither `on_done` nor a
+ * completion queue takes goes to `free_result`.
  */
 #define ASYNCIFY_SUBMIT_DETACHED 1u
 
 /**
- * Submit flag: run with an empty table instead of the caller's.
+ * Submit flag: the task runs with an empty table instead of a snapshot of the
+ * caller's (the global layer still shows through). Excludes
+ * ::asyncify_submit_options.context.
  */
 #define ASYNCIFY_SUBMIT_EMPTY_CONTEXT 2u
 
 /**
- * Pool flag: an abandoned callable gives its slot back at once (AnyIO's
- * behaviour) instead of holding it until it returns.
+ * Pool flag: an abandoned (cancelled while running) work function gives its
+ * slot back at once, as AnyIO does, so a new task may start beside it. By
+ * default it keeps the slot until it returns, so the limit also bounds
+ * abandoned work.
  */
 #define ASYNCIFY_POOL_RELEASE_SLOT_ON_ABANDON 1u
 
@@ -258,7 +264,12 @@ typedef struct asyncify_context asyncify_context;
 typedef struct asyncify_cq asyncify_cq;
 
 /**
- * A pool of worker threads with a limit on how many callables run at once.
+ * A pool of worker threads with a limit on how many work functions run at
+ * once. Made by asyncify_pool_new() or asyncify_pool_new_ex(), the caller's
+ * until asyncify_pool_free(). A NULL pool argument means the default pool,
+ * made on first use with a limit of 8 or `ASYNCIFY_MAX_WORKERS` from the
+ * environment. Threads start as tasks need them and leave after the keep-alive
+ * when idle.
  */
 typedef struct asyncify_pool asyncify_pool;
 
@@ -287,12 +298,29 @@ typedef void (*asyncify_free_fn)(void *ptr);
 typedef void *(*asyncify_clone_fn)(void *ptr);
 
 /**
- * A task's handle: a generation-checked id; 0 is never valid.
+ * A task's handle, from asyncify_submit(): a generation-checked id, never 0.
+ *
+ * It stays valid until asyncify_release(), or for a detached task until the
+ * task is terminal; it outlives the task's pool. Any other value (0, forged,
+ * released, stale) is refused with `ASYNCIFY_E_INVALID_HANDLE`, never undefined
+ * behaviour.
  */
 typedef uint64_t asyncify_handle;
 
 /**
- * Called exactly once per task with its terminal status.
+ * A task's completion callback (`on_done` of ::asyncify_submit_options),
+ * called exactly once per task with its terminal status.
+ *
+ * `OK` and `FAILED` are reported on the thread that ran the task (a worker,
+ * after its own table was restored), `CANCELLED` on the thread that cancelled
+ * it: the caller of asyncify_cancel(), or of the pool's shutdown for a queued
+ * task. `user_data` is the task's `on_done_data`, `result` its result (now the
+ * callee's; NULL when cancelled or when the work function stored none), and
+ * `code` the work function's return value (0 when cancelled).
+ * asyncify_poll() and asyncify_wait() show the terminal status only after this
+ * returns, so a waiter may then free `user_data`. It may call the library,
+ * asyncify_release() of its own handle included (a wait for its own task
+ * returns `ASYNCIFY_E_WOULD_DEADLOCK`); it must not unwind.
  */
 typedef void (*asyncify_done_fn)(void *user_data,
                                  asyncify_handle handle,
@@ -301,99 +329,136 @@ typedef void (*asyncify_done_fn)(void *user_data,
                                  int32_t code);
 
 /**
- * Options for `asyncify_submit`. Prepare with `asyncify_submit_options_init`.
+ * Options for asyncify_submit(), a versioned struct: prepare it with
+ * asyncify_submit_options_init(), then set the fields you need. All-zero
+ * fields are the defaults.
  */
 typedef struct asyncify_submit_options {
   /**
-   * Set by `asyncify_submit_options_init`.
+   * The size of the layout the caller was built with; set by
+   * asyncify_submit_options_init().
    */
   uint32_t struct_size;
   /**
-   * `ASYNCIFY_SUBMIT_*` bits.
+   * `ASYNCIFY_SUBMIT_*` bits; 0 by default.
    */
   uint32_t flags;
   /**
-   * Nullable: called exactly once with the terminal status.
+   * Nullable: called exactly once with the terminal status and the result (see
+   * ::asyncify_done_fn for its thread). When set, the result goes to it and `cq`
+   * is not used.
    */
   asyncify_done_fn on_done;
   /**
-   * Passed to `on_done`.
+   * Passed to `on_done` as its `user_data`, or as `user_data` of the completion
+   * queued to `cq`; it stays the caller's.
    */
   void *on_done_data;
   /**
-   * Nullable: called on `arg` when the task will never run, or after an
-   * abandoned work function returns.
+   * Nullable: called on a non-NULL `arg` when the task never runs (cancelled
+   * while queued: on the cancelling thread, before `on_done`), or after an
+   * abandoned work function returns (on that worker). Not called when the task
+   * runs to its end, nor when asyncify_submit() fails.
    */
   asyncify_free_fn free_arg;
   /**
-   * Nullable: called on a result no one can receive.
+   * Nullable: called on a non-NULL result nobody can receive any more (the handle
+   * released or detached before the result was taken, the task abandoned, its
+   * queue freed before the completion was drained), on the thread that makes it
+   * unreachable: the worker, the releasing thread, or asyncify_cq_free()'s.
    */
   asyncify_free_fn free_result;
   /**
-   * NULL: the default pool.
+   * The pool to run on; NULL: the default pool.
    */
   struct asyncify_pool *pool;
   /**
-   * NULL: none. Without `on_done`, the completion goes to this queue.
+   * Nullable: without `on_done`, the completion (status, code, result,
+   * `on_done_data`) goes to this queue for asyncify_cq_drain(). The task keeps
+   * its own reference: the queue may be freed first, and the completion then
+   * stays on the handle.
    */
   struct asyncify_cq *cq;
   /**
-   * NULL: snapshot the calling thread's table now. Otherwise the task runs
-   * with this context (it keeps its own reference).
+   * NULL: the task gets a snapshot of the calling thread's table at submit.
+   * Otherwise it runs with this context; the task keeps its own reference, so
+   * the caller may free its pointer right after asyncify_submit() returns.
    */
   const struct asyncify_context *context;
 } asyncify_submit_options;
 
 /**
- * The work function: returns 0 for success, anything else is a failure code.
- * It may store a result in `*out_result`.
+ * A task's work function (asyncify_submit(); also asyncify_context_run()).
+ *
+ * Called once with the `arg` given to asyncify_submit() and `out_result`
+ * pointing at a NULL result it may replace. It returns 0 for success
+ * (`ASYNCIFY_OK`); anything else is a failure code (`ASYNCIFY_FAILED`, the code
+ * delivered as `code`). It runs on a worker thread of the task's pool with the
+ * submitter's table installed, or on a thread of that pool that waits for the
+ * still-queued task and so runs it in its own slot. It may call the library
+ * (asyncify_cancel_requested() tells it that it was cancelled); it must not
+ * unwind.
  */
 typedef int32_t (*asyncify_work_fn)(void *arg, void **out_result);
 
 /**
- * A function run on each worker thread of a pool (start or stop hook).
+ * A pool's thread hook (`on_thread_start`, `on_thread_stop` of
+ * ::asyncify_pool_options), called with the pool's `hook_data` on the worker
+ * thread itself: the start hook before its first task, the stop hook before it
+ * exits, after what code on the worker set outside tasks was released; no user
+ * code runs on that thread afterwards. A binding prepares each worker once this
+ * way. It must not unwind.
  */
 typedef void (*asyncify_thread_hook)(void *user_data);
 
 /**
- * Options for `asyncify_pool_new_ex`. Prepare with `asyncify_pool_options_init`.
+ * Options for asyncify_pool_new_ex(), a versioned struct: prepare it with
+ * asyncify_pool_options_init(), which sets the limit to 8 and every other field
+ * to its all-zero default, then set the fields you need.
  */
 typedef struct asyncify_pool_options {
   /**
-   * Set by `asyncify_pool_options_init`.
+   * The size of the layout the caller was built with; set by
+   * asyncify_pool_options_init().
    */
   uint32_t struct_size;
   /**
-   * The limit (default 8): 0 pauses the pool, `UINT32_MAX` is unbounded.
+   * The limit: how many work functions of the pool run at once (8 after
+   * asyncify_pool_options_init()); 0 pauses the pool, `UINT32_MAX` is unbounded.
    */
   uint32_t max_workers;
   /**
-   * 0: unbounded (default); else `asyncify_submit` returns
-   * `ASYNCIFY_E_BUSY` while this many tasks wait.
+   * 0: no bound (the default); otherwise asyncify_submit() returns
+   * `ASYNCIFY_E_BUSY` while this many tasks wait to start.
    */
   uint32_t max_queued;
   /**
-   * How long an idle worker waits before it exits; 0: the default (10 s).
+   * How long an idle worker waits for work before it exits, in milliseconds;
+   * 0: the default, 10 s.
    */
   uint32_t keep_alive_ms;
   /**
-   * `ASYNCIFY_POOL_*` bits.
+   * `ASYNCIFY_POOL_*` bits; 0 by default.
    */
   uint32_t flags;
   /**
-   * Worker thread name prefix, copied; NULL: "asyncify".
+   * The worker threads' name prefix, NUL-terminated UTF-8, copied (workers are
+   * named `prefix-N`); NULL: `"asyncify"`.
    */
   const char *thread_name;
   /**
-   * Nullable: run on each worker thread when it starts, before any task.
+   * Nullable: run on each worker thread when it starts, before any task (see
+   * ::asyncify_thread_hook).
    */
   asyncify_thread_hook on_thread_start;
   /**
-   * Nullable: run on each worker thread before it exits.
+   * Nullable: run on each worker thread before it exits (see
+   * ::asyncify_thread_hook).
    */
   asyncify_thread_hook on_thread_stop;
   /**
-   * Passed to the hooks.
+   * Passed to the hooks; it stays the caller's and must stay valid until the
+   * pool's shutdown has returned `ASYNCIFY_OK`.
    */
   void *hook_data;
   /**
@@ -406,8 +471,9 @@ typedef struct asyncify_pool_options {
 } asyncify_pool_options;
 
 /**
- * A pool's counters; exact when the pool is quiet. Append-only: set
- * `struct_size` to `sizeof` before `asyncify_stats`.
+ * A pool's counters, from asyncify_stats(); exact when the pool is quiet. It
+ * only ever grows by appending fields: set `struct_size` to `sizeof` before the
+ * call.
  */
 typedef struct asyncify_pool_stats {
   /**
@@ -415,15 +481,15 @@ typedef struct asyncify_pool_stats {
    */
   uint32_t struct_size;
   /**
-   * The limit.
+   * The limit (`max_workers`).
    */
   uint32_t limit;
   /**
-   * Worker threads alive.
+   * Worker threads alive, those on their way out included.
    */
   uint32_t threads;
   /**
-   * Of those, parked waiting for work.
+   * Of those, the ones parked waiting for work.
    */
   uint32_t idle_threads;
   /**
@@ -431,11 +497,11 @@ typedef struct asyncify_pool_stats {
    */
   uint64_t queued;
   /**
-   * Callables running (abandoned ones included).
+   * Work functions running, abandoned ones included.
    */
   uint64_t running;
   /**
-   * Tasks accepted by `asyncify_submit`.
+   * Tasks accepted by asyncify_submit() since the pool was made.
    */
   uint64_t submitted;
   /**
@@ -447,7 +513,7 @@ typedef struct asyncify_pool_stats {
    */
   uint64_t failed;
   /**
-   * Tasks cancelled before they started.
+   * Tasks cancelled before they started (they never ran).
    */
   uint64_t cancelled;
   /**
@@ -780,15 +846,60 @@ asyncify_status asyncify_scope_enter(uint64_t *out_token);
 asyncify_status asyncify_scope_exit(uint64_t token);
 
 /**
- * Prepares `*opts` with the defaults; `size` is `sizeof(*opts)`.
+ * Prepares `*opts` for asyncify_submit(): zeroes `size` bytes (every field
+ * takes its default) and sets `struct_size` to `size`.
+ *
+ * @param opts The struct to prepare.
+ * @param size `sizeof(*opts)`, the size of the layout the caller was built
+ * with.
+ * @retval ASYNCIFY_OK Prepared.
+ * @retval ASYNCIFY_E_NULL `opts` is NULL.
+ * @retval ASYNCIFY_E_INVALID_ARGUMENT `size` is smaller than the first
+ * published layout, or above `UINT32_MAX`; nothing is written.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_submit_options_init(struct asyncify_submit_options *opts, size_t size);
 
 /**
- * Runs `fn(arg)` on a pool with a snapshot of the calling thread's table
- * installed. Never blocks. `opts` NULL means the defaults; `out_handle` may
- * be NULL only with `ASYNCIFY_SUBMIT_DETACHED`. On failure nothing runs, no
- * callback is called, and the caller still owns `arg`.
+ * Runs `fn(arg)` on a pool's worker thread with a snapshot of the calling
+ * thread's table installed, and returns at once with its handle.
+ *
+ * The snapshot is the caller's table as it is now (local keys excluded), taken
+ * in O(1); the task's own changes stay in the task. `opts` chooses the pool,
+ * another table (`context`, `ASYNCIFY_SUBMIT_EMPTY_CONTEXT`) and how the
+ * completion is delivered: to `on_done`, to a completion queue `cq`, or kept on
+ * the handle for asyncify_poll() / asyncify_wait(). Tasks start in FIFO order,
+ * at most the pool's limit at once.
+ *
+ * Ownership: `arg` stays the caller's (the task only borrows it) unless the
+ * task never runs or is abandoned, when `free_arg` gets it; the result moves
+ * exactly once, to `on_done`, to the queue, or to the first poll or wait that
+ * asks for it, and otherwise to `free_result`. A context in `opts` is
+ * referenced: the caller still frees its own pointer. The handle must be
+ * released with asyncify_release() unless the task is detached.
+ *
+ * Threads: `fn` runs on a worker (see ::asyncify_work_fn), `on_done` as
+ * ::asyncify_done_fn says; on error nothing runs and no callback is called,
+ * not even `free_arg`.
+ *
+ * @param fn The work function.
+ * @param arg Passed to `fn`; the library never dereferences it.
+ * @param opts Nullable: options from asyncify_submit_options_init(); NULL for
+ * the defaults (the default pool, the caller's table, the result kept on the
+ * handle).
+ * @param out_handle Receives the handle; may be NULL only with
+ * `ASYNCIFY_SUBMIT_DETACHED`.
+ * @retval ASYNCIFY_OK Accepted: it will run, or be cancelled.
+ * @retval ASYNCIFY_E_NULL `fn` is NULL, or `out_handle` is NULL without
+ * `ASYNCIFY_SUBMIT_DETACHED`.
+ * @retval ASYNCIFY_E_INVALID_ARGUMENT `opts->struct_size` is too small or
+ * bytes past the known fields are not zero, `opts->flags` has an unknown
+ * bit, or `ASYNCIFY_SUBMIT_EMPTY_CONTEXT` comes with a `context`.
+ * @retval ASYNCIFY_E_SHUT_DOWN The pool's shutdown has begun.
+ * @retval ASYNCIFY_E_BUSY The pool has `max_queued` tasks waiting already.
+ * @retval ASYNCIFY_E_OUT_OF_MEMORY No handle slot is left, or no worker
+ * thread could be started while the pool has none to run the task.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_submit(asyncify_work_fn fn,
                                 void *arg,
@@ -796,17 +907,53 @@ asyncify_status asyncify_submit(asyncify_work_fn fn,
                                 asyncify_handle *out_handle);
 
 /**
- * The task's status now, without blocking: `PENDING`, `OK`, `FAILED` or
- * `CANCELLED`. `out_result` and `out_code` are nullable; the result moves to
- * the first call that asks for it and sees `OK`/`FAILED` (later calls get NULL).
+ * The task's status now, without blocking.
+ *
+ * The first call that passes `out_result` and sees `OK` or `FAILED` receives
+ * the result, which is then the caller's; every other call gets NULL, as does
+ * every call when the result went to `on_done` or a completion queue. The
+ * handle stays valid: release it when done.
+ *
+ * @param h The task's handle.
+ * @param out_result Nullable: receives the result, or NULL.
+ * @param out_code Nullable: receives the work function's return value for
+ * `OK`/`FAILED`, 0 otherwise.
+ * @retval ASYNCIFY_PENDING Queued or running, or finished with `on_done`
+ * still running.
+ * @retval ASYNCIFY_OK The work function returned 0.
+ * @retval ASYNCIFY_FAILED The work function returned a non-zero code.
+ * @retval ASYNCIFY_CANCELLED Cancelled before it ran, or abandoned.
+ * @retval ASYNCIFY_E_INVALID_HANDLE `h` is 0, unknown, released or stale.
+ * @retval ASYNCIFY_E_FORKED `h` was made by the parent before `fork()`.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_poll(asyncify_handle h, void **out_result, int32_t *out_code);
 
 /**
- * Waits until the task is terminal or `timeout_ms` (< 0: forever) runs out
- * (`ASYNCIFY_TIMEOUT`; the task goes on). Outputs as for `asyncify_poll`. A
- * task waiting for its own handle gets `ASYNCIFY_E_WOULD_DEADLOCK`; a task
- * waiting for a still-queued task of its own pool runs it inline.
+ * Waits until the task is terminal (its `on_done` returned) or `timeout_ms`
+ * runs out; then as asyncify_poll().
+ *
+ * Called on a worker of the task's pool while the task is still queued, it runs
+ * the task on this thread, in this worker's slot, so that nested waits cannot
+ * deadlock a full pool; its callbacks then run here too. The result moves as
+ * for asyncify_poll(): the first call that passes `out_result` and sees `OK` or
+ * `FAILED` receives it, and it is then the caller's.
+ *
+ * @param h The task's handle.
+ * @param timeout_ms How long to wait in milliseconds; negative: forever; 0:
+ * do not wait.
+ * @param out_result Nullable: receives the result, or NULL.
+ * @param out_code Nullable: receives the work function's return value for
+ * `OK`/`FAILED`, 0 otherwise.
+ * @retval ASYNCIFY_OK The work function returned 0.
+ * @retval ASYNCIFY_FAILED The work function returned a non-zero code.
+ * @retval ASYNCIFY_CANCELLED Cancelled before it ran, or abandoned.
+ * @retval ASYNCIFY_TIMEOUT Not terminal in time; the task goes on.
+ * @retval ASYNCIFY_E_WOULD_DEADLOCK The caller is that task's work function
+ * or its `on_done`: the wait could never end.
+ * @retval ASYNCIFY_E_INVALID_HANDLE `h` is 0, unknown, released or stale.
+ * @retval ASYNCIFY_E_FORKED `h` was made by the parent before `fork()`.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_wait(asyncify_handle h,
                               int64_t timeout_ms,
@@ -814,10 +961,28 @@ asyncify_status asyncify_wait(asyncify_handle h,
                               int32_t *out_code);
 
 /**
- * Waits until at least one of the `n` handles at `hs` is terminal: `OK`
- * with the index of the first terminal one (in list order) in
- * `*out_index`, or `TIMEOUT` after `timeout_ms` (< 0: forever). Nothing is
- * received or released: poll or wait the handle for its result.
+ * Waits until at least one of `n` tasks is terminal, or `timeout_ms` runs out.
+ *
+ * Nothing is received or released: poll or wait the handle found for its
+ * result. Called on a worker of a pool, it runs a still-queued task of the list
+ * that belongs to that pool on this thread, as asyncify_wait() does.
+ *
+ * @param hs The handles, read during the call only.
+ * @param n How many handles `hs` holds; at least 1.
+ * @param timeout_ms How long to wait in milliseconds; negative: forever; 0:
+ * do not wait.
+ * @param out_index Receives the index in `hs` of the first terminal task, in
+ * list order (with `OK` only).
+ * @retval ASYNCIFY_OK One is terminal: `*out_index` says which.
+ * @retval ASYNCIFY_TIMEOUT None is terminal in time.
+ * @retval ASYNCIFY_E_NULL `hs` or `out_index` is NULL.
+ * @retval ASYNCIFY_E_INVALID_ARGUMENT `n` is 0.
+ * @retval ASYNCIFY_E_INVALID_HANDLE A handle is 0, unknown, released or
+ * stale.
+ * @retval ASYNCIFY_E_FORKED A handle was made by the parent before `fork()`.
+ * @retval ASYNCIFY_E_WOULD_DEADLOCK Every handle is that of the calling task
+ * (from its work function or its `on_done`).
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_wait_any(const asyncify_handle *hs,
                                   size_t n,
@@ -825,90 +990,222 @@ asyncify_status asyncify_wait_any(const asyncify_handle *hs,
                                   size_t *out_index);
 
 /**
- * Cancels the task. Queued: it never runs, `free_arg` then `on_done`
- * (`CANCELLED`) are called on this thread. Running: it is abandoned (waiters
- * see `CANCELLED` at once, `on_done` is called here, the work function runs
- * to its end and its result and arg are then freed). Returns `CANCELLED`
- * when the task is now cancelled, `OK`/`FAILED` when it had already returned.
+ * Cancels the task, unless its work function has returned already.
+ *
+ * A queued task never runs: `free_arg` and then `on_done` (`CANCELLED`) are
+ * called on this thread before this returns (without `on_done`, the
+ * completion goes to its queue). A running task is abandoned: waiters see
+ * `CANCELLED` at once and `on_done` is called here, while the work function
+ * runs on to its end (asyncify_cancel_requested() turns true in it); then, on
+ * its worker, its result goes to `free_result` and `arg` to `free_arg`. An
+ * abandoned task keeps its pool slot until it returns, unless the pool has
+ * `ASYNCIFY_POOL_RELEASE_SLOT_ON_ABANDON`. The handle stays valid either way:
+ * release it when done.
+ *
+ * @param h The task's handle.
+ * @retval ASYNCIFY_CANCELLED The task is cancelled (now, or before).
+ * @retval ASYNCIFY_OK The work function had returned 0: nothing changes.
+ * @retval ASYNCIFY_FAILED The work function had returned non-zero: nothing
+ * changes.
+ * @retval ASYNCIFY_E_INVALID_HANDLE `h` is 0, unknown, released or stale.
+ * @retval ASYNCIFY_E_FORKED `h` was made by the parent before `fork()`.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_cancel(asyncify_handle h);
 
 /**
- * Frees the handle. A pending task goes on; its result goes to `free_result`.
+ * Releases the handle; the task itself is not affected.
+ *
+ * A pending task goes on and its callbacks still run. A result not received
+ * yet goes to `free_result`: on this thread if the task is terminal, else on
+ * its worker when it finishes. After this, `h` is invalid.
+ *
+ * @param h The task's handle (not a detached task's, which releases itself).
+ * @retval ASYNCIFY_OK Released.
+ * @retval ASYNCIFY_E_INVALID_HANDLE `h` is 0, unknown, stale, or released
+ * already (a double release, or a detached task's handle).
+ * @retval ASYNCIFY_E_FORKED `h` was made by the parent before `fork()`.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_release(asyncify_handle h);
 
 /**
- * Inside a task: true once the task has been cancelled, so long work can stop
- * early (its result will be freed). False outside tasks.
+ * Whether the task running on this thread has been cancelled, so that long
+ * work can stop early (its result will be freed, not delivered).
+ *
+ * Call it from a work function, or code it calls, on the thread running the
+ * task. It does not return a status.
+ *
+ * @return true once the task running on the calling thread has been cancelled;
+ * false before that, and on a thread that runs no task. An internal error
+ * gives false.
  */
 bool asyncify_cancel_requested(void);
 
 /**
- * Prepares `*opts` with the defaults (limit 8, everything else off); `size`
- * is `sizeof(*opts)`.
+ * Prepares `*opts` for asyncify_pool_new_ex(): zeroes `size` bytes, sets
+ * `struct_size` to `size` and `max_workers` to 8; every other field takes its
+ * all-zero default.
+ *
+ * @param opts The struct to prepare.
+ * @param size `sizeof(*opts)`, the size of the layout the caller was built
+ * with.
+ * @retval ASYNCIFY_OK Prepared.
+ * @retval ASYNCIFY_E_NULL `opts` is NULL.
+ * @retval ASYNCIFY_E_INVALID_ARGUMENT `size` is smaller than the first
+ * published layout, or above `UINT32_MAX`; nothing is written.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_pool_options_init(struct asyncify_pool_options *opts, size_t size);
 
 /**
- * Creates a pool that runs at most `max_workers` callables at once (0 pauses
- * it, `UINT32_MAX` is unbounded). Free it with `asyncify_pool_free`.
+ * Creates a pool that runs at most `max_workers` work functions at once, with
+ * the other options at their defaults. No thread starts before the first task.
+ *
+ * @param max_workers The limit; 0 pauses the pool, `UINT32_MAX` is unbounded.
+ * @param out Receives the pool, the caller's until asyncify_pool_free().
+ * @retval ASYNCIFY_OK `*out` is set.
+ * @retval ASYNCIFY_E_NULL `out` is NULL.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_pool_new(uint32_t max_workers, struct asyncify_pool **out);
 
 /**
- * Creates a pool as `opts` says (NULL: the defaults). Free it with
- * `asyncify_pool_free`.
+ * Creates a pool as `opts` says. No thread starts before the first task.
+ *
+ * @param opts Nullable: options from asyncify_pool_options_init(); NULL for
+ * the defaults (a limit of 8). `thread_name` is copied; `hook_data` must
+ * outlive the pool.
+ * @param out Receives the pool, the caller's until asyncify_pool_free().
+ * @retval ASYNCIFY_OK `*out` is set.
+ * @retval ASYNCIFY_E_NULL `out` is NULL.
+ * @retval ASYNCIFY_E_INVALID_ARGUMENT `opts->struct_size` is too small or
+ * bytes past the known fields are not zero, `flags` has an unknown bit,
+ * `thread_name` is not UTF-8, or `stack_size` is non-zero and below
+ * `PTHREAD_STACK_MIN`.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_pool_new_ex(const struct asyncify_pool_options *opts,
                                      struct asyncify_pool **out);
 
 /**
- * Shuts the pool down and frees it: new submissions get
- * `ASYNCIFY_E_SHUT_DOWN`, queued tasks are cancelled (on this thread), and
- * running callables are waited for up to `timeout_ms` (< 0: forever) with
- * every callback they cause and the exit of every worker thread. Returns
- * `OK` once the workers are joined, or `TIMEOUT` if some still run (they
- * finish on their own and their threads free themselves). Always consumes `pool`, except from a worker
- * thread of that pool: `ASYNCIFY_E_WOULD_DEADLOCK`, and nothing is freed.
+ * Shuts the pool down, waiting up to `timeout_ms`, and frees it.
+ *
+ * New submissions get `ASYNCIFY_E_SHUT_DOWN` from now on, and queued tasks
+ * are cancelled on this thread (`free_arg`, then `on_done` with `CANCELLED` or
+ * a completion to their queue). Running work functions, abandoned ones
+ * included, are waited for with every callback they cause, then every worker
+ * thread leaves (its stop hook included) and is joined. After `OK` no callback of the pool fires any more. After `TIMEOUT`
+ * the rest finish on their own, their threads free themselves, and the pool's
+ * memory goes when the last one does.
+ *
+ * The pool is consumed in both cases: do not use `pool` again. Handles of its
+ * tasks stay valid. The one exception is a call from a worker thread of that
+ * pool, which would wait for itself: `ASYNCIFY_E_WOULD_DEADLOCK`, and nothing
+ * happens.
+ *
+ * @param pool The pool to free.
+ * @param timeout_ms How long to wait for running work, in milliseconds;
+ * negative: forever.
+ * @retval ASYNCIFY_OK Every worker has left and was joined; the pool is
+ * freed.
+ * @retval ASYNCIFY_TIMEOUT Work still runs; the pool is consumed all the
+ * same.
+ * @retval ASYNCIFY_E_NULL `pool` is NULL (NULL never means the default pool
+ * here: see asyncify_shutdown()).
+ * @retval ASYNCIFY_E_WOULD_DEADLOCK Called from a worker of `pool`; nothing
+ * changes.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_pool_free(struct asyncify_pool *pool,
                                    int64_t timeout_ms);
 
 /**
- * Begins the shutdown of `pool` as `asyncify_pool_free` does (new
- * submissions get `ASYNCIFY_E_SHUT_DOWN`, queued tasks are cancelled on this
- * thread) and waits up to `timeout_ms` (< 0: forever) without freeing it.
- * Returns `OK` once no callable runs and every worker thread has left and
- * been joined, `TIMEOUT` before that; it may be called again (waiting in
- * short slices lets a caller handle signals between them). From a worker
- * thread of that pool: `ASYNCIFY_E_WOULD_DEADLOCK`. After `OK`,
- * `asyncify_pool_free` frees at once. (Since 0.2.)
+ * Shuts the pool down as asyncify_pool_free() does, without freeing it; it may
+ * be called again.
+ *
+ * New submissions get `ASYNCIFY_E_SHUT_DOWN` from now on, and queued tasks
+ * are cancelled on this thread (`free_arg`, then `on_done` with `CANCELLED` or
+ * a completion to their queue). Running work functions, abandoned ones
+ * included, are waited for with every callback they cause, then every worker
+ * thread leaves (its stop hook included) and is joined. Waiting in short slices (calling again after `TIMEOUT`) lets a caller
+ * handle signals between them. After `OK`, asyncify_pool_free() frees at once.
+ * (Since 0.2.)
+ *
+ * @param pool The pool.
+ * @param timeout_ms How long to wait for running work, in milliseconds;
+ * negative: forever.
+ * @retval ASYNCIFY_OK No work function runs and every worker has left and
+ * was joined.
+ * @retval ASYNCIFY_TIMEOUT Work still runs; the shutdown goes on.
+ * @retval ASYNCIFY_E_NULL `pool` is NULL.
+ * @retval ASYNCIFY_E_WOULD_DEADLOCK Called from a worker of `pool`; nothing
+ * changes.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
-asyncify_status asyncify_pool_close(struct asyncify_pool *pool, int64_t timeout_ms);
+asyncify_status asyncify_pool_close(struct asyncify_pool *pool,
+                                    int64_t timeout_ms);
 
 /**
- * Shuts the default pool down, as `asyncify_pool_free` does (without freeing
- * it): later submissions to the default pool get `ASYNCIFY_E_SHUT_DOWN`.
+ * Shuts the default pool down as asyncify_pool_close() does.
+ *
+ * New submissions get `ASYNCIFY_E_SHUT_DOWN` from now on, and queued tasks
+ * are cancelled on this thread (`free_arg`, then `on_done` with `CANCELLED` or
+ * a completion to their queue). Running work functions, abandoned ones
+ * included, are waited for with every callback they cause, then every worker
+ * thread leaves (its stop hook included) and is joined. Later submissions to the default pool get `ASYNCIFY_E_SHUT_DOWN`
+ * for the rest of the process (a child made by `fork()` gets a fresh default
+ * pool). It may be called again.
+ *
+ * @param timeout_ms How long to wait for running work, in milliseconds;
+ * negative: forever.
+ * @retval ASYNCIFY_OK No work function runs and every worker has left and
+ * was joined.
+ * @retval ASYNCIFY_TIMEOUT Work still runs; the shutdown goes on.
+ * @retval ASYNCIFY_E_WOULD_DEADLOCK Called from a worker of the default
+ * pool; nothing changes.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_shutdown(int64_t timeout_ms);
 
 /**
- * Sets the limit of `pool` (NULL: the default pool). Raising it starts
- * waiting tasks at once; lowering it interrupts nothing; 0 pauses the pool;
- * `UINT32_MAX` is unbounded.
+ * Sets the limit of `pool`.
+ *
+ * Raising it starts waiting tasks at once; lowering it interrupts nothing
+ * (extra workers leave as they become idle); 0 pauses the pool; `UINT32_MAX`
+ * is unbounded.
+ *
+ * @param pool The pool; NULL: the default pool.
+ * @param n The new limit.
+ * @retval ASYNCIFY_OK Set.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_set_max_workers(struct asyncify_pool *pool, uint32_t n);
 
 /**
- * Writes the limit of `pool` (NULL: the default pool) to `*out_n`.
+ * Reads the limit of `pool`.
+ *
+ * @param pool The pool; NULL: the default pool.
+ * @param out_n Receives the limit.
+ * @retval ASYNCIFY_OK `*out_n` is set.
+ * @retval ASYNCIFY_E_NULL `out_n` is NULL.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_get_max_workers(struct asyncify_pool *pool, uint32_t *out_n);
 
 /**
- * Fills `*out` with the counters of `pool` (NULL: the default pool), up to
- * `min(out->struct_size, sizeof(asyncify_pool_stats))` bytes, and sets
- * `out->struct_size` to the bytes filled. `struct_size` must be at least 4.
+ * Reads the counters of `pool`.
+ *
+ * Fills `min(out->struct_size, sizeof(asyncify_pool_stats))` bytes of `*out`
+ * and sets `out->struct_size` to the bytes filled, so a program built with an
+ * older, shorter struct gets the fields it knows.
+ *
+ * @param pool The pool; NULL: the default pool.
+ * @param out The counters; set `out->struct_size = sizeof *out` first.
+ * @retval ASYNCIFY_OK `*out` is filled.
+ * @retval ASYNCIFY_E_NULL `out` is NULL.
+ * @retval ASYNCIFY_E_INVALID_ARGUMENT `out->struct_size` is below 4.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_stats(struct asyncify_pool *pool, struct asyncify_pool_stats *out);
 

@@ -12,35 +12,51 @@ use super::{fail, guard, init_struct, required_out, timeout_arg, versioned_arg, 
 use crate::pool::{default_pool, Pool, PoolOptions, DEFAULT_KEEP_ALIVE};
 use crate::status::*;
 
-/// A function run on each worker thread of a pool (start or stop hook).
+/// A pool's thread hook (`on_thread_start`, `on_thread_stop` of
+/// ::asyncify_pool_options), called with the pool's `hook_data` on the worker
+/// thread itself: the start hook before its first task, the stop hook before it
+/// exits, after what code on the worker set outside tasks was released; no user
+/// code runs on that thread afterwards. A binding prepares each worker once this
+/// way. It must not unwind.
 pub type asyncify_thread_hook = Option<extern "C" fn(user_data: *mut c_void)>;
 
-/// Pool flag: an abandoned callable gives its slot back at once (AnyIO's
-/// behaviour) instead of holding it until it returns.
+/// Pool flag: an abandoned (cancelled while running) work function gives its
+/// slot back at once, as AnyIO does, so a new task may start beside it. By
+/// default it keeps the slot until it returns, so the limit also bounds
+/// abandoned work.
 pub const ASYNCIFY_POOL_RELEASE_SLOT_ON_ABANDON: u32 = 1;
 
-/// Options for `asyncify_pool_new_ex`. Prepare with `asyncify_pool_options_init`.
+/// Options for asyncify_pool_new_ex(), a versioned struct: prepare it with
+/// asyncify_pool_options_init(), which sets the limit to 8 and every other field
+/// to its all-zero default, then set the fields you need.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct asyncify_pool_options {
-    /// Set by `asyncify_pool_options_init`.
+    /// The size of the layout the caller was built with; set by
+    /// asyncify_pool_options_init().
     pub struct_size: u32,
-    /// The limit (default 8): 0 pauses the pool, `UINT32_MAX` is unbounded.
+    /// The limit: how many work functions of the pool run at once (8 after
+    /// asyncify_pool_options_init()); 0 pauses the pool, `UINT32_MAX` is unbounded.
     pub max_workers: u32,
-    /// 0: unbounded (default); else `asyncify_submit` returns
-    /// `ASYNCIFY_E_BUSY` while this many tasks wait.
+    /// 0: no bound (the default); otherwise asyncify_submit() returns
+    /// `ASYNCIFY_E_BUSY` while this many tasks wait to start.
     pub max_queued: u32,
-    /// How long an idle worker waits before it exits; 0: the default (10 s).
+    /// How long an idle worker waits for work before it exits, in milliseconds;
+    /// 0: the default, 10 s.
     pub keep_alive_ms: u32,
-    /// `ASYNCIFY_POOL_*` bits.
+    /// `ASYNCIFY_POOL_*` bits; 0 by default.
     pub flags: u32,
-    /// Worker thread name prefix, copied; NULL: "asyncify".
+    /// The worker threads' name prefix, NUL-terminated UTF-8, copied (workers are
+    /// named `prefix-N`); NULL: `"asyncify"`.
     pub thread_name: *const c_char,
-    /// Nullable: run on each worker thread when it starts, before any task.
+    /// Nullable: run on each worker thread when it starts, before any task (see
+    /// ::asyncify_thread_hook).
     pub on_thread_start: asyncify_thread_hook,
-    /// Nullable: run on each worker thread before it exits.
+    /// Nullable: run on each worker thread before it exits (see
+    /// ::asyncify_thread_hook).
     pub on_thread_stop: asyncify_thread_hook,
-    /// Passed to the hooks.
+    /// Passed to the hooks; it stays the caller's and must stay valid until the
+    /// pool's shutdown has returned `ASYNCIFY_OK`.
     pub hook_data: *mut c_void,
     /// The stack size of each worker thread in bytes; 0: the platform's
     /// default for new threads (on glibc it follows `RLIMIT_STACK`, 8 MiB on
@@ -59,36 +75,42 @@ unsafe impl super::Versioned for asyncify_pool_options {
     ];
 }
 
-/// A pool's counters; exact when the pool is quiet. Append-only: set
-/// `struct_size` to `sizeof` before `asyncify_stats`.
+/// A pool's counters, from asyncify_stats(); exact when the pool is quiet. It
+/// only ever grows by appending fields: set `struct_size` to `sizeof` before the
+/// call.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct asyncify_pool_stats {
     /// In: the size of the caller's struct. Out: how many bytes were filled.
     pub struct_size: u32,
-    /// The limit.
+    /// The limit (`max_workers`).
     pub limit: u32,
-    /// Worker threads alive.
+    /// Worker threads alive, those on their way out included.
     pub threads: u32,
-    /// Of those, parked waiting for work.
+    /// Of those, the ones parked waiting for work.
     pub idle_threads: u32,
     /// Tasks waiting to start.
     pub queued: u64,
-    /// Callables running (abandoned ones included).
+    /// Work functions running, abandoned ones included.
     pub running: u64,
-    /// Tasks accepted by `asyncify_submit`.
+    /// Tasks accepted by asyncify_submit() since the pool was made.
     pub submitted: u64,
     /// Tasks whose work function returned 0.
     pub completed: u64,
     /// Tasks whose work function returned non-zero.
     pub failed: u64,
-    /// Tasks cancelled before they started.
+    /// Tasks cancelled before they started (they never ran).
     pub cancelled: u64,
     /// Tasks cancelled while running.
     pub abandoned: u64,
 }
 
-/// A pool of worker threads with a limit on how many callables run at once.
+/// A pool of worker threads with a limit on how many work functions run at
+/// once. Made by asyncify_pool_new() or asyncify_pool_new_ex(), the caller's
+/// until asyncify_pool_free(). A NULL pool argument means the default pool,
+/// made on first use with a limit of 8 or `ASYNCIFY_MAX_WORKERS` from the
+/// environment. Threads start as tasks need them and leave after the keep-alive
+/// when idle.
 pub struct asyncify_pool {
     inner: Pool,
 }
@@ -104,8 +126,18 @@ pub(crate) fn pool_or_default<'a>(pool: *mut asyncify_pool) -> &'a Pool {
     }
 }
 
-/// Prepares `*opts` with the defaults (limit 8, everything else off); `size`
-/// is `sizeof(*opts)`.
+/// Prepares `*opts` for asyncify_pool_new_ex(): zeroes `size` bytes, sets
+/// `struct_size` to `size` and `max_workers` to 8; every other field takes its
+/// all-zero default.
+///
+/// @param opts The struct to prepare.
+/// @param size `sizeof(*opts)`, the size of the layout the caller was built
+/// with.
+/// @retval ASYNCIFY_OK Prepared.
+/// @retval ASYNCIFY_E_NULL `opts` is NULL.
+/// @retval ASYNCIFY_E_INVALID_ARGUMENT `size` is smaller than the first
+/// published layout, or above `UINT32_MAX`; nothing is written.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_pool_options_init(
     opts: *mut asyncify_pool_options,
@@ -122,8 +154,14 @@ pub extern "C" fn asyncify_pool_options_init(
     })
 }
 
-/// Creates a pool that runs at most `max_workers` callables at once (0 pauses
-/// it, `UINT32_MAX` is unbounded). Free it with `asyncify_pool_free`.
+/// Creates a pool that runs at most `max_workers` work functions at once, with
+/// the other options at their defaults. No thread starts before the first task.
+///
+/// @param max_workers The limit; 0 pauses the pool, `UINT32_MAX` is unbounded.
+/// @param out Receives the pool, the caller's until asyncify_pool_free().
+/// @retval ASYNCIFY_OK `*out` is set.
+/// @retval ASYNCIFY_E_NULL `out` is NULL.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_pool_new(
     max_workers: u32,
@@ -139,8 +177,19 @@ pub extern "C" fn asyncify_pool_new(
     })
 }
 
-/// Creates a pool as `opts` says (NULL: the defaults). Free it with
-/// `asyncify_pool_free`.
+/// Creates a pool as `opts` says. No thread starts before the first task.
+///
+/// @param opts Nullable: options from asyncify_pool_options_init(); NULL for
+/// the defaults (a limit of 8). `thread_name` is copied; `hook_data` must
+/// outlive the pool.
+/// @param out Receives the pool, the caller's until asyncify_pool_free().
+/// @retval ASYNCIFY_OK `*out` is set.
+/// @retval ASYNCIFY_E_NULL `out` is NULL.
+/// @retval ASYNCIFY_E_INVALID_ARGUMENT `opts->struct_size` is too small or
+/// bytes past the known fields are not zero, `flags` has an unknown bit,
+/// `thread_name` is not UTF-8, or `stack_size` is non-zero and below
+/// `PTHREAD_STACK_MIN`.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_pool_new_ex(
     opts: *const asyncify_pool_options,
@@ -221,13 +270,33 @@ enum FfiShutdown {
     Refused(super::Fail),
 }
 
-/// Shuts the pool down and frees it: new submissions get
-/// `ASYNCIFY_E_SHUT_DOWN`, queued tasks are cancelled (on this thread), and
-/// running callables are waited for up to `timeout_ms` (< 0: forever) with
-/// every callback they cause and the exit of every worker thread. Returns
-/// `OK` once the workers are joined, or `TIMEOUT` if some still run (they
-/// finish on their own and their threads free themselves). Always consumes `pool`, except from a worker
-/// thread of that pool: `ASYNCIFY_E_WOULD_DEADLOCK`, and nothing is freed.
+/// Shuts the pool down, waiting up to `timeout_ms`, and frees it.
+///
+/// New submissions get `ASYNCIFY_E_SHUT_DOWN` from now on, and queued tasks
+/// are cancelled on this thread (`free_arg`, then `on_done` with `CANCELLED` or
+/// a completion to their queue). Running work functions, abandoned ones
+/// included, are waited for with every callback they cause, then every worker
+/// thread leaves (its stop hook included) and is joined. After `OK` no callback of the pool fires any more. After `TIMEOUT`
+/// the rest finish on their own, their threads free themselves, and the pool's
+/// memory goes when the last one does.
+///
+/// The pool is consumed in both cases: do not use `pool` again. Handles of its
+/// tasks stay valid. The one exception is a call from a worker thread of that
+/// pool, which would wait for itself: `ASYNCIFY_E_WOULD_DEADLOCK`, and nothing
+/// happens.
+///
+/// @param pool The pool to free.
+/// @param timeout_ms How long to wait for running work, in milliseconds;
+/// negative: forever.
+/// @retval ASYNCIFY_OK Every worker has left and was joined; the pool is
+/// freed.
+/// @retval ASYNCIFY_TIMEOUT Work still runs; the pool is consumed all the
+/// same.
+/// @retval ASYNCIFY_E_NULL `pool` is NULL (NULL never means the default pool
+/// here: see asyncify_shutdown()).
+/// @retval ASYNCIFY_E_WOULD_DEADLOCK Called from a worker of `pool`; nothing
+/// changes.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_pool_free(pool: *mut asyncify_pool, timeout_ms: i64) -> asyncify_status {
     guard("asyncify_pool_free", || {
@@ -245,14 +314,27 @@ pub extern "C" fn asyncify_pool_free(pool: *mut asyncify_pool, timeout_ms: i64) 
     })
 }
 
-/// Begins the shutdown of `pool` as `asyncify_pool_free` does (new
-/// submissions get `ASYNCIFY_E_SHUT_DOWN`, queued tasks are cancelled on this
-/// thread) and waits up to `timeout_ms` (< 0: forever) without freeing it.
-/// Returns `OK` once no callable runs and every worker thread has left and
-/// been joined, `TIMEOUT` before that; it may be called again (waiting in
-/// short slices lets a caller handle signals between them). From a worker
-/// thread of that pool: `ASYNCIFY_E_WOULD_DEADLOCK`. After `OK`,
-/// `asyncify_pool_free` frees at once. (Since 0.2.)
+/// Shuts the pool down as asyncify_pool_free() does, without freeing it; it may
+/// be called again.
+///
+/// New submissions get `ASYNCIFY_E_SHUT_DOWN` from now on, and queued tasks
+/// are cancelled on this thread (`free_arg`, then `on_done` with `CANCELLED` or
+/// a completion to their queue). Running work functions, abandoned ones
+/// included, are waited for with every callback they cause, then every worker
+/// thread leaves (its stop hook included) and is joined. Waiting in short slices (calling again after `TIMEOUT`) lets a caller
+/// handle signals between them. After `OK`, asyncify_pool_free() frees at once.
+/// (Since 0.2.)
+///
+/// @param pool The pool.
+/// @param timeout_ms How long to wait for running work, in milliseconds;
+/// negative: forever.
+/// @retval ASYNCIFY_OK No work function runs and every worker has left and
+/// was joined.
+/// @retval ASYNCIFY_TIMEOUT Work still runs; the shutdown goes on.
+/// @retval ASYNCIFY_E_NULL `pool` is NULL.
+/// @retval ASYNCIFY_E_WOULD_DEADLOCK Called from a worker of `pool`; nothing
+/// changes.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_pool_close(
     pool: *mut asyncify_pool,
@@ -269,8 +351,24 @@ pub extern "C" fn asyncify_pool_close(
     })
 }
 
-/// Shuts the default pool down, as `asyncify_pool_free` does (without freeing
-/// it): later submissions to the default pool get `ASYNCIFY_E_SHUT_DOWN`.
+/// Shuts the default pool down as asyncify_pool_close() does.
+///
+/// New submissions get `ASYNCIFY_E_SHUT_DOWN` from now on, and queued tasks
+/// are cancelled on this thread (`free_arg`, then `on_done` with `CANCELLED` or
+/// a completion to their queue). Running work functions, abandoned ones
+/// included, are waited for with every callback they cause, then every worker
+/// thread leaves (its stop hook included) and is joined. Later submissions to the default pool get `ASYNCIFY_E_SHUT_DOWN`
+/// for the rest of the process (a child made by `fork()` gets a fresh default
+/// pool). It may be called again.
+///
+/// @param timeout_ms How long to wait for running work, in milliseconds;
+/// negative: forever.
+/// @retval ASYNCIFY_OK No work function runs and every worker has left and
+/// was joined.
+/// @retval ASYNCIFY_TIMEOUT Work still runs; the shutdown goes on.
+/// @retval ASYNCIFY_E_WOULD_DEADLOCK Called from a worker of the default
+/// pool; nothing changes.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_shutdown(timeout_ms: i64) -> asyncify_status {
     guard("asyncify_shutdown", || {
@@ -281,9 +379,16 @@ pub extern "C" fn asyncify_shutdown(timeout_ms: i64) -> asyncify_status {
     })
 }
 
-/// Sets the limit of `pool` (NULL: the default pool). Raising it starts
-/// waiting tasks at once; lowering it interrupts nothing; 0 pauses the pool;
-/// `UINT32_MAX` is unbounded.
+/// Sets the limit of `pool`.
+///
+/// Raising it starts waiting tasks at once; lowering it interrupts nothing
+/// (extra workers leave as they become idle); 0 pauses the pool; `UINT32_MAX`
+/// is unbounded.
+///
+/// @param pool The pool; NULL: the default pool.
+/// @param n The new limit.
+/// @retval ASYNCIFY_OK Set.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_set_max_workers(pool: *mut asyncify_pool, n: u32) -> asyncify_status {
     guard("asyncify_set_max_workers", || {
@@ -292,7 +397,13 @@ pub extern "C" fn asyncify_set_max_workers(pool: *mut asyncify_pool, n: u32) -> 
     })
 }
 
-/// Writes the limit of `pool` (NULL: the default pool) to `*out_n`.
+/// Reads the limit of `pool`.
+///
+/// @param pool The pool; NULL: the default pool.
+/// @param out_n Receives the limit.
+/// @retval ASYNCIFY_OK `*out_n` is set.
+/// @retval ASYNCIFY_E_NULL `out_n` is NULL.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_get_max_workers(
     pool: *mut asyncify_pool,
@@ -305,9 +416,18 @@ pub extern "C" fn asyncify_get_max_workers(
     })
 }
 
-/// Fills `*out` with the counters of `pool` (NULL: the default pool), up to
-/// `min(out->struct_size, sizeof(asyncify_pool_stats))` bytes, and sets
-/// `out->struct_size` to the bytes filled. `struct_size` must be at least 4.
+/// Reads the counters of `pool`.
+///
+/// Fills `min(out->struct_size, sizeof(asyncify_pool_stats))` bytes of `*out`
+/// and sets `out->struct_size` to the bytes filled, so a program built with an
+/// older, shorter struct gets the fields it knows.
+///
+/// @param pool The pool; NULL: the default pool.
+/// @param out The counters; set `out->struct_size = sizeof *out` first.
+/// @retval ASYNCIFY_OK `*out` is filled.
+/// @retval ASYNCIFY_E_NULL `out` is NULL.
+/// @retval ASYNCIFY_E_INVALID_ARGUMENT `out->struct_size` is below 4.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_stats(
     pool: *mut asyncify_pool,

@@ -25,15 +25,40 @@ use crate::status::*;
 use crate::table::Table;
 use crate::task::{self, TaskSpec};
 
-/// A task's handle: a generation-checked id; 0 is never valid.
+/// A task's handle, from asyncify_submit(): a generation-checked id, never 0.
+///
+/// It stays valid until asyncify_release(), or for a detached task until the
+/// task is terminal; it outlives the task's pool. Any other value (0, forged,
+/// released, stale) is refused with `ASYNCIFY_E_INVALID_HANDLE`, never undefined
+/// behaviour.
 pub type asyncify_handle = u64;
 
-/// The work function: returns 0 for success, anything else is a failure code.
-/// It may store a result in `*out_result`.
+/// A task's work function (asyncify_submit(); also asyncify_context_run()).
+///
+/// Called once with the `arg` given to asyncify_submit() and `out_result`
+/// pointing at a NULL result it may replace. It returns 0 for success
+/// (`ASYNCIFY_OK`); anything else is a failure code (`ASYNCIFY_FAILED`, the code
+/// delivered as `code`). It runs on a worker thread of the task's pool with the
+/// submitter's table installed, or on a thread of that pool that waits for the
+/// still-queued task and so runs it in its own slot. It may call the library
+/// (asyncify_cancel_requested() tells it that it was cancelled); it must not
+/// unwind.
 pub type asyncify_work_fn =
     Option<extern "C" fn(arg: *mut c_void, out_result: *mut *mut c_void) -> i32>;
 
-/// Called exactly once per task with its terminal status.
+/// A task's completion callback (`on_done` of ::asyncify_submit_options),
+/// called exactly once per task with its terminal status.
+///
+/// `OK` and `FAILED` are reported on the thread that ran the task (a worker,
+/// after its own table was restored), `CANCELLED` on the thread that cancelled
+/// it: the caller of asyncify_cancel(), or of the pool's shutdown for a queued
+/// task. `user_data` is the task's `on_done_data`, `result` its result (now the
+/// callee's; NULL when cancelled or when the work function stored none), and
+/// `code` the work function's return value (0 when cancelled).
+/// asyncify_poll() and asyncify_wait() show the terminal status only after this
+/// returns, so a waiter may then free `user_data`. It may call the library,
+/// asyncify_release() of its own handle included (a wait for its own task
+/// returns `ASYNCIFY_E_WOULD_DEADLOCK`); it must not unwind.
 pub type asyncify_done_fn = Option<
     extern "C" fn(
         user_data: *mut c_void,
@@ -45,35 +70,54 @@ pub type asyncify_done_fn = Option<
 >;
 
 /// Submit flag: the handle releases itself once the task is terminal (after
-/// `on_done`); `out_handle` may then be NULL.
+/// `on_done` returned or the completion was queued), so nothing is left to
+/// release; `out_handle` may then be NULL. A result that neither `on_done` nor a
+/// completion queue takes goes to `free_result`.
 pub const ASYNCIFY_SUBMIT_DETACHED: u32 = 1;
-/// Submit flag: run with an empty table instead of the caller's.
+/// Submit flag: the task runs with an empty table instead of a snapshot of the
+/// caller's (the global layer still shows through). Excludes
+/// ::asyncify_submit_options.context.
 pub const ASYNCIFY_SUBMIT_EMPTY_CONTEXT: u32 = 2;
 const KNOWN_SUBMIT_FLAGS: u32 = ASYNCIFY_SUBMIT_DETACHED | ASYNCIFY_SUBMIT_EMPTY_CONTEXT;
 
-/// Options for `asyncify_submit`. Prepare with `asyncify_submit_options_init`.
+/// Options for asyncify_submit(), a versioned struct: prepare it with
+/// asyncify_submit_options_init(), then set the fields you need. All-zero
+/// fields are the defaults.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct asyncify_submit_options {
-    /// Set by `asyncify_submit_options_init`.
+    /// The size of the layout the caller was built with; set by
+    /// asyncify_submit_options_init().
     pub struct_size: u32,
-    /// `ASYNCIFY_SUBMIT_*` bits.
+    /// `ASYNCIFY_SUBMIT_*` bits; 0 by default.
     pub flags: u32,
-    /// Nullable: called exactly once with the terminal status.
+    /// Nullable: called exactly once with the terminal status and the result (see
+    /// ::asyncify_done_fn for its thread). When set, the result goes to it and `cq`
+    /// is not used.
     pub on_done: asyncify_done_fn,
-    /// Passed to `on_done`.
+    /// Passed to `on_done` as its `user_data`, or as `user_data` of the completion
+    /// queued to `cq`; it stays the caller's.
     pub on_done_data: *mut c_void,
-    /// Nullable: called on `arg` when the task will never run, or after an
-    /// abandoned work function returns.
+    /// Nullable: called on a non-NULL `arg` when the task never runs (cancelled
+    /// while queued: on the cancelling thread, before `on_done`), or after an
+    /// abandoned work function returns (on that worker). Not called when the task
+    /// runs to its end, nor when asyncify_submit() fails.
     pub free_arg: asyncify_free_fn,
-    /// Nullable: called on a result no one can receive.
+    /// Nullable: called on a non-NULL result nobody can receive any more (the handle
+    /// released or detached before the result was taken, the task abandoned, its
+    /// queue freed before the completion was drained), on the thread that makes it
+    /// unreachable: the worker, the releasing thread, or asyncify_cq_free()'s.
     pub free_result: asyncify_free_fn,
-    /// NULL: the default pool.
+    /// The pool to run on; NULL: the default pool.
     pub pool: *mut asyncify_pool,
-    /// NULL: none. Without `on_done`, the completion goes to this queue.
+    /// Nullable: without `on_done`, the completion (status, code, result,
+    /// `on_done_data`) goes to this queue for asyncify_cq_drain(). The task keeps
+    /// its own reference: the queue may be freed first, and the completion then
+    /// stays on the handle.
     pub cq: *mut asyncify_cq,
-    /// NULL: snapshot the calling thread's table now. Otherwise the task runs
-    /// with this context (it keeps its own reference).
+    /// NULL: the task gets a snapshot of the calling thread's table at submit.
+    /// Otherwise it runs with this context; the task keeps its own reference, so
+    /// the caller may free its pointer right after asyncify_submit() returns.
     pub context: *const asyncify_context,
 }
 
@@ -85,7 +129,17 @@ unsafe impl super::Versioned for asyncify_submit_options {
         + std::mem::size_of::<*const asyncify_context>()];
 }
 
-/// Prepares `*opts` with the defaults; `size` is `sizeof(*opts)`.
+/// Prepares `*opts` for asyncify_submit(): zeroes `size` bytes (every field
+/// takes its default) and sets `struct_size` to `size`.
+///
+/// @param opts The struct to prepare.
+/// @param size `sizeof(*opts)`, the size of the layout the caller was built
+/// with.
+/// @retval ASYNCIFY_OK Prepared.
+/// @retval ASYNCIFY_E_NULL `opts` is NULL.
+/// @retval ASYNCIFY_E_INVALID_ARGUMENT `size` is smaller than the first
+/// published layout, or above `UINT32_MAX`; nothing is written.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_submit_options_init(
     opts: *mut asyncify_submit_options,
@@ -98,10 +152,45 @@ pub extern "C" fn asyncify_submit_options_init(
     })
 }
 
-/// Runs `fn(arg)` on a pool with a snapshot of the calling thread's table
-/// installed. Never blocks. `opts` NULL means the defaults; `out_handle` may
-/// be NULL only with `ASYNCIFY_SUBMIT_DETACHED`. On failure nothing runs, no
-/// callback is called, and the caller still owns `arg`.
+/// Runs `fn(arg)` on a pool's worker thread with a snapshot of the calling
+/// thread's table installed, and returns at once with its handle.
+///
+/// The snapshot is the caller's table as it is now (local keys excluded), taken
+/// in O(1); the task's own changes stay in the task. `opts` chooses the pool,
+/// another table (`context`, `ASYNCIFY_SUBMIT_EMPTY_CONTEXT`) and how the
+/// completion is delivered: to `on_done`, to a completion queue `cq`, or kept on
+/// the handle for asyncify_poll() / asyncify_wait(). Tasks start in FIFO order,
+/// at most the pool's limit at once.
+///
+/// Ownership: `arg` stays the caller's (the task only borrows it) unless the
+/// task never runs or is abandoned, when `free_arg` gets it; the result moves
+/// exactly once, to `on_done`, to the queue, or to the first poll or wait that
+/// asks for it, and otherwise to `free_result`. A context in `opts` is
+/// referenced: the caller still frees its own pointer. The handle must be
+/// released with asyncify_release() unless the task is detached.
+///
+/// Threads: `fn` runs on a worker (see ::asyncify_work_fn), `on_done` as
+/// ::asyncify_done_fn says; on error nothing runs and no callback is called,
+/// not even `free_arg`.
+///
+/// @param fn The work function.
+/// @param arg Passed to `fn`; the library never dereferences it.
+/// @param opts Nullable: options from asyncify_submit_options_init(); NULL for
+/// the defaults (the default pool, the caller's table, the result kept on the
+/// handle).
+/// @param out_handle Receives the handle; may be NULL only with
+/// `ASYNCIFY_SUBMIT_DETACHED`.
+/// @retval ASYNCIFY_OK Accepted: it will run, or be cancelled.
+/// @retval ASYNCIFY_E_NULL `fn` is NULL, or `out_handle` is NULL without
+/// `ASYNCIFY_SUBMIT_DETACHED`.
+/// @retval ASYNCIFY_E_INVALID_ARGUMENT `opts->struct_size` is too small or
+/// bytes past the known fields are not zero, `opts->flags` has an unknown
+/// bit, or `ASYNCIFY_SUBMIT_EMPTY_CONTEXT` comes with a `context`.
+/// @retval ASYNCIFY_E_SHUT_DOWN The pool's shutdown has begun.
+/// @retval ASYNCIFY_E_BUSY The pool has `max_queued` tasks waiting already.
+/// @retval ASYNCIFY_E_OUT_OF_MEMORY No handle slot is left, or no worker
+/// thread could be started while the pool has none to run the task.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_submit(
     r#fn: asyncify_work_fn,
@@ -177,9 +266,25 @@ fn write_observed(
     seen.status
 }
 
-/// The task's status now, without blocking: `PENDING`, `OK`, `FAILED` or
-/// `CANCELLED`. `out_result` and `out_code` are nullable; the result moves to
-/// the first call that asks for it and sees `OK`/`FAILED` (later calls get NULL).
+/// The task's status now, without blocking.
+///
+/// The first call that passes `out_result` and sees `OK` or `FAILED` receives
+/// the result, which is then the caller's; every other call gets NULL, as does
+/// every call when the result went to `on_done` or a completion queue. The
+/// handle stays valid: release it when done.
+///
+/// @param h The task's handle.
+/// @param out_result Nullable: receives the result, or NULL.
+/// @param out_code Nullable: receives the work function's return value for
+/// `OK`/`FAILED`, 0 otherwise.
+/// @retval ASYNCIFY_PENDING Queued or running, or finished with `on_done`
+/// still running.
+/// @retval ASYNCIFY_OK The work function returned 0.
+/// @retval ASYNCIFY_FAILED The work function returned a non-zero code.
+/// @retval ASYNCIFY_CANCELLED Cancelled before it ran, or abandoned.
+/// @retval ASYNCIFY_E_INVALID_HANDLE `h` is 0, unknown, released or stale.
+/// @retval ASYNCIFY_E_FORKED `h` was made by the parent before `fork()`.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_poll(
     h: asyncify_handle,
@@ -192,10 +297,30 @@ pub extern "C" fn asyncify_poll(
     })
 }
 
-/// Waits until the task is terminal or `timeout_ms` (< 0: forever) runs out
-/// (`ASYNCIFY_TIMEOUT`; the task goes on). Outputs as for `asyncify_poll`. A
-/// task waiting for its own handle gets `ASYNCIFY_E_WOULD_DEADLOCK`; a task
-/// waiting for a still-queued task of its own pool runs it inline.
+/// Waits until the task is terminal (its `on_done` returned) or `timeout_ms`
+/// runs out; then as asyncify_poll().
+///
+/// Called on a worker of the task's pool while the task is still queued, it runs
+/// the task on this thread, in this worker's slot, so that nested waits cannot
+/// deadlock a full pool; its callbacks then run here too. The result moves as
+/// for asyncify_poll(): the first call that passes `out_result` and sees `OK` or
+/// `FAILED` receives it, and it is then the caller's.
+///
+/// @param h The task's handle.
+/// @param timeout_ms How long to wait in milliseconds; negative: forever; 0:
+/// do not wait.
+/// @param out_result Nullable: receives the result, or NULL.
+/// @param out_code Nullable: receives the work function's return value for
+/// `OK`/`FAILED`, 0 otherwise.
+/// @retval ASYNCIFY_OK The work function returned 0.
+/// @retval ASYNCIFY_FAILED The work function returned a non-zero code.
+/// @retval ASYNCIFY_CANCELLED Cancelled before it ran, or abandoned.
+/// @retval ASYNCIFY_TIMEOUT Not terminal in time; the task goes on.
+/// @retval ASYNCIFY_E_WOULD_DEADLOCK The caller is that task's work function
+/// or its `on_done`: the wait could never end.
+/// @retval ASYNCIFY_E_INVALID_HANDLE `h` is 0, unknown, released or stale.
+/// @retval ASYNCIFY_E_FORKED `h` was made by the parent before `fork()`.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_wait(
     h: asyncify_handle,
@@ -209,10 +334,28 @@ pub extern "C" fn asyncify_wait(
     })
 }
 
-/// Waits until at least one of the `n` handles at `hs` is terminal: `OK`
-/// with the index of the first terminal one (in list order) in
-/// `*out_index`, or `TIMEOUT` after `timeout_ms` (< 0: forever). Nothing is
-/// received or released: poll or wait the handle for its result.
+/// Waits until at least one of `n` tasks is terminal, or `timeout_ms` runs out.
+///
+/// Nothing is received or released: poll or wait the handle found for its
+/// result. Called on a worker of a pool, it runs a still-queued task of the list
+/// that belongs to that pool on this thread, as asyncify_wait() does.
+///
+/// @param hs The handles, read during the call only.
+/// @param n How many handles `hs` holds; at least 1.
+/// @param timeout_ms How long to wait in milliseconds; negative: forever; 0:
+/// do not wait.
+/// @param out_index Receives the index in `hs` of the first terminal task, in
+/// list order (with `OK` only).
+/// @retval ASYNCIFY_OK One is terminal: `*out_index` says which.
+/// @retval ASYNCIFY_TIMEOUT None is terminal in time.
+/// @retval ASYNCIFY_E_NULL `hs` or `out_index` is NULL.
+/// @retval ASYNCIFY_E_INVALID_ARGUMENT `n` is 0.
+/// @retval ASYNCIFY_E_INVALID_HANDLE A handle is 0, unknown, released or
+/// stale.
+/// @retval ASYNCIFY_E_FORKED A handle was made by the parent before `fork()`.
+/// @retval ASYNCIFY_E_WOULD_DEADLOCK Every handle is that of the calling task
+/// (from its work function or its `on_done`).
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_wait_any(
     hs: *const asyncify_handle,
@@ -241,17 +384,43 @@ pub extern "C" fn asyncify_wait_any(
     })
 }
 
-/// Cancels the task. Queued: it never runs, `free_arg` then `on_done`
-/// (`CANCELLED`) are called on this thread. Running: it is abandoned (waiters
-/// see `CANCELLED` at once, `on_done` is called here, the work function runs
-/// to its end and its result and arg are then freed). Returns `CANCELLED`
-/// when the task is now cancelled, `OK`/`FAILED` when it had already returned.
+/// Cancels the task, unless its work function has returned already.
+///
+/// A queued task never runs: `free_arg` and then `on_done` (`CANCELLED`) are
+/// called on this thread before this returns (without `on_done`, the
+/// completion goes to its queue). A running task is abandoned: waiters see
+/// `CANCELLED` at once and `on_done` is called here, while the work function
+/// runs on to its end (asyncify_cancel_requested() turns true in it); then, on
+/// its worker, its result goes to `free_result` and `arg` to `free_arg`. An
+/// abandoned task keeps its pool slot until it returns, unless the pool has
+/// `ASYNCIFY_POOL_RELEASE_SLOT_ON_ABANDON`. The handle stays valid either way:
+/// release it when done.
+///
+/// @param h The task's handle.
+/// @retval ASYNCIFY_CANCELLED The task is cancelled (now, or before).
+/// @retval ASYNCIFY_OK The work function had returned 0: nothing changes.
+/// @retval ASYNCIFY_FAILED The work function had returned non-zero: nothing
+/// changes.
+/// @retval ASYNCIFY_E_INVALID_HANDLE `h` is 0, unknown, released or stale.
+/// @retval ASYNCIFY_E_FORKED `h` was made by the parent before `fork()`.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_cancel(h: asyncify_handle) -> asyncify_status {
     guard("asyncify_cancel", || Ok(task::cancel(h)?.status))
 }
 
-/// Frees the handle. A pending task goes on; its result goes to `free_result`.
+/// Releases the handle; the task itself is not affected.
+///
+/// A pending task goes on and its callbacks still run. A result not received
+/// yet goes to `free_result`: on this thread if the task is terminal, else on
+/// its worker when it finishes. After this, `h` is invalid.
+///
+/// @param h The task's handle (not a detached task's, which releases itself).
+/// @retval ASYNCIFY_OK Released.
+/// @retval ASYNCIFY_E_INVALID_HANDLE `h` is 0, unknown, stale, or released
+/// already (a double release, or a detached task's handle).
+/// @retval ASYNCIFY_E_FORKED `h` was made by the parent before `fork()`.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_release(h: asyncify_handle) -> asyncify_status {
     guard("asyncify_release", || {
@@ -260,8 +429,15 @@ pub extern "C" fn asyncify_release(h: asyncify_handle) -> asyncify_status {
     })
 }
 
-/// Inside a task: true once the task has been cancelled, so long work can stop
-/// early (its result will be freed). False outside tasks.
+/// Whether the task running on this thread has been cancelled, so that long
+/// work can stop early (its result will be freed, not delivered).
+///
+/// Call it from a work function, or code it calls, on the thread running the
+/// task. It does not return a status.
+///
+/// @return true once the task running on the calling thread has been cancelled;
+/// false before that, and on a thread that runs no task. An internal error
+/// gives false.
 #[no_mangle]
 pub extern "C" fn asyncify_cancel_requested() -> bool {
     super::guard_value("asyncify_cancel_requested", false, task::cancel_requested)
