@@ -203,15 +203,16 @@ DESTDIR ?=
 # lib/cmake/asyncify/. LIBDIR=lib64 (relative to PREFIX) is passed on as well.
 # It installs what `make lib` built, and runs `make lib` only when that is missing, so
 # `make lib && sudo make install` never runs cargo as root; it warns when the sources are newer.
+INSTALL_FROM := target/$(CARGO_PROFILE)
 install:
-	@if [ -f $(LIB) ] && [ -f $(dir $(LIB))libasyncify.a ]; then \
-		echo "make install: installing the library built in $(dir $(LIB))"; \
-		newer=$$(find src build.rs Cargo.toml cbindgen.toml -newer $(LIB) -type f 2>/dev/null | head -n 3 | tr "\n" " "); \
-		if [ -n "$$newer" ]; then echo "make install: warning: newer than $(LIB): $$newer ... (run make lib to rebuild)"; fi; \
+	@if [ -f $(INSTALL_FROM)/libasyncify.so ] && [ -f $(INSTALL_FROM)/libasyncify.a ]; then \
+		echo "make install: installing the library built in $(INSTALL_FROM)/"; \
+		newer=$$(find src build.rs Cargo.toml cbindgen.toml -newer $(INSTALL_FROM)/libasyncify.so -type f 2>/dev/null | head -n 3 | tr "\n" " "); \
+		if [ -n "$$newer" ]; then echo "make install: warning: newer than $(INSTALL_FROM)/libasyncify.so: $$newer... (make lib rebuilds it)"; fi; \
 	else \
 		$(MAKE) --no-print-directory lib; \
 	fi
-	PREFIX='$(PREFIX)' DESTDIR='$(DESTDIR)' sh packaging/install.sh
+	PREFIX='$(PREFIX)' DESTDIR='$(DESTDIR)' CARGO_PROFILE='$(CARGO_PROFILE)' sh packaging/install.sh
 
 # The C++ wrapper's tests, plain and under ASan+UBSan, then the install-and-consume test, which
 # installs into a temporary prefix (no root) and builds tests/consumer with find_package and pkg-config

@@ -15,6 +15,7 @@
 #   LIBDIR            library directory relative to PREFIX (default lib; e.g. lib64, lib/x86_64-linux-gnu)
 #   INCLUDEDIR        header directory relative to PREFIX (default include)
 #   CARGO_TARGET_DIR  where cargo put the build (default: target/ of this checkout)
+#   CARGO_PROFILE     the cargo profile whose build is installed (default release: $CARGO_TARGET_DIR/release)
 #
 # It installs what `make lib` (cargo build --release) built and does not build anything itself. The
 # version comes from Cargo.toml; the library and the header must agree with it.
@@ -30,7 +31,7 @@ PREFIX=${PREFIX:-/usr/local}
 DESTDIR=${DESTDIR:-}
 LIBDIR=${LIBDIR:-lib}
 INCLUDEDIR=${INCLUDEDIR:-include}
-build=${CARGO_TARGET_DIR:-$root/target}/release
+build=${CARGO_TARGET_DIR:-$root/target}/${CARGO_PROFILE:-release}
 
 case $PREFIX in
     /*) ;;

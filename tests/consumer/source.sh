@@ -9,6 +9,8 @@
 #     under the build directory, i.e. a cold build from a source release (about 20 s on 2 cores);
 #   - the programs load libasyncify.so.MAJOR from the build tree (the SONAME link is there), the static
 #     one loads none; the library built has no .debug_info and is under 1 MB;
+#   - cmake --install of the add_subdirectory build installs as make install does (a find_package consumer
+#     builds and runs against it), with --prefix and DESTDIR;
 #   - configuring without cargo fails, naming cargo.
 #
 # Needs: cargo, cmake (default: .venv/bin/cmake), cc, c++, tar, readelf, ldd. Settings: CMAKE, CC, CXX;
@@ -83,6 +85,26 @@ step "add_subdirectory(asyncify): C, C++ and static C programs build (cargo targ
     -DASYNCIFY_CARGO_TARGET_DIR="$root/target"
 step "add_subdirectory programs run, loading target/release/libasyncify.so.$major" \
     run_programs "$work/subdir" subdir "$root/target/release"
+
+cmake_install() {
+    "$CMAKE" --install "$work/subdir" --prefix "$work/installed" || fail "cmake --install failed"
+    [ -L "$work/installed/lib/libasyncify.so.$major" ] && [ -f "$work/installed/include/asyncify.hpp" ] &&
+        [ -f "$work/installed/lib/cmake/asyncify/asyncifyConfig.cmake" ] || fail "not installed as make install does"
+    # The installed package is usable: the find_package consumer builds and runs against it.
+    "$CMAKE" -S "$here" -B "$work/installed-consumer" -DCMAKE_PREFIX_PATH="$work/installed" \
+        -DCMAKE_FIND_PACKAGE_NO_PACKAGE_REGISTRY=ON -DCMAKE_C_COMPILER="$CC" &&
+        "$CMAKE" --build "$work/installed-consumer" &&
+        "$work/installed-consumer/consumer" cmake-install || fail "the installed package does not work"
+    ldd "$work/installed-consumer/consumer" | grep -q "libasyncify\.so\.$major => $work/installed/lib/" ||
+        fail "the consumer does not load the installed library"
+    # DESTDIR and --prefix are read when installing.
+    DESTDIR="$work/stage" "$CMAKE" --install "$work/subdir" --prefix /opt/asyncify &&
+        [ -f "$work/stage/opt/asyncify/include/asyncify.h" ] &&
+        grep -qx "prefix=/opt/asyncify" "$work/stage/opt/asyncify/lib/pkgconfig/asyncify.pc" ||
+        fail "DESTDIR=... cmake --install --prefix /opt/asyncify did not stage /opt/asyncify"
+}
+step "cmake --install installs as make install does (--prefix, DESTDIR); find_package uses that copy" \
+    cmake_install
 
 # --- FetchContent -------------------------------------------------------------------------------------
 
