@@ -254,12 +254,23 @@ typedef int32_t asyncify_status;
 #define ASYNCIFY_POOL_RELEASE_SLOT_ON_ABANDON 1u
 
 /**
- * An immutable snapshot of an override table.
+ * An immutable snapshot of an override table, like a Python `contextvars`
+ * context: made by asyncify_context_capture(), asyncify_context_empty() and
+ * derived with asyncify_context_with() and its kin, read with
+ * asyncify_context_get() and its kin, installed by asyncify_context_run() or
+ * asyncify_submit() (`opts.context`). Each pointer is the caller's until
+ * asyncify_context_free(); contexts, tables and tasks share their values, so
+ * making one costs O(1) or O(log n) and freeing one releases only values that
+ * nothing else holds. It never changes, so any thread may read it at any time.
  */
 typedef struct asyncify_context asyncify_context;
 
 /**
- * A completion queue.
+ * A completion queue: a task submitted with `opts.cq` and no `on_done`
+ * delivers its completion, result included, here. An event loop watches its
+ * file descriptor (asyncify_cq_fd()) and drains many completions per wake-up
+ * (asyncify_cq_drain()). Made by asyncify_cq_new(), the caller's until
+ * asyncify_cq_free().
  */
 typedef struct asyncify_cq asyncify_cq;
 
@@ -523,10 +534,12 @@ typedef struct asyncify_pool_stats {
 } asyncify_pool_stats;
 
 /**
- * Called by `asyncify_context_visit` once per key: `key` is NUL-terminated
- * and `key_len` bytes long; a bytes value is `len` bytes at `value`, a
- * pointer value (`is_ptr` 1) is `value` itself with `len` 0. Everything
- * passed is valid only during the call. Return non-zero to stop.
+ * Called by asyncify_context_visit() once per key, on the thread that called
+ * it: `key` is NUL-terminated and `key_len` bytes long; a bytes value is `len`
+ * bytes at `value`, a pointer value (`is_ptr` 1) is `value` itself, still the
+ * library's, with `len` 0. Everything passed is valid only during the call.
+ * Return non-zero to stop the walk. It may call the library; it must not
+ * unwind.
  */
 typedef int32_t (*asyncify_visit_fn)(void *user_data,
                                      const char *key,
@@ -536,11 +549,13 @@ typedef int32_t (*asyncify_visit_fn)(void *user_data,
                                      size_t len);
 
 /**
- * One completion drained from a queue.
+ * One completion drained from a queue by asyncify_cq_drain(). It has no
+ * `struct_size`, so it cannot grow within a major version.
  */
 typedef struct asyncify_completion {
   /**
-   * The task's handle (still to be released, unless the task was detached).
+   * The task's handle: still to be released with asyncify_release(), unless the
+   * task was detached (then it is no longer valid).
    */
   asyncify_handle handle;
   /**
@@ -548,11 +563,11 @@ typedef struct asyncify_completion {
    */
   asyncify_status status;
   /**
-   * The work function's return value.
+   * The work function's return value (0 when cancelled).
    */
   int32_t code;
   /**
-   * The result, now yours (NULL when none).
+   * The task's result, now the caller's (NULL when none, or when cancelled).
    */
   void *result;
   /**
@@ -1210,19 +1225,48 @@ asyncify_status asyncify_get_max_workers(struct asyncify_pool *pool, uint32_t *o
 asyncify_status asyncify_stats(struct asyncify_pool *pool, struct asyncify_pool_stats *out);
 
 /**
- * Captures the calling thread's table (what a task submitted now would get;
- * local keys excluded) in O(1). Free it with `asyncify_context_free`.
+ * Captures the calling thread's table in O(1): what a task submitted now would
+ * get (local keys excluded; the global layer is not part of it).
+ *
+ * The event-loop pattern: capture at call time, submit later with
+ * `opts.context` from the loop's thread. Clone functions are not run here but
+ * when a task installs the context.
+ *
+ * @param out Receives the new context, the caller's until
+ * asyncify_context_free().
+ * @retval ASYNCIFY_OK `*out` is set.
+ * @retval ASYNCIFY_E_NULL `out` is NULL.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_context_capture(struct asyncify_context **out);
 
 /**
- * A context with no keys.
+ * Makes a context with no keys.
+ *
+ * @param out Receives the new context, the caller's until
+ * asyncify_context_free().
+ * @retval ASYNCIFY_OK `*out` is set.
+ * @retval ASYNCIFY_E_NULL `out` is NULL.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_context_empty(struct asyncify_context **out);
 
 /**
- * A new context: `ctx` with `key` set to a copy of `len` bytes. `ctx` is
- * unchanged and still owned by the caller.
+ * Makes a new context: `ctx` with `key` set to a copy of `len` bytes, in
+ * O(log n). `ctx` is unchanged and still the caller's.
+ *
+ * @param ctx The context, read only.
+ * @param key The key: a non-empty NUL-terminated UTF-8 string, read during
+ * the call only.
+ * @param value The bytes, copied; NULL is allowed when `len` is 0.
+ * @param len The number of bytes at `value`.
+ * @param out Receives the new context, the caller's until
+ * asyncify_context_free().
+ * @retval ASYNCIFY_OK `*out` is set.
+ * @retval ASYNCIFY_E_NULL `ctx`, `out` or `key` is NULL, or `value` is NULL
+ * and `len` is not 0.
+ * @retval ASYNCIFY_E_INVALID_ARGUMENT `key` is empty or not UTF-8.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_context_with(const struct asyncify_context *ctx,
                                       const char *key,
@@ -1231,9 +1275,25 @@ asyncify_status asyncify_context_with(const struct asyncify_context *ctx,
                                       struct asyncify_context **out);
 
 /**
- * A new context: `ctx` with `key` set to the opaque pointer `ptr`, which the
- * contexts and tables holding it own from now on (`release`, nullable, is
- * called once when the last one is gone). On error the caller keeps `ptr`.
+ * Makes a new context: `ctx` with `key` set to the opaque pointer `ptr`, in
+ * O(log n). `ctx` is unchanged and still the caller's.
+ *
+ * On success the pointer belongs to the library: `release` is called on it
+ * exactly once, when the last context, table or task holding it is gone, on
+ * whichever thread drops that one (never with NULL). On error the caller keeps
+ * owning `ptr`.
+ *
+ * @param ctx The context, read only.
+ * @param key The key: a non-empty NUL-terminated UTF-8 string, read during
+ * the call only.
+ * @param ptr The pointer; NULL is allowed (and is then never released).
+ * @param release Nullable: called once on `ptr` when the value is dropped.
+ * @param out Receives the new context, the caller's until
+ * asyncify_context_free().
+ * @retval ASYNCIFY_OK `*out` is set.
+ * @retval ASYNCIFY_E_NULL `ctx`, `out` or `key` is NULL.
+ * @retval ASYNCIFY_E_INVALID_ARGUMENT `key` is empty or not UTF-8.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_context_with_ptr(const struct asyncify_context *ctx,
                                           const char *key,
@@ -1242,17 +1302,45 @@ asyncify_status asyncify_context_with_ptr(const struct asyncify_context *ctx,
                                           struct asyncify_context **out);
 
 /**
- * A new context: `ctx` without `key` (equal to `ctx` when the key is absent).
+ * Makes a new context: `ctx` without `key`, in O(log n) (the same content
+ * when the key is absent; still a new pointer to free). `ctx` is unchanged and
+ * still the caller's.
+ *
+ * @param ctx The context, read only.
+ * @param key The key: a non-empty NUL-terminated UTF-8 string, read during
+ * the call only.
+ * @param out Receives the new context, the caller's until
+ * asyncify_context_free().
+ * @retval ASYNCIFY_OK `*out` is set.
+ * @retval ASYNCIFY_E_NULL `ctx`, `out` or `key` is NULL.
+ * @retval ASYNCIFY_E_INVALID_ARGUMENT `key` is empty or not UTF-8.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_context_without(const struct asyncify_context *ctx,
                                          const char *key,
                                          struct asyncify_context **out);
 
 /**
- * Runs `fn(arg)` on the calling thread with `ctx` installed as its table
- * (as a task would see it), then restores the thread's own table. Returns
- * `OK` or `FAILED` as the function did; `out_result` and `out_code` are
- * nullable. The result is the caller's.
+ * Runs `fn(arg)` on the calling thread, now, with `ctx` installed as the
+ * thread's table (as a task would see it), then restores the thread's own
+ * table.
+ *
+ * Clone functions of `ctx`'s values run here before `fn`, and what `fn` set
+ * or left in a scope is dropped here afterwards (its pointer values released
+ * on this thread when nothing else holds them). `fn` is not a task: inside a
+ * task, asyncify_cancel_requested() in it still answers for that task.
+ *
+ * @param ctx The context, read only.
+ * @param fn The work function, called once on this thread.
+ * @param arg Passed to `fn`; it stays the caller's.
+ * @param out_result Nullable: receives what `fn` stored in its result, which
+ * is the caller's (the library never frees it: pass NULL only when `fn`
+ * stores none).
+ * @param out_code Nullable: receives `fn`'s return value.
+ * @retval ASYNCIFY_OK `fn` returned 0.
+ * @retval ASYNCIFY_FAILED `fn` returned non-zero (see `*out_code`).
+ * @retval ASYNCIFY_E_NULL `ctx` or `fn` is NULL; `fn` did not run.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_context_run(const struct asyncify_context *ctx,
                                      asyncify_work_fn fn,
@@ -1261,17 +1349,39 @@ asyncify_status asyncify_context_run(const struct asyncify_context *ctx,
                                      int32_t *out_code);
 
 /**
- * Frees a context pointer. Values it held are released when no other
- * context, table or task holds them.
+ * Frees a context pointer. Its values are released when no other context,
+ * table or task holds them, possibly on this thread before the call returns.
+ * Tasks submitted with it keep their own reference.
+ *
+ * @param ctx The context; do not use it again.
+ * @retval ASYNCIFY_OK Freed.
+ * @retval ASYNCIFY_E_NULL `ctx` is NULL.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_context_free(struct asyncify_context *ctx);
 
 /**
- * Like `asyncify_override_get`, reading `ctx` instead of the calling
- * thread's table (the global layer is not consulted): copies the bytes value
- * of `key` to `buf` and its length to `*out_len`; `ASYNCIFY_E_NOT_FOUND`
- * when absent, `ASYNCIFY_E_BUFFER_TOO_SMALL` (with `*out_len` set) when it
- * does not fit, `ASYNCIFY_E_INVALID_ARGUMENT` for a pointer value. (Since 0.2.)
+ * Like asyncify_override_get(), reading `ctx` instead of the calling thread's
+ * table (the global layer is not consulted): copies the bytes value of `key`
+ * into `buf` and its length into `*out_len`. (Since 0.2.)
+ *
+ * @param ctx The context, read only.
+ * @param key The key: a non-empty NUL-terminated UTF-8 string, read during
+ * the call only.
+ * @param buf Where the bytes go (no terminator is added); NULL is allowed with
+ * `cap` 0, a size query.
+ * @param cap The size of `buf` in bytes.
+ * @param out_len Receives the value's length, also with
+ * `ASYNCIFY_E_BUFFER_TOO_SMALL`.
+ * @retval ASYNCIFY_OK Copied.
+ * @retval ASYNCIFY_E_BUFFER_TOO_SMALL `cap` is below the value's length,
+ * which `*out_len` then holds; nothing is copied.
+ * @retval ASYNCIFY_E_NOT_FOUND `ctx` has no such key.
+ * @retval ASYNCIFY_E_NULL `ctx`, `key` or `out_len` is NULL, or `buf` is
+ * NULL with `cap` above 0.
+ * @retval ASYNCIFY_E_INVALID_ARGUMENT `key` is empty or not UTF-8, or the
+ * value is a pointer.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_context_get(const struct asyncify_context *ctx,
                                      const char *key,
@@ -1280,17 +1390,41 @@ asyncify_status asyncify_context_get(const struct asyncify_context *ctx,
                                      size_t *out_len);
 
 /**
- * Like `asyncify_override_get_ptr`, reading `ctx`: writes the pointer value
- * of `key` to `*out`. It stays valid while `ctx` (or another holder) keeps
- * the value. (Since 0.2.)
+ * Like asyncify_override_get_ptr(), reading `ctx`: writes the pointer value of
+ * `key` to `*out`. The pointer is still the library's: do not release it. It
+ * stays valid at least until `ctx` is freed. (Since 0.2.)
+ *
+ * @param ctx The context, read only.
+ * @param key The key: a non-empty NUL-terminated UTF-8 string, read during
+ * the call only.
+ * @param out Receives the pointer.
+ * @retval ASYNCIFY_OK `*out` is set.
+ * @retval ASYNCIFY_E_NOT_FOUND `ctx` has no such key.
+ * @retval ASYNCIFY_E_NULL `ctx`, `key` or `out` is NULL.
+ * @retval ASYNCIFY_E_INVALID_ARGUMENT `key` is empty or not UTF-8, or the
+ * value is bytes.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_context_get_ptr(const struct asyncify_context *ctx,
                                          const char *key,
                                          void **out);
 
 /**
- * Like `asyncify_context_get_ptr`, and also writes the value's release
- * function (NULL if none) to `*out_release`. (Since 0.2.)
+ * Like asyncify_context_get_ptr(), and also writes the value's release
+ * function to `*out_release`, so that a binding can tell its own values from
+ * pointers set by other code. (Since 0.2.)
+ *
+ * @param ctx The context, read only.
+ * @param key The key: a non-empty NUL-terminated UTF-8 string, read during
+ * the call only.
+ * @param out Receives the pointer (still the library's).
+ * @param out_release Receives the release function, NULL if none.
+ * @retval ASYNCIFY_OK Both are set.
+ * @retval ASYNCIFY_E_NOT_FOUND `ctx` has no such key.
+ * @retval ASYNCIFY_E_NULL `ctx`, `key`, `out` or `out_release` is NULL.
+ * @retval ASYNCIFY_E_INVALID_ARGUMENT `key` is empty or not UTF-8, or the
+ * value is bytes.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_context_get_ptr_ex(const struct asyncify_context *ctx,
                                             const char *key,
@@ -1298,41 +1432,95 @@ asyncify_status asyncify_context_get_ptr_ex(const struct asyncify_context *ctx,
                                             asyncify_free_fn *out_release);
 
 /**
- * Writes the number of keys in `ctx` to `*out`. (Since 0.2.)
+ * Counts the keys of `ctx`. (Since 0.2.)
+ *
+ * @param ctx The context, read only.
+ * @param out Receives the number of keys.
+ * @retval ASYNCIFY_OK `*out` is set.
+ * @retval ASYNCIFY_E_NULL `ctx` or `out` is NULL.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_context_count(const struct asyncify_context *ctx, size_t *out);
 
 /**
  * Calls `fn` once per key of `ctx`, in key order, on this thread and with no
- * lock held (a context never changes, so `fn` may use the library freely),
- * until `fn` returns non-zero. (Since 0.2.)
+ * lock held, until `fn` returns non-zero. (Since 0.2.)
+ *
+ * A context never changes, so `fn` may use the library freely, even free
+ * `ctx`: the walk holds its own references.
+ *
+ * @param ctx The context, read only.
+ * @param fn The visitor (see ::asyncify_visit_fn).
+ * @param user_data Passed to `fn`; it stays the caller's.
+ * @retval ASYNCIFY_OK The walk ended, at its end or where `fn` stopped it.
+ * @retval ASYNCIFY_E_NULL `ctx` or `fn` is NULL.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_context_visit(const struct asyncify_context *ctx,
                                        asyncify_visit_fn fn,
                                        void *user_data);
 
 /**
- * Creates a completion queue. Free it with `asyncify_cq_free`.
+ * Creates a completion queue with its file descriptor (an eventfd on Linux, a
+ * pipe elsewhere).
+ *
+ * @param out Receives the queue, the caller's until asyncify_cq_free().
+ * @retval ASYNCIFY_OK `*out` is set.
+ * @retval ASYNCIFY_E_NULL `out` is NULL.
+ * @retval ASYNCIFY_E_OUT_OF_MEMORY No eventfd or pipe could be made (out of
+ * file descriptors, say).
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_cq_new(struct asyncify_cq **out);
 
 /**
- * Writes the queue's file descriptor to `*out_fd`: readable while
- * completions wait (for poll/epoll/`loop.add_reader`/`uv_poll`). Owned by the
- * queue; do not read or close it.
+ * Gives the queue's file descriptor, for poll, epoll, `loop.add_reader` or
+ * `uv_poll`.
+ *
+ * It is readable while completions wait: made readable when the queue goes
+ * from empty to non-empty and unreadable once a drain empties it, and a drain
+ * that leaves completions behind makes a new wake-up, so an edge-triggered
+ * loop that drains in batches never stalls. It belongs to the queue: do not
+ * read or close it, and unregister it from the loop before asyncify_cq_free().
+ *
+ * @param cq The queue.
+ * @param out_fd Receives the descriptor.
+ * @retval ASYNCIFY_OK `*out_fd` is set.
+ * @retval ASYNCIFY_E_NULL `cq` or `out_fd` is NULL.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_cq_fd(const struct asyncify_cq *cq, int32_t *out_fd);
 
 /**
- * Waits until at least one completion is ready (`OK`) or `timeout_ms` (< 0:
- * forever) runs out (`TIMEOUT`). Does not drain. `ASYNCIFY_E_SHUT_DOWN` when
- * the queue is freed meanwhile from another thread.
+ * Waits until at least one completion is ready, or `timeout_ms` runs out.
+ * Does not drain.
+ *
+ * @param cq The queue.
+ * @param timeout_ms How long to wait in milliseconds; negative: forever; 0:
+ * do not wait.
+ * @retval ASYNCIFY_OK A completion is ready.
+ * @retval ASYNCIFY_TIMEOUT None came in time.
+ * @retval ASYNCIFY_E_SHUT_DOWN The queue was freed meanwhile from another
+ * thread.
+ * @retval ASYNCIFY_E_NULL `cq` is NULL.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_cq_wait(struct asyncify_cq *cq, int64_t timeout_ms);
 
 /**
- * Moves up to `cap` completions, oldest first, into `out[0..*out_n]`; never
- * blocks (`*out_n` may be 0). Results move to the caller.
+ * Moves up to `cap` completions, oldest first, into `out`; never blocks.
+ *
+ * Each completion's result is now the caller's, and its handle still needs
+ * asyncify_release() unless the task was detached.
+ *
+ * @param cq The queue.
+ * @param out Room for `cap` completions; NULL is allowed with `cap` 0.
+ * @param cap How many completions `out` holds.
+ * @param out_n Receives how many were moved, possibly 0.
+ * @retval ASYNCIFY_OK `out[0]` to `out[*out_n - 1]` are filled.
+ * @retval ASYNCIFY_E_NULL `cq` or `out_n` is NULL, or `out` is NULL with
+ * `cap` above 0.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_cq_drain(struct asyncify_cq *cq,
                                   struct asyncify_completion *out,
@@ -1340,9 +1528,17 @@ asyncify_status asyncify_cq_drain(struct asyncify_cq *cq,
                                   size_t *out_n);
 
 /**
- * Frees the queue and closes its fd. Tasks still pointing at it keep their
- * later completions on their handles (pollable); results of completions not
- * drained go to their `free_result`.
+ * Frees the queue and closes its file descriptor.
+ *
+ * Tasks still pointing at it are safe: their later completions stay on their
+ * handles (for asyncify_poll() and asyncify_wait()). Results of completions
+ * not drained go to their task's `free_result` on this thread; their handles
+ * still need asyncify_release() unless detached.
+ *
+ * @param cq The queue; do not use it again.
+ * @retval ASYNCIFY_OK Freed.
+ * @retval ASYNCIFY_E_NULL `cq` is NULL.
+ * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_cq_free(struct asyncify_cq *cq);
 

@@ -16,7 +16,14 @@ use crate::overrides::{self, Frame, Installed};
 use crate::status::*;
 use crate::table::{PtrValue, Table, Value};
 
-/// An immutable snapshot of an override table.
+/// An immutable snapshot of an override table, like a Python `contextvars`
+/// context: made by asyncify_context_capture(), asyncify_context_empty() and
+/// derived with asyncify_context_with() and its kin, read with
+/// asyncify_context_get() and its kin, installed by asyncify_context_run() or
+/// asyncify_submit() (`opts.context`). Each pointer is the caller's until
+/// asyncify_context_free(); contexts, tables and tasks share their values, so
+/// making one costs O(1) or O(log n) and freeing one releases only values that
+/// nothing else holds. It never changes, so any thread may read it at any time.
 pub struct asyncify_context {
     pub(crate) table: Table,
 }
@@ -34,8 +41,18 @@ fn hand_out(table: Table, out: *mut *mut asyncify_context) -> FfiResult {
     Ok(ASYNCIFY_OK)
 }
 
-/// Captures the calling thread's table (what a task submitted now would get;
-/// local keys excluded) in O(1). Free it with `asyncify_context_free`.
+/// Captures the calling thread's table in O(1): what a task submitted now would
+/// get (local keys excluded; the global layer is not part of it).
+///
+/// The event-loop pattern: capture at call time, submit later with
+/// `opts.context` from the loop's thread. Clone functions are not run here but
+/// when a task installs the context.
+///
+/// @param out Receives the new context, the caller's until
+/// asyncify_context_free().
+/// @retval ASYNCIFY_OK `*out` is set.
+/// @retval ASYNCIFY_E_NULL `out` is NULL.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_context_capture(out: *mut *mut asyncify_context) -> asyncify_status {
     guard("asyncify_context_capture", || {
@@ -44,7 +61,13 @@ pub extern "C" fn asyncify_context_capture(out: *mut *mut asyncify_context) -> a
     })
 }
 
-/// A context with no keys.
+/// Makes a context with no keys.
+///
+/// @param out Receives the new context, the caller's until
+/// asyncify_context_free().
+/// @retval ASYNCIFY_OK `*out` is set.
+/// @retval ASYNCIFY_E_NULL `out` is NULL.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_context_empty(out: *mut *mut asyncify_context) -> asyncify_status {
     guard("asyncify_context_empty", || {
@@ -67,8 +90,21 @@ fn derive(
     hand_out(table, out)
 }
 
-/// A new context: `ctx` with `key` set to a copy of `len` bytes. `ctx` is
-/// unchanged and still owned by the caller.
+/// Makes a new context: `ctx` with `key` set to a copy of `len` bytes, in
+/// O(log n). `ctx` is unchanged and still the caller's.
+///
+/// @param ctx The context, read only.
+/// @param key The key: a non-empty NUL-terminated UTF-8 string, read during
+/// the call only.
+/// @param value The bytes, copied; NULL is allowed when `len` is 0.
+/// @param len The number of bytes at `value`.
+/// @param out Receives the new context, the caller's until
+/// asyncify_context_free().
+/// @retval ASYNCIFY_OK `*out` is set.
+/// @retval ASYNCIFY_E_NULL `ctx`, `out` or `key` is NULL, or `value` is NULL
+/// and `len` is not 0.
+/// @retval ASYNCIFY_E_INVALID_ARGUMENT `key` is empty or not UTF-8.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_context_with(
     ctx: *const asyncify_context,
@@ -85,9 +121,25 @@ pub extern "C" fn asyncify_context_with(
     })
 }
 
-/// A new context: `ctx` with `key` set to the opaque pointer `ptr`, which the
-/// contexts and tables holding it own from now on (`release`, nullable, is
-/// called once when the last one is gone). On error the caller keeps `ptr`.
+/// Makes a new context: `ctx` with `key` set to the opaque pointer `ptr`, in
+/// O(log n). `ctx` is unchanged and still the caller's.
+///
+/// On success the pointer belongs to the library: `release` is called on it
+/// exactly once, when the last context, table or task holding it is gone, on
+/// whichever thread drops that one (never with NULL). On error the caller keeps
+/// owning `ptr`.
+///
+/// @param ctx The context, read only.
+/// @param key The key: a non-empty NUL-terminated UTF-8 string, read during
+/// the call only.
+/// @param ptr The pointer; NULL is allowed (and is then never released).
+/// @param release Nullable: called once on `ptr` when the value is dropped.
+/// @param out Receives the new context, the caller's until
+/// asyncify_context_free().
+/// @retval ASYNCIFY_OK `*out` is set.
+/// @retval ASYNCIFY_E_NULL `ctx`, `out` or `key` is NULL.
+/// @retval ASYNCIFY_E_INVALID_ARGUMENT `key` is empty or not UTF-8.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_context_with_ptr(
     ctx: *const asyncify_context,
@@ -103,7 +155,19 @@ pub extern "C" fn asyncify_context_with_ptr(
     })
 }
 
-/// A new context: `ctx` without `key` (equal to `ctx` when the key is absent).
+/// Makes a new context: `ctx` without `key`, in O(log n) (the same content
+/// when the key is absent; still a new pointer to free). `ctx` is unchanged and
+/// still the caller's.
+///
+/// @param ctx The context, read only.
+/// @param key The key: a non-empty NUL-terminated UTF-8 string, read during
+/// the call only.
+/// @param out Receives the new context, the caller's until
+/// asyncify_context_free().
+/// @retval ASYNCIFY_OK `*out` is set.
+/// @retval ASYNCIFY_E_NULL `ctx`, `out` or `key` is NULL.
+/// @retval ASYNCIFY_E_INVALID_ARGUMENT `key` is empty or not UTF-8.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_context_without(
     ctx: *const asyncify_context,
@@ -117,10 +181,26 @@ pub extern "C" fn asyncify_context_without(
     })
 }
 
-/// Runs `fn(arg)` on the calling thread with `ctx` installed as its table
-/// (as a task would see it), then restores the thread's own table. Returns
-/// `OK` or `FAILED` as the function did; `out_result` and `out_code` are
-/// nullable. The result is the caller's.
+/// Runs `fn(arg)` on the calling thread, now, with `ctx` installed as the
+/// thread's table (as a task would see it), then restores the thread's own
+/// table.
+///
+/// Clone functions of `ctx`'s values run here before `fn`, and what `fn` set
+/// or left in a scope is dropped here afterwards (its pointer values released
+/// on this thread when nothing else holds them). `fn` is not a task: inside a
+/// task, asyncify_cancel_requested() in it still answers for that task.
+///
+/// @param ctx The context, read only.
+/// @param fn The work function, called once on this thread.
+/// @param arg Passed to `fn`; it stays the caller's.
+/// @param out_result Nullable: receives what `fn` stored in its result, which
+/// is the caller's (the library never frees it: pass NULL only when `fn`
+/// stores none).
+/// @param out_code Nullable: receives `fn`'s return value.
+/// @retval ASYNCIFY_OK `fn` returned 0.
+/// @retval ASYNCIFY_FAILED `fn` returned non-zero (see `*out_code`).
+/// @retval ASYNCIFY_E_NULL `ctx` or `fn` is NULL; `fn` did not run.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_context_run(
     ctx: *const asyncify_context,
@@ -149,8 +229,14 @@ pub extern "C" fn asyncify_context_run(
     })
 }
 
-/// Frees a context pointer. Values it held are released when no other
-/// context, table or task holds them.
+/// Frees a context pointer. Its values are released when no other context,
+/// table or task holds them, possibly on this thread before the call returns.
+/// Tasks submitted with it keep their own reference.
+///
+/// @param ctx The context; do not use it again.
+/// @retval ASYNCIFY_OK Freed.
+/// @retval ASYNCIFY_E_NULL `ctx` is NULL.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_context_free(ctx: *mut asyncify_context) -> asyncify_status {
     guard("asyncify_context_free", || {
@@ -172,11 +258,27 @@ fn context_value(ctx: *const asyncify_context, key: &str) -> Result<Arc<Value>, 
     })
 }
 
-/// Like `asyncify_override_get`, reading `ctx` instead of the calling
-/// thread's table (the global layer is not consulted): copies the bytes value
-/// of `key` to `buf` and its length to `*out_len`; `ASYNCIFY_E_NOT_FOUND`
-/// when absent, `ASYNCIFY_E_BUFFER_TOO_SMALL` (with `*out_len` set) when it
-/// does not fit, `ASYNCIFY_E_INVALID_ARGUMENT` for a pointer value. (Since 0.2.)
+/// Like asyncify_override_get(), reading `ctx` instead of the calling thread's
+/// table (the global layer is not consulted): copies the bytes value of `key`
+/// into `buf` and its length into `*out_len`. (Since 0.2.)
+///
+/// @param ctx The context, read only.
+/// @param key The key: a non-empty NUL-terminated UTF-8 string, read during
+/// the call only.
+/// @param buf Where the bytes go (no terminator is added); NULL is allowed with
+/// `cap` 0, a size query.
+/// @param cap The size of `buf` in bytes.
+/// @param out_len Receives the value's length, also with
+/// `ASYNCIFY_E_BUFFER_TOO_SMALL`.
+/// @retval ASYNCIFY_OK Copied.
+/// @retval ASYNCIFY_E_BUFFER_TOO_SMALL `cap` is below the value's length,
+/// which `*out_len` then holds; nothing is copied.
+/// @retval ASYNCIFY_E_NOT_FOUND `ctx` has no such key.
+/// @retval ASYNCIFY_E_NULL `ctx`, `key` or `out_len` is NULL, or `buf` is
+/// NULL with `cap` above 0.
+/// @retval ASYNCIFY_E_INVALID_ARGUMENT `key` is empty or not UTF-8, or the
+/// value is a pointer.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_context_get(
     ctx: *const asyncify_context,
@@ -195,9 +297,20 @@ pub extern "C" fn asyncify_context_get(
     })
 }
 
-/// Like `asyncify_override_get_ptr`, reading `ctx`: writes the pointer value
-/// of `key` to `*out`. It stays valid while `ctx` (or another holder) keeps
-/// the value. (Since 0.2.)
+/// Like asyncify_override_get_ptr(), reading `ctx`: writes the pointer value of
+/// `key` to `*out`. The pointer is still the library's: do not release it. It
+/// stays valid at least until `ctx` is freed. (Since 0.2.)
+///
+/// @param ctx The context, read only.
+/// @param key The key: a non-empty NUL-terminated UTF-8 string, read during
+/// the call only.
+/// @param out Receives the pointer.
+/// @retval ASYNCIFY_OK `*out` is set.
+/// @retval ASYNCIFY_E_NOT_FOUND `ctx` has no such key.
+/// @retval ASYNCIFY_E_NULL `ctx`, `key` or `out` is NULL.
+/// @retval ASYNCIFY_E_INVALID_ARGUMENT `key` is empty or not UTF-8, or the
+/// value is bytes.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_context_get_ptr(
     ctx: *const asyncify_context,
@@ -213,8 +326,21 @@ pub extern "C" fn asyncify_context_get_ptr(
     })
 }
 
-/// Like `asyncify_context_get_ptr`, and also writes the value's release
-/// function (NULL if none) to `*out_release`. (Since 0.2.)
+/// Like asyncify_context_get_ptr(), and also writes the value's release
+/// function to `*out_release`, so that a binding can tell its own values from
+/// pointers set by other code. (Since 0.2.)
+///
+/// @param ctx The context, read only.
+/// @param key The key: a non-empty NUL-terminated UTF-8 string, read during
+/// the call only.
+/// @param out Receives the pointer (still the library's).
+/// @param out_release Receives the release function, NULL if none.
+/// @retval ASYNCIFY_OK Both are set.
+/// @retval ASYNCIFY_E_NOT_FOUND `ctx` has no such key.
+/// @retval ASYNCIFY_E_NULL `ctx`, `key`, `out` or `out_release` is NULL.
+/// @retval ASYNCIFY_E_INVALID_ARGUMENT `key` is empty or not UTF-8, or the
+/// value is bytes.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_context_get_ptr_ex(
     ctx: *const asyncify_context,
@@ -233,7 +359,13 @@ pub extern "C" fn asyncify_context_get_ptr_ex(
     })
 }
 
-/// Writes the number of keys in `ctx` to `*out`. (Since 0.2.)
+/// Counts the keys of `ctx`. (Since 0.2.)
+///
+/// @param ctx The context, read only.
+/// @param out Receives the number of keys.
+/// @retval ASYNCIFY_OK `*out` is set.
+/// @retval ASYNCIFY_E_NULL `ctx` or `out` is NULL.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_context_count(
     ctx: *const asyncify_context,
@@ -246,10 +378,12 @@ pub extern "C" fn asyncify_context_count(
     })
 }
 
-/// Called by `asyncify_context_visit` once per key: `key` is NUL-terminated
-/// and `key_len` bytes long; a bytes value is `len` bytes at `value`, a
-/// pointer value (`is_ptr` 1) is `value` itself with `len` 0. Everything
-/// passed is valid only during the call. Return non-zero to stop.
+/// Called by asyncify_context_visit() once per key, on the thread that called
+/// it: `key` is NUL-terminated and `key_len` bytes long; a bytes value is `len`
+/// bytes at `value`, a pointer value (`is_ptr` 1) is `value` itself, still the
+/// library's, with `len` 0. Everything passed is valid only during the call.
+/// Return non-zero to stop the walk. It may call the library; it must not
+/// unwind.
 pub type asyncify_visit_fn = Option<
     extern "C" fn(
         user_data: *mut c_void,
@@ -262,8 +396,17 @@ pub type asyncify_visit_fn = Option<
 >;
 
 /// Calls `fn` once per key of `ctx`, in key order, on this thread and with no
-/// lock held (a context never changes, so `fn` may use the library freely),
-/// until `fn` returns non-zero. (Since 0.2.)
+/// lock held, until `fn` returns non-zero. (Since 0.2.)
+///
+/// A context never changes, so `fn` may use the library freely, even free
+/// `ctx`: the walk holds its own references.
+///
+/// @param ctx The context, read only.
+/// @param fn The visitor (see ::asyncify_visit_fn).
+/// @param user_data Passed to `fn`; it stays the caller's.
+/// @retval ASYNCIFY_OK The walk ended, at its end or where `fn` stopped it.
+/// @retval ASYNCIFY_E_NULL `ctx` or `fn` is NULL.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_context_visit(
     ctx: *const asyncify_context,

@@ -15,21 +15,27 @@ use super::{fail, guard, required_out, timeout_arg, write_out, Fail};
 use crate::cq::{CompletionQueue, WaitEnd};
 use crate::status::*;
 
-/// A completion queue.
+/// A completion queue: a task submitted with `opts.cq` and no `on_done`
+/// delivers its completion, result included, here. An event loop watches its
+/// file descriptor (asyncify_cq_fd()) and drains many completions per wake-up
+/// (asyncify_cq_drain()). Made by asyncify_cq_new(), the caller's until
+/// asyncify_cq_free().
 pub struct asyncify_cq {
     pub(crate) queue: Arc<CompletionQueue>,
 }
 
-/// One completion drained from a queue.
+/// One completion drained from a queue by asyncify_cq_drain(). It has no
+/// `struct_size`, so it cannot grow within a major version.
 #[repr(C)]
 pub struct asyncify_completion {
-    /// The task's handle (still to be released, unless the task was detached).
+    /// The task's handle: still to be released with asyncify_release(), unless the
+    /// task was detached (then it is no longer valid).
     pub handle: asyncify_handle,
     /// `ASYNCIFY_OK`, `ASYNCIFY_FAILED` or `ASYNCIFY_CANCELLED`.
     pub status: asyncify_status,
-    /// The work function's return value.
+    /// The work function's return value (0 when cancelled).
     pub code: i32,
-    /// The result, now yours (NULL when none).
+    /// The task's result, now the caller's (NULL when none, or when cancelled).
     pub result: *mut c_void,
     /// The task's `on_done_data`.
     pub user_data: *mut c_void,
@@ -43,7 +49,15 @@ pub(crate) fn queue_ref<'a>(cq: *const asyncify_cq) -> Result<&'a Arc<Completion
     Ok(unsafe { &(*cq).queue })
 }
 
-/// Creates a completion queue. Free it with `asyncify_cq_free`.
+/// Creates a completion queue with its file descriptor (an eventfd on Linux, a
+/// pipe elsewhere).
+///
+/// @param out Receives the queue, the caller's until asyncify_cq_free().
+/// @retval ASYNCIFY_OK `*out` is set.
+/// @retval ASYNCIFY_E_NULL `out` is NULL.
+/// @retval ASYNCIFY_E_OUT_OF_MEMORY No eventfd or pipe could be made (out of
+/// file descriptors, say).
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_cq_new(out: *mut *mut asyncify_cq) -> asyncify_status {
     guard("asyncify_cq_new", || {
@@ -62,9 +76,20 @@ pub extern "C" fn asyncify_cq_new(out: *mut *mut asyncify_cq) -> asyncify_status
     })
 }
 
-/// Writes the queue's file descriptor to `*out_fd`: readable while
-/// completions wait (for poll/epoll/`loop.add_reader`/`uv_poll`). Owned by the
-/// queue; do not read or close it.
+/// Gives the queue's file descriptor, for poll, epoll, `loop.add_reader` or
+/// `uv_poll`.
+///
+/// It is readable while completions wait: made readable when the queue goes
+/// from empty to non-empty and unreadable once a drain empties it, and a drain
+/// that leaves completions behind makes a new wake-up, so an edge-triggered
+/// loop that drains in batches never stalls. It belongs to the queue: do not
+/// read or close it, and unregister it from the loop before asyncify_cq_free().
+///
+/// @param cq The queue.
+/// @param out_fd Receives the descriptor.
+/// @retval ASYNCIFY_OK `*out_fd` is set.
+/// @retval ASYNCIFY_E_NULL `cq` or `out_fd` is NULL.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_cq_fd(cq: *const asyncify_cq, out_fd: *mut i32) -> asyncify_status {
     guard("asyncify_cq_fd", || {
@@ -75,9 +100,18 @@ pub extern "C" fn asyncify_cq_fd(cq: *const asyncify_cq, out_fd: *mut i32) -> as
     })
 }
 
-/// Waits until at least one completion is ready (`OK`) or `timeout_ms` (< 0:
-/// forever) runs out (`TIMEOUT`). Does not drain. `ASYNCIFY_E_SHUT_DOWN` when
-/// the queue is freed meanwhile from another thread.
+/// Waits until at least one completion is ready, or `timeout_ms` runs out.
+/// Does not drain.
+///
+/// @param cq The queue.
+/// @param timeout_ms How long to wait in milliseconds; negative: forever; 0:
+/// do not wait.
+/// @retval ASYNCIFY_OK A completion is ready.
+/// @retval ASYNCIFY_TIMEOUT None came in time.
+/// @retval ASYNCIFY_E_SHUT_DOWN The queue was freed meanwhile from another
+/// thread.
+/// @retval ASYNCIFY_E_NULL `cq` is NULL.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_cq_wait(cq: *mut asyncify_cq, timeout_ms: i64) -> asyncify_status {
     guard("asyncify_cq_wait", || {
@@ -90,8 +124,19 @@ pub extern "C" fn asyncify_cq_wait(cq: *mut asyncify_cq, timeout_ms: i64) -> asy
     })
 }
 
-/// Moves up to `cap` completions, oldest first, into `out[0..*out_n]`; never
-/// blocks (`*out_n` may be 0). Results move to the caller.
+/// Moves up to `cap` completions, oldest first, into `out`; never blocks.
+///
+/// Each completion's result is now the caller's, and its handle still needs
+/// asyncify_release() unless the task was detached.
+///
+/// @param cq The queue.
+/// @param out Room for `cap` completions; NULL is allowed with `cap` 0.
+/// @param cap How many completions `out` holds.
+/// @param out_n Receives how many were moved, possibly 0.
+/// @retval ASYNCIFY_OK `out[0]` to `out[*out_n - 1]` are filled.
+/// @retval ASYNCIFY_E_NULL `cq` or `out_n` is NULL, or `out` is NULL with
+/// `cap` above 0.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_cq_drain(
     cq: *mut asyncify_cq,
@@ -126,9 +171,17 @@ pub extern "C" fn asyncify_cq_drain(
     })
 }
 
-/// Frees the queue and closes its fd. Tasks still pointing at it keep their
-/// later completions on their handles (pollable); results of completions not
-/// drained go to their `free_result`.
+/// Frees the queue and closes its file descriptor.
+///
+/// Tasks still pointing at it are safe: their later completions stay on their
+/// handles (for asyncify_poll() and asyncify_wait()). Results of completions
+/// not drained go to their task's `free_result` on this thread; their handles
+/// still need asyncify_release() unless detached.
+///
+/// @param cq The queue; do not use it again.
+/// @retval ASYNCIFY_OK Freed.
+/// @retval ASYNCIFY_E_NULL `cq` is NULL.
+/// @retval ASYNCIFY_E_PANIC An internal error.
 #[no_mangle]
 pub extern "C" fn asyncify_cq_free(cq: *mut asyncify_cq) -> asyncify_status {
     guard("asyncify_cq_free", || {
