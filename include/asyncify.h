@@ -240,8 +240,8 @@ typedef int32_t asyncify_status;
 
 /**
  * Submit flag: the task runs with an empty table instead of a snapshot of the
- * caller's (the global layer still shows through). Excludes
- * ::asyncify_submit_options.context.
+ * caller's (the global layer still shows through). Excludes a `context` in
+ * ::asyncify_submit_options.
  */
 #define ASYNCIFY_SUBMIT_EMPTY_CONTEXT 2u
 
@@ -405,10 +405,10 @@ typedef struct asyncify_submit_options {
  * pointing at a NULL result it may replace. It returns 0 for success
  * (`ASYNCIFY_OK`); anything else is a failure code (`ASYNCIFY_FAILED`, the code
  * delivered as `code`). It runs on a worker thread of the task's pool with the
- * submitter's table installed, or on a thread of that pool that waits for the
- * still-queued task and so runs it in its own slot. It may call the library
- * (asyncify_cancel_requested() tells it that it was cancelled); it must not
- * unwind.
+ * submitter's table installed, or on another worker of that pool that waits
+ * for it while it is still queued and so runs it in the waiter's slot. It may
+ * call the library (asyncify_cancel_requested() tells it that it was
+ * cancelled); it must not unwind.
  */
 typedef int32_t (*asyncify_work_fn)(void *arg, void **out_result);
 
@@ -886,8 +886,10 @@ asyncify_status asyncify_submit_options_init(struct asyncify_submit_options *opt
  * the handle for asyncify_poll() / asyncify_wait(). Tasks start in FIFO order,
  * at most the pool's limit at once.
  *
- * Ownership: `arg` stays the caller's (the task only borrows it) unless the
- * task never runs or is abandoned, when `free_arg` gets it; the result moves
+ * Ownership: `arg` stays the caller's, to keep valid while the work function
+ * may use it, unless the task never runs or is abandoned: then `free_arg`
+ * gets it (once the task is known never to run, or after the abandoned work
+ * function returns) and the caller must not free it. The result moves
  * exactly once, to `on_done`, to the queue, or to the first poll or wait that
  * asks for it, and otherwise to `free_result`. A context in `opts` is
  * referenced: the caller still frees its own pointer. The handle must be
@@ -1115,9 +1117,11 @@ asyncify_status asyncify_pool_new_ex(const struct asyncify_pool_options *opts,
  * memory goes when the last one does.
  *
  * The pool is consumed in both cases: do not use `pool` again. Handles of its
- * tasks stay valid. The one exception is a call from a worker thread of that
- * pool, which would wait for itself: `ASYNCIFY_E_WOULD_DEADLOCK`, and nothing
- * happens.
+ * tasks stay valid.
+ *
+ * @note From a worker thread of that pool (a task or callback of its own)
+ * the call would wait for itself: it returns `ASYNCIFY_E_WOULD_DEADLOCK`, and
+ * the pool is neither shut down nor freed.
  *
  * @param pool The pool to free.
  * @param timeout_ms How long to wait for running work, in milliseconds;
@@ -1330,12 +1334,14 @@ asyncify_status asyncify_context_without(const struct asyncify_context *ctx,
  * on this thread when nothing else holds them). `fn` is not a task: inside a
  * task, asyncify_cancel_requested() in it still answers for that task.
  *
+ * @note The library never frees the result: pass `out_result` unless `fn`
+ * stores none.
+ *
  * @param ctx The context, read only.
  * @param fn The work function, called once on this thread.
  * @param arg Passed to `fn`; it stays the caller's.
  * @param out_result Nullable: receives what `fn` stored in its result, which
- * is the caller's (the library never frees it: pass NULL only when `fn`
- * stores none).
+ * is the caller's.
  * @param out_code Nullable: receives `fn`'s return value.
  * @retval ASYNCIFY_OK `fn` returned 0.
  * @retval ASYNCIFY_FAILED `fn` returned non-zero (see `*out_code`).

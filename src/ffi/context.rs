@@ -190,12 +190,14 @@ pub extern "C" fn asyncify_context_without(
 /// on this thread when nothing else holds them). `fn` is not a task: inside a
 /// task, asyncify_cancel_requested() in it still answers for that task.
 ///
+/// @note The library never frees the result: pass `out_result` unless `fn`
+/// stores none.
+///
 /// @param ctx The context, read only.
 /// @param fn The work function, called once on this thread.
 /// @param arg Passed to `fn`; it stays the caller's.
 /// @param out_result Nullable: receives what `fn` stored in its result, which
-/// is the caller's (the library never frees it: pass NULL only when `fn`
-/// stores none).
+/// is the caller's.
 /// @param out_code Nullable: receives `fn`'s return value.
 /// @retval ASYNCIFY_OK `fn` returned 0.
 /// @retval ASYNCIFY_FAILED `fn` returned non-zero (see `*out_code`).

@@ -281,9 +281,11 @@ enum FfiShutdown {
 /// memory goes when the last one does.
 ///
 /// The pool is consumed in both cases: do not use `pool` again. Handles of its
-/// tasks stay valid. The one exception is a call from a worker thread of that
-/// pool, which would wait for itself: `ASYNCIFY_E_WOULD_DEADLOCK`, and nothing
-/// happens.
+/// tasks stay valid.
+///
+/// @note From a worker thread of that pool (a task or callback of its own)
+/// the call would wait for itself: it returns `ASYNCIFY_E_WOULD_DEADLOCK`, and
+/// the pool is neither shut down nor freed.
 ///
 /// @param pool The pool to free.
 /// @param timeout_ms How long to wait for running work, in milliseconds;

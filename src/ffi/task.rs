@@ -39,10 +39,10 @@ pub type asyncify_handle = u64;
 /// pointing at a NULL result it may replace. It returns 0 for success
 /// (`ASYNCIFY_OK`); anything else is a failure code (`ASYNCIFY_FAILED`, the code
 /// delivered as `code`). It runs on a worker thread of the task's pool with the
-/// submitter's table installed, or on a thread of that pool that waits for the
-/// still-queued task and so runs it in its own slot. It may call the library
-/// (asyncify_cancel_requested() tells it that it was cancelled); it must not
-/// unwind.
+/// submitter's table installed, or on another worker of that pool that waits
+/// for it while it is still queued and so runs it in the waiter's slot. It may
+/// call the library (asyncify_cancel_requested() tells it that it was
+/// cancelled); it must not unwind.
 pub type asyncify_work_fn =
     Option<extern "C" fn(arg: *mut c_void, out_result: *mut *mut c_void) -> i32>;
 
@@ -75,8 +75,8 @@ pub type asyncify_done_fn = Option<
 /// completion queue takes goes to `free_result`.
 pub const ASYNCIFY_SUBMIT_DETACHED: u32 = 1;
 /// Submit flag: the task runs with an empty table instead of a snapshot of the
-/// caller's (the global layer still shows through). Excludes
-/// ::asyncify_submit_options.context.
+/// caller's (the global layer still shows through). Excludes a `context` in
+/// ::asyncify_submit_options.
 pub const ASYNCIFY_SUBMIT_EMPTY_CONTEXT: u32 = 2;
 const KNOWN_SUBMIT_FLAGS: u32 = ASYNCIFY_SUBMIT_DETACHED | ASYNCIFY_SUBMIT_EMPTY_CONTEXT;
 
@@ -162,8 +162,10 @@ pub extern "C" fn asyncify_submit_options_init(
 /// the handle for asyncify_poll() / asyncify_wait(). Tasks start in FIFO order,
 /// at most the pool's limit at once.
 ///
-/// Ownership: `arg` stays the caller's (the task only borrows it) unless the
-/// task never runs or is abandoned, when `free_arg` gets it; the result moves
+/// Ownership: `arg` stays the caller's, to keep valid while the work function
+/// may use it, unless the task never runs or is abandoned: then `free_arg`
+/// gets it (once the task is known never to run, or after the abandoned work
+/// function returns) and the caller must not free it. The result moves
 /// exactly once, to `on_done`, to the queue, or to the first poll or wait that
 /// asks for it, and otherwise to `free_result`. A context in `opts` is
 /// referenced: the caller still frees its own pointer. The handle must be
