@@ -9,12 +9,13 @@
 #   PROFILER=callgrind sh bench/profile.sh w1 asyncify --reps 1
 #
 # Arguments are those of `cargo bench --bench suite -- ...`. Output files go
-# to target/profile/.
+# to target/profile/. The suite is built with the profiling profile (release
+# plus debug info, in target/profiling/; its first build takes a few minutes).
 set -eu
 cd "$(dirname "$0")/.."
-[ $# -gt 0 ] || { sed -n '2,12p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,13p' "$0"; exit 2; }
 cargo=${CARGO:-cargo}
-bin=$("$cargo" bench --bench suite --no-run --message-format=json 2>/dev/null |
+bin=$("$cargo" bench --profile profiling --bench suite --no-run --message-format=json 2>/dev/null |
     sed -n 's/.*"executable":"\([^"]*suite[^"]*\)".*/\1/p' | tail -1)
 [ -x "$bin" ] || { echo "bench/profile.sh: could not build bench/suite" >&2; exit 1; }
 mkdir -p target/profile
