@@ -13,23 +13,11 @@ set(ASYNCIFY_STRESS_TASKS 20000 CACHE STRING "Accepted tasks of test_stress (pla
 set(ASYNCIFY_VALGRIND_STRESS_TASKS 1500 CACHE STRING "Accepted tasks of test_stress under valgrind")
 option(ASYNCIFY_VALGRIND "Also run every C test under valgrind (label valgrind)" OFF)
 
+# The exit status decides these (they print no PASS line); the fail pattern catches a report that still
+# exited 0.
 set(asyncify_reliability_tests test_stress test_faults)
 foreach(name IN LISTS asyncify_reliability_tests)
-  add_executable(${name} ${name}.c test_util.h)
-  target_compile_options(${name} PRIVATE -Wall -Wextra -Werror ${asyncify_san_flags})
-  target_compile_definitions(${name} PRIVATE _POSIX_C_SOURCE=200809L)
-  target_link_options(${name} PRIVATE ${asyncify_san_flags})
-  target_link_libraries(${name} PRIVATE asyncify Threads::Threads ${CMAKE_DL_LIBS})
-  set_target_properties(${name} PROPERTIES BUILD_RPATH "${asyncify_rpath}")
-  add_test(NAME ${name} COMMAND ${name})
-  set(asyncify_env "ASYNCIFY_STRESS_TASKS=${ASYNCIFY_STRESS_TASKS}" ${asyncify_san_env})
-  # The exit status decides (no PASS_REGULAR_EXPRESSION, which would make ctest ignore it, and with it
-  # LeakSanitizer's report at exit); the patterns catch a report that still exited 0.
-  set_tests_properties(${name} PROPERTIES
-    TIMEOUT ${ASYNCIFY_TEST_TIMEOUT}
-    LABELS ${asyncify_label}
-    ENVIRONMENT "${asyncify_env}"
-    FAIL_REGULAR_EXPRESSION "FAIL:|ERROR: (Address|Leak)Sanitizer|runtime error:")
+  asyncify_c_test(${name} EXIT_STATUS LINK ${CMAKE_DL_LIBS} ENV "ASYNCIFY_STRESS_TASKS=${ASYNCIFY_STRESS_TASKS}")
 endforeach()
 
 # The canary leaks on purpose: where a leak checker runs (LeakSanitizer here, memcheck below), its test
