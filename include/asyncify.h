@@ -72,9 +72,14 @@
  * inside any callback. No user code (work function, `on_done`, free, release
  * or clone function, thread hook) runs while the library holds a lock, so
  * callbacks may call back into the library and take their own locks. A
- * callback's user data comes first, and callbacks must not unwind (C++
- * exceptions, `longjmp`) through the library. Each function and callback type
- * says which thread runs the callbacks it causes.
+ * callback that takes user data takes it first, and no callback may unwind
+ * (C++ exceptions, `longjmp`) through the library. `on_done` runs on the
+ * worker for `ASYNCIFY_OK` and `ASYNCIFY_FAILED`, after the worker's table was
+ * restored, and on the cancelling thread (asyncify_cancel(), or a pool's
+ * shutdown) for `ASYNCIFY_CANCELLED`; asyncify_poll() and asyncify_wait() show
+ * a terminal status only after `on_done` has returned, so a waiter may then
+ * free `on_done_data`. Each function and callback type says which thread runs
+ * the callbacks it causes.
  */
 
 #ifndef ASYNCIFY_H
