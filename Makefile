@@ -74,18 +74,19 @@ check-header: lib
 check-header-docs:
 	$(PYTHON) tests/check_header_docs.py include/asyncify.h
 
-# The C API reference as HTML (docs/Doxyfile) in build/docs/html, when doxygen
-# is installed; a Doxygen warning (say, an undocumented entity) fails it.
+# The C API reference as HTML (docs/Doxyfile) in build/docs/html (the
+# Doxyfile names build/docs, whatever $(BUILD) is), when doxygen is
+# installed; a Doxygen warning (say, an undocumented entity) fails it.
 # Without doxygen it says how to get it and succeeds: nothing else needs it.
 docs:
 	@if command -v doxygen >/dev/null 2>&1; then \
-		mkdir -p $(BUILD)/docs; \
-		doxygen docs/Doxyfile 2>$(BUILD)/docs/warnings.log; status=$$?; \
-		cat $(BUILD)/docs/warnings.log; \
-		if [ $$status -ne 0 ] || [ -s $(BUILD)/docs/warnings.log ]; then \
+		mkdir -p build/docs; \
+		doxygen docs/Doxyfile 2>build/docs/warnings.log; status=$$?; \
+		cat build/docs/warnings.log; \
+		if [ $$status -ne 0 ] || [ -s build/docs/warnings.log ]; then \
 			echo "make docs: doxygen failed or warned (above)"; exit 1; \
 		fi; \
-		echo "make docs: the C API reference is $(BUILD)/docs/html/asyncify_8h.html"; \
+		echo "make docs: the C API reference is build/docs/html/asyncify_8h.html"; \
 	else \
 		echo "make docs: doxygen is not installed, so no HTML reference was built."; \
 		echo "  Install it (apt-get install doxygen, dnf install doxygen or brew install doxygen)"; \
