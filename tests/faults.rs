@@ -36,8 +36,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::SeqCst};
 use std::time::Duration;
 
 use asyncify::ffi::error::asyncify_last_error;
+use asyncify::ffi::overrides::*;
 use asyncify::ffi::pool::*;
-use asyncify::ffi::table::*;
 use asyncify::ffi::task::*;
 use asyncify::overrides::{self, Frame, Installed};
 use asyncify::status::*;

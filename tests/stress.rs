@@ -44,8 +44,8 @@ use std::time::{Duration, Instant};
 
 use asyncify::ffi::context::*;
 use asyncify::ffi::cq::*;
+use asyncify::ffi::overrides::*;
 use asyncify::ffi::pool::*;
-use asyncify::ffi::table::*;
 use asyncify::ffi::task::*;
 use asyncify::status::*;
 

@@ -7,8 +7,8 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use asyncify::ffi::context::*;
+use asyncify::ffi::overrides::*;
 use asyncify::ffi::pool::*;
-use asyncify::ffi::table::*;
 use asyncify::ffi::task::*;
 use asyncify::status::*;
 

@@ -9,8 +9,8 @@
 use std::ffi::{c_char, c_void, CString};
 use std::sync::Arc;
 
-use super::table::{asyncify_free_fn, copy_bytes_out, ptr_of};
-use super::task::asyncify_work_fn;
+use super::overrides::{asyncify_free_fn, copy_bytes_out, ptr_of};
+use super::task_abi::asyncify_work_fn;
 use super::{bytes_arg, fail, guard, key_arg, required, required_out, write_out, Fail, FfiResult};
 use crate::overrides::{self, Frame, Installed};
 use crate::status::*;

@@ -10,7 +10,7 @@
 use std::ffi::c_void;
 use std::sync::Arc;
 
-use super::task::asyncify_handle;
+use super::task_abi::asyncify_handle;
 use super::{fail, guard, required_out, timeout_arg, write_out, Fail};
 use crate::cq::{CompletionQueue, WaitEnd};
 use crate::status::*;

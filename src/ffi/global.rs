@@ -4,7 +4,7 @@
 
 use std::ffi::{c_char, c_void};
 
-use super::table::asyncify_free_fn;
+use super::overrides::asyncify_free_fn;
 use super::{bytes_arg, fail, guard, key_arg};
 use crate::overrides;
 use crate::status::*;

@@ -30,7 +30,9 @@ use crate::status::*;
 // keep rustfmt from sorting them.
 pub mod error;
 
-pub mod table;
+pub mod overrides;
+
+pub mod task_abi;
 
 pub mod task;
 
