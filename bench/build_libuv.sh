@@ -17,7 +17,7 @@ cc=${CC:-cc}
 mkdir -p "$out"
 
 find_src() {
-    for d in "$home"/registry/src/*/libuv-sys2-$ver/libuv "$out"/libuv-sys2-$ver/libuv; do
+    for d in "$home"/registry/src/*/"libuv-sys2-$ver"/libuv "$out/libuv-sys2-$ver/libuv"; do
         if [ -f "$d/include/uv.h" ]; then echo "$d"; return; fi
     done
 }
@@ -43,7 +43,7 @@ EOF
         { echo "cargo fetch of libuv-sys2 $ver failed" >&2; exit 1; }
     src=$(find_src)
     if [ -z "$src" ]; then
-        crate=$(ls "$home"/registry/cache/*/libuv-sys2-$ver.crate 2>/dev/null | head -1)
+        crate=$(find "$home"/registry/cache -name "libuv-sys2-$ver.crate" 2>/dev/null | head -1)
         [ -n "$crate" ] || { echo "libuv-sys2-$ver.crate not found after cargo fetch" >&2; exit 1; }
         tar -xzf "$crate" -C "$out"
         src=$(find_src)
@@ -65,9 +65,11 @@ flags="-O2 -g -fPIC -std=gnu89 -fno-strict-aliasing -w -DBUILDING_UV_SHARED=1
        -D_GNU_SOURCE -D_POSIX_C_SOURCE=200112 -D_FILE_OFFSET_BITS=64 -D_LARGEFILE_SOURCE
        -I$src/include -I$src/src"
 jobs=$(nproc 2>/dev/null || echo 2)
-# shellcheck disable=SC2086
+# $files and $flags are word lists: split on purpose (echo joins the lines of $flags).
+# shellcheck disable=SC2086,SC2116
 printf '%s\n' $files | xargs -P "$jobs" -I{} sh -c "$cc $(echo $flags) -c '$src/src/{}' -o '$objdir/{}.o'" ||
     { echo "compiling libuv's sources with $cc failed" >&2; exit 1; }
+# shellcheck disable=SC2086
 objs=$(printf "$objdir/%s.o " $files)
 # shellcheck disable=SC2086
 $cc -shared -Wl,-soname,libuv.so.1 -o "$out/libuv.so.tmp" $objs -lpthread -ldl -lrt ||

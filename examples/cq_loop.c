@@ -128,7 +128,7 @@ int main(void)
     asyncify_submit_options opts;
     must(asyncify_submit_options_init(&opts, sizeof opts), "asyncify_submit_options_init");
     opts.pool = pool;
-    opts.cq = cq;            /* no on_done: completions go to the queue */
+    opts.cq = cq; /* no on_done: completions go to the queue */
     opts.free_result = free; /* results nobody receives (none here) */
     double t0 = now_ms();
     for (int i = 0; i < TASKS; i++) {

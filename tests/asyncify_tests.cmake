@@ -7,9 +7,8 @@
 if(ASYNCIFY_SANITIZE)
   # -fno-sanitize-recover makes every UBSan report fatal, so it fails the test instead of scrolling by.
   set(asyncify_san_flags -fsanitize=${ASYNCIFY_SANITIZE} -fno-sanitize-recover=all -fno-omit-frame-pointer -g)
-  set(asyncify_san_env
-    "ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1"
-    "UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1")
+  set(asyncify_san_env "ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1"
+                       "UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1")
   set(asyncify_label asan)
 else()
   set(asyncify_san_flags "")
@@ -29,7 +28,11 @@ function(asyncify_import_library name lib include_dirs)
   set(rpath "${lib_dir}")
   find_program(ASYNCIFY_OBJDUMP NAMES objdump llvm-objdump)
   if(ASYNCIFY_OBJDUMP)
-    execute_process(COMMAND "${ASYNCIFY_OBJDUMP}" -p "${lib}" OUTPUT_VARIABLE dyn RESULT_VARIABLE rc ERROR_QUIET)
+    execute_process(
+      COMMAND "${ASYNCIFY_OBJDUMP}" -p "${lib}"
+      OUTPUT_VARIABLE dyn
+      RESULT_VARIABLE rc
+      ERROR_QUIET)
     if(rc EQUAL 0 AND dyn MATCHES "SONAME[ \t]+([^ \t\r\n]+)")
       set(soname "${CMAKE_MATCH_1}")
       if(NOT EXISTS "${lib_dir}/${soname}")
@@ -72,8 +75,8 @@ function(asyncify_add_test name)
     set_target_properties(${name} PROPERTIES CXX_STANDARD ${arg_CXX_STANDARD})
   endif()
   add_test(NAME ${name} COMMAND ${name})
-  set_tests_properties(${name} PROPERTIES
-    TIMEOUT ${ASYNCIFY_TEST_TIMEOUT} LABELS ${asyncify_label} FAIL_REGULAR_EXPRESSION "${asyncify_fail_pattern}")
+  set_tests_properties(${name} PROPERTIES TIMEOUT ${ASYNCIFY_TEST_TIMEOUT} LABELS ${asyncify_label}
+                                          FAIL_REGULAR_EXPRESSION "${asyncify_fail_pattern}")
   if(NOT arg_EXIT_STATUS)
     set_tests_properties(${name} PROPERTIES PASS_REGULAR_EXPRESSION "PASS ${name}")
   endif()

@@ -108,8 +108,7 @@ private:
     asyncify_status status_;
 };
 
-template <class T>
-class task;
+template <class T> class task;
 
 namespace detail {
 
@@ -156,8 +155,7 @@ private:
 
 /// A timeout in milliseconds for the C API: rounded up, negative or zero is 0 (do not wait), and a
 /// duration too long for int64 milliseconds means forever (-1).
-template <class Rep, class Period>
-std::int64_t timeout_ms(const std::chrono::duration<Rep, Period>& timeout) noexcept {
+template <class Rep, class Period> std::int64_t timeout_ms(const std::chrono::duration<Rep, Period>& timeout) noexcept {
     const std::chrono::duration<double, std::milli> ms = timeout;
     if (!(ms.count() > 0.0)) {
         return 0;
@@ -169,8 +167,7 @@ std::int64_t timeout_ms(const std::chrono::duration<Rep, Period>& timeout) noexc
 }
 
 /// The release function of a value set from a std::unique_ptr<T>; also how get_ptr<T> recognises one.
-template <class T>
-void delete_value(void* ptr) noexcept {
+template <class T> void delete_value(void* ptr) noexcept {
     delete static_cast<T*>(ptr);
 }
 
@@ -210,7 +207,7 @@ public:
             delete c;
         }
         if (status == ASYNCIFY_OK || status == ASYNCIFY_FAILED) {
-            self->release();  // the argument's: no free_arg follows
+            self->release(); // the argument's: no free_arg follows
         }
         self->release();
     }
@@ -251,26 +248,22 @@ private:
     std::atomic<std::uintptr_t> waiter_{0};
 };
 
-template <class T>
-class result_state : public shared_state {
+template <class T> class result_state : public shared_state {
 public:
     /// Set by the worker when the work function returned.
     std::optional<T> value;
 };
 
-template <>
-class result_state<void> : public shared_state {};
+template <> class result_state<void> : public shared_state {};
 
 struct invoke_moved {
-    template <class F, class... Args>
-    decltype(auto) operator()(F&& f, Args&&... args) const {
+    template <class F, class... Args> decltype(auto) operator()(F&& f, Args&&... args) const {
         return std::invoke(std::forward<F>(f), std::forward<Args>(args)...);
     }
 };
 
 /// A submitted call: the decayed callable and arguments, and where its outcome goes.
-template <class T, class Fn, class... Args>
-class job final : public result_state<T> {
+template <class T, class Fn, class... Args> class job final : public result_state<T> {
 public:
     template <class F, class... A>
     explicit job(F&& f, A&&... args) : call_(std::in_place, std::forward<F>(f), std::forward<A>(args)...) {}
@@ -300,12 +293,10 @@ private:
     std::optional<std::tuple<Fn, Args...>> call_;
 };
 
-template <class F, class... Args>
-using result_t = std::invoke_result_t<std::decay_t<F>, std::decay_t<Args>...>;
+template <class F, class... Args> using result_t = std::invoke_result_t<std::decay_t<F>, std::decay_t<Args>...>;
 
 struct task_access {
-    template <class T>
-    static task<T> make(asyncify_handle handle, result_state<T>* state) noexcept {
+    template <class T> static task<T> make(asyncify_handle handle, result_state<T>* state) noexcept {
         return task<T>(handle, state);
     }
 };
@@ -313,20 +304,18 @@ struct task_access {
 template <class F, class... Args>
 task<result_t<F, Args...>> submit_to(const asyncify_submit_options& base, F&& f, Args&&... args);
 
-template <class F, class... Args>
-task<result_t<F, Args...>> submit_to(asyncify_pool* pool, F&& f, Args&&... args) {
+template <class F, class... Args> task<result_t<F, Args...>> submit_to(asyncify_pool* pool, F&& f, Args&&... args) {
     asyncify_submit_options options{};
     check(asyncify_submit_options_init(&options, sizeof options));
     options.pool = pool;
     return submit_to(options, std::forward<F>(f), std::forward<Args>(args)...);
 }
 
-}  // namespace detail
+} // namespace detail
 
 /// The owner of one submitted task's handle (move-only). Destroying it releases the handle: a task that
 /// is still pending goes on, detached, and its result is discarded.
-template <class T>
-class [[nodiscard]] task {
+template <class T> class [[nodiscard]] task {
 public:
     /// An empty task (valid() is false).
     task() noexcept = default;
@@ -397,8 +386,7 @@ public:
     /// C++20: `co_await t.resume_via(post)` resumes the coroutine through `post`, a callable that takes a
     /// `std::function<void()>` and runs it later where you want (your event loop, an executor, a thread
     /// that drains a completion queue). `post` is called on the reporting thread and must not throw.
-    template <class Post>
-    auto resume_via(Post post) noexcept {
+    template <class Post> auto resume_via(Post post) noexcept {
         return awaiter<posted_resume<Post>>{*this, posted_resume<Post>{std::move(post)}};
     }
 #endif
@@ -408,8 +396,7 @@ public:
 
     /// Waits at most `timeout` (rounded up to whole milliseconds): true when the task has finished,
     /// failed or been cancelled, false when the time ran out (the task goes on).
-    template <class Rep, class Period>
-    bool wait_for(const std::chrono::duration<Rep, Period>& timeout) const {
+    template <class Rep, class Period> bool wait_for(const std::chrono::duration<Rep, Period>& timeout) const {
         return wait_status(detail::timeout_ms(timeout)) != ASYNCIFY_TIMEOUT;
     }
 
@@ -479,7 +466,7 @@ private:
                 promise.set_exception(std::current_exception());
             }
         }
-        detail::result_state<T>* state;  // kept alive by on_done's reference while this runs
+        detail::result_state<T>* state; // kept alive by on_done's reference while this runs
         std::promise<T> promise;
     };
 
@@ -488,8 +475,7 @@ private:
         void operator()(std::coroutine_handle<> h) noexcept { h.resume(); }
     };
 
-    template <class Post>
-    struct posted_resume {
+    template <class Post> struct posted_resume {
         Post post;
         void operator()(std::coroutine_handle<> h) noexcept {
             post(std::function<void()>([h] { h.resume(); }));
@@ -498,8 +484,7 @@ private:
 
     /// Suspends a coroutine until the task is terminal; the status comes with the wake-up, so resuming
     /// never waits (not even inside the task's own on_done).
-    template <class Resume>
-    struct awaiter {
+    template <class Resume> struct awaiter {
         task& t;
         Resume resume;
         std::optional<asyncify_status> status{};
@@ -555,8 +540,7 @@ private:
 
 /// Runs f(args...) on the default pool with a snapshot of this thread's override table.
 /// Throws asyncify::error when the library refuses (e.g. ASYNCIFY_E_SHUT_DOWN after asyncify_shutdown).
-template <class F, class... Args>
-task<detail::result_t<F, Args...>> submit(F&& f, Args&&... args) {
+template <class F, class... Args> task<detail::result_t<F, Args...>> submit(F&& f, Args&&... args) {
     return detail::submit_to(nullptr, std::forward<F>(f), std::forward<Args>(args)...);
 }
 
@@ -587,8 +571,7 @@ public:
     ~pool() { close(); }
 
     /// Runs f(args...) on this pool; as asyncify::submit.
-    template <class F, class... Args>
-    task<detail::result_t<F, Args...>> submit(F&& f, Args&&... args) {
+    template <class F, class... Args> task<detail::result_t<F, Args...>> submit(F&& f, Args&&... args) {
         return detail::submit_to(native(), std::forward<F>(f), std::forward<Args>(args)...);
     }
 
@@ -611,8 +594,7 @@ public:
     /// Shuts the pool down now: queued tasks are cancelled, running ones waited for up to `timeout`.
     /// True when all have finished, false when some still run (they finish on their own). The pool is
     /// empty afterwards, except when called from one of its own tasks (ASYNCIFY_E_WOULD_DEADLOCK).
-    template <class Rep, class Period>
-    bool shutdown(const std::chrono::duration<Rep, Period>& timeout) {
+    template <class Rep, class Period> bool shutdown(const std::chrono::duration<Rep, Period>& timeout) {
         asyncify_pool* p = native();
         asyncify_status status = asyncify_pool_free(p, detail::timeout_ms(timeout));
         if (status != ASYNCIFY_E_WOULD_DEADLOCK) {
@@ -624,8 +606,7 @@ public:
     /// Begins the shutdown (as shutdown() does) and waits up to `timeout` without giving the pool up:
     /// true once no task runs and every worker thread has left, false before that. Call it again to
     /// go on waiting (in slices, e.g. to stay responsive); the destructor then frees at once.
-    template <class Rep, class Period>
-    bool close_for(const std::chrono::duration<Rep, Period>& timeout) {
+    template <class Rep, class Period> bool close_for(const std::chrono::duration<Rep, Period>& timeout) {
         return detail::check(asyncify_pool_close(native(), detail::timeout_ms(timeout))) == ASYNCIFY_OK;
     }
 
@@ -678,8 +659,7 @@ public:
 
     /// This context with `key` set to a pointer value the contexts now own (deleted with `delete` once
     /// no table, task or context holds it). On error `value` keeps it.
-    template <class T>
-    context with(std::string_view key, std::unique_ptr<T>&& value) const {
+    template <class T> context with(std::string_view key, std::unique_ptr<T>&& value) const {
         static_assert(!std::is_array_v<T>, "asyncify::context::with takes std::unique_ptr<T> of a single object");
         detail::c_key k(key);
         using plain = std::remove_cv_t<T>;
@@ -716,8 +696,7 @@ public:
 
     /// The pointer value of `key`; nullptr when absent. With T (not void) it must have been set from a
     /// std::unique_ptr<T>, else this throws ASYNCIFY_E_INVALID_ARGUMENT. Valid while this context lives.
-    template <class T = void>
-    T* get_ptr(std::string_view key) const {
+    template <class T = void> T* get_ptr(std::string_view key) const {
         detail::c_key k(key);
         void* ptr = nullptr;
         asyncify_free_fn release = nullptr;
@@ -729,7 +708,7 @@ public:
         if constexpr (!std::is_void_v<T>) {
             if (release != &detail::delete_value<std::remove_cv_t<T>>) {
                 throw error(ASYNCIFY_E_INVALID_ARGUMENT, "asyncify::context::get_ptr<T>: \"" + std::string(key) +
-                                                              "\" holds a pointer not set from a std::unique_ptr<T>");
+                                                             "\" holds a pointer not set from a std::unique_ptr<T>");
             }
         }
         return static_cast<T*>(ptr);
@@ -751,8 +730,7 @@ public:
 
     /// Runs f() here, on this thread, with this context installed as the thread's table, then restores
     /// the table; returns what f returns (an exception passes through, after the restore).
-    template <class F>
-    std::invoke_result_t<F&> run(F&& f) const {
+    template <class F> std::invoke_result_t<F&> run(F&& f) const {
         using R = std::invoke_result_t<F&>;
         struct call {
             F* fn;
@@ -852,8 +830,7 @@ public:
     }
 
     /// Waits up to `timeout` for a completion: true when one is ready.
-    template <class Rep, class Period>
-    bool wait_for(const std::chrono::duration<Rep, Period>& timeout) {
+    template <class Rep, class Period> bool wait_for(const std::chrono::duration<Rep, Period>& timeout) {
         return detail::check(asyncify_cq_wait(cq_, detail::timeout_ms(timeout))) == ASYNCIFY_OK;
     }
 
@@ -912,8 +889,7 @@ inline void set(std::string_view key, std::string_view value) {
 
 /// Sets `key` to a pointer value the tables now own: it is deleted (with `delete`) once no table, task
 /// or context holds it any more, on whichever thread that happens. On error `value` keeps it.
-template <class T>
-void set(std::string_view key, std::unique_ptr<T>&& value) {
+template <class T> void set(std::string_view key, std::unique_ptr<T>&& value) {
     static_assert(!std::is_array_v<T>, "asyncify::set takes std::unique_ptr<T> of a single object");
     detail::c_key k(key);
     using plain = std::remove_cv_t<T>;
@@ -955,8 +931,7 @@ inline std::optional<std::string> get(std::string_view key) {
 /// value must have been set from a std::unique_ptr<T>, else this throws ASYNCIFY_E_INVALID_ARGUMENT;
 /// get_ptr<void>() takes any pointer value. The pointer stays valid while this thread's table (or, in a
 /// task, the task) holds it.
-template <class T = void>
-T* get_ptr(std::string_view key) {
+template <class T = void> T* get_ptr(std::string_view key) {
     detail::c_key k(key);
     void* ptr = nullptr;
     asyncify_free_fn release = nullptr;
@@ -987,7 +962,9 @@ inline bool remove(std::string_view key) {
 }
 
 /// Inside a task: true once the task has been cancelled, so long work can stop early.
-inline bool cancel_requested() noexcept { return asyncify_cancel_requested(); }
+inline bool cancel_requested() noexcept {
+    return asyncify_cancel_requested();
+}
 
 /// The default pool's limit.
 inline std::uint32_t max_workers() {
@@ -997,11 +974,15 @@ inline std::uint32_t max_workers() {
 }
 
 /// Sets the default pool's limit.
-inline void set_max_workers(std::uint32_t n) { detail::check(asyncify_set_max_workers(nullptr, n)); }
+inline void set_max_workers(std::uint32_t n) {
+    detail::check(asyncify_set_max_workers(nullptr, n));
+}
 
 /// The library's version ("MAJOR.MINOR.PATCH"), which may be newer than the header's
 /// ASYNCIFY_VERSION_STRING within the same major version.
-inline const char* version() noexcept { return asyncify_version(); }
+inline const char* version() noexcept {
+    return asyncify_version();
+}
 
 inline scope::scope(std::initializer_list<std::pair<std::string_view, std::string_view>> values) : scope() {
     // The delegated constructor has finished, so if a set throws, ~scope restores the table.
@@ -1036,7 +1017,7 @@ task<result_t<F, Args...>> submit_to(const asyncify_submit_options& base, F&& f,
     return task_access::make<T>(handle, owned.release());
 }
 
-}  // namespace detail
-}  // namespace asyncify
+} // namespace detail
+} // namespace asyncify
 
-#endif  // ASYNCIFY_HPP
+#endif // ASYNCIFY_HPP

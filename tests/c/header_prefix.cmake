@@ -14,8 +14,11 @@ endforeach()
 
 set(tu "${WORK_DIR}/header_prefix_tu.c")
 file(WRITE "${tu}" "#include <asyncify.h>\n")
-execute_process(COMMAND "${CC}" -std=c11 -E -dD -I "${HEADER_DIR}" "${tu}"
-                OUTPUT_VARIABLE pre RESULT_VARIABLE rc ERROR_VARIABLE err)
+execute_process(
+  COMMAND "${CC}" -std=c11 -E -dD -I "${HEADER_DIR}" "${tu}"
+  OUTPUT_VARIABLE pre
+  RESULT_VARIABLE rc
+  ERROR_VARIABLE err)
 if(NOT rc EQUAL 0)
   message(FATAL_ERROR "preprocessing asyncify.h failed: ${err}")
 endif()
@@ -112,8 +115,17 @@ while(i LESS n)
 endwhile()
 
 list(REMOVE_DUPLICATES names)
-set(allowed __attribute__ __declspec _Static_assert static_assert sizeof _Alignof alignof __extension__
-            __asm__ asm)
+set(allowed
+    __attribute__
+    __declspec
+    _Static_assert
+    static_assert
+    sizeof
+    _Alignof
+    alignof
+    __extension__
+    __asm__
+    asm)
 set(bad "")
 foreach(name IN LISTS names)
   if(name IN_LIST allowed)

@@ -29,14 +29,14 @@ target_link_libraries(canary_leak PRIVATE asyncify Threads::Threads)
 set_target_properties(canary_leak PROPERTIES BUILD_RPATH "${asyncify_rpath}")
 if(ASYNCIFY_SANITIZE MATCHES "address")
   add_test(NAME canary_leak COMMAND canary_leak)
-  set_tests_properties(canary_leak PROPERTIES
-    PASS_REGULAR_EXPRESSION "Direct leak of 64 byte" TIMEOUT 60 LABELS ${asyncify_label}
-    ENVIRONMENT "ASAN_OPTIONS=detect_leaks=1")
+  set_tests_properties(canary_leak PROPERTIES PASS_REGULAR_EXPRESSION "Direct leak of 64 byte" TIMEOUT 60 LABELS
+                                              ${asyncify_label} ENVIRONMENT "ASAN_OPTIONS=detect_leaks=1")
 endif()
 
 if(ASYNCIFY_VALGRIND)
   if(ASYNCIFY_SANITIZE)
-    message(FATAL_ERROR "ASYNCIFY_VALGRIND needs a build without ASYNCIFY_SANITIZE (valgrind and ASan exclude each other)")
+    message(
+      FATAL_ERROR "ASYNCIFY_VALGRIND needs a build without ASYNCIFY_SANITIZE (valgrind and ASan exclude each other)")
   endif()
   find_program(ASYNCIFY_VALGRIND_EXE valgrind REQUIRED)
   get_filename_component(asyncify_supp "${CMAKE_CURRENT_SOURCE_DIR}/../valgrind.supp" ABSOLUTE)
@@ -51,30 +51,39 @@ if(ASYNCIFY_VALGRIND)
       # fails the test through FAIL_REGULAR_EXPRESSION.
       set(asyncify_leak_args --errors-for-leak-kinds=none --child-silent-after-fork=yes)
     endif()
-    add_test(NAME valgrind_${name}
-      COMMAND "${ASYNCIFY_VALGRIND_EXE}" --quiet --leak-check=full --show-leak-kinds=definite,possible
-              ${asyncify_leak_args} --error-exitcode=1 --fair-sched=yes
-              --suppressions=${asyncify_supp} --gen-suppressions=all
-              $<TARGET_FILE:${name}>)
-    set_tests_properties(valgrind_${name} PROPERTIES
-      TIMEOUT 900
-      LABELS valgrind
-      ENVIRONMENT "ASYNCIFY_SPIN_US=0;ASYNCIFY_UNDER_VALGRIND=1;ASYNCIFY_STRESS_TASKS=${ASYNCIFY_VALGRIND_STRESS_TASKS}"
-      FAIL_REGULAR_EXPRESSION "FAIL:|are definitely lost|are possibly lost|Invalid (read|write|free)|uninitialised|Mismatched free|Syscall param")
+    add_test(
+      NAME valgrind_${name}
+      COMMAND
+        "${ASYNCIFY_VALGRIND_EXE}" --quiet --leak-check=full --show-leak-kinds=definite,possible ${asyncify_leak_args}
+        --error-exitcode=1 --fair-sched=yes --suppressions=${asyncify_supp} --gen-suppressions=all
+        $<TARGET_FILE:${name}>)
+    set_tests_properties(
+      valgrind_${name}
+      PROPERTIES
+        TIMEOUT
+        900
+        LABELS
+        valgrind
+        ENVIRONMENT
+        "ASYNCIFY_SPIN_US=0;ASYNCIFY_UNDER_VALGRIND=1;ASYNCIFY_STRESS_TASKS=${ASYNCIFY_VALGRIND_STRESS_TASKS}"
+        FAIL_REGULAR_EXPRESSION
+        "FAIL:|are definitely lost|are possibly lost|Invalid (read|write|free)|uninitialised|Mismatched free|Syscall param"
+    )
   endforeach()
   # A program that used pools, tasks, overrides and contexts and shut every pool down is clean with no
   # suppression file at all: every worker thread was joined.
-  add_test(NAME valgrind_unsuppressed_test_workers
+  add_test(
+    NAME valgrind_unsuppressed_test_workers
     COMMAND "${ASYNCIFY_VALGRIND_EXE}" --quiet --leak-check=full --show-leak-kinds=definite,possible
-            --errors-for-leak-kinds=definite,possible --error-exitcode=1 --fair-sched=yes
-            $<TARGET_FILE:test_workers>)
-  set_tests_properties(valgrind_unsuppressed_test_workers PROPERTIES
-    TIMEOUT 900 LABELS valgrind ENVIRONMENT "ASYNCIFY_SPIN_US=0"
-    FAIL_REGULAR_EXPRESSION "FAIL:|are definitely lost|are possibly lost|Invalid (read|write|free)|uninitialised")
+            --errors-for-leak-kinds=definite,possible --error-exitcode=1 --fair-sched=yes $<TARGET_FILE:test_workers>)
+  set_tests_properties(
+    valgrind_unsuppressed_test_workers
+    PROPERTIES TIMEOUT 900 LABELS valgrind ENVIRONMENT "ASYNCIFY_SPIN_US=0" FAIL_REGULAR_EXPRESSION
+               "FAIL:|are definitely lost|are possibly lost|Invalid (read|write|free)|uninitialised")
   add_test(NAME valgrind_canary_leak
-    COMMAND "${ASYNCIFY_VALGRIND_EXE}" --quiet --leak-check=full --errors-for-leak-kinds=definite,possible
-            --error-exitcode=1 --suppressions=${asyncify_supp} $<TARGET_FILE:canary_leak>)
-  set_tests_properties(valgrind_canary_leak PROPERTIES
-    PASS_REGULAR_EXPRESSION "64 bytes in 1 blocks are definitely lost" TIMEOUT 300 LABELS valgrind
-    ENVIRONMENT "ASYNCIFY_SPIN_US=0")
+           COMMAND "${ASYNCIFY_VALGRIND_EXE}" --quiet --leak-check=full --errors-for-leak-kinds=definite,possible
+                   --error-exitcode=1 --suppressions=${asyncify_supp} $<TARGET_FILE:canary_leak>)
+  set_tests_properties(
+    valgrind_canary_leak PROPERTIES PASS_REGULAR_EXPRESSION "64 bytes in 1 blocks are definitely lost" TIMEOUT 300
+                                    LABELS valgrind ENVIRONMENT "ASYNCIFY_SPIN_US=0")
 endif()

@@ -4,15 +4,15 @@
 
 /* Everything the library does to one task, counted. The callbacks all get a pointer to this. */
 struct probe {
-    atomic_int gate;         /* the work function waits for this, unless `no_gate` */
+    atomic_int gate; /* the work function waits for this, unless `no_gate` */
     bool no_gate;
-    int64_t run_ms;          /* or runs this long instead, when > 0 */
+    int64_t run_ms; /* or runs this long instead, when > 0 */
     atomic_int started;
     atomic_int finished;
     atomic_int arg_freed;
     atomic_int result_freed;
     atomic_int done_calls;
-    atomic_int sequence;     /* orders free_arg against on_done */
+    atomic_int sequence; /* orders free_arg against on_done */
     int arg_freed_at, done_at;
     asyncify_status done_status;
     pthread_t done_thread;
@@ -326,10 +326,10 @@ struct race_task {
     atomic_int result_freed;
     atomic_int done_calls;
     atomic_int done_status;
-    atomic_int moved;        /* the result reached a poll/wait of ours */
+    atomic_int moved; /* the result reached a poll/wait of ours */
     bool with_on_done;
-    int cancel_status;       /* what asyncify_cancel returned; 1000 when not called */
-    int observed_status;     /* what a wait returned before release; 1000 when none */
+    int cancel_status; /* what asyncify_cancel returned; 1000 when not called */
+    int observed_status; /* what a wait returned before release; 1000 when none */
     int spin;
     int32_t code;
 };
@@ -480,7 +480,8 @@ static void test_races(void)
             if (t->with_on_done) {
                 with_on_done++;
                 if (done_calls != 1) {
-                    test_fail(__FILE__, __LINE__, "task [%d][%d]: on_done called %d times", ti, i, done_calls);
+                    test_fail(__FILE__, __LINE__, "task [%d][%d]: on_done called %d times", ti, i,
+                              done_calls);
                 }
                 cancelled = status == ASYNCIFY_CANCELLED;
                 if (!cancelled && !ran) {
@@ -513,8 +514,9 @@ static void test_races(void)
             /* free_arg: exactly when fn never ran or was abandoned. */
             int want_arg_freed = (!ran || cancelled) ? 1 : 0;
             if (arg_freed != want_arg_freed) {
-                test_fail(__FILE__, __LINE__, "task [%d][%d]: free_arg called %d times, expected %d (ran %d, cancelled %d)",
-                          ti, i, arg_freed, want_arg_freed, ran, (int)cancelled);
+                test_fail(__FILE__, __LINE__,
+                          "task [%d][%d]: free_arg called %d times, expected %d (ran %d, cancelled %d)", ti,
+                          i, arg_freed, want_arg_freed, ran, (int)cancelled);
             }
             /* The result (non-NULL whenever fn returned) goes to exactly one place. */
             int receivers = result_freed + moved + ((t->with_on_done && !cancelled) ? 1 : 0);

@@ -436,7 +436,7 @@ static void test_with_ptr_release_once(void)
     CHECK_OK(asyncify_context_empty(&e));
     CHECK_OK(asyncify_context_with_ptr(e, "p", &o, release_obj, &a));
     CHECK_OK(asyncify_context_with(a, "x", "1", 1, &b)); /* shares p */
-    CHECK_OK(asyncify_context_without(a, "x", &d));     /* shares p */
+    CHECK_OK(asyncify_context_without(a, "x", &d)); /* shares p */
     CHECK_OK(asyncify_context_free(e));
 
     /* The thread installs it too: the value is shared, not copied. */

@@ -48,7 +48,8 @@ static void check_last_error_set(const char *file, int line, const char *what, c
     size_t len = 0;
     s = asyncify_last_error(buf, needed + 1, &len);
     if (s != ASYNCIFY_OK) {
-        test_fail(file, line, "after %s: asyncify_last_error with %zu bytes returned %d", what, needed + 1, s);
+        test_fail(file, line, "after %s: asyncify_last_error with %zu bytes returned %d", what, needed + 1,
+                  s);
     }
     size_t text = strnlen(buf, needed + 1);
     if (text == 0 || len != needed || (needed != text && needed != text + 1)) {
@@ -63,10 +64,10 @@ static void check_last_error_set(const char *file, int line, const char *what, c
 /* Checks the status and that a message was stored for it. */
 /* A stricter CHECK_ERR than test_util.h's: the size query must also agree with the copy. */
 #undef CHECK_ERR
-#define CHECK_ERR(expr, expected)                                                                  \
-    do {                                                                                           \
-        CHECK_EQ_STATUS(expr, expected);                                                           \
-        check_last_error_set(__FILE__, __LINE__, #expr, NULL, 0);                                  \
+#define CHECK_ERR(expr, expected)                                 \
+    do {                                                          \
+        CHECK_EQ_STATUS(expr, expected);                          \
+        check_last_error_set(__FILE__, __LINE__, #expr, NULL, 0); \
     } while (0)
 
 /* ---- section 1 --------------------------------------------------------------------------------- */
@@ -218,7 +219,8 @@ static void counting_free_arg(void *arg)
     atomic_fetch_add(&((struct counters *)arg)->arg_freed, 1);
 }
 
-static void counting_done(void *user_data, asyncify_handle h, asyncify_status status, void *result, int32_t code)
+static void counting_done(void *user_data, asyncify_handle h, asyncify_status status, void *result,
+                          int32_t code)
 {
     (void)h;
     (void)status;
@@ -326,7 +328,8 @@ static void check_invalid_handle(asyncify_handle h, const char *what)
     int32_t code = 4242;
     asyncify_status s;
     if ((s = asyncify_poll(h, &res, &code)) != ASYNCIFY_E_INVALID_HANDLE) {
-        test_fail(__FILE__, __LINE__, "poll(%s = 0x%" PRIx64 ") returned %d (%s)", what, h, s, asyncify_status_str(s));
+        test_fail(__FILE__, __LINE__, "poll(%s = 0x%" PRIx64 ") returned %d (%s)", what, h, s,
+                  asyncify_status_str(s));
     }
     check_last_error_set(__FILE__, __LINE__, what, NULL, 0);
     if ((s = asyncify_wait(h, 0, &res, &code)) != ASYNCIFY_E_INVALID_HANDLE) {

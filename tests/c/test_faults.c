@@ -115,7 +115,8 @@ static void test_failing_work_functions(void)
                 asyncify_completion done[2];
                 size_t n = 0;
                 CHECK_OK(asyncify_cq_drain(cq, done, 2, &n));
-                CHECK(n == 1 && done[0].status == want && done[0].code == codes[i] && done[0].result == &c[i][how]);
+                CHECK(n == 1 && done[0].status == want && done[0].code == codes[i] &&
+                      done[0].result == &c[i][how]);
             }
             CHECK_EQ_STATUS(asyncify_cancel(h), want); /* too late: the outcome stays */
             CHECK_OK(asyncify_release(h));
@@ -216,8 +217,9 @@ static void note_release_call(const char *what, asyncify_status s)
         char msg[256];
         test_last_error_text(msg, sizeof msg);
         if (atomic_fetch_add(&value_release_errors, 1) == 0) {
-            snprintf(value_release_report, sizeof value_release_report, "release #%d: %s returned %d (%s): %s",
-                     atomic_load(&value_releases), what, (int)s, asyncify_status_str(s), msg);
+            snprintf(value_release_report, sizeof value_release_report,
+                     "release #%d: %s returned %d (%s): %s", atomic_load(&value_releases), what, (int)s,
+                     asyncify_status_str(s), msg);
         }
     }
 }
@@ -279,7 +281,7 @@ static void test_reentrant_callbacks(void)
     atomic_store(&a.handle, h);
     CHECK_EQ_STATUS(asyncify_cancel(h), ASYNCIFY_CANCELLED);
     CHECK(atomic_load(&a.arg_freed) == 1 && atomic_load(&a.done_calls) == 1);
-    CHECK_OK(a.release_in_free_arg);          /* releasing one's own handle from free_arg works */
+    CHECK_OK(a.release_in_free_arg); /* releasing one's own handle from free_arg works */
     CHECK_OK(a.submit_in_callback);
     CHECK_EQ_STATUS(asyncify_release(h), ASYNCIFY_E_INVALID_HANDLE); /* and only once */
     CHECK_OK(asyncify_set_max_workers(pool, 1));
@@ -345,7 +347,8 @@ static void test_reentrant_callbacks(void)
     CHECK_OK(asyncify_override_remove("k"));
     WAIT_FOR(atomic_load(&value_releases) == 3, TEST_PATIENCE_MS);
     if (atomic_load(&value_release_errors) != 0) {
-        test_fail(__FILE__, __LINE__, "a release function calling back into the library: %s", value_release_report);
+        test_fail(__FILE__, __LINE__, "a release function calling back into the library: %s",
+                  value_release_report);
     }
     /* At thread exit the thread's table is being destroyed: the release function's calls must not crash
      * or hang. Each call there acts on an empty throwaway table (README, "Which thread sees what"), so a
@@ -402,7 +405,7 @@ static void test_thread_creation_fails_with_threads_alive(void)
         more[i] = submit_to(pool, counts_run, &ran); /* submit still works */
     }
     CHECK(atomic_load(&create_refused) > refused_before); /* the library did try to start more */
-    CHECK_OK(asyncify_set_max_workers(pool, 8));          /* raising the limit tries again, fails again */
+    CHECK_OK(asyncify_set_max_workers(pool, 8)); /* raising the limit tries again, fails again */
     gate_open(&b.gate);
     for (int i = 0; i < 10; i++) {
         wait_ok_release(more[i]);
@@ -433,10 +436,11 @@ static void test_thread_creation_fails_with_no_thread(void)
     asyncify_pool_stats st = stats_of(pool);
     atomic_store(&fail_threads, 0);
     if (s == ASYNCIFY_OK && w != ASYNCIFY_OK) {
-        test_fail(__FILE__, __LINE__,
-                  "no worker thread could be created: asyncify_submit returned OK but the task never ran (wait "
-                  "returned %d %s; pool threads %u, queued %llu); expected an error from submit or a run",
-                  (int)w, asyncify_status_str(w), st.threads, (unsigned long long)st.queued);
+        test_fail(
+            __FILE__, __LINE__,
+            "no worker thread could be created: asyncify_submit returned OK but the task never ran (wait "
+            "returned %d %s; pool threads %u, queued %llu); expected an error from submit or a run",
+            (int)w, asyncify_status_str(w), st.threads, (unsigned long long)st.queued);
     }
     if (s != ASYNCIFY_OK) {
         char msg[256];
@@ -556,7 +560,8 @@ static void test_allocation_failure_aborts_cleanly(void)
         return;
     }
     if (!(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT)) {
-        test_fail(__FILE__, __LINE__, "allocation failure: child ended with status 0x%x, expected SIGABRT", status);
+        test_fail(__FILE__, __LINE__, "allocation failure: child ended with status 0x%x, expected SIGABRT",
+                  status);
     }
     printf("allocation failure: the process aborted cleanly (SIGABRT), as Rust's allocator does\n");
 }

@@ -257,10 +257,10 @@ static void test_live_global_in_running_task(void)
 
 struct holder {
     struct obj *expect;
-    bool reread;        /* read the key again after its removal */
+    bool reread; /* read the key again after its removal */
     atomic_int have_it;
     atomic_int removed; /* the test removed the global key */
-    atomic_int go;      /* the task may end */
+    atomic_int go; /* the task may end */
     void *first;
     asyncify_status reread_status;
     void *reread_ptr;
@@ -349,7 +349,7 @@ static void test_global_ptr_replaced(void)
     CHECK(atomic_load(&o3.released) == 1);
     CHECK_OK(asyncify_global_remove("gp3"));
     CHECK_OK(asyncify_override_clear()); /* a table change: this thread lets go of o4 */
-    CHECK(key_absent("gp3"));            /* and a read of the global layer */
+    CHECK(key_absent("gp3")); /* and a read of the global layer */
     WAIT_FOR(atomic_load(&o4.released) == 1, 2000);
     CHECK(atomic_load(&o3.released) == 1);
 }

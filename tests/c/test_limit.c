@@ -510,7 +510,8 @@ static void tracked_free_arg(void *p)
     atomic_fetch_add(&((struct tracked_task *)p)->arg_freed, 1);
 }
 
-static void tracked_done(void *user_data, asyncify_handle h, asyncify_status status, void *result, int32_t code)
+static void tracked_done(void *user_data, asyncify_handle h, asyncify_status status, void *result,
+                         int32_t code)
 {
     (void)h;
     (void)result;

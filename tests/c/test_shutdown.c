@@ -23,7 +23,7 @@ struct job {
     int64_t done_sleep_ms;
     atomic_int done_returned;
     int64_t finished_at;
-    struct asyncify_pool *pool;     /* for on_done's submit attempt */
+    struct asyncify_pool *pool; /* for on_done's submit attempt */
     asyncify_status submit_in_done; /* what a submit to the pool gave inside on_done */
 };
 

@@ -106,7 +106,10 @@ static _Thread_local int tl_ncancelling;
 static _Thread_local uint64_t tl_rng;
 static _Thread_local uint64_t tl_id;
 
-static uint64_t tick(void) { return atomic_fetch_add(&clock_ticks, 1); }
+static uint64_t tick(void)
+{
+    return atomic_fetch_add(&clock_ticks, 1);
+}
 
 static uint64_t thread_id(void)
 {
@@ -127,10 +130,19 @@ static uint64_t rnd(void)
     return z ^ (z >> 31);
 }
 
-static uint64_t below(uint64_t n) { return rnd() % n; }
-static bool chance(unsigned percent) { return below(100) < percent; }
+static uint64_t below(uint64_t n)
+{
+    return rnd() % n;
+}
+static bool chance(unsigned percent)
+{
+    return below(100) < percent;
+}
 
-static void bump(atomic_ullong *c) { atomic_fetch_add(c, 1); }
+static void bump(atomic_ullong *c)
+{
+    atomic_fetch_add(c, 1);
+}
 
 /* ---- the thread's table, as the tasks check it ---- */
 
@@ -146,9 +158,15 @@ static uint64_t get_seq(void)
     return v;
 }
 
-static void set_seq(uint64_t v) { CHECK_OK(asyncify_override_set("seq", &v, sizeof v)); }
+static void set_seq(uint64_t v)
+{
+    CHECK_OK(asyncify_override_set("seq", &v, sizeof v));
+}
 
-static uint32_t local_keys(void) { return (tl_has_local && tl_in_fn == 0) ? 1u : 0u; }
+static uint32_t local_keys(void)
+{
+    return (tl_has_local && tl_in_fn == 0) ? 1u : 0u;
+}
 
 /* ---- cancels ---- */
 
@@ -188,7 +206,8 @@ static void cancel_from_callback(void)
     }
     bump(&f_cb_cancels);
     asyncify_status s = cancel(h);
-    CHECK(s == ASYNCIFY_CANCELLED || s == ASYNCIFY_OK || s == ASYNCIFY_FAILED || s == ASYNCIFY_E_INVALID_HANDLE);
+    CHECK(s == ASYNCIFY_CANCELLED || s == ASYNCIFY_OK || s == ASYNCIFY_FAILED ||
+          s == ASYNCIFY_E_INVALID_HANDLE);
 }
 
 static void note_cancel(struct rec *r, asyncify_status s)
@@ -201,7 +220,10 @@ static void note_cancel(struct rec *r, asyncify_status s)
     }
 }
 
-static bool detached(const struct rec *r) { return (r->mode & M_DETACHED) != 0; }
+static bool detached(const struct rec *r)
+{
+    return (r->mode & M_DETACHED) != 0;
+}
 
 static struct rec *submit_one(int slot, asyncify_handle *out);
 static void release_owned(asyncify_handle h, struct rec *r);
@@ -247,8 +269,8 @@ static int32_t work(void *arg, void **out_result)
             if (NEXT() % 2 == 0) {
                 atomic_store(&waited_child, h);
                 asyncify_status s = asyncify_wait(h, (int64_t)(NEXT() % 3), NULL, NULL);
-                CHECK(s == ASYNCIFY_OK || s == ASYNCIFY_FAILED || s == ASYNCIFY_CANCELLED || s == ASYNCIFY_TIMEOUT ||
-                      s == ASYNCIFY_E_INVALID_HANDLE);
+                CHECK(s == ASYNCIFY_OK || s == ASYNCIFY_FAILED || s == ASYNCIFY_CANCELLED ||
+                      s == ASYNCIFY_TIMEOUT || s == ASYNCIFY_E_INVALID_HANDLE);
                 if (s == ASYNCIFY_OK || s == ASYNCIFY_FAILED || s == ASYNCIFY_CANCELLED) {
                     atomic_fetch_or(&child->seen, 1u << s);
                 }
@@ -555,8 +577,10 @@ static void free_pool(struct asyncify_pool *p, uint32_t gen)
     asyncify_status s = asyncify_pool_free(p, 20000);
     tl_shutting--;
     if (s != ASYNCIFY_OK) {
-        test_fail(__FILE__, __LINE__, "pool_free of generation %u returned %d (%s) after 20 s: a callable or a slot never came back",
-                  gen, (int)s, asyncify_status_str(s));
+        test_fail(
+            __FILE__, __LINE__,
+            "pool_free of generation %u returned %d (%s) after 20 s: a callable or a slot never came back",
+            gen, (int)s, asyncify_status_str(s));
     }
     atomic_store(&gens[gen].freed, 1);
 }
@@ -799,13 +823,14 @@ static void check_counts(const char *what, struct counts got, struct counts want
 {
     if (memcmp(&got, &want, sizeof got) != 0) {
         test_fail(__FILE__, __LINE__,
-                  "%s: asyncify_stats says submitted %llu completed %llu failed %llu cancelled %llu abandoned %llu; the test "
+                  "%s: asyncify_stats says submitted %llu completed %llu failed %llu cancelled %llu "
+                  "abandoned %llu; the test "
                   "counted %llu %llu %llu %llu %llu",
                   what, (unsigned long long)got.submitted, (unsigned long long)got.completed,
-                  (unsigned long long)got.failed, (unsigned long long)got.cancelled, (unsigned long long)got.abandoned,
-                  (unsigned long long)want.submitted, (unsigned long long)want.completed,
-                  (unsigned long long)want.failed, (unsigned long long)want.cancelled,
-                  (unsigned long long)want.abandoned);
+                  (unsigned long long)got.failed, (unsigned long long)got.cancelled,
+                  (unsigned long long)got.abandoned, (unsigned long long)want.submitted,
+                  (unsigned long long)want.completed, (unsigned long long)want.failed,
+                  (unsigned long long)want.cancelled, (unsigned long long)want.abandoned);
     }
 }
 
@@ -821,18 +846,21 @@ static void check_records(size_t used, struct counts *per_gen, uint32_t ngens)
         int result_freed = atomic_load(&r->result_freed);
         int delivered = atomic_load(&r->delivered);
         if (!atomic_load(&r->accepted)) {
-            CHECK(ran + arg_freed + result_freed + atomic_load(&r->done_calls) + atomic_load(&r->cq_calls) == 0);
+            CHECK(ran + arg_freed + result_freed + atomic_load(&r->done_calls) + atomic_load(&r->cq_calls) ==
+                  0);
             continue;
         }
         asyncify_status status;
         if (r->mode & M_ON_DONE) {
             if (atomic_load(&r->done_calls) != 1) {
-                test_fail(__FILE__, __LINE__, "task %zu: on_done called %d times", i, atomic_load(&r->done_calls));
+                test_fail(__FILE__, __LINE__, "task %zu: on_done called %d times", i,
+                          atomic_load(&r->done_calls));
             }
             status = atomic_load(&r->done_status);
         } else if (r->mode & M_CQ) {
             if (atomic_load(&r->cq_calls) != 1) {
-                test_fail(__FILE__, __LINE__, "task %zu: %d completions in the queue", i, atomic_load(&r->cq_calls));
+                test_fail(__FILE__, __LINE__, "task %zu: %d completions in the queue", i,
+                          atomic_load(&r->cq_calls));
             }
             status = atomic_load(&r->cq_status);
         } else if (ran == 0 || arg_freed == 1) {
@@ -856,7 +884,8 @@ static void check_records(size_t used, struct counts *per_gen, uint32_t ngens)
             }
             CHECK(result_freed + delivered == 0);
             if (r->mode & M_ON_DONE) {
-                CHECK(atomic_load(&r->arg_freed_at) < atomic_load(&r->done_at)); /* 5.1: free_arg, then on_done */
+                CHECK(atomic_load(&r->arg_freed_at) <
+                      atomic_load(&r->done_at)); /* 5.1: free_arg, then on_done */
             }
         } else if (status == ASYNCIFY_CANCELLED) {
             g->abandoned++;
@@ -868,7 +897,8 @@ static void check_records(size_t used, struct counts *per_gen, uint32_t ngens)
             CHECK(atomic_load(&r->arg_freed_at) > atomic_load(&r->fn_end)); /* 5.2: after fn returned */
             CHECK(delivered == 0);
             if (result_freed != (sets ? 1 : 0)) {
-                test_fail(__FILE__, __LINE__, "abandoned task %zu: free_result called %d times", i, result_freed);
+                test_fail(__FILE__, __LINE__, "abandoned task %zu: free_result called %d times", i,
+                          result_freed);
             }
         } else {
             n_ran++;
@@ -885,10 +915,11 @@ static void check_records(size_t used, struct counts *per_gen, uint32_t ngens)
             }
             if (delivered + result_freed != (sets ? 1 : 0)) {
                 test_fail(__FILE__, __LINE__,
-                          "task %zu: result delivered %d and freed %d times (set: %d; mode 0x%x, gen %u, status %d, seen 0x%x, "
+                          "task %zu: result delivered %d and freed %d times (set: %d; mode 0x%x, gen %u, "
+                          "status %d, seen 0x%x, "
                           "cancel said 0x%x)",
-                          i, delivered, result_freed, (int)sets, r->mode, r->gen, (int)status, atomic_load(&r->seen),
-                          atomic_load(&r->cancel_seen));
+                          i, delivered, result_freed, (int)sets, r->mode, r->gen, (int)status,
+                          atomic_load(&r->seen), atomic_load(&r->cancel_seen));
             }
         }
     }
@@ -1032,7 +1063,8 @@ int main(void)
     check_counts("pool 2", counts_of(&st[2]), per_gen[live_gen[2]]);
     for (uint32_t g = 0; g < ngens; g++) {
         if (atomic_load(&gens[g].stops_after_free) != 0) {
-            test_fail(__FILE__, __LINE__, "generation %u: on_thread_stop ran after asyncify_pool_free returned OK", g);
+            test_fail(__FILE__, __LINE__,
+                      "generation %u: on_thread_stop ran after asyncify_pool_free returned OK", g);
         }
     }
     uint64_t accepted_rounds = atomic_load(&f_accepted);
@@ -1067,30 +1099,36 @@ int main(void)
     }
     struct counts race[1] = { { 0, 0, 0, 0, 0 } };
     check_records(used, race, 1);
-    check_counts("the default pool after asyncify_shutdown", minus(counts_of(&after), default_before), race[0]);
+    check_counts("the default pool after asyncify_shutdown", minus(counts_of(&after), default_before),
+                 race[0]);
     asyncify_handle h = 0;
     CHECK_EQ_STATUS(asyncify_submit(work, recs, NULL, &h), ASYNCIFY_E_SHUT_DOWN);
 
-    printf("stress (seed %#llx, %lld ms): %llu tasks accepted, %llu ran (%llu completed, %llu failed, %llu abandoned), "
-           "%llu never ran; races: %llu cancels (%llu too late), %llu released while pending, %llu polls, %llu waits "
-           "(%llu timed out), %llu wait_any, %llu resizes (%llu pauses), %llu pools shut down while busy, %llu submits "
-           "and %llu cancels from callbacks, %llu inline runs, %llu refused busy, %llu refused shut down, %llu stale "
-           "handles refused, %llu scope exits refused; results: %llu to on_done, %llu to poll/wait, %llu via the "
+    printf("stress (seed %#llx, %lld ms): %llu tasks accepted, %llu ran (%llu completed, %llu failed, %llu "
+           "abandoned), "
+           "%llu never ran; races: %llu cancels (%llu too late), %llu released while pending, %llu polls, "
+           "%llu waits "
+           "(%llu timed out), %llu wait_any, %llu resizes (%llu pauses), %llu pools shut down while busy, "
+           "%llu submits "
+           "and %llu cancels from callbacks, %llu inline runs, %llu refused busy, %llu refused shut down, "
+           "%llu stale "
+           "handles refused, %llu scope exits refused; results: %llu to on_done, %llu to poll/wait, %llu via "
+           "the "
            "queue, %llu freed; args freed %llu; errors 0\n",
            (unsigned long long)seed, (long long)t_round, (unsigned long long)atomic_load(&f_accepted),
            (unsigned long long)n_ran, (unsigned long long)n_completed, (unsigned long long)n_failed,
-           (unsigned long long)n_abandoned, (unsigned long long)n_never, (unsigned long long)atomic_load(&f_cancels),
-           (unsigned long long)atomic_load(&f_too_late), (unsigned long long)atomic_load(&f_released_pending),
-           (unsigned long long)atomic_load(&f_polls), (unsigned long long)atomic_load(&f_waits),
-           (unsigned long long)atomic_load(&f_timeouts), (unsigned long long)atomic_load(&f_wait_any),
-           (unsigned long long)atomic_load(&f_resizes), (unsigned long long)atomic_load(&f_pauses),
-           (unsigned long long)atomic_load(&f_retired), (unsigned long long)atomic_load(&f_cb_submits),
-           (unsigned long long)atomic_load(&f_cb_cancels), (unsigned long long)atomic_load(&f_inline),
-           (unsigned long long)atomic_load(&f_busy), (unsigned long long)atomic_load(&f_shut_down),
-           (unsigned long long)atomic_load(&f_stale), (unsigned long long)atomic_load(&f_mismatch),
-           (unsigned long long)atomic_load(&f_to_on_done), (unsigned long long)atomic_load(&f_to_poll),
-           (unsigned long long)atomic_load(&f_cq), (unsigned long long)atomic_load(&f_freed),
-           (unsigned long long)atomic_load(&f_args_freed));
+           (unsigned long long)n_abandoned, (unsigned long long)n_never,
+           (unsigned long long)atomic_load(&f_cancels), (unsigned long long)atomic_load(&f_too_late),
+           (unsigned long long)atomic_load(&f_released_pending), (unsigned long long)atomic_load(&f_polls),
+           (unsigned long long)atomic_load(&f_waits), (unsigned long long)atomic_load(&f_timeouts),
+           (unsigned long long)atomic_load(&f_wait_any), (unsigned long long)atomic_load(&f_resizes),
+           (unsigned long long)atomic_load(&f_pauses), (unsigned long long)atomic_load(&f_retired),
+           (unsigned long long)atomic_load(&f_cb_submits), (unsigned long long)atomic_load(&f_cb_cancels),
+           (unsigned long long)atomic_load(&f_inline), (unsigned long long)atomic_load(&f_busy),
+           (unsigned long long)atomic_load(&f_shut_down), (unsigned long long)atomic_load(&f_stale),
+           (unsigned long long)atomic_load(&f_mismatch), (unsigned long long)atomic_load(&f_to_on_done),
+           (unsigned long long)atomic_load(&f_to_poll), (unsigned long long)atomic_load(&f_cq),
+           (unsigned long long)atomic_load(&f_freed), (unsigned long long)atomic_load(&f_args_freed));
     CHECK(accepted_rounds >= tasks);
     CHECK(n_never > 0 && n_completed > 0 && n_failed > 0);
     free(per_gen);

@@ -431,8 +431,8 @@ static int32_t foreign_submitter_task(void *arg, void **out_result)
     struct isolation *st = arg;
     st->worker = pthread_self();
     st->count = table_count();
-    st->saw_expected = key_is("x", "9") && key_absent("a") && key_absent("b") && key_absent("c") &&
-                       key_absent("d");
+    st->saw_expected =
+        key_is("x", "9") && key_absent("a") && key_absent("b") && key_absent("c") && key_absent("d");
     /* The previous task's open scope was discarded with its table. */
     st->reuse_token_status = asyncify_scope_exit(st->leaked_token);
     atomic_store(&st->ran, 1);
@@ -534,8 +534,8 @@ static int32_t outer_task(void *arg, void **out_result)
     set_str("m", "5");
     CHECK_OK(asyncify_override_remove("gone"));
     wait_ok_release(submit_to(st->pool, inner_task, st));
-    st->outer_unchanged_after_inner = key_is("k", "2") && key_is("m", "5") && key_absent("z") &&
-                                      table_count() == 3;
+    st->outer_unchanged_after_inner =
+        key_is("k", "2") && key_is("m", "5") && key_absent("z") && table_count() == 3;
     return 0;
 }
 

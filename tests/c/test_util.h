@@ -39,7 +39,8 @@ static inline void test_last_error_text(char *out, size_t cap)
 #if defined(__GNUC__)
 __attribute__((format(printf, 3, 4), noreturn))
 #endif
-static inline void test_fail(const char *file, int line, const char *fmt, ...)
+static inline void
+test_fail(const char *file, int line, const char *fmt, ...)
 {
     char last[1024] = "";
     test_last_error_text(last, sizeof last);
@@ -56,43 +57,43 @@ static inline void test_fail(const char *file, int line, const char *fmt, ...)
     _Exit(1);
 }
 
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            test_fail(__FILE__, __LINE__, "CHECK(%s)", #cond);                                     \
-        }                                                                                          \
+#define CHECK(cond)                                            \
+    do {                                                       \
+        if (!(cond)) {                                         \
+            test_fail(__FILE__, __LINE__, "CHECK(%s)", #cond); \
+        }                                                      \
     } while (0)
 
-#define CHECK_EQ_STATUS(expr, expected)                                                            \
-    do {                                                                                           \
-        asyncify_status got_status_ = (expr);                                                      \
-        asyncify_status want_status_ = (expected);                                                 \
-        if (got_status_ != want_status_) {                                                         \
-            test_fail(__FILE__, __LINE__, "%s returned %d (%s), expected %d (%s)", #expr,          \
-                      (int)got_status_, asyncify_status_str(got_status_), (int)want_status_,       \
-                      asyncify_status_str(want_status_));                                          \
-        }                                                                                          \
+#define CHECK_EQ_STATUS(expr, expected)                                                                     \
+    do {                                                                                                    \
+        asyncify_status got_status_ = (expr);                                                               \
+        asyncify_status want_status_ = (expected);                                                          \
+        if (got_status_ != want_status_) {                                                                  \
+            test_fail(__FILE__, __LINE__, "%s returned %d (%s), expected %d (%s)", #expr, (int)got_status_, \
+                      asyncify_status_str(got_status_), (int)want_status_,                                  \
+                      asyncify_status_str(want_status_));                                                   \
+        }                                                                                                   \
     } while (0)
 
 #define CHECK_OK(expr) CHECK_EQ_STATUS(expr, ASYNCIFY_OK)
 
 /* Asserts that `cond` becomes true within `timeout_ms`, polling every millisecond. */
-#define WAIT_FOR(cond, timeout_ms)                                                                 \
-    do {                                                                                           \
-        int64_t wait_deadline_ = now_ms() + (int64_t)(timeout_ms);                                 \
-        while (!(cond)) {                                                                          \
-            if (now_ms() > wait_deadline_) {                                                       \
-                test_fail(__FILE__, __LINE__, "timed out after %lld ms waiting for %s",            \
-                          (long long)(timeout_ms), #cond);                                         \
-            }                                                                                      \
-            sleep_ms(1);                                                                           \
-        }                                                                                          \
+#define WAIT_FOR(cond, timeout_ms)                                                      \
+    do {                                                                                \
+        int64_t wait_deadline_ = now_ms() + (int64_t)(timeout_ms);                      \
+        while (!(cond)) {                                                               \
+            if (now_ms() > wait_deadline_) {                                            \
+                test_fail(__FILE__, __LINE__, "timed out after %lld ms waiting for %s", \
+                          (long long)(timeout_ms), #cond);                              \
+            }                                                                           \
+            sleep_ms(1);                                                                \
+        }                                                                               \
     } while (0)
 
-#define TEST_PASS(name)                                                                            \
-    do {                                                                                           \
-        printf("PASS %s\n", name);                                                                 \
-        fflush(stdout);                                                                            \
+#define TEST_PASS(name)            \
+    do {                           \
+        printf("PASS %s\n", name); \
+        fflush(stdout);            \
     } while (0)
 
 /* A work function that does nothing and succeeds. */
@@ -249,10 +250,10 @@ static inline size_t last_error_size(void)
 }
 
 /* An error status, with a non-empty message for asyncify_last_error. */
-#define CHECK_ERR(expr, expected)                                                                  \
-    do {                                                                                           \
-        CHECK_EQ_STATUS(expr, expected);                                                           \
-        CHECK(last_error_size() > 1);                                                              \
+#define CHECK_ERR(expr, expected)        \
+    do {                                 \
+        CHECK_EQ_STATUS(expr, expected); \
+        CHECK(last_error_size() > 1);    \
     } while (0)
 
 #ifdef _GNU_SOURCE

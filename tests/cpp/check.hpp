@@ -91,8 +91,7 @@ private:
     std::atomic<bool> open_{false};
 };
 
-template <class Pred>
-bool eventually(Pred pred) {
+template <class Pred> bool eventually(Pred pred) {
     auto deadline = std::chrono::steady_clock::now() + patience;
     while (!pred()) {
         if (std::chrono::steady_clock::now() > deadline) {
@@ -103,42 +102,42 @@ bool eventually(Pred pred) {
     return true;
 }
 
-}  // namespace check
+} // namespace check
 
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            ::check::fail(__FILE__, __LINE__, "CHECK(" #cond ")");                                 \
-        }                                                                                          \
+#define CHECK(cond)                                                                                                    \
+    do {                                                                                                               \
+        if (!(cond)) {                                                                                                 \
+            ::check::fail(__FILE__, __LINE__, "CHECK(" #cond ")");                                                     \
+        }                                                                                                              \
     } while (0)
 
 /// `expr` must throw asyncify::error with the given status and a non-empty message.
-#define CHECK_THROWS_STATUS(expr, expected)                                                        \
-    do {                                                                                           \
-        bool threw_ = false;                                                                       \
-        try {                                                                                      \
-            (void)(expr);                                                                          \
-        } catch (const ::asyncify::error& e_) {                                                    \
-            threw_ = true;                                                                         \
-            if (e_.status() != (expected)) {                                                       \
-                ::check::fail(__FILE__, __LINE__,                                                  \
-                              std::string(#expr " threw status ") + std::to_string(e_.status()) +  \
-                                  " (" + e_.what() + "), expected " #expected);                    \
-            }                                                                                      \
-            if (std::string(e_.what()).empty()) {                                                  \
-                ::check::fail(__FILE__, __LINE__, #expr " threw asyncify::error with no message"); \
-            }                                                                                      \
-        }                                                                                          \
-        if (!threw_) {                                                                             \
-            ::check::fail(__FILE__, __LINE__, #expr " did not throw asyncify::error");             \
-        }                                                                                          \
+#define CHECK_THROWS_STATUS(expr, expected)                                                                            \
+    do {                                                                                                               \
+        bool threw_ = false;                                                                                           \
+        try {                                                                                                          \
+            (void)(expr);                                                                                              \
+        } catch (const ::asyncify::error& e_) {                                                                        \
+            threw_ = true;                                                                                             \
+            if (e_.status() != (expected)) {                                                                           \
+                ::check::fail(__FILE__, __LINE__,                                                                      \
+                              std::string(#expr " threw status ") + std::to_string(e_.status()) + " (" + e_.what() +   \
+                                  "), expected " #expected);                                                           \
+            }                                                                                                          \
+            if (std::string(e_.what()).empty()) {                                                                      \
+                ::check::fail(__FILE__, __LINE__, #expr " threw asyncify::error with no message");                     \
+            }                                                                                                          \
+        }                                                                                                              \
+        if (!threw_) {                                                                                                 \
+            ::check::fail(__FILE__, __LINE__, #expr " did not throw asyncify::error");                                 \
+        }                                                                                                              \
     } while (0)
 
-#define RUN(test)                                                                                  \
-    do {                                                                                           \
-        test();                                                                                    \
-        std::printf("ok %s\n", #test);                                                             \
-        std::fflush(stdout);                                                                       \
+#define RUN(test)                                                                                                      \
+    do {                                                                                                               \
+        test();                                                                                                        \
+        std::printf("ok %s\n", #test);                                                                                 \
+        std::fflush(stdout);                                                                                           \
     } while (0)
 
-#endif  // ASYNCIFY_TEST_CHECK_HPP
+#endif // ASYNCIFY_TEST_CHECK_HPP

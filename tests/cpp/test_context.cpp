@@ -20,11 +20,11 @@ void test_context_values() {
     asyncify::context a = empty.with("model", "gpt").with("trace", "t-1");
     asyncify::context b = a.without("trace").with("model", "llama");
     CHECK(a.size() == 2 && b.size() == 1);
-    CHECK(a.get("model") == std::optional<std::string>("gpt"));  // a is unchanged by b
+    CHECK(a.get("model") == std::optional<std::string>("gpt")); // a is unchanged by b
     CHECK(b.get("model") == std::optional<std::string>("llama"));
     CHECK(!b.get("trace"));
     CHECK((a.keys() == std::vector<std::string>{"model", "trace"}));
-    asyncify::context copy = a;  // copies share the snapshot
+    asyncify::context copy = a; // copies share the snapshot
     CHECK(copy.native_handle() == a.native_handle());
 
     std::string big(1000, 'x');
@@ -49,7 +49,7 @@ void test_capture_and_run() {
     asyncify::context other = here.with("model", "other");
     std::string seen = other.run([] { return *asyncify::get("model"); });
     CHECK(seen == "other");
-    CHECK(*asyncify::get("model") == "mine");  // restored
+    CHECK(*asyncify::get("model") == "mine"); // restored
     bool threw = false;
     try {
         other.run([]() -> int { throw std::runtime_error("inside run"); });
@@ -182,15 +182,16 @@ void test_to_future() {
     asyncify::pool pool(1);
     gate g;
     std::future<std::unique_ptr<int>> late = pool.submit([&g] {
-        CHECK(g.wait());
-        return std::make_unique<int>(7);
-    }).to_future();
+                                                     CHECK(g.wait());
+                                                     return std::make_unique<int>(7);
+                                                 })
+                                                 .to_future();
     CHECK(late.wait_for(0ms) == std::future_status::timeout);
     g.open();
     CHECK(*late.get() == 7);
 }
 
-}  // namespace
+} // namespace
 
 int main() {
     RUN(test_context_values);

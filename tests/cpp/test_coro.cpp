@@ -110,7 +110,7 @@ void test_resume_via_an_executor() {
     via_loop(l, first, second, stage, on_loop, caught, done);
     first.open();
     CHECK(check::eventually([&] { return stage.load() == 1; }));
-    std::this_thread::sleep_for(10ms);  // (the second co_await suspends meanwhile; if not, it goes on here)
+    std::this_thread::sleep_for(10ms); // (the second co_await suspends meanwhile; if not, it goes on here)
     second.open();
     CHECK(check::eventually([&] { return done.load(); }));
     CHECK(on_loop);
@@ -133,7 +133,7 @@ void test_cancel_resumes_with_cancelled() {
     std::atomic<bool> done{false};
     await_cancelled(t, status, done);
     CHECK(!done);
-    CHECK(t.cancel());  // resumes the coroutine here, on the cancelling thread
+    CHECK(t.cancel()); // resumes the coroutine here, on the cancelling thread
     CHECK(done);
     CHECK(status == ASYNCIFY_CANCELLED);
 }
@@ -149,12 +149,12 @@ void test_already_finished() {
     std::atomic<int> out{0};
     std::atomic<bool> done{false};
     await_finished(std::move(t), out, done);
-    CHECK(done && out == 9);  // no suspension: it went on at once
+    CHECK(done && out == 9); // no suspension: it went on at once
 }
 
 fire scope_across_await(asyncify::pool& pool, gate& g) {
     asyncify::scope s{{"k", "v"}};
-    co_await pool.submit([&g] { return g.wait(); });  // resumes on a worker: the scope ends there
+    co_await pool.submit([&g] { return g.wait(); }); // resumes on a worker: the scope ends there
 }
 
 void test_scope_held_across_co_await_is_detected() {
@@ -165,12 +165,12 @@ void test_scope_held_across_co_await_is_detected() {
     pid_t child = fork();
     CHECK(child >= 0);
     if (child == 0) {
-        asyncify::pool pool(1);  // a fresh pool: the child has no workers of the parent's
+        asyncify::pool pool(1); // a fresh pool: the child has no workers of the parent's
         gate g;
-        scope_across_await(pool, g);  // suspended at its co_await once this returns
+        scope_across_await(pool, g); // suspended at its co_await once this returns
         g.open();
         std::this_thread::sleep_for(check::patience);
-        std::_Exit(0);  // not detected
+        std::_Exit(0); // not detected
     }
     int status = 0;
     CHECK(waitpid(child, &status, 0) == child);
@@ -178,7 +178,7 @@ void test_scope_held_across_co_await_is_detected() {
 #endif
 }
 
-}  // namespace
+} // namespace
 
 int main() {
     RUN(test_co_await_resumes_on_the_worker);

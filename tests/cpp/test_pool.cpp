@@ -65,7 +65,7 @@ void test_stats() {
     CHECK(stats.limit == 1);
     CHECK(stats.submitted == 4);
     CHECK(stats.completed == 3);
-    CHECK(stats.failed == 1);  // an exception is a failed task
+    CHECK(stats.failed == 1); // an exception is a failed task
     CHECK(stats.cancelled == 0 && stats.abandoned == 0);
 }
 
@@ -93,7 +93,7 @@ void test_options_and_busy() {
 
     asyncify_pool_options bad;
     std::memset(&bad, 0, sizeof bad);
-    bad.struct_size = 3;  // not a size this library accepts
+    bad.struct_size = 3; // not a size this library accepts
     CHECK_THROWS_STATUS(asyncify::pool(bad), ASYNCIFY_E_INVALID_ARGUMENT);
 }
 
@@ -122,7 +122,7 @@ void test_destructor_waits_for_running() {
         CHECK(started.wait());
     }
     CHECK(finished);
-    t.get();  // handles outlive their pool
+    t.get(); // handles outlive their pool
 }
 
 void test_shutdown() {
@@ -135,7 +135,7 @@ void test_shutdown() {
         return 7;
     });
     CHECK(started.wait());
-    CHECK(!one.shutdown(20ms));  // still running: TIMEOUT
+    CHECK(!one.shutdown(20ms)); // still running: TIMEOUT
     CHECK(one.native_handle() == nullptr);
     CHECK_THROWS_STATUS(one.submit([] { return 0; }), ASYNCIFY_E_SHUT_DOWN);
     CHECK_THROWS_STATUS(one.max_workers(), ASYNCIFY_E_SHUT_DOWN);
@@ -150,12 +150,12 @@ void test_move() {
     asyncify::pool a(1);
     asyncify_pool* native = a.native_handle();
     asyncify::pool b(std::move(a));
-    CHECK(a.native_handle() == nullptr);  // NOLINT(bugprone-use-after-move)
+    CHECK(a.native_handle() == nullptr); // NOLINT(bugprone-use-after-move)
     CHECK(b.native_handle() == native);
     CHECK_THROWS_STATUS(a.submit([] {}), ASYNCIFY_E_SHUT_DOWN);
     CHECK(b.submit([] { return 3; }).get() == 3);
     asyncify::pool c(2);
-    c = std::move(b);  // frees c's own pool first
+    c = std::move(b); // frees c's own pool first
     CHECK(c.native_handle() == native);
     CHECK(c.max_workers() == 1);
 }
@@ -171,12 +171,12 @@ void test_default_pool() {
 
 void test_version() {
     CHECK(std::string(asyncify::version()) == ASYNCIFY_VERSION_STRING);
-    CHECK(std::string(ASYNCIFY_VERSION_STRING) ==
-          std::to_string(ASYNCIFY_VERSION_MAJOR) + "." + std::to_string(ASYNCIFY_VERSION_MINOR) + "." +
-              std::to_string(ASYNCIFY_VERSION_PATCH));
+    CHECK(std::string(ASYNCIFY_VERSION_STRING) == std::to_string(ASYNCIFY_VERSION_MAJOR) + "." +
+                                                      std::to_string(ASYNCIFY_VERSION_MINOR) + "." +
+                                                      std::to_string(ASYNCIFY_VERSION_PATCH));
 }
 
-}  // namespace
+} // namespace
 
 int main() {
     RUN(test_limit);

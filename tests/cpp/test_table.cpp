@@ -48,7 +48,7 @@ void test_errors() {
     CHECK_THROWS_STATUS(asyncify::set("", "x"), ASYNCIFY_E_INVALID_ARGUMENT);
     CHECK_THROWS_STATUS(asyncify::get(""), ASYNCIFY_E_INVALID_ARGUMENT);
     CHECK_THROWS_STATUS(asyncify::set(std::string("a\0b", 3), "x"), ASYNCIFY_E_INVALID_ARGUMENT);
-    CHECK_THROWS_STATUS(asyncify::set("\xff\xfe", "x"), ASYNCIFY_E_INVALID_ARGUMENT);  // not UTF-8
+    CHECK_THROWS_STATUS(asyncify::set("\xff\xfe", "x"), ASYNCIFY_E_INVALID_ARGUMENT); // not UTF-8
 
     // The message is the library's own text for this thread's failure.
     try {
@@ -72,7 +72,7 @@ void test_owned_pointers() {
     auto owned = std::make_unique<tracked>(5);
     tracked* raw = owned.get();
     asyncify::set("tracker", std::move(owned));
-    CHECK(owned == nullptr);  // NOLINT(bugprone-use-after-move): set() took it
+    CHECK(owned == nullptr); // NOLINT(bugprone-use-after-move): set() took it
     CHECK(asyncify::get_ptr<tracked>("tracker") == raw);
     CHECK(asyncify::get_ptr<const tracked>("tracker") == raw);
     CHECK(asyncify::get_ptr("tracker") == static_cast<void*>(raw));
@@ -90,7 +90,7 @@ void test_owned_pointers() {
     // On a refused set the caller keeps the object.
     auto kept = std::make_unique<tracked>(7);
     CHECK_THROWS_STATUS(asyncify::set("", std::move(kept)), ASYNCIFY_E_INVALID_ARGUMENT);
-    CHECK(kept != nullptr && kept->value == 7);  // NOLINT(bugprone-use-after-move)
+    CHECK(kept != nullptr && kept->value == 7); // NOLINT(bugprone-use-after-move)
     kept.reset();
 
     // const objects work too.
@@ -167,7 +167,7 @@ void test_task_sees_submitters_table() {
         asyncify::scope s{{"j", "2"}};
         t = paused.submit([] {
             std::string seen = *asyncify::get("k") + *asyncify::get("j");
-            asyncify::set("leak", "from the task");  // stays in the task
+            asyncify::set("leak", "from the task"); // stays in the task
             asyncify::remove("k");
             return seen;
         });
@@ -212,7 +212,7 @@ void test_threads_start_empty() {
     CHECK(asyncify::remove("mine"));
 }
 
-}  // namespace
+} // namespace
 
 int main() {
     RUN(test_strings);

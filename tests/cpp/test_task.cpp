@@ -117,7 +117,7 @@ void test_wait_for_and_ready() {
     g.open();
     CHECK(t.wait_for(check::patience));
     CHECK(t.ready());
-    CHECK(t.wait_for(std::chrono::hours::max()));  // "forever" when it does not fit
+    CHECK(t.wait_for(std::chrono::hours::max())); // "forever" when it does not fit
     t.wait();
     CHECK(t.get() == 5);
 }
@@ -134,7 +134,7 @@ void test_cancel_queued() {
         tracked(3));
     CHECK(tracked::destroyed == 0);
     CHECK(t.cancel());
-    CHECK(t.cancel());  // twice is harmless
+    CHECK(t.cancel()); // twice is harmless
     CHECK(t.ready());
     // The callable and its arguments are gone at once, on the cancelling thread.
     CHECK(tracked::destroyed == 1);
@@ -161,7 +161,7 @@ void test_cancel_running() {
         return std::make_unique<tracked>(8);
     });
     CHECK(started.wait());
-    CHECK(!asyncify::cancel_requested());  // false outside tasks
+    CHECK(!asyncify::cancel_requested()); // false outside tasks
     CHECK(t.cancel());
     // The waiter is released at once, although the function still runs.
     auto before = std::chrono::steady_clock::now();
@@ -192,11 +192,11 @@ void test_empty_task() {
 
     auto a = asyncify::submit([] { return 1; });
     asyncify::task<int> b = std::move(a);
-    CHECK(!a.valid());  // NOLINT(bugprone-use-after-move): moved-from is empty, by contract
+    CHECK(!a.valid()); // NOLINT(bugprone-use-after-move): moved-from is empty, by contract
     CHECK(b.valid());
     CHECK_THROWS_STATUS(a.get(), ASYNCIFY_E_INVALID_HANDLE);
     CHECK(b.get() == 1);
-    CHECK_THROWS_STATUS(b.get(), ASYNCIFY_E_INVALID_HANDLE);  // get() once, like std::future
+    CHECK_THROWS_STATUS(b.get(), ASYNCIFY_E_INVALID_HANDLE); // get() once, like std::future
 
     // Move assignment releases what the target held.
     auto c = asyncify::submit([] { return 2; });
@@ -220,7 +220,7 @@ void test_destroy_detaches() {
         });
         handle = t.native_handle();
     }
-    CHECK(asyncify_poll(handle, nullptr, nullptr) == ASYNCIFY_E_INVALID_HANDLE);  // released
+    CHECK(asyncify_poll(handle, nullptr, nullptr) == ASYNCIFY_E_INVALID_HANDLE); // released
     g.open();
     CHECK(check::eventually([&] { return ran.load(); }));
     // The unwanted result is destroyed once, by the worker (no task object is left).
@@ -263,7 +263,7 @@ void test_nested_wait_runs_inline() {
     asyncify::pool one(1);
     auto outer = one.submit([&one] {
         auto inner = one.submit([] { return 41; });
-        return inner.get() + 1;  // the only slot is ours: the library runs inner here
+        return inner.get() + 1; // the only slot is ours: the library runs inner here
     });
     CHECK(outer.wait_for(check::patience));
     CHECK(outer.get() == 42);
@@ -281,7 +281,7 @@ void test_many() {
     CHECK(sum == 999LL * 1000LL);
 }
 
-}  // namespace
+} // namespace
 
 int main() {
     RUN(test_value_and_args);
