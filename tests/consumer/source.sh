@@ -7,6 +7,7 @@
 #   - tests/consumer/fetch: FetchContent with URL file://...tar.gz, a tarball of this tree's files (those
 #     git tracks or would track: nothing git ignores, no target/ or build/) and cargo's default target dir
 #     under the build directory, i.e. a cold build from a source release (about 20 s on 2 cores);
+#   - with ASYNCIFY_USE_STATIC_LIBS=ON, asyncify::asyncify is the static library;
 #   - the programs load libasyncify.so.MAJOR from the build tree (the SONAME link is there), the static
 #     one loads none; the library built has no .debug_info and is under 1 MB;
 #   - cmake --install of the add_subdirectory build installs as make install does (a find_package consumer
@@ -85,6 +86,15 @@ step "add_subdirectory(asyncify): C, C++ and static C programs build (cargo targ
     -DASYNCIFY_CARGO_TARGET_DIR="$root/target"
 step "add_subdirectory programs run, loading target/release/libasyncify.so.$major" \
     run_programs "$work/subdir" subdir "$root/target/release"
+
+static_option() {
+    "$CMAKE" -S "$here/subdir" -B "$work/subdir-static" -DCMAKE_C_COMPILER="$CC" -DCMAKE_CXX_COMPILER="$CXX" \
+        -DASYNCIFY_SOURCE_DIR="$root" -DASYNCIFY_CARGO_TARGET_DIR="$root/target" -DASYNCIFY_USE_STATIC_LIBS=ON &&
+        "$CMAKE" --build "$work/subdir-static" --target consumer || fail "the build failed"
+    "$work/subdir-static/consumer" subdir-static || fail "the program failed"
+    ! ldd "$work/subdir-static/consumer" | grep libasyncify || fail "it loads libasyncify.so"
+}
+step "add_subdirectory with ASYNCIFY_USE_STATIC_LIBS=ON: asyncify::asyncify is the static library" static_option
 
 cmake_install() {
     "$CMAKE" --install "$work/subdir" --prefix "$work/installed" || fail "cmake --install failed"
