@@ -1,4 +1,4 @@
-//! `fork()` safety (contract 6.4).
+//! `fork()` safety.
 //!
 //! The task registry and the default pool are chosen by the fork epoch (see
 //! `handles::fork_epoch`): the child bumps it, so it starts with a fresh

@@ -5,8 +5,8 @@
 //! One mutex guards the queue and the counters; no user code ever runs under
 //! it. A *slot* is the right to run one callable: a worker takes one with each
 //! task and gives it back only after the task's `on_done` and frees have
-//! returned, so "at most `limit` at once" also covers abandoned callables
-//! (5.2), and a finished shutdown has no callback left to fire.
+//! returned, so "at most `limit` at once" also covers abandoned callables,
+//! and a finished shutdown has no callback left to fire.
 //!
 //! Cancelled and inline-run tasks stay in the queue as tombstones that a
 //! worker skips; the `queued` counter only counts tasks that can still start.

@@ -75,7 +75,7 @@ pub(crate) trait Scheduler: Send + Sync {
     /// task), so that giving the slot back and marking the task are one step.
     fn lock_for_abandon(&self) -> Option<Box<dyn AbandonSlot + '_>>;
     /// When the calling thread is a worker of this pool and `task` is still
-    /// queued, runs it here, in this thread's slot (contract 5.4). True when
+    /// queued, runs it here, in this thread's slot. True when
     /// it ran.
     fn run_inline_if_stuck(&self, task: &Arc<Task>) -> bool;
 }
@@ -319,7 +319,7 @@ impl Task {
 
     /// Runs the callable on this thread with `snapshot` installed, restores
     /// the thread, then decides and reports the outcome.
-    /// Runs the started task here (an inline run, contract 5.4).
+    /// Runs the started task here (an inline run).
     pub(crate) fn run(self: &Arc<Self>, snapshot: Table) {
         let running = self.begin_run(snapshot);
         let (work, arg) = self.work();

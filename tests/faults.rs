@@ -1,4 +1,4 @@
-//! Fault injection from Rust (issue 6, item 4), and regression tests for the
+//! Fault injection from Rust, and regression tests for the
 //! pool races the stress and model tests found. The C side
 //! (`tests/c/test_faults.c`) covers failing work functions, callbacks that
 //! call back into the library, thread creation failing while workers exist
@@ -115,6 +115,40 @@ fn run_child(test: &str, scenario: &str, extra_env: &[(&str, &str)]) -> std::pro
         .env(CHILD_ENV, scenario);
     for (k, v) in extra_env {
         cmd.env(k, v);
+    }
+    cmd.output().expect("child process")
+}
+
+/// `run_child` with every new thread's default stack 1 TiB: glibc takes it
+/// from `RLIMIT_STACK` at start, std from `RUST_MIN_STACK`.
+fn run_child_with_huge_stacks(test: &str, scenario: &str) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    const HUGE: u64 = 1 << 40;
+    let exe = std::env::current_exe().expect("test binary");
+    let mut cmd = Command::new(exe);
+    cmd.args([test, "--exact", "--test-threads=1", "--nocapture"])
+        .env(CHILD_ENV, scenario)
+        .env("RUST_MIN_STACK", HUGE.to_string());
+    // SAFETY: setrlimit is async-signal-safe and touches only the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_STACK, &mut limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            limit.rlim_cur = if limit.rlim_max == libc::RLIM_INFINITY {
+                HUGE
+            } else {
+                limit.rlim_max
+            };
+            if libc::setrlimit(libc::RLIMIT_STACK, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
     cmd.output().expect("child process")
 }
@@ -284,11 +318,11 @@ extern "C" fn marks(arg: *mut c_void, _: *mut *mut c_void) -> i32 {
 
 static RAN: AtomicBool = AtomicBool::new(false);
 
-/// With `RUST_MIN_STACK` beyond any address space, every std thread spawn
-/// fails in the child: no worker can ever be created. Contract 3 ("submit ...
-/// fails ... never silently") and issue 6 ("submit still works with the
-/// threads that exist or returns a clear error"): submit must refuse, or the
-/// task must run. Accepting it and never running it is a hang.
+/// With `RLIMIT_STACK` (the default stack of a new POSIX thread, which
+/// workers get) and `RUST_MIN_STACK` (std's) beyond any address space, every
+/// thread creation fails in the child: no worker can ever be created. Submit
+/// must then refuse with a clear error, or the task must run; accepting it and
+/// never running it is a hang.
 #[test]
 fn when_no_worker_thread_can_be_created_submit_refuses_or_the_task_runs() {
     const NAME: &str = "when_no_worker_thread_can_be_created_submit_refuses_or_the_task_runs";
@@ -343,7 +377,7 @@ fn when_no_worker_thread_can_be_created_submit_refuses_or_the_task_runs() {
         });
     }
     for which in ["no-threads", "no-threads-default-pool"] {
-        let out = run_child(NAME, which, &[("RUST_MIN_STACK", "1099511627776")]);
+        let out = run_child_with_huge_stacks(NAME, which);
         let stdout = String::from_utf8_lossy(&out.stdout);
         let line = stdout
             .lines()

@@ -1,4 +1,4 @@
-//! Model-based testing of the C ABI (issue 6, item 2): seeded random sequences
+//! Model-based testing of the C ABI: seeded random sequences
 //! of calls, bad input included, each status, output and callback compared
 //! with a model of the contract (see `tests/support/api_model.rs`, which the
 //! fuzz target `fuzz/fuzz_targets/api.rs` shares).

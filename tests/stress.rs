@@ -1,5 +1,5 @@
-//! Exactly-once accounting under races, through the C ABI (issue 6, item 1;
-//! contract 4, 5.1 to 5.3, 6.1 and scenario 10 at scale).
+//! Exactly-once accounting under races, through the C ABI, at scale: every
+//! completion, cancellation and shutdown rule of the API at once.
 //!
 //! Eight driver threads make random interleavings of submit, cancel, release,
 //! poll, wait, wait_any, resize, table changes, completion-queue drains and

@@ -1,4 +1,4 @@
-//! The side-by-side bench of PERFORMANCE.md: every workload for asyncify and
+//! The side-by-side bench: every workload for asyncify and
 //! each peer, in one run and one harness; the median of the repetitions after
 //! a warm-up, with the spread; one markdown table (printed, and written with
 //! the machine, date and commit to bench/results/latest.md), the plot

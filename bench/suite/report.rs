@@ -305,7 +305,7 @@ fn rows(res: &Results) -> Vec<Row> {
         }
         let get = |i| med(res.w1.get(&(i, limit)), 0);
         let name = format!("W1 tasks/s, limit {limit}");
-        // PERFORMANCE.md compares W1 at limit 8 with every peer, at limit 2 with the bare pool.
+        // The targets compare W1 at limit 8 with every peer, at limit 2 with the bare pool.
         let targets: &[(Impl, &str, f64)] = if limit == 8 {
             &[
                 (Impl::Libuv, "libuv", 1.5),
@@ -548,7 +548,7 @@ pub fn markdown(res: &Results, sizes: &Sizes, meta: &Meta) -> String {
     }
     let _ = writeln!(
         s,
-        "\n† The W1 target of PERFORMANCE.md names tokio `spawn_blocking`, and the tokio figure it quotes \
+        "\n† The W1 target names tokio `spawn_blocking`, and the tokio figure it quotes \
          (≈ 0.11 M/s) is that of the Semaphore-gated variant; both comparisons are shown."
     );
     // Every skipped implementation, with its full reason.

@@ -1,4 +1,4 @@
-//! Contexts: snapshots of a table as values (contract 6.2).
+//! Contexts: snapshots of a table as values.
 //!
 //! A context is immutable and reference-counted inside: `with`/`without`
 //! return a new context in O(log n) and leave the old one unchanged (like

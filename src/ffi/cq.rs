@@ -1,4 +1,4 @@
-//! Completion queues (contract 6.3): a task submitted with a `cq` and no
+//! Completion queues: a task submitted with a `cq` and no
 //! `on_done` delivers its completion, result included, into the queue. An
 //! event loop watches `asyncify_cq_fd` (readable while completions wait) and
 //! drains many completions per wake-up.

@@ -1,4 +1,4 @@
-//! The override table of the calling thread (contract section 2).
+//! The override table of the calling thread.
 //!
 //! Each thread has its own table; a thread created outside the library starts
 //! empty. Inside a task the table is the task's snapshot: changes stay in the

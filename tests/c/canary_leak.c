@@ -1,4 +1,4 @@
-/* The leak checkers' canary (issue 6): this program leaks one block on purpose and otherwise uses the
+/* The leak checkers' canary: this program leaks one block on purpose and otherwise uses the
  * library normally. Under valgrind (valgrind_canary_leak) and LeakSanitizer (canary_leak in the
  * sanitized build) its test passes only on the checker's report of that block: proof that the checkers
  * are armed and that their reports reach ctest. Not run in the plain build, where nothing catches it. */

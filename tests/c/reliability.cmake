@@ -1,4 +1,4 @@
-# Reliability (issue 6), included from CMakeLists.txt: the C stress test and fault injection, built and
+# Reliability, included from CMakeLists.txt: the C stress test and fault injection, built and
 # run like the other tests (plain, or sanitized with ASYNCIFY_SANITIZE), and, with -DASYNCIFY_VALGRIND=ON,
 # every C test again under valgrind (label "valgrind"):
 #

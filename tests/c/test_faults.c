@@ -1,4 +1,4 @@
-/* Fault injection (issue 6, item 4): failing work functions, callbacks that call back into the library
+/* Fault injection: failing work functions, callbacks that call back into the library
  * (free_arg, free_result, on_done, a value's release function, at every point they can run), worker
  * threads that cannot be created, file descriptors running out, and allocation failure.
  *

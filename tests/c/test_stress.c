@@ -1,5 +1,5 @@
-/* Exactly-once accounting under races, through the C ABI from C threads (issue 6, item 1; contract 4,
- * 5.1 to 5.3, 6.1; scenario 10 of section 7 at scale). The C twin of tests/stress.rs.
+/* Exactly-once accounting under races, through the C ABI from C threads, at scale: every completion,
+ * cancellation and shutdown rule of the API at once. The C twin of tests/stress.rs.
  *
  * Eight driver threads make random interleavings of submit, cancel (once, twice, of random recent
  * handles), release (pending or not), poll, wait, wait_any, resize (pause included), table and scope

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Proves that the sanitized C test build really is sanitized (issue 6): every test executable in the
+# Proves that the sanitized C test build really is sanitized: every test executable in the
 # build directory must load libasan and libubsan, carry the instrumentation's calls (__asan_* and
 # __ubsan_handle_*), and the AddressSanitizer runtime must start when one runs.
 #
