@@ -36,17 +36,17 @@ struct parse_error : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
-}  // namespace
+} // namespace
 
 int main() {
     std::cout << "asyncify " << asyncify::version() << " from C++\n\n";
 
     std::cout << "1. the caller's table travels with the task\n";
     asyncify::set("model", "gpt-4o");
-    auto summary = asyncify::submit([](const std::string& doc) {
-        return *asyncify::get("model") + " summarized " + doc;
-    }, std::string("report.txt"));
-    asyncify::set("model", "llama");  // too late for the task: it runs with gpt-4o
+    auto summary =
+        asyncify::submit([](const std::string& doc) { return *asyncify::get("model") + " summarized " + doc; },
+                         std::string("report.txt"));
+    asyncify::set("model", "llama"); // too late for the task: it runs with gpt-4o
     std::string text = summary.get();
     std::cout << "  " << text << "\n";
     expect(text == "gpt-4o summarized report.txt", "the task saw model=gpt-4o, not the later llama");
@@ -58,7 +58,7 @@ int main() {
         std::atomic<int> most{0};
         std::vector<asyncify::task<std::string>> tasks;
         for (int i = 0; i < 6; ++i) {
-            asyncify::scope scope{{"trace_id", "trace-" + std::to_string(i)}};  // ends with this iteration
+            asyncify::scope scope{{"trace_id", "trace-" + std::to_string(i)}}; // ends with this iteration
             tasks.push_back(pool.submit([&running, &most] {
                 int now = ++running;
                 for (int seen = most.load(); now > seen && !most.compare_exchange_weak(seen, now);) {

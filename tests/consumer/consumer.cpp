@@ -16,7 +16,7 @@ int main(int argc, char** argv) {
     asyncify::set("model", "gpt-4o");
     auto seen = asyncify::submit([](const std::string& prefix) { return prefix + *asyncify::get("model"); },
                                  std::string("model="));
-    asyncify::set("model", "llama");  // too late for the task
+    asyncify::set("model", "llama"); // too late for the task
     auto thrown = asyncify::submit([]() -> int { throw std::out_of_range("expected"); });
     std::string model = seen.get();
     bool rethrown = false;
@@ -29,7 +29,7 @@ int main(int argc, char** argv) {
         std::cerr << "FAIL consumer_cpp: the task saw \"" << model << "\", rethrown=" << rethrown << "\n";
         return 1;
     }
-    std::cout << "PASS consumer_cpp (" << how << "): asyncify " << asyncify::version() << ", the task saw "
-              << model << ", its exception came back\n";
+    std::cout << "PASS consumer_cpp (" << how << "): asyncify " << asyncify::version() << ", the task saw " << model
+              << ", its exception came back\n";
     return 0;
 }

@@ -17,6 +17,9 @@
 # Needs: make lib first; cmake (default: .venv/bin/cmake); cc and c++; nm and readelf (binutils);
 # pkg-config or pkgconf, else the PyPI pkgconf package is installed into .venv. Settings: CMAKE, CTEST,
 # CC, CXX, PKG_CONFIG; KEEP=1 keeps the temporary directory.
+# "A && B || fail ..." fails when either fails, as meant (SC2015); the sh -c scripts are quoted on purpose
+# (SC2016).
+# shellcheck disable=SC2015,SC2016
 set -eu
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -277,7 +280,7 @@ export PKG_CONFIG_LIBDIR PKG_CONFIG_PATH
 
 # pkg-config's output as single-spaced words (some versions end it with a space).
 pc() {
-    # shellcheck disable=SC2046
+    # shellcheck disable=SC2046,SC2005
     echo $("$PKG_CONFIG" "$@" asyncify)
 }
 check_pc() {

@@ -16,6 +16,9 @@
 #
 # Needs: cargo, cmake (default: .venv/bin/cmake), cc, c++, tar, readelf, ldd. Settings: CMAKE, CC, CXX;
 # KEEP=1 keeps the temporary directory.
+# "A && B || fail ..." fails when either fails, as meant (SC2015); the sh -c scripts are quoted on purpose
+# (SC2016).
+# shellcheck disable=SC2015,SC2016
 set -eu
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
