@@ -421,9 +421,6 @@ enum Step {
 
 impl ThreadBody for Worker {
     fn next(&mut self) -> ForeignCall {
-        if let Some(task) = self.finished.take() {
-            self.give_back_slot(&task);
-        }
         let hook_data = self.shared.options.hook_data as *mut std::ffi::c_void;
         loop {
             match self.step {
@@ -471,42 +468,58 @@ impl ThreadBody for Worker {
 
 impl Worker {
     /// The finished task's callbacks have returned: its slot goes back.
-    fn give_back_slot(&mut self, task: &Task) {
-        let shared = &self.shared;
-        let mut st = shared.lock();
+    /// True when there was one.
+    fn give_back_slot(
+        shared: &PoolShared,
+        finished: &mut Option<Arc<Task>>,
+        st: &mut State,
+    ) -> bool {
+        let Some(task) = finished.take() else {
+            return false;
+        };
         if task.slot_given_back() {
             st.abandoned_off_limit -= 1;
-            shared.notify_if_quiet(&st);
+            shared.notify_if_quiet(st);
         } else {
-            shared.release_slot(&mut st);
+            shared.release_slot(st);
         }
-        self.timed_out = false;
-        self.may_spin = true;
+        true
     }
 
     /// Waits for a task and starts it (installing its table); None when the
     /// worker should leave.
     fn serve(&mut self) -> Option<Arc<Task>> {
-        let shared = self.shared.clone();
+        let Worker {
+            shared,
+            running,
+            finished,
+            timed_out,
+            may_spin,
+            ..
+        } = self;
         let mut st = shared.lock();
+        if Self::give_back_slot(shared, finished, &mut st) {
+            *timed_out = false;
+            *may_spin = true;
+        }
         loop {
             if let Some((task, snapshot)) = PoolShared::take_next(&mut st) {
                 drop(st);
-                let running = task.begin_run(snapshot);
-                self.running = Some((task.clone(), running));
+                let run = task.begin_run(snapshot);
+                *running = Some((task.clone(), run));
                 return Some(task);
             }
-            if st.shut_down || st.threads - st.abandoned_off_limit > st.limit || self.timed_out {
+            if st.shut_down || st.threads - st.abandoned_off_limit > st.limit || *timed_out {
                 // Leave the count at once: a submit or a raise of the limit from
                 // now on starts a new worker instead of counting on this one.
                 st.threads -= 1;
                 st.leaving += 1;
                 return None;
             }
-            if self.may_spin && st.spinning < spin::max_spinners() && spin::enabled() {
+            if *may_spin && st.spinning < spin::max_spinners() && spin::enabled() {
                 // Watch for a submission briefly before parking; the submitter
                 // counts this worker as coming and skips the wake-up.
-                self.may_spin = false;
+                *may_spin = false;
                 st.spinning += 1;
                 let seen = shared.wakeups.load(Ordering::Acquire);
                 drop(st);
@@ -515,7 +528,7 @@ impl Worker {
                 st.spinning -= 1;
                 continue;
             }
-            self.may_spin = true;
+            *may_spin = true;
             st.sleeping += 1;
             let (guard, wait) = shared
                 .work_ready
@@ -524,7 +537,7 @@ impl Worker {
             st = guard;
             st.sleeping -= 1;
             st.signalled = st.signalled.saturating_sub(1);
-            self.timed_out = wait.timed_out();
+            *timed_out = wait.timed_out();
         }
     }
 

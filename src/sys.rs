@@ -13,6 +13,7 @@ use std::mem::{ManuallyDrop, MaybeUninit};
 use std::ops::Deref;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 
 /// A descriptor that is readable exactly while its owner says so, for an
 /// event loop to watch: a completion queue's. An eventfd on Linux; a
@@ -172,6 +173,14 @@ type UnwindingDoneFn = extern "C-unwind" fn(*mut c_void, u64, i32, *mut c_void, 
 enum Deferred {
     Call(ForeignCall),
     Engine(Box<dyn FnOnce()>),
+    /// `resume(word)`: engine code without an allocation per use.
+    Resume(Arc<dyn Resume>, u64),
+}
+
+/// Engine code to run after foreign calls deferred before it (see
+/// [`then_resume`]): a task publishing its outcome after its `on_done`.
+pub(crate) trait Resume: Send + Sync {
+    fn resume(&self, word: u64);
 }
 
 thread_local! {
@@ -199,6 +208,30 @@ fn in_engine_step() -> bool {
     IN_ENGINE_STEP.try_with(Cell::get).unwrap_or(false)
 }
 
+/// True on a worker thread between its foreign calls: foreign calls made
+/// now are deferred to its start routine.
+pub(crate) fn deferring() -> bool {
+    in_engine_step()
+}
+
+/// `r.resume(word)` after the foreign calls deferred before it: now, unless
+/// this is a worker between its foreign calls with some deferred already.
+pub(crate) fn then_resume(r: Arc<dyn Resume>, word: u64) {
+    if in_engine_step() {
+        DEFERRED.with(|d| {
+            let mut queue = d.0.borrow_mut();
+            if queue.is_empty() {
+                drop(queue);
+                r.resume(word);
+            } else {
+                queue.push_back(Deferred::Resume(r, word));
+            }
+        });
+    } else {
+        r.resume(word);
+    }
+}
+
 /// Makes `call` now; or, on a worker thread between its foreign calls, has
 /// its start routine make it right after the current engine step, in the
 /// order of the calls to this function.
@@ -210,11 +243,20 @@ pub(crate) fn call_foreign(call: ForeignCall) {
     }
 }
 
-/// Runs `f` now; or, on a worker thread between its foreign calls, after the
-/// calls deferred before it (engine code that must follow an `on_done`).
+/// Runs `f` after the foreign calls deferred before it (engine code that
+/// must follow an `on_done`): now, unless this is a worker between its
+/// foreign calls with some deferred already.
 pub(crate) fn then(f: impl FnOnce() + 'static) {
     if in_engine_step() {
-        DEFERRED.with(|d| d.0.borrow_mut().push_back(Deferred::Engine(Box::new(f))));
+        DEFERRED.with(|d| {
+            let mut queue = d.0.borrow_mut();
+            if queue.is_empty() {
+                drop(queue);
+                f();
+            } else {
+                queue.push_back(Deferred::Engine(Box::new(f)));
+            }
+        });
     } else {
         f();
     }
@@ -255,21 +297,16 @@ fn make_call(call: ForeignCall) -> (i32, *mut c_void) {
     (code, result)
 }
 
-/// Makes the calls the last engine step deferred, and runs the engine code
-/// between them, until none is left.
-fn drain_deferred() {
-    while let Some(call) = next_deferred() {
-        make_call(call);
-    }
-}
-
-fn next_deferred() -> Option<ForeignCall> {
-    engine_step(|| loop {
+/// Runs deferred engine code until a deferred foreign call is next (which it
+/// returns) or none is left.
+fn pop_deferred() -> Option<ForeignCall> {
+    loop {
         match DEFERRED.with(|d| d.0.borrow_mut().pop_front())? {
             Deferred::Call(call) => return Some(call),
             Deferred::Engine(f) => f(),
+            Deferred::Resume(r, word) => r.resume(word),
         }
-    })
+    }
 }
 
 thread_local! {
@@ -427,15 +464,19 @@ extern "C-unwind" fn thread_start<B: ThreadBody>(arg: *mut c_void) -> *mut c_voi
     name_self(started);
     // SAFETY: `started` is the Box this thread owns until `body_drop`.
     let body = unsafe { &raw mut (*started).body };
+    // The body's next call while the calls its step deferred go first.
+    let mut pending: Option<ForeignCall> = None;
+    // What the body's last call returned, for the next step to report.
+    let mut returned: Option<(i32, *mut c_void)> = None;
     loop {
-        let call = body_next(body);
-        drain_deferred();
+        let (call, from_body) = next_call(body, &mut pending, returned.take());
         if let ForeignCall::Exit = call {
             break;
         }
         let (code, result) = make_call(call);
-        body_finish(body, code, result);
-        drain_deferred();
+        if from_body {
+            returned = Some((code, result));
+        }
     }
     body_drop(started);
     std::ptr::null_mut()
@@ -463,14 +504,36 @@ fn engine_step<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
-fn body_next<B: ThreadBody>(body: *mut B) -> ForeignCall {
-    // SAFETY: `body` is the Box this thread owns until `body_drop`.
-    engine_step(|| unsafe { (*body).next() })
-}
-
-fn body_finish<B: ThreadBody>(body: *mut B, code: i32, result: *mut c_void) {
-    // SAFETY: as above.
-    engine_step(|| unsafe { (*body).finish(code, result) })
+/// One engine step: tells the body what its last call `returned`, then
+/// picks the next foreign call and says whether it is the body's (whose
+/// return the next step reports): the calls engine steps deferred come
+/// first, in order, then the body's.
+fn next_call<B: ThreadBody>(
+    body: *mut B,
+    pending: &mut Option<ForeignCall>,
+    returned: Option<(i32, *mut c_void)>,
+) -> (ForeignCall, bool) {
+    engine_step(|| {
+        if let Some((code, result)) = returned {
+            // SAFETY: `body` is the Box this thread owns until `body_drop`.
+            unsafe { (*body).finish(code, result) };
+        }
+        if let Some(call) = pop_deferred() {
+            return (call, false);
+        }
+        if let Some(call) = pending.take() {
+            return (call, true);
+        }
+        // SAFETY: `body` is the Box this thread owns until `body_drop`.
+        let call = unsafe { (*body).next() };
+        match pop_deferred() {
+            Some(deferred) => {
+                *pending = Some(call);
+                (deferred, false)
+            }
+            None => (call, true),
+        }
+    })
 }
 
 fn body_drop<B: ThreadBody>(started: *mut Started<B>) {

@@ -152,6 +152,20 @@ pub struct Outcome {
     pub code: i32,
 }
 
+impl Outcome {
+    /// The outcome as one word, for `sys::then_resume`.
+    fn pack(self) -> u64 {
+        u64::from(self.status as u32) << 32 | u64::from(self.code as u32)
+    }
+
+    fn unpack(word: u64) -> Outcome {
+        Outcome {
+            status: (word >> 32) as u32 as i32,
+            code: word as u32 as i32,
+        }
+    }
+}
+
 const CANCELLED: Outcome = Outcome {
     status: ASYNCIFY_CANCELLED,
     code: 0,
@@ -233,6 +247,15 @@ struct AfterPublish {
 fn free_with(f: Option<FreeFn>, addr: usize) {
     if let (Some(f), false) = (f, addr == 0) {
         sys::call_foreign(ForeignCall::Unary(f, addr as *mut c_void));
+    }
+}
+
+impl sys::Resume for Task {
+    /// After the task's `on_done` (and the release functions before it) on a
+    /// worker: publish. `word` is the packed outcome.
+    fn resume(&self, word: u64) {
+        REPORTING.with(|r| r.set(0));
+        self.after_on_done(Outcome::unpack(word));
     }
 }
 
@@ -389,31 +412,34 @@ impl Task {
     fn report(self: &Arc<Self>, outcome: Outcome, result: usize) {
         let Some(on_done) = self.spec.on_done else {
             // After the release functions of the task's table, as on_done.
-            let task = self.clone();
-            sys::then(move || task.after_on_done(outcome));
+            sys::then_resume(self.clone(), outcome.pack());
             return;
         };
         // A wait for this task from inside its on_done could never end (it
         // is published afterwards): note who is reporting it.
         let me = Arc::as_ptr(self) as usize;
-        let outer = REPORTING.with(Cell::get);
-        sys::then(move || REPORTING.with(|r| r.set(me)));
-        sys::call_foreign(ForeignCall::Done(
+        let call = ForeignCall::Done(
             on_done,
             self.spec.on_done_data as *mut c_void,
             self.handle(),
             outcome.status,
             result as *mut c_void,
             outcome.code,
-        ));
-        let task = self.clone();
-        sys::then(move || {
+        );
+        if sys::deferring() {
+            sys::then(move || REPORTING.with(|r| r.set(me)));
+            sys::call_foreign(call);
+            // (resume clears REPORTING: a worker reports one task at a time)
+            sys::then_resume(self.clone(), outcome.pack());
+        } else {
+            let outer = REPORTING.with(|r| r.replace(me));
+            sys::call_foreign(call);
             REPORTING.with(|r| r.set(outer));
-            task.after_on_done(outcome);
-        });
+            self.after_on_done(outcome);
+        }
     }
 
-    fn after_on_done(self: &Arc<Self>, outcome: Outcome) {
+    fn after_on_done(&self, outcome: Outcome) {
         let queue = self
             .spec
             .cq

@@ -62,9 +62,11 @@ private:
     std::thread thread_;
 };
 
-fire add_on_worker(asyncify::pool& pool, std::atomic<int>& out, std::atomic<std::thread::id>& resumed_on,
+fire add_on_worker(asyncify::pool& pool, gate& g, std::atomic<int>& out, std::atomic<std::thread::id>& resumed_on,
                    std::atomic<bool>& done) {
-    int a = co_await pool.submit([] { return 40; });
+    // The task waits for the gate, which the test opens once this coroutine has suspended: so it
+    // really resumes on the worker (a task already terminal at co_await goes on at once, here).
+    int a = co_await pool.submit([&g] { return g.wait() ? 40 : 0; });
     resumed_on = std::this_thread::get_id();
     int b = co_await pool.submit([](int x) { return x + 1; }, 1);
     out = a + b;
@@ -73,10 +75,12 @@ fire add_on_worker(asyncify::pool& pool, std::atomic<int>& out, std::atomic<std:
 
 void test_co_await_resumes_on_the_worker() {
     asyncify::pool pool(2);
+    gate g;
     std::atomic<int> out{0};
     std::atomic<std::thread::id> resumed_on{};
     std::atomic<bool> done{false};
-    add_on_worker(pool, out, resumed_on, done);
+    add_on_worker(pool, g, out, resumed_on, done);
+    g.open();
     CHECK(check::eventually([&] { return done.load(); }));
     CHECK(out == 42);
     CHECK(resumed_on.load() != std::this_thread::get_id());
