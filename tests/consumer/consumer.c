@@ -4,9 +4,8 @@
 #include <stdio.h>
 #include <string.h>
 
-static int32_t read_model(void *arg, void **out_result)
-{
-    char *model = arg;
+static int32_t read_model(void* arg, void** out_result) {
+    char* model = arg;
     size_t len = 0;
     if (asyncify_override_get("model", model, 63, &len) != ASYNCIFY_OK) {
         return 1;
@@ -16,17 +15,15 @@ static int32_t read_model(void *arg, void **out_result)
     return 0;
 }
 
-static int fail(const char *what)
-{
+static int fail(const char* what) {
     char message[256] = "";
     asyncify_last_error(message, sizeof message, NULL);
     fprintf(stderr, "FAIL consumer: %s (%s)\n", what, message);
     return 1;
 }
 
-int main(int argc, char **argv)
-{
-    const char *how = argc > 1 ? argv[1] : "?";
+int main(int argc, char** argv) {
+    const char* how = argc > 1 ? argv[1] : "?";
     if (strcmp(asyncify_version(), ASYNCIFY_VERSION_STRING) != 0) {
         return fail("asyncify_version() differs from the header's ASYNCIFY_VERSION_STRING");
     }
@@ -41,7 +38,7 @@ int main(int argc, char **argv)
     /* Too late for the task: it runs with the table as it was at submit. */
     asyncify_override_set("model", "llama", 5);
 
-    void *result = NULL;
+    void* result = NULL;
     int32_t code = -1;
     asyncify_status status = asyncify_wait(task, 10000, &result, &code);
     asyncify_release(task);
