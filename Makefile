@@ -101,7 +101,7 @@ $(VENV)/.lint-tools: $(VENV)/.installed
 
 # Every tracked file of each kind (the generated header and the frozen 0.1
 # header of the compatibility test aside), in the style of .clang-format and
-# .cmake-format.yaml.
+# .cmake-format.json.
 LINT_C     = $(shell git ls-files '*.c' '*.h' '*.cpp' '*.hpp' | grep -v -e '^include/' -e '/compat/')
 LINT_SH    = $(shell git ls-files '*.sh') .ci/run
 LINT_CMAKE = $(shell git ls-files 'CMakeLists.txt' '*/CMakeLists.txt' '*.cmake')
