@@ -109,6 +109,8 @@ struct State {
     /// The pool's owner let go of it before every worker had left: nobody
     /// will join the rest, so each detaches itself as it leaves.
     orphaned: bool,
+    /// Shutdowns waiting on `quiet`.
+    quiet_waiters: u32,
 }
 
 /// Counters, exact when the pool is quiet.
@@ -268,7 +270,8 @@ impl PoolShared {
     }
 
     fn notify_if_quiet(&self, st: &State) {
-        if self.is_quiet(st) {
+        // Only a shutdown waits on `quiet`: without one, no wake-up syscall.
+        if st.quiet_waiters > 0 && self.is_quiet(st) {
             self.quiet.notify_all();
         }
     }
@@ -591,6 +594,7 @@ impl Pool {
                     shut_down: false,
                     exited: Vec::new(),
                     orphaned: false,
+                    quiet_waiters: 0,
                 }),
                 work_ready: Condvar::new(),
                 quiet: Condvar::new(),
@@ -697,20 +701,23 @@ impl Pool {
             // (joined) even with a timeout of 0.
             let only_idle_workers_left =
                 st.busy == 0 && st.abandoned_off_limit == 0 && !shared.has_thread_hooks();
-            st = match deadline.filter(|_| !only_idle_workers_left) {
+            let until = deadline.filter(|_| !only_idle_workers_left);
+            if until.is_some_and(|d| Instant::now() >= d) {
+                return Ok(false);
+            }
+            st.quiet_waiters += 1;
+            st = match until {
                 None => shared.quiet.wait(st).unwrap_or_else(|e| e.into_inner()),
                 Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return Ok(false);
-                    }
+                    let left = d.saturating_duration_since(Instant::now());
                     shared
                         .quiet
-                        .wait_timeout(st, d - now)
+                        .wait_timeout(st, left)
                         .unwrap_or_else(|e| e.into_inner())
                         .0
                 }
             };
+            st.quiet_waiters -= 1;
         }
         let exited = std::mem::take(&mut st.exited);
         drop(st);
