@@ -113,6 +113,13 @@ struct State {
     quiet_waiters: u32,
 }
 
+/// What `provide_workers` decided: parked workers to wake, new ones to start.
+#[must_use]
+struct Provide {
+    wake: u32,
+    spawn: u32,
+}
+
 /// Counters, exact when the pool is quiet.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
@@ -203,9 +210,12 @@ impl PoolShared {
         None
     }
 
-    /// Wakes parked workers, then decides how many new ones to start, so that
-    /// every task that may start now has a thread coming for it.
-    fn provide_workers(&self, st: &mut State) -> u32 {
+    /// Decides how many parked workers to wake and how many new ones to
+    /// start, so that every task that may start now has a thread coming for
+    /// it. The caller wakes them with [`PoolShared::wake_and_spawn`] once it
+    /// has let go of the lock: a woken worker then finds it free instead of
+    /// blocking on it at once.
+    fn provide_workers(&self, st: &mut State) -> Provide {
         if st.spinning > 0 {
             // Only spinners read this (they read it under the lock first), so
             // with none there is no cache line to bounce.
@@ -215,16 +225,28 @@ impl PoolShared {
         let coming = (st.signalled + st.starting + st.spinning) as usize;
         let mut missing = startable.saturating_sub(coming);
         let parked = (st.sleeping - st.signalled) as usize;
-        for _ in 0..missing.min(parked) {
-            self.work_ready.notify_one();
-            st.signalled += 1;
-            missing -= 1;
-        }
+        let wake = missing.min(parked);
+        // Counted now, sent after the lock: a worker that wakes meanwhile for
+        // another reason takes the count and looks for work all the same.
+        st.signalled += wake as u32;
+        missing -= wake;
         let within_limit = st.threads - st.abandoned_off_limit;
         let spawn = (missing as u32).min(st.limit.saturating_sub(within_limit));
         st.threads += spawn;
         st.starting += spawn;
-        spawn
+        Provide {
+            wake: wake as u32,
+            spawn,
+        }
+    }
+
+    /// Sends the wake-ups and starts the workers `provide_workers` decided,
+    /// with no lock held; returns how many workers could not be started.
+    fn wake_and_spawn(self: &Arc<Self>, provide: Provide) -> u32 {
+        for _ in 0..provide.wake {
+            self.work_ready.notify_one();
+        }
+        self.spawn_workers(provide.spawn)
     }
 
     /// Starts `n` workers; returns how many could not be started. Joins the
@@ -378,10 +400,10 @@ impl Drop for SlotGiveBack<'_> {
     fn drop(&mut self) {
         let Some(mut st) = self.st.take() else { return };
         if self.given {
-            let spawn = self.shared.provide_workers(&mut st);
+            let provide = self.shared.provide_workers(&mut st);
             drop(st);
             if let Some(shared) = self.shared.me.upgrade() {
-                shared.spawn_workers(spawn);
+                shared.wake_and_spawn(provide);
             }
         }
     }
@@ -626,9 +648,9 @@ impl Pool {
         st.queue.push_back(task);
         st.queued += 1;
         shared.counters.submitted.fetch_add(1, Ordering::Relaxed);
-        let spawn = shared.provide_workers(&mut st);
+        let provide = shared.provide_workers(&mut st);
         drop(st);
-        if shared.spawn_workers(spawn) > 0 {
+        if shared.wake_and_spawn(provide) > 0 {
             shared.withdraw_if_unserved(handle)?;
         }
         Ok(handle)
@@ -639,13 +661,14 @@ impl Pool {
     pub fn set_max_workers(&self, n: u32) {
         let mut st = self.shared.lock();
         st.limit = n;
-        let spawn = self.shared.provide_workers(&mut st);
-        if st.threads > n {
+        let provide = self.shared.provide_workers(&mut st);
+        let too_many = st.threads > n;
+        drop(st);
+        if too_many {
             // Parked workers above the limit should leave now.
             self.shared.work_ready.notify_all();
         }
-        drop(st);
-        self.shared.spawn_workers(spawn);
+        self.shared.wake_and_spawn(provide);
     }
 
     /// The limit.
