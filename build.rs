@@ -63,7 +63,12 @@ fn main() {
 /// are `uint32_t`, so their values are unsigned literals (`~FLAG` stays
 /// unsigned): `#define ASYNCIFY_SUBMIT_DETACHED 1u`.
 fn tidy_defines(header: &str) -> String {
-    const FLAG_PREFIXES: [&str; 3] = ["ASYNCIFY_SUBMIT_", "ASYNCIFY_KEY_", "ASYNCIFY_POOL_"];
+    const FLAG_PREFIXES: [&str; 4] = [
+        "ASYNCIFY_SUBMIT_",
+        "ASYNCIFY_KEY_",
+        "ASYNCIFY_POOL_",
+        "ASYNCIFY_LATENCY_",
+    ];
     let digits = |v: &str| !v.is_empty() && v.chars().all(|c| c.is_ascii_digit());
     header
         .lines()

@@ -259,6 +259,25 @@ typedef int32_t asyncify_status;
 #define ASYNCIFY_POOL_RELEASE_SLOT_ON_ABANDON 1u
 
 /**
+ * Pool flag: record each task's queue wait and run time in histograms, read
+ * with asyncify_pool_latency(); it costs two clock reads per task. (Since
+ * 0.2.)
+ */
+#define ASYNCIFY_POOL_RECORD_LATENCY 2u
+
+/**
+ * For asyncify_pool_latency(): from submit to the start of the work function
+ * (the time a task waited in the queue). (Since 0.2.)
+ */
+#define ASYNCIFY_LATENCY_QUEUE_WAIT 1u
+
+/**
+ * For asyncify_pool_latency(): from the start of the work function to its
+ * return (abandoned ones included, when they return). (Since 0.2.)
+ */
+#define ASYNCIFY_LATENCY_RUN 2u
+
+/**
  * An immutable snapshot of an override table, like a Python `contextvars`
  * context: made by asyncify_context_capture(), asyncify_context_empty() and
  * derived with asyncify_context_with() and its kin, read with
@@ -537,6 +556,44 @@ typedef struct asyncify_pool_stats {
    */
   uint64_t abandoned;
 } asyncify_pool_stats;
+
+/**
+ * Latency figures of a pool, from asyncify_pool_latency(), in nanoseconds.
+ * Percentiles come from a histogram whose buckets are within 1.6 % of the
+ * values in them; `count`, `max_ns` and `sum_ns` are exact when the pool is
+ * quiet. It only ever grows by appending fields: set `struct_size` to
+ * `sizeof` before the call. (Since 0.2.)
+ */
+typedef struct asyncify_latency {
+  /**
+   * In: the size of the caller's struct. Out: how many bytes were filled.
+   */
+  uint32_t struct_size;
+  /**
+   * Values recorded (tasks started, or whose work function returned).
+   */
+  uint64_t count;
+  /**
+   * The median.
+   */
+  uint64_t p50_ns;
+  /**
+   * The 90th percentile.
+   */
+  uint64_t p90_ns;
+  /**
+   * The 99th percentile.
+   */
+  uint64_t p99_ns;
+  /**
+   * The largest value.
+   */
+  uint64_t max_ns;
+  /**
+   * The sum of every value (saturating).
+   */
+  uint64_t sum_ns;
+} asyncify_latency;
 
 /**
  * Called by asyncify_context_visit() once per key, on the thread that called
@@ -1232,6 +1289,29 @@ asyncify_status asyncify_get_max_workers(struct asyncify_pool *pool, uint32_t *o
  * @retval ASYNCIFY_E_PANIC An internal error.
  */
 asyncify_status asyncify_stats(struct asyncify_pool *pool, struct asyncify_pool_stats *out);
+
+/**
+ * Reads a latency histogram of `pool`.
+ *
+ * Recorded for pools made with ::ASYNCIFY_POOL_RECORD_LATENCY (and for the
+ * default pool when the environment has `ASYNCIFY_RECORD_LATENCY=1`), without
+ * a lock; runs of a queued task by a waiting worker of its pool count too.
+ * Fills `min(out->struct_size, sizeof(asyncify_latency))` bytes of `*out` and
+ * sets `out->struct_size` to the bytes filled. (Since 0.2.)
+ *
+ * @param pool The pool; NULL: the default pool.
+ * @param which ::ASYNCIFY_LATENCY_QUEUE_WAIT or ::ASYNCIFY_LATENCY_RUN.
+ * @param out The figures; set `out->struct_size = sizeof *out` first.
+ * @retval ASYNCIFY_OK `*out` is filled.
+ * @retval ASYNCIFY_E_NULL `out` is NULL.
+ * @retval ASYNCIFY_E_INVALID_ARGUMENT `which` is neither value, or
+ *         `out->struct_size` is below 4.
+ * @retval ASYNCIFY_E_NOT_FOUND The pool does not record latency.
+ * @retval ASYNCIFY_E_PANIC An internal error.
+ */
+asyncify_status asyncify_pool_latency(struct asyncify_pool *pool,
+                                      uint32_t which,
+                                      struct asyncify_latency *out);
 
 /**
  * Captures the calling thread's table in O(1): what a task submitted now would

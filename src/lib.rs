@@ -9,6 +9,7 @@
 //!   fork handlers) and, with `ffi`, the only `unsafe` code
 //! - [`status`], [`handles`] (the generation-checked handle registry), `spin`
 //! - `fork`: the fork epoch's handlers; a leaf that others register locks with
+//! - [`latency`]: lock-free latency histograms
 //! - [`table`]: the override table as a value (a persistent map)
 //! - [`overrides`]: what a thread sees: its frame (table, local keys, scopes) over the global layer
 //! - [`cq`]: completion queues with a pollable file descriptor
@@ -42,6 +43,7 @@
 pub mod cq;
 mod fork;
 pub mod handles;
+pub mod latency;
 pub mod overrides;
 pub mod pool;
 mod spin;

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use once_cell::sync::OnceCell;
 
 use crate::handles::fork_epoch;
+use crate::latency::{Histogram, Summary};
 use crate::overrides;
 use crate::spin;
 use crate::status::Error;
@@ -58,6 +59,8 @@ pub struct PoolOptions {
     pub hook_data: usize,
     /// Each worker's stack in bytes; 0: the platform's default for new threads.
     pub stack_size: usize,
+    /// Record each task's queue wait and run time (see [`Pool::latency`]).
+    pub record_latency: bool,
 }
 
 impl Default for PoolOptions {
@@ -72,6 +75,7 @@ impl Default for PoolOptions {
             on_thread_stop: None,
             hook_data: 0,
             stack_size: 0,
+            record_latency: false,
         }
     }
 }
@@ -167,6 +171,19 @@ pub struct PoolShared {
     quiet: Condvar,
     options: PoolOptions,
     counters: Counters,
+    /// Queue wait and run time, when the options say to record them.
+    latency: Option<Box<Latency>>,
+}
+
+/// A pool's latency histograms.
+#[derive(Default)]
+struct Latency {
+    queue_wait: Histogram,
+    run: Histogram,
+}
+
+fn elapsed_ns(since: Instant, now: Instant) -> u64 {
+    u64::try_from(now.saturating_duration_since(since).as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// A pool owned by its creator. Dropping it shuts it down without waiting:
@@ -298,6 +315,17 @@ impl PoolShared {
         }
     }
 
+    /// Where the pool records latency: the task's queue wait, and the time
+    /// its run starts.
+    fn record_start(&self, task: &Task) -> Option<Instant> {
+        let latency = self.latency.as_ref()?;
+        let now = Instant::now();
+        if let Some(submitted) = task.submitted() {
+            latency.queue_wait.record(elapsed_ns(submitted, now));
+        }
+        Some(now)
+    }
+
     fn has_thread_hooks(&self) -> bool {
         self.options.on_thread_start.is_some() || self.options.on_thread_stop.is_some()
     }
@@ -373,7 +401,11 @@ impl Scheduler for PoolShared {
             return false;
         };
         self.lock().queued -= 1;
+        let started = self.record_start(task);
         task.run(snapshot);
+        if let (Some(latency), Some(started)) = (&self.latency, started) {
+            latency.run.record(elapsed_ns(started, Instant::now()));
+        }
         true
     }
 }
@@ -428,8 +460,9 @@ fn worker_name(prefix: &str, number: u64) -> String {
 struct Worker {
     shared: Arc<PoolShared>,
     step: Step,
-    /// The task whose work function the thread is running.
-    running: Option<(Arc<Task>, Running)>,
+    /// The task whose work function the thread is running, and when it
+    /// started where the pool records latency.
+    running: Option<(Arc<Task>, Running, Option<Instant>)>,
     /// The task whose work function returned, until its callbacks have too.
     finished: Option<Arc<Task>>,
     timed_out: bool,
@@ -481,9 +514,12 @@ impl ThreadBody for Worker {
     }
 
     fn finish(&mut self, code: i32, result: *mut std::ffi::c_void) {
-        let Some((task, running)) = self.running.take() else {
+        let Some((task, running, started)) = self.running.take() else {
             return; // a hook returned
         };
+        if let (Some(latency), Some(started)) = (&self.shared.latency, started) {
+            latency.run.record(elapsed_ns(started, Instant::now()));
+        }
         // Its on_done, frees and releases are made next, by the thread's
         // start routine; the slot goes back after them, in `next`.
         task.end_run(running, code, result);
@@ -530,8 +566,9 @@ impl Worker {
         loop {
             if let Some((task, snapshot)) = PoolShared::take_next(&mut st) {
                 drop(st);
+                let started = shared.record_start(&task);
                 let run = task.begin_run(snapshot);
-                *running = Some((task.clone(), run));
+                *running = Some((task.clone(), run, started));
                 return Some(task);
             }
             if st.shut_down || st.threads - st.abandoned_off_limit > st.limit || *timed_out {
@@ -620,6 +657,7 @@ impl Pool {
                 }),
                 work_ready: Condvar::new(),
                 quiet: Condvar::new(),
+                latency: options.record_latency.then(Box::default),
                 options,
                 counters: Counters::default(),
             }),
@@ -630,7 +668,8 @@ impl Pool {
     /// Never blocks; on error nothing runs and no callback is called.
     pub fn submit(&self, spec: TaskSpec, snapshot: Table) -> Result<u64, Error> {
         let shared = &self.shared;
-        let task = Arc::new(Task::new(spec, snapshot, shared.clone()));
+        let submitted = shared.latency.as_ref().map(|_| Instant::now());
+        let task = Arc::new(Task::new(spec, snapshot, shared.clone(), submitted));
         let handle = tasks().insert(task.clone()).map_err(from_handle_error)?;
         task.set_handle(handle);
         let mut st = shared.lock();
@@ -674,6 +713,13 @@ impl Pool {
     /// The limit.
     pub fn max_workers(&self) -> u32 {
         self.shared.lock().limit
+    }
+
+    /// The queue wait (submit to start) and run time (start to the work
+    /// function's return) of the tasks so far, when the pool records them.
+    pub fn latency(&self) -> Option<(Summary, Summary)> {
+        let latency = self.shared.latency.as_ref()?;
+        Some((latency.queue_wait.summary(), latency.run.summary()))
     }
 
     /// The pool's counters.
@@ -778,7 +824,12 @@ pub fn default_pool() -> &'static Pool {
             .ok()
             .and_then(|v| v.trim().parse::<u32>().ok())
             .unwrap_or(DEFAULT_MAX_WORKERS);
-        Pool::new(limit)
+        let record_latency = std::env::var_os("ASYNCIFY_RECORD_LATENCY").is_some_and(|v| v == "1");
+        Pool::with_options(PoolOptions {
+            max_workers: limit,
+            record_latency,
+            ..PoolOptions::default()
+        })
     })
 }
 

@@ -209,6 +209,8 @@ struct State {
 pub struct Task {
     spec: TaskSpec,
     pool: Arc<dyn Scheduler>,
+    /// When it was submitted, where its pool records latency.
+    submitted: Option<Instant>,
     handle: AtomicU64,
     cancel_requested: AtomicBool,
     /// Mirrors `State::published`, so a waiter can spin without the lock.
@@ -287,10 +289,16 @@ impl Drop for Current {
 }
 
 impl Task {
-    pub(crate) fn new(spec: TaskSpec, snapshot: Table, pool: Arc<dyn Scheduler>) -> Self {
+    pub(crate) fn new(
+        spec: TaskSpec,
+        snapshot: Table,
+        pool: Arc<dyn Scheduler>,
+        submitted: Option<Instant>,
+    ) -> Self {
         Task {
             spec,
             pool,
+            submitted,
             handle: AtomicU64::new(0),
             cancel_requested: AtomicBool::new(false),
             is_published: AtomicBool::new(false),
@@ -307,6 +315,11 @@ impl Task {
             }),
             published: Condvar::new(),
         }
+    }
+
+    /// When it was submitted, where its pool records latency.
+    pub(crate) fn submitted(&self) -> Option<Instant> {
+        self.submitted
     }
 
     pub(crate) fn set_handle(&self, handle: u64) {

@@ -603,6 +603,15 @@ public:
         return detail::check(status) == ASYNCIFY_OK;
     }
 
+    /// The queue wait (ASYNCIFY_LATENCY_QUEUE_WAIT) or run time (ASYNCIFY_LATENCY_RUN) figures of a pool
+    /// made with ASYNCIFY_POOL_RECORD_LATENCY; throws ASYNCIFY_E_NOT_FOUND for one that does not record.
+    asyncify_latency latency(std::uint32_t which) const {
+        asyncify_latency out{};
+        out.struct_size = static_cast<std::uint32_t>(sizeof out);
+        detail::check(asyncify_pool_latency(native(), which, &out));
+        return out;
+    }
+
     /// Begins the shutdown (as shutdown() does) and waits up to `timeout` without giving the pool up:
     /// true once no task runs and every worker thread has left, false before that. Call it again to
     /// go on waiting (in slices, e.g. to stay responsive); the destructor then frees at once.

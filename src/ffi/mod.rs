@@ -263,6 +263,30 @@ pub(crate) unsafe fn init_struct<T: Versioned>(ptr: *mut T, size: usize) -> FfiR
     Ok(ASYNCIFY_OK)
 }
 
+/// Writes `value` to a versioned output struct (its first field a `u32
+/// struct_size`): `min(out->struct_size, sizeof(T))` bytes, with `struct_size`
+/// set to the bytes filled, so a caller built with an older, shorter struct
+/// gets the fields it knows.
+pub(crate) fn write_versioned_out<T: Copy>(out: *mut T, mut value: T, what: &str) -> FfiResult {
+    // SAFETY: the caller promises a writable struct of at least `struct_size`
+    // bytes at `out` (checked non-NULL), whose first field is `struct_size`.
+    let size = unsafe { (out as *const u32).read_unaligned() } as usize;
+    if size < 4 {
+        return Err(fail(
+            ASYNCIFY_E_INVALID_ARGUMENT,
+            format!("out->struct_size is {size}: set it to sizeof({what})"),
+        ));
+    }
+    let filled = size.min(std::mem::size_of::<T>());
+    // SAFETY: `value` is a local T whose first field is a u32.
+    unsafe { (&mut value as *mut T as *mut u32).write_unaligned(filled as u32) };
+    // SAFETY: `filled` bytes fit both `value` and the caller's struct.
+    unsafe {
+        std::ptr::copy_nonoverlapping(&value as *const T as *const u8, out as *mut u8, filled)
+    };
+    Ok(ASYNCIFY_OK)
+}
+
 /// `timeout_ms < 0` is forever.
 pub(crate) fn timeout_arg(timeout_ms: i64) -> Option<std::time::Duration> {
     u64::try_from(timeout_ms)

@@ -8,7 +8,10 @@
 use std::ffi::{c_char, c_void, CStr};
 use std::time::Duration;
 
-use super::{fail, guard, init_struct, required_out, timeout_arg, versioned_arg, write_out};
+use super::{
+    fail, guard, init_struct, required_out, timeout_arg, versioned_arg, write_out,
+    write_versioned_out,
+};
 use crate::pool::{default_pool, Pool, PoolOptions, DEFAULT_KEEP_ALIVE};
 use crate::status::*;
 
@@ -25,6 +28,13 @@ pub type asyncify_thread_hook = Option<extern "C" fn(user_data: *mut c_void)>;
 /// default it keeps the slot until it returns, so the limit also bounds
 /// abandoned work.
 pub const ASYNCIFY_POOL_RELEASE_SLOT_ON_ABANDON: u32 = 1;
+
+/// Pool flag: record each task's queue wait and run time in histograms, read
+/// with asyncify_pool_latency(); it costs two clock reads per task. (Since
+/// 0.2.)
+pub const ASYNCIFY_POOL_RECORD_LATENCY: u32 = 2;
+
+const KNOWN_POOL_FLAGS: u32 = ASYNCIFY_POOL_RELEASE_SLOT_ON_ABANDON | ASYNCIFY_POOL_RECORD_LATENCY;
 
 /// Options for asyncify_pool_new_ex(), a versioned struct: prepare it with
 /// asyncify_pool_options_init(), which sets the limit to 8 and every other field
@@ -199,7 +209,7 @@ pub extern "C" fn asyncify_pool_new_ex(
         let out = required_out(out, "out")?;
         let mut options = PoolOptions::default();
         if let Some(o) = versioned_arg(opts)? {
-            let unknown = o.flags & !ASYNCIFY_POOL_RELEASE_SLOT_ON_ABANDON;
+            let unknown = o.flags & !KNOWN_POOL_FLAGS;
             if unknown != 0 {
                 return Err(fail(
                     ASYNCIFY_E_INVALID_ARGUMENT,
@@ -227,6 +237,7 @@ pub extern "C" fn asyncify_pool_new_ex(
                 ms => Duration::from_millis(u64::from(ms)),
             };
             options.release_slot_on_abandon = o.flags & ASYNCIFY_POOL_RELEASE_SLOT_ON_ABANDON != 0;
+            options.record_latency = o.flags & ASYNCIFY_POOL_RECORD_LATENCY != 0;
             options.on_thread_start = o.on_thread_start;
             options.on_thread_stop = o.on_thread_stop;
             options.hook_data = o.hook_data as usize;
@@ -437,39 +448,113 @@ pub extern "C" fn asyncify_stats(
 ) -> asyncify_status {
     guard("asyncify_stats", || {
         let out = required_out(out, "out")?;
-        // SAFETY: the caller promises a writable stats struct of at least
-        // `struct_size` bytes at `out`, whose first field is `struct_size`.
-        let size = unsafe { (out as *const u32).read_unaligned() } as usize;
-        if size < 4 {
-            return Err(fail(
-                ASYNCIFY_E_INVALID_ARGUMENT,
-                format!("out->struct_size is {size}: set it to sizeof(asyncify_pool_stats)"),
-            ));
-        }
         let s = pool_or_default(pool).stats();
-        let ours = std::mem::size_of::<asyncify_pool_stats>();
-        let filled = size.min(ours);
-        let stats = asyncify_pool_stats {
-            struct_size: filled as u32,
-            limit: s.limit,
-            threads: s.threads,
-            idle_threads: s.idle_threads,
-            queued: s.queued,
-            running: s.running,
-            submitted: s.submitted,
-            completed: s.completed,
-            failed: s.failed,
-            cancelled: s.cancelled,
-            abandoned: s.abandoned,
+        write_versioned_out(
+            out,
+            asyncify_pool_stats {
+                struct_size: 0,
+                limit: s.limit,
+                threads: s.threads,
+                idle_threads: s.idle_threads,
+                queued: s.queued,
+                running: s.running,
+                submitted: s.submitted,
+                completed: s.completed,
+                failed: s.failed,
+                cancelled: s.cancelled,
+                abandoned: s.abandoned,
+            },
+            "asyncify_pool_stats",
+        )
+    })
+}
+
+/// Latency figures of a pool, from asyncify_pool_latency(), in nanoseconds.
+/// Percentiles come from a histogram whose buckets are within 1.6 % of the
+/// values in them; `count`, `max_ns` and `sum_ns` are exact when the pool is
+/// quiet. It only ever grows by appending fields: set `struct_size` to
+/// `sizeof` before the call. (Since 0.2.)
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct asyncify_latency {
+    /// In: the size of the caller's struct. Out: how many bytes were filled.
+    pub struct_size: u32,
+    /// Values recorded (tasks started, or whose work function returned).
+    pub count: u64,
+    /// The median.
+    pub p50_ns: u64,
+    /// The 90th percentile.
+    pub p90_ns: u64,
+    /// The 99th percentile.
+    pub p99_ns: u64,
+    /// The largest value.
+    pub max_ns: u64,
+    /// The sum of every value (saturating).
+    pub sum_ns: u64,
+}
+
+/// For asyncify_pool_latency(): from submit to the start of the work function
+/// (the time a task waited in the queue). (Since 0.2.)
+pub const ASYNCIFY_LATENCY_QUEUE_WAIT: u32 = 1;
+/// For asyncify_pool_latency(): from the start of the work function to its
+/// return (abandoned ones included, when they return). (Since 0.2.)
+pub const ASYNCIFY_LATENCY_RUN: u32 = 2;
+
+/// Reads a latency histogram of `pool`.
+///
+/// Recorded for pools made with ::ASYNCIFY_POOL_RECORD_LATENCY (and for the
+/// default pool when the environment has `ASYNCIFY_RECORD_LATENCY=1`), without
+/// a lock; runs of a queued task by a waiting worker of its pool count too.
+/// Fills `min(out->struct_size, sizeof(asyncify_latency))` bytes of `*out` and
+/// sets `out->struct_size` to the bytes filled. (Since 0.2.)
+///
+/// @param pool The pool; NULL: the default pool.
+/// @param which ::ASYNCIFY_LATENCY_QUEUE_WAIT or ::ASYNCIFY_LATENCY_RUN.
+/// @param out The figures; set `out->struct_size = sizeof *out` first.
+/// @retval ASYNCIFY_OK `*out` is filled.
+/// @retval ASYNCIFY_E_NULL `out` is NULL.
+/// @retval ASYNCIFY_E_INVALID_ARGUMENT `which` is neither value, or
+///         `out->struct_size` is below 4.
+/// @retval ASYNCIFY_E_NOT_FOUND The pool does not record latency.
+/// @retval ASYNCIFY_E_PANIC An internal error.
+#[no_mangle]
+pub extern "C" fn asyncify_pool_latency(
+    pool: *mut asyncify_pool,
+    which: u32,
+    out: *mut asyncify_latency,
+) -> asyncify_status {
+    guard("asyncify_pool_latency", || {
+        let out = required_out(out, "out")?;
+        let Some((queue_wait, run)) = pool_or_default(pool).latency() else {
+            return Err(fail(
+                ASYNCIFY_E_NOT_FOUND,
+                "the pool does not record latency (make it with ASYNCIFY_POOL_RECORD_LATENCY)",
+            ));
         };
-        // SAFETY: `filled` bytes fit both our struct and the caller's.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                &stats as *const asyncify_pool_stats as *const u8,
-                out as *mut u8,
-                filled,
-            )
+        let s = match which {
+            ASYNCIFY_LATENCY_QUEUE_WAIT => queue_wait,
+            ASYNCIFY_LATENCY_RUN => run,
+            other => {
+                return Err(fail(
+                    ASYNCIFY_E_INVALID_ARGUMENT,
+                    format!(
+                    "which is {other}: ASYNCIFY_LATENCY_QUEUE_WAIT (1) or ASYNCIFY_LATENCY_RUN (2)"
+                ),
+                ))
+            }
         };
-        Ok(ASYNCIFY_OK)
+        write_versioned_out(
+            out,
+            asyncify_latency {
+                struct_size: 0,
+                count: s.count,
+                p50_ns: s.p50,
+                p90_ns: s.p90,
+                p99_ns: s.p99,
+                max_ns: s.max,
+                sum_ns: s.sum,
+            },
+            "asyncify_latency",
+        )
     })
 }

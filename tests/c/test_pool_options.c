@@ -174,7 +174,7 @@ static void test_options_init_and_checks(void)
     CHECK_OK(asyncify_pool_free(pool, -1));
 
     /* Unknown flags. */
-    const uint32_t bad_flags[] = { 2, 4, 0x80000000u, ASYNCIFY_POOL_RELEASE_SLOT_ON_ABANDON | 8 };
+    const uint32_t bad_flags[] = { 4, 8, 0x80000000u, ASYNCIFY_POOL_RELEASE_SLOT_ON_ABANDON | 8 };
     for (size_t i = 0; i < sizeof bad_flags / sizeof bad_flags[0]; i++) {
         o = pool_options();
         o.flags = bad_flags[i];

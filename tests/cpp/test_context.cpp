@@ -99,6 +99,22 @@ void test_default_stats() {
     CHECK(asyncify::stats().limit == asyncify::max_workers());
 }
 
+void test_latency() {
+    asyncify_pool_options options{};
+    CHECK(asyncify_pool_options_init(&options, sizeof options) == ASYNCIFY_OK);
+    options.max_workers = 1;
+    options.flags = ASYNCIFY_POOL_RECORD_LATENCY;
+    asyncify::pool pool(options);
+    for (int i = 0; i < 3; i++) {
+        pool.submit([] { std::this_thread::sleep_for(5ms); }).get();
+    }
+    asyncify_latency run = pool.latency(ASYNCIFY_LATENCY_RUN);
+    CHECK(run.count == 3 && run.p50_ns >= 4500000 && run.max_ns >= run.p50_ns);
+    CHECK(pool.latency(ASYNCIFY_LATENCY_QUEUE_WAIT).count == 3);
+    asyncify::pool plain(1);
+    CHECK_THROWS_STATUS(plain.latency(ASYNCIFY_LATENCY_RUN), ASYNCIFY_E_NOT_FOUND);
+}
+
 void test_close_for() {
     asyncify::pool pool(1);
     gate g;
@@ -198,6 +214,7 @@ int main() {
     RUN(test_capture_and_run);
     RUN(test_submit_options);
     RUN(test_default_stats);
+    RUN(test_latency);
     RUN(test_close_for);
     RUN(test_completion_queue);
     RUN(test_to_future);

@@ -2169,7 +2169,8 @@ impl<C: Choices> Interp<C> {
                 let fault = self.pick(7);
                 match fault {
                     0 => big.opts.struct_size = 4,
-                    1 => big.opts.flags = 1 << (1 + self.pick(31)),
+                    // Bits 0 and 1 are flags; every other one is unknown.
+                    1 => big.opts.flags = 1 << (2 + self.pick(30)),
                     2 => big.opts.thread_name = bad_name.as_ptr(),
                     3 => {
                         big.opts.struct_size = size_of::<BigPoolOptions>() as u32;
