@@ -60,6 +60,9 @@ E_PANIC = -11
 E_OUT_OF_MEMORY = -12
 
 POOL_RELEASE_SLOT_ON_ABANDON = 1
+POOL_RECORD_LATENCY = 2
+LATENCY_QUEUE_WAIT = 1
+LATENCY_RUN = 2
 KEY_LOCAL = 1
 SUBMIT_DETACHED = 1
 SUBMIT_EMPTY_CONTEXT = 2
@@ -120,6 +123,20 @@ class PoolOptions(Structure):
         ("on_thread_stop", THREAD_HOOK),
         ("hook_data", c_void_p),
         ("stack_size", c_size_t),  # since 0.2
+    ]
+
+
+class Latency(Structure):
+    """``asyncify_latency``: set ``struct_size`` before ``asyncify_pool_latency``."""
+
+    _fields_ = [
+        ("struct_size", c_uint32),
+        ("count", c_uint64),
+        ("p50_ns", c_uint64),
+        ("p90_ns", c_uint64),
+        ("p99_ns", c_uint64),
+        ("max_ns", c_uint64),
+        ("sum_ns", c_uint64),
     ]
 
 
@@ -211,6 +228,7 @@ SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "asyncify_pool_options_init": (_S, [POINTER(PoolOptions), c_size_t]),
     "asyncify_pool_new_ex": (_S, [POINTER(PoolOptions), _PP]),
     "asyncify_stats": (_S, [_P, POINTER(PoolStats)]),
+    "asyncify_pool_latency": (_S, [_P, c_uint32, POINTER(Latency)]),
     "asyncify_pool_free": (_S, [_P, ctypes.c_int64]),
     "asyncify_pool_close": (_S, [_P, ctypes.c_int64]),
     "asyncify_shutdown": (_S, [ctypes.c_int64]),
@@ -232,7 +250,7 @@ SIGNATURES: dict[str, tuple[object, list[object]]] = {
 #: ``asyncify_pool_close`` (also 0.2) is required: ``Pool.close`` waits with it.
 SINCE_0_2 = frozenset({
     "asyncify_context_get", "asyncify_context_get_ptr", "asyncify_context_get_ptr_ex",
-    "asyncify_context_count", "asyncify_context_visit",
+    "asyncify_context_count", "asyncify_context_visit", "asyncify_pool_latency",
 })  # fmt: skip
 
 # The binding submits its own work callback, declared with WORK_FN_FAST; the

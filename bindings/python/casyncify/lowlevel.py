@@ -29,6 +29,7 @@ from ._ffi import (  # noqa: F401 - re-exported
     VISIT_FN,
     WORK_FN,
     Completion,
+    Latency,
     PoolOptions,
     PoolStats,
     SubmitOptions,
@@ -375,6 +376,15 @@ def stats(pool: int | None = None) -> PoolStats:
     s.struct_size = sizeof(s)
     check(plib.asyncify_stats(pool, byref(s)))
     return s
+
+
+def pool_latency(pool: int | None, which: int) -> Latency:
+    """``asyncify_pool_latency``: ``LATENCY_QUEUE_WAIT`` or ``LATENCY_RUN`` figures of a pool made
+    with ``POOL_RECORD_LATENCY`` (``NotFoundError`` for one that does not record)."""
+    out = Latency()
+    out.struct_size = sizeof(out)
+    check(plib.asyncify_pool_latency(pool, which, byref(out)))
+    return out
 
 
 def pool_free(pool: int, timeout: float | None = None) -> bool:

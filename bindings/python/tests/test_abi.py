@@ -24,6 +24,7 @@ STRUCTS = {
     "asyncify_completion": _ffi.Completion,
     "asyncify_pool_options": _ffi.PoolOptions,
     "asyncify_pool_stats": _ffi.PoolStats,
+    "asyncify_latency": _ffi.Latency,
     "asyncify_submit_options": _ffi.SubmitOptions,
 }
 
@@ -78,3 +79,22 @@ def test_every_struct_has_the_headers_layout(tmp_path: Path) -> None:
         assert sizeof(struct) == c["size"], f"sizeof({c_name})"
         for field, _ in struct._fields_:
             assert getattr(struct, field).offset == c[field], f"offsetof({c_name}, {field})"
+
+
+def test_pool_latency_through_lowlevel() -> None:
+    from casyncify import NotFoundError
+    from casyncify import lowlevel as ll
+
+    opts = ll.pool_options_init()
+    opts.flags = _ffi.POOL_RECORD_LATENCY
+    pool = ll.pool_new_ex(opts)
+    try:
+        assert ll.pool_latency(pool, _ffi.LATENCY_RUN).count == 0
+    finally:
+        ll.pool_free(pool)
+    plain = ll.pool_new_ex(ll.pool_options_init())
+    try:
+        with pytest.raises(NotFoundError):
+            ll.pool_latency(plain, _ffi.LATENCY_QUEUE_WAIT)
+    finally:
+        ll.pool_free(plain)
