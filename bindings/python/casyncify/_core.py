@@ -932,6 +932,7 @@ class _LoopState:
 
     __slots__ = (
         "cq", "fd", "batch", "count", "pending", "wakeups", "completions", "generation", "loop_ref", "__weakref__",
+        "opts", "opts_ref", "handle", "handle_ref",
     )  # fmt: skip
 
     def __init__(self):
@@ -952,6 +953,14 @@ class _LoopState:
         self.completions = 0
         self.generation = _life.fork_generation
         self.loop_ref: Callable = lambda: None  # weakref.ref(loop), set once registered
+        # The submit options and handle of this loop's calls, made once: only the
+        # loop's thread submits through them, with the GIL held from the field
+        # writes to the end of the (PyDLL) asyncify_submit, which copies them.
+        self.opts = opts = _ffi.SubmitOptions.from_buffer_copy(_SUBMIT_TEMPLATE)
+        opts.cq = self.cq
+        self.opts_ref = byref(opts)
+        self.handle = c_uint64()
+        self.handle_ref = byref(self.handle)
 
     def drain(self) -> None:
         _drain(self)
@@ -1017,10 +1026,28 @@ def _loop_gone(state: _LoopState) -> None:
 _loops: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState]" = weakref.WeakKeyDictionary()
 
 
+def _no_state() -> None:
+    return None
+
+
+#: A weak reference to the last loop's state (held weakly: a dropped loop's
+#: state must go with it): the next call on that loop skips the weak-keyed map.
+_last_state: Callable[[], _LoopState | None] = _no_state
+
+
 def _loop_state(loop: asyncio.AbstractEventLoop) -> _LoopState:
-    state = _loops.get(loop)
-    if state is not None:
+    global _last_state
+    state = _last_state()
+    if state is not None and state.loop_ref() is loop and state.cq:
         return state
+    state = _loops.get(loop)
+    if state is None:
+        state = _new_loop_state(loop)
+    _last_state = weakref.ref(state)
+    return state
+
+
+def _new_loop_state(loop: asyncio.AbstractEventLoop) -> _LoopState:
     # No lock is held from here on: add_reader and the allocations below may run
     # any Python (GC finalizers of other loops included).
     state = _LoopState()
@@ -1072,20 +1099,60 @@ def _trio_running() -> str | None:
     return "trio"
 
 
-async def _call_async(pool: Pool | None, fn: Callable, args: tuple, kwargs: dict) -> Any:
-    loop = asyncio.get_running_loop()
+if _sniffio is not None:
+    _sniffio_local = _sniffio.thread_local
+    _sniffio_cvar = _sniffio.current_async_library_cvar
+_get_running_loop = asyncio._get_running_loop
+_current_task = asyncio.current_task
+_fast_submit = fast.asyncify_submit
+
+
+def _running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop when asyncio is surely the running library, else None.
+
+    The cheap test of every call: a running loop, and sniffio (when installed)
+    naming no other library (trio-asyncio and AnyIO set its marks). When it says
+    None, ``_async_library()`` decides (trio, or an error).
+    """
+    loop = _get_running_loop()
+    if loop is not None and (_sniffio is None or (_sniffio_local.name is None and _sniffio_cvar.get() is None)):
+        return loop
+    return None
+
+
+def _submit_on_loop(pool: Pool, cid: int, state: _LoopState) -> int:
+    """``Pool._submit`` for a call completing through ``state``'s queue, with its preset options."""
+    opts = state.opts
+    opts.on_done_data = cid
+    opts.context = _state.get(_ROOT).ptr
+    if _life.closing:
+        raise ShutDownError(_ffi.E_SHUT_DOWN, "casyncify: the interpreter is exiting")
+    with pool._lock:  # close() cannot free the pool under this submit
+        opts.pool = pool._pointer()
+        status = _fast_submit(_WORK, cid, state.opts_ref, state.handle_ref)
+    if status < 0:
+        raise error_for(status)
+    return state.handle.value
+
+
+async def _call_async(pool: Pool | None, fn: Callable, args: tuple, kwargs: dict, loop: Any = None) -> Any:
+    if loop is None:
+        loop = asyncio.get_running_loop()
     state = _loop_state(loop)
-    pool = pool or default_pool()
+    if pool is None:
+        pool = _default
+        if pool is None or pool._ptr is None:
+            pool = default_pool()
     rec = _Call(fn, args, kwargs, contextvars.copy_context(), pool)
     fut = loop.create_future()
     rec.fut = weakref.ref(fut)  # this frame holds the future; the record must not hold the loop
     if "anyio" in sys.modules:
-        rec.marks = _anyio_compat.asyncio_marks(state.loop_ref, asyncio.current_task())
+        rec.marks = _anyio_compat.asyncio_marks(state.loop_ref, _current_task())
     cid = next(_ids)
     _calls[cid] = rec
     state.pending[cid] = rec
     try:
-        rec.handle = pool._submit(rec, cid, state.cq)
+        rec.handle = _submit_on_loop(pool, cid, state)
     except BaseException:
         _calls.pop(cid, None)
         state.pending.pop(cid, None)
@@ -1134,11 +1201,12 @@ def asyncify(fn: Callable = _MISSING, *, pool: Pool | None = None) -> Callable: 
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         if _life.closing:
             raise ShutDownError(_ffi.E_SHUT_DOWN, "casyncify: the interpreter is exiting")
-        if _async_library() == "trio":
+        loop = _running_asyncio_loop()
+        if loop is None and _async_library() == "trio":
             from . import _trio
 
             return await _trio.call(pool, fn, args, kwargs)
-        return await _call_async(pool, fn, args, kwargs)
+        return await _call_async(pool, fn, args, kwargs, loop)
 
     functools.update_wrapper(wrapper, fn, updated=())
     return wrapper
@@ -1199,12 +1267,13 @@ atexit.register(_at_exit)
 def _after_fork_child() -> None:
     # The parent's pools and queues have no workers here (README, fork()): forget
     # them without freeing; the child's default pool is made on first use.
-    global _default, _workers_cv, _default_lock, _globals_lock
+    global _default, _workers_cv, _default_lock, _globals_lock, _last_state
     _life.fork_generation += 1
     _life.live_workers = 0
     _default = None
     _open_pools.clear()
     _loops.clear()
+    _last_state = _no_state
     _calls.clear()
     _workers_cv = threading.Condition(threading.Lock())
     _default_lock = threading.Lock()
