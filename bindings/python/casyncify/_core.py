@@ -1105,68 +1105,7 @@ if _sniffio is not None:
 _get_running_loop = asyncio._get_running_loop
 _current_task = asyncio.current_task
 _fast_submit = fast.asyncify_submit
-
-
-def _running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
-    """The running asyncio loop when asyncio is surely the running library, else None.
-
-    The cheap test of every call: a running loop, and sniffio (when installed)
-    naming no other library (trio-asyncio and AnyIO set its marks). When it says
-    None, ``_async_library()`` decides (trio, or an error).
-    """
-    loop = _get_running_loop()
-    if loop is not None and (_sniffio is None or (_sniffio_local.name is None and _sniffio_cvar.get() is None)):
-        return loop
-    return None
-
-
-def _submit_on_loop(pool: Pool, cid: int, state: _LoopState) -> int:
-    """``Pool._submit`` for a call completing through ``state``'s queue, with its preset options."""
-    opts = state.opts
-    opts.on_done_data = cid
-    opts.context = _state.get(_ROOT).ptr
-    if _life.closing:
-        raise ShutDownError(_ffi.E_SHUT_DOWN, "casyncify: the interpreter is exiting")
-    with pool._lock:  # close() cannot free the pool under this submit
-        opts.pool = pool._pointer()
-        status = _fast_submit(_WORK, cid, state.opts_ref, state.handle_ref)
-    if status < 0:
-        raise error_for(status)
-    return state.handle.value
-
-
-async def _call_async(pool: Pool | None, fn: Callable, args: tuple, kwargs: dict, loop: Any = None) -> Any:
-    if loop is None:
-        loop = asyncio.get_running_loop()
-    state = _loop_state(loop)
-    if pool is None:
-        pool = _default
-        if pool is None or pool._ptr is None:
-            pool = default_pool()
-    rec = _Call(fn, args, kwargs, contextvars.copy_context(), pool)
-    fut = loop.create_future()
-    rec.fut = weakref.ref(fut)  # this frame holds the future; the record must not hold the loop
-    if "anyio" in sys.modules:
-        rec.marks = _anyio_compat.asyncio_marks(state.loop_ref, _current_task())
-    cid = next(_ids)
-    _calls[cid] = rec
-    state.pending[cid] = rec
-    try:
-        rec.handle = _submit_on_loop(pool, cid, state)
-    except BaseException:
-        _calls.pop(cid, None)
-        state.pending.pop(cid, None)
-        raise
-    try:
-        await fut
-    except BaseException:
-        # Cancelled, or this coroutine closed (its task dropped with its loop).
-        # Queued: it never runs. Running: abandoned; the awaiter goes now.
-        rec.abandoned = True
-        if rec.handle:
-            plib.asyncify_cancel(rec.handle)
-        raise
-    return rec.outcome()
+_copy_context = contextvars.copy_context
 
 
 def _is_async_callable(fn: Any) -> bool:
@@ -1199,14 +1138,56 @@ def asyncify(fn: Callable = _MISSING, *, pool: Pool | None = None) -> Callable: 
         raise TypeError(f"{fn!r} is already a coroutine function: await it directly")
 
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        # The asyncio path is inline (no coroutine of its own): every call runs it.
         if _life.closing:
             raise ShutDownError(_ffi.E_SHUT_DOWN, "casyncify: the interpreter is exiting")
-        loop = _running_asyncio_loop()
-        if loop is None and _async_library() == "trio":
-            from . import _trio
+        loop = _get_running_loop()
+        if loop is None or (_sniffio is not None and (_sniffio_local.name is not None or _sniffio_cvar.get() is not None)):
+            # Not surely asyncio: sniffio names another library (trio, AnyIO's trio
+            # backend, trio-asyncio's trio mode), or no asyncio loop runs.
+            if _async_library() == "trio":
+                from . import _trio
 
-            return await _trio.call(pool, fn, args, kwargs)
-        return await _call_async(pool, fn, args, kwargs, loop)
+                return await _trio.call(pool, fn, args, kwargs)
+            loop = asyncio.get_running_loop()
+        state = _loop_state(loop)
+        p = pool
+        if p is None:
+            p = _default
+            if p is None or p._ptr is None:
+                p = default_pool()
+        rec = _Call(fn, args, kwargs, _copy_context(), p)
+        fut = loop.create_future()
+        rec.fut = weakref.ref(fut)  # this frame holds the future; the record must not hold the loop
+        if "anyio" in sys.modules:
+            rec.marks = _anyio_compat.asyncio_marks(state.loop_ref, _current_task())
+        cid = next(_ids)
+        _calls[cid] = rec
+        state.pending[cid] = rec
+        try:  # Pool._submit, inline, with this loop's preset options
+            opts = state.opts
+            opts.on_done_data = cid
+            opts.context = _state.get(_ROOT).ptr
+            with p._lock:  # close() cannot free the pool under this submit
+                opts.pool = p._pointer()
+                status = _fast_submit(_WORK, cid, state.opts_ref, state.handle_ref)
+            if status < 0:
+                raise error_for(status)
+            rec.handle = state.handle.value
+        except BaseException:
+            _calls.pop(cid, None)
+            state.pending.pop(cid, None)
+            raise
+        try:
+            await fut
+        except BaseException:
+            # Cancelled, or this coroutine closed (its task dropped with its loop).
+            # Queued: it never runs. Running: abandoned; the awaiter goes now.
+            rec.abandoned = True
+            if rec.handle:
+                plib.asyncify_cancel(rec.handle)
+            raise
+        return rec.outcome()
 
     functools.update_wrapper(wrapper, fn, updated=())
     return wrapper
