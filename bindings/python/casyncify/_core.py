@@ -37,6 +37,7 @@ import inspect
 import itertools
 import math
 import os
+import struct
 import sys
 import threading
 import time
@@ -932,7 +933,7 @@ class _LoopState:
 
     __slots__ = (
         "cq", "fd", "batch", "count", "pending", "wakeups", "completions", "generation", "loop_ref", "__weakref__",
-        "opts", "opts_ref", "handle", "handle_ref",
+        "opts", "opts_ref", "handle", "handle_ref", "raw",
     )  # fmt: skip
 
     def __init__(self):
@@ -947,6 +948,7 @@ class _LoopState:
         self.cq: int = cq.value  # type: ignore[assignment]
         self.fd = fd.value
         self.batch = (_ffi.Completion * _BATCH)()
+        self.raw = memoryview(self.batch).cast("B")  # the same bytes, read with _COMPLETIONS
         self.count = c_size_t()
         self.pending: dict[int, _Call] = {}
         self.wakeups = 0  # times the loop woke for this queue
@@ -956,8 +958,12 @@ class _LoopState:
         # The submit options and handle of this loop's calls, made once: only the
         # loop's thread submits through them, with the GIL held from the field
         # writes to the end of the (PyDLL) asyncify_submit, which copies them.
+        # Detached: a handle releases itself once its completion is queued, so
+        # draining costs no release call; handles are generation-checked, so
+        # cancelling one that already finished is a harmless E_INVALID_HANDLE.
         self.opts = opts = _ffi.SubmitOptions.from_buffer_copy(_SUBMIT_TEMPLATE)
         opts.cq = self.cq
+        opts.flags = _ffi.SUBMIT_DETACHED
         self.opts_ref = byref(opts)
         self.handle = c_uint64()
         self.handle_ref = byref(self.handle)
@@ -972,23 +978,30 @@ class _LoopState:
             plib.asyncify_cq_free(cq)
 
 
+#: One ``asyncify_completion`` (handle, status, code, result, user_data) as
+#: bytes: unpacking a batch at once is cheaper than a ctypes view per field.
+_COMPLETIONS = struct.Struct("@QiiPP")  # native: the C layout
+assert _COMPLETIONS.size == sizeof(_ffi.Completion)
+
+
 def _drain(state: _LoopState, _calls=_calls) -> None:
     """The fd is readable: move every waiting completion to its future, in batches."""
     state.wakeups += 1
     batch = state.batch
+    raw = state.raw
     count = state.count
+    count_ref = byref(count)
     cq = state.cq
     drain = plib.asyncify_cq_drain
-    release = plib.asyncify_release
     pending = state.pending
+    unpack = _COMPLETIONS.iter_unpack
+    size = _COMPLETIONS.size
+    cancelled = _ffi.CANCELLED
     while True:
-        drain(cq, batch, _BATCH, byref(count))
+        drain(cq, batch, _BATCH, count_ref)
         n = count.value
         state.completions += n
-        for i in range(n):
-            c = batch[i]
-            cid = c.user_data
-            release(c.handle)
+        for _handle, status, _code, _result, cid in unpack(raw[: n * size]):
             rec = pending.pop(cid, None)
             _calls.pop(cid, None)
             if rec is None:
@@ -997,7 +1010,7 @@ def _drain(state: _LoopState, _calls=_calls) -> None:
             fut = rec.fut()
             if fut is None or fut.done():  # its task is gone, or was cancelled
                 continue
-            if c.status == _ffi.CANCELLED:  # cancelled by a pool shutdown, not by our awaiter
+            if status == cancelled:  # cancelled by a pool shutdown, not by our awaiter
                 fut.cancel()
             else:
                 fut.set_result(None)  # the outcome is in the record
@@ -1015,9 +1028,8 @@ def _loop_gone(state: _LoopState) -> None:
         _calls.pop(cid, None)  # a call that has not started yet will not run Python
         rec.abandoned = True
         handle, rec.handle = rec.handle, 0
-        if handle:
+        if handle:  # detached (_LoopState): nothing to release
             plib.asyncify_cancel(handle)  # queued: never runs; running: cancel_requested()
-            plib.asyncify_release(handle)
     state.free()
 
 
