@@ -37,3 +37,23 @@ def test_dspy_program_sees_its_own_dspy_context(make_pool):
         return await asyncio.gather(*[ask(lm, str(i)) for i, lm in enumerate([lm_a, lm_b, lm_a, lm_b])])
 
     assert run(main()) == [("from A", True), ("from B", True), ("from A", True), ("from B", True)]
+
+
+def test_readme_example_the_context_is_captured_when_the_call_runs(make_pool):
+    """The README's DSPy example: a call made a task inside ``with dspy.context(lm=...)``
+    runs with that LM; a bare coroutine made in the block and awaited after it runs
+    with the default LM (the context is captured when the coroutine first runs)."""
+    default_lm = DummyLM([{"answer": "default"}] * 10)
+    block_lm = DummyLM([{"answer": "block"}] * 10)
+    qa = dspy.Predict("question -> answer")
+    aqa = casyncify.asyncify(qa, pool=make_pool(2))
+
+    async def main():
+        with dspy.context(lm=block_lm):
+            big = asyncio.ensure_future(aqa(question="What is asyncify?"))  # the README's way
+            bare = aqa(question="made in the block, awaited after it")
+        small = aqa(question="And casyncify?")
+        return [p.answer for p in await asyncio.gather(big, small, bare)]
+
+    with dspy.context(lm=default_lm):
+        assert run(main()) == ["block", "default", "default"]
