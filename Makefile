@@ -106,12 +106,20 @@ LINT_C     = $(shell git ls-files '*.c' '*.h' '*.cpp' '*.hpp' | grep -v -e '^inc
 LINT_SH    = $(shell git ls-files '*.sh') .ci/run
 LINT_CMAKE = $(shell git ls-files 'CMakeLists.txt' '*/CMakeLists.txt' '*.cmake')
 
-lint: $(VENV)/.lint-tools
+# The Python binding and its bench: ruff's lint and format check (settings in
+# bindings/python/pyproject.toml, [tool.ruff]).
+PY_LINT = bindings/python bench/python_peers.py
+RUFF    = $(VENV)/bin/ruff
+RUFF_CONFIG = --config bindings/python/pyproject.toml
+
+lint: $(VENV)/.lint-tools $(VENV)/.py-tools
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(VENV)/bin/clang-format --dry-run -Werror $(LINT_C)
 	$(VENV)/bin/shellcheck $(LINT_SH)
 	$(VENV)/bin/cmake-format --check $(LINT_CMAKE)
+	$(RUFF) check $(RUFF_CONFIG) $(PY_LINT)
+	$(RUFF) format --check $(RUFF_CONFIG) $(PY_LINT)
 
 test-rust:
 	$(CARGO) test --release
@@ -171,6 +179,12 @@ DSPY_VERSION := 3.4.1
 PY_TEST_EXTRAS := dspy==$(DSPY_VERSION) anyio==4.16.0 trio==0.35.0 uvloop==0.23.0
 $(VENV)/.dspy: $(VENV)/.installed
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(PY_TEST_EXTRAS)
+	touch $@
+
+# The binding's checkers: ruff (make lint) and mypy (make test-python), pinned.
+PY_TOOLS := ruff==0.14.8 mypy==1.19.0
+$(VENV)/.py-tools: $(VENV)/.installed
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(PY_TOOLS)
 	touch $@
 
 # The Python binding (bindings/python, package casyncify) against the built

@@ -31,9 +31,11 @@ from ._core import (
     get,
     overrides,
     remove,
-    set as set,  # noqa: A004 - casyncify.set(key, value)
     stats,
     submit,
+)
+from ._core import (
+    set as set,  # noqa: A004 - casyncify.set(key, value)
 )
 from ._errors import (
     BufferTooSmallError,

@@ -43,6 +43,7 @@ import threading
 import time
 import types
 import weakref
+from collections.abc import Mapping
 from concurrent.futures._base import (  # the states a Future moves through
     CANCELLED,
     CANCELLED_AND_NOTIFIED,
@@ -51,7 +52,7 @@ from concurrent.futures._base import (  # the states a Future moves through
     RUNNING,
 )
 from ctypes import byref, c_int32, c_size_t, c_uint32, c_uint64, c_void_p, sizeof
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from . import _anyio_compat, _ffi
 
@@ -80,7 +81,7 @@ class _Lifecycle:
     closing = False  # atexit began: new calls are refused
     finalized = False  # atexit done: C contexts are no longer freed (leaked at exit)
     fork_generation = 0  # bumped in a forked child: parent pools are unusable there
-    exit_timeout: "float | None" = 5.0  # seconds atexit waits for running Python calls (None: forever)
+    exit_timeout: float | None = 5.0  # seconds atexit waits for running Python calls (None: forever)
     live_workers = 0  # worker threads holding a thread state (start hook ran, stop hook not yet)
 
 
@@ -124,9 +125,7 @@ def _key_bytes(key: str) -> bytes:
     # refuses it with ASYNCIFY_E_INVALID_ARGUMENT and its own message.
     kb = key.encode("utf-8", "surrogatepass")
     if b"\0" in kb:
-        raise InvalidArgumentError(
-            _ffi.E_INVALID_ARGUMENT, f"casyncify: the key {key!r} contains a NUL character"
-        )
+        raise InvalidArgumentError(_ffi.E_INVALID_ARGUMENT, f"casyncify: the key {key!r} contains a NUL character")
     return kb
 
 
@@ -145,7 +144,7 @@ class _Snap:
             self.ptr = None
             _free(ptr)
 
-    def with_(self, key: str, value: Any) -> "_Snap":
+    def with_(self, key: str, value: Any) -> _Snap:
         kb = _key_bytes(key)
         # Everything that can raise (a str subclass whose __hash__ fails, say)
         # comes before the C call: once C holds the value, nothing may fail.
@@ -160,7 +159,7 @@ class _Snap:
             raise err
         return _Snap(values, out.value)
 
-    def without(self, key: str) -> "_Snap":
+    def without(self, key: str) -> _Snap:
         kb = _key_bytes(key)
         if key not in self.values:
             raise NotFoundError(_ffi.E_NOT_FOUND, f"casyncify.remove: no override {key!r}")
@@ -294,7 +293,7 @@ class context:
         self._items = items
         self._tokens: list = []
 
-    def __enter__(self) -> "context":
+    def __enter__(self) -> context:
         snap = _state.get(_ROOT)
         for key, value in self._items.items():
             snap = snap.with_(key, value)
@@ -505,7 +504,7 @@ def _seconds(name: str, timeout: float | None) -> float | None:
 _SUBMIT_TEMPLATE = _ffi.SubmitOptions()
 check(plib.asyncify_submit_options_init(byref(_SUBMIT_TEMPLATE), sizeof(_SUBMIT_TEMPLATE)))
 _pool_serials = itertools.count(1)
-_open_pools: "weakref.WeakSet[Pool]" = weakref.WeakSet()
+_open_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
 
 
 class Pool:
@@ -591,7 +590,7 @@ class Pool:
                 raise error_for(status)
         return h.value
 
-    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> "TaskFuture":
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> TaskFuture:
         """Run ``fn(*args, **kwargs)`` on this pool with the caller's overrides."""
         rec = _Call(fn, args, kwargs, contextvars.copy_context(), self)
         fut = rec.fut = TaskFuture()
@@ -696,7 +695,7 @@ class Pool:
             if deadline is not None and time.monotonic() >= deadline:
                 return False
 
-    def __enter__(self) -> "Pool":
+    def __enter__(self) -> Pool:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -1035,7 +1034,7 @@ def _loop_gone(state: _LoopState) -> None:
 
 #: event loop -> its _LoopState. Weak keys, so no lock: an entry goes with its
 #: loop (the removal runs from GC, at any allocation, and must never wait).
-_loops: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState]" = weakref.WeakKeyDictionary()
+_loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
 
 
 def _no_state() -> None:
@@ -1126,7 +1125,7 @@ def _is_async_callable(fn: Any) -> bool:
         return True
     if inspect.isroutine(fn) or isinstance(fn, type):
         return False  # a class builds an instance: its own __call__ is not what runs
-    return inspect.iscoroutinefunction(getattr(type(fn), "__call__", None))
+    return inspect.iscoroutinefunction(getattr(type(fn), "__call__", None))  # noqa: B004 - the type's own __call__
 
 
 def asyncify(fn: Callable = _MISSING, *, pool: Pool | None = None) -> Callable:  # type: ignore[assignment]
@@ -1154,7 +1153,9 @@ def asyncify(fn: Callable = _MISSING, *, pool: Pool | None = None) -> Callable: 
         if _life.closing:
             raise ShutDownError(_ffi.E_SHUT_DOWN, "casyncify: the interpreter is exiting")
         loop = _get_running_loop()
-        if loop is None or (_sniffio is not None and (_sniffio_local.name is not None or _sniffio_cvar.get() is not None)):
+        if loop is None or (
+            _sniffio is not None and (_sniffio_local.name is not None or _sniffio_cvar.get() is not None)
+        ):
             # Not surely asyncio: sniffio names another library (trio, AnyIO's trio
             # backend, trio-asyncio's trio mode), or no asyncio loop runs.
             if _async_library() == "trio":

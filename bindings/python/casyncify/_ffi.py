@@ -315,6 +315,7 @@ def _load() -> tuple[ctypes.CDLL, ctypes.PyDLL, str]:
 
 lib, plib, library_path = _load()
 
+
 def has(name: str) -> bool:
     """Whether the loaded library exports ``name``."""
     return hasattr(lib, name)

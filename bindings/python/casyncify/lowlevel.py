@@ -16,8 +16,8 @@ high-level API.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Sequence
 from ctypes import byref, c_int32, c_size_t, c_uint32, c_uint64, c_void_p, sizeof
-from typing import Sequence
 
 from . import _ffi
 from ._errors import TimeoutError, check
@@ -478,4 +478,4 @@ def cancel_requested() -> bool:
 
 
 # Every exported C function has a wrapper here (checked by the tests).
-WRAPPED = {name: globals()[name[len("asyncify_"):]] for name in _ffi.SIGNATURES}
+WRAPPED = {name: globals()[name[len("asyncify_") :]] for name in _ffi.SIGNATURES}

@@ -13,9 +13,8 @@ from ctypes import sizeof
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT
-
 from casyncify import _ffi
+from conftest import REPO_ROOT
 
 HEADER = REPO_ROOT / "include" / "asyncify.h"
 

@@ -10,12 +10,11 @@ import threading
 import time
 import traceback
 
-import pytest
-from conftest import Gate, eventually, run
-
 import casyncify
+import pytest
 from casyncify import _core
 from casyncify import lowlevel as ll
+from conftest import Gate, eventually, run
 from test_overrides import c_view
 
 

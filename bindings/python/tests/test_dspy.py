@@ -8,10 +8,9 @@ from __future__ import annotations
 import asyncio
 import os
 
+import casyncify
 import pytest
 from conftest import run
-
-import casyncify
 
 if os.environ.get("CASYNCIFY_REQUIRE_DSPY") == "1":
     import dspy

@@ -14,10 +14,9 @@ import math
 import threading
 import time
 
+import casyncify
 import pytest
 from conftest import require
-
-import casyncify
 
 dspy = require("dspy")
 anyio = require("anyio")

@@ -8,10 +8,9 @@ import gc
 import threading
 import time
 
+import casyncify
 import pytest
 from conftest import eventually, run
-
-import casyncify
 
 
 def test_submit_returns_a_future_with_the_result():

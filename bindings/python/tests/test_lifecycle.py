@@ -11,10 +11,9 @@ import textwrap
 import time
 
 import pytest
-from conftest import PACKAGE_ROOT, REPO_ROOT
-
 from casyncify import _ffi
 from casyncify import lowlevel as ll
+from conftest import PACKAGE_ROOT, REPO_ROOT
 
 HEADER = REPO_ROOT / "include" / "asyncify.h"
 
@@ -25,6 +24,7 @@ def run_script(code: str, timeout: float = 20, env: dict | None = None) -> subpr
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
+        check=False,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -51,7 +51,9 @@ def test_every_function_of_the_header_is_declared_and_wrapped():
 
 @pytest.mark.skipif(shutil.which("nm") is None, reason="needs nm")
 def test_every_exported_symbol_is_declared():
-    out = subprocess.run(["nm", "-D", "--defined-only", _ffi.library_path], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["nm", "-D", "--defined-only", _ffi.library_path], check=False, capture_output=True, text=True
+    ).stdout
     exported = {line.split()[-1] for line in out.splitlines() if " asyncify_" in line}
     assert exported == set(_ffi.SIGNATURES)
 
@@ -71,7 +73,7 @@ def test_struct_layouts_match_the_header(tmp_path):
             lines.append(f'printf("{cname} {field} %zu\\n", offsetof({cname}, {field}));')
     src = tmp_path / "layout.c"
     src.write_text(
-        "#include <stdio.h>\n#include <stddef.h>\n#include \"asyncify.h\"\nint main(void){\n"
+        '#include <stdio.h>\n#include <stddef.h>\n#include "asyncify.h"\nint main(void){\n'
         + "\n".join(lines)
         + "\nreturn 0;}\n"
     )
@@ -89,6 +91,7 @@ def test_import_error_names_every_path_tried(tmp_path):
     shutil.copytree(PACKAGE_ROOT / "casyncify", pkg, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
     r = subprocess.run(
         [sys.executable, "-W", "ignore", "-c", "import casyncify"],
+        check=False,
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(pkg.parent), "ASYNCIFY_LIBRARY": "/nonexistent/libasyncify.so"},
@@ -234,7 +237,9 @@ def test_ctrl_c_ends_the_exit_wait():
     )
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_ROOT), env.get("PYTHONPATH", "")])
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     try:
         assert proc.stdout.readline().strip() == "main done"
         time.sleep(0.5)  # exit is waiting for the call now (up to 60 s)

@@ -7,12 +7,11 @@ import gc
 import threading
 import weakref
 
-import pytest
-from conftest import eventually, run
-
 import casyncify
+import pytest
 from casyncify import _core
 from casyncify import lowlevel as ll
+from conftest import eventually, run
 
 
 class Value:
@@ -154,7 +153,6 @@ def test_value_kept_alive_by_a_running_call_only(make_pool, gate):
     def task():
         gate.block()
         seen.append(casyncify.get("v") is not None and casyncify.get("v").name)
-        return None
 
     with casyncify.context(v=value):
         fut = pool.submit(task)

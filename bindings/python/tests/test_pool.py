@@ -6,11 +6,10 @@ import dataclasses
 import threading
 import time
 
-import pytest
-from conftest import eventually
-
 import casyncify
+import pytest
 from casyncify import lowlevel as ll
+from conftest import eventually
 
 
 def test_stats_is_a_dataclass_with_exact_counts(make_pool, gate):

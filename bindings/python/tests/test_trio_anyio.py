@@ -10,11 +10,10 @@ import asyncio
 import threading
 import time
 
-import pytest
-from conftest import eventually, require
-
 import casyncify
+import pytest
 from casyncify import _anyio_compat, _core
+from conftest import eventually, require
 
 trio = require("trio")
 anyio = require("anyio")

@@ -33,7 +33,8 @@ import functools
 import math
 import sys
 import threading
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable
+from typing import Any, Callable
 
 from .. import _core
 from .._core import UNBOUNDED, Pool
