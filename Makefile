@@ -190,9 +190,12 @@ $(VENV)/.py-tools: $(VENV)/.installed
 # The Python binding (bindings/python, package casyncify) against the built
 # library; with DSPy, trio, AnyIO and uvloop required, so their tests cannot be
 # skipped here. LiteLLM reads its bundled model price map (no network).
-test-python: lib $(VENV)/.dspy
+# Then mypy --strict on the typing tests (bindings/python/pyproject.toml, [tool.mypy]):
+# what asyncify's signature infers, and the calls it must reject.
+test-python: lib $(VENV)/.dspy $(VENV)/.py-tools
 	ASYNCIFY_LIBRARY=$(CURDIR)/$(LIB) CASYNCIFY_REQUIRE_DSPY=1 LITELLM_LOCAL_MODEL_COST_MAP=True \
 		$(VENV)/bin/python -m pytest bindings/python/tests -q -rs
+	cd bindings/python && $(CURDIR)/$(VENV)/bin/mypy
 
 # --- the Python package: make wheel, make test-wheel ---
 

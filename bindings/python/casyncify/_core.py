@@ -52,7 +52,7 @@ from concurrent.futures._base import (  # the states a Future moves through
     RUNNING,
 )
 from ctypes import byref, c_int32, c_size_t, c_uint32, c_uint64, c_void_p, sizeof
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TypeVar, overload
 
 from . import _anyio_compat, _ffi
 
@@ -89,7 +89,18 @@ _life = _Lifecycle()
 _workers_cv = threading.Condition(threading.Lock())
 _tls = threading.local()
 
-_MISSING = object()
+_MISSING: Any = object()
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
+    if sys.version_info >= (3, 10):
+        from typing import ParamSpec
+    else:  # typing_extensions: needed by type checkers only, never imported at run time
+        from typing_extensions import ParamSpec
+
+    _P = ParamSpec("_P")
+    _R = TypeVar("_R")
 
 # ---------------------------------------------------------------------------
 # Python values as C pointer values
@@ -603,7 +614,7 @@ class Pool:
             raise
         return fut
 
-    def asyncify(self, fn: Callable) -> Callable:
+    def asyncify(self, fn: Callable[_P, _R]) -> Callable[_P, Coroutine[Any, Any, _R]]:
         """``casyncify.asyncify(fn, pool=self)``."""
         return asyncify(fn, pool=self)
 
@@ -1128,7 +1139,11 @@ def _is_async_callable(fn: Any) -> bool:
     return inspect.iscoroutinefunction(getattr(type(fn), "__call__", None))  # noqa: B004 - the type's own __call__
 
 
-def asyncify(fn: Callable = _MISSING, *, pool: Pool | None = None) -> Callable:  # type: ignore[assignment]
+@overload
+def asyncify(fn: Callable[_P, _R], *, pool: Pool | None = None) -> Callable[_P, Coroutine[Any, Any, _R]]: ...
+@overload
+def asyncify(*, pool: Pool | None = None) -> Callable[[Callable[_P, _R]], Callable[_P, Coroutine[Any, Any, _R]]]: ...
+def asyncify(fn: Any = _MISSING, *, pool: Pool | None = None) -> Any:
     """Like ``dspy.asyncify``: an ``async def`` wrapper running ``fn`` on a pool.
 
     Each call snapshots the caller's context (``contextvars``: casyncify's
