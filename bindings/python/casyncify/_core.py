@@ -35,7 +35,6 @@ import dataclasses
 import functools
 import inspect
 import itertools
-import math
 import os
 import struct
 import sys
@@ -54,7 +53,7 @@ from concurrent.futures._base import (  # the states a Future moves through
 from ctypes import byref, c_int32, c_size_t, c_uint32, c_uint64, c_void_p, sizeof
 from typing import TYPE_CHECKING, Any, Callable, TypeVar, overload
 
-from . import _anyio_compat, _ffi
+from . import _anyio_compat, _ffi, _timeouts
 
 try:  # names the running async library (asyncio, trio, AnyIO's backends) when installed
     import sniffio as _sniffio
@@ -500,16 +499,7 @@ class Stats:
 _SLICE = 0.1
 
 
-def _seconds(name: str, timeout: float | None) -> float | None:
-    """A timeout in seconds: None or ``inf`` mean forever (None), below 0 is 0, nan is refused."""
-    if timeout is None:
-        return None
-    value = float(timeout)  # TypeError for what is not a number
-    if math.isnan(value):
-        raise ValueError(f"{name} must be a number of seconds or None, not nan")
-    if math.isinf(value) and value > 0:
-        return None
-    return max(0.0, value)
+_seconds = _timeouts.seconds
 
 
 _SUBMIT_TEMPLATE = _ffi.SubmitOptions()
@@ -851,7 +841,7 @@ class TaskFuture(concurrent.futures.Future):
 
     def _help(self, timeout: float | None) -> None:
         if self._state in (PENDING, RUNNING) and self._handle and getattr(_tls, "pool", None) is not None:
-            ms = -1 if timeout is None else max(0, int(timeout * 1000))
+            ms = _timeouts.milliseconds("timeout", timeout)
             status = lib.asyncify_wait(self._handle, ms, None, None)
             if status == _ffi.E_WOULD_DEADLOCK:
                 raise WouldDeadlockError(status, _ffi.last_error())

@@ -19,7 +19,7 @@ import ctypes
 from collections.abc import Sequence
 from ctypes import byref, c_int32, c_size_t, c_uint32, c_uint64, c_void_p, sizeof
 
-from . import _ffi
+from . import _ffi, _timeouts
 from ._errors import TimeoutError, check
 from ._ffi import (  # noqa: F401 - re-exported
     CLONE_FN,
@@ -73,7 +73,8 @@ def _nullable(ftype, f):
 
 
 def _ms(timeout: float | None) -> int:
-    return -1 if timeout is None or timeout < 0 else int(timeout * 1000)
+    """The binding's one timeout rule (``_timeouts``): None/inf forever, below 0 a poll, nan refused."""
+    return _timeouts.milliseconds("timeout", timeout)
 
 
 def _copy_out(call) -> bytes:

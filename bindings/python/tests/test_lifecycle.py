@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import re
 import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
+import casyncify
 import pytest
 from casyncify import _ffi
 from casyncify import lowlevel as ll
@@ -250,3 +253,26 @@ def test_ctrl_c_ends_the_exit_wait():
         proc.kill()
     assert time.perf_counter() - t < 5, "the exit wait woke for Ctrl-C"
     assert "KeyboardInterrupt" in err and "Fatal" not in err, err
+
+
+def test_one_timeout_rule_for_the_high_level_api_and_lowlevel():
+    """None and inf wait forever (-1 ms), below 0 is a poll (0), nan is refused: in
+    lowlevel's waits as in Pool.close and TaskFuture (a negative timeout once meant
+    "forever" in lowlevel and "poll" elsewhere)."""
+    import math
+
+    from casyncify import _core, _timeouts, lowlevel
+
+    assert [lowlevel._ms(t) for t in (None, math.inf, -1, -0.5, 0, 0.25, 2)] == [-1, -1, 0, 0, 0, 250, 2000]
+    assert [_core._seconds("t", t) for t in (None, math.inf, -1, 0.25)] == [None, None, 0.0, 0.25]
+    with pytest.raises(ValueError, match="nan"):
+        lowlevel._ms(math.nan)
+    assert _timeouts.milliseconds("t", 1e300) == 2**63 - 1
+    gate = threading.Event()
+    fut = casyncify.submit(gate.wait, 10)
+    try:
+        with pytest.raises(concurrent.futures.TimeoutError):
+            fut.result(timeout=-1)  # a poll, not a wait forever
+    finally:
+        gate.set()
+    assert fut.result(timeout=10) is True
