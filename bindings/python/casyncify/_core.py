@@ -1187,7 +1187,10 @@ def asyncify(fn: Any = _MISSING, *, pool: Pool | None = None) -> Any:
             opts.on_done_data = cid
             opts.context = _state.get(_ROOT).ptr
             with p._lock:  # close() cannot free the pool under this submit
-                opts.pool = p._pointer()
+                ptr = p._ptr
+                if ptr is None or p._generation != _life.fork_generation:
+                    ptr = p._pointer()  # raises ShutDownError or ForkedError
+                opts.pool = ptr
                 status = _fast_submit(_WORK, cid, state.opts_ref, state.handle_ref)
             if status < 0:
                 raise error_for(status)
