@@ -34,7 +34,7 @@ import weakref
 from typing import Any, Callable
 
 _MISSING = object()
-_broken: set = set()  # libraries whose hooks are missing: warned once, then skipped
+_broken: set[str] = set()  # libraries whose hooks are missing: warned once, then skipped
 
 
 def _warn_once(library: str, problem: str) -> None:
@@ -140,7 +140,7 @@ def _anyio_backend(library: str) -> Any:
 ASYNCIO, TRIO = 0, 1
 
 
-def asyncio_marks(loop_ref: Callable, task: Any) -> tuple | None:
+def asyncio_marks(loop_ref: Callable[..., Any], task: Any) -> tuple[Any, ...] | None:
     """Marks for a call made by ``task`` on the loop of ``loop_ref``; None without AnyIO."""
     if "anyio" not in sys.modules:
         return None
@@ -163,7 +163,7 @@ def asyncio_marks(loop_ref: Callable, task: Any) -> tuple | None:
     return (ASYNCIO, backend, loop_ref, scope_ref)
 
 
-def trio_marks(token: Any, cancel_register: list) -> tuple:
+def trio_marks(token: Any, cancel_register: list[Any]) -> tuple[Any, ...]:
     """Marks for a call made under trio (``trio.from_thread`` works with or without AnyIO)."""
     backend = _anyio_backend("trio") if "anyio" in sys.modules else None
     return (TRIO, backend, token, cancel_register)
@@ -174,7 +174,7 @@ def trio_marks(token: Any, cancel_register: list) -> tuple:
 # ---------------------------------------------------------------------------
 
 
-def run_marked(marks: tuple, fn: Callable, args: tuple, kwargs: dict) -> Any:
+def run_marked(marks: tuple[Any, ...], fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """``fn(*args, **kwargs)`` with this thread marked as the caller's worker thread.
 
     Previous marks are restored afterwards: a call may run inline inside another
@@ -188,7 +188,7 @@ def run_marked(marks: tuple, fn: Callable, args: tuple, kwargs: dict) -> Any:
     kind, backend, native, extra = marks
     if kind == ASYNCIO:
         return _run_asyncio(backend, native(), extra() if extra is not None else None, fn, args, kwargs)
-    saved: list = []
+    saved: list[Any] = []
     try:
         _mark_trio(native, extra, saved)
         if backend is not None:
@@ -202,7 +202,9 @@ def run_marked(marks: tuple, fn: Callable, args: tuple, kwargs: dict) -> Any:
                 namespace[name] = old
 
 
-def _run_asyncio(backend: Any, loop: Any, scope: Any, fn: Callable, args: tuple, kwargs: dict) -> Any:
+def _run_asyncio(
+    backend: Any, loop: Any, scope: Any, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     """The hot path (every call under asyncio once AnyIO is imported): two marks, no list."""
     hooks = _anyio_hooks if _anyio_hooks is not _MISSING else _anyio()
     if hooks is None or loop is None:  # no hook, or the loop is gone: nothing to call back into
@@ -226,12 +228,12 @@ def _run_asyncio(backend: Any, loop: Any, scope: Any, fn: Callable, args: tuple,
             ns["current_cancel_scope"] = old_scope
 
 
-def _set(namespace: dict, name: str, value: Any, saved: list) -> None:
+def _set(namespace: dict[str, Any], name: str, value: Any, saved: list[Any]) -> None:
     saved.append((namespace, name, namespace.get(name, _MISSING)))
     namespace[name] = value
 
 
-def _mark_trio(token: Any, cancel_register: list, saved: list) -> None:
+def _mark_trio(token: Any, cancel_register: list[Any], saved: list[Any]) -> None:
     data = _trio()
     if data is None:
         return
@@ -242,7 +244,7 @@ def _mark_trio(token: Any, cancel_register: list, saved: list) -> None:
     _set(ns, "task_register", [None], saved)  # read only when not abandoning: never here
 
 
-def _mark_anyio(backend: Any, token: Any, saved: list) -> None:
+def _mark_anyio(backend: Any, token: Any, saved: list[Any]) -> None:
     hooks = _anyio()
     if hooks is None:
         return

@@ -330,20 +330,27 @@ class _Call:
 
     __slots__ = ("fn", "args", "kwargs", "ctx", "result", "exc", "fut", "handle", "abandoned", "pool", "marks")
 
-    def __init__(self, fn, args, kwargs, ctx, pool):
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        ctx: contextvars.Context,
+        pool: Pool | None,
+    ) -> None:
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
         self.ctx = ctx
-        self.result = None
-        self.exc = None
-        self.fut = None
+        self.result: Any = None
+        self.exc: BaseException | None = None
+        self.fut: Any = None  # TaskFuture, weakref to an asyncio future, or a trio Waiter
         self.handle = 0
         self.abandoned = False
         self.pool = pool  # keeps the Pool object alive while the call is pending
-        self.marks = None
+        self.marks: tuple[Any, ...] | None = None
 
-    def outcome(self):
+    def outcome(self) -> Any:
         """The call's result, or its exception re-raised (the same object)."""
         exc = self.exc
         if exc is not None:

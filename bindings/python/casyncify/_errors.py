@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import concurrent.futures
+from typing import NoReturn
 
 from . import _ffi
 
@@ -132,7 +133,7 @@ def error_for(status: int, message: str | None = None) -> Error:
     return _BY_STATUS.get(status, Error)(status, message)
 
 
-def raise_for(status: int, message: str | None = None):
+def raise_for(status: int, message: str | None = None) -> NoReturn:
     raise error_for(status, message)
 
 

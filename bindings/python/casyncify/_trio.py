@@ -35,7 +35,7 @@ class Waiter:
         self.task: trio.lowlevel.Task | None = task  # None once aborted or woken
         self.token = token
         self.status: int | None = None
-        self.cancel_register: list = [None]  # trio.from_thread.check_cancelled reads [0]
+        self.cancel_register: list[Any] = [None]  # trio.from_thread.check_cancelled reads [0]
 
     def wake(self, status: int) -> None:
         """The call is terminal (any thread). Must not raise: called from C."""
@@ -52,7 +52,7 @@ class Waiter:
             trio.lowlevel.reschedule(task)
 
 
-async def call(pool: _core.Pool | None, fn: Callable, args: tuple, kwargs: dict) -> Any:
+async def call(pool: _core.Pool | None, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Run ``fn(*args, **kwargs)`` on ``pool`` and wait for it in the current trio task."""
     await trio.lowlevel.checkpoint_if_cancelled()  # cancelled already: nothing is submitted
     pool = pool or _core.default_pool()
