@@ -447,6 +447,22 @@ typedef int32_t (*asyncify_work_fn)(void *arg, void **out_result);
 typedef void (*asyncify_thread_hook)(void *user_data);
 
 /**
+ * A task hook of a pool (`on_task_start`, `on_task_end` of
+ * ::asyncify_pool_options), called on the worker that runs the task, with the
+ * task's table installed and no lock held.
+ *
+ * `hook_data` is the pool's `hook_data`, `handle` the task's, `status`
+ * `ASYNCIFY_PENDING` at the start and the task's outcome at the end;
+ * `queue_wait_ns` is the time from submit to the start, `run_ns` the time
+ * from the start to the work function's return (0 at the start). (Since 0.2.)
+ */
+typedef void (*asyncify_task_hook)(void *hook_data,
+                                   asyncify_handle handle,
+                                   asyncify_status status,
+                                   uint64_t queue_wait_ns,
+                                   uint64_t run_ns);
+
+/**
  * Options for asyncify_pool_new_ex(), a versioned struct: prepare it with
  * asyncify_pool_options_init(), which sets the limit to 8 and every other field
  * to its all-zero default, then set the fields you need.
@@ -503,6 +519,22 @@ typedef struct asyncify_pool_options {
    * Below `PTHREAD_STACK_MIN`: `ASYNCIFY_E_INVALID_ARGUMENT`. (Since 0.2.)
    */
   size_t stack_size;
+  /**
+   * Nullable: run on the worker right before each work function (and
+   * before a task another worker runs while waiting for it), with the
+   * task's table installed, `status` `ASYNCIFY_PENDING` and `run_ns` 0: a
+   * tracing binding reads the submitter's trace id here. It must not
+   * unwind. (Since 0.2.)
+   */
+  asyncify_task_hook on_task_start;
+  /**
+   * Nullable: run on the worker right after each work function returned,
+   * still with the task's table installed, with the status the task gets
+   * (`OK`, `FAILED`, or `CANCELLED` for an abandoned one, reported when
+   * its work function returns), its queue wait and its run time. It must
+   * not unwind. (Since 0.2.)
+   */
+  asyncify_task_hook on_task_end;
 } asyncify_pool_options;
 
 /**

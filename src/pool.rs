@@ -24,9 +24,12 @@ use crate::latency::{Histogram, Summary};
 use crate::overrides;
 use crate::spin;
 use crate::status::Error;
+use crate::status::ASYNCIFY_PENDING;
 use crate::sys::{self, ForeignCall, LeakAtExit, Thread, ThreadBody};
 use crate::table::Table;
-use crate::task::{from_handle_error, tasks, AbandonSlot, Running, Scheduler, Task, TaskSpec};
+use crate::task::{
+    from_handle_error, tasks, AbandonSlot, Decided, Running, Scheduler, Task, TaskSpec,
+};
 
 /// The limit of the default pool unless `ASYNCIFY_MAX_WORKERS` says otherwise.
 pub const DEFAULT_MAX_WORKERS: u32 = 8;
@@ -61,7 +64,16 @@ pub struct PoolOptions {
     pub stack_size: usize,
     /// Record each task's queue wait and run time (see [`Pool::latency`]).
     pub record_latency: bool,
+    /// Run on the worker right before each work function, with the task's
+    /// table installed.
+    pub on_task_start: Option<TaskHook>,
+    /// Run on the worker right after each work function returned, still with
+    /// the task's table, with the status the task gets.
+    pub on_task_end: Option<TaskHook>,
 }
+
+/// A task hook: `(hook_data, handle, status, queue_wait_ns, run_ns)`.
+pub type TaskHook = extern "C" fn(*mut std::ffi::c_void, u64, i32, u64, u64);
 
 impl Default for PoolOptions {
     fn default() -> Self {
@@ -76,6 +88,8 @@ impl Default for PoolOptions {
             hook_data: 0,
             stack_size: 0,
             record_latency: false,
+            on_task_start: None,
+            on_task_end: None,
         }
     }
 }
@@ -173,6 +187,12 @@ pub struct PoolShared {
     counters: Counters,
     /// Queue wait and run time, when the options say to record them.
     latency: Option<Box<Latency>>,
+}
+
+/// When a task started and how long it had waited, for latency and hooks.
+struct Started {
+    at: Instant,
+    queue_wait: u64,
 }
 
 /// A pool's latency histograms.
@@ -285,6 +305,7 @@ impl PoolShared {
                 shared: self.clone(),
                 step: Step::Start,
                 running: None,
+                ended: None,
                 finished: None,
                 timed_out: false,
                 may_spin: true,
@@ -317,13 +338,34 @@ impl PoolShared {
 
     /// Where the pool records latency: the task's queue wait, and the time
     /// its run starts.
-    fn record_start(&self, task: &Task) -> Option<Instant> {
-        let latency = self.latency.as_ref()?;
-        let now = Instant::now();
-        if let Some(submitted) = task.submitted() {
-            latency.queue_wait.record(elapsed_ns(submitted, now));
+    /// Where the pool records latency or has task hooks: the task's start
+    /// time and queue wait (recorded).
+    fn record_start(&self, task: &Task) -> Option<Started> {
+        let submitted = task.submitted()?;
+        let at = Instant::now();
+        let queue_wait = elapsed_ns(submitted, at);
+        if let Some(latency) = &self.latency {
+            latency.queue_wait.record(queue_wait);
         }
-        Some(now)
+        Some(Started { at, queue_wait })
+    }
+
+    /// The task's run time since `started` (recorded).
+    fn record_end(&self, started: Option<&Started>) -> u64 {
+        let Some(started) = started else { return 0 };
+        let run = elapsed_ns(started.at, Instant::now());
+        if let Some(latency) = &self.latency {
+            latency.run.record(run);
+        }
+        run
+    }
+
+    fn has_task_hooks(&self) -> bool {
+        self.options.on_task_start.is_some() || self.options.on_task_end.is_some()
+    }
+
+    fn hook_data(&self) -> *mut std::ffi::c_void {
+        self.options.hook_data as *mut std::ffi::c_void
     }
 
     fn has_thread_hooks(&self) -> bool {
@@ -401,11 +443,23 @@ impl Scheduler for PoolShared {
             return false;
         };
         self.lock().queued -= 1;
+        // Hooked and recorded like a start on a worker; here, inside the
+        // waiter's own call, the hooks are called in place.
         let started = self.record_start(task);
-        task.run(snapshot);
-        if let (Some(latency), Some(started)) = (&self.latency, started) {
-            latency.run.record(elapsed_ns(started, Instant::now()));
+        let running = task.begin_run(snapshot);
+        let (handle, queue_wait) = (task.handle(), started.as_ref().map_or(0, |s| s.queue_wait));
+        if let Some(hook) = self.options.on_task_start {
+            hook(self.hook_data(), handle, ASYNCIFY_PENDING, queue_wait, 0);
         }
+        let (work, arg) = task.work();
+        let mut result = std::ptr::null_mut();
+        let code = work(arg, &mut result);
+        let run = self.record_end(started.as_ref());
+        let decided = task.decide(code, result);
+        if let Some(hook) = self.options.on_task_end {
+            hook(self.hook_data(), handle, decided.status(), queue_wait, run);
+        }
+        task.complete(running, decided);
         true
     }
 }
@@ -462,7 +516,10 @@ struct Worker {
     step: Step,
     /// The task whose work function the thread is running, and when it
     /// started where the pool records latency.
-    running: Option<(Arc<Task>, Running, Option<Instant>)>,
+    running: Option<(Arc<Task>, Running, Option<Started>)>,
+    /// The task whose work function returned and whose end hook runs next,
+    /// with what its return decided (completed in `next`, after the hook).
+    ended: Option<(Arc<Task>, Running, Decided)>,
     /// The task whose work function returned, until its callbacks have too.
     finished: Option<Arc<Task>>,
     timed_out: bool,
@@ -479,6 +536,13 @@ enum Step {
 
 impl ThreadBody for Worker {
     fn next(&mut self) -> ForeignCall {
+        if let Some((task, running, decided)) = self.ended.take() {
+            // The end hook returned: report; the slot goes back once the
+            // calls that reporting defers are made.
+            task.complete(running, decided);
+            self.finished = Some(task);
+            return ForeignCall::Again;
+        }
         let hook_data = self.shared.options.hook_data as *mut std::ffi::c_void;
         loop {
             match self.step {
@@ -517,8 +581,22 @@ impl ThreadBody for Worker {
         let Some((task, running, started)) = self.running.take() else {
             return; // a hook returned
         };
-        if let (Some(latency), Some(started)) = (&self.shared.latency, started) {
-            latency.run.record(elapsed_ns(started, Instant::now()));
+        let run = self.shared.record_end(started.as_ref());
+        if let Some(hook) = self.shared.options.on_task_end {
+            // The end hook runs next, with the task's table still installed
+            // and the status the task gets; `next` completes the task after.
+            let decided = task.decide(code, result);
+            let queue_wait = started.map_or(0, |s| s.queue_wait);
+            sys::call_foreign(ForeignCall::TaskHook(
+                hook,
+                self.shared.hook_data(),
+                task.handle(),
+                decided.status(),
+                queue_wait,
+                run,
+            ));
+            self.ended = Some((task, running, decided));
+            return;
         }
         // Its on_done, frees and releases are made next, by the thread's
         // start routine; the slot goes back after them, in `next`.
@@ -568,6 +646,18 @@ impl Worker {
                 drop(st);
                 let started = shared.record_start(&task);
                 let run = task.begin_run(snapshot);
+                if let Some(hook) = shared.options.on_task_start {
+                    // Made before the work function, with its table installed.
+                    let queue_wait = started.as_ref().map_or(0, |s| s.queue_wait);
+                    sys::call_foreign(ForeignCall::TaskHook(
+                        hook,
+                        shared.hook_data(),
+                        task.handle(),
+                        ASYNCIFY_PENDING,
+                        queue_wait,
+                        0,
+                    ));
+                }
                 *running = Some((task.clone(), run, started));
                 return Some(task);
             }
@@ -668,7 +758,7 @@ impl Pool {
     /// Never blocks; on error nothing runs and no callback is called.
     pub fn submit(&self, spec: TaskSpec, snapshot: Table) -> Result<u64, Error> {
         let shared = &self.shared;
-        let submitted = shared.latency.as_ref().map(|_| Instant::now());
+        let submitted = (shared.latency.is_some() || shared.has_task_hooks()).then(Instant::now);
         let task = Arc::new(Task::new(spec, snapshot, shared.clone(), submitted));
         let handle = tasks().insert(task.clone()).map_err(from_handle_error)?;
         task.set_handle(handle);

@@ -154,6 +154,11 @@ pub(crate) enum ForeignCall {
     Unary(UnaryFn, *mut c_void),
     /// `on_done(user_data, handle, status, result, code)`.
     Done(DoneFn, *mut c_void, u64, i32, *mut c_void, i32),
+    /// A task hook: `hook(hook_data, handle, status, queue_wait_ns, run_ns)`.
+    TaskHook(TaskHookFn, *mut c_void, u64, i32, u64, u64),
+    /// No call: the body wants to be asked again once the calls its step
+    /// deferred are made (never made itself).
+    Again,
     /// The thread returns (its body is dropped first).
     Exit,
 }
@@ -164,6 +169,9 @@ pub(crate) type WorkFn = extern "C" fn(*mut c_void, *mut *mut c_void) -> i32;
 pub(crate) type UnaryFn = extern "C" fn(*mut c_void);
 /// `asyncify_done_fn`.
 pub(crate) type DoneFn = extern "C" fn(*mut c_void, u64, i32, *mut c_void, i32);
+/// `asyncify_task_hook`.
+pub(crate) type TaskHookFn = extern "C" fn(*mut c_void, u64, i32, u64, u64);
+type UnwindingTaskHookFn = extern "C-unwind" fn(*mut c_void, u64, i32, u64, u64);
 type UnwindingWorkFn = extern "C-unwind" fn(*mut c_void, *mut *mut c_void) -> i32;
 type UnwindingUnaryFn = extern "C-unwind" fn(*mut c_void);
 type UnwindingDoneFn = extern "C-unwind" fn(*mut c_void, u64, i32, *mut c_void, i32);
@@ -292,7 +300,15 @@ fn make_call(call: ForeignCall) -> (i32, *mut c_void) {
             set_in_foreign_call(false);
             0
         }
-        ForeignCall::Exit => 0,
+        ForeignCall::TaskHook(f, data, handle, status, queue_wait, run) => {
+            // SAFETY: as above.
+            let f = unsafe { std::mem::transmute::<TaskHookFn, UnwindingTaskHookFn>(f) };
+            set_in_foreign_call(true);
+            f(data, handle, status, queue_wait, run);
+            set_in_foreign_call(false);
+            0
+        }
+        ForeignCall::Again | ForeignCall::Exit => 0,
     };
     (code, result)
 }
@@ -479,6 +495,11 @@ extern "C-unwind" fn thread_start<B: ThreadBody>(arg: *mut c_void) -> *mut c_voi
         }
     }
     body_drop(started);
+    // Dropping the body runs in an engine step too: whatever it deferred (a
+    // release function of a value it held last) is made here, not lost.
+    while let Some(call) = engine_step(pop_deferred) {
+        make_call(call);
+    }
     std::ptr::null_mut()
 }
 
@@ -524,14 +545,18 @@ fn next_call<B: ThreadBody>(
         if let Some(call) = pending.take() {
             return (call, true);
         }
-        // SAFETY: `body` is the Box this thread owns until `body_drop`.
-        let call = unsafe { (*body).next() };
-        match pop_deferred() {
-            Some(deferred) => {
-                *pending = Some(call);
-                (deferred, false)
+        loop {
+            // SAFETY: `body` is the Box this thread owns until `body_drop`.
+            let call = unsafe { (*body).next() };
+            match (pop_deferred(), call) {
+                (Some(deferred), ForeignCall::Again) => return (deferred, false),
+                (Some(deferred), call) => {
+                    *pending = Some(call);
+                    return (deferred, false);
+                }
+                (None, ForeignCall::Again) => continue,
+                (None, call) => return (call, true),
             }
-            None => (call, true),
         }
     })
 }

@@ -261,6 +261,25 @@ impl sys::Resume for Task {
     }
 }
 
+/// What a returned work function led to (see [`Task::decide`]).
+pub(crate) enum Decided {
+    /// Cancelled while running: the result (an address, 0 for none) goes to
+    /// `free_result`.
+    Abandoned(usize),
+    /// The outcome, and the result for `on_done` (0 when it stays on the task).
+    Returned(Outcome, usize),
+}
+
+impl Decided {
+    /// The status the task gets.
+    pub(crate) fn status(&self) -> asyncify_status {
+        match self {
+            Decided::Abandoned(_) => ASYNCIFY_CANCELLED,
+            Decided::Returned(outcome, _) => outcome.status,
+        }
+    }
+}
+
 /// A started task's callable is running on this thread: dropping it makes
 /// the thread's previous task current again, then restores its table.
 pub(crate) struct Running {
@@ -355,17 +374,9 @@ impl Task {
 
     /// Runs the callable on this thread with `snapshot` installed, restores
     /// the thread, then decides and reports the outcome.
-    /// Runs the started task here (an inline run).
-    pub(crate) fn run(self: &Arc<Self>, snapshot: Table) {
-        let running = self.begin_run(snapshot);
-        let (work, arg) = self.work();
-        let mut result: *mut c_void = ptr::null_mut();
-        let code = work(arg, &mut result);
-        self.end_run(running, code, result);
-    }
-
     /// The task's work function and argument, for the caller to call between
-    /// [`Task::begin_run`] and [`Task::end_run`].
+    /// [`Task::begin_run`] and [`Task::end_run`] (or [`Task::decide`] and
+    /// [`Task::complete`]).
     pub(crate) fn work(&self) -> (WorkFn, *mut c_void) {
         (self.spec.work, self.spec.arg as *mut c_void)
     }
@@ -383,19 +394,19 @@ impl Task {
     /// After the work function returned: restores the thread's table and
     /// completes the task.
     pub(crate) fn end_run(self: &Arc<Self>, running: Running, code: i32, result: *mut c_void) {
-        drop(running);
-        self.finish(code, result as usize);
+        let decided = self.decide(code, result);
+        self.complete(running, decided);
     }
 
-    fn finish(self: &Arc<Self>, code: i32, result: usize) {
+    /// The work function returned `code` and `result`: decides the outcome
+    /// (unless a cancel already did) under the task's lock, without
+    /// reporting it yet.
+    pub(crate) fn decide(&self, code: i32, result: *mut c_void) -> Decided {
+        let result = result as usize;
         let mut st = self.lock();
         st.phase = Phase::Returned;
         if st.outcome.is_some() {
-            // Abandoned: the cancel already reported it; nobody will take these.
-            drop(st);
-            free_with(self.spec.free_result, result);
-            free_with(self.spec.free_arg, self.spec.arg);
-            return;
+            return Decided::Abandoned(result);
         }
         let outcome = Outcome {
             status: if code == 0 {
@@ -413,9 +424,23 @@ impl Task {
                 0
             }
         };
-        drop(st);
-        self.pool.count_returned(code == 0);
-        self.report(outcome, to_callback);
+        Decided::Returned(outcome, to_callback)
+    }
+
+    /// Restores the thread's table and reports what [`Task::decide`] decided.
+    pub(crate) fn complete(self: &Arc<Self>, running: Running, decided: Decided) {
+        drop(running);
+        match decided {
+            Decided::Abandoned(result) => {
+                // The cancel already reported it; nobody will take these.
+                free_with(self.spec.free_result, result);
+                free_with(self.spec.free_arg, self.spec.arg);
+            }
+            Decided::Returned(outcome, to_callback) => {
+                self.pool.count_returned(outcome.status == ASYNCIFY_OK);
+                self.report(outcome, to_callback);
+            }
+        }
     }
 
     /// Calls `on_done` (no lock held), then makes the outcome visible: into

@@ -8,6 +8,7 @@
 use std::ffi::{c_char, c_void, CStr};
 use std::time::Duration;
 
+use super::task_abi::asyncify_handle;
 use super::{
     fail, guard, init_struct, required_out, timeout_arg, versioned_arg, write_out,
     write_versioned_out,
@@ -22,6 +23,24 @@ use crate::status::*;
 /// code runs on that thread afterwards. A binding prepares each worker once this
 /// way. It must not unwind.
 pub type asyncify_thread_hook = Option<extern "C" fn(user_data: *mut c_void)>;
+
+/// A task hook of a pool (`on_task_start`, `on_task_end` of
+/// ::asyncify_pool_options), called on the worker that runs the task, with the
+/// task's table installed and no lock held.
+///
+/// `hook_data` is the pool's `hook_data`, `handle` the task's, `status`
+/// `ASYNCIFY_PENDING` at the start and the task's outcome at the end;
+/// `queue_wait_ns` is the time from submit to the start, `run_ns` the time
+/// from the start to the work function's return (0 at the start). (Since 0.2.)
+pub type asyncify_task_hook = Option<
+    extern "C" fn(
+        hook_data: *mut c_void,
+        handle: asyncify_handle,
+        status: asyncify_status,
+        queue_wait_ns: u64,
+        run_ns: u64,
+    ),
+>;
 
 /// Pool flag: an abandoned (cancelled while running) work function gives its
 /// slot back at once, as AnyIO does, so a new task may start beside it. By
@@ -73,6 +92,18 @@ pub struct asyncify_pool_options {
     /// most systems), so code recurses on a worker as on any other thread.
     /// Below `PTHREAD_STACK_MIN`: `ASYNCIFY_E_INVALID_ARGUMENT`. (Since 0.2.)
     pub stack_size: usize,
+    /// Nullable: run on the worker right before each work function (and
+    /// before a task another worker runs while waiting for it), with the
+    /// task's table installed, `status` `ASYNCIFY_PENDING` and `run_ns` 0: a
+    /// tracing binding reads the submitter's trace id here. It must not
+    /// unwind. (Since 0.2.)
+    pub on_task_start: asyncify_task_hook,
+    /// Nullable: run on the worker right after each work function returned,
+    /// still with the task's table installed, with the status the task gets
+    /// (`OK`, `FAILED`, or `CANCELLED` for an abandoned one, reported when
+    /// its work function returns), its queue wait and its run time. It must
+    /// not unwind. (Since 0.2.)
+    pub on_task_end: asyncify_task_hook,
 }
 
 // SAFETY: repr(C), all fields valid when zero (NULL name, no hooks, stack
@@ -81,7 +112,8 @@ unsafe impl super::Versioned for asyncify_pool_options {
     const NAME: &'static str = "asyncify_pool_options";
     const LAYOUT_ENDS: &'static [usize] = &[
         std::mem::offset_of!(asyncify_pool_options, hook_data) + std::mem::size_of::<*mut c_void>(),
-        std::mem::offset_of!(asyncify_pool_options, stack_size) + std::mem::size_of::<usize>(),
+        std::mem::offset_of!(asyncify_pool_options, on_task_end)
+            + std::mem::size_of::<asyncify_task_hook>(),
     ];
 }
 
@@ -254,6 +286,8 @@ pub extern "C" fn asyncify_pool_new_ex(
                 }
             }
             options.stack_size = o.stack_size;
+            options.on_task_start = o.on_task_start;
+            options.on_task_end = o.on_task_end;
         }
         let pool = Box::new(asyncify_pool {
             inner: Pool::with_options(options),

@@ -80,6 +80,9 @@ WORK_FN = CFUNCTYPE(c_int32, c_void_p, POINTER(c_void_p))
 DONE_FN = CFUNCTYPE(None, c_void_p, c_uint64, c_int32, c_void_p, c_int32)
 #: void (*asyncify_thread_hook)(void *user_data)
 THREAD_HOOK = CFUNCTYPE(None, c_void_p)
+#: void (*asyncify_task_hook)(void *hook_data, asyncify_handle, asyncify_status, uint64_t queue_wait_ns,
+#:                             uint64_t run_ns)
+TASK_HOOK = CFUNCTYPE(None, c_void_p, c_uint64, c_int32, c_uint64, c_uint64)
 #: void *(*asyncify_clone_fn)(void *ptr)
 CLONE_FN = CFUNCTYPE(c_void_p, c_void_p)
 
@@ -123,6 +126,8 @@ class PoolOptions(Structure):
         ("on_thread_stop", THREAD_HOOK),
         ("hook_data", c_void_p),
         ("stack_size", c_size_t),  # since 0.2
+        ("on_task_start", TASK_HOOK),  # since 0.2
+        ("on_task_end", TASK_HOOK),  # since 0.2
     ]
 
 
