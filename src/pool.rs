@@ -364,8 +364,27 @@ impl PoolShared {
         self.options.on_task_start.is_some() || self.options.on_task_end.is_some()
     }
 
-    fn hook_data(&self) -> *mut std::ffi::c_void {
-        self.options.hook_data as *mut std::ffi::c_void
+    /// Calls a task hook: on a worker between its calls, from its start
+    /// routine (see `sys::call_foreign`); inside a waiter's call (an inline
+    /// run), in place.
+    fn call_task_hook(
+        &self,
+        hook: TaskHook,
+        task: &Task,
+        status: i32,
+        started: Option<&Started>,
+        run: u64,
+    ) {
+        let queue_wait = started.map_or(0, |s| s.queue_wait);
+        let data = self.options.hook_data as *mut std::ffi::c_void;
+        sys::call_foreign(ForeignCall::TaskHook(
+            hook,
+            data,
+            task.handle(),
+            status,
+            queue_wait,
+            run,
+        ));
     }
 
     fn has_thread_hooks(&self) -> bool {
@@ -447,9 +466,8 @@ impl Scheduler for PoolShared {
         // waiter's own call, the hooks are called in place.
         let started = self.record_start(task);
         let running = task.begin_run(snapshot);
-        let (handle, queue_wait) = (task.handle(), started.as_ref().map_or(0, |s| s.queue_wait));
         if let Some(hook) = self.options.on_task_start {
-            hook(self.hook_data(), handle, ASYNCIFY_PENDING, queue_wait, 0);
+            self.call_task_hook(hook, task, ASYNCIFY_PENDING, started.as_ref(), 0);
         }
         let (work, arg) = task.work();
         let mut result = std::ptr::null_mut();
@@ -457,7 +475,7 @@ impl Scheduler for PoolShared {
         let run = self.record_end(started.as_ref());
         let decided = task.decide(code, result);
         if let Some(hook) = self.options.on_task_end {
-            hook(self.hook_data(), handle, decided.status(), queue_wait, run);
+            self.call_task_hook(hook, task, decided.status(), started.as_ref(), run);
         }
         task.complete(running, decided);
         true
@@ -586,15 +604,8 @@ impl ThreadBody for Worker {
             // The end hook runs next, with the task's table still installed
             // and the status the task gets; `next` completes the task after.
             let decided = task.decide(code, result);
-            let queue_wait = started.map_or(0, |s| s.queue_wait);
-            sys::call_foreign(ForeignCall::TaskHook(
-                hook,
-                self.shared.hook_data(),
-                task.handle(),
-                decided.status(),
-                queue_wait,
-                run,
-            ));
+            self.shared
+                .call_task_hook(hook, &task, decided.status(), started.as_ref(), run);
             self.ended = Some((task, running, decided));
             return;
         }
@@ -648,15 +659,7 @@ impl Worker {
                 let run = task.begin_run(snapshot);
                 if let Some(hook) = shared.options.on_task_start {
                     // Made before the work function, with its table installed.
-                    let queue_wait = started.as_ref().map_or(0, |s| s.queue_wait);
-                    sys::call_foreign(ForeignCall::TaskHook(
-                        hook,
-                        shared.hook_data(),
-                        task.handle(),
-                        ASYNCIFY_PENDING,
-                        queue_wait,
-                        0,
-                    ));
+                    shared.call_task_hook(hook, &task, ASYNCIFY_PENDING, started.as_ref(), 0);
                 }
                 *running = Some((task.clone(), run, started));
                 return Some(task);
