@@ -225,21 +225,25 @@ pub(crate) fn deferring() -> bool {
 /// `r.resume(word)` after the foreign calls deferred before it: now, unless
 /// this is a worker between its foreign calls with some deferred already.
 pub(crate) fn then_resume(r: Arc<dyn Resume>, word: u64) {
+    now_or_after_deferred(r, |r| r.resume(word), |r| Deferred::Resume(r, word));
+}
+
+/// `run(value)` now, unless this is a worker between its foreign calls with
+/// calls deferred already: then `defer(value)` takes its place after them.
+fn now_or_after_deferred<T>(value: T, run: impl FnOnce(T), defer: impl FnOnce(T) -> Deferred) {
+    let mut value = Some(value);
     if in_engine_step() {
         DEFERRED.with(|d| {
             let mut queue = d.0.borrow_mut();
-            if queue.is_empty() {
-                drop(queue);
-                r.resume(word);
-            } else {
-                queue.push_back(Deferred::Resume(r, word));
+            if !queue.is_empty() {
+                queue.push_back(defer(value.take().expect("not taken yet")));
             }
         });
-    } else {
-        r.resume(word);
+    }
+    if let Some(value) = value {
+        run(value);
     }
 }
-
 /// Makes `call` now; or, on a worker thread between its foreign calls, has
 /// its start routine make it right after the current engine step, in the
 /// order of the calls to this function.
@@ -255,21 +259,8 @@ pub(crate) fn call_foreign(call: ForeignCall) {
 /// must follow an `on_done`): now, unless this is a worker between its
 /// foreign calls with some deferred already.
 pub(crate) fn then(f: impl FnOnce() + 'static) {
-    if in_engine_step() {
-        DEFERRED.with(|d| {
-            let mut queue = d.0.borrow_mut();
-            if queue.is_empty() {
-                drop(queue);
-                f();
-            } else {
-                queue.push_back(Deferred::Engine(Box::new(f)));
-            }
-        });
-    } else {
-        f();
-    }
+    now_or_after_deferred(f, |f| f(), |f| Deferred::Engine(Box::new(f)));
 }
-
 /// Makes one foreign call; returns what a work function returned. Its
 /// frame holds nothing to drop (see [`ThreadBody`]).
 fn make_call(call: ForeignCall) -> (i32, *mut c_void) {
