@@ -156,6 +156,12 @@ typedef int32_t asyncify_status;
 #define ASYNCIFY_TIMEOUT 4
 
 /**
+ * The task's start deadline (`start_within_ms` of ::asyncify_submit_options)
+ * passed before it started, so it never ran (outcome of a task).
+ */
+#define ASYNCIFY_EXPIRED 5
+
+/**
  * A pointer the function requires was NULL.
  */
 #define ASYNCIFY_E_NULL (-1)
@@ -299,6 +305,15 @@ typedef struct asyncify_context asyncify_context;
 typedef struct asyncify_cq asyncify_cq;
 
 /**
+ * A limiter: at most `max_running` callables holding it run at once, and,
+ * with a rate, at most `rate_per_s` of them start per second (a token bucket
+ * of `burst` tokens), whatever pool they run on. Pass it as `limiter` in
+ * ::asyncify_submit_options. Made by asyncify_limiter_new(), the caller's
+ * until asyncify_limiter_free(). (Since 0.2.)
+ */
+typedef struct asyncify_limiter asyncify_limiter;
+
+/**
  * A pool of worker threads with a limit on how many work functions run at
  * once. Made by asyncify_pool_new() or asyncify_pool_new_ex(), the caller's
  * until asyncify_pool_free(). A NULL pool argument means the default pool,
@@ -420,6 +435,21 @@ typedef struct asyncify_submit_options {
    * the caller may free its pointer right after asyncify_submit() returns.
    */
   const struct asyncify_context *context;
+  /**
+   * Nullable: the task first waits, FIFO among this limiter's tasks, until the
+   * limiter admits it, then enters the pool's queue; it holds a place of the
+   * limiter until its work function returns. The task keeps its own reference:
+   * the limiter may be freed first. (Since 0.2.)
+   */
+  const struct asyncify_limiter *limiter;
+  /**
+   * 0: no deadline. Otherwise a task that has not started this many
+   * milliseconds after asyncify_submit() never runs: it completes with
+   * ::ASYNCIFY_EXPIRED (`free_arg`, then `on_done`, on the thread that noticed:
+   * the library's timer thread or a worker), whatever else happens in the
+   * pool. A running task is never interrupted. (Since 0.2.)
+   */
+  uint32_t start_within_ms;
 } asyncify_submit_options;
 
 /**
@@ -560,7 +590,7 @@ typedef struct asyncify_pool_stats {
    */
   uint32_t idle_threads;
   /**
-   * Tasks waiting to start.
+   * Tasks waiting to start: in the queue, or waiting for their limiter.
    */
   uint64_t queued;
   /**
@@ -587,6 +617,12 @@ typedef struct asyncify_pool_stats {
    * Tasks cancelled while running.
    */
   uint64_t abandoned;
+  /**
+   * Tasks whose start deadline passed before they started (they never
+   * ran). Once the pool is quiet, submitted = completed + failed + cancelled
+   * + abandoned + expired. (Since 0.2.)
+   */
+  uint64_t expired;
 } asyncify_pool_stats;
 
 /**
@@ -628,6 +664,77 @@ typedef struct asyncify_latency {
 } asyncify_latency;
 
 /**
+ * How asyncify_limiter_new() makes a limiter, a versioned struct: prepare it
+ * with asyncify_limiter_options_init(), then set the fields you need.
+ * (Since 0.2.)
+ */
+typedef struct asyncify_limiter_options {
+  /**
+   * The size of the layout the caller was built with; set by
+   * asyncify_limiter_options_init().
+   */
+  uint32_t struct_size;
+  /**
+   * Callables holding this limiter at once: 0 pauses it (tasks wait until it
+   * is raised), `UINT32_MAX` is no cap. asyncify_limiter_options_init() sets
+   * `UINT32_MAX`.
+   */
+  uint32_t max_running;
+  /**
+   * Admissions per second (a token bucket that starts full); 0: no rate cap.
+   * Negative, NaN or infinite: ::ASYNCIFY_E_INVALID_ARGUMENT.
+   */
+  double rate_per_s;
+  /**
+   * The bucket's size when `rate_per_s > 0` (how many may start at once
+   * after a quiet spell); 0 means 1.
+   */
+  uint32_t burst;
+  /**
+   * Nullable: copied; shown in messages and by bindings. NULL: "".
+   */
+  const char *name;
+} asyncify_limiter_options;
+
+/**
+ * A limiter's counters, from asyncify_limiter_stats_get(). It only ever grows
+ * by appending fields: set `struct_size` to `sizeof` before the call.
+ * (Since 0.2.)
+ */
+typedef struct asyncify_limiter_stats {
+  /**
+   * In: the size of the caller's struct. Out: how many bytes were filled.
+   */
+  uint32_t struct_size;
+  /**
+   * The cap.
+   */
+  uint32_t max_running;
+  /**
+   * Tasks waiting to be admitted.
+   */
+  uint64_t waiting;
+  /**
+   * Places held: admitted tasks not started yet, and callables running
+   * (abandoned ones included) until they return.
+   */
+  uint64_t running;
+  /**
+   * Admissions so far.
+   */
+  uint64_t admitted;
+  /**
+   * Tasks whose start deadline passed while they waited for this limiter.
+   */
+  uint64_t expired;
+  /**
+   * Tasks cancelled (or cancelled by their pool's shutdown) while they waited
+   * for this limiter.
+   */
+  uint64_t cancelled_waiting;
+} asyncify_limiter_stats;
+
+/**
  * Called by asyncify_context_visit() once per key, on the thread that called
  * it: `key` is NUL-terminated and `key_len` bytes long; a bytes value is `len`
  * bytes at `value`, a pointer value (`is_ptr` 1) is `value` itself, still the
@@ -653,7 +760,7 @@ typedef struct asyncify_completion {
    */
   asyncify_handle handle;
   /**
-   * `ASYNCIFY_OK`, `ASYNCIFY_FAILED` or `ASYNCIFY_CANCELLED`.
+   * `ASYNCIFY_OK`, `ASYNCIFY_FAILED`, `ASYNCIFY_CANCELLED` or `ASYNCIFY_EXPIRED`.
    */
   asyncify_status status;
   /**
@@ -1034,6 +1141,8 @@ asyncify_status asyncify_submit(asyncify_work_fn fn,
  * @retval ASYNCIFY_OK The work function returned 0.
  * @retval ASYNCIFY_FAILED The work function returned a non-zero code.
  * @retval ASYNCIFY_CANCELLED Cancelled before it ran, or abandoned.
+ * @retval ASYNCIFY_EXPIRED Its start deadline passed before it started; it
+ * never ran.
  * @retval ASYNCIFY_E_INVALID_HANDLE `h` is 0, unknown, released or stale.
  * @retval ASYNCIFY_E_FORKED `h` was made by the parent before `fork()`.
  * @retval ASYNCIFY_E_PANIC An internal error.
@@ -1059,6 +1168,8 @@ asyncify_status asyncify_poll(asyncify_handle h, void **out_result, int32_t *out
  * @retval ASYNCIFY_OK The work function returned 0.
  * @retval ASYNCIFY_FAILED The work function returned a non-zero code.
  * @retval ASYNCIFY_CANCELLED Cancelled before it ran, or abandoned.
+ * @retval ASYNCIFY_EXPIRED Its start deadline passed before it started; it
+ * never ran.
  * @retval ASYNCIFY_TIMEOUT Not terminal in time; the task goes on.
  * @retval ASYNCIFY_E_WOULD_DEADLOCK The caller is that task's work function
  * or its `on_done`: the wait could never end.
@@ -1115,6 +1226,8 @@ asyncify_status asyncify_wait_any(const asyncify_handle *hs,
  *
  * @param h The task's handle.
  * @retval ASYNCIFY_CANCELLED The task is cancelled (now, or before).
+ * @retval ASYNCIFY_EXPIRED The task had expired (its start deadline passed):
+ * nothing changes.
  * @retval ASYNCIFY_OK The work function had returned 0: nothing changes.
  * @retval ASYNCIFY_FAILED The work function had returned non-zero: nothing
  * changes.
@@ -1344,6 +1457,103 @@ asyncify_status asyncify_stats(struct asyncify_pool *pool, struct asyncify_pool_
 asyncify_status asyncify_pool_latency(struct asyncify_pool *pool,
                                       uint32_t which,
                                       struct asyncify_latency *out);
+
+/**
+ * Prepares `*opts` for asyncify_limiter_new(): zeroes `size` bytes, sets
+ * `struct_size` to `size` and `max_running` to `UINT32_MAX` (no cap).
+ * (Since 0.2.)
+ *
+ * @param opts The struct to prepare.
+ * @param size `sizeof(*opts)`.
+ * @retval ASYNCIFY_OK Prepared.
+ * @retval ASYNCIFY_E_NULL `opts` is NULL.
+ * @retval ASYNCIFY_E_INVALID_ARGUMENT `size` is smaller than the first
+ * published layout, or above `UINT32_MAX`; nothing is written.
+ * @retval ASYNCIFY_E_PANIC An internal error.
+ */
+asyncify_status asyncify_limiter_options_init(struct asyncify_limiter_options *opts, size_t size);
+
+/**
+ * Makes a limiter. (Since 0.2.)
+ *
+ * @param opts Options from asyncify_limiter_options_init() (required: its
+ * zero `max_running` would be a paused limiter).
+ * @param out Receives the limiter, the caller's until asyncify_limiter_free().
+ * @retval ASYNCIFY_OK `*out` is set.
+ * @retval ASYNCIFY_E_NULL `opts` or `out` is NULL.
+ * @retval ASYNCIFY_E_INVALID_ARGUMENT `opts->struct_size` is too small or
+ * bytes past the known fields are not zero, `rate_per_s` is negative, NaN or
+ * infinite, or `name` is not UTF-8.
+ * @retval ASYNCIFY_E_PANIC An internal error.
+ */
+asyncify_status asyncify_limiter_new(const struct asyncify_limiter_options *opts,
+                                     struct asyncify_limiter **out);
+
+/**
+ * Changes a limiter's cap and rate, at once, for every pool. Raising either
+ * admits waiting tasks at once; lowering interrupts nothing (callables that
+ * run go on). A rate set where there was none starts with a full bucket.
+ * (Since 0.2.)
+ *
+ * @param lim The limiter.
+ * @param max_running The cap: 0 pauses, `UINT32_MAX` is no cap.
+ * @param rate_per_s Admissions per second; 0: no rate cap.
+ * @param burst The bucket's size with a rate; 0 means 1.
+ * @retval ASYNCIFY_OK Changed.
+ * @retval ASYNCIFY_E_NULL `lim` is NULL.
+ * @retval ASYNCIFY_E_INVALID_ARGUMENT `rate_per_s` is negative, NaN or
+ * infinite; nothing changed.
+ * @retval ASYNCIFY_E_PANIC An internal error.
+ */
+asyncify_status asyncify_limiter_set(struct asyncify_limiter *lim,
+                                     uint32_t max_running,
+                                     double rate_per_s,
+                                     uint32_t burst);
+
+/**
+ * Reads a limiter's counters. Fills `min(out->struct_size,
+ * sizeof(asyncify_limiter_stats))` bytes of `*out` and sets `out->struct_size`
+ * to the bytes filled. (Since 0.2.)
+ *
+ * @param lim The limiter.
+ * @param out The counters; set `out->struct_size = sizeof *out` first.
+ * @retval ASYNCIFY_OK `*out` is filled.
+ * @retval ASYNCIFY_E_NULL `lim` or `out` is NULL.
+ * @retval ASYNCIFY_E_INVALID_ARGUMENT `out->struct_size` is below 4.
+ * @retval ASYNCIFY_E_PANIC An internal error.
+ */
+asyncify_status asyncify_limiter_stats_get(const struct asyncify_limiter *lim,
+                                           struct asyncify_limiter_stats *out);
+
+/**
+ * Reads a latency histogram of a limiter's tasks: queue wait (submit, the wait
+ * for this limiter included, to the start) or run time. Tasks are recorded
+ * when their pool records latency (::ASYNCIFY_POOL_RECORD_LATENCY); `count`
+ * is 0 until one was. (Since 0.2.)
+ *
+ * @param lim The limiter.
+ * @param which ::ASYNCIFY_LATENCY_QUEUE_WAIT or ::ASYNCIFY_LATENCY_RUN.
+ * @param out The figures; set `out->struct_size = sizeof *out` first.
+ * @retval ASYNCIFY_OK `*out` is filled.
+ * @retval ASYNCIFY_E_NULL `lim` or `out` is NULL.
+ * @retval ASYNCIFY_E_INVALID_ARGUMENT `which` is neither value, or
+ *         `out->struct_size` is below 4.
+ * @retval ASYNCIFY_E_PANIC An internal error.
+ */
+asyncify_status asyncify_limiter_latency(const struct asyncify_limiter *lim,
+                                         uint32_t which,
+                                         struct asyncify_latency *out);
+
+/**
+ * Frees the caller's limiter. Tasks submitted with it keep it alive until
+ * they are done (those waiting are still admitted by it). (Since 0.2.)
+ *
+ * @param lim The limiter; do not use it again.
+ * @retval ASYNCIFY_OK Freed.
+ * @retval ASYNCIFY_E_NULL `lim` is NULL.
+ * @retval ASYNCIFY_E_PANIC An internal error.
+ */
+asyncify_status asyncify_limiter_free(struct asyncify_limiter *lim);
 
 /**
  * Captures the calling thread's table in O(1): what a task submitted now would

@@ -10,6 +10,8 @@
 //! - [`status`], [`handles`] (the generation-checked handle registry), `spin`
 //! - `fork`: the fork epoch's handlers; a leaf that others register locks with
 //! - [`latency`]: lock-free latency histograms
+//! - `timer`: the library's timer thread (deadlines, rate limiters' tokens)
+//! - [`limiter`]: per-key caps across pools; knows its tasks only as waiters
 //! - [`table`]: the override table as a value (a persistent map)
 //! - [`overrides`]: what a thread sees: its frame (table, local keys, scopes) over the global layer
 //! - [`cq`]: completion queues with a pollable file descriptor
@@ -22,7 +24,8 @@
 //!
 //! # Locks and invariants
 //!
-//! Lock order, outermost first: a pool's state, then a task's state; a
+//! Lock order, outermost first: a limiter's state, then a pool's state, then
+//! a task's state (an admission moves a task under all three); a
 //! completion queue's, then a task's (a task is published into its queue under
 //! both). The global layer's writer lock and `wait_any`'s generation lock are
 //! never held with another. No user code (work, `on_done`, free, release,
@@ -32,7 +35,8 @@
 //! (`pthread_exit`) unwinds no Rust frame.
 //!
 //! - A task's outcome is decided once, under its lock, by whichever comes
-//!   first: its work function returning, or a cancel. `poll`/`wait` see it
+//!   first: its work function returning, a cancel, or its start deadline
+//!   (before it started). `poll`/`wait` see it
 //!   only after `on_done` returned (publication); its result moves once.
 //! - A pool's slot is taken with each start and given back after the task's
 //!   callbacks returned, so `limit` bounds running callables (abandoned ones
@@ -44,6 +48,7 @@ pub mod cq;
 mod fork;
 pub mod handles;
 pub mod latency;
+pub mod limiter;
 pub mod overrides;
 pub mod pool;
 mod spin;
@@ -51,5 +56,6 @@ pub mod status;
 mod sys;
 pub mod table;
 pub mod task;
+mod timer;
 
 pub mod ffi;

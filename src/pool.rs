@@ -8,12 +8,18 @@
 //! returned, so "at most `limit` at once" also covers abandoned callables,
 //! and a finished shutdown has no callback left to fire.
 //!
-//! Cancelled and inline-run tasks stay in the queue as tombstones that a
-//! worker skips; the `queued` counter only counts tasks that can still start.
+//! Cancelled, expired and inline-run tasks stay in the queue as tombstones
+//! that a worker skips; the `queued` counter only counts tasks that can still
+//! start. Tasks that wait for their limiter are not in the queue yet: the pool
+//! keeps them aside (to cancel them at shutdown) and counts them in `waiting`
+//! until their limiter admits them into the queue.
+//!
+//! A task past its start deadline never starts: the timer expires it, or the
+//! worker that would have started it does.
 
-use std::cell::RefCell;
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -30,6 +36,7 @@ use crate::table::Table;
 use crate::task::{
     from_handle_error, tasks, AbandonSlot, Decided, Running, Scheduler, Task, TaskSpec,
 };
+use crate::timer::timer;
 
 /// The limit of the default pool unless `ASYNCIFY_MAX_WORKERS` says otherwise.
 pub const DEFAULT_MAX_WORKERS: u32 = 8;
@@ -98,6 +105,15 @@ struct State {
     queue: VecDeque<Arc<Task>>,
     /// Tasks in `queue` that can still start.
     queued: usize,
+    /// Tasks waiting for their limiter, by address, to cancel at shutdown;
+    /// an admission moves them into `queue`.
+    limited: HashMap<usize, Arc<Task>>,
+    /// Tasks that wait for their limiter (in `limited`, or taken out of it by
+    /// a shutdown that is cancelling them).
+    waiting: usize,
+    /// Expired tasks being reported (their `free_arg` and `on_done` may still
+    /// run, maybe on the timer thread): a shutdown waits for them.
+    expiring: u32,
     limit: u32,
     /// Slots in use.
     busy: u32,
@@ -147,7 +163,7 @@ pub struct Stats {
     pub threads: u32,
     /// Of those, parked waiting for work.
     pub idle_threads: u32,
-    /// Tasks waiting to start.
+    /// Tasks waiting to start: in the queue, or waiting for their limiter.
     pub queued: u64,
     /// Slots in use (callables running, abandoned ones included).
     pub running: u64,
@@ -161,6 +177,8 @@ pub struct Stats {
     pub cancelled: u64,
     /// Tasks cancelled while running.
     pub abandoned: u64,
+    /// Tasks whose start deadline passed before they started.
+    pub expired: u64,
 }
 
 #[derive(Default)]
@@ -170,6 +188,7 @@ struct Counters {
     failed: AtomicU64,
     cancelled: AtomicU64,
     abandoned: AtomicU64,
+    expired: AtomicU64,
 }
 
 /// The part of a pool that its workers and tasks share.
@@ -187,6 +206,9 @@ pub struct PoolShared {
     counters: Counters,
     /// Queue wait and run time, when the options say to record them.
     latency: Option<Box<Latency>>,
+    /// The pool has had tasks with a deadline or a limiter: it is a user of
+    /// the timer until its shutdown.
+    uses_timer: AtomicBool,
 }
 
 /// When a task started and how long it had waited, for latency and hooks.
@@ -216,6 +238,9 @@ thread_local! {
     /// The pool whose worker this thread is.
     static WORKER_OF: LeakAtExit<RefCell<Option<Arc<PoolShared>>>> =
         const { LeakAtExit::new(RefCell::new(None)) };
+    /// The pool (its address) an expired task of which this thread is
+    /// reporting (0: none): its shutdown from here would wait for itself.
+    static REPORTING_EXPIRY_OF: Cell<usize> = const { Cell::new(0) };
 }
 
 fn on_worker_of(pool: &PoolShared) -> bool {
@@ -234,10 +259,16 @@ impl PoolShared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes the next startable task and a slot for it.
-    fn take_next(st: &mut State) -> Option<(Arc<Task>, Table)> {
+    /// Takes the next startable task and a slot for it. Tasks found past
+    /// their start deadline go to `overdue`, for the caller to expire once it
+    /// has let go of the lock (they are counted as queued until then).
+    fn take_next(st: &mut State, overdue: &mut Vec<Arc<Task>>) -> Option<(Arc<Task>, Table)> {
         while st.busy < st.limit {
             let task = st.queue.pop_front()?;
+            if task.has_deadline() && task.overdue(Instant::now()) {
+                overdue.push(task);
+                continue;
+            }
             if let Some(snapshot) = task.try_start(true) {
                 st.queued -= 1;
                 st.busy += 1;
@@ -346,16 +377,22 @@ impl PoolShared {
         let queue_wait = elapsed_ns(submitted, at);
         if let Some(latency) = &self.latency {
             latency.queue_wait.record(queue_wait);
+            if let Some(limiter) = task.limiter() {
+                limiter.record_queue_wait(queue_wait);
+            }
         }
         Some(Started { at, queue_wait })
     }
 
     /// The task's run time since `started` (recorded).
-    fn record_end(&self, started: Option<&Started>) -> u64 {
+    fn record_end(&self, task: &Task, started: Option<&Started>) -> u64 {
         let Some(started) = started else { return 0 };
         let run = elapsed_ns(started.at, Instant::now());
         if let Some(latency) = &self.latency {
             latency.run.record(run);
+            if let Some(limiter) = task.limiter() {
+                limiter.record_run(run);
+            }
         }
         run
     }
@@ -395,7 +432,10 @@ impl PoolShared {
     /// hook and is about to end): nothing of this pool can call user code any
     /// more, and the workers can be joined.
     fn is_quiet(&self, st: &State) -> bool {
-        st.busy == 0 && st.abandoned_off_limit == 0 && st.threads + st.leaving == 0
+        st.busy == 0
+            && st.abandoned_off_limit == 0
+            && st.threads + st.leaving == 0
+            && st.expiring == 0
     }
 
     /// After a worker could not be started for the task `handle`: when the pool has no
@@ -449,14 +489,64 @@ impl Scheduler for PoolShared {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn count_cancelled_queued(&self) {
-        self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
-        self.lock().queued -= 1;
+    fn left_before_start(&self, was_waiting: bool, expired: bool) {
+        let counter = if expired {
+            &self.counters.expired
+        } else {
+            &self.counters.cancelled
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let mut st = self.lock();
+        if was_waiting {
+            st.waiting -= 1;
+        } else {
+            st.queued -= 1;
+        }
+        if expired {
+            st.expiring += 1;
+            let me = self as *const PoolShared as usize;
+            sys::then(move || REPORTING_EXPIRY_OF.with(|r| r.set(me)));
+        }
+    }
+
+    fn expiry_reported(&self) {
+        REPORTING_EXPIRY_OF.with(|r| r.set(0));
+        let mut st = self.lock();
+        st.expiring -= 1;
+        self.notify_if_quiet(&st);
+    }
+
+    fn admit(&self, task: Arc<Task>) -> bool {
+        let mut st = self.lock();
+        // After a shutdown began, the shutdown cancels it (it took it aside).
+        if st.shut_down || !task.try_admit() {
+            return false;
+        }
+        st.limited.remove(&(Arc::as_ptr(&task) as usize));
+        st.waiting -= 1;
+        st.queue.push_back(task);
+        st.queued += 1;
+        true
+    }
+
+    fn kick(&self) {
+        let mut st = self.lock();
+        let provide = self.provide_workers(&mut st);
+        drop(st);
+        if let Some(shared) = self.me.upgrade() {
+            // A worker that cannot be started now is tried again at the next
+            // submit or finish; the task stays queued.
+            shared.wake_and_spawn(provide);
+        }
     }
 
     fn run_inline_if_stuck(&self, task: &Arc<Task>) -> bool {
         if !on_worker_of(self) {
             return false;
+        }
+        if task.overdue(Instant::now()) {
+            // Expired instead of run (if it has not started or left yet).
+            return task.expire();
         }
         let Some(snapshot) = task.try_start(false) else {
             return false;
@@ -472,7 +562,7 @@ impl Scheduler for PoolShared {
         let (work, arg) = task.work();
         let mut result = std::ptr::null_mut();
         let code = work(arg, &mut result);
-        let run = self.record_end(started.as_ref());
+        let run = self.record_end(task, started.as_ref());
         let decided = task.decide(code, result);
         if let Some(hook) = self.options.on_task_end {
             self.call_task_hook(hook, task, decided.status(), started.as_ref(), run);
@@ -599,7 +689,7 @@ impl ThreadBody for Worker {
         let Some((task, running, started)) = self.running.take() else {
             return; // a hook returned
         };
-        let run = self.shared.record_end(started.as_ref());
+        let run = self.shared.record_end(&task, started.as_ref());
         if let Some(hook) = self.shared.options.on_task_end {
             // The end hook runs next, with the task's table still installed
             // and the status the task gets; `next` completes the task after.
@@ -652,8 +742,22 @@ impl Worker {
             *timed_out = false;
             *may_spin = true;
         }
+        let mut overdue = Vec::new();
         loop {
-            if let Some((task, snapshot)) = PoolShared::take_next(&mut st) {
+            let next = PoolShared::take_next(&mut st, &mut overdue);
+            if !overdue.is_empty() {
+                // Expired here, on this worker, with no lock held; their
+                // callbacks are made before anything this worker runs next.
+                drop(st);
+                overdue.drain(..).for_each(|task| {
+                    task.expire();
+                });
+                st = shared.lock();
+                if next.is_none() {
+                    continue;
+                }
+            }
+            if let Some((task, snapshot)) = next {
                 drop(st);
                 let started = shared.record_start(&task);
                 let run = task.begin_run(snapshot);
@@ -733,6 +837,9 @@ impl Pool {
                 state: Mutex::new(State {
                     queue: VecDeque::new(),
                     queued: 0,
+                    limited: HashMap::new(),
+                    waiting: 0,
+                    expiring: 0,
                     limit: options.max_workers,
                     busy: 0,
                     threads: 0,
@@ -753,16 +860,24 @@ impl Pool {
                 latency: options.record_latency.then(Box::default),
                 options,
                 counters: Counters::default(),
+                uses_timer: AtomicBool::new(false),
             }),
         }
     }
 
     /// Queues `spec` to run with `snapshot` installed and returns its handle.
+    /// A task with a limiter waits for it first (see [`crate::limiter`]).
     /// Never blocks; on error nothing runs and no callback is called.
     pub fn submit(&self, spec: TaskSpec, snapshot: Table) -> Result<u64, Error> {
         let shared = &self.shared;
         let submitted = (shared.latency.is_some() || shared.has_task_hooks()).then(Instant::now);
         let task = Arc::new(Task::new(spec, snapshot, shared.clone(), submitted));
+        let limiter = task.limiter().cloned();
+        if (limiter.is_some() || task.has_deadline())
+            && !shared.uses_timer.swap(true, Ordering::Relaxed)
+        {
+            timer().add_user();
+        }
         let handle = tasks().insert(task.clone()).map_err(from_handle_error)?;
         task.set_handle(handle);
         let mut st = shared.lock();
@@ -772,16 +887,27 @@ impl Pool {
             return Err(Error::ShutDown);
         }
         let bound = shared.options.max_queued as usize;
-        if bound > 0 && st.queued >= bound {
+        if bound > 0 && st.queued + st.waiting >= bound {
             drop(st);
             let _ = tasks().remove(handle);
             return Err(Error::Busy);
         }
-        st.queue.push_back(task);
-        st.queued += 1;
         shared.counters.submitted.fetch_add(1, Ordering::Relaxed);
+        if let Some(limiter) = limiter {
+            st.limited.insert(Arc::as_ptr(&task) as usize, task.clone());
+            st.waiting += 1;
+            drop(st);
+            task.arm_deadline();
+            // Admitted at once when its limiter has room; its pool's workers
+            // are then started by the admission.
+            limiter.enqueue(&(task as Arc<dyn crate::limiter::Waiter>));
+            return Ok(handle);
+        }
+        st.queue.push_back(task.clone());
+        st.queued += 1;
         let provide = shared.provide_workers(&mut st);
         drop(st);
+        task.arm_deadline();
         if shared.wake_and_spawn(provide) > 0 {
             shared.withdraw_if_unserved(handle)?;
         }
@@ -823,13 +949,14 @@ impl Pool {
             limit: st.limit,
             threads: st.threads + st.leaving,
             idle_threads: st.sleeping,
-            queued: st.queued as u64,
+            queued: (st.queued + st.waiting) as u64,
             running: u64::from(st.busy + st.abandoned_off_limit),
             submitted: c.submitted.load(Ordering::Relaxed),
             completed: c.completed.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),
             cancelled: c.cancelled.load(Ordering::Relaxed),
             abandoned: c.abandoned.load(Ordering::Relaxed),
+            expired: c.expired.load(Ordering::Relaxed),
         }
     }
 
@@ -840,7 +967,8 @@ impl Pool {
     /// it would wait for itself: [`Error::WouldDeadlock`], nothing changes.
     pub fn shutdown(&self, timeout: Option<Duration>) -> Result<bool, Error> {
         let shared = &self.shared;
-        if on_worker_of(shared) {
+        let me = Arc::as_ptr(shared) as usize;
+        if on_worker_of(shared) || REPORTING_EXPIRY_OF.with(Cell::get) == me {
             return Err(Error::WouldDeadlock);
         }
         let deadline = timeout.map(|t| Instant::now() + t);
@@ -848,7 +976,8 @@ impl Pool {
             let mut st = shared.lock();
             st.shut_down = true;
             shared.work_ready.notify_all();
-            st.queue.drain(..).collect()
+            let limited: Vec<Arc<Task>> = st.limited.drain().map(|(_, t)| t).collect();
+            st.queue.drain(..).chain(limited).collect()
         };
         for task in queued {
             task.cancel();
@@ -884,6 +1013,10 @@ impl Pool {
         let exited = std::mem::take(&mut st.exited);
         drop(st);
         exited.into_iter().for_each(Thread::join);
+        if shared.uses_timer.swap(false, Ordering::Relaxed) {
+            // The last pool that used the timer joins its thread.
+            timer().remove_user();
+        }
         Ok(true)
     }
 }

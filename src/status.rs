@@ -30,6 +30,9 @@ pub const ASYNCIFY_CANCELLED: asyncify_status = 3;
 /// (asyncify_pool_free(), asyncify_pool_close(), asyncify_shutdown()); the
 /// tasks go on.
 pub const ASYNCIFY_TIMEOUT: asyncify_status = 4;
+/// The task's start deadline (`start_within_ms` of ::asyncify_submit_options)
+/// passed before it started, so it never ran (outcome of a task).
+pub const ASYNCIFY_EXPIRED: asyncify_status = 5;
 /// A pointer the function requires was NULL.
 pub const ASYNCIFY_E_NULL: asyncify_status = -1;
 /// A bad value: an empty or non-UTF-8 key, a `size` or `struct_size` too small
@@ -78,6 +81,9 @@ pub fn describe(status: asyncify_status) -> &'static CStr {
             c"ASYNCIFY_CANCELLED: cancelled before it started, or abandoned while running"
         }
         ASYNCIFY_TIMEOUT => c"ASYNCIFY_TIMEOUT: the wait ran out of time; the task goes on",
+        ASYNCIFY_EXPIRED => {
+            c"ASYNCIFY_EXPIRED: the task's start deadline passed before it started; it never ran"
+        }
         ASYNCIFY_E_NULL => c"ASYNCIFY_E_NULL: a required pointer was NULL",
         ASYNCIFY_E_INVALID_ARGUMENT => c"ASYNCIFY_E_INVALID_ARGUMENT: a bad value",
         ASYNCIFY_E_INVALID_HANDLE => {

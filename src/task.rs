@@ -2,17 +2,18 @@
 //! cancel, release.
 //!
 //! ```text
-//!            try_start                    work fn returns
-//!  Queued ──────────────▶ Running ─────────────────────────▶ Returned
-//!    │                      │                               (OK / FAILED decided here)
-//!    │ cancel               │ cancel
-//!    ▼                      ▼
-//!  CANCELLED decided,     CANCELLED decided, the task is *abandoned*:
-//!  never runs             fn runs to its end, then result and arg are freed
+//!            admit              try_start                 work fn returns
+//!  Waiting ─────────▶ Queued ──────────────▶ Running ──────────────────────▶ Returned
+//!  (for its limiter)    │                      │                (OK / FAILED decided here)
+//!     │                 │ cancel, deadline     │ cancel
+//!     ▼                 ▼                      ▼
+//!  CANCELLED or EXPIRED decided,             CANCELLED decided, the task is *abandoned*:
+//!  never runs                                fn runs to its end, then result and arg are freed
 //! ```
 //!
-//! The outcome is decided exactly once, under the task's lock, by whichever
-//! comes first: the work function returning, or a cancel. Whoever decides it
+//! A task without a limiter starts out `Queued`. The outcome is decided
+//! exactly once, under the task's lock, by whichever comes first: the work
+//! function returning, a cancel, or (before it starts) its start deadline. Whoever decides it
 //! then calls `on_done` (with no lock held) and *publishes*: only then do
 //! poll, wait and completion queues see the terminal status, so a waiter may
 //! free `on_done_data` once it sees one.
@@ -33,10 +34,12 @@ use once_cell::sync::Lazy;
 use crate::cq::Completion;
 use crate::cq::CompletionQueue;
 use crate::handles::{fork_epoch, HandleError, Registry};
+use crate::limiter::{Limiter, Waiter};
 use crate::overrides::{Frame, Installed};
 use crate::status::*;
 use crate::sys::{self, ForeignCall, LeakAtExit};
 use crate::table::Table;
+use crate::timer::{timer, Due};
 
 /// The work function: `0` is success, anything else a failure code. It may
 /// store a result in `*out_result`.
@@ -68,8 +71,18 @@ pub(crate) trait Scheduler: Send + Sync {
     fn count_returned(&self, ok: bool);
     /// The task was cancelled while running.
     fn count_abandoned(&self);
-    /// The task was cancelled while queued: it leaves the queue's count.
-    fn count_cancelled_queued(&self);
+    /// The task was cancelled or expired (`expired`) before it started: it
+    /// leaves the count of tasks waiting for their limiter (`was_waiting`) or
+    /// of the queue's. An expiry is reported next, and the pool counts it as
+    /// in progress until [`Scheduler::expiry_reported`].
+    fn left_before_start(&self, was_waiting: bool, expired: bool);
+    /// The expiry counted by `left_before_start` has been reported.
+    fn expiry_reported(&self);
+    /// Its limiter admits `task`: unless it left already, it moves into the
+    /// pool's queue (under the pool's lock and then the task's). True when it did.
+    fn admit(&self, task: Arc<Task>) -> bool;
+    /// After admissions, with no lock held: starts workers for what may start.
+    fn kick(&self);
     /// For a cancel: when an abandoned task gives its slot back at once, the
     /// pool's lock, taken before the task's (the lock order is pool, then
     /// task), so that giving the slot back and marking the task are one step.
@@ -98,6 +111,8 @@ pub struct TaskSpec {
     free_result: Option<FreeFn>,
     detached: bool,
     cq: Option<Arc<CompletionQueue>>,
+    limiter: Option<Arc<Limiter>>,
+    start_within: Option<Duration>,
 }
 
 impl TaskSpec {
@@ -112,7 +127,23 @@ impl TaskSpec {
             free_result: None,
             detached: false,
             cq: None,
+            limiter: None,
+            start_within: None,
         }
+    }
+
+    /// The task waits for `limiter` to admit it before it enters its pool's
+    /// queue, and holds a place of it until its callable returns.
+    pub fn limiter(mut self, limiter: Option<Arc<Limiter>>) -> Self {
+        self.limiter = limiter;
+        self
+    }
+
+    /// A task that has not started this long after its submit never runs:
+    /// it completes with `ASYNCIFY_EXPIRED`.
+    pub fn start_within(mut self, within: Option<Duration>) -> Self {
+        self.start_within = within;
+        self
     }
 
     /// Without `on_done`, the completion (and the result) goes to `cq`.
@@ -146,7 +177,7 @@ impl TaskSpec {
 /// A terminal status as the C ABI reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Outcome {
-    /// `ASYNCIFY_OK`, `ASYNCIFY_FAILED` or `ASYNCIFY_CANCELLED`.
+    /// `ASYNCIFY_OK`, `ASYNCIFY_FAILED`, `ASYNCIFY_CANCELLED` or `ASYNCIFY_EXPIRED`.
     pub status: asyncify_status,
     /// The work function's return value (0 when cancelled).
     pub code: i32,
@@ -171,6 +202,11 @@ const CANCELLED: Outcome = Outcome {
     code: 0,
 };
 
+const EXPIRED: Outcome = Outcome {
+    status: ASYNCIFY_EXPIRED,
+    code: 0,
+};
+
 /// What a poll or wait observed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Observed {
@@ -184,6 +220,7 @@ pub struct Observed {
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Phase {
+    Waiting,
     Queued,
     Running,
     Returned,
@@ -202,6 +239,9 @@ struct State {
     own_slot: bool,
     /// Abandoned, and its slot was given back at once.
     slot_given_back: bool,
+    /// Admitted by its limiter, and holding the place until its callable
+    /// returns (or it leaves without running).
+    holds_place: bool,
 }
 
 /// One submitted callable. Shared by the pool's queue, the handle registry
@@ -211,6 +251,8 @@ pub struct Task {
     pool: Arc<dyn Scheduler>,
     /// When it was submitted, where its pool records latency.
     submitted: Option<Instant>,
+    /// When it expires unless it has started.
+    deadline: Option<Instant>,
     handle: AtomicU64,
     cancel_requested: AtomicBool,
     /// Mirrors `State::published`, so a waiter can spin without the lock.
@@ -314,15 +356,21 @@ impl Task {
         pool: Arc<dyn Scheduler>,
         submitted: Option<Instant>,
     ) -> Self {
+        let deadline = spec.start_within.map(|within| Instant::now() + within);
+        let phase = match spec.limiter {
+            Some(_) => Phase::Waiting,
+            None => Phase::Queued,
+        };
         Task {
             spec,
             pool,
             submitted,
+            deadline,
             handle: AtomicU64::new(0),
             cancel_requested: AtomicBool::new(false),
             is_published: AtomicBool::new(false),
             state: Mutex::new(State {
-                phase: Phase::Queued,
+                phase,
                 outcome: None,
                 published: false,
                 result: None,
@@ -331,6 +379,7 @@ impl Task {
                 snapshot: Some(snapshot),
                 own_slot: false,
                 slot_given_back: false,
+                holds_place: false,
             }),
             published: Condvar::new(),
         }
@@ -339,6 +388,41 @@ impl Task {
     /// When it was submitted, where its pool records latency.
     pub(crate) fn submitted(&self) -> Option<Instant> {
         self.submitted
+    }
+
+    /// Its limiter, if any.
+    pub(crate) fn limiter(&self) -> Option<&Arc<Limiter>> {
+        self.spec.limiter.as_ref()
+    }
+
+    /// True when its start deadline has passed at `now`.
+    pub(crate) fn overdue(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|d| now >= d)
+    }
+
+    /// True when it has a start deadline.
+    pub(crate) fn has_deadline(&self) -> bool {
+        self.deadline.is_some()
+    }
+
+    /// Has the timer expire the task at its deadline, unless it started.
+    pub(crate) fn arm_deadline(self: &Arc<Self>) {
+        if let Some(at) = self.deadline {
+            let me: Arc<dyn Due> = self.clone();
+            timer().schedule(at, Arc::downgrade(&me));
+        }
+    }
+
+    /// Waiting → Queued, unless it left already; it then holds a place of
+    /// its limiter. (Its pool moves it into the queue in the same step.)
+    pub(crate) fn try_admit(&self) -> bool {
+        let mut st = self.lock();
+        if st.phase != Phase::Waiting || st.outcome.is_some() {
+            return false;
+        }
+        st.phase = Phase::Queued;
+        st.holds_place = true;
+        true
     }
 
     pub(crate) fn set_handle(&self, handle: u64) {
@@ -405,26 +489,34 @@ impl Task {
         let result = result as usize;
         let mut st = self.lock();
         st.phase = Phase::Returned;
-        if st.outcome.is_some() {
-            return Decided::Abandoned(result);
+        // The callable returned: its limiter's place is free.
+        let place = std::mem::take(&mut st.holds_place);
+        let decided = if st.outcome.is_some() {
+            Decided::Abandoned(result)
+        } else {
+            let outcome = Outcome {
+                status: if code == 0 {
+                    ASYNCIFY_OK
+                } else {
+                    ASYNCIFY_FAILED
+                },
+                code,
+            };
+            st.outcome = Some(outcome);
+            let to_callback = match self.spec.on_done {
+                Some(_) => result,
+                None => {
+                    st.result = (result != 0).then_some(result);
+                    0
+                }
+            };
+            Decided::Returned(outcome, to_callback)
+        };
+        drop(st);
+        if place {
+            self.release_place();
         }
-        let outcome = Outcome {
-            status: if code == 0 {
-                ASYNCIFY_OK
-            } else {
-                ASYNCIFY_FAILED
-            },
-            code,
-        };
-        st.outcome = Some(outcome);
-        let to_callback = match self.spec.on_done {
-            Some(_) => result,
-            None => {
-                st.result = (result != 0).then_some(result);
-                0
-            }
-        };
-        Decided::Returned(outcome, to_callback)
+        decided
     }
 
     /// Restores the thread's table and reports what [`Task::decide`] decided.
@@ -536,6 +628,12 @@ impl Task {
         )
     }
 
+    fn release_place(&self) {
+        if let Some(limiter) = &self.spec.limiter {
+            limiter.release();
+        }
+    }
+
     /// Decides `CANCELLED` unless the outcome is already decided, and reports
     /// it on this thread (5.1 queued, 5.2 running). Returns the outcome.
     pub(crate) fn cancel(self: &Arc<Self>) -> Outcome {
@@ -546,24 +644,65 @@ impl Task {
         }
         st.outcome = Some(CANCELLED);
         self.cancel_requested.store(true, Ordering::Relaxed);
-        let was_queued = st.phase == Phase::Queued;
+        let was = st.phase;
         // A task run inline has no slot to give: its waiter's stays taken.
         if let (true, Some(slots)) = (st.own_slot, give_back.as_mut()) {
             slots.give_back();
             st.slot_given_back = true;
         }
+        // A running callable keeps its limiter's place until it returns.
+        let place = was == Phase::Queued && std::mem::take(&mut st.holds_place);
         let snapshot = st.snapshot.take();
         drop(st);
         drop(give_back);
         drop(snapshot);
-        if was_queued {
-            self.pool.count_cancelled_queued();
-            free_with(self.spec.free_arg, self.spec.arg);
-        } else {
+        if was == Phase::Running {
             self.pool.count_abandoned();
+            self.report(CANCELLED, 0);
+        } else {
+            self.left_unstarted(was, CANCELLED, place);
         }
-        self.report(CANCELLED, 0);
         CANCELLED
+    }
+
+    /// Decides `EXPIRED` when the task has not started and nothing else was
+    /// decided, and reports it on this thread. True when it expired.
+    pub(crate) fn expire(self: &Arc<Self>) -> bool {
+        let mut st = self.lock();
+        if st.outcome.is_some() || !matches!(st.phase, Phase::Waiting | Phase::Queued) {
+            return false;
+        }
+        st.outcome = Some(EXPIRED);
+        let was = st.phase;
+        let place = std::mem::take(&mut st.holds_place);
+        let snapshot = st.snapshot.take();
+        drop(st);
+        drop(snapshot);
+        self.left_unstarted(was, EXPIRED, place);
+        true
+    }
+
+    /// After a cancel or an expiry decided before the task started: the
+    /// counts, the limiter's place (`place`: it held one), `free_arg`, then
+    /// the report.
+    fn left_unstarted(self: &Arc<Self>, was: Phase, outcome: Outcome, place: bool) {
+        let expired = outcome == EXPIRED;
+        let was_waiting = was == Phase::Waiting;
+        self.pool.left_before_start(was_waiting, expired);
+        if let Some(limiter) = &self.spec.limiter {
+            if was_waiting {
+                limiter.left_waiting(expired);
+            }
+            if place {
+                limiter.release();
+            }
+        }
+        free_with(self.spec.free_arg, self.spec.arg);
+        self.report(outcome, 0);
+        if expired {
+            let pool = self.pool.clone();
+            sys::then(move || pool.expiry_reported());
+        }
     }
 
     fn observe(&self, st: &mut State, want_result: bool) -> Observed {
@@ -571,7 +710,7 @@ impl Task {
             (true, Some(outcome)) => Observed {
                 status: outcome.status,
                 code: outcome.code,
-                result: if want_result && outcome != CANCELLED {
+                result: if want_result && matches!(outcome.status, ASYNCIFY_OK | ASYNCIFY_FAILED) {
                     st.result.take().unwrap_or(0) as *mut c_void
                 } else {
                     ptr::null_mut()
@@ -748,6 +887,29 @@ pub fn cancel_requested() -> bool {
             .as_ref()
             .is_some_and(|task| task.cancel_requested.load(Ordering::Relaxed))
     })
+}
+
+impl Due for Task {
+    /// Its start deadline: it expires unless it started.
+    fn fire(self: Arc<Self>) {
+        self.expire();
+    }
+}
+
+impl Waiter for Task {
+    fn admit(self: Arc<Self>) -> bool {
+        let pool = self.pool.clone();
+        pool.admit(self)
+    }
+
+    fn admitted(&self) {
+        self.pool.kick();
+    }
+
+    fn waiting(&self) -> bool {
+        let st = self.lock();
+        st.phase == Phase::Waiting && st.outcome.is_none()
+    }
 }
 
 /// Number of live handles in the process.

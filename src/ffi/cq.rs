@@ -31,7 +31,7 @@ pub struct asyncify_completion {
     /// The task's handle: still to be released with asyncify_release(), unless the
     /// task was detached (then it is no longer valid).
     pub handle: asyncify_handle,
-    /// `ASYNCIFY_OK`, `ASYNCIFY_FAILED` or `ASYNCIFY_CANCELLED`.
+    /// `ASYNCIFY_OK`, `ASYNCIFY_FAILED`, `ASYNCIFY_CANCELLED` or `ASYNCIFY_EXPIRED`.
     pub status: asyncify_status,
     /// The work function's return value (0 when cancelled).
     pub code: i32,

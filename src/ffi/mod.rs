@@ -26,7 +26,7 @@ use crate::status::*;
 // cbindgen reads these modules in declaration order, and that order is the
 // reading order of the functions in include/asyncify.h: conventions (status
 // text, last error, version), the override table, submit and completion,
-// pools, contexts, completion queues, then the global layer. The blank lines
+// pools, limiters, contexts, completion queues, then the global layer. The blank lines
 // keep rustfmt from sorting them.
 pub mod error;
 
@@ -37,6 +37,8 @@ pub mod task_abi;
 pub mod task;
 
 pub mod pool;
+
+pub mod limiter;
 
 pub mod context;
 

@@ -11,8 +11,9 @@ use std::time::Duration;
 use super::task_abi::asyncify_handle;
 use super::{
     fail, guard, init_struct, required_out, timeout_arg, versioned_arg, write_out,
-    write_versioned_out,
+    write_versioned_out, FfiResult,
 };
+use crate::latency::Summary;
 use crate::pool::{default_pool, Pool, PoolOptions, DEFAULT_KEEP_ALIVE};
 use crate::status::*;
 
@@ -131,7 +132,7 @@ pub struct asyncify_pool_stats {
     pub threads: u32,
     /// Of those, the ones parked waiting for work.
     pub idle_threads: u32,
-    /// Tasks waiting to start.
+    /// Tasks waiting to start: in the queue, or waiting for their limiter.
     pub queued: u64,
     /// Work functions running, abandoned ones included.
     pub running: u64,
@@ -145,6 +146,10 @@ pub struct asyncify_pool_stats {
     pub cancelled: u64,
     /// Tasks cancelled while running.
     pub abandoned: u64,
+    /// Tasks whose start deadline passed before they started (they never
+    /// ran). Once the pool is quiet, submitted = completed + failed + cancelled
+    /// + abandoned + expired. (Since 0.2.)
+    pub expired: u64,
 }
 
 /// A pool of worker threads with a limit on how many work functions run at
@@ -497,6 +502,7 @@ pub extern "C" fn asyncify_stats(
                 failed: s.failed,
                 cancelled: s.cancelled,
                 abandoned: s.abandoned,
+                expired: s.expired,
             },
             "asyncify_pool_stats",
         )
@@ -565,30 +571,40 @@ pub extern "C" fn asyncify_pool_latency(
                 "the pool does not record latency (make it with ASYNCIFY_POOL_RECORD_LATENCY)",
             ));
         };
-        let s = match which {
-            ASYNCIFY_LATENCY_QUEUE_WAIT => queue_wait,
-            ASYNCIFY_LATENCY_RUN => run,
-            other => {
-                return Err(fail(
-                    ASYNCIFY_E_INVALID_ARGUMENT,
-                    format!(
+        write_latency(which, queue_wait, run, out)
+    })
+}
+
+/// Writes the histogram `which` asks for (of `queue_wait` and `run`) to `out`.
+pub(crate) fn write_latency(
+    which: u32,
+    queue_wait: Summary,
+    run: Summary,
+    out: *mut asyncify_latency,
+) -> FfiResult {
+    let s = match which {
+        ASYNCIFY_LATENCY_QUEUE_WAIT => queue_wait,
+        ASYNCIFY_LATENCY_RUN => run,
+        other => {
+            return Err(fail(
+                ASYNCIFY_E_INVALID_ARGUMENT,
+                format!(
                     "which is {other}: ASYNCIFY_LATENCY_QUEUE_WAIT (1) or ASYNCIFY_LATENCY_RUN (2)"
                 ),
-                ))
-            }
-        };
-        write_versioned_out(
-            out,
-            asyncify_latency {
-                struct_size: 0,
-                count: s.count,
-                p50_ns: s.p50,
-                p90_ns: s.p90,
-                p99_ns: s.p99,
-                max_ns: s.max,
-                sum_ns: s.sum,
-            },
-            "asyncify_latency",
-        )
-    })
+            ))
+        }
+    };
+    write_versioned_out(
+        out,
+        asyncify_latency {
+            struct_size: 0,
+            count: s.count,
+            p50_ns: s.p50,
+            p90_ns: s.p90,
+            p99_ns: s.p99,
+            max_ns: s.max,
+            sum_ns: s.sum,
+        },
+        "asyncify_latency",
+    )
 }

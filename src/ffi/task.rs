@@ -8,13 +8,15 @@
 //!
 //! Threads: `on_done` runs on the worker (after the worker's table has been
 //! restored) for `OK`/`FAILED`, and on the cancelling (or shutting-down)
-//! thread for `CANCELLED`. No library lock is held while any user function
+//! thread for `CANCELLED`, on the thread that noticed for `EXPIRED` (the
+//! library's timer thread or a worker). No library lock is held while any user function
 //! runs, so callbacks may call any function of the library.
 
 use std::ffi::c_void;
 
 use super::context::{asyncify_context, context_ref};
 use super::cq::{asyncify_cq, queue_ref};
+use super::limiter::{asyncify_limiter, limiter_ref};
 use super::overrides::asyncify_free_fn;
 use super::pool::{asyncify_pool, pool_or_default};
 use super::{
@@ -77,14 +79,28 @@ pub struct asyncify_submit_options {
     /// Otherwise it runs with this context; the task keeps its own reference, so
     /// the caller may free its pointer right after asyncify_submit() returns.
     pub context: *const asyncify_context,
+    /// Nullable: the task first waits, FIFO among this limiter's tasks, until the
+    /// limiter admits it, then enters the pool's queue; it holds a place of the
+    /// limiter until its work function returns. The task keeps its own reference:
+    /// the limiter may be freed first. (Since 0.2.)
+    pub limiter: *const asyncify_limiter,
+    /// 0: no deadline. Otherwise a task that has not started this many
+    /// milliseconds after asyncify_submit() never runs: it completes with
+    /// ::ASYNCIFY_EXPIRED (`free_arg`, then `on_done`, on the thread that noticed:
+    /// the library's timer thread or a worker), whatever else happens in the
+    /// pool. A running task is never interrupted. (Since 0.2.)
+    pub start_within_ms: u32,
 }
 
 // SAFETY: repr(C), all fields valid when zero (no callbacks, NULL pool,
-// queue and context); one published layout so far.
+// queue, context and limiter, no deadline); the 0.1 layout ends at `context`.
 unsafe impl super::Versioned for asyncify_submit_options {
     const NAME: &'static str = "asyncify_submit_options";
-    const LAYOUT_ENDS: &'static [usize] = &[std::mem::offset_of!(asyncify_submit_options, context)
-        + std::mem::size_of::<*const asyncify_context>()];
+    const LAYOUT_ENDS: &'static [usize] = &[
+        std::mem::offset_of!(asyncify_submit_options, context)
+            + std::mem::size_of::<*const asyncify_context>(),
+        std::mem::offset_of!(asyncify_submit_options, start_within_ms) + std::mem::size_of::<u32>(),
+    ];
 }
 
 /// Prepares `*opts` for asyncify_submit(): zeroes `size` bytes (every field
@@ -192,7 +208,15 @@ pub extern "C" fn asyncify_submit(
             Some(queue_ref(cq)?.clone())
         };
         let pool = pool_or_default(opts.map_or(std::ptr::null_mut(), |o| o.pool));
+        let limiter = opts.map_or(std::ptr::null(), |o| o.limiter);
+        let limiter = (!limiter.is_null()).then(|| limiter_ref(limiter).clone());
+        let start_within = opts
+            .map(|o| o.start_within_ms)
+            .filter(|&ms| ms > 0)
+            .map(|ms| std::time::Duration::from_millis(u64::from(ms)));
         let spec = TaskSpec::new(work, arg)
+            .limiter(limiter)
+            .start_within(start_within)
             .on_done(
                 opts.and_then(|o| o.on_done),
                 opts.map_or(std::ptr::null_mut(), |o| o.on_done_data),
@@ -242,6 +266,8 @@ fn write_observed(
 /// @retval ASYNCIFY_OK The work function returned 0.
 /// @retval ASYNCIFY_FAILED The work function returned a non-zero code.
 /// @retval ASYNCIFY_CANCELLED Cancelled before it ran, or abandoned.
+/// @retval ASYNCIFY_EXPIRED Its start deadline passed before it started; it
+/// never ran.
 /// @retval ASYNCIFY_E_INVALID_HANDLE `h` is 0, unknown, released or stale.
 /// @retval ASYNCIFY_E_FORKED `h` was made by the parent before `fork()`.
 /// @retval ASYNCIFY_E_PANIC An internal error.
@@ -275,6 +301,8 @@ pub extern "C" fn asyncify_poll(
 /// @retval ASYNCIFY_OK The work function returned 0.
 /// @retval ASYNCIFY_FAILED The work function returned a non-zero code.
 /// @retval ASYNCIFY_CANCELLED Cancelled before it ran, or abandoned.
+/// @retval ASYNCIFY_EXPIRED Its start deadline passed before it started; it
+/// never ran.
 /// @retval ASYNCIFY_TIMEOUT Not terminal in time; the task goes on.
 /// @retval ASYNCIFY_E_WOULD_DEADLOCK The caller is that task's work function
 /// or its `on_done`: the wait could never end.
@@ -358,6 +386,8 @@ pub extern "C" fn asyncify_wait_any(
 ///
 /// @param h The task's handle.
 /// @retval ASYNCIFY_CANCELLED The task is cancelled (now, or before).
+/// @retval ASYNCIFY_EXPIRED The task had expired (its start deadline passed):
+/// nothing changes.
 /// @retval ASYNCIFY_OK The work function had returned 0: nothing changes.
 /// @retval ASYNCIFY_FAILED The work function had returned non-zero: nothing
 /// changes.

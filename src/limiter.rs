@@ -1,0 +1,320 @@
+//! Limiters: a cap on how many callables holding the limiter run at once,
+//! and optionally on how many start per second, shared by every pool.
+//!
+//! A task with a limiter is admitted in two steps: it waits here, FIFO among
+//! this limiter's tasks, until a running place is free and (with a rate) a
+//! token is in the bucket; then it enters its pool's queue like any task.
+//! Its place is held until its callable returns (or until it leaves without
+//! running). Tasks that wait here hold no pool slot, and tasks without this
+//! limiter never wait behind them.
+//!
+//! The limiter knows its tasks only as [`Waiter`]s, so it sits below the task
+//! state machine. Lock order: a limiter's lock, then a pool's, then a task's
+//! (an admission moves the task into its pool's queue under all three); a
+//! limiter's lock is never taken while a pool's or a task's is held.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use once_cell::sync::OnceCell;
+
+use crate::latency::{Histogram, Summary};
+use crate::timer::{timer, Due};
+
+/// A task waiting for its limiter, as the limiter sees it.
+pub(crate) trait Waiter: Send + Sync {
+    /// Admits the task: it moves into its pool's queue, unless it left
+    /// already (cancelled or expired). True when it was admitted.
+    fn admit(self: Arc<Self>) -> bool;
+    /// After an admission, with no lock held: lets the task's pool start it.
+    fn admitted(&self);
+    /// True while the task still waits (for pruning cancelled ones).
+    fn waiting(&self) -> bool;
+}
+
+/// How a limiter is made or changed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LimiterOptions {
+    /// Callables holding the limiter at once; 0 pauses it, `u32::MAX` is no cap.
+    pub max_running: u32,
+    /// Admissions per second (a token bucket); 0: no rate cap.
+    pub rate_per_s: f64,
+    /// The bucket's size when there is a rate; 0 means 1.
+    pub burst: u32,
+    /// Shown in stats and messages.
+    pub name: String,
+}
+
+impl Default for LimiterOptions {
+    fn default() -> Self {
+        LimiterOptions {
+            max_running: u32::MAX,
+            rate_per_s: 0.0,
+            burst: 0,
+            name: String::new(),
+        }
+    }
+}
+
+/// A rate that is negative, NaN or infinite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadRate;
+
+/// A limiter's counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LimiterStats {
+    /// The cap.
+    pub max_running: u32,
+    /// Tasks waiting to be admitted.
+    pub waiting: u64,
+    /// Places held: admitted tasks that have not started yet or whose
+    /// callable has not returned.
+    pub running: u64,
+    /// Admissions so far.
+    pub admitted: u64,
+    /// Tasks whose start deadline passed while they waited here.
+    pub expired: u64,
+    /// Tasks cancelled while they waited here.
+    pub cancelled_waiting: u64,
+}
+
+struct State {
+    max_running: u32,
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    refilled: Instant,
+    /// A timer entry is set for this instant (the next token).
+    refill_at: Option<Instant>,
+    running: u32,
+    /// In admission order; entries that left already are skipped. Held
+    /// weakly: a waiting task is kept alive by its pool, and a task holds its
+    /// limiter, so a strong reference here would be a cycle.
+    queue: VecDeque<Weak<dyn Waiter>>,
+    waiting: u64,
+    admitted: u64,
+    expired: u64,
+    cancelled_waiting: u64,
+}
+
+/// A limiter (see the module docs). Tasks that hold it keep it alive.
+pub struct Limiter {
+    me: Weak<Limiter>,
+    name: String,
+    state: Mutex<State>,
+    /// Queue wait and run time of its tasks that ran on pools that record
+    /// latency; made on first use.
+    latency: OnceCell<Box<(Histogram, Histogram)>>,
+}
+
+fn check_rate(rate: f64) -> Result<(), BadRate> {
+    if rate.is_finite() && rate >= 0.0 {
+        Ok(())
+    } else {
+        Err(BadRate)
+    }
+}
+
+fn bucket(burst: u32) -> f64 {
+    f64::from(burst.max(1))
+}
+
+impl Limiter {
+    /// A limiter as `options` say; its bucket starts full.
+    pub fn new(options: LimiterOptions) -> Result<Arc<Limiter>, BadRate> {
+        check_rate(options.rate_per_s)?;
+        let burst = bucket(options.burst);
+        Ok(Arc::new_cyclic(|me| Limiter {
+            me: me.clone(),
+            name: options.name,
+            state: Mutex::new(State {
+                max_running: options.max_running,
+                rate: options.rate_per_s,
+                burst,
+                tokens: burst,
+                refilled: Instant::now(),
+                refill_at: None,
+                running: 0,
+                queue: VecDeque::new(),
+                waiting: 0,
+                admitted: 0,
+                expired: 0,
+                cancelled_waiting: 0,
+            }),
+            latency: OnceCell::new(),
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // No user code runs under this lock, so its data stays consistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Changes the cap and the rate. Raising either admits waiting tasks at
+    /// once; lowering interrupts nothing. A rate set where there was none
+    /// starts with a full bucket.
+    pub fn set(&self, max_running: u32, rate_per_s: f64, burst: u32) -> Result<(), BadRate> {
+        check_rate(rate_per_s)?;
+        let mut st = self.lock();
+        refill(&mut st, Instant::now());
+        let burst = bucket(burst);
+        st.tokens = if st.rate == 0.0 {
+            burst
+        } else {
+            st.tokens.min(burst)
+        };
+        st.max_running = max_running;
+        st.rate = rate_per_s;
+        st.burst = burst;
+        st.refill_at = None;
+        self.admit_waiting(st);
+        Ok(())
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> LimiterStats {
+        let st = self.lock();
+        LimiterStats {
+            max_running: st.max_running,
+            waiting: st.waiting,
+            running: u64::from(st.running),
+            admitted: st.admitted,
+            expired: st.expired,
+            cancelled_waiting: st.cancelled_waiting,
+        }
+    }
+
+    /// Queue wait and run time of its tasks, as recorded by pools that record
+    /// latency (zero counts until one did).
+    pub fn latency(&self) -> (Summary, Summary) {
+        match self.latency.get() {
+            Some(l) => (l.0.summary(), l.1.summary()),
+            None => Default::default(),
+        }
+    }
+
+    /// Records a task's queue wait (submit to start).
+    pub(crate) fn record_queue_wait(&self, ns: u64) {
+        self.histograms().0.record(ns);
+    }
+
+    /// Records a task's run time.
+    pub(crate) fn record_run(&self, ns: u64) {
+        self.histograms().1.record(ns);
+    }
+
+    fn histograms(&self) -> &(Histogram, Histogram) {
+        self.latency.get_or_init(Box::default)
+    }
+
+    /// A new task waits for admission (and is admitted at once when a place
+    /// and a token are free and nothing waits before it).
+    pub(crate) fn enqueue(&self, waiter: &Arc<dyn Waiter>) {
+        let mut st = self.lock();
+        st.queue.push_back(Arc::downgrade(waiter));
+        st.waiting += 1;
+        self.admit_waiting(st);
+    }
+
+    /// A place is given back: the callable returned, or an admitted task
+    /// left before it started.
+    pub(crate) fn release(&self) {
+        let mut st = self.lock();
+        st.running -= 1;
+        self.admit_waiting(st);
+    }
+
+    /// A waiting task left without being admitted: cancelled, or expired.
+    pub(crate) fn left_waiting(&self, expired: bool) {
+        let mut st = self.lock();
+        st.waiting -= 1;
+        if expired {
+            st.expired += 1;
+        } else {
+            st.cancelled_waiting += 1;
+        }
+        // Tasks that left stay queued until admission reaches them; when they
+        // outnumber the ones that wait, drop them now.
+        if st.queue.len() as u64 > 2 * st.waiting + 16 {
+            st.queue
+                .retain(|w| w.upgrade().is_some_and(|w| w.waiting()));
+        }
+    }
+
+    /// Admits waiting tasks in order while places and tokens allow, then
+    /// lets their pools start them with no lock held. Sets a timer for the
+    /// next token when only the rate holds the next one back.
+    fn admit_waiting(&self, mut st: MutexGuard<'_, State>) {
+        let mut admitted = Vec::new();
+        let now = Instant::now();
+        refill(&mut st, now);
+        while st.running < st.max_running {
+            if st.rate > 0.0 && st.tokens < 1.0 {
+                break;
+            }
+            let Some(waiter) = st.queue.pop_front() else {
+                break;
+            };
+            let Some(waiter) = waiter.upgrade() else {
+                continue; // it left already and is gone
+            };
+            if !waiter.clone().admit() {
+                continue; // it left already, and said so
+            }
+            st.waiting -= 1;
+            st.running += 1;
+            st.admitted += 1;
+            if st.rate > 0.0 {
+                st.tokens -= 1.0;
+            }
+            admitted.push(waiter);
+        }
+        let wants_token = st.waiting > 0 && st.running < st.max_running && st.rate > 0.0;
+        let refill_at = wants_token
+            .then(|| now + Duration::from_secs_f64(((1.0 - st.tokens) / st.rate).max(0.0)));
+        let schedule = refill_at.filter(|&at| st.refill_at.is_none_or(|set| at < set));
+        if schedule.is_some() {
+            st.refill_at = schedule;
+        }
+        drop(st);
+        if let Some(at) = schedule {
+            timer().schedule(at, self.me.clone() as Weak<dyn Due>);
+        }
+        for waiter in admitted {
+            waiter.admitted();
+        }
+    }
+}
+
+/// Adds the tokens earned since the last refill.
+fn refill(st: &mut State, now: Instant) {
+    if st.rate > 0.0 {
+        let earned = now.saturating_duration_since(st.refilled).as_secs_f64() * st.rate;
+        st.tokens = (st.tokens + earned).min(st.burst);
+    }
+    st.refilled = now;
+}
+
+impl Due for Limiter {
+    /// The next token is due: admit whoever it lets in.
+    fn fire(self: Arc<Self>) {
+        let mut st = self.lock();
+        st.refill_at = None;
+        self.admit_waiting(st);
+    }
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter")
+            .field("name", &self.name)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
