@@ -72,14 +72,17 @@ if(ASYNCIFY_VALGRIND)
   endforeach()
   # A program that used pools, tasks, overrides and contexts and shut every pool down is clean with no
   # suppression file at all: every worker thread was joined.
-  add_test(
-    NAME valgrind_unsuppressed_test_workers
-    COMMAND "${ASYNCIFY_VALGRIND_EXE}" --quiet --leak-check=full --show-leak-kinds=definite,possible
-            --errors-for-leak-kinds=definite,possible --error-exitcode=1 --fair-sched=yes $<TARGET_FILE:test_workers>)
-  set_tests_properties(
-    valgrind_unsuppressed_test_workers
-    PROPERTIES TIMEOUT 900 LABELS valgrind ENVIRONMENT "ASYNCIFY_SPIN_US=0" FAIL_REGULAR_EXPRESSION
-               "FAIL:|are definitely lost|are possibly lost|Invalid (read|write|free)|uninitialised")
+  # (test_limiter: the timer thread too, joined when the last pool that used it was freed.)
+  foreach(name IN ITEMS test_workers test_limiter)
+    add_test(
+      NAME valgrind_unsuppressed_${name}
+      COMMAND "${ASYNCIFY_VALGRIND_EXE}" --quiet --leak-check=full --show-leak-kinds=definite,possible
+              --errors-for-leak-kinds=definite,possible --error-exitcode=1 --fair-sched=yes $<TARGET_FILE:${name}>)
+    set_tests_properties(
+      valgrind_unsuppressed_${name}
+      PROPERTIES TIMEOUT 900 LABELS valgrind ENVIRONMENT "ASYNCIFY_SPIN_US=0" FAIL_REGULAR_EXPRESSION
+                 "FAIL:|are definitely lost|are possibly lost|Invalid (read|write|free)|uninitialised")
+  endforeach()
   add_test(NAME valgrind_canary_leak
            COMMAND "${ASYNCIFY_VALGRIND_EXE}" --quiet --leak-check=full --errors-for-leak-kinds=definite,possible
                    --error-exitcode=1 --suppressions=${asyncify_supp} $<TARGET_FILE:canary_leak>)
