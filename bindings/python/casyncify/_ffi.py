@@ -1,4 +1,10 @@
-"""Loading ``libasyncify`` and declaring every C function of ``include/asyncify.h``.
+"""The one ctypes layer: every declaration of ``include/asyncify.h``, made once.
+
+The status codes and flags, the callback types, the structures and the
+signature of every exported function, set on the loaded library (``_library``);
+the few CPython C-API functions the binding calls; and the library's own error
+reporting (``last_error``, ``status_str``). The high-level API and ``lowlevel``
+both call C through the handles declared here.
 
 Two handles on the same library are kept:
 
@@ -18,7 +24,6 @@ Both handles get the same ``argtypes``/``restype`` for every exported function.
 from __future__ import annotations
 
 import ctypes
-import os
 import sys
 import warnings
 from ctypes import (
@@ -33,7 +38,12 @@ from ctypes import (
     c_uint64,
     c_void_p,
 )
-from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from . import _library
+
+if TYPE_CHECKING:
+    from _ctypes import _CDataType
 
 __all__ = ["lib", "plib", "library_path"]
 
@@ -187,7 +197,8 @@ _S = c_int32  # asyncify_status
 _P = c_void_p  # opaque struct pointers (asyncify_context*, asyncify_pool*, asyncify_cq*)
 _PP = POINTER(c_void_p)
 
-SIGNATURES: dict[str, tuple[object, list[object]]] = {
+#: name -> (restype, argtypes), as the header declares it.
+SIGNATURES: dict[str, tuple[type[_CDataType] | None, list[type[_CDataType]]]] = {
     # errors and version
     "asyncify_status_str": (c_char_p, [c_int32]),
     "asyncify_last_error": (_S, [c_void_p, c_size_t, POINTER(c_size_t)]),
@@ -260,65 +271,16 @@ SINCE_0_2 = frozenset({
 
 # The binding submits its own work callback, declared with WORK_FN_FAST; the
 # argument type of asyncify_submit / asyncify_context_run must accept it.
-_FAST_SUBMIT = {
+_FAST_SUBMIT: dict[str, tuple[type[_CDataType] | None, list[type[_CDataType]]]] = {
     "asyncify_submit": (_S, [WORK_FN_FAST, c_void_p, POINTER(SubmitOptions), POINTER(c_uint64)]),
     "asyncify_context_run": (_S, [_P, WORK_FN_FAST, c_void_p, _PP, POINTER(c_int32)]),
 }
 
 # ---------------------------------------------------------------------------
-# Finding the library
+# The library, declared
 # ---------------------------------------------------------------------------
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
-_NAMES = ("libasyncify.so", "libasyncify.dylib", "asyncify.dll")
-#: What the package build (setup.py, setuptools-rust) puts next to this file.
-_PACKAGED = "libasyncify.abi3.so"
-
-
-def _candidates() -> list[tuple[str, Path]]:
-    found: list[tuple[str, Path]] = []
-    env = os.environ.get("ASYNCIFY_LIBRARY")
-    if env:
-        found.append(("ASYNCIFY_LIBRARY", Path(env)))
-    found.append(("package directory", _PACKAGE_DIR / _PACKAGED))
-    # bindings/python/casyncify/_ffi.py -> the repository root is three levels up.
-    repo = _PACKAGE_DIR.parent.parent.parent
-    for name in _NAMES:
-        found.append(("repository target/release", repo / "target" / "release" / name))
-    return found
-
-
-def _load() -> tuple[ctypes.CDLL, ctypes.PyDLL, str]:
-    tried: list[str] = []
-    for origin, path in _candidates():
-        if not path.exists():
-            tried.append(f"  {path} ({origin}): not found")
-            if origin == "ASYNCIFY_LIBRARY":
-                warnings.warn(
-                    f"ASYNCIFY_LIBRARY={path} does not exist; looking further",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-            continue
-        try:
-            c = ctypes.CDLL(str(path))
-            p = ctypes.PyDLL(str(path))
-        except OSError as e:
-            tried.append(f"  {path} ({origin}): {e}")
-            continue
-        missing = [n for n in SIGNATURES if n not in SINCE_0_2 and not hasattr(c, n)]
-        if missing:
-            tried.append(f"  {path} ({origin}): not an asyncify library (missing {', '.join(missing)})")
-            continue
-        return c, p, str(path)
-    raise ImportError(
-        "casyncify: cannot load libasyncify. Install the package with pip (it builds the "
-        "library), build it with `cargo build --release` in the repository, or set "
-        "ASYNCIFY_LIBRARY to its path. Tried, in order:\n" + "\n".join(tried)
-    )
-
-
-lib, plib, library_path = _load()
+lib, plib, library_path = _library.load(name for name in SIGNATURES if name not in SINCE_0_2)
 
 
 def has(name: str) -> bool:
@@ -365,7 +327,10 @@ PyGILState_Release.argtypes = [ctypes.c_int]
 PyGILState_Release.restype = None
 
 
-def immortal(obj):
+_T = TypeVar("_T")
+
+
+def immortal(obj: _T) -> _T:
     """Keep ``obj`` alive for the life of the process (one leaked reference).
 
     Used for the module-level ctypes callbacks: C may call them late (a context
@@ -387,6 +352,7 @@ def last_error() -> str:
 
 
 def status_str(status: int) -> str:
+    """``asyncify_status_str``: the fixed text of a status (also for unknown values)."""
     return plib.asyncify_status_str(status).decode("utf-8", "replace")
 
 
