@@ -213,6 +213,38 @@ impl Limiter {
         self.latency.get_or_init(Box::default)
     }
 
+    /// Admits a new task at once when nothing waits before it and a place
+    /// (and, with a rate, a token) is free: the fast path of a submit. False
+    /// when it has to wait ([`Limiter::enqueue`]).
+    pub(crate) fn try_acquire(&self) -> bool {
+        let mut st = self.lock();
+        if st.waiting > 0 || st.running >= st.max_running {
+            return false;
+        }
+        if st.rate > 0.0 {
+            refill(&mut st, Instant::now());
+            if st.tokens < 1.0 {
+                return false;
+            }
+            st.tokens -= 1.0;
+        }
+        st.running += 1;
+        st.admitted += 1;
+        true
+    }
+
+    /// Takes back a [`Limiter::try_acquire`] whose submit was refused (it
+    /// was no admission: the token goes back too).
+    pub(crate) fn undo_acquire(&self) {
+        let mut st = self.lock();
+        st.running -= 1;
+        st.admitted -= 1;
+        if st.rate > 0.0 {
+            st.tokens = (st.tokens + 1.0).min(st.burst);
+        }
+        self.admit_waiting(st);
+    }
+
     /// A new task waits for admission (and is admitted at once when a place
     /// and a token are free and nothing waits before it).
     pub(crate) fn enqueue(&self, waiter: &Arc<dyn Waiter>) {
@@ -251,6 +283,9 @@ impl Limiter {
     /// lets their pools start them with no lock held. Sets a timer for the
     /// next token when only the rate holds the next one back.
     fn admit_waiting(&self, mut st: MutexGuard<'_, State>) {
+        if st.waiting == 0 {
+            return; // what is queued (if anything) has left already
+        }
         let mut admitted = Vec::new();
         let now = Instant::now();
         refill(&mut st, now);

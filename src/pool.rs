@@ -27,6 +27,7 @@ use once_cell::sync::OnceCell;
 
 use crate::handles::fork_epoch;
 use crate::latency::{Histogram, Summary};
+use crate::limiter::Waiter;
 use crate::overrides;
 use crate::spin;
 use crate::status::Error;
@@ -878,29 +879,45 @@ impl Pool {
         {
             timer().add_user();
         }
-        let handle = tasks().insert(task.clone()).map_err(from_handle_error)?;
+        // A limiter with room admits the task at once: it then enters the
+        // queue like a task without one.
+        let admitted_now = limiter.as_ref().is_some_and(|l| l.try_acquire());
+        if admitted_now {
+            task.try_admit();
+        }
+        let refuse = |e: Error, handle: Option<u64>| {
+            if let Some(handle) = handle {
+                let _ = tasks().remove(handle);
+            }
+            if let (true, Some(limiter)) = (admitted_now, &limiter) {
+                limiter.undo_acquire();
+            }
+            Err(e)
+        };
+        let handle = match tasks().insert(task.clone()) {
+            Ok(handle) => handle,
+            Err(e) => return refuse(from_handle_error(e), None),
+        };
         task.set_handle(handle);
         let mut st = shared.lock();
         if st.shut_down {
             drop(st);
-            let _ = tasks().remove(handle);
-            return Err(Error::ShutDown);
+            return refuse(Error::ShutDown, Some(handle));
         }
         let bound = shared.options.max_queued as usize;
         if bound > 0 && st.queued + st.waiting >= bound {
             drop(st);
-            let _ = tasks().remove(handle);
-            return Err(Error::Busy);
+            return refuse(Error::Busy, Some(handle));
         }
         shared.counters.submitted.fetch_add(1, Ordering::Relaxed);
-        if let Some(limiter) = limiter {
+        if let (Some(limiter), false) = (&limiter, admitted_now) {
             st.limited.insert(Arc::as_ptr(&task) as usize, task.clone());
             st.waiting += 1;
             drop(st);
             task.arm_deadline();
             // Admitted at once when its limiter has room; its pool's workers
             // are then started by the admission.
-            limiter.enqueue(&(task as Arc<dyn crate::limiter::Waiter>));
+            limiter.enqueue(&(task as Arc<dyn Waiter>));
             return Ok(handle);
         }
         st.queue.push_back(task.clone());
@@ -909,7 +926,9 @@ impl Pool {
         drop(st);
         task.arm_deadline();
         if shared.wake_and_spawn(provide) > 0 {
-            shared.withdraw_if_unserved(handle)?;
+            if let Err(e) = shared.withdraw_if_unserved(handle) {
+                return refuse(e, None);
+            }
         }
         Ok(handle)
     }
