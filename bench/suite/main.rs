@@ -11,7 +11,8 @@
 //! ```
 //!
 //! Positional arguments filter: workloads (w1 w2 w2idle w3 w3w w4 m1 py
-//! growth) and implementations (asyncify bare tokio tokio-sem libuv). A
+//! growth l, the last being L1/L2: W1 through a limiter and with latency
+//! recording) and implementations (asyncify bare tokio tokio-sem libuv). A
 //! filtered run prints its table and writes nothing (unless `--write`).
 //! Repetitions of different implementations are interleaved (rep 1 of each,
 //! then rep 2 of each, ...) so that a noisy neighbour hurts all alike.
@@ -303,6 +304,9 @@ pub struct Results {
     pub py: Option<report::Python>,
     pub growth_queued: Vec<(usize, Vec<Reps>)>,
     pub growth_threads: Vec<(usize, Vec<Reps>)>,
+    /// L1/L2: W1 tasks/s of asyncify at a limit, without a feature, through a
+    /// limiter whose cap is never reached, and with latency recording.
+    pub features: Vec<(u32, Vec<Reps>)>,
     pub libuv_version: Option<String>,
 }
 
@@ -464,6 +468,41 @@ impl Bench {
         if self.wants("growth") {
             self.growth();
         }
+        if self.wants("l") && self.impls.contains(&Impl::Ours) {
+            self.features();
+        }
+    }
+
+    /// L1/L2: what a limiter that never caps and latency recording cost W1,
+    /// the three pools interleaved within each repetition.
+    fn features(&mut self) {
+        use ours::Feature;
+        let n = self.sizes.w1_n;
+        for limit in [8, 2] {
+            let t = Instant::now();
+            let mut pools: Vec<ours::Ours> = [Feature::None, Feature::Limiter, Feature::Latency]
+                .into_iter()
+                .map(|f| ours::Ours::with(limit, f))
+                .collect();
+            let mut reps = vec![];
+            for rep in 0..=self.sizes.reps {
+                let figures: Vec<f64> = pools
+                    .iter_mut()
+                    .map(|p| p.w1(if rep == 0 { n / 10 } else { n }))
+                    .collect();
+                if rep > 0 {
+                    push(&mut reps, &figures);
+                }
+            }
+            eprintln!(
+                "L1/L2 limit {limit} ({:.1} s): W1 {:.3} M/s, via a limiter {:.3}, recording latency {:.3}",
+                t.elapsed().as_secs_f64(),
+                reps[0].median() / 1e6,
+                reps[1].median() / 1e6,
+                reps[2].median() / 1e6
+            );
+            self.results.features.push((limit, reps));
+        }
     }
 
     /// W3: W1 and W2 of asyncify with a submitter table of K keys; the task
@@ -600,7 +639,7 @@ fn main() {
         impls = Impl::ALL.to_vec();
     }
     let known = [
-        "w1", "w2", "w2idle", "w3", "w3w", "w4", "m1", "py", "p1", "p2", "growth",
+        "w1", "w2", "w2idle", "w3", "w3w", "w4", "m1", "py", "p1", "p2", "growth", "l",
     ];
     if let Some(w) = workloads.iter().find(|w| !known.contains(&w.as_str())) {
         eprintln!(

@@ -7,6 +7,7 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use asyncify::ffi::context::*;
+use asyncify::ffi::limiter::*;
 use asyncify::ffi::overrides::*;
 use asyncify::ffi::pool::*;
 use asyncify::ffi::task::*;
@@ -77,19 +78,64 @@ pub struct Ours {
     latch: Box<Latch>,
     /// The work function of W1/W2 (W3 swaps in `reads_one_key`).
     pub work: WorkFn,
+    /// W1's tasks go through this limiter (NULL: none).
+    limiter: *mut asyncify_limiter,
+}
+
+/// What L1/L2 add to W1: nothing, a limiter whose cap is never reached, or
+/// latency recording.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Feature {
+    None,
+    Limiter,
+    Latency,
 }
 
 impl Ours {
     pub fn new(limit: u32) -> Ours {
+        Ours::with(limit, Feature::None)
+    }
+
+    /// A pool of `limit` whose W1 uses `feature`.
+    pub fn with(limit: u32, feature: Feature) -> Ours {
+        let mut pool = ptr::null_mut();
+        let mut o = std::mem::MaybeUninit::<asyncify_pool_options>::uninit();
+        let size = std::mem::size_of::<asyncify_pool_options>();
+        assert_eq!(
+            asyncify_pool_options_init(o.as_mut_ptr(), size),
+            ASYNCIFY_OK
+        );
+        // SAFETY: initialised just above.
+        let mut o = unsafe { o.assume_init() };
+        o.max_workers = limit;
+        if feature == Feature::Latency {
+            o.flags = ASYNCIFY_POOL_RECORD_LATENCY;
+        }
+        assert_eq!(asyncify_pool_new_ex(&o, &mut pool), ASYNCIFY_OK);
+        let mut limiter = ptr::null_mut();
+        if feature == Feature::Limiter {
+            let mut lo = std::mem::MaybeUninit::<asyncify_limiter_options>::uninit();
+            let size = std::mem::size_of::<asyncify_limiter_options>();
+            assert_eq!(
+                asyncify_limiter_options_init(lo.as_mut_ptr(), size),
+                ASYNCIFY_OK
+            );
+            // SAFETY: initialised just above.
+            let mut lo = unsafe { lo.assume_init() };
+            lo.max_running = 1_000_000;
+            assert_eq!(asyncify_limiter_new(&lo, &mut limiter), ASYNCIFY_OK);
+        }
         Ours {
-            pool: new_pool(limit),
+            pool,
             latch: Box::new(Latch::new()),
             work: noop,
+            limiter,
         }
     }
 
     fn burst(&mut self, n: usize, work: WorkFn) -> Duration {
-        let opts = detached(self.pool, &self.latch);
+        let mut opts = detached(self.pool, &self.latch);
+        opts.limiter = self.limiter;
         self.latch.arm(n);
         let t = Instant::now();
         for _ in 0..n {
@@ -104,6 +150,9 @@ impl Ours {
 impl Drop for Ours {
     fn drop(&mut self) {
         asyncify_pool_free(self.pool, -1);
+        if !self.limiter.is_null() {
+            asyncify_limiter_free(self.limiter);
+        }
     }
 }
 

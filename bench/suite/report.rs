@@ -469,6 +469,26 @@ fn rows(res: &Results) -> Vec<Row> {
         row.target = "p50 ≤ 0.5× to_thread".into();
         rows.push(row);
     }
+    // L1/L2: the features' cost, against asyncify without them.
+    for (limit, reps) in &res.features {
+        let without = Some(reps[0].median());
+        for (j, name) in [
+            (1, "L1 W1 via a limiter (cap 1,000,000)"),
+            (2, "L2 W1 recording latency"),
+        ] {
+            let mut cells = empty();
+            cells[col(Impl::Ours)] = format!("{}/s {}", si(reps[j].median()), pct(&reps[j]));
+            rows.push(ratio_row(
+                &format!("{name}, limit {limit}"),
+                cells,
+                Some(reps[j].median()),
+                without,
+                "asyncify without",
+                true,
+                0.8,
+            ));
+        }
+    }
     // M1
     if !res.m1.is_empty() {
         let mut cells = empty();
