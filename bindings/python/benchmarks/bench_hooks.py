@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import casyncify  # noqa: E402
-from casyncify import _core  # noqa: E402
+from casyncify import _pools  # noqa: E402
 from casyncify import lowlevel as ll  # noqa: E402
 
 ROUNDS = 5
@@ -66,8 +66,8 @@ def bare_callback_round_trip(lasting: bool, n: int = 10000) -> float:
     opts = ll.pool_options_init()
     opts.max_workers = 1
     if lasting:
-        opts.on_thread_start = _core._HOOK_START
-        opts.on_thread_stop = _core._HOOK_STOP
+        opts.on_thread_start = _pools.HOOK_START
+        opts.on_thread_stop = _pools.HOOK_STOP
         opts.hook_data = 0
     pool = ll.pool_new_ex(opts)
     try:

@@ -15,28 +15,7 @@ worker threads without losing the caller's context), over ctypes.
 """
 
 from . import lowlevel
-from ._core import (
-    UNBOUNDED,
-    Executor,
-    ForeignPointer,
-    Pool,
-    Stats,
-    TaskFuture,
-    asyncify,
-    call,
-    cancel_requested,
-    configure,
-    context,
-    default_pool,
-    get,
-    overrides,
-    remove,
-    stats,
-    submit,
-)
-from ._core import (
-    set as set,  # noqa: A004 - casyncify.set(key, value)
-)
+from ._calls import TaskFuture, call, cancel_requested
 from ._errors import (
     BufferTooSmallError,
     BusyError,
@@ -56,6 +35,9 @@ from ._errors import (
 )
 from ._ffi import VERSION as LIBRARY_VERSION
 from ._ffi import library_path
+from ._overrides import ForeignPointer, context, get, overrides, remove
+from ._overrides import set as set  # noqa: A004 - casyncify.set(key, value)
+from ._pools import UNBOUNDED, Executor, Pool, Stats, asyncify, configure, default_pool, stats, submit
 
 __version__ = "0.1.0"
 

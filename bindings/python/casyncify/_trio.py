@@ -16,14 +16,16 @@ once. It also fills the register read by ``trio.from_thread.check_cancelled``.
 
 from __future__ import annotations
 
-import contextvars
 from typing import Any, Callable
 
 import trio
 
-from . import _anyio_compat, _core, _ffi
+from . import _anyio_compat, _ffi
+from ._calls import Call, ids, registry
 from ._errors import CancelledError
 from ._ffi import plib
+
+__all__ = ["Waiter", "call"]
 
 
 class Waiter:
@@ -52,20 +54,20 @@ class Waiter:
             trio.lowlevel.reschedule(task)
 
 
-async def call(pool: _core.Pool | None, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Run ``fn(*args, **kwargs)`` on ``pool`` and wait for it in the current trio task."""
+async def call(rec: Call, submit: Callable[[int], int]) -> Any:
+    """Run the call ``rec`` and wait for it in the current trio task. ``submit(id)``
+    is its pool's: it submits the call of that id detached, with ``DONE``, and
+    returns the handle."""
     await trio.lowlevel.checkpoint_if_cancelled()  # cancelled already: nothing is submitted
-    pool = pool or _core.default_pool()
     waiter = Waiter(trio.lowlevel.current_task(), trio.lowlevel.current_trio_token())
-    rec = _core._Call(fn, args, kwargs, contextvars.copy_context(), pool)
     rec.fut = waiter
     rec.marks = _anyio_compat.trio_marks(waiter.token, waiter.cancel_register)
-    cid = next(_core._ids)
-    _core._calls[cid] = rec
+    cid = next(ids)
+    registry[cid] = rec
     try:
-        handle = pool._submit(rec, cid, None)
+        handle = submit(cid)
     except BaseException:
-        _core._calls.pop(cid, None)
+        registry.pop(cid, None)
         raise
 
     def abort(raise_cancel: Any) -> trio.lowlevel.Abort:

@@ -16,16 +16,42 @@ high-level API.
 from __future__ import annotations
 
 import ctypes
+from _ctypes import CFuncPtr
 from collections.abc import Sequence
 from ctypes import byref, c_int32, c_size_t, c_uint32, c_uint64, c_void_p, sizeof
 
-from . import _ffi, _timeouts
+from . import _ffi
+from ._convert import copy_out, key_bytes, milliseconds
 from ._errors import TimeoutError, check
-from ._ffi import (  # noqa: F401 - re-exported
+from ._ffi import (  # noqa: F401 - re-exported: the status codes, flags, types and handles
+    CANCELLED,
     CLONE_FN,
     DONE_FN,
+    E_BUFFER_TOO_SMALL,
+    E_BUSY,
+    E_FORKED,
+    E_INVALID_ARGUMENT,
+    E_INVALID_HANDLE,
+    E_NOT_FOUND,
+    E_NULL,
+    E_OUT_OF_MEMORY,
+    E_PANIC,
+    E_SCOPE_MISMATCH,
+    E_SHUT_DOWN,
+    E_WOULD_DEADLOCK,
+    FAILED,
     FREE_FN,
+    KEY_LOCAL,
+    LATENCY_QUEUE_WAIT,
+    LATENCY_RUN,
+    OK,
+    PENDING,
+    POOL_RECORD_LATENCY,
+    POOL_RELEASE_SLOT_ON_ABANDON,
+    SUBMIT_DETACHED,
+    SUBMIT_EMPTY_CONTEXT,
     THREAD_HOOK,
+    TIMEOUT,
     VISIT_FN,
     WORK_FN,
     Completion,
@@ -37,59 +63,10 @@ from ._ffi import (  # noqa: F401 - re-exported
     plib,
 )
 
-# -- status codes and flags ---------------------------------------------------
-OK = _ffi.OK
-PENDING = _ffi.PENDING
-FAILED = _ffi.FAILED
-CANCELLED = _ffi.CANCELLED
-TIMEOUT = _ffi.TIMEOUT
-E_NULL = _ffi.E_NULL
-E_INVALID_ARGUMENT = _ffi.E_INVALID_ARGUMENT
-E_INVALID_HANDLE = _ffi.E_INVALID_HANDLE
-E_NOT_FOUND = _ffi.E_NOT_FOUND
-E_BUFFER_TOO_SMALL = _ffi.E_BUFFER_TOO_SMALL
-E_SHUT_DOWN = _ffi.E_SHUT_DOWN
-E_BUSY = _ffi.E_BUSY
-E_WOULD_DEADLOCK = _ffi.E_WOULD_DEADLOCK
-E_SCOPE_MISMATCH = _ffi.E_SCOPE_MISMATCH
-E_FORKED = _ffi.E_FORKED
-E_PANIC = _ffi.E_PANIC
-E_OUT_OF_MEMORY = _ffi.E_OUT_OF_MEMORY
-POOL_RELEASE_SLOT_ON_ABANDON = _ffi.POOL_RELEASE_SLOT_ON_ABANDON
-KEY_LOCAL = _ffi.KEY_LOCAL
-SUBMIT_DETACHED = _ffi.SUBMIT_DETACHED
-SUBMIT_EMPTY_CONTEXT = _ffi.SUBMIT_EMPTY_CONTEXT
 
-
-def _key(key: str) -> bytes:
-    if not isinstance(key, str):
-        raise TypeError(f"keys are str, not {type(key).__name__}")
-    return key.encode("utf-8", "surrogatepass")
-
-
-def _nullable(ftype, f):
+def _nullable(ftype: type[CFuncPtr], f: CFuncPtr | None) -> CFuncPtr:
     """ctypes refuses None for a function pointer argument: NULL is ``ftype()``."""
     return ftype() if f is None else f
-
-
-def _ms(timeout: float | None) -> int:
-    """The binding's one timeout rule (``_timeouts``): None/inf forever, below 0 a poll, nan refused."""
-    return _timeouts.milliseconds("timeout", timeout)
-
-
-def _copy_out(call) -> bytes:
-    """Size query, then copy (retrying if the value grew meanwhile)."""
-    n = c_size_t(0)
-    status = call(None, 0, byref(n))
-    while True:
-        if status not in (OK, E_BUFFER_TOO_SMALL):
-            check(status)
-        if n.value == 0:
-            return b""
-        buf = ctypes.create_string_buffer(n.value)
-        status = call(buf, n.value, byref(n))
-        if status == OK:
-            return buf.raw[: n.value]
 
 
 # -- errors and version -----------------------------------------------------
@@ -117,9 +94,9 @@ def override_set(key: str, value: bytes, flags: int = 0) -> None:
     """``asyncify_override_set`` / ``_set_ex``: a copy of ``value`` (bytes-like)."""
     data = bytes(value)
     if flags:
-        check(plib.asyncify_override_set_ex(_key(key), data, len(data), flags))
+        check(plib.asyncify_override_set_ex(key_bytes(key), data, len(data), flags))
     else:
-        check(plib.asyncify_override_set(_key(key), data, len(data)))
+        check(plib.asyncify_override_set(key_bytes(key), data, len(data)))
 
 
 def override_set_ptr(key: str, ptr: int, release=None, clone=None, flags: int = 0) -> None:
@@ -128,36 +105,36 @@ def override_set_ptr(key: str, ptr: int, release=None, clone=None, flags: int = 
     if clone is not None or flags:
         check(
             plib.asyncify_override_set_ptr_ex(
-                _key(key), ptr, _nullable(FREE_FN, release), _nullable(CLONE_FN, clone), flags
+                key_bytes(key), ptr, _nullable(FREE_FN, release), _nullable(CLONE_FN, clone), flags
             )
         )
     else:
-        check(plib.asyncify_override_set_ptr(_key(key), ptr, _nullable(FREE_FN, release)))
+        check(plib.asyncify_override_set_ptr(key_bytes(key), ptr, _nullable(FREE_FN, release)))
 
 
 def override_set_ex(key: str, value: bytes, flags: int) -> None:
     """``asyncify_override_set_ex`` (``KEY_LOCAL``: never copied into tasks)."""
     data = bytes(value)
-    check(plib.asyncify_override_set_ex(_key(key), data, len(data), flags))
+    check(plib.asyncify_override_set_ex(key_bytes(key), data, len(data), flags))
 
 
 def override_set_ptr_ex(key: str, ptr: int, release=None, clone=None, flags: int = 0) -> None:
     """``asyncify_override_set_ptr_ex``."""
     release_fn, clone_fn = _nullable(FREE_FN, release), _nullable(CLONE_FN, clone)
-    check(plib.asyncify_override_set_ptr_ex(_key(key), ptr, release_fn, clone_fn, flags))
+    check(plib.asyncify_override_set_ptr_ex(key_bytes(key), ptr, release_fn, clone_fn, flags))
 
 
 def override_get(key: str) -> bytes:
     """``asyncify_override_get``: the bytes of ``key`` (``NotFoundError`` if unset,
     ``InvalidArgumentError`` if it holds a pointer)."""
-    kb = _key(key)
-    return _copy_out(lambda buf, cap, n: plib.asyncify_override_get(kb, buf, cap, n))
+    kb = key_bytes(key)
+    return copy_out(lambda buf, cap, n: plib.asyncify_override_get(kb, buf, cap, n))
 
 
 def override_get_ptr(key: str) -> int:
     """``asyncify_override_get_ptr``: the address stored under ``key``."""
     out = c_void_p()
-    check(plib.asyncify_override_get_ptr(_key(key), byref(out)))
+    check(plib.asyncify_override_get_ptr(key_bytes(key), byref(out)))
     return out.value or 0
 
 
@@ -165,13 +142,13 @@ def override_get_ptr_ex(key: str) -> tuple[int, int]:
     """``asyncify_override_get_ptr_ex``: ``(address, release function address or 0)``."""
     out = c_void_p()
     rel = c_void_p()
-    check(plib.asyncify_override_get_ptr_ex(_key(key), byref(out), byref(rel)))
+    check(plib.asyncify_override_get_ptr_ex(key_bytes(key), byref(out), byref(rel)))
     return out.value or 0, rel.value or 0
 
 
 def override_remove(key: str) -> None:
     """``asyncify_override_remove`` (``NotFoundError`` if absent)."""
-    check(plib.asyncify_override_remove(_key(key)))
+    check(plib.asyncify_override_remove(key_bytes(key)))
 
 
 def override_clear() -> None:
@@ -204,17 +181,17 @@ def scope_exit(token: int) -> None:
 def global_set(key: str, value: bytes) -> None:
     """``asyncify_global_set``."""
     data = bytes(value)
-    check(plib.asyncify_global_set(_key(key), data, len(data)))
+    check(plib.asyncify_global_set(key_bytes(key), data, len(data)))
 
 
 def global_set_ptr(key: str, ptr: int, release=None) -> None:
     """``asyncify_global_set_ptr``."""
-    check(plib.asyncify_global_set_ptr(_key(key), ptr, _nullable(FREE_FN, release)))
+    check(plib.asyncify_global_set_ptr(key_bytes(key), ptr, _nullable(FREE_FN, release)))
 
 
 def global_remove(key: str) -> None:
     """``asyncify_global_remove``."""
-    check(plib.asyncify_global_remove(_key(key)))
+    check(plib.asyncify_global_remove(key_bytes(key)))
 
 
 # -- contexts (free each with context_free) -------------------------------------
@@ -238,21 +215,21 @@ def context_with(ctx: int, key: str, value: bytes) -> int:
     """``asyncify_context_with``: a new context."""
     data = bytes(value)
     out = c_void_p()
-    check(plib.asyncify_context_with(ctx, _key(key), data, len(data), byref(out)))
+    check(plib.asyncify_context_with(ctx, key_bytes(key), data, len(data), byref(out)))
     return out.value  # type: ignore[return-value]
 
 
 def context_with_ptr(ctx: int, key: str, ptr: int, release=None) -> int:
     """``asyncify_context_with_ptr``: a new context."""
     out = c_void_p()
-    check(plib.asyncify_context_with_ptr(ctx, _key(key), ptr, _nullable(FREE_FN, release), byref(out)))
+    check(plib.asyncify_context_with_ptr(ctx, key_bytes(key), ptr, _nullable(FREE_FN, release), byref(out)))
     return out.value  # type: ignore[return-value]
 
 
 def context_without(ctx: int, key: str) -> int:
     """``asyncify_context_without``: a new context."""
     out = c_void_p()
-    check(plib.asyncify_context_without(ctx, _key(key), byref(out)))
+    check(plib.asyncify_context_without(ctx, key_bytes(key), byref(out)))
     return out.value  # type: ignore[return-value]
 
 
@@ -272,14 +249,14 @@ def context_free(ctx: int) -> None:
 def context_get(ctx: int, key: str) -> bytes:
     """``asyncify_context_get``: the bytes of ``key`` in ``ctx`` (``NotFoundError`` if
     absent, ``InvalidArgumentError`` for a pointer value)."""
-    kb = _key(key)
-    return _copy_out(lambda buf, cap, n: plib.asyncify_context_get(ctx, kb, buf, cap, n))
+    kb = key_bytes(key)
+    return copy_out(lambda buf, cap, n: plib.asyncify_context_get(ctx, kb, buf, cap, n))
 
 
 def context_get_ptr(ctx: int, key: str) -> int:
     """``asyncify_context_get_ptr``: the address stored under ``key`` in ``ctx``."""
     out = c_void_p()
-    check(plib.asyncify_context_get_ptr(ctx, _key(key), byref(out)))
+    check(plib.asyncify_context_get_ptr(ctx, key_bytes(key), byref(out)))
     return out.value or 0
 
 
@@ -287,7 +264,7 @@ def context_get_ptr_ex(ctx: int, key: str) -> tuple[int, int]:
     """``asyncify_context_get_ptr_ex``: ``(address, release function address or 0)``."""
     out = c_void_p()
     rel = c_void_p()
-    check(plib.asyncify_context_get_ptr_ex(ctx, _key(key), byref(out), byref(rel)))
+    check(plib.asyncify_context_get_ptr_ex(ctx, key_bytes(key), byref(out), byref(rel)))
     return out.value or 0, rel.value or 0
 
 
@@ -330,7 +307,7 @@ def cq_fd(cq: int) -> int:
 
 def cq_wait(cq: int, timeout: float | None = None) -> bool:
     """``asyncify_cq_wait``: True when a completion is ready, False on timeout."""
-    return check(lib.asyncify_cq_wait(cq, _ms(timeout))) == OK
+    return check(lib.asyncify_cq_wait(cq, milliseconds("timeout", timeout))) == OK
 
 
 def cq_drain(cq: int, cap: int = 64) -> list[tuple[int, int, int, int, int]]:
@@ -390,18 +367,18 @@ def pool_latency(pool: int | None, which: int) -> Latency:
 
 def pool_free(pool: int, timeout: float | None = None) -> bool:
     """``asyncify_pool_free``: True (``OK``) or False (``TIMEOUT``: some still run)."""
-    return check(lib.asyncify_pool_free(pool, _ms(timeout))) == OK
+    return check(lib.asyncify_pool_free(pool, milliseconds("timeout", timeout))) == OK
 
 
 def pool_close(pool: int, timeout: float | None = None) -> bool:
     """``asyncify_pool_close``: begins the shutdown and waits without freeing; True
     (``OK``: quiet and joined) or False (``TIMEOUT``); may be called again."""
-    return check(lib.asyncify_pool_close(pool, _ms(timeout))) == OK
+    return check(lib.asyncify_pool_close(pool, milliseconds("timeout", timeout))) == OK
 
 
 def shutdown(timeout: float | None = None) -> bool:
     """``asyncify_shutdown``: shuts the library's default pool down."""
-    return check(lib.asyncify_shutdown(_ms(timeout))) == OK
+    return check(lib.asyncify_shutdown(milliseconds("timeout", timeout))) == OK
 
 
 def set_max_workers(pool: int | None, n: int) -> None:
@@ -446,7 +423,8 @@ def wait(handle: int, timeout: float | None = None, want_result: bool = True) ->
     (a builtin ``TimeoutError``) when the time runs out (the task goes on)."""
     result = c_void_p()
     code = c_int32()
-    status = check(lib.asyncify_wait(handle, _ms(timeout), byref(result) if want_result else None, byref(code)))
+    ms = milliseconds("timeout", timeout)
+    status = check(lib.asyncify_wait(handle, ms, byref(result) if want_result else None, byref(code)))
     if status == TIMEOUT:
         raise TimeoutError(TIMEOUT, f"asyncify_wait: handle {handle} still pending after {timeout} s")
     return status, result.value or 0, code.value
@@ -457,7 +435,7 @@ def wait_any(handles: Sequence[int], timeout: float | None = None) -> int:
     ``casyncify.TimeoutError`` when the time runs out."""
     arr = (c_uint64 * len(handles))(*handles)
     index = c_size_t()
-    status = check(lib.asyncify_wait_any(arr, len(handles), _ms(timeout), byref(index)))
+    status = check(lib.asyncify_wait_any(arr, len(handles), milliseconds("timeout", timeout), byref(index)))
     if status == TIMEOUT:
         raise TimeoutError(TIMEOUT, f"asyncify_wait_any: none of {len(handles)} handles finished in {timeout} s")
     return index.value

@@ -98,8 +98,8 @@ def gate():
 @pytest.fixture(autouse=True)
 def clean_overrides():
     """Each test starts, and leaves the next one, without casyncify overrides."""
-    from casyncify import _core
+    from casyncify import _overrides
 
-    token = _core._state.set(_core._ROOT)
+    token = _overrides.current.set(_overrides.ROOT)
     yield
-    _core._state.reset(token)
+    _overrides.current.reset(token)

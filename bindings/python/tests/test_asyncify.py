@@ -12,7 +12,7 @@ import traceback
 
 import casyncify
 import pytest
-from casyncify import _core
+from casyncify import _calls, _loops
 from casyncify import lowlevel as ll
 from conftest import Gate, eventually, run
 from test_overrides import c_view
@@ -349,7 +349,7 @@ def test_a_burst_of_completions_costs_one_wakeup(make_pool):
     await_go = casyncify.asyncify(go.wait, pool=pool)
 
     async def main():
-        state = _core._loop_state(asyncio.get_running_loop())
+        state = _loops.loop_state(asyncio.get_running_loop())
         calls = [asyncio.ensure_future(await_go(5)) for _ in range(50)]
         await asyncio.sleep(0.02)  # every call submitted; none can finish before `go`
         wakeups = state.wakeups
@@ -369,17 +369,17 @@ def test_records_and_handles_are_cleaned_up(make_pool):
     async def main():
         calls = [casyncify.asyncify(time.sleep, pool=pool)(0.001) for _ in range(200)]
         await asyncio.gather(*calls)
-        state = _core._loop_state(asyncio.get_running_loop())
+        state = _loops.loop_state(asyncio.get_running_loop())
         return dict(state.pending)
 
     assert run(main()) == {}
-    assert eventually(lambda: not _core._calls)
+    assert eventually(lambda: not _calls.registry)
 
 
 def test_loop_gone_frees_its_queue(make_pool):
     loop = asyncio.new_event_loop()
     loop.run_until_complete(casyncify.asyncify(lambda: 1, pool=make_pool(1))())
-    state = _core._loop_state(loop)
+    state = _loops.loop_state(loop)
     loop.close()
     del loop
     assert eventually(lambda: state.cq == 0), "the loop was collected: its queue is freed"
@@ -504,7 +504,7 @@ def test_stress_threads_loops_submits_and_cancels(make_pool):
     assert eventually(lambda: pool.stats().running == 0 and pool.stats().queued == 0)
     s = pool.stats()
     assert s.submitted == s.completed + s.failed + s.cancelled + s.abandoned
-    assert eventually(lambda: not _core._calls), "every record was dropped"
+    assert eventually(lambda: not _calls.registry), "every record was dropped"
 
 
 def test_async_callables_are_refused_like_async_functions():
@@ -615,7 +615,7 @@ def test_loops_dropped_with_pending_calls_are_collected_with_everything_of_their
                 await asyncio.sleep(0)
 
             loop.run_until_complete(start())
-            states.append(weakref.ref(_core._loop_state(loop)))
+            states.append(weakref.ref(_loops.loop_state(loop)))
             if closes(i):
                 loop.close()  # closed, then dropped; the others are just dropped
             loops.append(weakref.ref(loop))
@@ -626,7 +626,7 @@ def test_loops_dropped_with_pending_calls_are_collected_with_everything_of_their
         assert eventually(lambda: pool.stats().running == 0 and pool.stats().queued == 0, timeout=10)
         assert eventually(lambda: all(r() is None for r in loops), timeout=10), "every loop was collected"
         assert eventually(lambda: all(r() is None for r in states)), "and its queue state"
-        assert not _core._calls, "no call record is left"
+        assert not _calls.registry, "no call record is left"
         assert eventually(lambda: len(os.listdir("/proc/self/fd")) <= fds), "no fd is left (eventfds, selectors)"
         assert pool.stats().completed <= 2, "the queued calls of the dead loops never ran"
     finally:

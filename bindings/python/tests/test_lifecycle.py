@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import casyncify
@@ -127,16 +126,16 @@ def test_interpreter_exit_refuses_cancels_and_waits():
         started.wait(10)  # running, not queued, when exit begins (a loaded machine is slow)
         pool.submit(print, "queued call ran", flush=True)
         casyncify.submit(time.sleep, 0.1)
-        import casyncify._core as core
+        import casyncify._lifecycle as lifecycle
         def after_casyncify():
             try:
                 casyncify.submit(print, "refused?")
             except casyncify.ShutDownError as e:
                 print("refused after exit began:", e.status, flush=True)
         # atexit runs handlers last-in first-out: make this one run after casyncify's.
-        atexit.unregister(core._at_exit)
+        atexit.unregister(lifecycle._at_exit)
         atexit.register(after_casyncify)
-        atexit.register(core._at_exit)
+        atexit.register(lifecycle._at_exit)
         print("main done", flush=True)
         """
     )
@@ -255,24 +254,39 @@ def test_ctrl_c_ends_the_exit_wait():
     assert "KeyboardInterrupt" in err and "Fatal" not in err, err
 
 
-def test_one_timeout_rule_for_the_high_level_api_and_lowlevel():
-    """None and inf wait forever (-1 ms), below 0 is a poll (0), nan is refused: in
-    lowlevel's waits as in Pool.close and TaskFuture (a negative timeout once meant
-    "forever" in lowlevel and "poll" elsewhere)."""
+def test_one_timeout_rule_for_the_high_level_api_and_lowlevel(gate):
+    """None and inf wait as long as it takes, below 0 is a poll, nan is refused: the
+    same in lowlevel's waits as in TaskFuture and Pool.close (a negative timeout once
+    meant "forever" in lowlevel and "poll" elsewhere)."""
     import math
 
-    from casyncify import _core, _timeouts, lowlevel
+    from casyncify import _convert
 
-    assert [lowlevel._ms(t) for t in (None, math.inf, -1, -0.5, 0, 0.25, 2)] == [-1, -1, 0, 0, 0, 250, 2000]
-    assert [_core._seconds("t", t) for t in (None, math.inf, -1, 0.25)] == [None, None, 0.0, 0.25]
-    with pytest.raises(ValueError, match="nan"):
-        lowlevel._ms(math.nan)
-    assert _timeouts.milliseconds("t", 1e300) == 2**63 - 1
-    gate = threading.Event()
-    fut = casyncify.submit(gate.wait, 10)
+    ms = [_convert.milliseconds("t", t) for t in (None, math.inf, -1, -0.5, 0, 0.25, 2, 1e300)]
+    assert ms == [-1, -1, 0, 0, 0, 250, 2000, 2**63 - 1], "the one conversion both APIs use"
+    paused = ll.pool_new(0)  # its tasks stay queued
+    opts = ll.submit_options_init()
+    opts.pool = paused
+    work = ll.WORK_FN(lambda _arg, _out: 0)
+    handle = ll.submit(work, None, opts)
+    pool = casyncify.Pool(1)
+    running = pool.submit(gate.block)
+    assert gate.started.wait(5)
     try:
+        t = time.monotonic()
+        with pytest.raises(casyncify.TimeoutError):
+            ll.wait(handle, -1)
         with pytest.raises(concurrent.futures.TimeoutError):
-            fut.result(timeout=-1)  # a poll, not a wait forever
+            running.result(timeout=-1)
+        assert pool.close(timeout=-1) is False, "the running call was not waited for"
+        assert time.monotonic() - t < 2, "below 0 is a poll everywhere, never a wait forever"
+        with pytest.raises(ValueError, match="nan"):
+            ll.wait(handle, math.nan)
+        with pytest.raises(ValueError, match="nan"):
+            pool.close(math.nan)
     finally:
-        gate.set()
-    assert fut.result(timeout=10) is True
+        gate.open()
+        ll.pool_free(paused)
+        ll.release(handle)
+    assert running.result(timeout=10) == "gate"
+    assert pool.close(timeout=None) is True

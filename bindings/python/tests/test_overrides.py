@@ -9,7 +9,7 @@ import weakref
 
 import casyncify
 import pytest
-from casyncify import _core
+from casyncify import _overrides
 from casyncify import lowlevel as ll
 from conftest import eventually, run
 
@@ -33,7 +33,7 @@ def c_view(key: str):
         return None
     except casyncify.InvalidArgumentError:
         return ll.override_get(key)
-    if release == _core._RELEASE_ADDR:
+    if release == _overrides.RELEASE_ADDR:
         import ctypes
 
         return ctypes.cast(ptr, ctypes.py_object).value
@@ -61,7 +61,7 @@ def test_set_get_remove_and_the_view():
 
 def test_nested_context_scopes_restore_exactly():
     casyncify.set("a", 1)
-    before = _core._state.get()
+    before = _overrides.current.get()
     with casyncify.context(a=2, b=3):
         assert dict(casyncify.overrides()) == {"a": 2, "b": 3}
         with casyncify.context({"c.d": 4}, a=5):
@@ -70,7 +70,7 @@ def test_nested_context_scopes_restore_exactly():
             casyncify.set("e", 6)
             assert dict(casyncify.overrides()) == {"a": 5, "c.d": 4, "e": 6}
         assert dict(casyncify.overrides()) == {"a": 2, "b": 3}
-    assert _core._state.get() is before, "the exact previous mapping (same snapshot object)"
+    assert _overrides.current.get() is before, "the exact previous mapping (same snapshot object)"
     assert dict(casyncify.overrides()) == {"a": 1}
 
 
@@ -227,7 +227,7 @@ def test_configure_settings_are_the_fallback():
             assert casyncify.submit(casyncify.get, "some_setting").result(5) == "local"
         assert casyncify.submit(casyncify.get, "some_setting").result(5) == "global"
     finally:
-        _core._globals = {}
+        _overrides._settings = {}
 
 
 def test_removed_in_a_call_stays_removed_for_python(make_pool):
@@ -327,3 +327,13 @@ def test_remove_of_a_non_str_key_is_a_type_error():
         casyncify.remove(1)  # type: ignore[arg-type]
     with pytest.raises(casyncify.NotFoundError):
         casyncify.remove("absent")
+
+
+def test_lowlevel_keys_follow_the_same_rule():
+    """lowlevel encodes keys as the high-level API does: a NUL is refused (C once cut the key there)."""
+    with pytest.raises(casyncify.InvalidArgumentError, match="NUL"):
+        ll.override_set("a\0b", b"x")
+    with pytest.raises(casyncify.NotFoundError):
+        ll.override_get("a")
+    with pytest.raises(TypeError):
+        ll.override_get(1)  # type: ignore[arg-type]

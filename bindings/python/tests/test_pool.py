@@ -146,13 +146,13 @@ def test_thread_hooks_give_workers_a_lasting_thread_state():
 
 
 def test_workers_leave_after_keep_alive_and_run_the_stop_hook():
-    from casyncify import _core
+    from casyncify import _lifecycle
 
     with casyncify.Pool(2, keep_alive=0.05) as pool:
-        before = _core._life.live_workers
+        before = _lifecycle.life.live_workers
         pool.submit(time.sleep, 0.01).result(5)
         assert eventually(lambda: pool.stats().threads == 0, timeout=3)
-        assert eventually(lambda: _core._life.live_workers <= before), "the stop hook dropped its thread state"
+        assert eventually(lambda: _lifecycle.life.live_workers <= before), "the stop hook dropped its thread state"
 
 
 def test_low_level_errors_carry_status_and_message():
@@ -250,7 +250,7 @@ def test_close_timeouts_inf_waits_forever_and_nan_is_refused(gate):
 def test_keyboard_interrupt_during_close_leaves_the_pool_closing(gate):
     import _thread
 
-    from casyncify import _core
+    from casyncify import _lifecycle
 
     pool = casyncify.Pool(1)
     running = pool.submit(gate.block)
@@ -260,20 +260,20 @@ def test_keyboard_interrupt_during_close_leaves_the_pool_closing(gate):
     with pytest.raises(KeyboardInterrupt):
         pool.close()  # no timeout: only the interrupt ends this wait
     assert time.perf_counter() - t < 2, "the wait woke for Ctrl-C (it wakes every 100 ms)"
-    assert pool.closed and pool in _core._open_pools, "closing, not freed: exit would still close it"
+    assert pool.closed and pool in _lifecycle.open_pools, "closing, not freed: exit would still close it"
     with pytest.raises(casyncify.ShutDownError):
         pool.submit(lambda: 1)
     gate.open()
     assert pool.close(5) is True, "close() again resumes the wait, then frees"
-    assert running.result(0) == "gate" and pool not in _core._open_pools
+    assert running.result(0) == "gate" and pool not in _lifecycle.open_pools
     assert pool.close() is True
 
 
 def test_configure_checks_every_argument_before_changing_anything():
-    from casyncify import _core
+    from casyncify import _lifecycle
 
     limit = casyncify.default_pool().max_workers
-    exit_timeout = _core._life.exit_timeout
+    exit_timeout = _lifecycle.life.exit_timeout
     bad_calls = [
         dict(max_workers=limit + 1, exit_timeout=float("nan"), configure_probe=1),
         dict(max_workers=-1, exit_timeout=1.0, configure_probe=1),
@@ -284,13 +284,13 @@ def test_configure_checks_every_argument_before_changing_anything():
         with pytest.raises((ValueError, TypeError)):
             casyncify.configure(**kwargs)
         assert casyncify.default_pool().max_workers == limit
-        assert _core._life.exit_timeout == exit_timeout
+        assert _lifecycle.life.exit_timeout == exit_timeout
         assert casyncify.get("configure_probe") is None
     try:
         casyncify.configure(exit_timeout=float("inf"))
-        assert _core._life.exit_timeout is None, "inf: exit waits for as long as calls run"
+        assert _lifecycle.life.exit_timeout is None, "inf: exit waits for as long as calls run"
     finally:
-        _core._life.exit_timeout = exit_timeout
+        _lifecycle.life.exit_timeout = exit_timeout
 
 
 def test_making_the_default_pool_holds_no_lock_a_finalizer_may_need():
@@ -301,14 +301,14 @@ def test_making_the_default_pool_holds_no_lock_a_finalizer_may_need():
     proc = run_script(
         """
         import gc, casyncify
-        from casyncify import _core
+        from casyncify import _pools
         gc.disable()
 
         class UsesCasyncifyWhenCollected:
             def __del__(self):
                 print("finalizer:", casyncify.submit(lambda: "ok").result(5), flush=True)
 
-        class CollectingPool(_core.Pool):
+        class CollectingPool(_pools.Pool):
             def __init__(self, *args, **kwargs):
                 junk = UsesCasyncifyWhenCollected()
                 junk.cycle = junk
@@ -318,7 +318,7 @@ def test_making_the_default_pool_holds_no_lock_a_finalizer_may_need():
                     gc.collect()  # runs the finalizer here, while the default pool is being made
                 super().__init__(*args, **kwargs)
 
-        _core.Pool = CollectingPool
+        _pools.Pool = CollectingPool
         print("main:", casyncify.submit(lambda: "ok").result(5), flush=True)
         casyncify.configure(**{"k": 1})
         print("get:", casyncify.get("k"), flush=True)

@@ -12,7 +12,7 @@ import time
 
 import casyncify
 import pytest
-from casyncify import _anyio_compat, _core
+from casyncify import _anyio_compat, _calls, _loops
 from conftest import eventually, require
 
 trio = require("trio")
@@ -68,7 +68,7 @@ def test_result_context_and_exception_under_each_loop(runner, make_pool):
     got, caught = RUNNERS[runner](main)
     assert got == (42, "gpt", False), "ran on a worker with the caller's overrides"
     assert caught is err, "the very exception object"
-    assert eventually(lambda: not _core._calls), "no record left behind"
+    assert eventually(lambda: not _calls.registry), "no record left behind"
 
 
 def test_many_concurrent_calls_under_trio(make_pool):
@@ -87,7 +87,7 @@ def test_many_concurrent_calls_under_trio(make_pool):
 
     RUNNERS["trio"](main)
     assert sorted(results) == [(i, i) for i in range(200)]
-    assert eventually(lambda: not _core._calls)
+    assert eventually(lambda: not _calls.registry)
 
 
 def test_uvloop_still_works(make_pool):
@@ -339,7 +339,7 @@ def test_the_private_hooks_are_still_there():
 
 @pytest.mark.parametrize("runner", RUNNERS)
 def test_the_loop_is_found_without_sniffio_too(runner, make_pool, monkeypatch):
-    monkeypatch.setattr(_core, "_sniffio", None)  # as when sniffio is not installed
+    monkeypatch.setattr(_loops, "sniffio", None)  # as when sniffio is not installed
     pool = make_pool(1)
 
     async def main():

@@ -36,8 +36,9 @@ import threading
 from collections.abc import Awaitable
 from typing import Any, Callable
 
-from .. import _core
-from .._core import UNBOUNDED, Pool
+from .._lifecycle import life
+from .._pools import UNBOUNDED, Pool, is_async_callable
+from .._pools import asyncify as casyncify_asyncify
 
 __all__ = ["install", "uninstall", "installed", "asyncify", "pool_for"]
 
@@ -69,7 +70,7 @@ def pool_for(async_max_workers: Any) -> Pool:
     """The casyncify pool of this ``async_max_workers`` value (one per value, made on first use)."""
     limit = _limit(async_max_workers)
     pool = _pools.get(limit)
-    if pool is None or pool.closed or pool._generation != _core._life.fork_generation:
+    if pool is None or pool.closed or pool._generation != life.fork_generation:
         # No lock: making a pool may run any Python (GC). A racing thread's pool
         # loses the setdefault and is closed at once (it ran nothing).
         fresh = Pool(limit, thread_name="casyncify-dspy")
@@ -96,11 +97,11 @@ def asyncify(program: Callable) -> Callable[..., Awaitable[Any]]:
         pool = pool_for(_current_async_max_workers())
         call = per_pool.get(pool)
         if call is None:
-            call = per_pool.setdefault(pool, _core.asyncify(program, pool=pool))
+            call = per_pool.setdefault(pool, casyncify_asyncify(program, pool=pool))
         return await call(*args, **kwargs)
 
-    if _core._is_async_callable(program) or not callable(program):
-        _core.asyncify(program)  # raises the same TypeError as casyncify.asyncify
+    if is_async_callable(program) or not callable(program):
+        casyncify_asyncify(program)  # raises the same TypeError as casyncify.asyncify
     functools.update_wrapper(async_program, program, updated=())
     return async_program
 

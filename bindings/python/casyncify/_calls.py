@@ -1,0 +1,232 @@
+"""A call: its record, how it runs on a worker, and how its outcome gets out.
+
+Each call records ``(fn, args, kwargs, contextvars.copy_context())`` in
+``registry`` under an integer id and submits ONE module-level work callback
+(``WORK``) with ``arg = id``. The worker runs ``ctx.run(fn, *args, **kwargs)``
+and keeps the return value or exception in the record (never through the C
+result pointer). ``submit()`` futures (``TaskFuture``) and trio waiters are
+completed by the ``on_done`` callback ``DONE``; asyncio calls by their loop's
+completion queue (``_loops``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextvars
+import itertools
+import threading
+import time
+from concurrent.futures._base import (  # the states a Future moves through
+    CANCELLED,
+    CANCELLED_AND_NOTIFIED,
+    FINISHED,
+    PENDING,
+    RUNNING,
+)
+from typing import Any, Callable
+
+from . import _anyio_compat, _ffi, lowlevel
+from ._convert import milliseconds
+from ._errors import WouldDeadlockError, check
+from ._ffi import fast, lib, plib
+from ._lifecycle import after_fork_in_child, worker
+from ._overrides import ROOT, current
+
+__all__ = ["Call", "registry", "ids", "WORK", "DONE", "SUBMIT_DEFAULTS", "TaskFuture", "call", "cancel_requested"]
+
+#: Submit options with the library's defaults, copied for each submission.
+SUBMIT_DEFAULTS = lowlevel.submit_options_init()
+
+
+class Call:
+    """One call: what to run, in which context, and where its outcome goes.
+
+    ``fut`` is a ``TaskFuture`` (``submit``), a weak reference to the asyncio
+    future the awaiting task holds (``asyncify`` under asyncio: a pending call
+    must not keep a dropped event loop alive), or a trio waiter. ``marks`` are
+    the AnyIO/trio worker-thread marks set around ``fn`` (``_anyio_compat``).
+    """
+
+    __slots__ = ("fn", "args", "kwargs", "ctx", "result", "exc", "fut", "handle", "abandoned", "pool", "marks")
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        ctx: contextvars.Context,
+        pool: object,
+    ) -> None:
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.ctx = ctx
+        self.result: Any = None
+        self.exc: BaseException | None = None
+        self.fut: Any = None  # TaskFuture, weakref to an asyncio future, or a trio Waiter
+        self.handle = 0
+        self.abandoned = False
+        self.pool = pool  # keeps the Pool object alive while the call is pending
+        self.marks: tuple[Any, ...] | None = None
+
+    def outcome(self) -> Any:
+        """The call's result, or its exception re-raised (the same object)."""
+        exc = self.exc
+        if exc is not None:
+            # Dropped from the record and this frame before it propagates: the
+            # traceback keeps the frame, which must not hold it in a cycle.
+            self.exc = None
+            try:
+                raise exc
+            finally:
+                exc = None
+        return self.result
+
+
+#: id -> the record of every call not yet completed.
+registry: dict[int, Call] = {}
+#: The ids of calls (one counter for the process).
+ids = itertools.count(1)
+
+
+def _work(arg: int, _out: int | None, _calls: dict[int, Call] = registry) -> int:
+    # Runs on a worker (or inline in a waiting task, or in call()). Must not raise.
+    rec = _calls.get(arg)
+    if rec is None or rec.abandoned:
+        return 0  # the awaiter is gone (cancelled, or its loop was collected)
+    if type(rec.fut) is TaskFuture and not rec.fut._start():
+        return 0  # the future was cancelled between the start and here
+    # No other local than `rec`, deleted below: the exception's traceback keeps
+    # this frame, which must not keep the record (and so the exception) in a cycle.
+    try:
+        if rec.marks is None:
+            rec.result = rec.ctx.run(rec.fn, *rec.args, **rec.kwargs)
+        else:
+            rec.result = rec.ctx.run(_anyio_compat.run_marked, rec.marks, rec.fn, rec.args, rec.kwargs)
+        return 0
+    except BaseException as e:  # noqa: BLE001 - delivered to the caller as is
+        rec.exc = e
+        del rec  # the traceback holds this frame: no cycle through the record
+        return 1
+
+
+#: The one work callback of every call the binding submits (``arg``: the call's id).
+WORK = _ffi.immortal(_ffi.WORK_FN_FAST(_work))
+
+
+def _done(
+    data: int, handle: int, status: int, result: int | None, code: int, _calls: dict[int, Call] = registry
+) -> None:
+    # on_done of submit() futures and trio calls: on the worker for OK/FAILED,
+    # on the cancelling (or shutting-down) thread for CANCELLED. Must not raise.
+    rec = _calls.pop(data, None)
+    if rec is None:
+        return
+    fut = rec.fut
+    try:
+        if type(fut) is not TaskFuture:
+            fut.wake(status)  # a trio call: its task reads the outcome from the record
+        elif status == _ffi.OK:
+            fut.set_result(rec.result)
+        elif status == _ffi.FAILED:
+            exc = rec.exc
+            rec.exc = None
+            fut.set_exception(exc)
+        else:
+            fut._force_cancel()
+    except BaseException:  # noqa: BLE001 - a done-callback of the future failed; never unwind into C
+        pass
+
+
+#: The ``on_done`` callback of detached calls (``arg``: the call's id).
+DONE = _ffi.immortal(_ffi.DONE_FN(_done))
+
+
+class TaskFuture(concurrent.futures.Future[Any]):
+    """A ``concurrent.futures.Future`` of a call on a pool.
+
+    ``cancel()`` follows ``asyncify`` rather than ``ThreadPoolExecutor``: a queued
+    call never runs; a running one is abandoned (the future is cancelled at once,
+    the function runs to its end with ``cancel_requested()`` true).
+    ``result()``/``exception()`` called from a worker of the pool run a
+    still-queued call inline (contract 5.4), so nested waits cannot deadlock.
+    """
+
+    _handle = 0
+    # Future's own state, made by its __init__ (not in its type stub).
+    _condition: threading.Condition
+    _state: str
+    _invoke_callbacks: Callable[[], None]
+
+    def _start(self) -> bool:
+        with self._condition:
+            if self._state == PENDING:
+                self._state = RUNNING
+                return True
+            return False
+
+    def _force_cancel(self) -> None:
+        with self._condition:
+            if self._state in (FINISHED, CANCELLED, CANCELLED_AND_NOTIFIED):
+                return
+            self._state = CANCELLED
+            self._condition.notify_all()
+        self._invoke_callbacks()
+        self.set_running_or_notify_cancel()  # CANCELLED -> CANCELLED_AND_NOTIFIED, wakes wait()/as_completed()
+
+    def cancel(self) -> bool:
+        """Cancel the call: True unless it already finished (a running call is abandoned)."""
+        with self._condition:
+            if self._state == FINISHED:
+                return False
+            if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+                return True
+        if self._handle:
+            plib.asyncify_cancel(self._handle)  # CANCELLED: DONE already ran, here
+        return self.cancelled()
+
+    def _help(self, timeout: float | None) -> None:
+        if self._state in (PENDING, RUNNING) and self._handle and worker.pool is not None:
+            status = lib.asyncify_wait(self._handle, milliseconds("timeout", timeout), None, None)
+            if status == _ffi.E_WOULD_DEADLOCK:
+                raise WouldDeadlockError(status, _ffi.last_error())
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The call's return value (its exception re-raised), waiting up to ``timeout`` seconds."""
+        try:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            self._help(timeout)
+            return super().result(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        finally:
+            # The raised exception's traceback keeps this frame: it must not keep
+            # the future, which keeps the exception (a cycle, as the stdlib avoids).
+            del self
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The call's exception (None if it returned), waiting up to ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._help(timeout)
+        return super().exception(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+
+def call(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """Run ``fn(*args, **kwargs)`` here, with the current overrides installed as
+    this thread's C table (``asyncify_context_run``), so C code it calls sees them.
+    """
+    rec = Call(fn, args, kwargs, contextvars.copy_context(), None)
+    cid = next(ids)
+    registry[cid] = rec
+    try:
+        status = fast.asyncify_context_run(current.get(ROOT).ptr, WORK, cid, None, None)
+    finally:
+        registry.pop(cid, None)
+    check(status)
+    return rec.outcome()
+
+
+def cancel_requested() -> bool:
+    """Inside a call: True once it was cancelled (abandoned), so it may stop early."""
+    return bool(plib.asyncify_cancel_requested())
+
+
+after_fork_in_child(registry.clear)

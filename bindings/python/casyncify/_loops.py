@@ -1,0 +1,243 @@
+"""Event loops: which async library runs this thread, and asyncio's completions.
+
+``asyncify()`` calls under asyncio complete through one completion queue per
+event loop: its eventfd registered with ``loop.add_reader``, drained in batches
+of 64, so a burst of completions costs one wake-up of the loop. Nothing here
+holds a loop: a loop dropped with calls pending is still collected, and those
+calls then complete into nothing. (trio's side is ``_trio``.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import sys
+import weakref
+from ctypes import byref, c_size_t, c_uint64, sizeof
+from typing import Any, Callable
+
+from . import _ffi, lowlevel
+from ._calls import SUBMIT_DEFAULTS, Call, registry
+from ._ffi import plib
+from ._lifecycle import after_fork_in_child, life
+
+try:  # names the running async library (asyncio, trio, AnyIO's backends) when installed
+    import sniffio
+except ImportError:  # pragma: no cover - asyncio, then trio, are tried by hand
+    sniffio = None  # type: ignore[assignment]  # an optional dependency
+
+__all__ = ["LoopState", "loop_state", "asyncio_loop", "running_library"]
+
+_BATCH = 64
+
+
+class LoopState:
+    """One event loop's completion queue, its fd in ``loop.add_reader``.
+
+    Nothing here holds the loop (``loop_ref`` is weak): the loop owns its state
+    (through its reader callback and ``_loops``, a weak-keyed map), never the
+    reverse, so a loop dropped with calls pending is still collected;
+    ``_loop_gone`` then detaches those calls and frees the queue.
+    """
+
+    __slots__ = (
+        "cq", "fd", "batch", "count", "pending", "wakeups", "generation", "loop_ref", "__weakref__",
+        "opts", "opts_ref", "handle", "handle_ref", "raw",
+    )  # fmt: skip
+
+    def __init__(self) -> None:
+        cq = lowlevel.cq_new()
+        try:
+            self.fd = lowlevel.cq_fd(cq)
+        except BaseException:
+            plib.asyncify_cq_free(cq)
+            raise
+        self.cq = cq
+        self.batch = (_ffi.Completion * _BATCH)()
+        self.raw = memoryview(self.batch).cast("B")  # the same bytes, read with _COMPLETIONS
+        self.count = c_size_t()
+        #: id -> record of this loop's calls not yet completed.
+        self.pending: dict[int, Call] = {}
+        self.wakeups = 0  # times the loop woke for this queue
+        self.generation = life.fork_generation
+        self.loop_ref: Callable[[], asyncio.AbstractEventLoop | None] = _no_loop  # weakref.ref(loop) once registered
+        # The submit options and handle of this loop's calls, made once: only the
+        # loop's thread submits through them, with the GIL held from the field
+        # writes to the end of the (PyDLL) asyncify_submit, which copies them.
+        # Detached: a handle releases itself once its completion is queued, so
+        # draining costs no release call; handles are generation-checked, so
+        # cancelling one that already finished is a harmless E_INVALID_HANDLE.
+        self.opts = opts = _ffi.SubmitOptions.from_buffer_copy(SUBMIT_DEFAULTS)
+        opts.cq = self.cq
+        opts.flags = _ffi.SUBMIT_DETACHED
+        self.opts_ref = byref(opts)
+        self.handle = c_uint64()
+        self.handle_ref = byref(self.handle)
+
+    def free(self) -> None:
+        """Free the queue (its fd closes with it); idempotent."""
+        if self.cq and not life.finalized and self.generation == life.fork_generation:
+            cq, self.cq = self.cq, 0
+            plib.asyncify_cq_free(cq)
+
+
+def _no_loop() -> None:
+    return None
+
+
+#: One ``asyncify_completion`` (handle, status, code, result, user_data) as
+#: bytes: unpacking a batch at once is cheaper than a ctypes view per field.
+_COMPLETIONS = struct.Struct("@QiiPP")  # native: the C layout
+assert _COMPLETIONS.size == sizeof(_ffi.Completion)
+
+
+def _drain(state: LoopState, _calls: dict[int, Call] = registry) -> None:
+    """The fd is readable: move every waiting completion to its future, in batches."""
+    state.wakeups += 1
+    batch = state.batch
+    raw = state.raw
+    count = state.count
+    count_ref = byref(count)
+    cq = state.cq
+    drain = plib.asyncify_cq_drain
+    pending = state.pending
+    unpack = _COMPLETIONS.iter_unpack
+    size = _COMPLETIONS.size
+    cancelled = _ffi.CANCELLED
+    while True:
+        drain(cq, batch, _BATCH, count_ref)
+        n = count.value
+        for _handle, status, _code, _result, cid in unpack(raw[: n * size]):
+            rec = pending.pop(cid, None)
+            _calls.pop(cid, None)
+            if rec is None:
+                continue
+            rec.handle = 0
+            fut = rec.fut()
+            if fut is None or fut.done():  # its task is gone, or was cancelled
+                continue
+            if status == cancelled:  # cancelled by a pool shutdown, not by our awaiter
+                fut.cancel()
+            else:
+                fut.set_result(None)  # the outcome is in the record
+        if n < _BATCH:
+            return
+
+
+def _loop_gone(state: LoopState) -> None:
+    """The loop was collected: its pending calls complete into nothing; free its queue."""
+    if state.generation != life.fork_generation:
+        return  # a queue of the parent process: never touched in a forked child
+    pending = list(state.pending.items())
+    state.pending.clear()
+    for cid, rec in pending:
+        registry.pop(cid, None)  # a call that has not started yet will not run Python
+        rec.abandoned = True
+        handle, rec.handle = rec.handle, 0
+        if handle:  # detached (LoopState): nothing to release
+            plib.asyncify_cancel(handle)  # queued: never runs; running: cancel_requested()
+    state.free()
+
+
+#: event loop -> its LoopState. Weak keys, so no lock: an entry goes with its
+#: loop (the removal runs from GC, at any allocation, and must never wait).
+_loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopState] = weakref.WeakKeyDictionary()
+
+
+def _no_state() -> LoopState | None:
+    return None
+
+
+#: A weak reference to the last loop's state (held weakly: a dropped loop's
+#: state must go with it): the next call on that loop skips the weak-keyed map.
+_last_state: Callable[[], LoopState | None] = _no_state
+
+
+def loop_state(loop: asyncio.AbstractEventLoop) -> LoopState:
+    """The completion queue of ``loop`` (made and registered on first use)."""
+    global _last_state
+    state = _last_state()
+    if state is not None and state.loop_ref() is loop and state.cq:
+        return state
+    state = _loops.get(loop)
+    if state is None:
+        state = _new_loop_state(loop)
+    _last_state = weakref.ref(state)
+    return state
+
+
+def _new_loop_state(loop: asyncio.AbstractEventLoop) -> LoopState:
+    # No lock is held from here on: add_reader and the allocations below may run
+    # any Python (GC finalizers of other loops included).
+    state = LoopState()
+    try:
+        loop.add_reader(state.fd, _drain, state)
+    except BaseException:
+        state.free()
+        raise
+    winner = _loops.setdefault(loop, state)  # one dict operation: atomic under the GIL
+    if winner is not state:  # another thread registered this loop first (it cannot run it, though)
+        loop.remove_reader(state.fd)
+        state.free()
+        return winner
+    state.loop_ref = weakref.ref(loop)
+    weakref.finalize(loop, _loop_gone, state)
+    return state
+
+
+_get_running_loop = asyncio._get_running_loop
+
+
+def asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop when asyncio surely runs this thread's task; None
+    when no asyncio loop runs, or sniffio names another library (trio, AnyIO's trio
+    backend, trio-asyncio's trio mode): then ask ``running_library()``."""
+    loop = _get_running_loop()
+    if sniffio is not None and (
+        sniffio.thread_local.name is not None or sniffio.current_async_library_cvar.get() is not None
+    ):
+        return None
+    return loop
+
+
+def running_library() -> str:
+    """The async library running in this thread: "asyncio" or "trio".
+
+    sniffio when installed (it knows AnyIO's backends and trio-asyncio), else an
+    asyncio running loop, else a trio run. ``RuntimeError`` for none or another.
+    """
+    name: str | None
+    if sniffio is not None:
+        try:
+            name = sniffio.current_async_library()
+        except sniffio.AsyncLibraryNotFoundError:
+            name = None
+    elif _get_running_loop() is not None:
+        name = "asyncio"
+    else:
+        name = _trio_running()
+    if name in ("asyncio", "trio"):
+        return name
+    if name is None:
+        raise RuntimeError("casyncify.asyncify: no running event loop (asyncio or trio) in this thread")
+    raise RuntimeError(f"casyncify.asyncify runs under asyncio or trio, not {name}")
+
+
+def _trio_running() -> str | None:
+    trio: Any = sys.modules.get("trio")
+    if trio is None:
+        return None
+    try:
+        trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        return None
+    return "trio"
+
+
+def _forget_parent() -> None:
+    global _last_state
+    _loops.clear()
+    _last_state = _no_state
+
+
+after_fork_in_child(_forget_parent)
