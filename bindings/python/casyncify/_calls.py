@@ -26,7 +26,7 @@ from concurrent.futures._base import (  # the states a Future moves through
 from typing import Any, Callable
 
 from . import _anyio_compat, _ffi, lowlevel
-from ._convert import milliseconds
+from ._convert import milliseconds, seconds
 from ._errors import WouldDeadlockError, check
 from ._ffi import fast, lib, plib
 from ._lifecycle import after_fork_in_child, worker
@@ -185,28 +185,30 @@ class TaskFuture(concurrent.futures.Future[Any]):
             plib.asyncify_cancel(self._handle)  # CANCELLED: DONE already ran, here
         return self.cancelled()
 
-    def _help(self, timeout: float | None) -> None:
+    def _left(self, timeout: float | None) -> float | None:
+        """``timeout`` (the binding's one rule) for the stdlib wait, after running a
+        still-queued call of this worker's pool inline (from a worker)."""
+        timeout = seconds("timeout", timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
         if self._state in (PENDING, RUNNING) and self._handle and worker.pool is not None:
             status = lib.asyncify_wait(self._handle, milliseconds("timeout", timeout), None, None)
             if status == _ffi.E_WOULD_DEADLOCK:
                 raise WouldDeadlockError(status, _ffi.last_error())
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
 
     def result(self, timeout: float | None = None) -> Any:
-        """The call's return value (its exception re-raised), waiting up to ``timeout`` seconds."""
+        """The call's return value (its exception re-raised), waiting up to ``timeout``
+        seconds (None or ``inf``: as long as it takes; below 0: a poll; ``nan``: ``ValueError``)."""
         try:
-            deadline = None if timeout is None else time.monotonic() + timeout
-            self._help(timeout)
-            return super().result(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            return super().result(self._left(timeout))
         finally:
             # The raised exception's traceback keeps this frame: it must not keep
             # the future, which keeps the exception (a cycle, as the stdlib avoids).
             del self
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        """The call's exception (None if it returned), waiting up to ``timeout`` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        self._help(timeout)
-        return super().exception(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        """The call's exception (None if it returned), waiting as ``result`` does."""
+        return super().exception(self._left(timeout))
 
 
 def call(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:

@@ -284,9 +284,11 @@ def test_one_timeout_rule_for_the_high_level_api_and_lowlevel(gate):
             ll.wait(handle, math.nan)
         with pytest.raises(ValueError, match="nan"):
             pool.close(math.nan)
+        with pytest.raises(ValueError, match="nan"):
+            running.result(timeout=math.nan)
     finally:
         gate.open()
         ll.pool_free(paused)
         ll.release(handle)
-    assert running.result(timeout=10) == "gate"
+    assert running.result(timeout=math.inf) == "gate", "inf: as long as it takes (once an OverflowError)"
     assert pool.close(timeout=None) is True
