@@ -353,3 +353,152 @@ impl std::fmt::Debug for Limiter {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A waiter that records the order of admissions.
+    struct Fake {
+        id: usize,
+        gone: AtomicBool,
+        admitted: AtomicBool,
+        order: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl Waiter for Fake {
+        fn admit(self: Arc<Self>) -> bool {
+            if self.gone.load(Ordering::Relaxed) {
+                return false;
+            }
+            self.admitted.store(true, Ordering::Relaxed);
+            self.order.lock().unwrap().push(self.id);
+            true
+        }
+        fn admitted(&self) {}
+        fn waiting(&self) -> bool {
+            !self.gone.load(Ordering::Relaxed) && !self.admitted.load(Ordering::Relaxed)
+        }
+    }
+
+    /// The order in which fakes were admitted, by id.
+    type Order = Arc<Mutex<Vec<usize>>>;
+
+    fn fakes(n: usize) -> (Vec<Arc<dyn Waiter>>, Vec<Arc<Fake>>, Order) {
+        let order = Arc::new(Mutex::new(vec![]));
+        let concrete: Vec<Arc<Fake>> = (0..n)
+            .map(|id| {
+                Arc::new(Fake {
+                    id,
+                    gone: AtomicBool::new(false),
+                    admitted: AtomicBool::new(false),
+                    order: order.clone(),
+                })
+            })
+            .collect();
+        let dyns = concrete
+            .iter()
+            .map(|f| f.clone() as Arc<dyn Waiter>)
+            .collect();
+        (dyns, concrete, order)
+    }
+
+    fn limiter(max_running: u32, rate_per_s: f64, burst: u32) -> Arc<Limiter> {
+        Limiter::new(LimiterOptions {
+            max_running,
+            rate_per_s,
+            burst,
+            name: "t".into(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn admits_in_order_up_to_the_cap_and_on_each_release() {
+        let lim = limiter(2, 0.0, 0);
+        let (waiters, _, order) = fakes(5);
+        waiters.iter().for_each(|w| lim.enqueue(w));
+        assert_eq!(*order.lock().unwrap(), [0, 1]);
+        assert_eq!((lim.stats().waiting, lim.stats().running), (3, 2));
+        assert!(
+            !lim.try_acquire(),
+            "a new task never overtakes a waiting one"
+        );
+        lim.release();
+        assert_eq!(*order.lock().unwrap(), [0, 1, 2]);
+        lim.set(10, 0.0, 0).unwrap();
+        assert_eq!(*order.lock().unwrap(), [0, 1, 2, 3, 4]);
+        let s = lim.stats();
+        assert_eq!((s.waiting, s.running, s.admitted), (0, 4, 5));
+        assert!(
+            lim.try_acquire(),
+            "room and nobody waiting: admitted at once"
+        );
+    }
+
+    #[test]
+    fn a_waiter_that_left_is_skipped_and_counted_once() {
+        let lim = limiter(0, 0.0, 0);
+        let (waiters, concrete, order) = fakes(3);
+        waiters.iter().for_each(|w| lim.enqueue(w));
+        concrete[1].gone.store(true, Ordering::Relaxed);
+        lim.left_waiting(false);
+        concrete[2].gone.store(true, Ordering::Relaxed);
+        lim.left_waiting(true);
+        lim.set(5, 0.0, 0).unwrap();
+        assert_eq!(*order.lock().unwrap(), [0]);
+        let s = lim.stats();
+        assert_eq!((s.waiting, s.admitted), (0, 1));
+        assert_eq!((s.cancelled_waiting, s.expired), (1, 1));
+    }
+
+    #[test]
+    fn many_cancelled_waiters_are_pruned() {
+        let lim = limiter(0, 0.0, 0);
+        let (waiters, concrete, _) = fakes(100);
+        waiters.iter().for_each(|w| lim.enqueue(w));
+        for f in &concrete[1..] {
+            f.gone.store(true, Ordering::Relaxed);
+            lim.left_waiting(false);
+        }
+        // One waits: at most 2 × 1 + 16 entries stay after the last prune.
+        assert!(lim.lock().queue.len() <= 2 + 16 + 1);
+        assert_eq!(lim.stats().waiting, 1);
+    }
+
+    #[test]
+    fn a_rate_spends_the_full_bucket_then_one_token_per_period() {
+        let lim = limiter(u32::MAX, 200.0, 2); // a token every 5 ms
+        let (waiters, _, order) = fakes(4);
+        waiters.iter().for_each(|w| lim.enqueue(w));
+        assert_eq!(order.lock().unwrap().len(), 2, "the bucket starts full");
+        std::thread::sleep(Duration::from_millis(6));
+        // What the timer does when the next token is due.
+        lim.clone().fire();
+        assert_eq!(order.lock().unwrap().len(), 3);
+        assert!(
+            lim.lock().refill_at.is_some(),
+            "the next token is scheduled"
+        );
+        let undone = limiter(u32::MAX, 1.0, 1);
+        assert!(undone.try_acquire());
+        assert!(!undone.try_acquire(), "no token left");
+        undone.undo_acquire();
+        assert!(undone.try_acquire(), "a refused submit gave its token back");
+    }
+
+    #[test]
+    fn a_bad_rate_is_refused_and_changes_nothing() {
+        for bad in [-1.0, f64::NAN, f64::INFINITY] {
+            let opts = LimiterOptions {
+                rate_per_s: bad,
+                ..LimiterOptions::default()
+            };
+            assert_eq!(Limiter::new(opts).err(), Some(BadRate));
+        }
+        let lim = limiter(3, 0.0, 0);
+        assert_eq!(lim.set(1, f64::NAN, 0), Err(BadRate));
+        assert_eq!(lim.stats().max_running, 3);
+    }
+}
