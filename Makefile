@@ -32,7 +32,7 @@ $(VENV)/.installed:
 	touch $@
 
 CXXFLAGS_DEMO := -std=c++17 -Wall -Wextra -Werror -O2 -Iinclude -Ibindings/cpp
-EXAMPLES := demo cq_loop demo-cpp
+EXAMPLES := demo cq_loop limiter demo-cpp
 
 $(BUILD)/%: examples/%.c include/asyncify.h lib
 	@mkdir -p $(BUILD)
@@ -45,7 +45,8 @@ $(BUILD)/%-cpp: examples/%.cpp include/asyncify.h bindings/cpp/asyncify.hpp lib
 		-Wl,-rpath,$(CURDIR)/$(dir $(LIB)) -o $@
 
 # The C demo, the C++ demo, the event-loop example (a completion queue's fd
-# in poll(2)), then the asyncio demo of the Python binding, which needs
+# in poll(2)), the limiter example (a cap and a rate per model, deadlines,
+# queue-wait latency), then the asyncio demo of the Python binding, which needs
 # nothing from PyPI: python3 imports casyncify from bindings/python.
 demo: $(addprefix $(BUILD)/,$(EXAMPLES))
 	$(BUILD)/demo
@@ -53,6 +54,8 @@ demo: $(addprefix $(BUILD)/,$(EXAMPLES))
 	$(BUILD)/demo-cpp
 	@echo
 	$(BUILD)/cq_loop
+	@echo
+	$(BUILD)/limiter
 	@echo
 	@echo "--- the Python demo: needs only $(PYTHON) (3.9 or later; no packages), which imports casyncify from bindings/python and loads $(LIB)"
 	ASYNCIFY_LIBRARY=$(CURDIR)/$(LIB) $(PYTHON) examples/demo.py
