@@ -64,6 +64,10 @@ struct State {
     /// Which thread should run: a stopped one (whose number is lower) leaves
     /// even when a new one started before it noticed.
     generation: u64,
+    /// Entries are dropped from the heap (those whose target is gone) when it
+    /// reaches this size: a task that finished long before its deadline must
+    /// not keep its memory (a weak reference does) until then.
+    compact_at: usize,
 }
 
 /// The process's timer (see the module docs).
@@ -133,6 +137,10 @@ impl Timer {
         let mut st = self.lock();
         if st.users == 0 {
             return;
+        }
+        if st.entries.len() >= st.compact_at {
+            st.entries.retain(|Reverse(e)| e.target.strong_count() > 0);
+            st.compact_at = (2 * st.entries.len()).max(1024);
         }
         st.seq += 1;
         let seq = st.seq;
@@ -216,4 +224,86 @@ impl ThreadBody for TimerThread {
     }
 
     fn finish(&mut self, _code: i32, _result: *mut std::ffi::c_void) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    struct Mark {
+        id: u32,
+        at: Instant,
+        fired: Arc<Mutex<Vec<(u32, Instant)>>>,
+    }
+
+    impl Due for Mark {
+        fn fire(self: Arc<Self>) {
+            self.fired.lock().unwrap().push((self.id, Instant::now()));
+        }
+    }
+
+    fn timer_for_test() -> &'static Timer {
+        Box::leak(Box::default())
+    }
+
+    #[test]
+    fn fires_in_time_order_never_early_and_stops_with_its_last_user() {
+        let timer = timer_for_test();
+        let fired = Arc::new(Mutex::new(vec![]));
+        let t0 = Instant::now();
+        let marks: Vec<Arc<Mark>> = [30u64, 10, 20]
+            .iter()
+            .map(|&ms| {
+                Arc::new(Mark {
+                    id: ms as u32,
+                    at: t0 + Duration::from_millis(ms),
+                    fired: fired.clone(),
+                })
+            })
+            .collect();
+        // Without a user nothing is scheduled (and no thread starts).
+        let m0: Arc<dyn Due> = marks[0].clone();
+        timer.schedule(marks[0].at, Arc::downgrade(&m0));
+        assert!(!timer.lock().running && timer.lock().entries.is_empty());
+        timer.add_user();
+        for m in &marks {
+            let d: Arc<dyn Due> = m.clone();
+            timer.schedule(m.at, Arc::downgrade(&d));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while fired.lock().unwrap().len() < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let fired = fired.lock().unwrap().clone();
+        assert_eq!(fired.iter().map(|f| f.0).collect::<Vec<_>>(), [10, 20, 30]);
+        for (id, at) in fired {
+            assert!(
+                at >= t0 + Duration::from_millis(u64::from(id)),
+                "never early"
+            );
+        }
+        timer.remove_user();
+        let st = timer.lock();
+        assert!(!st.running && st.thread.is_none(), "stopped and joined");
+    }
+
+    #[test]
+    fn entries_whose_target_is_gone_are_dropped_as_the_heap_grows() {
+        let timer = timer_for_test();
+        timer.add_user();
+        let far = Instant::now() + Duration::from_secs(3600);
+        for id in 0..5000 {
+            let m: Arc<dyn Due> = Arc::new(Mark {
+                id,
+                at: far,
+                fired: Arc::default(),
+            });
+            timer.schedule(far, Arc::downgrade(&m));
+            // `m` is dropped here: its entry is stale at once.
+        }
+        assert!(timer.lock().entries.len() < 1100);
+        timer.remove_user();
+    }
 }
