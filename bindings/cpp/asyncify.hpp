@@ -18,7 +18,8 @@
 //   asyncify::task<R>                 move-only owner of a task's handle: get, wait, wait_for, ready, cancel
 //   asyncify::scope                   RAII override scope: restores this thread's table when it ends
 //   asyncify::context                 an immutable table as a value: capture, with, without, get, run
-//   asyncify::submit(options, f, ...) with a pool, a context or flags (asyncify::submit_options)
+//   asyncify::submit(options, f, ...) with a pool, a context, flags, a limiter or a start deadline
+//   asyncify::limiter                 RAII cap (and rate) shared by every pool: set, stats, latency
 //   task<R>::to_future()              a std::future<R>; C++20: co_await t, co_await t.resume_via(post)
 //   asyncify::completion_queue        RAII queue for C submissions with an fd for your event loop
 //   asyncify::stats()                 the default pool's counters (pool::stats() for a pool)
@@ -29,7 +30,8 @@
 // Errors. A C call that fails throws asyncify::error: status() is the C status (< 0, e.g.
 // ASYNCIFY_E_SHUT_DOWN, ASYNCIFY_E_BUSY, ASYNCIFY_E_INVALID_ARGUMENT) and what() is the library's message
 // (asyncify_last_error). task::get() of a cancelled task throws asyncify::error with status()
-// ASYNCIFY_CANCELLED. Using a task that is empty (default-constructed, moved from, or already got) throws
+// ASYNCIFY_CANCELLED, and of a task whose start deadline passed (submit_options::start_within) with
+// ASYNCIFY_EXPIRED: neither ran. Using a task that is empty (default-constructed, moved from, or already got) throws
 // asyncify::error with ASYNCIFY_E_INVALID_HANDLE.
 //
 // Exceptions never cross into the C library. The work function's exception is caught on the worker
@@ -96,7 +98,8 @@
 
 namespace asyncify {
 
-/// A failure reported by the C library (status() < 0), or a cancelled task's get() (ASYNCIFY_CANCELLED).
+/// A failure reported by the C library (status() < 0), or the get() of a task that never ran: cancelled
+/// (ASYNCIFY_CANCELLED) or expired, its start deadline passed (ASYNCIFY_EXPIRED).
 class error : public std::runtime_error {
 public:
     error(asyncify_status status, const std::string& message) : std::runtime_error(message), status_(status) {}
@@ -164,6 +167,37 @@ template <class Rep, class Period> std::int64_t timeout_ms(const std::chrono::du
         return -1;
     }
     return static_cast<std::int64_t>(std::ceil(ms.count()));
+}
+
+/// A start deadline for asyncify_submit_options::start_within_ms: rounded up to whole milliseconds. The C
+/// API's 0 means "no deadline" and it counts in uint32, so a deadline that is not positive (NaN included)
+/// or longer than UINT32_MAX ms (about 49.7 days) is refused with ASYNCIFY_E_INVALID_ARGUMENT.
+inline std::uint32_t start_within_ms(std::chrono::duration<double, std::milli> deadline) {
+    const double ms = deadline.count();
+    if (!(ms > 0.0)) {
+        throw error(ASYNCIFY_E_INVALID_ARGUMENT, "asyncify::submit: start_within must be a positive duration (got " +
+                                                     std::to_string(ms) + " ms); leave it empty for no deadline");
+    }
+    const double whole = std::ceil(ms);
+    if (!(whole <= static_cast<double>(UINT32_MAX))) {
+        throw error(ASYNCIFY_E_INVALID_ARGUMENT, "asyncify::submit: start_within of " + std::to_string(ms) +
+                                                     " ms does not fit the C API's uint32 milliseconds (at most "
+                                                     "4294967295 ms, about 49.7 days)");
+    }
+    return static_cast<std::uint32_t>(whole);
+}
+
+/// A terminal status of a task whose outcome is not its work function's: cancelled or expired.
+inline bool without_result(asyncify_status status) noexcept {
+    return status == ASYNCIFY_CANCELLED || status == ASYNCIFY_EXPIRED;
+}
+
+/// What get() throws for such a status: asyncify::error with ASYNCIFY_CANCELLED or ASYNCIFY_EXPIRED.
+[[noreturn]] inline void throw_without_result(asyncify_status status, const char* where) {
+    if (status == ASYNCIFY_EXPIRED) {
+        throw error(status, std::string(where) + ": the task expired: its start deadline passed before it started");
+    }
+    throw error(status, std::string(where) + ": the task was cancelled");
 }
 
 /// The release function of a value set from a std::unique_ptr<T>; also how get_ptr<T> recognises one.
@@ -344,13 +378,15 @@ public:
     asyncify_handle native_handle() const noexcept { return handle_; }
 
     /// Waits for the task, then returns what f returned, rethrows what f threw (with its own type), or
-    /// throws asyncify::error with ASYNCIFY_CANCELLED. Afterwards the task is empty. Called inside the
-    /// task itself it throws ASYNCIFY_E_WOULD_DEADLOCK, and the task stays valid.
+    /// throws asyncify::error with ASYNCIFY_CANCELLED (cancelled) or ASYNCIFY_EXPIRED (its start deadline
+    /// passed before it started). Afterwards the task is empty. Called inside the task itself it throws
+    /// ASYNCIFY_E_WOULD_DEADLOCK, and the task stays valid.
     T get() { return take(wait_status(-1)); }
 
     /// The task as a std::future (this task is empty afterwards): its get() returns what f returned or
-    /// rethrows what f threw, or asyncify::error with ASYNCIFY_CANCELLED. The promise is fulfilled on the
-    /// thread that reports the task's status (the worker, or the cancelling thread).
+    /// rethrows what f threw, or asyncify::error with ASYNCIFY_CANCELLED or ASYNCIFY_EXPIRED. The promise is fulfilled
+    /// on the thread that reports the task's status (the worker, the cancelling thread, or for an expired task the
+    /// library's timer thread or a worker).
     std::future<T> to_future() && {
         require_valid("to_future");
         auto fulfil = std::make_unique<promise_continuation>(state_);
@@ -379,8 +415,10 @@ public:
 #if defined(__cpp_impl_coroutine) && __cpp_impl_coroutine >= 201902L && __has_include(<coroutine>)
     /// C++20: `co_await std::move(t)` (or `co_await t`) suspends until the task is terminal, then gives
     /// what get() gives. The coroutine resumes on the thread that reports the status, inside the task's
-    /// on_done: the worker (whose slot it holds until the coroutine suspends again or ends) or the
-    /// cancelling thread. Use resume_via() to resume elsewhere.
+    /// on_done: the worker (whose slot it holds until the coroutine suspends again or ends), the
+    /// cancelling thread, or for an expired task the library's timer thread (keep the code that follows
+    /// short there, or move on with resume_via: that thread notices every deadline of the process) or a
+    /// worker. Use resume_via() to resume elsewhere.
     auto operator co_await() noexcept { return awaiter<inline_resume>{*this, {}}; }
 
     /// C++20: `co_await t.resume_via(post)` resumes the coroutine through `post`, a callable that takes a
@@ -391,16 +429,16 @@ public:
     }
 #endif
 
-    /// Waits until the task has finished, failed or been cancelled.
+    /// Waits until the task has finished, failed, been cancelled or expired.
     void wait() const { wait_status(-1); }
 
     /// Waits at most `timeout` (rounded up to whole milliseconds): true when the task has finished,
-    /// failed or been cancelled, false when the time ran out (the task goes on).
+    /// failed, been cancelled or expired, false when the time ran out (the task goes on).
     template <class Rep, class Period> bool wait_for(const std::chrono::duration<Rep, Period>& timeout) const {
         return wait_status(detail::timeout_ms(timeout)) != ASYNCIFY_TIMEOUT;
     }
 
-    /// True when the task has finished, failed or been cancelled; never blocks.
+    /// True when the task has finished, failed, been cancelled or expired; never blocks.
     bool ready() const {
         require_valid("ready");
         return detail::check(asyncify_poll(handle_, nullptr, nullptr)) != ASYNCIFY_PENDING;
@@ -408,7 +446,8 @@ public:
 
     /// Cancels the task: a queued task never runs; a running one is abandoned (get() throws at once, f
     /// runs to its end on its worker and may notice asyncify::cancel_requested()). True when the task is
-    /// now cancelled (by this call or an earlier one), false when f had already returned.
+    /// now cancelled (by this call or an earlier one), false when f had already returned or the task had
+    /// expired (its get() still says which).
     bool cancel() {
         require_valid("cancel");
         return detail::check(asyncify_cancel(handle_)) == ASYNCIFY_CANCELLED;
@@ -422,9 +461,9 @@ private:
     /// The outcome for a terminal `status`, read from the state (no wait); the task is empty afterwards.
     T take(asyncify_status status) {
         detail::result_state<T>* state = state_;
-        if (status == ASYNCIFY_CANCELLED) {
+        if (detail::without_result(status)) {
             reset();
-            throw error(ASYNCIFY_CANCELLED, "asyncify::task::get: the task was cancelled");
+            detail::throw_without_result(status, "asyncify::task::get");
         }
         if (status == ASYNCIFY_FAILED) {
             std::exception_ptr exception = state->exception;
@@ -448,8 +487,8 @@ private:
         explicit promise_continuation(detail::result_state<T>* s) noexcept : state(s) {}
         void run(asyncify_status status) noexcept override {
             try {
-                if (status == ASYNCIFY_CANCELLED) {
-                    throw error(ASYNCIFY_CANCELLED, "asyncify::task: the task was cancelled");
+                if (detail::without_result(status)) {
+                    detail::throw_without_result(status, "asyncify::task");
                 }
                 if (status == ASYNCIFY_FAILED) {
                     if (state->exception) {
@@ -640,6 +679,107 @@ private:
     asyncify_pool* pool_ = nullptr;
 };
 
+/// A limiter (RAII): at most `max_running` callables holding it run at once and, with a rate, at most
+/// `rate_per_s` of them start per second (a token bucket of `burst` tokens that starts full), whatever pool
+/// they run on. One per model, provider or tenant, shared by every pool and thread; pass its address as
+/// submit_options::limiter. A task waits for its limiter (FIFO among that limiter's tasks, holding no pool
+/// slot) before it enters its pool's queue, and holds its place until f returns.
+///
+/// Destroying the limiter frees the caller's reference only: tasks submitted with it keep it alive, and
+/// those still waiting are admitted by it as before. Movable, not copyable.
+class limiter {
+public:
+    /// A limiter of `max_running` at once (0 pauses it, UINT32_MAX is no cap), at most `rate_per_s` starts
+    /// a second (0: no rate cap) with a bucket of `burst` (0 means 1), named `name` (shown in messages).
+    /// A negative, NaN or infinite rate, or a name that is not UTF-8, throws ASYNCIFY_E_INVALID_ARGUMENT.
+    explicit limiter(std::uint32_t max_running, double rate_per_s = 0.0, std::uint32_t burst = 0,
+                     std::string_view name = {})
+        : name_(name) {
+        if (name_.find('\0') != std::string::npos) {
+            throw error(ASYNCIFY_E_INVALID_ARGUMENT, "asyncify::limiter: a name must not contain a NUL character");
+        }
+        asyncify_limiter_options options{};
+        detail::check(asyncify_limiter_options_init(&options, sizeof options));
+        options.max_running = max_running;
+        options.rate_per_s = rate_per_s;
+        options.burst = burst;
+        options.name = name_.c_str();
+        detail::check(asyncify_limiter_new(&options, &lim_));
+    }
+
+    /// A limiter with all the options of the C API (prepare them with asyncify_limiter_options_init).
+    explicit limiter(const asyncify_limiter_options& options) : name_(options.name != nullptr ? options.name : "") {
+        detail::check(asyncify_limiter_new(&options, &lim_));
+    }
+
+    limiter(limiter&& other) noexcept
+        : lim_(std::exchange(other.lim_, nullptr)), name_(std::exchange(other.name_, std::string())) {}
+
+    limiter& operator=(limiter&& other) noexcept {
+        if (this != &other) {
+            close();
+            lim_ = std::exchange(other.lim_, nullptr);
+            name_ = std::exchange(other.name_, std::string());
+        }
+        return *this;
+    }
+
+    limiter(const limiter&) = delete;
+    limiter& operator=(const limiter&) = delete;
+
+    /// Frees this reference; tasks that hold the limiter keep it alive until they are done.
+    ~limiter() { close(); }
+
+    /// Changes the cap and the rate at once, for every pool: raising either admits waiting tasks at once,
+    /// lowering interrupts nothing. A bad rate throws ASYNCIFY_E_INVALID_ARGUMENT and changes nothing.
+    void set(std::uint32_t max_running, double rate_per_s = 0.0, std::uint32_t burst = 0) {
+        detail::check(asyncify_limiter_set(native(), max_running, rate_per_s, burst));
+    }
+
+    /// The counters: the cap, tasks waiting, places held (running), admitted, expired and cancelled while
+    /// waiting.
+    asyncify_limiter_stats stats() const {
+        asyncify_limiter_stats out{};
+        out.struct_size = static_cast<std::uint32_t>(sizeof out);
+        detail::check(asyncify_limiter_stats_get(native(), &out));
+        return out;
+    }
+
+    /// The queue wait (ASYNCIFY_LATENCY_QUEUE_WAIT: from submit, the wait for this limiter included, to the
+    /// start) or run time (ASYNCIFY_LATENCY_RUN) of this limiter's tasks that ran on pools made with
+    /// ASYNCIFY_POOL_RECORD_LATENCY; count is 0 until one did.
+    asyncify_latency latency(std::uint32_t which) const {
+        asyncify_latency out{};
+        out.struct_size = static_cast<std::uint32_t>(sizeof out);
+        detail::check(asyncify_limiter_latency(native(), which, &out));
+        return out;
+    }
+
+    /// The name given at construction ("" when none).
+    const std::string& name() const noexcept { return name_; }
+
+    /// The C limiter, still owned by this object; NULL after a move.
+    asyncify_limiter* native_handle() const noexcept { return lim_; }
+
+private:
+    asyncify_limiter* native() const {
+        if (lim_ == nullptr) {
+            throw error(ASYNCIFY_E_INVALID_HANDLE, "asyncify::limiter: the limiter was moved from");
+        }
+        return lim_;
+    }
+
+    void close() noexcept {
+        if (lim_ != nullptr) {
+            asyncify_limiter_free(lim_);
+            lim_ = nullptr;
+        }
+    }
+
+    asyncify_limiter* lim_ = nullptr;
+    std::string name_;
+};
+
 /// The default pool's counters (exact when it is quiet).
 inline asyncify_pool_stats stats() {
     asyncify_pool_stats out{};
@@ -799,10 +939,18 @@ struct submit_options {
     /// ASYNCIFY_SUBMIT_EMPTY_CONTEXT runs with an empty table. (DETACHED is not for C++ tasks: a
     /// task object that is destroyed without get() detaches already.)
     std::uint32_t flags = 0;
+    /// nullptr: none. Otherwise the task waits until this limiter admits it, then enters its pool's queue;
+    /// the task keeps the limiter alive, so the asyncify::limiter may be destroyed right after submit.
+    const asyncify::limiter* limiter = nullptr;
+    /// std::nullopt: no deadline. Otherwise a task that has not started this long after submit never runs:
+    /// its get() (or future, or co_await) throws asyncify::error with ASYNCIFY_EXPIRED. Any std::chrono
+    /// duration, rounded up to whole milliseconds; one that is not positive or longer than UINT32_MAX ms
+    /// (about 49.7 days) makes submit throw ASYNCIFY_E_INVALID_ARGUMENT. A running task is never interrupted.
+    std::optional<std::chrono::duration<double, std::milli>> start_within{};
 };
 
-/// Runs f(args...) as `options` say; as asyncify::submit. The context, if any, is referenced by the
-/// task: it may be destroyed right after.
+/// Runs f(args...) as `options` say; as asyncify::submit. The context and the limiter, if any, are
+/// referenced by the task: they may be destroyed right after.
 template <class F, class... Args>
 task<detail::result_t<F, Args...>> submit(const submit_options& options, F&& f, Args&&... args) {
     if (options.flags & ASYNCIFY_SUBMIT_DETACHED) {
@@ -817,6 +965,15 @@ task<detail::result_t<F, Args...>> submit(const submit_options& options, F&& f, 
     }
     c.context = options.context ? options.context->native_handle() : nullptr;
     c.flags = options.flags;
+    if (options.limiter != nullptr) {
+        c.limiter = options.limiter->native_handle();
+        if (c.limiter == nullptr) {
+            throw error(ASYNCIFY_E_INVALID_HANDLE, "asyncify::submit: the limiter was moved from");
+        }
+    }
+    if (options.start_within) {
+        c.start_within_ms = detail::start_within_ms(*options.start_within);
+    }
     return detail::submit_to(c, std::forward<F>(f), std::forward<Args>(args)...);
 }
 
