@@ -1,6 +1,7 @@
 // C++20 coroutines over asyncify::task<T>: co_await resumes on the worker that finished the task, or
 // through resume_via() on a thread the test drives; values, exceptions, cancellation, an already
-// finished task, and the scope check for a scope held across a co_await (debug builds).
+// finished task, a start deadline that expires (ASYNCIFY_EXPIRED, resumed by the library's timer), and
+// the scope check for a scope held across a co_await (debug builds).
 #include "check.hpp"
 
 #include <condition_variable>
@@ -142,6 +143,39 @@ void test_cancel_resumes_with_cancelled() {
     CHECK(status == ASYNCIFY_CANCELLED);
 }
 
+fire await_expired(asyncify::task<int>& t, std::atomic<asyncify_status>& status,
+                   std::atomic<std::thread::id>& resumed_on, std::atomic<bool>& done) {
+    try {
+        (void)co_await t;
+    } catch (const asyncify::error& e) {
+        status = e.status();
+    }
+    resumed_on = std::this_thread::get_id();
+    done = true;
+}
+
+void test_deadline_resumes_with_expired() {
+    asyncify::pool paused(0);
+    asyncify::submit_options options;
+    options.pool = &paused;
+    options.start_within = 50ms;
+    auto t0 = std::chrono::steady_clock::now();
+    auto t = asyncify::submit(options, [] { return 1; });
+    std::atomic<asyncify_status> status{ASYNCIFY_OK};
+    std::atomic<std::thread::id> resumed_on{};
+    std::atomic<bool> done{false};
+    await_expired(t, status, resumed_on, done);
+    CHECK(check::eventually([&] { return done.load(); })); // no one waits or cancels: the library's timer
+    auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0);
+    std::printf("co_await of a task with a 50 ms deadline in a paused pool: resumed after %lld ms\n",
+                static_cast<long long>(took.count()));
+    CHECK(status == ASYNCIFY_EXPIRED);
+    CHECK(took >= 50ms && took < 1s);
+    CHECK(resumed_on.load() != std::this_thread::get_id());
+    CHECK(!t.valid());
+    CHECK(paused.stats().expired == 1);
+}
+
 fire await_finished(asyncify::task<int> t, std::atomic<int>& out, std::atomic<bool>& done) {
     out = co_await t;
     done = true;
@@ -188,6 +222,7 @@ int main() {
     RUN(test_co_await_resumes_on_the_worker);
     RUN(test_resume_via_an_executor);
     RUN(test_cancel_resumes_with_cancelled);
+    RUN(test_deadline_resumes_with_expired);
     RUN(test_already_finished);
     RUN(test_scope_held_across_co_await_is_detected);
     std::printf("PASS test_coro\n");
