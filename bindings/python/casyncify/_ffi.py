@@ -261,13 +261,11 @@ SIGNATURES: dict[str, tuple[type[_CDataType] | None, list[type[_CDataType]]]] = 
     "asyncify_cancel_requested": (c_bool, []),
 }
 
-#: Readers added in 0.2 that the binding itself does not use: a library without
-#: them still loads (``has(name)`` says whether the loaded one exports them).
-#: ``asyncify_pool_close`` (also 0.2) is required: ``Pool.close`` waits with it.
-SINCE_0_2 = frozenset({
-    "asyncify_context_get", "asyncify_context_get_ptr", "asyncify_context_get_ptr_ex",
-    "asyncify_context_count", "asyncify_context_visit", "asyncify_pool_latency",
-})  # fmt: skip
+#: Functions added in 0.2 that the binding itself does not use: a library without
+#: them still loads (``has(name)`` says whether the loaded one exports them). The
+#: other 0.2 functions are required: ``Pool.close`` waits with
+#: ``asyncify_pool_close``, overrides are read back with the context readers.
+SINCE_0_2 = frozenset({"asyncify_context_get", "asyncify_context_get_ptr_ex", "asyncify_pool_latency"})
 
 # The binding submits its own work callback, declared with WORK_FN_FAST; the
 # argument type of asyncify_submit / asyncify_context_run must accept it.

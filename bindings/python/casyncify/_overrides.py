@@ -1,13 +1,17 @@
 """Overrides: ``set``/``get``/``remove``/``overrides``/``context`` on ``contextvars``.
 
-A ``ContextVar`` holds a ``Snapshot``: an immutable ``dict`` (key -> Python
-value) and, beside it, the matching C ``asyncify_context*`` built with
-``asyncify_context_with_ptr`` (O(log n) per change in C; the dict copy is O(n)
-in Python, n being the number of keys). Each Python value is stored in C as a
-pointer value: the binding ``Py_IncRef``\\ s it, passes its address, and gives
-the library one module-level release callback that ``Py_DecRef``\\ s it (ctypes
-takes the GIL). The C context is freed when its snapshot is collected; the
-library releases a value when no context, table or task holds it any more.
+A ``ContextVar`` holds a ``Snapshot``: an immutable C ``asyncify_context*``,
+built with ``asyncify_context_with_ptr`` (O(log n) per change, O(1) to submit
+with a call). Values are read back from it (``asyncify_context_get_ptr``; the
+keys with ``_count``/``_visit``), each key at most once per snapshot: the
+snapshot caches what it read, which can never go stale. There is no Python
+copy of the mapping, so ``set`` costs the same with 1 key or 100.
+
+Each Python value is stored in C as a pointer value: the binding
+``Py_IncRef``\\ s it, passes its address, and gives the library one
+module-level release callback that ``Py_DecRef``\\ s it (ctypes takes the GIL).
+The C context is freed when its snapshot is collected; the library releases a
+value when no context, table or task holds it any more.
 """
 
 from __future__ import annotations
@@ -15,8 +19,7 @@ from __future__ import annotations
 import contextvars
 import ctypes
 import threading
-import types
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from ctypes import byref, c_void_p
 from typing import Any
 
@@ -53,14 +56,22 @@ class ForeignPointer(int):
         return f"ForeignPointer(0x{int(self):x})"
 
 
+#: What ``Snapshot.lookup`` caches for a key the context does not hold.
+_ABSENT: Any = object()
+#: A snapshot caches every present key it read, and absent ones only while its
+#: cache is smaller than this: reading many absent keys cannot grow it unbounded.
+_ABSENT_CACHED = 64
+
+
 class Snapshot:
-    """One immutable override mapping plus its C context (freed with it)."""
+    """One immutable override mapping: a C context (freed with it) and the values
+    already read from it (``cache``: key -> value or ``_ABSENT``)."""
 
-    __slots__ = ("values", "ptr")
+    __slots__ = ("ptr", "cache")
 
-    def __init__(self, values: dict[str, Any], ptr: int):
-        self.values = values
+    def __init__(self, ptr: int, cache: dict[str, Any]):
         self.ptr: int | None = ptr
+        self.cache = cache
 
     def __del__(self, _free: Any = plib.asyncify_context_free, _life: Any = life) -> None:
         ptr = self.ptr
@@ -68,13 +79,30 @@ class Snapshot:
             self.ptr = None
             _free(ptr)
 
+    def lookup(self, key: str) -> Any:
+        """The value of ``key`` here, or ``_ABSENT``: read from C, then cached."""
+        kb = _readable(key)
+        if kb is None or self is ROOT:
+            return _ABSENT  # nothing can be stored under that key; the root holds nothing
+        out = c_void_p()
+        status = plib.asyncify_context_get_ptr(self.ptr, kb, byref(out))
+        if status == _ffi.OK:  # a Python value: only the binding builds these contexts
+            value = ctypes.cast(out, ctypes.py_object).value
+        elif status == _ffi.E_NOT_FOUND:
+            value = _ABSENT
+        else:
+            raise error_for(status)
+        cache = self.cache
+        if value is not _ABSENT or len(cache) < _ABSENT_CACHED:
+            cache[key] = value
+        return value
+
     def with_(self, key: str, value: Any) -> Snapshot:
         """A new snapshot: this one with ``key`` set to ``value``."""
         kb = key_bytes(key)
         # Everything that can raise (a str subclass whose __hash__ fails, say)
         # comes before the C call: once C holds the value, nothing may fail.
-        values = dict(self.values)
-        values[key] = value
+        cache = {key: value}
         out = c_void_p()
         _incref(value)  # this reference now belongs to the C value
         status = plib.asyncify_context_with_ptr(self.ptr, kb, id(value), RELEASE, byref(out))
@@ -82,20 +110,48 @@ class Snapshot:
             err = error_for(status)  # read the message before anything else calls in
             _decref(id(value))  # on error the caller keeps the pointer
             raise err
-        return Snapshot(values, out.value or 0)
+        return Snapshot(out.value or 0, cache)
 
     def without(self, key: str) -> Snapshot:
         """A new snapshot: this one without ``key`` (``NotFoundError`` if absent)."""
         key_bytes(key)
-        if key not in self.values:
+        value = self.cache.get(key, _MISSING)
+        if value is _MISSING:
+            value = self.lookup(key)
+        if value is _ABSENT:
             raise NotFoundError(_ffi.E_NOT_FOUND, f"casyncify.remove: no override {key!r}")
-        values = dict(self.values)
-        del values[key]
-        return Snapshot(values, lowlevel.context_without(self.ptr or 0, key))
+        return Snapshot(lowlevel.context_without(self.ptr or 0, key), {})
+
+
+class _View(Mapping[str, Any]):
+    """``overrides()``: one snapshot as a read-only mapping, read from its C context."""
+
+    __slots__ = ("_snap",)
+
+    def __init__(self, snap: Snapshot):
+        self._snap = snap
+
+    def __getitem__(self, key: str) -> Any:
+        snap = self._snap
+        value = snap.cache.get(key, _MISSING)
+        if value is _MISSING:
+            value = snap.lookup(key) if isinstance(key, str) else _ABSENT
+        if value is _ABSENT:
+            raise KeyError(key)
+        return value
+
+    def __len__(self) -> int:
+        return lowlevel.context_count(self._snap.ptr or 0)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([key for key, _ in lowlevel.context_visit(self._snap.ptr or 0)])
+
+    def __repr__(self) -> str:
+        return f"casyncify.overrides({dict(self)!r})"
 
 
 #: The mapping of a context that never set anything.
-ROOT = Snapshot({}, lowlevel.context_empty())
+ROOT = Snapshot(lowlevel.context_empty(), {})
 #: The overrides of the current context (a task's, a thread's).
 current: contextvars.ContextVar[Snapshot] = contextvars.ContextVar("casyncify.overrides")
 _settings: dict[str, Any] = {}  # configure(**settings): replaced, never mutated (copy on write)
@@ -124,8 +180,10 @@ def get(key: str, default: Any = None) -> Any:
     ``bytes``, a C pointer as a ``ForeignPointer`` (its address).
     """
     snap = current.get(ROOT)
-    value = snap.values.get(key, _MISSING)
-    if value is not _MISSING:
+    value = snap.cache.get(key, _MISSING)
+    if value is _MISSING:
+        value = snap.lookup(key)
+    if value is not _ABSENT:
         return value
     value = _settings.get(key, _MISSING)
     if value is not _MISSING:
@@ -149,9 +207,9 @@ def _c_lookup(key: str, default: Any, own_values: bool) -> Any:
 
     Pointers whose release function is the binding's are Python objects set from
     Python; any other pointer is foreign and only its address is returned. When
-    this context has Python-side overrides (``own_values`` false), the Python
-    mapping is authoritative for the binding's own values: one that is in the
-    C table but not in the mapping was removed from Python, so it is skipped.
+    this context has overrides of its own (``own_values`` false), its snapshot
+    is authoritative for the binding's own values: one that is in the C table
+    but not in the snapshot was removed from Python, so it is skipped.
     """
     kb = _readable(key)
     if kb is None:
@@ -175,8 +233,9 @@ def _c_lookup(key: str, default: Any, own_values: bool) -> Any:
 
 
 def overrides() -> Mapping[str, Any]:
-    """A read-only dict view of the current context's overrides (Python-set keys)."""
-    return types.MappingProxyType(current.get(ROOT).values)
+    """A read-only mapping of the current context's overrides (Python-set keys, in
+    UTF-8 byte order); it does not change when the context's overrides do later."""
+    return _View(current.get(ROOT))
 
 
 class context:

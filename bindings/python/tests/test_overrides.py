@@ -337,3 +337,22 @@ def test_lowlevel_keys_follow_the_same_rule():
         ll.override_get("a")
     with pytest.raises(TypeError):
         ll.override_get(1)  # type: ignore[arg-type]
+
+
+def test_the_overrides_view_reads_the_snapshot():
+    with casyncify.context({"b": 2, "a": 1}):
+        view = casyncify.overrides()
+        assert len(view) == 2 and list(view) == ["a", "b"], "the C context's key order"
+        assert "a" in view and "z" not in view and 1 not in view
+        assert view.get("z", 0) == 0 and view["b"] == 2
+        assert view == {"a": 1, "b": 2} and repr(view) == "casyncify.overrides({'a': 1, 'b': 2})"
+    assert dict(view) == {"a": 1, "b": 2}, "it does not follow later changes"
+    assert len(casyncify.overrides()) == 0
+
+
+def test_reading_many_absent_keys_does_not_grow_a_snapshot():
+    casyncify.set("k", "v")
+    for i in range(1000):
+        assert casyncify.get(f"absent{i}") is None
+    assert casyncify.get("k") == "v"
+    assert len(_overrides.current.get().cache) <= _overrides._ABSENT_CACHED
