@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import builtins
 import concurrent.futures
-from typing import NoReturn
 
 from . import _ffi
 
@@ -25,7 +24,7 @@ __all__ = [
     "CancelledError",
     "TimeoutError",
     "check",
-    "raise_for",
+    "error_for",
 ]
 
 
@@ -131,10 +130,6 @@ def error_for(status: int, message: str | None = None) -> Error:
     if message is None:
         message = _ffi.last_error()
     return _BY_STATUS.get(status, Error)(status, message)
-
-
-def raise_for(status: int, message: str | None = None) -> NoReturn:
-    raise error_for(status, message)
 
 
 def check(status: int) -> int:

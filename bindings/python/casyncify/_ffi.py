@@ -351,7 +351,8 @@ def last_error() -> str:
 
 def status_str(status: int) -> str:
     """``asyncify_status_str``: the fixed text of a status (also for unknown values)."""
-    return plib.asyncify_status_str(status).decode("utf-8", "replace")
+    text: bytes = plib.asyncify_status_str(status)
+    return text.decode("utf-8", "replace")
 
 
 if sys.platform == "win32":  # pragma: no cover

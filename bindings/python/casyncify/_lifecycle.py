@@ -68,7 +68,8 @@ def worker_stopped() -> None:
 
 
 class _Closable(Protocol):
-    def close(self, timeout: float | None = None) -> bool: ...
+    def close(self, timeout: float | None = None) -> bool:
+        """Shut down, waiting up to ``timeout`` seconds; True when nothing was left running."""
 
 
 #: The pools that exit closes (each registers itself; closing removes it).

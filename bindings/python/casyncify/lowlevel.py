@@ -99,7 +99,9 @@ def override_set(key: str, value: bytes, flags: int = 0) -> None:
         check(plib.asyncify_override_set(key_bytes(key), data, len(data)))
 
 
-def override_set_ptr(key: str, ptr: int, release=None, clone=None, flags: int = 0) -> None:
+def override_set_ptr(
+    key: str, ptr: int, release: CFuncPtr | None = None, clone: CFuncPtr | None = None, flags: int = 0
+) -> None:
     """``asyncify_override_set_ptr`` / ``_set_ptr_ex``. ``release``/``clone`` are
     ``FREE_FN``/``CLONE_FN`` instances (keep them alive as long as C may call them)."""
     if clone is not None or flags:
@@ -118,7 +120,9 @@ def override_set_ex(key: str, value: bytes, flags: int) -> None:
     check(plib.asyncify_override_set_ex(key_bytes(key), data, len(data), flags))
 
 
-def override_set_ptr_ex(key: str, ptr: int, release=None, clone=None, flags: int = 0) -> None:
+def override_set_ptr_ex(
+    key: str, ptr: int, release: CFuncPtr | None = None, clone: CFuncPtr | None = None, flags: int = 0
+) -> None:
     """``asyncify_override_set_ptr_ex``."""
     release_fn, clone_fn = _nullable(FREE_FN, release), _nullable(CLONE_FN, clone)
     check(plib.asyncify_override_set_ptr_ex(key_bytes(key), ptr, release_fn, clone_fn, flags))
@@ -184,7 +188,7 @@ def global_set(key: str, value: bytes) -> None:
     check(plib.asyncify_global_set(key_bytes(key), data, len(data)))
 
 
-def global_set_ptr(key: str, ptr: int, release=None) -> None:
+def global_set_ptr(key: str, ptr: int, release: CFuncPtr | None = None) -> None:
     """``asyncify_global_set_ptr``."""
     check(plib.asyncify_global_set_ptr(key_bytes(key), ptr, _nullable(FREE_FN, release)))
 
@@ -201,14 +205,14 @@ def context_capture() -> int:
     """``asyncify_context_capture``."""
     out = c_void_p()
     check(plib.asyncify_context_capture(byref(out)))
-    return out.value  # type: ignore[return-value]
+    return out.value or 0
 
 
 def context_empty() -> int:
     """``asyncify_context_empty``."""
     out = c_void_p()
     check(plib.asyncify_context_empty(byref(out)))
-    return out.value  # type: ignore[return-value]
+    return out.value or 0
 
 
 def context_with(ctx: int, key: str, value: bytes) -> int:
@@ -216,24 +220,24 @@ def context_with(ctx: int, key: str, value: bytes) -> int:
     data = bytes(value)
     out = c_void_p()
     check(plib.asyncify_context_with(ctx, key_bytes(key), data, len(data), byref(out)))
-    return out.value  # type: ignore[return-value]
+    return out.value or 0
 
 
-def context_with_ptr(ctx: int, key: str, ptr: int, release=None) -> int:
+def context_with_ptr(ctx: int, key: str, ptr: int, release: CFuncPtr | None = None) -> int:
     """``asyncify_context_with_ptr``: a new context."""
     out = c_void_p()
     check(plib.asyncify_context_with_ptr(ctx, key_bytes(key), ptr, _nullable(FREE_FN, release), byref(out)))
-    return out.value  # type: ignore[return-value]
+    return out.value or 0
 
 
 def context_without(ctx: int, key: str) -> int:
     """``asyncify_context_without``: a new context."""
     out = c_void_p()
     check(plib.asyncify_context_without(ctx, key_bytes(key), byref(out)))
-    return out.value  # type: ignore[return-value]
+    return out.value or 0
 
 
-def context_run(ctx: int, fn, arg: int | None = None) -> tuple[int, int, int]:
+def context_run(ctx: int, fn: CFuncPtr, arg: int | None = None) -> tuple[int, int, int]:
     """``asyncify_context_run`` with a ``WORK_FN``: ``(status, result, code)``."""
     result = c_void_p()
     code = c_int32()
@@ -279,9 +283,12 @@ def context_visit(ctx: int) -> list[tuple[str, bytes | int]]:
     """``asyncify_context_visit``: ``[(key, bytes value or pointer address), ...]`` in key order."""
     items: list[tuple[str, bytes | int]] = []
 
-    def visit(_data, key, key_len, is_ptr, value, length):
+    def visit(_data: int | None, key: int, key_len: int, is_ptr: int, value: int | None, length: int) -> int:
         name = ctypes.string_at(key, key_len).decode("utf-8", "surrogateescape")
-        items.append((name, (value or 0) if is_ptr else ctypes.string_at(value, length) if length else b""))
+        if is_ptr:
+            items.append((name, value or 0))
+        else:
+            items.append((name, ctypes.string_at(value, length) if value and length else b""))
         return 0
 
     check(lib.asyncify_context_visit(ctx, VISIT_FN(visit), None))
@@ -295,7 +302,7 @@ def cq_new() -> int:
     """``asyncify_cq_new``."""
     out = c_void_p()
     check(plib.asyncify_cq_new(byref(out)))
-    return out.value  # type: ignore[return-value]
+    return out.value or 0
 
 
 def cq_fd(cq: int) -> int:
@@ -338,14 +345,14 @@ def pool_new(max_workers: int) -> int:
     prefer ``casyncify.Pool`` for Python callables."""
     out = c_void_p()
     check(lib.asyncify_pool_new(max_workers, byref(out)))
-    return out.value  # type: ignore[return-value]
+    return out.value or 0
 
 
 def pool_new_ex(opts: PoolOptions | None = None) -> int:
     """``asyncify_pool_new_ex``."""
     out = c_void_p()
     check(lib.asyncify_pool_new_ex(byref(opts) if opts is not None else None, byref(out)))
-    return out.value  # type: ignore[return-value]
+    return out.value or 0
 
 
 def stats(pool: int | None = None) -> PoolStats:
@@ -403,7 +410,7 @@ def submit_options_init() -> SubmitOptions:
     return opts
 
 
-def submit(fn, arg: int | None = None, opts: SubmitOptions | None = None) -> int:
+def submit(fn: CFuncPtr, arg: int | None = None, opts: SubmitOptions | None = None) -> int:
     """``asyncify_submit`` with a ``WORK_FN``: the handle (0 with ``SUBMIT_DETACHED``)."""
     h = c_uint64()
     check(plib.asyncify_submit(fn, arg, byref(opts) if opts is not None else None, byref(h)))

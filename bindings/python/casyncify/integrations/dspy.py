@@ -34,6 +34,7 @@ import math
 import sys
 import threading
 from collections.abc import Awaitable
+from types import ModuleType
 from typing import Any, Callable
 
 from .._lifecycle import life
@@ -51,7 +52,7 @@ KNOWN_BINDINGS = (
 )
 
 _pools: dict[Any, Pool] = {}  # async_max_workers value -> its pool (made on first use)
-_installed: list[tuple[Any, str, Callable]] = []  # (module, attribute, DSPy's function) replaced
+_installed: list[tuple[ModuleType, str, Callable[..., Any]]] = []  # (module, attribute, DSPy's function) replaced
 _install_lock = threading.Lock()  # install()/uninstall() only: never held while a call runs
 
 
@@ -63,7 +64,7 @@ def _limit(value: Any) -> int:
         raise TypeError(f"dspy async_max_workers must be an int, not {type(value).__name__}")
     if value < 1:
         raise ValueError(f"dspy async_max_workers must be at least 1, got {value}")
-    return min(value, UNBOUNDED)
+    return min(int(value), UNBOUNDED)
 
 
 def pool_for(async_max_workers: Any) -> Pool:
@@ -88,7 +89,7 @@ def _current_async_max_workers() -> Any:
     return dspy.settings.async_max_workers
 
 
-def asyncify(program: Callable) -> Callable[..., Awaitable[Any]]:
+def asyncify(program: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
     """DSPy's ``asyncify(program)`` on casyncify: an ``async def`` wrapper whose calls run
     on the pool of the ``async_max_workers`` value DSPy holds at call time."""
     per_pool: dict[Pool, Callable[..., Awaitable[Any]]] = {}
@@ -123,10 +124,10 @@ def install() -> None:
             if (name == "dspy" or name.startswith("dspy.")) and getattr(module, "asyncify", None) is original:
                 targets.add((name, "asyncify"))
         for name, attr in sorted(targets):
-            module = sys.modules.get(name)
-            if module is not None and getattr(module, attr, None) is original:
-                setattr(module, attr, asyncify)
-                _installed.append((module, attr, original))
+            target = sys.modules.get(name)
+            if target is not None and getattr(target, attr, None) is original:
+                setattr(target, attr, asyncify)
+                _installed.append((target, attr, original))
 
 
 def uninstall() -> None:
@@ -144,7 +145,7 @@ def uninstall() -> None:
         # A dspy.* module imported while installed took ours by name: give it DSPy's too.
         for name, module in list(sys.modules.items()):
             if (name == "dspy" or name.startswith("dspy.")) and getattr(module, "asyncify", None) is asyncify:
-                module.asyncify = original
+                vars(module)["asyncify"] = original
 
 
 def installed() -> bool:
