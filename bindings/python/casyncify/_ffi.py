@@ -56,6 +56,7 @@ PENDING = 1
 FAILED = 2
 CANCELLED = 3
 TIMEOUT = 4
+EXPIRED = 5
 E_NULL = -1
 E_INVALID_ARGUMENT = -2
 E_INVALID_HANDLE = -3
@@ -170,6 +171,33 @@ class PoolStats(Structure):
         ("failed", c_uint64),
         ("cancelled", c_uint64),
         ("abandoned", c_uint64),
+        ("expired", c_uint64),  # since 0.2
+    ]
+
+
+class LimiterOptions(Structure):
+    """``asyncify_limiter_options``: prepare with ``asyncify_limiter_options_init``."""
+
+    _fields_ = [
+        ("struct_size", c_uint32),
+        ("max_running", c_uint32),
+        ("rate_per_s", ctypes.c_double),
+        ("burst", c_uint32),
+        ("name", c_char_p),
+    ]
+
+
+class LimiterStats(Structure):
+    """``asyncify_limiter_stats``: set ``struct_size`` before ``asyncify_limiter_stats_get``."""
+
+    _fields_ = [
+        ("struct_size", c_uint32),
+        ("max_running", c_uint32),
+        ("waiting", c_uint64),
+        ("running", c_uint64),
+        ("admitted", c_uint64),
+        ("expired", c_uint64),
+        ("cancelled_waiting", c_uint64),
     ]
 
 
@@ -186,6 +214,8 @@ class SubmitOptions(Structure):
         ("pool", c_void_p),
         ("cq", c_void_p),
         ("context", c_void_p),
+        ("limiter", c_void_p),  # since 0.2
+        ("start_within_ms", c_uint32),  # since 0.2
     ]
 
 
@@ -233,6 +263,13 @@ SIGNATURES: dict[str, tuple[type[_CDataType] | None, list[type[_CDataType]]]] = 
     "asyncify_context_get_ptr_ex": (_S, [_P, c_char_p, _PP, _PP]),
     "asyncify_context_count": (_S, [_P, POINTER(c_size_t)]),
     "asyncify_context_visit": (_S, [_P, VISIT_FN, c_void_p]),
+    # limiters
+    "asyncify_limiter_options_init": (_S, [POINTER(LimiterOptions), c_size_t]),
+    "asyncify_limiter_new": (_S, [POINTER(LimiterOptions), _PP]),
+    "asyncify_limiter_set": (_S, [_P, c_uint32, ctypes.c_double, c_uint32]),
+    "asyncify_limiter_stats_get": (_S, [_P, POINTER(LimiterStats)]),
+    "asyncify_limiter_latency": (_S, [_P, c_uint32, POINTER(Latency)]),
+    "asyncify_limiter_free": (_S, [_P]),
     # completion queues
     "asyncify_cq_new": (_S, [_PP]),
     "asyncify_cq_fd": (_S, [_P, POINTER(c_int32)]),
@@ -265,7 +302,11 @@ SIGNATURES: dict[str, tuple[type[_CDataType] | None, list[type[_CDataType]]]] = 
 #: them still loads (``has(name)`` says whether the loaded one exports them). The
 #: other 0.2 functions are required: ``Pool.close`` waits with
 #: ``asyncify_pool_close``, overrides are read back with the context readers.
-SINCE_0_2 = frozenset({"asyncify_context_get", "asyncify_context_get_ptr_ex", "asyncify_pool_latency"})
+SINCE_0_2 = frozenset({
+    "asyncify_context_get", "asyncify_context_get_ptr_ex", "asyncify_pool_latency",
+    "asyncify_limiter_options_init", "asyncify_limiter_new", "asyncify_limiter_set",
+    "asyncify_limiter_stats_get", "asyncify_limiter_latency", "asyncify_limiter_free",
+})  # fmt: skip
 
 # The binding submits its own work callback, declared with WORK_FN_FAST; the
 # argument type of asyncify_submit / asyncify_context_run must accept it.

@@ -39,6 +39,7 @@ from ._ffi import (  # noqa: F401 - re-exported: the status codes, flags, types 
     E_SCOPE_MISMATCH,
     E_SHUT_DOWN,
     E_WOULD_DEADLOCK,
+    EXPIRED,
     FAILED,
     FREE_FN,
     KEY_LOCAL,
@@ -56,6 +57,8 @@ from ._ffi import (  # noqa: F401 - re-exported: the status codes, flags, types 
     WORK_FN,
     Completion,
     Latency,
+    LimiterOptions,
+    LimiterStats,
     PoolOptions,
     PoolStats,
     SubmitOptions,
@@ -293,6 +296,50 @@ def context_visit(ctx: int) -> list[tuple[str, bytes | int]]:
 
     check(lib.asyncify_context_visit(ctx, VISIT_FN(visit), None))
     return items
+
+
+# -- limiters (free each with limiter_free) -------------------------------------
+
+
+def limiter_options_init() -> LimiterOptions:
+    """``asyncify_limiter_options_init``: options with the defaults (no cap, no rate)."""
+    opts = LimiterOptions()
+    check(plib.asyncify_limiter_options_init(byref(opts), sizeof(opts)))
+    return opts
+
+
+def limiter_new(opts: LimiterOptions) -> int:
+    """``asyncify_limiter_new``: a limiter, for ``SubmitOptions.limiter``."""
+    out = c_void_p()
+    check(plib.asyncify_limiter_new(byref(opts), byref(out)))
+    return out.value or 0
+
+
+def limiter_set(lim: int, max_running: int, rate_per_s: float = 0.0, burst: int = 0) -> None:
+    """``asyncify_limiter_set``: the cap and the rate, for every pool at once."""
+    check(plib.asyncify_limiter_set(lim, max_running, rate_per_s, burst))
+
+
+def limiter_stats_get(lim: int) -> LimiterStats:
+    """``asyncify_limiter_stats_get``."""
+    out = LimiterStats()
+    out.struct_size = sizeof(out)
+    check(plib.asyncify_limiter_stats_get(lim, byref(out)))
+    return out
+
+
+def limiter_latency(lim: int, which: int) -> Latency:
+    """``asyncify_limiter_latency``: ``LATENCY_QUEUE_WAIT`` or ``LATENCY_RUN`` figures of
+    the limiter's tasks on pools that record latency."""
+    out = Latency()
+    out.struct_size = sizeof(out)
+    check(plib.asyncify_limiter_latency(lim, which, byref(out)))
+    return out
+
+
+def limiter_free(lim: int) -> None:
+    """``asyncify_limiter_free`` (its tasks keep it alive until they are done)."""
+    check(plib.asyncify_limiter_free(lim))
 
 
 # -- completion queues ------------------------------------------------------------

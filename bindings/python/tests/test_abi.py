@@ -25,6 +25,8 @@ STRUCTS = {
     "asyncify_pool_stats": _ffi.PoolStats,
     "asyncify_latency": _ffi.Latency,
     "asyncify_submit_options": _ffi.SubmitOptions,
+    "asyncify_limiter_options": _ffi.LimiterOptions,
+    "asyncify_limiter_stats": _ffi.LimiterStats,
 }
 
 
@@ -97,3 +99,43 @@ def test_pool_latency_through_lowlevel() -> None:
             ll.pool_latency(plain, _ffi.LATENCY_QUEUE_WAIT)
     finally:
         ll.pool_free(plain)
+
+
+def test_limiters_and_start_deadlines_through_lowlevel() -> None:
+    """A task on a paused limiter waits for it, then runs once the cap is raised; a task
+    not started within its deadline completes with EXPIRED and never runs."""
+    from casyncify import lowlevel as ll
+
+    ran: list[int] = []
+    work = ll.WORK_FN(lambda arg, _out: ran.append(arg or 0) or 0)
+    lopts = ll.limiter_options_init()
+    lopts.max_running = 0  # paused
+    lopts.name = b"test"
+    lim = ll.limiter_new(lopts)
+    pool = ll.pool_new(1)
+    try:
+        opts = ll.submit_options_init()
+        opts.pool = pool
+        opts.limiter = lim
+        waiting = ll.submit(work, 1, opts)
+        assert ll.limiter_stats_get(lim).waiting == 1
+        ll.limiter_set(lim, 1)
+        assert ll.wait(waiting, 10)[0] == ll.OK and ran == [1]
+        ll.release(waiting)
+        stats = ll.limiter_stats_get(lim)
+        assert (stats.admitted, stats.max_running) == (1, 1)
+        assert ll.limiter_latency(lim, ll.LATENCY_RUN).count == 0, "the pool records no latency"
+        paused = ll.pool_new(0)
+        try:
+            late = ll.submit_options_init()
+            late.pool = paused
+            late.start_within_ms = 10
+            expiring = ll.submit(work, 2, late)
+            assert ll.wait(expiring, 10)[0] == ll.EXPIRED and ran == [1]
+            ll.release(expiring)
+            assert ll.stats(paused).expired == 1
+        finally:
+            ll.pool_free(paused)
+    finally:
+        ll.pool_free(pool)
+        ll.limiter_free(lim)
