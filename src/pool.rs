@@ -148,6 +148,15 @@ struct State {
     quiet_waiters: u32,
 }
 
+/// What a worker found in the queue (see `PoolShared::take_next`).
+enum Next {
+    /// A task it started, in a slot of its own, with the table to install.
+    Start(Arc<Task>, Table),
+    /// A task past its start deadline, to expire.
+    Overdue(Arc<Task>),
+    Nothing,
+}
+
 /// What `provide_workers` decided: parked workers to wake, new ones to start.
 #[must_use]
 struct Provide {
@@ -260,23 +269,24 @@ impl PoolShared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes the next startable task and a slot for it. Tasks found past
-    /// their start deadline go to `overdue`, for the caller to expire once it
-    /// has let go of the lock (they are counted as queued until then).
-    fn take_next(st: &mut State, overdue: &mut Vec<Arc<Task>>) -> Option<(Arc<Task>, Table)> {
+    /// Takes the next startable task and a slot for it, or the next task
+    /// found past its start deadline, for the caller to expire once it has
+    /// let go of the lock (it is counted as queued until then).
+    fn take_next(st: &mut State) -> Next {
         while st.busy < st.limit {
-            let task = st.queue.pop_front()?;
+            let Some(task) = st.queue.pop_front() else {
+                break;
+            };
             if task.has_deadline() && task.overdue(Instant::now()) {
-                overdue.push(task);
-                continue;
+                return Next::Overdue(task);
             }
             if let Some(snapshot) = task.try_start(true) {
                 st.queued -= 1;
                 st.busy += 1;
-                return Some((task, snapshot));
+                return Next::Start(task, snapshot);
             }
         }
-        None
+        Next::Nothing
     }
 
     /// Decides how many parked workers to wake and how many new ones to
@@ -354,6 +364,19 @@ impl PoolShared {
             }
         }
         failed
+    }
+
+    /// Whether a submit is accepted now: not after a shutdown began, nor
+    /// with `max_queued` tasks waiting (in the queue or for their limiter).
+    fn accepts(&self, st: &State) -> Result<(), Error> {
+        let bound = self.options.max_queued as usize;
+        if st.shut_down {
+            Err(Error::ShutDown)
+        } else if bound > 0 && st.queued + st.waiting >= bound {
+            Err(Error::Busy)
+        } else {
+            Ok(())
+        }
     }
 
     fn release_slot(&self, st: &mut State) {
@@ -743,31 +766,28 @@ impl Worker {
             *timed_out = false;
             *may_spin = true;
         }
-        let mut overdue = Vec::new();
         loop {
-            let next = PoolShared::take_next(&mut st, &mut overdue);
-            if !overdue.is_empty() {
-                // Expired here, on this worker, with no lock held; their
-                // callbacks are made before anything this worker runs next.
-                drop(st);
-                overdue.drain(..).for_each(|task| {
+            match PoolShared::take_next(&mut st) {
+                Next::Start(task, snapshot) => {
+                    drop(st);
+                    let started = shared.record_start(&task);
+                    let run = task.begin_run(snapshot);
+                    if let Some(hook) = shared.options.on_task_start {
+                        // Made before the work function, with its table installed.
+                        shared.call_task_hook(hook, &task, ASYNCIFY_PENDING, started.as_ref(), 0);
+                    }
+                    *running = Some((task.clone(), run, started));
+                    return Some(task);
+                }
+                Next::Overdue(task) => {
+                    // Expired here, with no lock held; its callbacks are made
+                    // before anything this worker runs next.
+                    drop(st);
                     task.expire();
-                });
-                st = shared.lock();
-                if next.is_none() {
+                    st = shared.lock();
                     continue;
                 }
-            }
-            if let Some((task, snapshot)) = next {
-                drop(st);
-                let started = shared.record_start(&task);
-                let run = task.begin_run(snapshot);
-                if let Some(hook) = shared.options.on_task_start {
-                    // Made before the work function, with its table installed.
-                    shared.call_task_hook(hook, &task, ASYNCIFY_PENDING, started.as_ref(), 0);
-                }
-                *running = Some((task.clone(), run, started));
-                return Some(task);
+                Next::Nothing => {}
             }
             if st.shut_down || st.threads - st.abandoned_off_limit > st.limit || *timed_out {
                 // Leave the count at once: a submit or a raise of the limit from
@@ -873,14 +893,38 @@ impl Pool {
         let shared = &self.shared;
         let submitted = (shared.latency.is_some() || shared.has_task_hooks()).then(Instant::now);
         let task = Arc::new(Task::new(spec, snapshot, shared.clone(), submitted));
-        let limiter = task.limiter().cloned();
-        if (limiter.is_some() || task.has_deadline())
-            && !shared.uses_timer.swap(true, Ordering::Relaxed)
-        {
+        if task.limiter().is_some() || task.has_deadline() {
+            return self.submit_scheduled(task);
+        }
+        let handle = tasks().insert(task.clone()).map_err(from_handle_error)?;
+        task.set_handle(handle);
+        let mut st = shared.lock();
+        if let Err(e) = shared.accepts(&st) {
+            drop(st);
+            let _ = tasks().remove(handle);
+            return Err(e);
+        }
+        shared.counters.submitted.fetch_add(1, Ordering::Relaxed);
+        st.queue.push_back(task);
+        st.queued += 1;
+        let provide = shared.provide_workers(&mut st);
+        drop(st);
+        if shared.wake_and_spawn(provide) > 0 {
+            shared.withdraw_if_unserved(handle)?;
+        }
+        Ok(handle)
+    }
+
+    /// [`Pool::submit`] of a task with a limiter or a start deadline: the
+    /// pool becomes a user of the timer; a limiter with room admits the task
+    /// at once (it then enters the queue like any task), else it waits for
+    /// its limiter, kept aside.
+    fn submit_scheduled(&self, task: Arc<Task>) -> Result<u64, Error> {
+        let shared = &self.shared;
+        if !shared.uses_timer.swap(true, Ordering::Relaxed) {
             timer().add_user();
         }
-        // A limiter with room admits the task at once: it then enters the
-        // queue like a task without one.
+        let limiter = task.limiter().cloned();
         let admitted_now = limiter.as_ref().is_some_and(|l| l.try_acquire());
         if admitted_now {
             task.try_admit();
@@ -900,14 +944,9 @@ impl Pool {
         };
         task.set_handle(handle);
         let mut st = shared.lock();
-        if st.shut_down {
+        if let Err(e) = shared.accepts(&st) {
             drop(st);
-            return refuse(Error::ShutDown, Some(handle));
-        }
-        let bound = shared.options.max_queued as usize;
-        if bound > 0 && st.queued + st.waiting >= bound {
-            drop(st);
-            return refuse(Error::Busy, Some(handle));
+            return refuse(e, Some(handle));
         }
         shared.counters.submitted.fetch_add(1, Ordering::Relaxed);
         if let (Some(limiter), false) = (&limiter, admitted_now) {

@@ -112,7 +112,9 @@ pub struct TaskSpec {
     detached: bool,
     cq: Option<Arc<CompletionQueue>>,
     limiter: Option<Arc<Limiter>>,
-    start_within: Option<Duration>,
+    /// 0: no start deadline (milliseconds keep the struct small: it is
+    /// copied on every submit).
+    start_within_ms: u32,
 }
 
 impl TaskSpec {
@@ -128,7 +130,7 @@ impl TaskSpec {
             detached: false,
             cq: None,
             limiter: None,
-            start_within: None,
+            start_within_ms: 0,
         }
     }
 
@@ -139,10 +141,10 @@ impl TaskSpec {
         self
     }
 
-    /// A task that has not started this long after its submit never runs:
-    /// it completes with `ASYNCIFY_EXPIRED`.
-    pub fn start_within(mut self, within: Option<Duration>) -> Self {
-        self.start_within = within;
+    /// A task that has not started this many milliseconds after its submit
+    /// never runs: it completes with `ASYNCIFY_EXPIRED`. 0: no deadline.
+    pub fn start_within_ms(mut self, ms: u32) -> Self {
+        self.start_within_ms = ms;
         self
     }
 
@@ -350,13 +352,15 @@ impl Drop for Current {
 }
 
 impl Task {
+    #[inline]
     pub(crate) fn new(
         spec: TaskSpec,
         snapshot: Table,
         pool: Arc<dyn Scheduler>,
         submitted: Option<Instant>,
     ) -> Self {
-        let deadline = spec.start_within.map(|within| Instant::now() + within);
+        let deadline = (spec.start_within_ms > 0)
+            .then(|| Instant::now() + Duration::from_millis(u64::from(spec.start_within_ms)));
         let phase = match spec.limiter {
             Some(_) => Phase::Waiting,
             None => Phase::Queued,

@@ -210,13 +210,9 @@ pub extern "C" fn asyncify_submit(
         let pool = pool_or_default(opts.map_or(std::ptr::null_mut(), |o| o.pool));
         let limiter = opts.map_or(std::ptr::null(), |o| o.limiter);
         let limiter = (!limiter.is_null()).then(|| limiter_ref(limiter).clone());
-        let start_within = opts
-            .map(|o| o.start_within_ms)
-            .filter(|&ms| ms > 0)
-            .map(|ms| std::time::Duration::from_millis(u64::from(ms)));
         let spec = TaskSpec::new(work, arg)
             .limiter(limiter)
-            .start_within(start_within)
+            .start_within_ms(opts.map_or(0, |o| o.start_within_ms))
             .on_done(
                 opts.and_then(|o| o.on_done),
                 opts.map_or(std::ptr::null_mut(), |o| o.on_done_data),
