@@ -513,7 +513,7 @@ impl Scheduler for PoolShared {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn left_before_start(&self, was_waiting: bool, expired: bool) {
+    fn left_before_start(&self, task: usize, was_waiting: bool, expired: bool) {
         let counter = if expired {
             &self.counters.expired
         } else {
@@ -522,6 +522,8 @@ impl Scheduler for PoolShared {
         counter.fetch_add(1, Ordering::Relaxed);
         let mut st = self.lock();
         if was_waiting {
+            // Dropped with the lock held: the caller holds the task too.
+            st.limited.remove(&task);
             st.waiting -= 1;
         } else {
             st.queued -= 1;
@@ -1119,7 +1121,41 @@ pub fn default_pool() -> &'static Pool {
 
 #[cfg(test)]
 mod tests {
-    use super::worker_name;
+    use super::{worker_name, Pool};
+    use crate::limiter::{Limiter, LimiterOptions};
+    use crate::table::Table;
+    use crate::task::{self, TaskSpec};
+
+    extern "C" fn never(_: *mut std::ffi::c_void, _: *mut *mut std::ffi::c_void) -> i32 {
+        panic!("a task that left before it started ran")
+    }
+
+    #[test]
+    fn tasks_that_stop_waiting_for_their_limiter_leave_the_pool_at_once() {
+        let pool = Pool::new(2);
+        let paused = Limiter::new(LimiterOptions {
+            max_running: 0,
+            ..LimiterOptions::default()
+        })
+        .unwrap();
+        let spec = || TaskSpec::new(never, std::ptr::null_mut()).limiter(Some(paused.clone()));
+        for _ in 0..100 {
+            let h = pool.submit(spec(), Table::new()).unwrap();
+            task::cancel(h).unwrap();
+            task::release(h).unwrap();
+        }
+        let deadline = spec().start_within_ms(1);
+        let h = pool.submit(deadline, Table::new()).unwrap();
+        let seen = task::wait(h, None, false).unwrap();
+        assert_eq!(seen.status, crate::status::ASYNCIFY_EXPIRED);
+        task::release(h).unwrap();
+        let st = pool.shared.lock();
+        assert!(st.limited.is_empty(), "{} left behind", st.limited.len());
+        assert_eq!(st.waiting, 0);
+        drop(st);
+        assert_eq!(pool.stats().cancelled, 100);
+        assert_eq!(pool.stats().expired, 1);
+    }
 
     #[test]
     fn worker_names_keep_their_number_within_fifteen_bytes() {

@@ -71,11 +71,11 @@ pub(crate) trait Scheduler: Send + Sync {
     fn count_returned(&self, ok: bool);
     /// The task was cancelled while running.
     fn count_abandoned(&self);
-    /// The task was cancelled or expired (`expired`) before it started: it
-    /// leaves the count of tasks waiting for their limiter (`was_waiting`) or
-    /// of the queue's. An expiry is reported next, and the pool counts it as
-    /// in progress until [`Scheduler::expiry_reported`].
-    fn left_before_start(&self, was_waiting: bool, expired: bool);
+    /// The task (at address `task`) was cancelled or expired (`expired`)
+    /// before it started: it leaves the tasks waiting for their limiter
+    /// (`was_waiting`) or the queue's count. An expiry is reported next, and
+    /// the pool counts it as in progress until [`Scheduler::expiry_reported`].
+    fn left_before_start(&self, task: usize, was_waiting: bool, expired: bool);
     /// The expiry counted by `left_before_start` has been reported.
     fn expiry_reported(&self);
     /// Its limiter admits `task`: unless it left already, it moves into the
@@ -692,7 +692,8 @@ impl Task {
     fn left_unstarted(self: &Arc<Self>, was: Phase, outcome: Outcome, place: bool) {
         let expired = outcome == EXPIRED;
         let was_waiting = was == Phase::Waiting;
-        self.pool.left_before_start(was_waiting, expired);
+        let me = Arc::as_ptr(self) as usize;
+        self.pool.left_before_start(me, was_waiting, expired);
         if let Some(limiter) = &self.spec.limiter {
             if was_waiting {
                 limiter.left_waiting(expired);
