@@ -32,23 +32,29 @@ fn random_call_sequences_match_the_model() {
     let first = env_u64("ASYNCIFY_MODEL_SEED", 0x6D0D_E100);
     let seeds = env_u64("ASYNCIFY_MODEL_SEEDS", 300);
     let steps = env_u64("ASYNCIFY_MODEL_STEPS", 400);
-    let (mut calls, mut errors, mut tasks, mut runs, mut total_steps) = (0, 0, 0, 0, 0);
+    let mut all = api_model::Figures::default();
     for seed in first..first + seeds {
         let mut interp = Interp::new(Seeded(seed));
         interp.expected_version = Some(env!("CARGO_PKG_VERSION"));
         match interp.run(steps) {
-            Ok(f) => {
-                calls += f.calls;
-                errors += f.errors_expected;
-                tasks += f.tasks;
-                runs += f.runs;
-                total_steps += f.steps;
-            }
+            Ok(f) => all.add(&f),
             Err(e) => panic!("seed {seed:#x}: {e}\n(reproduce: ASYNCIFY_MODEL_SEED={seed:#x} ASYNCIFY_MODEL_SEEDS=1)"),
         }
     }
+    let f = all;
     eprintln!(
-        "model: {seeds} sequences, {total_steps} steps, {calls} calls checked ({errors} of them errors the model expected), {tasks} tasks, {runs} pool runs; mismatches 0"
+        "model: {seeds} sequences, {} steps, {} calls checked ({} of them errors the model expected), {} tasks, {} pool runs, \
+         {} limiters ({} tasks with one, {} admitted after waiting, {} cancelled while waiting), {} expired; mismatches 0",
+        f.steps,
+        f.calls,
+        f.errors_expected,
+        f.tasks,
+        f.runs,
+        f.limiters,
+        f.limited,
+        f.admitted_later,
+        f.cancelled_waiting,
+        f.expired
     );
 }
 

@@ -5,18 +5,33 @@
 //! and the fuzz target `fuzz/fuzz_targets/api.rs` (the choices come from the
 //! fuzzer's bytes).
 //!
-//! What is modelled (contract sections 1 to 6): the calling thread's table
-//! (keys, local keys, scopes, the global layer underneath), pointer values and
-//! their release and clone functions, contexts, tasks on two paused pools (one
-//! with a queue bound) that run only when the interpreter lets them (so every
-//! status is deterministic), handles (live, released, stale, forged, zero),
-//! poll/wait/wait_any/cancel/release, where each result moves, completion
-//! queues, stats, versioned structs, and the last error message.
+//! What is modelled (contract sections 1 to 6, 8.2 and 8.3): the calling
+//! thread's table (keys, local keys, scopes, the global layer underneath),
+//! pointer values and their release and clone functions, contexts, tasks on two
+//! paused pools (one with a queue bound, one that records latency) that run
+//! only when the interpreter lets them (so every status is deterministic),
+//! handles (live, released, stale, forged, zero), poll/wait/wait_any/cancel/
+//! release, where each result moves, completion queues, stats, versioned
+//! structs (every published layout of the submit options), and the last error
+//! message.
+//!
+//! Limiters (8.2) are modelled exactly: their caps (paused, small, none), FIFO
+//! admission on submit, on `asyncify_limiter_set` and on each place given back
+//! (a run, a cancel or an expiry of an admitted task), the token bucket with a
+//! rate so low that no token is earned during a run (so only the burst
+//! counts), and their stats and latency counts. Start deadlines (8.3) are
+//! either long (never reached during a run) or 1 ms on a task that cannot
+//! start (its pool is paused): the interpreter then waits until the library's
+//! timer has expired and reported it, so every later status is deterministic
+//! again (`EXPIRED` from poll, wait and cancel; `free_arg`, then `on_done`; the
+//! place it held given back; the `expired` counters).
 //!
 //! Bad input is generated one fault per call (the contract does not order the
 //! checks): NULL pointers, zero/stale/forged/double-released handles, empty and
 //! non-UTF-8 keys, unknown flags, wrong `struct_size`, non-zero bytes beyond a
-//! known struct, scope exits out of order, `EMPTY_CONTEXT` with a context.
+//! known struct (or beyond the older layout a `struct_size` names), scope exits
+//! out of order, `EMPTY_CONTEXT` with a context, limiter options with a NaN,
+//! negative or infinite rate or a non-UTF-8 name.
 //!
 //! Pointers given to the library as values, arguments and results are fake
 //! addresses that encode an index: the library never dereferences them.
@@ -26,7 +41,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::fmt::Write as _;
-use std::mem::size_of;
+use std::mem::{offset_of, size_of};
 use std::ptr::{null, null_mut};
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize, Ordering::SeqCst};
 use std::sync::Mutex;
@@ -35,6 +50,7 @@ use std::time::{Duration, Instant};
 use asyncify::ffi::context::*;
 use asyncify::ffi::cq::*;
 use asyncify::ffi::error::*;
+use asyncify::ffi::limiter::*;
 use asyncify::ffi::overrides::*;
 use asyncify::ffi::pool::*;
 use asyncify::ffi::task::*;
@@ -353,9 +369,24 @@ type Map = BTreeMap<String, Val>;
 
 #[derive(Clone, Debug, PartialEq)]
 enum State {
+    /// Waiting for its limiter to admit it (counted as queued by its pool).
+    Waiting,
+    /// In its pool's queue (admitted, when it has a limiter).
     Queued,
-    Done { status: i32, code: i32 },
+    Done {
+        status: i32,
+        code: i32,
+    },
     Cancelled,
+    /// Its start deadline passed before it started.
+    Expired,
+}
+
+impl State {
+    /// Not terminal yet: waiting for its limiter or queued.
+    fn pending(&self) -> bool {
+        matches!(self, State::Waiting | State::Queued)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -384,6 +415,35 @@ struct MTask {
     snapshot: Map,
     arg_freed: u32,
     result_freed: u32,
+    /// Its limiter (an index into `Interp::limiters`).
+    limiter: Option<usize>,
+    /// Admitted by its limiter and holding a place until it returns or leaves.
+    holds_place: bool,
+}
+
+/// A limiter as the model sees it. A rate, when there is one, is so low
+/// that no token is earned during a run: only the bucket's burst counts.
+#[derive(Clone, Debug)]
+struct MLimiter {
+    /// NULL once the caller freed it (its tasks keep the limiter alive).
+    ptr: *mut asyncify_limiter,
+    max_running: u32,
+    rate: f64,
+    /// The bucket's size (`burst`, 0 meaning 1).
+    bucket: u32,
+    /// Whole tokens in the bucket.
+    tokens: u32,
+    /// Places held: admitted tasks not started yet, and running ones.
+    running: u64,
+    /// Tasks waiting for admission, in order (indices into `Interp::tasks`).
+    waiting: VecDeque<usize>,
+    admitted: u64,
+    expired: u64,
+    cancelled_waiting: u64,
+    /// Tasks submitted with it.
+    submitted: u64,
+    /// Its tasks that ran on pool 0 (which records latency).
+    recorded: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -405,6 +465,8 @@ struct Counts {
     completed: u64,
     failed: u64,
     cancelled: u64,
+    expired: u64,
+    /// Waiting to start: in the queue or waiting for a limiter.
     queued: u64,
 }
 
@@ -415,6 +477,32 @@ pub struct Figures {
     pub errors_expected: u64,
     pub tasks: u64,
     pub runs: u64,
+    /// Limiters made.
+    pub limiters: u64,
+    /// Tasks submitted with a limiter.
+    pub limited: u64,
+    /// Of those, admitted after waiting (by a set, a run, a cancel or an expiry).
+    pub admitted_later: u64,
+    /// Tasks that expired.
+    pub expired: u64,
+    /// Tasks cancelled while waiting for their limiter (a cancel or a shutdown).
+    pub cancelled_waiting: u64,
+}
+
+impl Figures {
+    /// Adds another run's figures.
+    pub fn add(&mut self, f: &Figures) {
+        self.steps += f.steps;
+        self.calls += f.calls;
+        self.errors_expected += f.errors_expected;
+        self.tasks += f.tasks;
+        self.runs += f.runs;
+        self.limiters += f.limiters;
+        self.limited += f.limited;
+        self.admitted_later += f.admitted_later;
+        self.expired += f.expired;
+        self.cancelled_waiting += f.cancelled_waiting;
+    }
 }
 
 const KEYS: [&str; 5] = ["a", "b", "c", "k", "a-longer-key.with.dots"];
@@ -435,6 +523,11 @@ pub struct Interp<C: Choices> {
     cqs: Vec<Option<MCq>>,
     pools: [*mut asyncify_pool; 2],
     counts: [Counts; 2],
+    /// Each pool's queue in the order tasks entered it (at submit, or when
+    /// their limiter admitted them): the order they run in, and so the order
+    /// of their completions in a queue.
+    queues: [VecDeque<usize>; 2],
+    limiters: Vec<MLimiter>,
     next_value: usize,
     /// Values a global read may have pinned: exempt from "released while held".
     maybe_pinned: Vec<usize>,
@@ -496,6 +589,8 @@ impl<C: Choices> Interp<C> {
             cqs: Vec::new(),
             pools: [null_mut(); 2],
             counts: [Counts::default(); 2],
+            queues: [VecDeque::new(), VecDeque::new()],
+            limiters: Vec::new(),
             next_value: 0,
             maybe_pinned: Vec::new(),
             values: Vec::new(),
@@ -1332,11 +1427,25 @@ impl<C: Choices> Interp<C> {
 
 // ---- tasks, handles, queues, pools ----
 
+/// Where the published layouts of `asyncify_submit_options` end: 0.1's at
+/// `context`, 0.2's at `start_within_ms` (then tail padding).
+const SUBMIT_0_1_END: usize = offset_of!(asyncify_submit_options, context) + size_of::<usize>();
+const SUBMIT_0_2_END: usize =
+    offset_of!(asyncify_submit_options, start_within_ms) + size_of::<u32>();
+
 #[repr(C)]
 struct BigSubmitOptions {
     opts: asyncify_submit_options,
     tail: [u8; 8],
 }
+
+/// Where `asyncify_limiter_options` ends (its one published layout).
+const LIMITER_OPTIONS_END: usize =
+    offset_of!(asyncify_limiter_options, name) + size_of::<*const c_char>();
+
+/// A rate whose next token would come after days: within a run, only the
+/// bucket's burst is admitted, as the model says.
+const TINY_RATE: f64 = 1e-6;
 
 #[repr(C)]
 struct BigPoolOptions {
@@ -1411,11 +1520,36 @@ impl<C: Choices> Interp<C> {
             None
         };
         let empty = ctx_roll == 0;
-        let mut fault = if self.chance(20) { 1 + self.pick(7) } else { 0 };
+        let live_limiters: Vec<usize> = (0..self.limiters.len())
+            .filter(|&l| !self.limiters[l].ptr.is_null())
+            .collect();
+        let limiter = (!live_limiters.is_empty() && self.chance(45))
+            .then(|| live_limiters[self.pick(live_limiters.len() as u32) as usize]);
+        // 0: none; long deadlines are never reached during a run; short ones
+        // always are (the pool is paused), and the interpreter waits for them.
+        let start_within_ms: u32 = match self.pick(20) {
+            0..=2 => [600_000, 3_600_000, u32::MAX][self.pick(3) as usize],
+            3 | 4 => 1,
+            _ => 0,
+        };
+        let mut fault = if self.chance(20) { 1 + self.pick(8) } else { 0 };
         if fault == 7 && self.contexts.is_empty() {
             fault = 0;
         }
-        let null_out_ok = detached && self.chance(30);
+        if fault == 6 && detached && start_within_ms != 0 {
+            fault = 0; // (accepted without a handle: nothing to wait with)
+        }
+        // The layout the caller was built with: the current one, or an older
+        // one (0.1 ends at `context`), or a size between two layouts.
+        let size = match (fault, self.pick(10)) {
+            (0, 0) => SUBMIT_0_1_END,
+            (0, 1) => SUBMIT_0_1_END + size_of::<usize>(),
+            (0, 2) => SUBMIT_0_2_END,
+            (0, 3) => size_of::<asyncify_submit_options>() - 1,
+            _ => size_of::<asyncify_submit_options>(),
+        };
+        // A short deadline is waited for through the handle.
+        let null_out_ok = detached && start_within_ms == 0 && self.chance(30);
         TASK_RECS[id].code.store(code, SeqCst);
         TASK_RECS[id]
             .sets_result
@@ -1429,6 +1563,7 @@ impl<C: Choices> Interp<C> {
         let s = asyncify_submit_options_init(&mut big.opts, size_of::<asyncify_submit_options>());
         self.status("asyncify_submit_options_init", s, ASYNCIFY_OK)?;
         let o = &mut big.opts;
+        o.struct_size = size as u32;
         o.pool = self.pools[pool];
         o.on_done_data = (id + 1) as *mut c_void;
         o.free_arg = Some(free_arg);
@@ -1448,10 +1583,13 @@ impl<C: Choices> Interp<C> {
         if let Some(c) = ctx {
             o.context = self.contexts[c].0;
         }
+        if let Some(l) = limiter {
+            o.limiter = self.limiters[l].ptr;
+        }
+        o.start_within_ms = start_within_ms;
         match fault {
             2 => {
-                o.struct_size =
-                    [0, 4, size_of::<asyncify_submit_options>() as u32 - 1][self.pick(3) as usize]
+                o.struct_size = [0, 4, SUBMIT_0_1_END as u32 - 1][self.pick(3) as usize];
             }
             3 => {
                 o.struct_size = size_of::<BigSubmitOptions>() as u32;
@@ -1463,8 +1601,36 @@ impl<C: Choices> Interp<C> {
                 big.opts.flags |= ASYNCIFY_SUBMIT_EMPTY_CONTEXT;
                 big.opts.context = self.contexts[0].0;
             }
+            8 => {
+                // The padding after the last field is past every layout's end.
+                o.struct_size = size_of::<asyncify_submit_options>().max(SUBMIT_0_2_END + 1) as u32;
+                let bytes = &mut big as *mut BigSubmitOptions as *mut u8;
+                // SAFETY: within `big`, which is SUBMIT_0_2_END + 1 bytes or more.
+                unsafe { *bytes.add(SUBMIT_0_2_END) = 1 };
+            }
             _ => {}
         }
+        // What the library reads: the fields of the newest layout that the
+        // struct_size covers; every byte from there to struct_size must be zero.
+        let struct_size = big.opts.struct_size as usize;
+        let covered = [SUBMIT_0_1_END, SUBMIT_0_2_END]
+            .into_iter()
+            .rev()
+            .find(|&end| end <= struct_size);
+        let tail_dirty = covered.is_some_and(|c| {
+            // SAFETY: `big` is plain old data of at least `struct_size` bytes
+            // (struct_size is at most the size of BigSubmitOptions).
+            let bytes = unsafe {
+                std::slice::from_raw_parts(
+                    &big as *const BigSubmitOptions as *const u8,
+                    struct_size,
+                )
+            };
+            bytes[c..].iter().any(|&b| b != 0)
+        });
+        let reads_new = covered == Some(SUBMIT_0_2_END);
+        let limiter = limiter.filter(|_| reads_new);
+        let start_within_ms = if reads_new { start_within_ms } else { 0 };
         let mut h = 0xAAAA_u64;
         let out: *mut u64 = if fault == 6 || null_out_ok {
             null_mut()
@@ -1479,7 +1645,8 @@ impl<C: Choices> Interp<C> {
         );
         let expect = match fault {
             1 => ASYNCIFY_E_NULL,
-            2 | 3 | 5 | 7 => ASYNCIFY_E_INVALID_ARGUMENT,
+            2 | 3 | 5 | 7 | 8 => ASYNCIFY_E_INVALID_ARGUMENT,
+            _ if covered.is_none() || tail_dirty => ASYNCIFY_E_INVALID_ARGUMENT,
             6 if !detached => ASYNCIFY_E_NULL,
             _ if pool == 1 && self.counts[1].queued >= 2 => ASYNCIFY_E_BUSY,
             _ => ASYNCIFY_OK,
@@ -1513,6 +1680,7 @@ impl<C: Choices> Interp<C> {
         };
         self.counts[pool].submitted += 1;
         self.counts[pool].queued += 1;
+        let i = self.tasks.len();
         self.tasks.push(MTask {
             id,
             handle,
@@ -1523,19 +1691,145 @@ impl<C: Choices> Interp<C> {
             cq,
             detached,
             released: false,
-            state: State::Queued,
+            state: if limiter.is_some() {
+                State::Waiting
+            } else {
+                State::Queued
+            },
             result: ResultAt::Nowhere,
             snapshot,
             arg_freed: 0,
             result_freed: 0,
+            limiter,
+            holds_place: false,
         });
+        if let Some(l) = limiter {
+            self.figures.limited += 1;
+            self.limiters[l].submitted += 1;
+            self.limiters[l].waiting.push_back(i);
+            self.admit(l, false);
+        } else {
+            self.queues[pool].push_back(i);
+        }
+        if start_within_ms == 1 {
+            self.settle_expiry(i)?;
+        }
+        Ok(())
+    }
+
+    /// Admits the waiting tasks of limiter `l` while a place and (with a rate)
+    /// a token allow, in order: they move into their pools' queues.
+    fn admit(&mut self, l: usize, later: bool) {
+        loop {
+            let lim = &mut self.limiters[l];
+            if lim.running >= u64::from(lim.max_running) || (lim.rate > 0.0 && lim.tokens == 0) {
+                return;
+            }
+            let Some(i) = lim.waiting.pop_front() else {
+                return;
+            };
+            lim.running += 1;
+            lim.admitted += 1;
+            if lim.rate > 0.0 {
+                lim.tokens -= 1;
+            }
+            let t = &mut self.tasks[i];
+            t.state = State::Queued;
+            t.holds_place = true;
+            self.queues[t.pool].push_back(i);
+            if later {
+                self.figures.admitted_later += 1;
+            }
+        }
+    }
+
+    /// Task `i` gives its limiter's place back (it returned, or left queued).
+    fn give_place_back(&mut self, i: usize) {
+        if !std::mem::take(&mut self.tasks[i].holds_place) {
+            return;
+        }
+        let l = self.tasks[i].limiter.expect("a place of its limiter");
+        self.limiters[l].running -= 1;
+        self.admit(l, true);
+    }
+
+    /// Task `i`, not started, leaves with `status` (CANCELLED or EXPIRED):
+    /// the counts, its limiter, `free_arg`, then the report.
+    fn left_unstarted(&mut self, i: usize, status: i32) {
+        let expired = status == ASYNCIFY_EXPIRED;
+        let pool = self.tasks[i].pool;
+        let c = &mut self.counts[pool];
+        c.queued -= 1;
+        if expired {
+            c.expired += 1;
+            self.figures.expired += 1;
+        } else {
+            c.cancelled += 1;
+        }
+        if self.tasks[i].state == State::Queued {
+            self.queues[pool].retain(|&q| q != i);
+        }
+        if self.tasks[i].state == State::Waiting {
+            let l = self.tasks[i].limiter.expect("waits for its limiter");
+            let lim = &mut self.limiters[l];
+            lim.waiting.retain(|&w| w != i);
+            if expired {
+                lim.expired += 1;
+            } else {
+                lim.cancelled_waiting += 1;
+                self.figures.cancelled_waiting += 1;
+            }
+        }
+        self.give_place_back(i);
+        self.tasks[i].arg_freed += 1;
+        self.terminal(i, status, 0);
+    }
+
+    /// Task `i` was submitted with a start deadline of a few milliseconds and
+    /// cannot start (its pool is paused): waits until the library's timer has
+    /// expired it and reported it completely (`free_arg`, `on_done`, the
+    /// completion published; a detached handle gone), then models the expiry.
+    fn settle_expiry(&mut self, i: usize) -> Result<(), String> {
+        let t = self.tasks[i].clone();
+        let h = t.handle.expect("short deadlines are given a handle");
+        let r = &TASK_RECS[t.id];
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let freed = r.arg_freed.load(SeqCst) == 1;
+            let done = !t.on_done || r.done_calls.load(SeqCst) == 1;
+            let polled = asyncify_poll(h, null_mut(), null_mut());
+            let reported = if t.detached {
+                polled == ASYNCIFY_E_INVALID_HANDLE
+            } else {
+                polled == ASYNCIFY_EXPIRED
+            };
+            if freed && done && reported {
+                if polled < 0 {
+                    self.last_error_fn = Some("asyncify_poll");
+                }
+                break;
+            }
+            ensure!(
+                self,
+                Instant::now() < deadline,
+                "task {} (start_within_ms of a few ms, pool paused) not expired after 20 s: free_arg {}, on_done {}, poll {}",
+                t.id,
+                r.arg_freed.load(SeqCst),
+                r.done_calls.load(SeqCst),
+                status_name(polled)
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        self.note(format!("task {} expired", t.id));
+        self.left_unstarted(i, ASYNCIFY_EXPIRED);
         Ok(())
     }
 
     /// The task `i` reached a terminal state: report it as the library does.
     fn terminal(&mut self, i: usize, status: i32, code: i32) {
         let t = &self.tasks[i];
-        let result_here = t.sets_result && status != ASYNCIFY_CANCELLED;
+        let ran = matches!(status, ASYNCIFY_OK | ASYNCIFY_FAILED);
+        let result_here = t.sets_result && ran;
         let queue = t.cq.filter(|&q| !t.on_done && self.cqs[q].is_some());
         let result = if !result_here {
             ResultAt::Nowhere
@@ -1568,10 +1862,10 @@ impl<C: Choices> Interp<C> {
             t.result_freed += 1;
         }
         t.result = result;
-        t.state = if status == ASYNCIFY_CANCELLED {
-            State::Cancelled
-        } else {
-            State::Done { status, code }
+        t.state = match status {
+            ASYNCIFY_CANCELLED => State::Cancelled,
+            ASYNCIFY_EXPIRED => State::Expired,
+            _ => State::Done { status, code },
         };
         if t.detached && !t.released {
             t.released = true;
@@ -1609,7 +1903,7 @@ impl<C: Choices> Interp<C> {
                 let want_result = self.chance(60);
                 let mut result = 0xC0DEusize as *mut c_void;
                 let mut code = 31337;
-                let forever = matches!(target, Target::Live(i) if self.tasks[i].state != State::Queued)
+                let forever = matches!(target, Target::Live(i) if !self.tasks[i].state.pending())
                     && self.chance(30);
                 let got = asyncify_wait(
                     h,
@@ -1633,19 +1927,16 @@ impl<C: Choices> Interp<C> {
                 let expect = match target {
                     Target::Invalid => ASYNCIFY_E_INVALID_HANDLE,
                     Target::Live(i) => match self.tasks[i].state {
-                        State::Queued => ASYNCIFY_CANCELLED,
+                        State::Waiting | State::Queued => ASYNCIFY_CANCELLED,
                         State::Done { status, .. } => status,
                         State::Cancelled => ASYNCIFY_CANCELLED,
+                        State::Expired => ASYNCIFY_EXPIRED,
                     },
                 };
                 self.status("asyncify_cancel", got, expect)?;
                 if let Target::Live(i) = target {
-                    if self.tasks[i].state == State::Queued {
-                        let pool = self.tasks[i].pool;
-                        self.counts[pool].cancelled += 1;
-                        self.counts[pool].queued -= 1;
-                        self.tasks[i].arg_freed += 1;
-                        self.terminal(i, ASYNCIFY_CANCELLED, 0);
+                    if self.tasks[i].state.pending() {
+                        self.left_unstarted(i, ASYNCIFY_CANCELLED);
                     }
                 }
                 Ok(())
@@ -1694,7 +1985,7 @@ impl<C: Choices> Interp<C> {
         };
         let t = self.tasks[i].clone();
         let (expect, want_code_value) = match t.state {
-            State::Queued => (
+            State::Waiting | State::Queued => (
                 if is_wait {
                     ASYNCIFY_TIMEOUT
                 } else {
@@ -1704,6 +1995,7 @@ impl<C: Choices> Interp<C> {
             ),
             State::Done { status, code } => (status, code),
             State::Cancelled => (ASYNCIFY_CANCELLED, 0),
+            State::Expired => (ASYNCIFY_EXPIRED, 0),
         };
         self.status(function, got, expect)?;
         if want_code {
@@ -1746,7 +2038,7 @@ impl<C: Choices> Interp<C> {
             if fault == 3 { null_mut() } else { &mut index },
         );
         let first_terminal = targets.iter().position(|t| match t {
-            Target::Live(i) => self.tasks[*i].state != State::Queued,
+            Target::Live(i) => !self.tasks[*i].state.pending(),
             Target::Invalid => false,
         });
         let expect = match fault {
@@ -1769,6 +2061,37 @@ impl<C: Choices> Interp<C> {
         Ok(())
     }
 
+    /// Stats of `pool` (quiet) against the model's counts, and the identity
+    /// submitted = completed + failed + cancelled + abandoned + expired + queued.
+    fn check_pool_stats(&self, pool: usize, st: &asyncify_pool_stats) -> Result<(), String> {
+        let c = self.counts[pool];
+        let got = Counts {
+            submitted: st.submitted,
+            completed: st.completed,
+            failed: st.failed,
+            cancelled: st.cancelled,
+            expired: st.expired,
+            queued: st.queued,
+        };
+        ensure!(
+            self,
+            got == c,
+            "stats of pool {pool}: {got:?}, the model has {c:?}"
+        );
+        ensure!(
+            self,
+            st.limit == 0 && st.running == 0 && st.abandoned == 0,
+            "stats limit/running/abandoned"
+        );
+        ensure!(
+            self,
+            st.submitted
+                == st.completed + st.failed + st.cancelled + st.abandoned + st.expired + st.queued,
+            "pool {pool}: the stats identity does not hold: {got:?}"
+        );
+        Ok(())
+    }
+
     fn stats(&mut self, pool: usize) -> Result<asyncify_pool_stats, String> {
         // SAFETY: plain old data.
         let mut s: asyncify_pool_stats = unsafe { std::mem::zeroed() };
@@ -1787,38 +2110,23 @@ impl<C: Choices> Interp<C> {
 
     fn run_pool(&mut self, pool: usize) -> Result<(), String> {
         self.figures.runs += 1;
-        let order: Vec<usize> = (0..self.tasks.len())
-            .filter(|&i| self.tasks[i].pool == pool && self.tasks[i].state == State::Queued)
-            .collect();
+        // Every task of this pool that may start during the run: the queued
+        // ones, and the waiting ones that a place given back may admit.
         {
             let mut views = VIEWS.lock().unwrap_or_else(|e| e.into_inner());
-            for &i in &order {
-                views[self.tasks[i].id] = Some(self.view_of(&self.tasks[i].snapshot));
+            for t in self
+                .tasks
+                .iter()
+                .filter(|t| t.pool == pool && t.state.pending())
+            {
+                views[t.id] = Some(self.view_of(&t.snapshot));
             }
         }
-        let got = asyncify_set_max_workers(self.pools[pool], 1);
-        self.status("asyncify_set_max_workers", got, ASYNCIFY_OK)?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let s = self.stats(pool)?;
-            if s.queued == 0 && s.running == 0 {
-                break;
-            }
-            ensure!(
-                self,
-                Instant::now() < deadline,
-                "pool {pool} never ran its queue after set_max_workers(1): {} queued, {} running, {} threads, {} idle, limit {}",
-                s.queued,
-                s.running,
-                s.threads,
-                s.idle_threads,
-                s.limit
-            );
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        let got = asyncify_set_max_workers(self.pools[pool], 0);
-        self.status("asyncify_set_max_workers", got, ASYNCIFY_OK)?;
-        for i in order {
+        // The run, in the model: one at a time, each callable that returns
+        // gives its limiter's place back, which may admit waiting tasks (into
+        // this pool's queue, to run in this run, or into the other's).
+        let mut ran = Vec::new();
+        while let Some(i) = self.queues[pool].pop_front() {
             let t = &self.tasks[i];
             let (status, code) = if t.code == 0 {
                 (ASYNCIFY_OK, 0)
@@ -1835,9 +2143,42 @@ impl<C: Choices> Interp<C> {
                 self.expect_clone(cid);
             }
             self.tasks[i].snapshot.clear();
+            if let (0, Some(l)) = (pool, self.tasks[i].limiter) {
+                self.limiters[l].recorded += 1;
+            }
+            self.give_place_back(i);
             self.terminal(i, status, code);
+            ran.push(i);
         }
-        self.note(format!("ran pool {pool} ({} tasks)", self.figures.runs));
+        let left = self.counts[pool].queued;
+        let got = asyncify_set_max_workers(self.pools[pool], 1);
+        self.status("asyncify_set_max_workers", got, ASYNCIFY_OK)?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            // Tasks still waiting for a limiter stay counted as queued.
+            let s = self.stats(pool)?;
+            if s.queued == left && s.running == 0 {
+                break;
+            }
+            ensure!(
+                self,
+                Instant::now() < deadline,
+                "pool {pool} never ran its queue after set_max_workers(1): {} queued ({left} expected to wait for a limiter), {} running, {} threads, {} idle, limit {}",
+                s.queued,
+                s.running,
+                s.threads,
+                s.idle_threads,
+                s.limit
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let got = asyncify_set_max_workers(self.pools[pool], 0);
+        self.status("asyncify_set_max_workers", got, ASYNCIFY_OK)?;
+        self.note(format!(
+            "ran pool {pool} ({} tasks, run {})",
+            ran.len(),
+            self.figures.runs
+        ));
         Ok(())
     }
 
@@ -2019,6 +2360,8 @@ impl<C: Choices> Interp<C> {
                     0 => 0,
                     1 => 3,
                     2 => 8,
+                    // A caller built before `expired` was appended (0.1).
+                    5 => offset_of!(asyncify_pool_stats, expired) as u32,
                     _ => size_of::<asyncify_pool_stats>() as u32 + if fault == 3 { 8 } else { 0 },
                 };
                 s[..4].copy_from_slice(&size.to_ne_bytes());
@@ -2040,28 +2383,15 @@ impl<C: Choices> Interp<C> {
                 if expect == ASYNCIFY_OK {
                     let filled = (size as usize).min(size_of::<asyncify_pool_stats>());
                     self.check_versioned_out(&s, filled, "asyncify_stats")?;
-                    if filled == size_of::<asyncify_pool_stats>() {
-                        // SAFETY: the bytes hold a filled stats struct.
-                        let st: asyncify_pool_stats =
+                    if filled >= offset_of!(asyncify_pool_stats, expired) {
+                        // SAFETY: the bytes hold a filled stats struct (its
+                        // `expired` only when filled that far).
+                        let mut st: asyncify_pool_stats =
                             unsafe { std::ptr::read_unaligned(s.as_ptr().cast()) };
-                        let c = self.counts[pool];
-                        let got = Counts {
-                            submitted: st.submitted,
-                            completed: st.completed,
-                            failed: st.failed,
-                            cancelled: st.cancelled,
-                            queued: st.queued,
-                        };
-                        ensure!(
-                            self,
-                            got == c,
-                            "stats of pool {pool}: {got:?}, the model has {c:?}"
-                        );
-                        ensure!(
-                            self,
-                            st.limit == 0 && st.running == 0 && st.abandoned == 0,
-                            "stats limit/running/abandoned"
-                        );
+                        if filled < size_of::<asyncify_pool_stats>() {
+                            st.expired = self.counts[pool].expired;
+                        }
+                        self.check_pool_stats(pool, &st)?;
                     }
                 }
             }
@@ -2087,9 +2417,9 @@ impl<C: Choices> Interp<C> {
                 };
                 // The oldest published layout (0.1) is the least a caller may pass.
                 let least = if pool_opts {
-                    std::mem::offset_of!(asyncify_pool_options, hook_data) + size_of::<usize>()
+                    offset_of!(asyncify_pool_options, hook_data) + size_of::<usize>()
                 } else {
-                    size_of::<asyncify_submit_options>()
+                    SUBMIT_0_1_END
                 };
                 let size = match fault {
                     0 => least - 1,
@@ -2245,6 +2575,456 @@ impl<C: Choices> Interp<C> {
         Ok(())
     }
 
+    // ---- limiters (8.2) ----
+
+    fn live_limiter(&mut self) -> Option<usize> {
+        let live: Vec<usize> = (0..self.limiters.len())
+            .filter(|&l| !self.limiters[l].ptr.is_null())
+            .collect();
+        (!live.is_empty()).then(|| live[self.pick(live.len() as u32) as usize])
+    }
+
+    /// A rate the model can follow: none, or so low that no token is earned
+    /// during a run.
+    fn model_rate(&mut self) -> f64 {
+        match self.pick(10) {
+            0..=5 => 0.0,
+            6..=8 => TINY_RATE,
+            _ => -0.0,
+        }
+    }
+
+    fn bad_rate(&mut self) -> f64 {
+        [f64::NAN, -1.0, f64::INFINITY, f64::NEG_INFINITY, -1e-300][self.pick(5) as usize]
+    }
+
+    fn op_limiter(&mut self) -> Result<(), String> {
+        match self.pick(10) {
+            0 | 1 => self.limiter_new(),
+            2..=4 => self.limiter_set(),
+            5 | 6 => {
+                let Some(l) = self.live_limiter() else {
+                    return Ok(());
+                };
+                self.limiter_stats_call(l)
+            }
+            7 => self.latency_call(),
+            8 => {
+                let Some(l) = self.live_limiter() else {
+                    return Ok(());
+                };
+                self.free_limiter(l)
+            }
+            _ => {
+                // NULL limiters.
+                let (got, function, want) = match self.pick(4) {
+                    0 => (
+                        asyncify_limiter_set(null_mut(), 1, 0.0, 0),
+                        "asyncify_limiter_set",
+                        ASYNCIFY_E_NULL,
+                    ),
+                    1 => {
+                        // SAFETY: plain old data.
+                        let mut st: asyncify_limiter_stats = unsafe { std::mem::zeroed() };
+                        st.struct_size = size_of::<asyncify_limiter_stats>() as u32;
+                        (
+                            asyncify_limiter_stats_get(null(), &mut st),
+                            "asyncify_limiter_stats_get",
+                            ASYNCIFY_E_NULL,
+                        )
+                    }
+                    2 => (
+                        asyncify_limiter_free(null_mut()),
+                        "asyncify_limiter_free",
+                        ASYNCIFY_E_NULL,
+                    ),
+                    _ => {
+                        // SAFETY: plain old data.
+                        let mut lat: asyncify_latency = unsafe { std::mem::zeroed() };
+                        lat.struct_size = size_of::<asyncify_latency>() as u32;
+                        (
+                            asyncify_limiter_latency(null(), ASYNCIFY_LATENCY_RUN, &mut lat),
+                            "asyncify_limiter_latency",
+                            ASYNCIFY_E_NULL,
+                        )
+                    }
+                };
+                self.status(function, got, want)
+            }
+        }
+    }
+
+    fn limiter_new(&mut self) -> Result<(), String> {
+        let live = self.limiters.iter().filter(|l| !l.ptr.is_null()).count();
+        if live >= 4 || self.limiters.len() >= 16 {
+            return Ok(());
+        }
+        let fault = if self.chance(35) { 1 + self.pick(9) } else { 0 };
+        let mut buf = [0xABu8; size_of::<asyncify_limiter_options>() + 8];
+        let init_size = match fault {
+            1 => [0, 4, LIMITER_OPTIONS_END - 1][self.pick(3) as usize],
+            6 | 9 => buf.len(),
+            _ => size_of::<asyncify_limiter_options>(),
+        };
+        let got = asyncify_limiter_options_init(
+            if fault == 2 {
+                null_mut()
+            } else {
+                buf.as_mut_ptr().cast()
+            },
+            init_size,
+        );
+        let want = match fault {
+            1 => ASYNCIFY_E_INVALID_ARGUMENT,
+            2 => ASYNCIFY_E_NULL,
+            _ => ASYNCIFY_OK,
+        };
+        self.status("asyncify_limiter_options_init", got, want)?;
+        if want != ASYNCIFY_OK {
+            ensure!(
+                self,
+                buf.iter().all(|&b| b == 0xAB),
+                "asyncify_limiter_options_init wrote on error"
+            );
+            return Ok(());
+        }
+        self.check_versioned_out(&buf, init_size, "asyncify_limiter_options_init")?;
+        // SAFETY: the bytes hold an initialised options struct.
+        let mut o: asyncify_limiter_options =
+            unsafe { std::ptr::read_unaligned(buf.as_ptr().cast()) };
+        ensure!(
+            self,
+            o.max_running == u32::MAX
+                && o.rate_per_s == 0.0
+                && o.burst == 0
+                && o.name.is_null()
+                && buf[size_of::<asyncify_limiter_options>()..init_size]
+                    .iter()
+                    .all(|&b| b == 0),
+            "limiter option defaults: max_running {}, rate {}, burst {}",
+            o.max_running,
+            o.rate_per_s,
+            o.burst
+        );
+        o.max_running = [0, 1, 1, 2, 3, u32::MAX][self.pick(6) as usize];
+        o.rate_per_s = self.model_rate();
+        o.burst = self.pick(4);
+        let n = self.limiters.len();
+        let name = cstr(&format!("limiter-{n}"));
+        let bad_name = CString::new(vec![b'l', 0xC3, 0x28]).expect("no NUL");
+        o.name = match (fault, self.pick(3)) {
+            (8, _) => bad_name.as_ptr(),
+            (_, 0) => null(),
+            _ => name.as_ptr(),
+        };
+        match fault {
+            5 => o.struct_size = [0, 4, LIMITER_OPTIONS_END as u32 - 1][self.pick(3) as usize],
+            7 => o.rate_per_s = self.bad_rate(),
+            _ => {}
+        }
+        // SAFETY: `buf` holds the struct and 8 bytes past it.
+        unsafe { std::ptr::write_unaligned(buf.as_mut_ptr().cast(), o) };
+        if fault == 6 {
+            buf[size_of::<asyncify_limiter_options>() + self.pick(8) as usize] = 1;
+        }
+        let mut out = 0xFACE_usize as *mut asyncify_limiter;
+        let got = asyncify_limiter_new(
+            if fault == 3 {
+                null()
+            } else {
+                buf.as_ptr().cast()
+            },
+            if fault == 4 { null_mut() } else { &mut out },
+        );
+        let want = match fault {
+            3 | 4 => ASYNCIFY_E_NULL,
+            5..=8 => ASYNCIFY_E_INVALID_ARGUMENT,
+            _ => ASYNCIFY_OK,
+        };
+        self.status("asyncify_limiter_new", got, want)?;
+        if want != ASYNCIFY_OK {
+            ensure!(
+                self,
+                out as usize == 0xFACE,
+                "asyncify_limiter_new wrote out on error"
+            );
+            return Ok(());
+        }
+        ensure!(
+            self,
+            !out.is_null() && out as usize != 0xFACE,
+            "asyncify_limiter_new gave {out:?}"
+        );
+        let bucket = o.burst.max(1);
+        self.figures.limiters += 1;
+        self.limiters.push(MLimiter {
+            ptr: out,
+            max_running: o.max_running,
+            rate: o.rate_per_s,
+            bucket,
+            tokens: bucket,
+            running: 0,
+            waiting: VecDeque::new(),
+            admitted: 0,
+            expired: 0,
+            cancelled_waiting: 0,
+            submitted: 0,
+            recorded: 0,
+        });
+        Ok(())
+    }
+
+    fn limiter_set(&mut self) -> Result<(), String> {
+        let Some(l) = self.live_limiter() else {
+            return Ok(());
+        };
+        let bad = self.chance(15);
+        let cur = self.limiters[l].max_running;
+        let max_running = [
+            0,
+            1,
+            2,
+            3,
+            u32::MAX,
+            cur.saturating_add(1),
+            cur.saturating_sub(1),
+        ][self.pick(7) as usize];
+        let rate = if bad {
+            self.bad_rate()
+        } else {
+            self.model_rate()
+        };
+        let burst = self.pick(4);
+        let got = asyncify_limiter_set(self.limiters[l].ptr, max_running, rate, burst);
+        let want = if bad {
+            ASYNCIFY_E_INVALID_ARGUMENT
+        } else {
+            ASYNCIFY_OK
+        };
+        self.status("asyncify_limiter_set", got, want)?;
+        if !bad {
+            self.set_limiter_model(l, max_running, rate, burst);
+        }
+        Ok(())
+    }
+
+    /// What a successful `asyncify_limiter_set` does to the model.
+    fn set_limiter_model(&mut self, l: usize, max_running: u32, rate: f64, burst: u32) {
+        let lim = &mut self.limiters[l];
+        let bucket = burst.max(1);
+        // A rate set where there was none starts with a full bucket.
+        lim.tokens = if lim.rate == 0.0 {
+            bucket
+        } else {
+            lim.tokens.min(bucket)
+        };
+        lim.max_running = max_running;
+        lim.rate = rate;
+        lim.bucket = bucket;
+        self.admit(l, true);
+    }
+
+    /// The library's stats of limiter `l` (quietly: not a logged call).
+    fn limiter_stats(&self, l: usize) -> Result<asyncify_limiter_stats, String> {
+        // SAFETY: plain old data.
+        let mut st: asyncify_limiter_stats = unsafe { std::mem::zeroed() };
+        st.struct_size = size_of::<asyncify_limiter_stats>() as u32;
+        let got = asyncify_limiter_stats_get(self.limiters[l].ptr, &mut st);
+        ensure!(
+            self,
+            got == ASYNCIFY_OK,
+            "asyncify_limiter_stats_get of limiter {l}: {}",
+            status_name(got)
+        );
+        Ok(st)
+    }
+
+    /// Stats of limiter `l` against the model, and its identity: every task
+    /// submitted with it waits, was admitted, or left while waiting.
+    fn check_limiter_stats(&self, l: usize, st: &asyncify_limiter_stats) -> Result<(), String> {
+        let m = &self.limiters[l];
+        let got = (
+            st.max_running,
+            st.waiting,
+            st.running,
+            st.admitted,
+            st.expired,
+            st.cancelled_waiting,
+        );
+        let want = (
+            m.max_running,
+            m.waiting.len() as u64,
+            m.running,
+            m.admitted,
+            m.expired,
+            m.cancelled_waiting,
+        );
+        ensure!(
+            self,
+            got == want,
+            "limiter {l} stats (max_running, waiting, running, admitted, expired, cancelled_waiting) {got:?}, the model has {want:?}"
+        );
+        ensure!(
+            self,
+            st.waiting + st.admitted + st.expired + st.cancelled_waiting == m.submitted,
+            "limiter {l}: waiting + admitted + expired + cancelled_waiting is not the {} tasks submitted with it",
+            m.submitted
+        );
+        Ok(())
+    }
+
+    fn limiter_stats_call(&mut self, l: usize) -> Result<(), String> {
+        let fault = self.pick(8);
+        let full = size_of::<asyncify_limiter_stats>();
+        let size: u32 = match fault {
+            1 => [0, 3][self.pick(2) as usize],
+            2 => 8,
+            3 => offset_of!(asyncify_limiter_stats, admitted) as u32,
+            4 => full as u32 + 8,
+            _ => full as u32,
+        };
+        let mut buf = [0xABu8; size_of::<asyncify_limiter_stats>() + 8];
+        buf[..4].copy_from_slice(&size.to_ne_bytes());
+        let null_out = fault == 5;
+        let got = asyncify_limiter_stats_get(
+            self.limiters[l].ptr,
+            if null_out {
+                null_mut()
+            } else {
+                buf.as_mut_ptr().cast()
+            },
+        );
+        let want = match fault {
+            1 => ASYNCIFY_E_INVALID_ARGUMENT,
+            5 => ASYNCIFY_E_NULL,
+            _ => ASYNCIFY_OK,
+        };
+        self.status("asyncify_limiter_stats_get", got, want)?;
+        if want != ASYNCIFY_OK {
+            ensure!(
+                self,
+                null_out || buf[4..].iter().all(|&b| b == 0xAB),
+                "asyncify_limiter_stats_get wrote on error"
+            );
+            return Ok(());
+        }
+        let filled = (size as usize).min(full);
+        self.check_versioned_out(&buf, filled, "asyncify_limiter_stats_get")?;
+        // SAFETY: the bytes hold a (maybe partly) filled stats struct.
+        let st: asyncify_limiter_stats = unsafe { std::ptr::read_unaligned(buf.as_ptr().cast()) };
+        ensure!(
+            self,
+            st.max_running == self.limiters[l].max_running,
+            "limiter {l}: max_running {}, the model has {}",
+            st.max_running,
+            self.limiters[l].max_running
+        );
+        if filled == full {
+            self.check_limiter_stats(l, &st)?;
+        }
+        Ok(())
+    }
+
+    /// asyncify_limiter_latency (tasks that ran on pool 0, which records) and
+    /// asyncify_pool_latency: counts exact, percentiles in order.
+    fn latency_call(&mut self) -> Result<(), String> {
+        let limiter = if self.chance(70) {
+            match self.live_limiter() {
+                Some(l) => Some(l),
+                None => return Ok(()),
+            }
+        } else {
+            None
+        };
+        let pool = self.pick(2) as usize;
+        // Pool 1 does not record latency: asked with no other fault (the
+        // contract does not order the checks).
+        let not_recorded = limiter.is_none() && pool == 1;
+        let fault = if not_recorded { 0 } else { self.pick(8) };
+        let which = match fault {
+            1 => [0, 3, 99][self.pick(3) as usize],
+            _ => [ASYNCIFY_LATENCY_QUEUE_WAIT, ASYNCIFY_LATENCY_RUN][self.pick(2) as usize],
+        };
+        let mut buf = [0xABu8; size_of::<asyncify_latency>() + 8];
+        let size: u32 = match fault {
+            2 => [0, 3][self.pick(2) as usize],
+            3 => 16,
+            _ => size_of::<asyncify_latency>() as u32,
+        };
+        buf[..4].copy_from_slice(&size.to_ne_bytes());
+        let null_out = fault == 4;
+        let out: *mut asyncify_latency = if null_out {
+            null_mut()
+        } else {
+            buf.as_mut_ptr().cast()
+        };
+        let (got, function, count) = match limiter {
+            Some(l) => (
+                asyncify_limiter_latency(self.limiters[l].ptr, which, out),
+                "asyncify_limiter_latency",
+                self.limiters[l].recorded,
+            ),
+            None => (
+                asyncify_pool_latency(self.pools[pool], which, out),
+                "asyncify_pool_latency",
+                self.counts[pool].completed + self.counts[pool].failed,
+            ),
+        };
+        let want = match fault {
+            _ if not_recorded => ASYNCIFY_E_NOT_FOUND,
+            1 | 2 => ASYNCIFY_E_INVALID_ARGUMENT,
+            4 => ASYNCIFY_E_NULL,
+            _ => ASYNCIFY_OK,
+        };
+        self.status(function, got, want)?;
+        if want != ASYNCIFY_OK {
+            ensure!(
+                self,
+                null_out || buf[4..].iter().all(|&b| b == 0xAB),
+                "{function} wrote on error"
+            );
+            return Ok(());
+        }
+        let filled = (size as usize).min(size_of::<asyncify_latency>());
+        self.check_versioned_out(&buf, filled, function)?;
+        if filled == size_of::<asyncify_latency>() {
+            // SAFETY: the bytes hold a filled latency struct.
+            let lat: asyncify_latency = unsafe { std::ptr::read_unaligned(buf.as_ptr().cast()) };
+            ensure!(
+                self,
+                lat.count == count,
+                "{function}: count {}, the model has {count} tasks that ran where latency is recorded",
+                lat.count
+            );
+            ensure!(
+                self,
+                lat.p50_ns <= lat.p90_ns
+                    && lat.p90_ns <= lat.p99_ns
+                    && lat.p99_ns <= lat.max_ns
+                    && lat.max_ns <= lat.sum_ns
+                    && (count > 0 || lat.sum_ns == 0),
+                "{function}: figures out of order: p50 {} p90 {} p99 {} max {} sum {}",
+                lat.p50_ns,
+                lat.p90_ns,
+                lat.p99_ns,
+                lat.max_ns,
+                lat.sum_ns
+            );
+        }
+        Ok(())
+    }
+
+    fn free_limiter(&mut self, l: usize) -> Result<(), String> {
+        let st = self.limiter_stats(l)?;
+        self.check_limiter_stats(l, &st)?;
+        let got = asyncify_limiter_free(self.limiters[l].ptr);
+        self.status("asyncify_limiter_free", got, ASYNCIFY_OK)?;
+        // Its tasks keep the limiter: those waiting are still admitted by
+        // places their limiter gets back.
+        self.limiters[l].ptr = null_mut();
+        Ok(())
+    }
+
     // ---- checks after every step ----
 
     fn held_values(&self) -> Vec<bool> {
@@ -2346,7 +3126,7 @@ impl<C: Choices> Interp<C> {
                 r.result_freed.load(SeqCst),
                 t.result_freed
             );
-            let terminal = t.state != State::Queued;
+            let terminal = !t.state.pending();
             let want_done = u32::from(t.on_done && terminal);
             ensure!(
                 self,
@@ -2358,6 +3138,7 @@ impl<C: Choices> Interp<C> {
             if want_done == 1 {
                 let (status, code) = match t.state {
                     State::Done { status, code } => (status, code),
+                    State::Expired => (ASYNCIFY_EXPIRED, 0),
                     _ => (ASYNCIFY_CANCELLED, 0),
                 };
                 let result = if t.result == ResultAt::OnDone {
@@ -2382,6 +3163,25 @@ impl<C: Choices> Interp<C> {
                         t.id
                     );
                 }
+            }
+        }
+        // Nothing moves between steps (the pools are paused, no deadline or
+        // token is due): the stats of each pool and limiter are exact.
+        for pool in 0..2 {
+            if self.pools[pool].is_null() {
+                continue;
+            }
+            // SAFETY: plain old data.
+            let mut st: asyncify_pool_stats = unsafe { std::mem::zeroed() };
+            st.struct_size = size_of::<asyncify_pool_stats>() as u32;
+            let got = asyncify_stats(self.pools[pool], &mut st);
+            ensure!(self, got == ASYNCIFY_OK, "asyncify_stats: {got}");
+            self.check_pool_stats(pool, &st)?;
+        }
+        for l in 0..self.limiters.len() {
+            if !self.limiters[l].ptr.is_null() {
+                let st = self.limiter_stats(l)?;
+                self.check_limiter_stats(l, &st)?;
             }
         }
         let held = self.held_values();
@@ -2434,6 +3234,12 @@ impl<C: Choices> Interp<C> {
             self.status("asyncify_pool_options_init", s, ASYNCIFY_OK)?;
             o.max_workers = 0;
             o.max_queued = if pool == 1 { 2 } else { 0 };
+            // Pool 0 records latency (its own, and its limited tasks').
+            o.flags = if pool == 0 {
+                ASYNCIFY_POOL_RECORD_LATENCY
+            } else {
+                0
+            };
             o.thread_name = c"model".as_ptr();
             let mut p = null_mut();
             let s = asyncify_pool_new_ex(&o, &mut p);
@@ -2448,17 +3254,18 @@ impl<C: Choices> Interp<C> {
     fn step(&mut self) -> Result<(), String> {
         self.figures.steps += 1;
         match self.pick(100) {
-            0..=14 => self.op_set()?,
-            15..=26 => self.op_get()?,
-            27..=32 => self.op_remove_clear_count()?,
-            33..=40 => self.op_scope()?,
-            41..=45 => self.op_global()?,
-            46..=53 => self.op_context()?,
-            54..=65 => self.op_submit()?,
-            66..=79 => self.op_handle()?,
-            80..=82 => self.op_wait_any()?,
-            83..=87 => self.op_run()?,
-            88..=93 => self.op_cq()?,
+            0..=13 => self.op_set()?,
+            14..=24 => self.op_get()?,
+            25..=30 => self.op_remove_clear_count()?,
+            31..=37 => self.op_scope()?,
+            38..=42 => self.op_global()?,
+            43..=49 => self.op_context()?,
+            50..=62 => self.op_submit()?,
+            63..=76 => self.op_handle()?,
+            77..=79 => self.op_wait_any()?,
+            80..=84 => self.op_run()?,
+            85..=89 => self.op_cq()?,
+            90..=95 => self.op_limiter()?,
             _ => self.op_structs()?,
         }
         self.check_all()
@@ -2467,8 +3274,26 @@ impl<C: Choices> Interp<C> {
     /// Leaves nothing behind, and checks that every value was released once.
     fn teardown(&mut self) -> Result<(), String> {
         self.note("teardown".into());
-        for pool in 0..2 {
-            self.run_pool(pool)?;
+        // Either every limiter opens (its waiting tasks are admitted and run),
+        // or the tasks still waiting are cancelled by their pool's free.
+        if self.chance(50) {
+            for l in 0..self.limiters.len() {
+                if !self.limiters[l].ptr.is_null() {
+                    let got = asyncify_limiter_set(self.limiters[l].ptr, u32::MAX, 0.0, 0);
+                    self.status("asyncify_limiter_set", got, ASYNCIFY_OK)?;
+                    self.set_limiter_model(l, u32::MAX, 0.0, 0);
+                }
+            }
+        }
+        // A run of one pool may admit tasks of the other: run until no task
+        // is queued.
+        loop {
+            for pool in 0..2 {
+                self.run_pool(pool)?;
+            }
+            if !self.tasks.iter().any(|t| t.state == State::Queued) {
+                break;
+            }
         }
         for i in 0..self.tasks.len() {
             if let Some(h) = Self::valid_handle(&self.tasks[i]) {
@@ -2516,9 +3341,26 @@ impl<C: Choices> Interp<C> {
             let got = asyncify_pool_free(self.pools[pool], 10_000);
             self.status("asyncify_pool_free", got, ASYNCIFY_OK)?;
             self.pools[pool] = null_mut();
+            // Its shutdown cancelled the tasks still waiting for a limiter.
+            for i in 0..self.tasks.len() {
+                if self.tasks[i].pool == pool && self.tasks[i].state == State::Waiting {
+                    self.left_unstarted(i, ASYNCIFY_CANCELLED);
+                }
+            }
         }
         self.maybe_pinned.clear();
         self.check_all()?;
+        for l in 0..self.limiters.len() {
+            let m = &self.limiters[l];
+            ensure!(
+                self,
+                m.waiting.is_empty() && m.running == 0,
+                "model: limiter {l} not quiet after the pools were freed"
+            );
+            if !m.ptr.is_null() {
+                self.free_limiter(l)?;
+            }
+        }
         for (id, v) in self.values.iter().enumerate() {
             if let Val::Ptr { release: true, .. } = v {
                 let n = RELEASED[id].load(SeqCst);
@@ -2562,6 +3404,11 @@ impl<C: Choices> Interp<C> {
                 if !self.pools[pool].is_null() {
                     asyncify_set_max_workers(self.pools[pool], 4);
                     asyncify_pool_free(self.pools[pool], 1000);
+                }
+            }
+            for l in &self.limiters {
+                if !l.ptr.is_null() {
+                    asyncify_limiter_free(l.ptr);
                 }
             }
             return Err(e);
