@@ -22,6 +22,21 @@
 //!   own tables are empty whenever no task is installed (`on_done` on a
 //!   worker, `on_thread_stop`); each task saw exactly its submitter's table.
 //!
+//! Limiters and start deadlines (contract 8.2, 8.3) join the races: three
+//! limiter slots, shared by every pool, hold limiters that drivers resize
+//! (`asyncify_limiter_set`: paused, small caps, no cap, real token rates) and
+//! replace at random, freeing the old one while its tasks still wait or run
+//! (or keeping it to check at the end of the round). Tasks take a limiter
+//! and a start deadline of 1 to 50 ms at random, so expiries race starts,
+//! inline runs, cancels and pool shutdowns. Then also:
+//!
+//! - an expired task never ran, got `free_arg` once, then `on_done(EXPIRED)`
+//!   on a library thread (the timer or a worker), and counts in `expired`;
+//! - no more callables of a limiter run at once than the highest cap it had;
+//! - once quiet, each limiter kept has `waiting` and `running` 0 and
+//!   `admitted + expired + cancelled_waiting` equal to the tasks accepted
+//!   with it; its counters never look absurd while the drivers run.
+//!
 //! A last phase races `asyncify_shutdown` of the default pool with submitters.
 //!
 //! Settings (environment): `ASYNCIFY_STRESS_TASKS` (default 100,000 accepted
@@ -44,6 +59,7 @@ use std::time::{Duration, Instant};
 
 use asyncify::ffi::context::*;
 use asyncify::ffi::cq::*;
+use asyncify::ffi::limiter::*;
 use asyncify::ffi::overrides::*;
 use asyncify::ffi::pool::*;
 use asyncify::ffi::task::*;
@@ -54,6 +70,8 @@ const ROUND_MAX: usize = 500_000;
 const MAX_GENS: usize = 4096;
 const RING: usize = 256;
 const HELD_MAX: usize = 48;
+const MAX_LIM_GENS: usize = 4096;
+const LIM_SLOTS_N: usize = 3;
 
 /// A number from the environment, decimal or `0x` hex (as seeds are printed).
 fn env_u64(name: &str) -> Option<u64> {
@@ -120,6 +138,15 @@ struct Figures {
     detached_gone: AtomicU64,
     cancel_requested_seen: AtomicU64,
     rounds: AtomicU64,
+    limiters: AtomicU64,
+    limiter_sets: AtomicU64,
+    limiters_freed_in_use: AtomicU64,
+    limited: AtomicU64,
+    deadlines: AtomicU64,
+    expired: AtomicU64,
+    expired_waiting: AtomicU64,
+    cancelled_waiting: AtomicU64,
+    limiter_stats_reads: AtomicU64,
 }
 
 static FIG: OnceLock<Figures> = OnceLock::new();
@@ -140,6 +167,8 @@ const M_DETACHED: u32 = 4;
 const M_SETS_RESULT: u32 = 8;
 const M_EMPTY: u32 = 16;
 const M_CONTEXT: u32 = 32;
+const M_LIMITER: u32 = 64;
+const M_DEADLINE: u32 = 128;
 
 #[derive(Default)]
 struct Rec {
@@ -165,6 +194,8 @@ struct Rec {
     cq_status: AtomicI32,
     seen: AtomicU32,
     cancel_seen: AtomicU32,
+    /// The limiter generation it was submitted with (with `M_LIMITER`).
+    lim_gen: AtomicU32,
 }
 
 impl Rec {
@@ -180,6 +211,7 @@ impl Rec {
                 &self.cq_calls,
                 &self.seen,
                 &self.cancel_seen,
+                &self.lim_gen,
             ])
         {
             a.store(0, SeqCst);
@@ -380,7 +412,11 @@ fn cancel_from_callback() {
     check!(
         matches!(
             s,
-            ASYNCIFY_CANCELLED | ASYNCIFY_OK | ASYNCIFY_FAILED | ASYNCIFY_E_INVALID_HANDLE
+            ASYNCIFY_CANCELLED
+                | ASYNCIFY_OK
+                | ASYNCIFY_FAILED
+                | ASYNCIFY_EXPIRED
+                | ASYNCIFY_E_INVALID_HANDLE
         ),
         "cancel of a ring handle returned {s}"
     );
@@ -388,7 +424,7 @@ fn cancel_from_callback() {
 
 fn note_cancel(r: &Rec, s: asyncify_status) {
     match s {
-        ASYNCIFY_CANCELLED | ASYNCIFY_OK | ASYNCIFY_FAILED => {
+        ASYNCIFY_CANCELLED | ASYNCIFY_OK | ASYNCIFY_FAILED | ASYNCIFY_EXPIRED => {
             r.cancel_seen.fetch_or(1 << s, SeqCst);
             if s != ASYNCIFY_CANCELLED {
                 bump(&fig().cancel_too_late);
@@ -405,6 +441,17 @@ extern "C" fn work(arg: *mut c_void, out: *mut *mut c_void) -> i32 {
     IN_FN.with(|d| d.set(d.get() + 1));
     let runs = r.ran.fetch_add(1, SeqCst);
     check!(runs == 0, "task {arg:?} ran twice");
+    let limited = (r.mode.load(SeqCst) & M_LIMITER != 0)
+        .then(|| &lim_gens()[r.lim_gen.load(SeqCst) as usize]);
+    if let Some(g) = limited {
+        let now = g.running_now.fetch_add(1, SeqCst) + 1;
+        g.peak.fetch_max(now, SeqCst);
+        let cap = g.cap_ever.load(SeqCst);
+        check!(
+            now <= cap,
+            "task {arg:?}: {now} callables of its limiter run at once, its highest cap is {cap}"
+        );
+    }
     r.ran_on.store(thread_id(), SeqCst);
     check!(
         r.arg_freed.load(SeqCst) == 0,
@@ -459,12 +506,16 @@ extern "C" fn work(arg: *mut c_void, out: *mut *mut c_void) -> i32 {
                         ASYNCIFY_OK
                             | ASYNCIFY_FAILED
                             | ASYNCIFY_CANCELLED
+                            | ASYNCIFY_EXPIRED
                             | ASYNCIFY_TIMEOUT
                             | ASYNCIFY_E_INVALID_HANDLE
                     ),
                     "wait in a task: {s}"
                 );
-                if matches!(s, ASYNCIFY_OK | ASYNCIFY_FAILED | ASYNCIFY_CANCELLED) {
+                if matches!(
+                    s,
+                    ASYNCIFY_OK | ASYNCIFY_FAILED | ASYNCIFY_CANCELLED | ASYNCIFY_EXPIRED
+                ) {
                     child.seen.fetch_or(1 << s, SeqCst);
                 }
                 if child.ran_on.load(SeqCst) == thread_id() {
@@ -496,6 +547,9 @@ extern "C" fn work(arg: *mut c_void, out: *mut *mut c_void) -> i32 {
     if r.mode.load(SeqCst) & M_SETS_RESULT != 0 {
         // SAFETY: `out` is the library's valid result slot for this call.
         unsafe { *out = arg };
+    }
+    if let Some(g) = limited {
+        g.running_now.fetch_sub(1, SeqCst);
     }
     r.fn_end.store(tick(), SeqCst);
     IN_FN.with(|d| d.set(d.get() - 1));
@@ -555,6 +609,25 @@ extern "C" fn on_done(data: *mut c_void, h: u64, status: i32, result: *mut c_voi
             check!(
                 here,
                 "on_done(CANCELLED) not on the cancelling or shutting-down thread"
+            );
+        }
+        ASYNCIFY_EXPIRED => {
+            check!(
+                result.is_null() && code == 0,
+                "expired with a result or code"
+            );
+            check!(
+                r.mode.load(SeqCst) & M_DEADLINE != 0,
+                "on_done(EXPIRED) of task {data:?}, submitted without a deadline"
+            );
+            check!(r.ran.load(SeqCst) == 0, "on_done(EXPIRED) but fn ran");
+            check!(
+                r.arg_freed.load(SeqCst) == 1,
+                "on_done(EXPIRED) before free_arg (8.3 says free_arg, then on_done)"
+            );
+            check!(
+                !DRIVER.with(Cell::get),
+                "on_done(EXPIRED) on a driver thread (the timer or a worker notices)"
             );
         }
         _ => check!(false, "on_done with status {status}"),
@@ -661,6 +734,20 @@ fn submit_one(slot: Option<usize>) -> Option<(u64, &'static Rec)> {
     } else if ctx_roll < 10 {
         mode |= M_CONTEXT;
     }
+    let lim_slot = chance(30).then(|| below(LIM_SLOTS_N as u64) as usize);
+    let start_within_ms = if chance(20) {
+        [1, 2, 3, 5, 10, 50][below(6) as usize]
+    } else {
+        0
+    };
+    if start_within_ms > 0 {
+        mode |= M_DEADLINE;
+        // Its outcome (EXPIRED or CANCELLED when it never ran) must reach a
+        // callback or the queue, for the checks to tell them apart.
+        if mode & (M_ON_DONE | M_CQ) == 0 {
+            mode |= M_ON_DONE;
+        }
+    }
     r.mode.store(mode, SeqCst);
     r.code.store(
         if chance(75) {
@@ -688,6 +775,7 @@ fn submit_one(slot: Option<usize>) -> Option<(u64, &'static Rec)> {
     if mode & M_DETACHED != 0 {
         opts.flags |= ASYNCIFY_SUBMIT_DETACHED;
     }
+    opts.start_within_ms = start_within_ms;
     let mut ctx: *mut asyncify_context = null_mut();
     let seq_now = get_seq();
     let count_now = table_count() - local_keys();
@@ -722,11 +810,25 @@ fn submit_one(slot: Option<usize>) -> Option<(u64, &'static Rec)> {
         let (addr, gen) = *guard;
         r.gen.store(gen, SeqCst);
         opts.pool = pool_ptr(addr);
+        let lim_guard = lim_slot.map(lim_slot_read);
+        let lim = lim_guard.as_deref().copied().filter(|&(a, _)| a != 0);
+        if let Some((lim_addr, lim_gen)) = lim {
+            opts.limiter = lim_ptr(lim_addr);
+            r.lim_gen.store(lim_gen, SeqCst);
+            r.mode.fetch_or(M_LIMITER, SeqCst);
+        }
         let s = asyncify_submit(Some(work), arg, &opts, &mut h);
         if s == ASYNCIFY_OK {
             r.accepted.store(true, SeqCst);
             gens()[gen as usize].accepted.fetch_add(1, SeqCst);
             bump(&fig().accepted);
+            if let Some((_, lim_gen)) = lim {
+                lim_gens()[lim_gen as usize].accepted.fetch_add(1, SeqCst);
+                bump(&fig().limited);
+            }
+            if start_within_ms > 0 {
+                bump(&fig().deadlines);
+            }
         }
         (s, gen)
     };
@@ -767,12 +869,12 @@ fn detached(r: &Rec) -> bool {
 /// Notes what a poll or wait returned.
 fn observed(r: &Rec, s: asyncify_status, result: *mut c_void, what: &str) {
     match s {
-        ASYNCIFY_OK | ASYNCIFY_FAILED | ASYNCIFY_CANCELLED => {
+        ASYNCIFY_OK | ASYNCIFY_FAILED | ASYNCIFY_CANCELLED | ASYNCIFY_EXPIRED => {
             r.seen.fetch_or(1 << s, SeqCst);
             if !result.is_null() {
                 check!(
-                    s != ASYNCIFY_CANCELLED,
-                    "{what}: a cancelled task delivered a result"
+                    matches!(s, ASYNCIFY_OK | ASYNCIFY_FAILED),
+                    "{what}: a task that did not run to its end delivered a result ({s})"
                 );
                 r.delivered.fetch_add(1, SeqCst);
                 bump(&fig().results_to_poll);
@@ -902,6 +1004,239 @@ fn resize(slot: usize) {
     }
 }
 
+// ---- limiters: slots shared by every pool, resized and replaced at random ----
+
+#[derive(Default)]
+struct LimGen {
+    /// Tasks accepted with it.
+    accepted: AtomicU64,
+    /// The highest cap it ever had (raised before the cap is).
+    cap_ever: AtomicU32,
+    /// Its callables running now, and the most at once.
+    running_now: AtomicU32,
+    peak: AtomicU32,
+}
+
+static LIM_GENS: OnceLock<Vec<LimGen>> = OnceLock::new();
+static NEXT_LIM_GEN: AtomicUsize = AtomicUsize::new(1);
+
+fn lim_gens() -> &'static [LimGen] {
+    LIM_GENS.get_or_init(|| (0..MAX_LIM_GENS).map(|_| LimGen::default()).collect())
+}
+
+/// (limiter pointer as an address, generation); (0, 0) between rounds.
+/// Read-locked around each submit that uses the pointer, so a replacement
+/// (write lock) knows nobody is about to pass it.
+static LIM_SLOTS: [RwLock<(usize, u32)>; LIM_SLOTS_N] = [
+    RwLock::new((0, 0)),
+    RwLock::new((0, 0)),
+    RwLock::new((0, 0)),
+];
+
+/// Limiters taken out of their slot and kept, to check once quiet.
+static PARKED: Mutex<Vec<(usize, u32)>> = Mutex::new(Vec::new());
+
+fn lim_slot_read(i: usize) -> std::sync::RwLockReadGuard<'static, (usize, u32)> {
+    LIM_SLOTS[i].read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lim_ptr(addr: usize) -> *mut asyncify_limiter {
+    addr as *mut asyncify_limiter
+}
+
+fn new_limiter(gen: usize) -> usize {
+    // SAFETY: the options struct is plain old data; init fills it.
+    let mut o: asyncify_limiter_options = unsafe { zeroed() };
+    let s = asyncify_limiter_options_init(&mut o, size_of::<asyncify_limiter_options>());
+    assert_eq!(s, ASYNCIFY_OK, "limiter_options_init");
+    o.max_running = [0, 1, 1, 2, 3, 8, u32::MAX][below(7) as usize];
+    o.rate_per_s = if chance(40) {
+        [200.0, 1000.0, 5000.0][below(3) as usize]
+    } else {
+        0.0
+    };
+    o.burst = below(8) as u32;
+    let name = std::ffi::CString::new(format!("stress-{gen}")).expect("no NUL");
+    o.name = name.as_ptr();
+    let g = &lim_gens()[gen];
+    g.accepted.store(0, SeqCst);
+    g.cap_ever.store(o.max_running, SeqCst);
+    g.running_now.store(0, SeqCst);
+    g.peak.store(0, SeqCst);
+    let mut p = null_mut();
+    let s = asyncify_limiter_new(&o, &mut p);
+    assert_eq!(s, ASYNCIFY_OK, "limiter_new");
+    bump(&fig().limiters);
+    p as usize
+}
+
+fn set_limiter(addr: usize, gen: u32, max_running: u32, rate: f64, burst: u32) {
+    lim_gens()[gen as usize]
+        .cap_ever
+        .fetch_max(max_running, SeqCst);
+    let s = asyncify_limiter_set(lim_ptr(addr), max_running, rate, burst);
+    check!(
+        s == ASYNCIFY_OK,
+        "limiter_set({max_running}, {rate}, {burst}): {s}"
+    );
+    bump(&fig().limiter_sets);
+}
+
+fn resize_limiter(slot: usize) {
+    let guard = lim_slot_read(slot);
+    let (addr, gen) = *guard;
+    if addr == 0 {
+        return;
+    }
+    if chance(10) {
+        let bad = [f64::NAN, -1.0, f64::INFINITY][below(3) as usize];
+        let s = asyncify_limiter_set(lim_ptr(addr), 1, bad, 0);
+        check!(
+            s == ASYNCIFY_E_INVALID_ARGUMENT,
+            "limiter_set with rate {bad}: {s}"
+        );
+        return;
+    }
+    let cap = [0, 1, 2, 3, 4, 8, 16, u32::MAX][below(8) as usize];
+    let rate = [0.0, 0.0, 100.0, 1000.0, 10_000.0][below(5) as usize];
+    set_limiter(addr, gen, cap, rate, below(8) as u32);
+}
+
+fn limiter_stats(addr: usize) -> asyncify_limiter_stats {
+    // SAFETY: plain old data; all-zero is valid.
+    let mut st: asyncify_limiter_stats = unsafe { zeroed() };
+    st.struct_size = size_of::<asyncify_limiter_stats>() as u32;
+    let s = asyncify_limiter_stats_get(lim_ptr(addr), &mut st);
+    check!(s == ASYNCIFY_OK, "limiter_stats_get: {s}");
+    st
+}
+
+/// A limiter's counters while everything runs: never more waiting or
+/// accounted for than tasks were given to it (a few submits may be in
+/// flight), never more places held than its highest cap.
+fn peek_limiter(slot: usize) {
+    let guard = lim_slot_read(slot);
+    let (addr, gen) = *guard;
+    if addr == 0 {
+        return;
+    }
+    let g = &lim_gens()[gen as usize];
+    let st = limiter_stats(addr);
+    let given = g.accepted.load(SeqCst) + 1024;
+    let cap = u64::from(g.cap_ever.load(SeqCst));
+    check!(
+        st.waiting <= given
+            && st.running <= cap
+            && st.waiting + st.admitted + st.expired + st.cancelled_waiting <= given,
+        "limiter {gen} while running: waiting {}, running {} (highest cap {cap}), admitted {}, expired {}, cancelled_waiting {}, with about {} tasks accepted",
+        st.waiting,
+        st.running,
+        st.admitted,
+        st.expired,
+        st.cancelled_waiting,
+        given - 1024
+    );
+    bump(&fig().limiter_stats_reads);
+}
+
+/// Swaps a fresh limiter into `slot`, opens the old one (a cap of at least
+/// one, a fast rate or none) so that what waits for it is admitted, then frees
+/// it while its tasks still hold it, or parks it to check once quiet.
+fn retire_limiter(slot: usize) {
+    let gen = NEXT_LIM_GEN.fetch_add(1, SeqCst);
+    if gen >= MAX_LIM_GENS {
+        return;
+    }
+    let fresh = new_limiter(gen);
+    let (old, old_gen) = {
+        let mut w = LIM_SLOTS[slot].write().unwrap_or_else(|e| e.into_inner());
+        std::mem::replace(&mut *w, (fresh, gen as u32))
+    };
+    if old == 0 {
+        return;
+    }
+    set_limiter(
+        old,
+        old_gen,
+        [1, 4, u32::MAX][below(3) as usize],
+        [0.0, 2000.0][below(2) as usize],
+        4,
+    );
+    if chance(50) {
+        let s = asyncify_limiter_free(lim_ptr(old));
+        check!(s == ASYNCIFY_OK, "limiter_free: {s}");
+        bump(&fig().limiters_freed_in_use);
+    } else {
+        PARKED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((old, old_gen));
+    }
+}
+
+/// Fills the limiter slots for a phase.
+fn fresh_limiters() {
+    for slot in &LIM_SLOTS {
+        let gen = NEXT_LIM_GEN.fetch_add(1, SeqCst);
+        *slot.write().unwrap_or_else(|e| e.into_inner()) = (new_limiter(gen), gen as u32);
+    }
+}
+
+/// Opens the slots' limiters (no cap, no rate), so that quiet pools mean
+/// nothing waits for a limiter either.
+fn open_limiters() {
+    for i in 0..LIM_SLOTS_N {
+        let (addr, gen) = *lim_slot_read(i);
+        if addr != 0 {
+            set_limiter(addr, gen, u32::MAX, 0.0, 0);
+        }
+    }
+}
+
+/// With every pool quiet: each limiter of the slots and each parked one has
+/// nothing waiting or running, and accounts for every task accepted with it;
+/// no more of its callables ran at once than its highest cap. Then frees them.
+fn check_and_free_limiters() {
+    let mut all: Vec<(usize, u32)> =
+        std::mem::take(&mut *PARKED.lock().unwrap_or_else(|e| e.into_inner()));
+    for slot in &LIM_SLOTS {
+        let (addr, gen) = std::mem::take(&mut *slot.write().unwrap_or_else(|e| e.into_inner()));
+        if addr != 0 {
+            all.push((addr, gen));
+        }
+    }
+    for (addr, gen) in all {
+        let g = &lim_gens()[gen as usize];
+        let st = limiter_stats(addr);
+        let accepted = g.accepted.load(SeqCst);
+        check!(
+            st.waiting == 0 && st.running == 0,
+            "limiter {gen} once quiet: waiting {}, running {}",
+            st.waiting,
+            st.running
+        );
+        check!(
+            st.admitted + st.expired + st.cancelled_waiting == accepted,
+            "limiter {gen}: admitted {} + expired {} + cancelled_waiting {} is not the {accepted} tasks accepted with it",
+            st.admitted,
+            st.expired,
+            st.cancelled_waiting
+        );
+        let peak = g.peak.load(SeqCst);
+        let cap = g.cap_ever.load(SeqCst);
+        check!(
+            peak <= cap,
+            "limiter {gen}: {peak} callables at once, its highest cap {cap}"
+        );
+        fig().expired_waiting.fetch_add(st.expired, SeqCst);
+        fig()
+            .cancelled_waiting
+            .fetch_add(st.cancelled_waiting, SeqCst);
+        let s = asyncify_limiter_free(lim_ptr(addr));
+        check!(s == ASYNCIFY_OK, "limiter_free: {s}");
+    }
+}
+
 fn drain_cq(max: usize) {
     let cq = CQ.load(SeqCst) as *mut asyncify_cq;
     // SAFETY: completions are plain old data; all-zero is valid.
@@ -924,8 +1259,9 @@ fn drain_cq(max: usize) {
             check!(known == 0 || known == c.handle, "completion handle");
             if !c.result.is_null() {
                 check!(
-                    c.status != ASYNCIFY_CANCELLED,
-                    "queue: cancelled with a result"
+                    matches!(c.status, ASYNCIFY_OK | ASYNCIFY_FAILED),
+                    "queue: {} with a result",
+                    c.status
                 );
                 result_is_own(r, c.result);
                 r.delivered.fetch_add(1, SeqCst);
@@ -988,7 +1324,13 @@ fn driver() {
                         ASYNCIFY_E_INVALID_HANDLE if detached(r) => bump(&fig().detached_gone),
                         _ => {
                             check!(
-                                matches!(s, ASYNCIFY_CANCELLED | ASYNCIFY_OK | ASYNCIFY_FAILED),
+                                matches!(
+                                    s,
+                                    ASYNCIFY_CANCELLED
+                                        | ASYNCIFY_OK
+                                        | ASYNCIFY_FAILED
+                                        | ASYNCIFY_EXPIRED
+                                ),
                                 "cancel returned {s}"
                             );
                             note_cancel(r, s);
@@ -1014,6 +1356,7 @@ fn driver() {
                             ASYNCIFY_CANCELLED
                                 | ASYNCIFY_OK
                                 | ASYNCIFY_FAILED
+                                | ASYNCIFY_EXPIRED
                                 | ASYNCIFY_E_INVALID_HANDLE
                         ),
                         "cancel of a ring handle: {s}"
@@ -1073,8 +1416,13 @@ fn driver() {
                             let x = &held[start + index];
                             let p = asyncify_poll(x.h, null_mut(), null_mut());
                             check!(
-                                matches!(p, ASYNCIFY_OK | ASYNCIFY_FAILED | ASYNCIFY_CANCELLED)
-                                    || (detached(x.r) && p == ASYNCIFY_E_INVALID_HANDLE),
+                                matches!(
+                                    p,
+                                    ASYNCIFY_OK
+                                        | ASYNCIFY_FAILED
+                                        | ASYNCIFY_CANCELLED
+                                        | ASYNCIFY_EXPIRED
+                                ) || (detached(x.r) && p == ASYNCIFY_E_INVALID_HANDLE),
                                 "wait_any said terminal, poll says {p}"
                             );
                             observed(x.r, p, null_mut(), "poll after wait_any");
@@ -1117,6 +1465,13 @@ fn driver() {
                     retire(1 + below(2) as usize);
                 }
             }
+            952..=959 => resize_limiter(below(LIM_SLOTS_N as u64) as usize),
+            960..=961 => {
+                if below(4) == 0 {
+                    retire_limiter(below(LIM_SLOTS_N as u64) as usize);
+                }
+            }
+            962..=965 => peek_limiter(below(LIM_SLOTS_N as u64) as usize),
             _ => std::thread::yield_now(),
         }
         while held.len() > HELD_MAX {
@@ -1146,6 +1501,7 @@ struct Counts {
     failed: u64,
     cancelled: u64,
     abandoned: u64,
+    expired: u64,
 }
 
 fn counts_of(s: &asyncify_pool_stats) -> Counts {
@@ -1155,6 +1511,7 @@ fn counts_of(s: &asyncify_pool_stats) -> Counts {
         failed: s.failed,
         cancelled: s.cancelled,
         abandoned: s.abandoned,
+        expired: s.expired,
     }
 }
 
@@ -1165,6 +1522,7 @@ fn minus(a: Counts, b: Counts) -> Counts {
         failed: a.failed - b.failed,
         cancelled: a.cancelled - b.cancelled,
         abandoned: a.abandoned - b.abandoned,
+        expired: a.expired - b.expired,
     }
 }
 
@@ -1253,12 +1611,21 @@ fn check_records(used: usize, ngens: usize) -> Vec<Counts> {
             "task {p:?}: outcome {status}, cancel said {cancels:b}"
         );
         if ran == 0 {
-            g.cancelled += 1;
             bump(&f.never_ran);
-            check!(
-                status == ASYNCIFY_CANCELLED,
-                "task {p:?} never ran but reported {status}"
-            );
+            if status == ASYNCIFY_EXPIRED {
+                g.expired += 1;
+                bump(&f.expired);
+                check!(
+                    mode & M_DEADLINE != 0,
+                    "task {p:?} expired without a deadline"
+                );
+            } else {
+                g.cancelled += 1;
+                check!(
+                    status == ASYNCIFY_CANCELLED,
+                    "task {p:?} never ran but reported {status}"
+                );
+            }
             check!(
                 arg_freed == 1,
                 "task {p:?} never ran: free_arg called {arg_freed} times"
@@ -1270,7 +1637,7 @@ fn check_records(used: usize, ngens: usize) -> Vec<Counts> {
             if mode & M_ON_DONE != 0 {
                 check!(
                     r.arg_freed_at.load(SeqCst) < r.done_at.load(SeqCst),
-                    "task {p:?}: on_done before free_arg (5.1 says free_arg, then on_done)"
+                    "task {p:?}: on_done before free_arg (5.1 and 8.3 say free_arg, then on_done)"
                 );
             }
         } else if status == ASYNCIFY_CANCELLED {
@@ -1343,6 +1710,8 @@ fn run_round(target: usize, default_before: Counts) -> Counts {
         let gen = NEXT_GEN.fetch_add(1, SeqCst);
         *slot.write().unwrap() = (new_pool(gen), gen as u32);
     }
+    NEXT_LIM_GEN.store(1, SeqCst);
+    fresh_limiters();
     let mut cq = null_mut();
     assert_eq!(asyncify_cq_new(&mut cq), ASYNCIFY_OK);
     CQ.store(cq as usize, SeqCst);
@@ -1353,8 +1722,10 @@ fn run_round(target: usize, default_before: Counts) -> Counts {
         }
     });
 
+    open_limiters();
     let st = quiesce();
     drain_cq(usize::MAX);
+    check_and_free_limiters();
     let live_gens: Vec<u32> = (0..3).map(|i| slot_read(i).1).collect();
     for slot in &SLOTS[1..] {
         // From now on the slot names the default pool (generation 0), so a
@@ -1411,6 +1782,8 @@ fn shutdown_race() -> u64 {
     BUDGET.store(u64::MAX / 2, SeqCst);
     let before = counts_of(&stats_of(null_mut()));
     gens()[0].accepted.store(0, SeqCst);
+    NEXT_LIM_GEN.store(1, SeqCst);
+    fresh_limiters();
     let stop = AtomicBool::new(false);
     let refused_after = AtomicU64::new(0);
     std::thread::scope(|s| {
@@ -1468,6 +1841,8 @@ fn shutdown_race() -> u64 {
     );
     let live = asyncify::task::live_handles();
     check!(live == 0, "{live} handles live after the shutdown race");
+    // The shutdown cancelled what still waited for a limiter.
+    check_and_free_limiters();
     let mut h = 0;
     let s = asyncify_submit(Some(work), arg_of(0), null(), &mut h);
     check!(
@@ -1519,7 +1894,8 @@ fn exactly_once_under_random_races_on_three_pools() {
         "stress (seed {seed_value:#x}, {:.1} s, {} rounds): {} tasks accepted, {} ran ({} completed, {} failed, {} abandoned), {} never ran; \
          races: {} cancels ({} too late), {} released while pending, {} polls, {} waits ({} timed out), {} wait_any, \
          {} resizes ({} pauses), {} pools shut down while busy, {} submits and {} cancels from callbacks, {} inline runs, \
-         {} cancel_requested seen, {} refused busy, {} refused shut down ({refused} after the first, in the shutdown race), {} stale handles refused, \
+         {} cancel_requested seen, {} limiters ({} limiter sets, {} freed in use, {} stats reads), {} tasks with a limiter \
+         ({} expired and {} cancelled while waiting for it), {} with a start deadline, {} expired, {} refused busy, {} refused shut down ({refused} after the first, in the shutdown race), {} stale handles refused, \
          {} scope exits refused; results: {} to on_done, {} to poll/wait, {} via the queue, {} freed; args freed {}; \
          violations {}",
         start.elapsed().as_secs_f64(),
@@ -1544,6 +1920,15 @@ fn exactly_once_under_random_races_on_three_pools() {
         v(&f.cancels_from_callbacks),
         v(&f.inline_runs),
         v(&f.cancel_requested_seen),
+        v(&f.limiters),
+        v(&f.limiter_sets),
+        v(&f.limiters_freed_in_use),
+        v(&f.limiter_stats_reads),
+        v(&f.limited),
+        v(&f.expired_waiting),
+        v(&f.cancelled_waiting),
+        v(&f.deadlines),
+        v(&f.expired),
         v(&f.rejected_busy),
         v(&f.rejected_shut_down),
         v(&f.stale_refused),
@@ -1565,5 +1950,9 @@ fn exactly_once_under_random_races_on_three_pools() {
     assert!(
         v(&f.retired) > 0 && v(&f.inline_runs) > 0,
         "the races were exercised"
+    );
+    assert!(
+        v(&f.limited) > 0 && v(&f.expired) > 0 && v(&f.limiter_sets) > 0,
+        "limiters and deadlines were exercised"
     );
 }
