@@ -81,9 +81,11 @@ class Snapshot:
 
     def lookup(self, key: str) -> Any:
         """The value of ``key`` here, or ``_ABSENT``: read from C, then cached."""
+        if self is ROOT:
+            return _ABSENT  # the root holds nothing (and caches nothing)
         kb = _readable(key)
-        if kb is None or self is ROOT:
-            return _ABSENT  # nothing can be stored under that key; the root holds nothing
+        if kb is None:
+            return _ABSENT  # nothing can be stored under that key
         out = c_void_p()
         status = plib.asyncify_context_get_ptr(self.ptr, kb, byref(out))
         if status == _ffi.OK:  # a Python value: only the binding builds these contexts
@@ -195,11 +197,12 @@ def _readable(key: str) -> bytes | None:
     """``key`` in UTF-8 if the library could hold anything under it (not empty, no NUL, UTF-8)."""
     if not isinstance(key, str):
         raise TypeError(f"override keys are str, not {type(key).__name__}")
+    if not key or "\0" in key:
+        return None
     try:
-        kb = key.encode("utf-8")
+        return key.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate
         return None
-    return kb if kb and b"\0" not in kb else None
 
 
 def _c_lookup(key: str, default: Any, own_values: bool) -> Any:
@@ -225,10 +228,14 @@ def _c_lookup(key: str, default: Any, own_values: bool) -> Any:
         return default
     if status != _ffi.E_INVALID_ARGUMENT:
         check(status)
-    # A bytes value (or a key the library refuses), which may also change meanwhile.
+    return _c_bytes(kb, default)
+
+
+def _c_bytes(kb: bytes, default: Any) -> Any:
+    """The bytes value of ``kb`` in this thread's C table (which may change meanwhile)."""
     try:
         return copy_out(lambda buf, cap, n: plib.asyncify_override_get(kb, buf, cap, n))
-    except (InvalidArgumentError, NotFoundError):
+    except (InvalidArgumentError, NotFoundError):  # a key the library refuses, or removed meanwhile
         return default
 
 
