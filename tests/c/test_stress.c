@@ -16,17 +16,29 @@
  *   - asyncify_stats of each pool equals the test's counts;
  *   - a worker's own table is empty whenever no task is installed; each task saw its submitter's table.
  *
+ * Limiters and start deadlines (8.2, 8.3) join the races: three limiter slots, shared by every pool, hold
+ * limiters that drivers resize (paused, small caps, none, real token rates, a bad rate now and then) and
+ * replace, freeing the old one while its tasks still wait or run (or keeping it to check once quiet).
+ * Tasks take a limiter and a start deadline of 1 to 50 ms at random. Then also: an expired task never
+ * ran, got free_arg once, then on_done(EXPIRED) on a library thread, and counts in `expired`; no more
+ * callables of a limiter run at once than its highest cap; once quiet each limiter kept has nothing
+ * waiting or running, and admitted + expired + cancelled_waiting equal to the tasks accepted with it.
+ *
  * A last phase races asyncify_shutdown of the default pool with submitters.
  *
  * ASYNCIFY_STRESS_TASKS sets the number of accepted tasks (default 20000; the valgrind run uses fewer),
  * ASYNCIFY_STRESS_SEED the seed.
  */
+#include <math.h>
+
 #include "test_util.h"
 
 #define DRIVERS 8
 #define MAX_GENS 512
 #define RING 256
 #define HELD_MAX 48
+#define MAX_LIM_GENS 512
+#define LIM_SLOTS 3
 
 enum {
     M_ON_DONE = 1,
@@ -35,6 +47,8 @@ enum {
     M_SETS_RESULT = 8,
     M_EMPTY = 16,
     M_CONTEXT = 32,
+    M_LIMITER = 64,
+    M_DEADLINE = 128,
 };
 
 struct rec {
@@ -45,6 +59,7 @@ struct rec {
     uint64_t expect_seq;
     uint32_t expect_count;
     uint32_t gen;
+    uint32_t lim_gen; /* with M_LIMITER */
     /* Events. */
     atomic_ullong handle;
     atomic_int accepted;
@@ -95,7 +110,8 @@ static atomic_ullong thread_ids = 1;
 /* Figures. */
 static atomic_ullong f_accepted, f_busy, f_shut_down, f_cancels, f_too_late, f_released_pending, f_polls,
     f_waits, f_timeouts, f_wait_any, f_resizes, f_pauses, f_retired, f_cb_submits, f_cb_cancels, f_inline,
-    f_cq, f_to_on_done, f_to_poll, f_freed, f_args_freed, f_mismatch, f_stale;
+    f_cq, f_to_on_done, f_to_poll, f_freed, f_args_freed, f_mismatch, f_stale, f_limiters, f_lim_sets,
+    f_lim_freed_in_use, f_lim_peeks, f_limited, f_deadlines, f_expired_waiting, f_cancelled_waiting;
 
 static _Thread_local int tl_driver;
 static _Thread_local int tl_has_local;
@@ -206,13 +222,13 @@ static void cancel_from_callback(void)
     }
     bump(&f_cb_cancels);
     asyncify_status s = cancel(h);
-    CHECK(s == ASYNCIFY_CANCELLED || s == ASYNCIFY_OK || s == ASYNCIFY_FAILED ||
+    CHECK(s == ASYNCIFY_CANCELLED || s == ASYNCIFY_OK || s == ASYNCIFY_FAILED || s == ASYNCIFY_EXPIRED ||
           s == ASYNCIFY_E_INVALID_HANDLE);
 }
 
 static void note_cancel(struct rec *r, asyncify_status s)
 {
-    if (s == ASYNCIFY_CANCELLED || s == ASYNCIFY_OK || s == ASYNCIFY_FAILED) {
+    if (s == ASYNCIFY_CANCELLED || s == ASYNCIFY_OK || s == ASYNCIFY_FAILED || s == ASYNCIFY_EXPIRED) {
         atomic_fetch_or(&r->cancel_seen, 1u << s);
         if (s != ASYNCIFY_CANCELLED) {
             bump(&f_too_late);
@@ -228,6 +244,210 @@ static bool detached(const struct rec *r)
 static struct rec *submit_one(int slot, asyncify_handle *out);
 static void release_owned(asyncify_handle h, struct rec *r);
 
+/* ---- limiters: slots shared by every pool, resized and replaced at random ---- */
+
+struct lim_gen {
+    atomic_ullong accepted; /* tasks accepted with it */
+    atomic_uint cap_ever; /* the highest cap it ever had (raised before the cap is) */
+    atomic_uint running_now;
+    atomic_uint peak;
+};
+
+struct lim_slot {
+    pthread_rwlock_t lock;
+    struct asyncify_limiter *lim; /* NULL between phases */
+    uint32_t gen;
+};
+
+static struct lim_gen lim_gens[MAX_LIM_GENS];
+static atomic_uint next_lim_gen = 1;
+static struct lim_slot lim_slots[LIM_SLOTS];
+/* Limiters taken out of their slot and kept, to check once quiet. */
+static pthread_mutex_t parked_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct lim_slot parked[MAX_LIM_GENS];
+static int nparked;
+
+static void fetch_max(atomic_uint *a, unsigned v)
+{
+    unsigned cur = atomic_load(a);
+    while (cur < v && !atomic_compare_exchange_weak(a, &cur, v)) {
+    }
+}
+
+static struct asyncify_limiter *new_limiter(uint32_t gen)
+{
+    static const uint32_t caps[] = { 0, 1, 1, 2, 3, 8, UINT32_MAX };
+    static const double rates[] = { 200.0, 1000.0, 5000.0 };
+    asyncify_limiter_options o;
+    CHECK_OK(asyncify_limiter_options_init(&o, sizeof o));
+    o.max_running = caps[below(7)];
+    o.rate_per_s = chance(40) ? rates[below(3)] : 0.0;
+    o.burst = (uint32_t)below(8);
+    char name[32];
+    snprintf(name, sizeof name, "cstress-%u", gen);
+    o.name = name;
+    struct lim_gen *g = &lim_gens[gen];
+    atomic_store(&g->accepted, 0);
+    atomic_store(&g->cap_ever, o.max_running);
+    atomic_store(&g->running_now, 0);
+    atomic_store(&g->peak, 0);
+    struct asyncify_limiter *lim = NULL;
+    CHECK_OK(asyncify_limiter_new(&o, &lim));
+    bump(&f_limiters);
+    return lim;
+}
+
+static void set_limiter(struct asyncify_limiter *lim, uint32_t gen, uint32_t cap, double rate, uint32_t burst)
+{
+    fetch_max(&lim_gens[gen].cap_ever, cap);
+    CHECK_OK(asyncify_limiter_set(lim, cap, rate, burst));
+    bump(&f_lim_sets);
+}
+
+static void resize_limiter(int slot)
+{
+    static const uint32_t caps[] = { 0, 1, 2, 3, 4, 8, 16, UINT32_MAX };
+    static const double rates[] = { 0.0, 0.0, 100.0, 1000.0, 10000.0 };
+    CHECK(pthread_rwlock_rdlock(&lim_slots[slot].lock) == 0);
+    struct asyncify_limiter *lim = lim_slots[slot].lim;
+    if (lim != NULL) {
+        if (chance(10)) {
+            double bad = chance(50) ? -1.0 : (double)INFINITY;
+            CHECK_EQ_STATUS(asyncify_limiter_set(lim, 1, bad, 0), ASYNCIFY_E_INVALID_ARGUMENT);
+        } else {
+            set_limiter(lim, lim_slots[slot].gen, caps[below(8)], rates[below(5)], (uint32_t)below(8));
+        }
+    }
+    CHECK(pthread_rwlock_unlock(&lim_slots[slot].lock) == 0);
+}
+
+static asyncify_limiter_stats limiter_stats(const struct asyncify_limiter *lim)
+{
+    asyncify_limiter_stats st;
+    memset(&st, 0, sizeof st);
+    st.struct_size = sizeof st;
+    CHECK_OK(asyncify_limiter_stats_get(lim, &st));
+    return st;
+}
+
+/* While everything runs: never more tasks accounted for than were given to the limiter (a few submits may
+ * be in flight), never more places held than its highest cap. (`waiting` is left out for now: the library
+ * can count the expiry of a task that has not joined its limiter's count yet, and `waiting` then reads
+ * UINT64_MAX for a moment; reported.) */
+static void peek_limiter(int slot)
+{
+    CHECK(pthread_rwlock_rdlock(&lim_slots[slot].lock) == 0);
+    struct asyncify_limiter *lim = lim_slots[slot].lim;
+    if (lim != NULL) {
+        struct lim_gen *g = &lim_gens[lim_slots[slot].gen];
+        asyncify_limiter_stats st = limiter_stats(lim);
+        uint64_t given = atomic_load(&g->accepted) + 1024;
+        uint64_t cap = atomic_load(&g->cap_ever);
+        if (st.running > cap || st.admitted + st.expired + st.cancelled_waiting > given) {
+            test_fail(
+                __FILE__, __LINE__,
+                "limiter %u while running: running %llu (highest cap %llu), admitted %llu, expired %llu, "
+                "cancelled_waiting %llu, about %llu tasks accepted",
+                lim_slots[slot].gen, (unsigned long long)st.running, (unsigned long long)cap,
+                (unsigned long long)st.admitted, (unsigned long long)st.expired,
+                (unsigned long long)st.cancelled_waiting, (unsigned long long)(given - 1024));
+        }
+        bump(&f_lim_peeks);
+    }
+    CHECK(pthread_rwlock_unlock(&lim_slots[slot].lock) == 0);
+}
+
+/* Swaps a fresh limiter into `slot`, opens the old one (a cap of at least one, a fast rate or none) so
+ * that what waits for it is admitted, then frees it while its tasks still hold it, or parks it to check
+ * once quiet. */
+static void retire_limiter(int slot)
+{
+    static const uint32_t caps[] = { 1, 4, UINT32_MAX };
+    uint32_t gen = atomic_fetch_add(&next_lim_gen, 1);
+    if (gen >= MAX_LIM_GENS) {
+        return;
+    }
+    struct asyncify_limiter *fresh = new_limiter(gen);
+    CHECK(pthread_rwlock_wrlock(&lim_slots[slot].lock) == 0);
+    struct lim_slot old = { .lim = lim_slots[slot].lim, .gen = lim_slots[slot].gen };
+    lim_slots[slot].lim = fresh;
+    lim_slots[slot].gen = gen;
+    CHECK(pthread_rwlock_unlock(&lim_slots[slot].lock) == 0);
+    if (old.lim == NULL) {
+        return;
+    }
+    set_limiter(old.lim, old.gen, caps[below(3)], chance(50) ? 2000.0 : 0.0, 4);
+    if (chance(50)) {
+        CHECK_OK(asyncify_limiter_free(old.lim));
+        bump(&f_lim_freed_in_use);
+    } else {
+        CHECK(pthread_mutex_lock(&parked_lock) == 0);
+        parked[nparked++] = old;
+        CHECK(pthread_mutex_unlock(&parked_lock) == 0);
+    }
+}
+
+/* Fills the limiter slots for a phase. */
+static void fresh_limiters(void)
+{
+    for (int i = 0; i < LIM_SLOTS; i++) {
+        uint32_t gen = atomic_fetch_add(&next_lim_gen, 1);
+        CHECK(gen < MAX_LIM_GENS);
+        lim_slots[i].lim = new_limiter(gen);
+        lim_slots[i].gen = gen;
+    }
+}
+
+/* Opens the slots' limiters (no cap, no rate): quiet pools then mean nothing waits for a limiter. */
+static void open_limiters(void)
+{
+    for (int i = 0; i < LIM_SLOTS; i++) {
+        if (lim_slots[i].lim != NULL) {
+            set_limiter(lim_slots[i].lim, lim_slots[i].gen, UINT32_MAX, 0.0, 0);
+        }
+    }
+}
+
+static void check_limiter_quiet(struct asyncify_limiter *lim, uint32_t gen)
+{
+    struct lim_gen *g = &lim_gens[gen];
+    asyncify_limiter_stats st = limiter_stats(lim);
+    unsigned long long accepted = atomic_load(&g->accepted);
+    if (st.waiting != 0 || st.running != 0 || st.admitted + st.expired + st.cancelled_waiting != accepted) {
+        test_fail(__FILE__, __LINE__,
+                  "limiter %u once quiet: waiting %llu, running %llu, admitted %llu + expired %llu + "
+                  "cancelled_waiting %llu should be the %llu tasks accepted with it",
+                  gen, (unsigned long long)st.waiting, (unsigned long long)st.running,
+                  (unsigned long long)st.admitted, (unsigned long long)st.expired,
+                  (unsigned long long)st.cancelled_waiting, accepted);
+    }
+    CHECK(atomic_load(&g->peak) <= atomic_load(&g->cap_ever));
+    atomic_fetch_add(&f_expired_waiting, st.expired);
+    atomic_fetch_add(&f_cancelled_waiting, st.cancelled_waiting);
+    CHECK_OK(asyncify_limiter_free(lim));
+}
+
+/* With every pool quiet: checks and frees the slots' limiters and the parked ones. */
+static void check_and_free_limiters(void)
+{
+    for (int i = 0; i < LIM_SLOTS; i++) {
+        CHECK(pthread_rwlock_wrlock(&lim_slots[i].lock) == 0);
+        struct lim_slot s = { .lim = lim_slots[i].lim, .gen = lim_slots[i].gen };
+        lim_slots[i].lim = NULL;
+        lim_slots[i].gen = 0;
+        CHECK(pthread_rwlock_unlock(&lim_slots[i].lock) == 0);
+        if (s.lim != NULL) {
+            check_limiter_quiet(s.lim, s.gen);
+        }
+    }
+    CHECK(pthread_mutex_lock(&parked_lock) == 0);
+    for (int i = 0; i < nparked; i++) {
+        check_limiter_quiet(parked[i].lim, parked[i].gen);
+    }
+    nparked = 0;
+    CHECK(pthread_mutex_unlock(&parked_lock) == 0);
+}
+
 /* ---- callbacks ---- */
 
 static int32_t work(void *arg, void **out_result)
@@ -235,6 +455,15 @@ static int32_t work(void *arg, void **out_result)
     struct rec *r = arg;
     tl_in_fn++;
     CHECK(atomic_fetch_add(&r->ran, 1) == 0);
+    struct lim_gen *lg = (r->mode & M_LIMITER) ? &lim_gens[r->lim_gen] : NULL;
+    if (lg != NULL) {
+        unsigned now = atomic_fetch_add(&lg->running_now, 1) + 1;
+        fetch_max(&lg->peak, now);
+        if (now > atomic_load(&lg->cap_ever)) {
+            test_fail(__FILE__, __LINE__, "%u callables of limiter %u run at once, its highest cap is %u",
+                      now, r->lim_gen, atomic_load(&lg->cap_ever));
+        }
+    }
     atomic_store(&r->ran_on, thread_id());
     CHECK(atomic_load(&r->arg_freed) == 0);
     /* Exactly the submitter's table at submit time. */
@@ -270,8 +499,9 @@ static int32_t work(void *arg, void **out_result)
                 atomic_store(&waited_child, h);
                 asyncify_status s = asyncify_wait(h, (int64_t)(NEXT() % 3), NULL, NULL);
                 CHECK(s == ASYNCIFY_OK || s == ASYNCIFY_FAILED || s == ASYNCIFY_CANCELLED ||
-                      s == ASYNCIFY_TIMEOUT || s == ASYNCIFY_E_INVALID_HANDLE);
-                if (s == ASYNCIFY_OK || s == ASYNCIFY_FAILED || s == ASYNCIFY_CANCELLED) {
+                      s == ASYNCIFY_EXPIRED || s == ASYNCIFY_TIMEOUT || s == ASYNCIFY_E_INVALID_HANDLE);
+                if (s == ASYNCIFY_OK || s == ASYNCIFY_FAILED || s == ASYNCIFY_CANCELLED ||
+                    s == ASYNCIFY_EXPIRED) {
                     atomic_fetch_or(&child->seen, 1u << s);
                 }
                 if (atomic_load(&child->ran_on) == thread_id()) {
@@ -303,6 +533,9 @@ static int32_t work(void *arg, void **out_result)
     if (r->mode & M_SETS_RESULT) {
         *out_result = r;
     }
+    if (lg != NULL) {
+        atomic_fetch_sub(&lg->running_now, 1);
+    }
     atomic_store(&r->fn_end, tick());
     tl_in_fn--;
     return r->code;
@@ -327,6 +560,12 @@ static void on_done(void *data, asyncify_handle h, asyncify_status status, void 
         if (tl_in_fn == 0) {
             CHECK(table_count() == 0); /* after the worker's own table was restored */
         }
+    } else if (status == ASYNCIFY_EXPIRED) {
+        CHECK(result == NULL && code == 0);
+        CHECK(r->mode & M_DEADLINE);
+        CHECK(atomic_load(&r->ran) == 0);
+        CHECK(atomic_load(&r->arg_freed) == 1); /* 8.3: free_arg, then on_done */
+        CHECK(!tl_driver); /* the timer or a worker notices */
     } else {
         CHECK(status == ASYNCIFY_CANCELLED);
         CHECK(result == NULL && code == 0);
@@ -432,6 +671,17 @@ static struct rec *submit_one(int slot, asyncify_handle *out)
     } else if (ctx_roll < 10) {
         mode |= M_CONTEXT;
     }
+    int lim_slot = chance(30) ? (int)below(LIM_SLOTS) : -1;
+    static const uint32_t withins[] = { 1, 2, 3, 5, 10, 50 };
+    uint32_t start_within_ms = chance(20) ? withins[below(6)] : 0;
+    if (start_within_ms > 0) {
+        /* Its outcome (EXPIRED, or CANCELLED when it never ran) must reach a callback or the queue, for
+         * the checks to tell them apart. */
+        mode |= M_DEADLINE;
+        if ((mode & (M_ON_DONE | M_CQ)) == 0) {
+            mode |= M_ON_DONE;
+        }
+    }
     static const int32_t codes[] = { 1, -1, 7, INT32_MIN, INT32_MAX };
     r->mode = mode;
     r->code = chance(75) ? 0 : codes[below(5)];
@@ -451,6 +701,7 @@ static struct rec *submit_one(int slot, asyncify_handle *out)
     if (mode & M_DETACHED) {
         opts.flags |= ASYNCIFY_SUBMIT_DETACHED;
     }
+    opts.start_within_ms = start_within_ms;
     struct asyncify_context *ctx = NULL;
     uint64_t seq_now = get_seq();
     uint32_t count_now = (uint32_t)table_count() - local_keys();
@@ -480,11 +731,35 @@ static struct rec *submit_one(int slot, asyncify_handle *out)
     uint32_t gen = slots[slot].gen;
     r->gen = gen;
     opts.pool = slots[slot].pool;
+    if (opts.pool == NULL) {
+        /* Limiters only on the pools the test frees: after asyncify_shutdown the default pool still holds
+         * the allocation of its map of tasks waiting for a limiter, which valgrind reports as possibly lost
+         * (reported; lift this once the library releases it). tests/stress.rs covers the default pool. */
+        lim_slot = -1;
+    }
+    if (lim_slot >= 0) {
+        CHECK(pthread_rwlock_rdlock(&lim_slots[lim_slot].lock) == 0);
+        if (lim_slots[lim_slot].lim != NULL) {
+            opts.limiter = lim_slots[lim_slot].lim;
+            r->lim_gen = lim_slots[lim_slot].gen;
+            r->mode |= M_LIMITER;
+        }
+    }
     asyncify_status s = asyncify_submit(work, r, &opts, &h);
     if (s == ASYNCIFY_OK) {
         atomic_store(&r->accepted, 1);
         atomic_fetch_add(&gens[gen].accepted, 1);
         bump(&f_accepted);
+        if (r->mode & M_LIMITER) {
+            atomic_fetch_add(&lim_gens[r->lim_gen].accepted, 1);
+            bump(&f_limited);
+        }
+        if (start_within_ms > 0) {
+            bump(&f_deadlines);
+        }
+    }
+    if (lim_slot >= 0) {
+        CHECK(pthread_rwlock_unlock(&lim_slots[lim_slot].lock) == 0);
     }
     CHECK(pthread_rwlock_unlock(&slots[slot].lock) == 0);
     if (ctx != NULL) {
@@ -511,10 +786,10 @@ static struct rec *submit_one(int slot, asyncify_handle *out)
 
 static void observed(struct rec *r, asyncify_status s, void *result)
 {
-    if (s == ASYNCIFY_OK || s == ASYNCIFY_FAILED || s == ASYNCIFY_CANCELLED) {
+    if (s == ASYNCIFY_OK || s == ASYNCIFY_FAILED || s == ASYNCIFY_CANCELLED || s == ASYNCIFY_EXPIRED) {
         atomic_fetch_or(&r->seen, 1u << s);
         if (result != NULL) {
-            CHECK(s != ASYNCIFY_CANCELLED);
+            CHECK(s == ASYNCIFY_OK || s == ASYNCIFY_FAILED);
             CHECK(result == r);
             atomic_fetch_add(&r->delivered, 1);
             bump(&f_to_poll);
@@ -636,7 +911,7 @@ static void drain_cq(size_t max)
             asyncify_handle known = atomic_load(&r->handle);
             CHECK(known == 0 || known == buf[i].handle);
             if (buf[i].result != NULL) {
-                CHECK(buf[i].status != ASYNCIFY_CANCELLED);
+                CHECK(buf[i].status == ASYNCIFY_OK || buf[i].status == ASYNCIFY_FAILED);
                 CHECK(buf[i].result == r);
                 atomic_fetch_add(&r->delivered, 1);
             }
@@ -683,7 +958,8 @@ static void *driver(void *unused)
                 struct held x = held[below((uint64_t)nheld)];
                 asyncify_status s = cancel(x.h);
                 if (!(s == ASYNCIFY_E_INVALID_HANDLE && detached(x.r))) {
-                    CHECK(s == ASYNCIFY_CANCELLED || s == ASYNCIFY_OK || s == ASYNCIFY_FAILED);
+                    CHECK(s == ASYNCIFY_CANCELLED || s == ASYNCIFY_OK || s == ASYNCIFY_FAILED ||
+                          s == ASYNCIFY_EXPIRED);
                     note_cancel(x.r, s);
                     if (chance(30)) {
                         asyncify_status again = cancel(x.h);
@@ -696,7 +972,7 @@ static void *driver(void *unused)
             if (h != 0) {
                 asyncify_status s = cancel(h);
                 CHECK(s == ASYNCIFY_CANCELLED || s == ASYNCIFY_OK || s == ASYNCIFY_FAILED ||
-                      s == ASYNCIFY_E_INVALID_HANDLE);
+                      s == ASYNCIFY_EXPIRED || s == ASYNCIFY_E_INVALID_HANDLE);
             }
         } else if (roll < 630) {
             if (nheld > 0) {
@@ -743,7 +1019,7 @@ static void *driver(void *unused)
                     struct held x = held[start + (int)index];
                     asyncify_status p = asyncify_poll(x.h, NULL, NULL);
                     CHECK(p == ASYNCIFY_OK || p == ASYNCIFY_FAILED || p == ASYNCIFY_CANCELLED ||
-                          (detached(x.r) && p == ASYNCIFY_E_INVALID_HANDLE));
+                          p == ASYNCIFY_EXPIRED || (detached(x.r) && p == ASYNCIFY_E_INVALID_HANDLE));
                     observed(x.r, p, NULL);
                 } else {
                     CHECK(s == ASYNCIFY_TIMEOUT || (s == ASYNCIFY_E_INVALID_HANDLE && any_detached));
@@ -781,6 +1057,14 @@ static void *driver(void *unused)
             if (below(8) == 0) {
                 retire(1 + (int)below(2));
             }
+        } else if (roll < 960) {
+            resize_limiter((int)below(LIM_SLOTS));
+        } else if (roll < 962) {
+            if (below(4) == 0) {
+                retire_limiter((int)below(LIM_SLOTS));
+            }
+        } else if (roll < 966) {
+            peek_limiter((int)below(LIM_SLOTS));
         } else {
             sched_yield();
         }
@@ -805,18 +1089,18 @@ static void *driver(void *unused)
 /* ---- checks ---- */
 
 struct counts {
-    uint64_t submitted, completed, failed, cancelled, abandoned;
+    uint64_t submitted, completed, failed, cancelled, abandoned, expired;
 };
 
 static struct counts counts_of(const asyncify_pool_stats *s)
 {
-    return (struct counts){ s->submitted, s->completed, s->failed, s->cancelled, s->abandoned };
+    return (struct counts){ s->submitted, s->completed, s->failed, s->cancelled, s->abandoned, s->expired };
 }
 
 static struct counts minus(struct counts a, struct counts b)
 {
     return (struct counts){ a.submitted - b.submitted, a.completed - b.completed, a.failed - b.failed,
-                            a.cancelled - b.cancelled, a.abandoned - b.abandoned };
+                            a.cancelled - b.cancelled, a.abandoned - b.abandoned, a.expired - b.expired };
 }
 
 static void check_counts(const char *what, struct counts got, struct counts want)
@@ -824,17 +1108,18 @@ static void check_counts(const char *what, struct counts got, struct counts want
     if (memcmp(&got, &want, sizeof got) != 0) {
         test_fail(__FILE__, __LINE__,
                   "%s: asyncify_stats says submitted %llu completed %llu failed %llu cancelled %llu "
-                  "abandoned %llu; the test "
-                  "counted %llu %llu %llu %llu %llu",
+                  "abandoned %llu expired %llu; the test "
+                  "counted %llu %llu %llu %llu %llu %llu",
                   what, (unsigned long long)got.submitted, (unsigned long long)got.completed,
                   (unsigned long long)got.failed, (unsigned long long)got.cancelled,
-                  (unsigned long long)got.abandoned, (unsigned long long)want.submitted,
-                  (unsigned long long)want.completed, (unsigned long long)want.failed,
-                  (unsigned long long)want.cancelled, (unsigned long long)want.abandoned);
+                  (unsigned long long)got.abandoned, (unsigned long long)got.expired,
+                  (unsigned long long)want.submitted, (unsigned long long)want.completed,
+                  (unsigned long long)want.failed, (unsigned long long)want.cancelled,
+                  (unsigned long long)want.abandoned, (unsigned long long)want.expired);
     }
 }
 
-static uint64_t n_ran, n_completed, n_failed, n_never, n_abandoned;
+static uint64_t n_ran, n_completed, n_failed, n_never, n_abandoned, n_expired;
 
 /* Checks every record used; adds the counts per pool generation into per_gen. */
 static void check_records(size_t used, struct counts *per_gen, uint32_t ngens)
@@ -853,14 +1138,21 @@ static void check_records(size_t used, struct counts *per_gen, uint32_t ngens)
         asyncify_status status;
         if (r->mode & M_ON_DONE) {
             if (atomic_load(&r->done_calls) != 1) {
-                test_fail(__FILE__, __LINE__, "task %zu: on_done called %d times", i,
-                          atomic_load(&r->done_calls));
+                test_fail(
+                    __FILE__, __LINE__,
+                    "task %zu: on_done called %d times (mode 0x%x, pool generation %u, ran %d, free_arg "
+                    "%d, seen 0x%x, cancel said 0x%x)",
+                    i, atomic_load(&r->done_calls), r->mode, r->gen, ran, arg_freed, atomic_load(&r->seen),
+                    atomic_load(&r->cancel_seen));
             }
             status = atomic_load(&r->done_status);
         } else if (r->mode & M_CQ) {
             if (atomic_load(&r->cq_calls) != 1) {
-                test_fail(__FILE__, __LINE__, "task %zu: %d completions in the queue", i,
-                          atomic_load(&r->cq_calls));
+                test_fail(__FILE__, __LINE__,
+                          "task %zu: %d completions in the queue (mode 0x%x, pool generation %u, ran %d, "
+                          "free_arg %d, seen 0x%x, cancel said 0x%x)",
+                          i, atomic_load(&r->cq_calls), r->mode, r->gen, ran, arg_freed,
+                          atomic_load(&r->seen), atomic_load(&r->cancel_seen));
             }
             status = atomic_load(&r->cq_status);
         } else if (ran == 0 || arg_freed == 1) {
@@ -876,16 +1168,22 @@ static void check_records(size_t used, struct counts *per_gen, uint32_t ngens)
         CHECK((atomic_load(&r->cancel_seen) & ~(1u << status)) == 0);
         bool sets = (r->mode & M_SETS_RESULT) != 0;
         if (!ran) {
-            g->cancelled++;
             n_never++;
-            CHECK(status == ASYNCIFY_CANCELLED);
+            if (status == ASYNCIFY_EXPIRED) {
+                g->expired++;
+                n_expired++;
+                CHECK(r->mode & M_DEADLINE);
+            } else {
+                g->cancelled++;
+                CHECK(status == ASYNCIFY_CANCELLED);
+            }
             if (arg_freed != 1) {
                 test_fail(__FILE__, __LINE__, "task %zu never ran: free_arg called %d times", i, arg_freed);
             }
             CHECK(result_freed + delivered == 0);
             if (r->mode & M_ON_DONE) {
                 CHECK(atomic_load(&r->arg_freed_at) <
-                      atomic_load(&r->done_at)); /* 5.1: free_arg, then on_done */
+                      atomic_load(&r->done_at)); /* 5.1, 8.3: free_arg, then on_done */
             }
         } else if (status == ASYNCIFY_CANCELLED) {
             g->abandoned++;
@@ -957,6 +1255,37 @@ static void quiesce(asyncify_pool_stats st[3])
     }
 }
 
+/* With the pools quiet, waits until every accepted task's outcome has been reported, draining the queue
+ * meanwhile. Quiet stats do not say that: an expiry is counted before its free_arg and on_done run (or its
+ * completion is queued) on the timer thread. */
+static void settle_reports(void)
+{
+    size_t used = atomic_load(&next_rec);
+    if (used > rec_cap) {
+        used = rec_cap;
+    }
+    int64_t deadline = now_ms() + 20000;
+    for (;;) {
+        drain_cq(SIZE_MAX);
+        size_t unreported = 0;
+        for (size_t i = 0; i < used; i++) {
+            struct rec *r = &recs[i];
+            if (atomic_load(&r->accepted) && (((r->mode & M_ON_DONE) && atomic_load(&r->done_calls) == 0) ||
+                                              ((r->mode & M_CQ) && atomic_load(&r->cq_calls) == 0))) {
+                unreported++;
+            }
+        }
+        if (unreported == 0) {
+            return;
+        }
+        if (now_ms() > deadline) {
+            test_fail(__FILE__, __LINE__, "%zu tasks of quiet pools never reported their outcome",
+                      unreported);
+        }
+        sleep_ms(1);
+    }
+}
+
 static uint64_t env_u64(const char *name, uint64_t fallback)
 {
     const char *v = getenv(name);
@@ -1011,6 +1340,10 @@ int main(void)
     for (int i = 0; i < 3; i++) {
         CHECK(pthread_rwlock_init(&slots[i].lock, NULL) == 0);
     }
+    for (int i = 0; i < LIM_SLOTS; i++) {
+        CHECK(pthread_rwlock_init(&lim_slots[i].lock, NULL) == 0);
+    }
+    fresh_limiters();
     for (int i = 1; i < 3; i++) {
         slots[i].gen = atomic_fetch_add(&next_gen, 1);
         slots[i].pool = make_pool(slots[i].gen);
@@ -1030,8 +1363,10 @@ int main(void)
     }
 
     asyncify_pool_stats st[3];
+    open_limiters();
     quiesce(st);
-    drain_cq(SIZE_MAX);
+    settle_reports();
+    check_and_free_limiters();
     uint32_t live_gen[3] = { slots[0].gen, slots[1].gen, slots[2].gen };
     for (int i = 1; i < 3; i++) {
         /* From now on the slot names the default pool (generation 0). */
@@ -1078,6 +1413,7 @@ int main(void)
     asyncify_pool_stats d1 = stats_of(NULL);
     default_before = counts_of(&d1);
     atomic_store(&gens[0].accepted, 0);
+    fresh_limiters();
     atomic_int stop = 0;
     for (int i = 0; i < DRIVERS; i++) {
         threads[i] = start_thread(shutdown_racer, &stop);
@@ -1097,40 +1433,50 @@ int main(void)
     if (used > rec_cap) {
         used = rec_cap;
     }
-    struct counts race[1] = { { 0, 0, 0, 0, 0 } };
+    struct counts race[1] = { { 0, 0, 0, 0, 0, 0 } };
     check_records(used, race, 1);
     check_counts("the default pool after asyncify_shutdown", minus(counts_of(&after), default_before),
                  race[0]);
+    check_and_free_limiters(); /* the shutdown cancelled what still waited for a limiter */
     asyncify_handle h = 0;
     CHECK_EQ_STATUS(asyncify_submit(work, recs, NULL, &h), ASYNCIFY_E_SHUT_DOWN);
 
-    printf("stress (seed %#llx, %lld ms): %llu tasks accepted, %llu ran (%llu completed, %llu failed, %llu "
-           "abandoned), "
-           "%llu never ran; races: %llu cancels (%llu too late), %llu released while pending, %llu polls, "
-           "%llu waits "
-           "(%llu timed out), %llu wait_any, %llu resizes (%llu pauses), %llu pools shut down while busy, "
-           "%llu submits "
-           "and %llu cancels from callbacks, %llu inline runs, %llu refused busy, %llu refused shut down, "
-           "%llu stale "
-           "handles refused, %llu scope exits refused; results: %llu to on_done, %llu to poll/wait, %llu via "
-           "the "
-           "queue, %llu freed; args freed %llu; errors 0\n",
-           (unsigned long long)seed, (long long)t_round, (unsigned long long)atomic_load(&f_accepted),
-           (unsigned long long)n_ran, (unsigned long long)n_completed, (unsigned long long)n_failed,
-           (unsigned long long)n_abandoned, (unsigned long long)n_never,
-           (unsigned long long)atomic_load(&f_cancels), (unsigned long long)atomic_load(&f_too_late),
-           (unsigned long long)atomic_load(&f_released_pending), (unsigned long long)atomic_load(&f_polls),
-           (unsigned long long)atomic_load(&f_waits), (unsigned long long)atomic_load(&f_timeouts),
-           (unsigned long long)atomic_load(&f_wait_any), (unsigned long long)atomic_load(&f_resizes),
-           (unsigned long long)atomic_load(&f_pauses), (unsigned long long)atomic_load(&f_retired),
-           (unsigned long long)atomic_load(&f_cb_submits), (unsigned long long)atomic_load(&f_cb_cancels),
-           (unsigned long long)atomic_load(&f_inline), (unsigned long long)atomic_load(&f_busy),
-           (unsigned long long)atomic_load(&f_shut_down), (unsigned long long)atomic_load(&f_stale),
-           (unsigned long long)atomic_load(&f_mismatch), (unsigned long long)atomic_load(&f_to_on_done),
-           (unsigned long long)atomic_load(&f_to_poll), (unsigned long long)atomic_load(&f_cq),
-           (unsigned long long)atomic_load(&f_freed), (unsigned long long)atomic_load(&f_args_freed));
+    printf(
+        "stress (seed %#llx, %lld ms): %llu tasks accepted, %llu ran (%llu completed, %llu failed, %llu "
+        "abandoned), "
+        "%llu never ran; races: %llu cancels (%llu too late), %llu released while pending, %llu polls, "
+        "%llu waits "
+        "(%llu timed out), %llu wait_any, %llu resizes (%llu pauses), %llu pools shut down while busy, "
+        "%llu submits "
+        "and %llu cancels from callbacks, %llu inline runs, %llu limiters (%llu limiter sets, %llu freed in "
+        "use, %llu stats reads), %llu tasks with a limiter (%llu expired and %llu cancelled while waiting "
+        "for it), %llu with a start deadline, %llu expired, %llu refused busy, %llu refused shut down, "
+        "%llu stale "
+        "handles refused, %llu scope exits refused; results: %llu to on_done, %llu to poll/wait, %llu via "
+        "the "
+        "queue, %llu freed; args freed %llu; errors 0\n",
+        (unsigned long long)seed, (long long)t_round, (unsigned long long)atomic_load(&f_accepted),
+        (unsigned long long)n_ran, (unsigned long long)n_completed, (unsigned long long)n_failed,
+        (unsigned long long)n_abandoned, (unsigned long long)n_never,
+        (unsigned long long)atomic_load(&f_cancels), (unsigned long long)atomic_load(&f_too_late),
+        (unsigned long long)atomic_load(&f_released_pending), (unsigned long long)atomic_load(&f_polls),
+        (unsigned long long)atomic_load(&f_waits), (unsigned long long)atomic_load(&f_timeouts),
+        (unsigned long long)atomic_load(&f_wait_any), (unsigned long long)atomic_load(&f_resizes),
+        (unsigned long long)atomic_load(&f_pauses), (unsigned long long)atomic_load(&f_retired),
+        (unsigned long long)atomic_load(&f_cb_submits), (unsigned long long)atomic_load(&f_cb_cancels),
+        (unsigned long long)atomic_load(&f_inline), (unsigned long long)atomic_load(&f_limiters),
+        (unsigned long long)atomic_load(&f_lim_sets), (unsigned long long)atomic_load(&f_lim_freed_in_use),
+        (unsigned long long)atomic_load(&f_lim_peeks), (unsigned long long)atomic_load(&f_limited),
+        (unsigned long long)atomic_load(&f_expired_waiting),
+        (unsigned long long)atomic_load(&f_cancelled_waiting), (unsigned long long)atomic_load(&f_deadlines),
+        (unsigned long long)n_expired, (unsigned long long)atomic_load(&f_busy),
+        (unsigned long long)atomic_load(&f_shut_down), (unsigned long long)atomic_load(&f_stale),
+        (unsigned long long)atomic_load(&f_mismatch), (unsigned long long)atomic_load(&f_to_on_done),
+        (unsigned long long)atomic_load(&f_to_poll), (unsigned long long)atomic_load(&f_cq),
+        (unsigned long long)atomic_load(&f_freed), (unsigned long long)atomic_load(&f_args_freed));
     CHECK(accepted_rounds >= tasks);
     CHECK(n_never > 0 && n_completed > 0 && n_failed > 0);
+    CHECK(atomic_load(&f_limited) > 0 && atomic_load(&f_deadlines) > 0);
     free(per_gen);
     free(recs);
     TEST_PASS("test_stress");
