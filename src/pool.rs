@@ -955,10 +955,10 @@ impl Pool {
             st.limited.insert(Arc::as_ptr(&task) as usize, task.clone());
             st.waiting += 1;
             drop(st);
+            // Counted as waiting by its limiter (and admitted at once if it
+            // has room) before its deadline can expire it.
+            limiter.enqueue(&(task.clone() as Arc<dyn Waiter>));
             task.arm_deadline();
-            // Admitted at once when its limiter has room; its pool's workers
-            // are then started by the admission.
-            limiter.enqueue(&(task as Arc<dyn Waiter>));
             return Ok(handle);
         }
         st.queue.push_back(task.clone());
@@ -1036,7 +1036,9 @@ impl Pool {
             let mut st = shared.lock();
             st.shut_down = true;
             shared.work_ready.notify_all();
-            let limited: Vec<Arc<Task>> = st.limited.drain().map(|(_, t)| t).collect();
+            // Taken whole, not drained: a drained map keeps its memory, and
+            // the default pool is never dropped.
+            let limited = std::mem::take(&mut st.limited).into_values();
             st.queue.drain(..).chain(limited).collect()
         };
         for task in queued {

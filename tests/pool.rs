@@ -588,3 +588,58 @@ fn on_done_waiting_for_its_own_task_is_refused() {
     );
     assert_eq!(pool.shutdown(None), Ok(true));
 }
+
+extern "C" fn returns_at_once(_: *mut c_void, _: *mut *mut c_void) -> i32 {
+    0
+}
+
+/// A limited task with a 1 ms start deadline can expire before its submit
+/// returns: it must already count as waiting for its limiter then. (It once
+/// did not: the expiry took the limiter's count below zero, an overflow
+/// panic on the timer thread in debug builds, a wrapped count in release.)
+/// CPU hogs and a lowered priority make the submitter lose its CPU when it
+/// wakes the timer; the stats never show more than the one waiting task.
+#[test]
+fn a_limited_task_may_expire_before_its_submit_returns() {
+    use asyncify::limiter::{Limiter, LimiterOptions};
+    let pool = Pool::new(1);
+    let stop = AtomicBool::new(false);
+    let mut submitted = 0u64;
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                while !stop.load(SeqCst) {
+                    std::hint::spin_loop();
+                }
+            });
+        }
+        s.spawn(|| {
+            // SAFETY: nice() takes no pointers; on Linux it lowers this thread only.
+            unsafe { libc::nice(19) };
+            let until = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < until {
+                let paused = Limiter::new(LimiterOptions {
+                    max_running: 0,
+                    ..LimiterOptions::default()
+                })
+                .unwrap();
+                let spec = TaskSpec::new(returns_at_once, std::ptr::null_mut())
+                    .limiter(Some(paused.clone()))
+                    .start_within_ms(1)
+                    .detached(true);
+                pool.submit(spec, Table::new()).unwrap();
+                submitted += 1;
+                assert!(paused.stats().waiting <= 1, "{:?}", paused.stats());
+                // An empty timer heap at the next submit: its entry is the
+                // earliest, so the submit wakes the timer.
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            stop.store(true, SeqCst);
+        });
+    });
+    let quiet = Instant::now() + Duration::from_secs(10);
+    while pool.stats().expired < submitted && Instant::now() < quiet {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(pool.stats().expired, submitted);
+}
