@@ -1111,11 +1111,9 @@ fn limiter_stats(addr: usize) -> asyncify_limiter_stats {
     st
 }
 
-/// A limiter's counters while everything runs: never more tasks accounted
-/// for than were given to it (a few submits may be in flight), never more
-/// places held than its highest cap. (`waiting` is left out for now: the
-/// library can count the expiry of a task that has not joined its limiter's
-/// count yet, and `waiting` then reads `u64::MAX` for a moment; reported.)
+/// A limiter's counters while everything runs: never more waiting or
+/// accounted for than tasks were given to it (a few submits may be in
+/// flight), never more places held than its highest cap.
 fn peek_limiter(slot: usize) {
     let guard = lim_slot_read(slot);
     let (addr, gen) = *guard;
@@ -1127,8 +1125,11 @@ fn peek_limiter(slot: usize) {
     let given = g.accepted.load(SeqCst) + 1024;
     let cap = u64::from(g.cap_ever.load(SeqCst));
     check!(
-        st.running <= cap && st.admitted + st.expired + st.cancelled_waiting <= given,
-        "limiter {gen} while running: running {} (highest cap {cap}), admitted {}, expired {}, cancelled_waiting {}, with about {} tasks accepted",
+        st.waiting <= given
+            && st.running <= cap
+            && st.waiting + st.admitted + st.expired + st.cancelled_waiting <= given,
+        "limiter {gen} while running: waiting {}, running {} (highest cap {cap}), admitted {}, expired {}, cancelled_waiting {}, with about {} tasks accepted",
+        st.waiting,
         st.running,
         st.admitted,
         st.expired,

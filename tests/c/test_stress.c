@@ -731,12 +731,6 @@ static struct rec *submit_one(int slot, asyncify_handle *out)
     uint32_t gen = slots[slot].gen;
     r->gen = gen;
     opts.pool = slots[slot].pool;
-    if (opts.pool == NULL) {
-        /* Limiters only on the pools the test frees: after asyncify_shutdown the default pool still holds
-         * the allocation of its map of tasks waiting for a limiter, which valgrind reports as possibly lost
-         * (reported; lift this once the library releases it). tests/stress.rs covers the default pool. */
-        lim_slot = -1;
-    }
     if (lim_slot >= 0) {
         CHECK(pthread_rwlock_rdlock(&lim_slots[lim_slot].lock) == 0);
         if (lim_slots[lim_slot].lim != NULL) {
