@@ -2,6 +2,8 @@
  * plus asyncify_pool_new/pool_free). Scenario 12 of section 7. */
 #include <limits.h>
 
+#include <stddef.h>
+
 #include "test_util.h"
 
 /* The status values and flags are part of the ABI: a changed value fails the build. */
@@ -248,7 +250,10 @@ static void test_submit_arguments(void)
     /* submit_options_init: NULL and too-small sizes; the struct is left alone. */
     CHECK_ERR(asyncify_submit_options_init(NULL, sizeof opts), ASYNCIFY_E_NULL);
     asyncify_submit_options fresh;
-    const size_t small_sizes[] = { 0, 1, 4, 8, sizeof fresh - 8, sizeof fresh - 1 };
+    /* Below the first published layout (0.1's, which ends at `context`); every size from there on is a
+     * layout a program may have been built with. */
+    const size_t first_layout = offsetof(asyncify_submit_options, limiter);
+    const size_t small_sizes[] = { 0, 1, 4, 8, first_layout - 8, first_layout - 1 };
     for (size_t i = 0; i < sizeof small_sizes / sizeof small_sizes[0]; i++) {
         memset(&fresh, 0xab, sizeof fresh);
         CHECK_ERR(asyncify_submit_options_init(&fresh, small_sizes[i]), ASYNCIFY_E_INVALID_ARGUMENT);
@@ -270,13 +275,18 @@ static void test_submit_arguments(void)
     CHECK_ERR(asyncify_submit(counting_task, &c, &opts, NULL), ASYNCIFY_E_NULL);
     CHECK_ERR(asyncify_submit(counting_task, &c, NULL, NULL), ASYNCIFY_E_NULL);
 
-    /* Bad struct_size. */
-    const uint32_t bad_sizes[] = { 0, 1, 4, 8, (uint32_t)sizeof opts - 8, (uint32_t)sizeof opts - 1 };
+    /* Bad struct_size: below the first layout, or a size that stops inside a field this library reads
+     * while that field is set (here `limiter`, past the 0.1 layout: its bytes are not all zero). */
+    const uint32_t bad_sizes[] = { 0, 1, 4, 8, (uint32_t)first_layout - 8, (uint32_t)first_layout - 1 };
     for (size_t i = 0; i < sizeof bad_sizes / sizeof bad_sizes[0]; i++) {
         asyncify_submit_options bad = opts;
         bad.struct_size = bad_sizes[i];
         CHECK_ERR(asyncify_submit(counting_task, &c, &bad, &h), ASYNCIFY_E_INVALID_ARGUMENT);
     }
+    asyncify_submit_options cut = opts;
+    cut.struct_size = (uint32_t)first_layout + 4;
+    cut.limiter = (const struct asyncify_limiter *)&c; /* refused before it is ever read */
+    CHECK_ERR(asyncify_submit(counting_task, &c, &cut, &h), ASYNCIFY_E_INVALID_ARGUMENT);
 
     /* Unknown flag bits, alone and next to known ones. */
     const uint32_t bad_flags[] = { 4u, 8u, 1u << 31, 0xffffffffu, ASYNCIFY_SUBMIT_DETACHED | 0x100u };
