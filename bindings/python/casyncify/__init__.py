@@ -15,12 +15,13 @@ worker threads without losing the caller's context), over ctypes.
 """
 
 from . import lowlevel
-from ._calls import TaskFuture, call, cancel_requested
+from ._calls import TaskFuture, call, cancel_requested, queue_wait
 from ._errors import (
     BufferTooSmallError,
     BusyError,
     CancelledError,
     Error,
+    ExpiredError,
     ForkedError,
     InvalidArgumentError,
     InvalidHandleError,
@@ -35,6 +36,7 @@ from ._errors import (
 )
 from ._ffi import VERSION as LIBRARY_VERSION
 from ._ffi import library_path
+from ._limits import KeyedLimiter, Latency, Limiter, LimiterStats
 from ._overrides import ForeignPointer, context, get, overrides, remove
 from ._overrides import set as set  # noqa: A004 - casyncify.set(key, value)
 from ._pools import UNBOUNDED, Executor, Pool, Stats, asyncify, configure, default_pool, stats, submit
@@ -50,4 +52,5 @@ __all__ = [
     "BufferTooSmallError", "ShutDownError", "BusyError", "WouldDeadlockError",
     "ScopeMismatchError", "ForkedError", "PanicError", "OutOfMemoryError",
     "CancelledError", "TimeoutError", "LIBRARY_VERSION", "library_path",
+    "Limiter", "KeyedLimiter", "LimiterStats", "Latency", "ExpiredError", "queue_wait",
 ]  # fmt: skip

@@ -6,7 +6,9 @@ Each call records ``(fn, args, kwargs, contextvars.copy_context())`` in
 and keeps the return value or exception in the record (never through the C
 result pointer). ``submit()`` futures (``TaskFuture``) and trio waiters are
 completed by the ``on_done`` callback ``DONE``; asyncio calls by their loop's
-completion queue (``_loops``).
+completion queue (``_loops``). Pools that record latency submit ``WORK_TIMED``
+instead, which keeps the call's queue wait (given by their ``on_task_start``
+hook, ``TASK_START``) for ``queue_wait()`` while the call runs.
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ from typing import Any, Callable
 
 from . import _anyio_compat, _ffi, lowlevel
 from ._convert import milliseconds, seconds
-from ._errors import WouldDeadlockError, check
+from ._errors import ExpiredError, WouldDeadlockError, check
 from ._ffi import fast, lib, plib
 from ._lifecycle import after_fork_in_child, worker
 from ._overrides import ROOT, current
 
-__all__ = ["Call", "registry", "ids", "WORK", "DONE", "SUBMIT_DEFAULTS", "TaskFuture", "call", "cancel_requested"]
+__all__ = [
+    "Call", "registry", "ids", "WORK", "WORK_TIMED", "TASK_START", "DONE", "SUBMIT_DEFAULTS", "TaskFuture",
+    "call", "cancel_requested", "queue_wait", "expired_error",
+]  # fmt: skip
 
 #: Submit options with the library's defaults, copied for each submission.
 SUBMIT_DEFAULTS = lowlevel.submit_options_init()
@@ -45,9 +50,14 @@ class Call:
     future the awaiting task holds (``asyncify`` under asyncio: a pending call
     must not keep a dropped event loop alive), or a trio waiter. ``marks`` are
     the AnyIO/trio worker-thread marks set around ``fn`` (``_anyio_compat``).
+    ``limits`` (set only for a call with a limiter or a start deadline) is
+    ``(limiter or None, start_within seconds)``, for the message of ``ExpiredError``.
     """
 
-    __slots__ = ("fn", "args", "kwargs", "ctx", "result", "exc", "fut", "handle", "abandoned", "pool", "marks")
+    __slots__ = (
+        "fn", "args", "kwargs", "ctx", "result", "exc", "fut", "handle", "abandoned", "pool", "marks", "limits",
+    )  # fmt: skip
+    limits: tuple[Any, float]  # set only when used: no cost on the plain path
 
     def __init__(
         self,
@@ -114,11 +124,63 @@ def _work(arg: int, _out: int | None, _calls: dict[int, Call] = registry) -> int
 WORK = _ffi.immortal(_ffi.WORK_FN_FAST(_work))
 
 
+def _task_start(_data: int | None, _handle: int, _status: int, queue_wait_ns: int, _run_ns: int) -> None:
+    # on_task_start of pools that record latency: on the worker, right before the
+    # work function (WORK_TIMED), which takes the value. Must not raise.
+    try:
+        worker.started_wait_ns = queue_wait_ns
+    except BaseException:  # noqa: BLE001 - never unwind into C
+        pass
+
+
+#: The ``on_task_start`` hook of pools that record latency.
+TASK_START = _ffi.immortal(_ffi.TASK_HOOK(_task_start))
+
+
+def _work_timed(arg: int, out: int | None, _worker: Any = worker) -> int:
+    # WORK on pools that record latency: the queue wait the start hook just gave is
+    # this call's while it runs (a call run inline inside it has its own, then this
+    # one's again).
+    outer = _worker.call_wait_ns
+    _worker.call_wait_ns = _worker.started_wait_ns
+    try:
+        return _work(arg, out)
+    finally:
+        _worker.call_wait_ns = outer
+
+
+#: The work callback of calls on pools that record latency.
+WORK_TIMED = _ffi.immortal(_ffi.WORK_FN_FAST(_work_timed))
+
+
+def queue_wait() -> float | None:
+    """Inside a call on a pool that records latency (``Pool(record_latency=True)``, or
+    the default pool with ``ASYNCIFY_RECORD_LATENCY=1``): the seconds this call waited
+    from its submit (its wait for a limiter included) to its start, as the library
+    measured it. None anywhere else."""
+    ns = worker.call_wait_ns
+    return None if ns is None else ns / 1e9
+
+
+def expired_error(rec: Call) -> ExpiredError:
+    """The exception of a call whose start deadline passed (it never ran)."""
+    lim, within = getattr(rec, "limits", (None, 0.0))
+    name = "" if lim is None else lim.name
+    waited = f"for the limiter {name!r} or " if lim is not None else "for "
+    return ExpiredError(
+        _ffi.EXPIRED,
+        f"casyncify: the call did not start within {within:g} s (it waited {waited}a worker), so it never ran",
+        within,
+        name,
+    )
+
+
 def _done(
     data: int, handle: int, status: int, result: int | None, code: int, _calls: dict[int, Call] = registry
 ) -> None:
     # on_done of submit() futures and trio calls: on the worker for OK/FAILED,
-    # on the cancelling (or shutting-down) thread for CANCELLED. Must not raise.
+    # on the cancelling (or shutting-down) thread for CANCELLED, on the thread that
+    # noticed (the library's timer or a worker) for EXPIRED. Must not raise.
     rec = _calls.pop(data, None)
     if rec is None:
         return
@@ -132,6 +194,8 @@ def _done(
             exc = rec.exc
             rec.exc = None
             fut.set_exception(exc)
+        elif status == _ffi.EXPIRED:
+            fut.set_exception(expired_error(rec))
         else:
             fut._force_cancel()
     except BaseException:  # noqa: BLE001 - a done-callback of the future failed; never unwind into C

@@ -7,6 +7,10 @@ high-level API and ``lowlevel`` alike.
 * **Timeouts** are seconds or None. None and ``inf`` wait as long as it takes;
   below 0 is 0 (a poll, as in ``concurrent.futures``); ``nan`` is a
   ``ValueError``. The C functions take milliseconds, -1 meaning no limit.
+* **Start deadlines** (``start_within``) are seconds or None (no deadline): a positive,
+  finite number, rounded up to a whole millisecond (the C option is ``uint32_t``
+  milliseconds, so at most 2**32-1 ms, about 49.7 days); anything else is a
+  ``ValueError`` (a ``TypeError`` for what is not a number).
 * **Bytes out**: a size query, then a copy (again if the value grew meanwhile).
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import numbers
 from ctypes import byref, c_size_t
 from typing import TYPE_CHECKING, Callable, Optional
 
@@ -26,7 +31,7 @@ if TYPE_CHECKING:
     #: ``read(buf, cap, byref(out_len)) -> status``: one C getter with its key bound.
     Reader = Callable[[Optional["ctypes.Array[ctypes.c_char]"], int, _CArgObject], int]
 
-__all__ = ["key_bytes", "seconds", "milliseconds", "copy_out", "FOREVER_MS"]
+__all__ = ["key_bytes", "seconds", "milliseconds", "deadline_ms", "copy_out", "FOREVER_MS"]
 
 #: asyncify's "no limit" in milliseconds.
 FOREVER_MS = -1
@@ -63,6 +68,22 @@ def milliseconds(name: str, timeout: float | None) -> int:
     if value is None:
         return FOREVER_MS
     return min(_INT64_MAX, int(value * 1000))
+
+
+def deadline_ms(name: str, value: float | None) -> int:
+    """A start deadline in seconds as the C option's milliseconds, rounded up (0: none)."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number of seconds or None, not {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive, finite number of seconds or None, got {value}")
+    # Rounded to the nanosecond first: 0.05 * 1000 is 50.00000000000001, which is 50 ms.
+    ms = max(1, math.ceil(round(value * 1000, 6)))
+    if ms > _ffi.UINT32_MAX:
+        raise ValueError(f"{name} must be at most {_ffi.UINT32_MAX / 1000:.3f} s (2**32-1 ms), got {value}")
+    return ms
 
 
 def copy_out(read: Reader) -> bytes:

@@ -23,6 +23,7 @@ __all__ = [
     "OutOfMemoryError",
     "CancelledError",
     "TimeoutError",
+    "ExpiredError",
     "check",
     "error_for",
 ]
@@ -107,6 +108,36 @@ class TimeoutError(Error, builtins.TimeoutError):  # noqa: A001 - mirrors the bu
     """ASYNCIFY_TIMEOUT: a wait ran out of time (the task goes on). Also a builtin ``TimeoutError``."""
 
 
+class ExpiredError(Error, builtins.TimeoutError):
+    """ASYNCIFY_EXPIRED: the call did not start within its ``start_within`` seconds, so
+    it never ran (its function was not called; nothing of it is left to wait for).
+
+    Why these bases:
+
+    * ``casyncify.Error``: it is a status of the library (``status == 5``), caught by
+      ``except casyncify.Error`` like every other.
+    * the builtin ``TimeoutError``: a deadline passed, and code that already handles
+      running out of time (``except TimeoutError``, retry policies that retry timeouts)
+      handles this one too. Not ``casyncify.TimeoutError``, whose call goes on: an
+      expired call is over, and a handler written for a wait that timed out would
+      wrongly expect its result later.
+    * not a cancellation (``asyncio.CancelledError``, trio's ``Cancelled``,
+      ``concurrent.futures.CancelledError``): those mean *the awaiting task or scope*
+      is being cancelled and are handled as such by asyncio, trio, AnyIO and task
+      groups (swallowed by a cancel scope, propagated as the task's own cancellation,
+      ``future.cancelled()`` true). Here nobody cancelled the caller: the call failed
+      to start, an ordinary exception its caller may catch, retry or report.
+
+    ``start_within`` is the deadline in seconds, ``limiter`` the name of the limiter
+    the call was given ('' without one).
+    """
+
+    def __init__(self, status: int, message: str = "", start_within: float = 0.0, limiter: str = ""):
+        super().__init__(status, message)
+        self.start_within = start_within
+        self.limiter = limiter
+
+
 _BY_STATUS: dict[int, type[Error]] = {
     _ffi.E_NULL: NullError,
     _ffi.E_INVALID_ARGUMENT: InvalidArgumentError,
@@ -122,6 +153,7 @@ _BY_STATUS: dict[int, type[Error]] = {
     _ffi.E_OUT_OF_MEMORY: OutOfMemoryError,
     _ffi.CANCELLED: CancelledError,
     _ffi.TIMEOUT: TimeoutError,
+    _ffi.EXPIRED: ExpiredError,
 }
 
 

@@ -301,12 +301,9 @@ SIGNATURES: dict[str, tuple[type[_CDataType] | None, list[type[_CDataType]]]] = 
 #: Functions added in 0.2 that the binding itself does not use: a library without
 #: them still loads (``has(name)`` says whether the loaded one exports them). The
 #: other 0.2 functions are required: ``Pool.close`` waits with
-#: ``asyncify_pool_close``, overrides are read back with the context readers.
-SINCE_0_2 = frozenset({
-    "asyncify_context_get", "asyncify_context_get_ptr_ex", "asyncify_pool_latency",
-    "asyncify_limiter_options_init", "asyncify_limiter_new", "asyncify_limiter_set",
-    "asyncify_limiter_stats_get", "asyncify_limiter_latency", "asyncify_limiter_free",
-})  # fmt: skip
+#: ``asyncify_pool_close``, overrides are read back with the context readers,
+#: ``Limiter`` is made of the limiter functions, ``Pool.stats`` reads latency.
+SINCE_0_2 = frozenset({"asyncify_context_get", "asyncify_context_get_ptr_ex"})
 
 # The binding submits its own work callback, declared with WORK_FN_FAST; the
 # argument type of asyncify_submit / asyncify_context_run must accept it.

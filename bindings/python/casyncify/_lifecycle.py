@@ -45,6 +45,8 @@ class _Worker(threading.local):
     pool: int | None = None  # the serial of its pool
     gilstate: int | None = None  # what PyGILState_Ensure returned in the start hook
     counted = False  # counted in life.live_workers
+    started_wait_ns: int | None = None  # queue wait of the task about to start (on_task_start hook)
+    call_wait_ns: int | None = None  # queue wait of the call running here (pools that record latency)
 
 
 #: This thread's worker state (``worker.pool`` is None on any other thread).

@@ -17,7 +17,7 @@ from ctypes import byref, c_size_t, c_uint64, sizeof
 from typing import Any, Callable
 
 from . import _ffi, lowlevel
-from ._calls import SUBMIT_DEFAULTS, Call, registry
+from ._calls import SUBMIT_DEFAULTS, Call, expired_error, registry
 from ._ffi import plib
 from ._lifecycle import after_fork_in_child, life
 
@@ -116,10 +116,13 @@ def _drain(state: LoopState, _calls: dict[int, Call] = registry) -> None:
             fut = rec.fut()
             if fut is None or fut.done():  # its task is gone, or was cancelled
                 continue
-            if status == cancelled:  # cancelled by a pool shutdown, not by our awaiter
+            if status < cancelled:  # OK or FAILED: the outcome is in the record
+                fut.set_result(None)
+            elif status == cancelled:  # cancelled by a pool shutdown, not by our awaiter
                 fut.cancel()
-            else:
-                fut.set_result(None)  # the outcome is in the record
+            else:  # EXPIRED: its start deadline passed; it never ran. Raised by outcome()
+                rec.exc = expired_error(rec)  # (in the future, it would keep a cycle with its traceback)
+                fut.set_result(None)
         if n < _BATCH:
             return
 

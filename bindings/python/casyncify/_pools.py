@@ -6,7 +6,9 @@ that give each worker one lasting Python thread state. A call is submitted
 with the caller's C context (its overrides) and the one work callback of
 ``_calls``; ``submit()`` returns a ``TaskFuture`` completed by ``DONE``;
 ``asyncify()`` awaits the call under asyncio (a completion queue per loop,
-``_loops``) or trio (``_trio``, imported only when trio runs).
+``_loops``) or trio (``_trio``, imported only when trio runs). A call with a
+limiter or a start deadline (``_limits.CallLimits``) is submitted through
+``_limits.submit_limited``; one without them takes the plain path, unchanged.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ from ctypes import byref, c_uint64
 from typing import TYPE_CHECKING, Any, Callable, overload
 
 from . import _anyio_compat, _ffi, lowlevel
-from ._calls import DONE, SUBMIT_DEFAULTS, WORK, Call, TaskFuture, ids, registry
+from ._calls import DONE, SUBMIT_DEFAULTS, TASK_START, WORK, WORK_TIMED, Call, TaskFuture, ids, registry
 from ._convert import seconds
 from ._errors import ForkedError, ShutDownError, WouldDeadlockError, error_for
 from ._ffi import fast, lib, plib
 from ._lifecycle import SLICE, after_fork_in_child, life, open_pools, worker, worker_started, worker_stopped
+from ._limits import CallLimits, Latency, Limiter, LimiterChoice, submit_limited
 from ._loops import asyncio_loop, loop_state, running_library
 from ._overrides import ROOT, current, merge_settings
 
@@ -121,7 +124,11 @@ def _u32(name: str, n: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Stats:
-    """A pool's counters (``asyncify_pool_stats``); exact when the pool is quiet."""
+    """A pool's counters (``asyncify_pool_stats``); exact when the pool is quiet: then
+    submitted = completed + failed + cancelled + abandoned + expired. ``queue_wait``
+    (submit, a wait for a limiter included, to the start) and ``run`` (start to return)
+    are the pool's latency figures when it records them (``record_latency``), else None.
+    """
 
     limit: int
     threads: int
@@ -133,6 +140,9 @@ class Stats:
     failed: int  # work raised
     cancelled: int  # cancelled before it started
     abandoned: int  # cancelled while running
+    expired: int = 0  # start deadline passed before it started (never ran)
+    queue_wait: Latency | None = None
+    run: Latency | None = None
 
 
 _pool_serials = itertools.count(1)
@@ -143,7 +153,9 @@ class Pool:
 
     ``with casyncify.Pool(4) as pool:`` frees it on exit (queued calls are
     cancelled, running ones waited for). ``UNBOUNDED`` (2**32-1) means no limit,
-    0 pauses the pool.
+    0 pauses the pool. ``record_latency=True`` records each call's queue wait and run
+    time (``stats().queue_wait``/``.run``, and ``casyncify.queue_wait()`` inside a
+    call), at the cost of two clock reads and one hook per call.
     """
 
     def __init__(
@@ -155,6 +167,7 @@ class Pool:
         release_slot_on_abandon: bool = False,
         thread_name: str = "casyncify",
         thread_hooks: bool = True,
+        record_latency: bool = False,
     ):
         opts = lowlevel.pool_options_init()
         opts.max_workers = _u32("max_workers", max_workers)
@@ -165,7 +178,15 @@ class Pool:
                 raise ValueError("keep_alive must be positive (seconds)")
             opts.keep_alive_ms = _u32("keep_alive (ms)", ms)
         if release_slot_on_abandon:
-            opts.flags = _ffi.POOL_RELEASE_SLOT_ON_ABANDON
+            opts.flags |= _ffi.POOL_RELEASE_SLOT_ON_ABANDON
+        #: The work callback of this pool's calls: WORK_TIMED keeps the queue wait
+        #: that the start hook gives (recording pools only: the hook costs a callback).
+        self._work = WORK
+        if record_latency:
+            opts.flags |= _ffi.POOL_RECORD_LATENCY
+            opts.on_task_start = TASK_START
+            self._work = WORK_TIMED
+        self._records = bool(record_latency)
         if not isinstance(thread_name, str):
             raise TypeError(f"thread_name must be a str, not {type(thread_name).__name__}")
         if "\0" in thread_name:
@@ -197,8 +218,9 @@ class Pool:
             raise ShutDownError(_ffi.E_SHUT_DOWN, "casyncify: the pool is closed")
         return ptr
 
-    def _submit(self, cid: int) -> int:
-        """Submit the call registered as ``cid``, detached, completed by ``DONE``; returns the handle."""
+    def _submit(self, cid: int, lim: Limiter | None = None, ms: int = 0, limited: bool = False) -> int:
+        """Submit the call registered as ``cid``, detached, completed by ``DONE``; returns the handle.
+        ``limited``: with the limiter ``lim`` (None: none) and the deadline ``ms`` (0: none)."""
         opts = _ffi.SubmitOptions.from_buffer_copy(SUBMIT_DEFAULTS)
         opts.on_done = DONE
         opts.flags = _ffi.SUBMIT_DETACHED
@@ -209,27 +231,43 @@ class Pool:
             raise ShutDownError(_ffi.E_SHUT_DOWN, "casyncify: the interpreter is exiting")
         with self._lock:  # close() cannot free the pool under this submit
             opts.pool = self._pointer()
-            status = fast.asyncify_submit(WORK, cid, byref(opts), byref(h))
+            if limited:
+                status = submit_limited(self._work, cid, opts, byref(opts), byref(h), lim, ms)
+            else:
+                status = fast.asyncify_submit(self._work, cid, byref(opts), byref(h))
             if status < 0:
                 raise error_for(status)
         return int(h.value)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskFuture:
         """Run ``fn(*args, **kwargs)`` on this pool with the caller's overrides."""
+        return self._future(fn, args, kwargs, None)
+
+    def _future(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], limits: CallLimits | None
+    ) -> TaskFuture:
+        """``submit()``, with ``limits`` (None: none)."""
+        lim = None if limits is None else limits.pick()  # in the submitter's context
         rec = Call(fn, args, kwargs, contextvars.copy_context(), self)
         fut = rec.fut = TaskFuture()
         cid = next(ids)
         registry[cid] = rec
         try:
-            fut._handle = self._submit(cid)
+            if limits is None:
+                fut._handle = self._submit(cid)
+            else:
+                rec.limits = (lim, limits.start_within)
+                fut._handle = self._submit(cid, lim, limits.ms, True)
         except BaseException:
             registry.pop(cid, None)
             raise
         return fut
 
-    def asyncify(self, fn: Callable[_P, _R]) -> Callable[_P, Coroutine[Any, Any, _R]]:
-        """``casyncify.asyncify(fn, pool=self)``."""
-        return asyncify(fn, pool=self)
+    def asyncify(
+        self, fn: Callable[_P, _R], *, limiter: LimiterChoice = None, start_within: float | None = None
+    ) -> Callable[_P, Coroutine[Any, Any, _R]]:
+        """``casyncify.asyncify(fn, pool=self, limiter=..., start_within=...)``."""
+        return asyncify(fn, pool=self, limiter=limiter, start_within=start_within)
 
     # -- configuration and counters ------------------------------------------
 
@@ -245,13 +283,23 @@ class Pool:
         with self._lock:
             lowlevel.set_max_workers(self._pointer(), n)
 
+    @property
+    def records_latency(self) -> bool:
+        """Whether the pool records queue wait and run time (``record_latency``)."""
+        return self._records
+
     def stats(self) -> Stats:
-        """The pool's counters now."""
+        """The pool's counters now, and its latency figures when it records them."""
+        queue_wait = run = None
         with self._lock:
-            s = lowlevel.stats(self._pointer())
+            ptr = self._pointer()
+            s = lowlevel.stats(ptr)
+            if self._records:
+                queue_wait = Latency.from_c(lowlevel.pool_latency(ptr, _ffi.LATENCY_QUEUE_WAIT))
+                run = Latency.from_c(lowlevel.pool_latency(ptr, _ffi.LATENCY_RUN))
         return Stats(
             s.limit, s.threads, s.idle_threads, s.queued, s.running,
-            s.submitted, s.completed, s.failed, s.cancelled, s.abandoned,
+            s.submitted, s.completed, s.failed, s.cancelled, s.abandoned, s.expired, queue_wait, run,
         )  # fmt: skip
 
     @property
@@ -359,7 +407,8 @@ def _default_max_workers() -> int:
 
 
 def default_pool() -> Pool:
-    """The binding's default pool (created on first use: limit 8 or ``ASYNCIFY_MAX_WORKERS``)."""
+    """The binding's default pool (created on first use: limit 8 or ``ASYNCIFY_MAX_WORKERS``;
+    it records latency when the environment has ``ASYNCIFY_RECORD_LATENCY=1``)."""
     global _default
     pool = _default
     if pool is not None and pool._ptr is not None:
@@ -368,7 +417,8 @@ def default_pool() -> Pool:
         raise ShutDownError(_ffi.E_SHUT_DOWN, "casyncify: the interpreter is exiting")
     # First use, or closed by the user. Made with no lock held: making a pool
     # may run any Python (a GC finalizer that itself calls default_pool()).
-    fresh: Pool | None = Pool(_default_max_workers(), thread_name="casyncify")
+    record = os.environ.get("ASYNCIFY_RECORD_LATENCY") == "1"  # as the library's own default pool
+    fresh: Pool | None = Pool(_default_max_workers(), thread_name="casyncify", record_latency=record)
     with _default_lock:
         if _default is None or _default._ptr is None:
             _default, fresh = fresh, None
@@ -430,12 +480,22 @@ class Executor(concurrent.futures.Executor):
 
     ``Executor()`` uses the default pool, ``Executor(max_workers=n)`` a pool of its
     own (freed by ``shutdown``), ``Executor(pool=p)`` an existing pool. Works with
-    ``loop.run_in_executor(casyncify.Executor(), fn)``.
+    ``loop.run_in_executor(casyncify.Executor(), fn)``. ``limiter`` and
+    ``start_within`` apply to each of its calls as in ``asyncify()`` (a function given
+    as ``limiter`` is called at each ``submit``, in the submitter's context).
     """
 
-    def __init__(self, max_workers: int | None = None, pool: Pool | None = None):
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        pool: Pool | None = None,
+        *,
+        limiter: LimiterChoice = None,
+        start_within: float | None = None,
+    ):
         if max_workers is not None and pool is not None:
             raise ValueError("give max_workers or pool, not both")
+        self._limits = CallLimits.of(limiter, start_within)
         if max_workers is not None:
             if max_workers <= 0:
                 raise ValueError("max_workers must be greater than 0")
@@ -455,7 +515,7 @@ class Executor(concurrent.futures.Executor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if life.closing:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
-            fut = (self._pool or default_pool()).submit(fn, *args, **kwargs)
+            fut = (self._pool or default_pool())._future(fn, args, kwargs, self._limits)
             self._pending.add(fut)
         fut.add_done_callback(self._pending.discard)
         return fut
@@ -495,10 +555,24 @@ def is_async_callable(fn: object) -> bool:
 
 
 @overload
-def asyncify(fn: Callable[_P, _R], *, pool: Pool | None = None) -> Callable[_P, Coroutine[Any, Any, _R]]: ...
+def asyncify(
+    fn: Callable[_P, _R],
+    *,
+    pool: Pool | None = None,
+    limiter: LimiterChoice = None,
+    start_within: float | None = None,
+) -> Callable[_P, Coroutine[Any, Any, _R]]: ...
 @overload
-def asyncify(*, pool: Pool | None = None) -> Callable[[Callable[_P, _R]], Callable[_P, Coroutine[Any, Any, _R]]]: ...
-def asyncify(fn: Any = _MISSING, *, pool: Pool | None = None) -> Any:
+def asyncify(
+    *, pool: Pool | None = None, limiter: LimiterChoice = None, start_within: float | None = None
+) -> Callable[[Callable[_P, _R]], Callable[_P, Coroutine[Any, Any, _R]]]: ...
+def asyncify(
+    fn: Any = _MISSING,
+    *,
+    pool: Pool | None = None,
+    limiter: LimiterChoice = None,
+    start_within: float | None = None,
+) -> Any:
     """Like ``dspy.asyncify``: an ``async def`` wrapper running ``fn`` on a pool.
 
     Each call snapshots the caller's context (``contextvars``: casyncify's
@@ -510,13 +584,20 @@ def asyncify(fn: Any = _MISSING, *, pool: Pool | None = None) -> Any:
     ``cancel_requested()`` is true inside). Inside the call, AnyIO's and trio's
     ``from_thread`` functions reach the caller's loop as in their worker threads.
     Usable as ``@asyncify`` or ``@asyncify(pool=p)``.
+
+    ``limiter``: a ``Limiter`` each call holds while it runs, or a function called
+    at each call, in the caller's context, that returns the call's limiter or None
+    (a ``KeyedLimiter``: one limiter per model, say). ``start_within``: seconds; a call
+    not started by then (waiting for its limiter or a worker) never runs and raises
+    ``ExpiredError``.
     """
     if fn is _MISSING:
-        return functools.partial(asyncify, pool=pool)
+        return functools.partial(asyncify, pool=pool, limiter=limiter, start_within=start_within)
     if not callable(fn):
         raise TypeError(f"asyncify() needs a callable, not {type(fn).__name__}")
     if is_async_callable(fn):
         raise TypeError(f"{fn!r} is already a coroutine function: await it directly")
+    limits = CallLimits.of(limiter, start_within)  # None: the plain path
 
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         # The asyncio path is inline (no coroutine of its own): every call runs it.
@@ -527,12 +608,17 @@ def asyncify(fn: Any = _MISSING, *, pool: Pool | None = None) -> Any:
             p = _default
             if p is None or p._ptr is None:
                 p = default_pool()
+        lim = None if limits is None else limits.pick()  # in the caller's context
         loop = asyncio_loop()
         if loop is None:  # not surely asyncio
             if running_library() == "trio":
                 from . import _trio
 
-                return await _trio.call(Call(fn, args, kwargs, _copy_context(), p), p._submit)
+                rec = Call(fn, args, kwargs, _copy_context(), p)
+                if limits is None:
+                    return await _trio.call(rec, p._submit)
+                rec.limits = (lim, limits.start_within)
+                return await _trio.call(rec, functools.partial(p._submit, lim=lim, ms=limits.ms, limited=True))
             loop = asyncio.get_running_loop()
         state = loop_state(loop)
         rec = Call(fn, args, kwargs, _copy_context(), p)
@@ -552,7 +638,11 @@ def asyncify(fn: Any = _MISSING, *, pool: Pool | None = None) -> Any:
                 if ptr is None or p._generation != life.fork_generation:
                     ptr = p._pointer()  # raises ShutDownError or ForkedError
                 opts.pool = ptr
-                status = _fast_submit(WORK, cid, state.opts_ref, state.handle_ref)
+                if limits is None:
+                    status = _fast_submit(p._work, cid, state.opts_ref, state.handle_ref)
+                else:
+                    rec.limits = (lim, limits.start_within)
+                    status = submit_limited(p._work, cid, opts, state.opts_ref, state.handle_ref, lim, limits.ms)
             if status < 0:
                 raise error_for(status)
             rec.handle = state.handle.value

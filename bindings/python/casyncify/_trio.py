@@ -21,7 +21,7 @@ from typing import Any, Callable
 import trio
 
 from . import _anyio_compat, _ffi
-from ._calls import Call, ids, registry
+from ._calls import Call, expired_error, ids, registry
 from ._errors import CancelledError
 from ._ffi import plib
 
@@ -83,4 +83,6 @@ async def call(rec: Call, submit: Callable[[int], int]) -> Any:
     await trio.lowlevel.wait_task_rescheduled(abort)
     if waiter.status == _ffi.CANCELLED:  # by a pool shutdown, not by this task
         raise CancelledError(_ffi.CANCELLED, "casyncify: the call was cancelled by its pool's shutdown")
+    if waiter.status == _ffi.EXPIRED:  # its start deadline passed: it never ran
+        raise expired_error(rec)
     return rec.outcome()

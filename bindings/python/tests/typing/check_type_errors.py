@@ -22,4 +22,8 @@ async def main() -> None:
     s: str = af(1)  # type: ignore[assignment]
     await casyncify.Pool(1).asyncify(f)(b"x")  # type: ignore[arg-type]
     await casyncify.asyncify(pool=None)(f)(None)  # type: ignore[arg-type]
+    await casyncify.asyncify(f, limiter="gpt-4o")(1)  # type: ignore[call-overload]
+    await casyncify.asyncify(f, start_within="1s")(1)  # type: ignore[call-overload]
+    await casyncify.asyncify(f, limiter=str)(1)  # type: ignore[arg-type]
+    casyncify.Limiter(2, 10.0)  # type: ignore[misc]
     print(n, s)
