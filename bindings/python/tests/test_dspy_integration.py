@@ -326,3 +326,94 @@ def test_casyncify_overrides_flow_into_dspy_programs(installed):
 
     assert asyncio.run(main()) == "ok"
     assert seen == [("t1", lm)]
+
+
+# ---------------------------------------------------------------------------
+# A limiter per LM, chosen from the caller's dspy.context
+# ---------------------------------------------------------------------------
+
+
+def _model_lm(model: str) -> DummyLM:
+    """A DummyLM answering "from <model>" to every question, named like a real model."""
+    lm = DummyLM({"question": {"answer": f"from {model}"}})
+    lm.model = model
+    return lm
+
+
+class _PerModel:
+    """A DSPy program that counts, inside each call, how many calls of its LM's model run at once."""
+
+    def __init__(self):
+        self.qa = dspy.Predict("question -> answer")
+        self.lock = threading.Lock()
+        self.now: dict[str, int] = {}
+        self.most: dict[str, int] = {}
+        self.overlap = 0  # calls of another model running beside this one, at most
+
+    def __call__(self, question):
+        model = dspy.settings.lm.model
+        with self.lock:
+            self.now[model] = self.now.get(model, 0) + 1
+            self.most[model] = max(self.most.get(model, 0), self.now[model])
+            self.overlap = max(self.overlap, sum(self.now.values()) - self.now[model])
+        try:
+            time.sleep(0.05)
+            return self.qa(question=question).answer
+        finally:
+            with self.lock:
+                self.now[model] -= 1
+
+
+@pytest.mark.parametrize("how", ["casyncify.asyncify", "install"])
+def test_limiter_per_lm_caps_each_models_calls_without_naming_it(how):
+    gpt4, mini = _model_lm("openai/gpt-4o"), _model_lm("openai/gpt-4o-mini")
+    caps = {"openai/gpt-4o": 1, "openai/gpt-4o-mini": 2}
+    per_lm = casyncify_dspy.limiter_per_lm(make=lambda model: casyncify.Limiter(caps[model], rate=100, name=model))
+    program = _PerModel()
+    if how == "install":
+        casyncify_dspy.install(limiter=per_lm, start_within=30)
+        aprogram = dspy.asyncify(program)
+    else:
+        aprogram = casyncify.asyncify(program, limiter=per_lm)
+
+    async def ask(lm, i):
+        with dspy.context(lm=lm):  # the caller names the LM, never the limiter
+            return await aprogram(question=f"question {i}")
+
+    async def main():
+        return await asyncio.gather(*[ask(lm, i) for i in range(4) for lm in (gpt4, mini)])
+
+    try:
+        answers = asyncio.run(main())
+    finally:
+        casyncify_dspy.uninstall()
+    assert answers == ["from openai/gpt-4o", "from openai/gpt-4o-mini"] * 4
+    assert program.most == caps, "each model's calls stayed within its own cap"
+    assert program.overlap >= 1, "the two models' calls ran beside each other"
+    limiters = per_lm.limiters()
+    assert sorted(limiters) == sorted(caps)
+    assert all(lim.stats().admitted == 4 for lim in limiters.values())
+    # Another LM object of the same model shares its limiter; no LM configured: no limiter.
+    with dspy.context(lm=_model_lm("openai/gpt-4o")):
+        assert per_lm() is limiters["openai/gpt-4o"]
+    with dspy.context(lm=None):
+        assert per_lm() is None
+
+
+def test_limiter_per_lm_with_a_rate_and_a_deadline():
+    lm = _model_lm("slow-model")
+    per_lm = casyncify_dspy.limiter_per_lm(max_running=1, rate=1000)
+    ran = []
+    aprogram = casyncify_dspy.asyncify(lambda: ran.append(1) or time.sleep(0.3), limiter=per_lm, start_within=0.05)
+
+    async def main():
+        with dspy.context(lm=lm):
+            return await asyncio.gather(aprogram(), aprogram(), return_exceptions=True)
+
+    first, second = asyncio.run(main())
+    assert first is None and isinstance(second, casyncify.ExpiredError), "the second could not start in time"
+    assert ran == [1] and second.limiter == "slow-model"
+    assert per_lm["slow-model"].rate == 1000.0 and per_lm["slow-model"].max_running == 1
+    with pytest.raises(ValueError):
+        casyncify_dspy.install(start_within=-1)
+    assert not casyncify_dspy.installed(), "a refused install() changes nothing"
