@@ -177,10 +177,15 @@ test-uv: lib $(UV_DIR)/libuv.so
 
 # The binding's optional test dependencies (about 20 s to install): DSPy, for
 # its tests of real DSPy programs; trio, AnyIO (pinned: the binding marks its
-# worker threads as AnyIO does) and uvloop, for asyncify() under each loop.
+# worker threads as AnyIO does) and uvloop, for asyncify() under each loop;
+# OpenTelemetry's API and SDK (its in-memory exporter), for the tracing example.
+# The stamp's name carries the list's checksum, so a changed list installs again.
 DSPY_VERSION := 3.4.1
-PY_TEST_EXTRAS := dspy==$(DSPY_VERSION) anyio==4.16.0 trio==0.35.0 uvloop==0.23.0
-$(VENV)/.dspy: $(VENV)/.installed
+OTEL_VERSION := 1.45.2
+PY_TEST_EXTRAS := dspy==$(DSPY_VERSION) anyio==4.16.0 trio==0.35.0 uvloop==0.23.0 \
+	opentelemetry-api==$(OTEL_VERSION) opentelemetry-sdk==$(OTEL_VERSION)
+PY_TEST_STAMP := $(VENV)/.dspy-$(shell printf '%s' '$(PY_TEST_EXTRAS)' | cksum | cut -d' ' -f1)
+$(PY_TEST_STAMP): $(VENV)/.installed
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(PY_TEST_EXTRAS)
 	touch $@
 
@@ -191,11 +196,11 @@ $(VENV)/.py-tools: $(VENV)/.installed
 	touch $@
 
 # The Python binding (bindings/python, package casyncify) against the built
-# library; with DSPy, trio, AnyIO and uvloop required, so their tests cannot be
-# skipped here. LiteLLM reads its bundled model price map (no network).
+# library; with DSPy, trio, AnyIO, uvloop and OpenTelemetry required, so their
+# tests cannot be skipped here. LiteLLM reads its bundled model price map (no network).
 # Then mypy --strict on the typing tests (bindings/python/pyproject.toml, [tool.mypy]):
 # what asyncify's signature infers, and the calls it must reject.
-test-python: lib $(VENV)/.dspy $(VENV)/.py-tools
+test-python: lib $(PY_TEST_STAMP) $(VENV)/.py-tools
 	ASYNCIFY_LIBRARY=$(CURDIR)/$(LIB) CASYNCIFY_REQUIRE_DSPY=1 LITELLM_LOCAL_MODEL_COST_MAP=True \
 		$(VENV)/bin/python -m pytest bindings/python/tests -q -rs
 	cd bindings/python && $(CURDIR)/$(VENV)/bin/mypy
@@ -220,7 +225,7 @@ wheel: $(VENV)/.wheel-tools
 
 # The wheel in a fresh venv, used from another directory; then the binding's
 # whole suite against the package installed in .venv (not the tree).
-test-wheel: wheel $(VENV)/.dspy
+test-wheel: wheel $(PY_TEST_STAMP)
 	rm -rf $(WHEEL_BUILD)/venv && $(PYTHON) -m venv $(WHEEL_BUILD)/venv
 	$(WHEEL_BUILD)/venv/bin/pip install --quiet --disable-pip-version-check dist/casyncify-*manylinux*.whl
 	cd $(WHEEL_BUILD) && env -u ASYNCIFY_LIBRARY venv/bin/python -c 'import casyncify, sys; \
