@@ -35,7 +35,8 @@ use crate::status::ASYNCIFY_PENDING;
 use crate::sys::{self, ForeignCall, LeakAtExit, Thread, ThreadBody};
 use crate::table::Table;
 use crate::task::{
-    from_handle_error, tasks, AbandonSlot, Decided, Running, Scheduler, Task, TaskSpec,
+    from_handle_error, tasks, AbandonSlot, Decided, Report, Reporting, Running, Scheduler, Task,
+    TaskSpec,
 };
 use crate::timer::timer;
 
@@ -348,6 +349,7 @@ impl PoolShared {
                 step: Step::Start,
                 running: None,
                 ended: None,
+                reporting: None,
                 finished: None,
                 timed_out: false,
                 may_spin: true,
@@ -654,6 +656,9 @@ struct Worker {
     /// The task whose work function returned and whose end hook runs next,
     /// with what its return decided (completed in `next`, after the hook).
     ended: Option<(Arc<Task>, Running, Decided)>,
+    /// The task being reported: its `on_done` is the next call (or has been
+    /// made, while `Reporting` is held), then it is published.
+    reporting: Option<(Arc<Task>, Report, Option<Reporting>)>,
     /// The task whose work function returned, until its callbacks have too.
     finished: Option<Arc<Task>>,
     timed_out: bool,
@@ -671,9 +676,25 @@ enum Step {
 impl ThreadBody for Worker {
     fn next(&mut self) -> ForeignCall {
         if let Some((task, running, decided)) = self.ended.take() {
-            // The end hook returned: report; the slot goes back once the
-            // calls that reporting defers are made.
-            task.complete(running, decided);
+            // The end hook returned: report.
+            self.end(task, running, decided);
+            return ForeignCall::Again;
+        }
+        if let Some((task, report, reporting)) = self.reporting.take() {
+            // The task's on_done is made from the start routine like any
+            // foreign call, after the release functions that restoring the
+            // worker's table deferred; the outcome is published after it.
+            if reporting.is_none() {
+                if let Some(call) = task.done_call(&report) {
+                    let reporting = Reporting::new(&task);
+                    self.reporting = Some((task, report, Some(reporting)));
+                    return call;
+                }
+            }
+            drop(reporting);
+            task.after_on_done(report.0);
+            // The slot goes back once the calls that publishing deferred (a
+            // free_result) are made.
             self.finished = Some(task);
             return ForeignCall::Again;
         }
@@ -725,10 +746,20 @@ impl ThreadBody for Worker {
             self.ended = Some((task, running, decided));
             return;
         }
-        // Its on_done, frees and releases are made next, by the thread's
-        // start routine; the slot goes back after them, in `next`.
-        task.end_run(running, code, result);
-        self.finished = Some(task);
+        let decided = task.decide(code, result);
+        self.end(task, running, decided);
+    }
+}
+
+impl Worker {
+    /// Restores the worker's table after a task; its on_done, frees and
+    /// releases are made next, by the thread's start routine (see `next`),
+    /// and its slot goes back after them.
+    fn end(&mut self, task: Arc<Task>, running: Running, decided: Decided) {
+        match task.end(running, decided) {
+            Some(report) => self.reporting = Some((task, report, None)),
+            None => self.finished = Some(task),
+        }
     }
 }
 

@@ -305,6 +305,32 @@ impl sys::Resume for Task {
     }
 }
 
+/// What a worker reports for a task whose work function returned (see
+/// [`Task::end`]): the outcome, and the result for `on_done` (0 when it stays
+/// on the task).
+#[derive(Clone, Copy)]
+pub(crate) struct Report(pub(crate) Outcome, usize);
+
+/// Marks the calling thread as running `task`'s `on_done` until dropped, so
+/// that a wait for that task from inside it fails instead of hanging.
+pub(crate) struct Reporting {
+    outer: usize,
+}
+
+impl Reporting {
+    pub(crate) fn new(task: &Arc<Task>) -> Reporting {
+        Reporting {
+            outer: REPORTING.with(|r| r.replace(Arc::as_ptr(task) as usize)),
+        }
+    }
+}
+
+impl Drop for Reporting {
+    fn drop(&mut self) {
+        let _ = REPORTING.try_with(|r| r.set(self.outer));
+    }
+}
+
 /// What a returned work function led to (see [`Task::decide`]).
 pub(crate) enum Decided {
     /// Cancelled while running: the result (an address, 0 for none) goes to
@@ -479,13 +505,6 @@ impl Task {
         }
     }
 
-    /// After the work function returned: restores the thread's table and
-    /// completes the task.
-    pub(crate) fn end_run(self: &Arc<Self>, running: Running, code: i32, result: *mut c_void) {
-        let decided = self.decide(code, result);
-        self.complete(running, decided);
-    }
-
     /// The work function returned `code` and `result`: decides the outcome
     /// (unless a cancel already did) under the task's lock, without
     /// reporting it yet.
@@ -525,18 +544,46 @@ impl Task {
 
     /// Restores the thread's table and reports what [`Task::decide`] decided.
     pub(crate) fn complete(self: &Arc<Self>, running: Running, decided: Decided) {
+        if let Some(Report(outcome, result)) = self.end(running, decided) {
+            self.report(outcome, result);
+        }
+    }
+
+    /// Restores the thread's table and settles what [`Task::decide`] decided
+    /// short of reporting it: an abandoned run's result and argument go to
+    /// their free functions; a returned one is counted and given back as the
+    /// [`Report`] its runner makes next (a worker makes it as its own steps:
+    /// [`Task::done_call`], then [`Task::after_on_done`]).
+    pub(crate) fn end(&self, running: Running, decided: Decided) -> Option<Report> {
         drop(running);
         match decided {
             Decided::Abandoned(result) => {
                 // The cancel already reported it; nobody will take these.
                 free_with(self.spec.free_result, result);
                 free_with(self.spec.free_arg, self.spec.arg);
+                None
             }
             Decided::Returned(outcome, to_callback) => {
                 self.pool.count_returned(outcome.status == ASYNCIFY_OK);
-                self.report(outcome, to_callback);
+                Some(Report(outcome, to_callback))
             }
         }
+    }
+
+    /// The `on_done` call that reports `report`, if the task has one; while
+    /// it runs, [`Reporting`] must be held (a wait for the task from inside
+    /// it could never end).
+    pub(crate) fn done_call(&self, report: &Report) -> Option<ForeignCall> {
+        let on_done = self.spec.on_done?;
+        let Report(outcome, result) = *report;
+        Some(ForeignCall::Done(
+            on_done,
+            self.spec.on_done_data as *mut c_void,
+            self.handle(),
+            outcome.status,
+            result as *mut c_void,
+            outcome.code,
+        ))
     }
 
     /// Calls `on_done` (no lock held), then makes the outcome visible: into
@@ -544,7 +591,7 @@ impl Task {
     /// worker both happen right after its engine step, from the thread's
     /// start routine (see `sys::ThreadBody`), in that order.
     fn report(self: &Arc<Self>, outcome: Outcome, result: usize) {
-        let Some(on_done) = self.spec.on_done else {
+        let Some(call) = self.done_call(&Report(outcome, result)) else {
             // After the release functions of the task's table, as on_done.
             sys::then_resume(self.clone(), outcome.pack());
             return;
@@ -552,28 +599,23 @@ impl Task {
         // A wait for this task from inside its on_done could never end (it
         // is published afterwards): note who is reporting it.
         let me = Arc::as_ptr(self) as usize;
-        let call = ForeignCall::Done(
-            on_done,
-            self.spec.on_done_data as *mut c_void,
-            self.handle(),
-            outcome.status,
-            result as *mut c_void,
-            outcome.code,
-        );
         if sys::deferring() {
             sys::then(move || REPORTING.with(|r| r.set(me)));
             sys::call_foreign(call);
             // (resume clears REPORTING: a worker reports one task at a time)
             sys::then_resume(self.clone(), outcome.pack());
         } else {
-            let outer = REPORTING.with(|r| r.replace(me));
+            let reporting = Reporting::new(self);
             sys::call_foreign(call);
-            REPORTING.with(|r| r.set(outer));
+            drop(reporting);
             self.after_on_done(outcome);
         }
     }
 
-    fn after_on_done(&self, outcome: Outcome) {
+    /// After `on_done` returned (or at once without one): makes the outcome
+    /// visible, frees a result no one can receive, and releases a detached
+    /// task's handle.
+    pub(crate) fn after_on_done(&self, outcome: Outcome) {
         let queue = self
             .spec
             .cq
