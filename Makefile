@@ -11,7 +11,7 @@ CMAKE   := $(VENV)/bin/cmake
 CTEST   := $(VENV)/bin/ctest
 CFLAGS_DEMO := -std=c11 -Wall -Wextra -Werror -O2 -Iinclude
 
-.PHONY: all lib demo test test-uv test-wheel wheel test-rust test-rust-asan test-c test-python test-packaging install check-header lint clean bench bench-full stress
+.PHONY: all lib demo test test-loom test-uv test-wheel wheel test-rust test-rust-asan test-c test-python test-packaging install check-header lint clean bench bench-full stress
 
 all: lib
 
@@ -126,6 +126,15 @@ lint: $(VENV)/.lint-tools $(VENV)/.py-tools
 
 test-rust:
 	$(CARGO) test --release
+
+# The lock-free protocols model-checked by loom (the loom_tests modules of
+# src/): every
+# interleaving of a few threads with at most LOOM_MAX_PREEMPTIONS preemptions
+# each, in a target directory of their own (--cfg loom rebuilds everything).
+LOOM_MAX_PREEMPTIONS ?= 3
+test-loom:
+	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS=$(LOOM_MAX_PREEMPTIONS) \
+		$(CARGO) test --release --lib loom_tests
 
 # The engine's Rust tests again under AddressSanitizer (with LeakSanitizer),
 # on the machine's own stable toolchain: RUSTC_BOOTSTRAP=1 admits the
@@ -273,7 +282,7 @@ test-packaging: lib $(VENV)/.installed
 	CMAKE=$(CURDIR)/$(CMAKE) sh tests/consumer/source.sh
 	sh tests/consumer/readme.sh
 
-test: lib check-header check-header-docs lint test-rust test-rust-asan test-c test-uv test-python test-wheel test-packaging
+test: lib check-header check-header-docs lint test-rust test-loom test-rust-asan test-c test-uv test-python test-wheel test-packaging
 
 # The long reliability runs (issue 6; tests/reliability/stress.sh says what
 # and how to size them): 10,000,000 stress tasks and a timed run, the C

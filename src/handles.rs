@@ -1,33 +1,66 @@
-//! The generation-checked handle registry.
+//! Task memory and handles: a slab of slots, each named by a
+//! generation-checked handle, with no lock and no allocation per task in
+//! steady state.
 //!
-//! A handle is a `u64` that names a slot in one of [`SHARDS`] slabs:
+//! A handle is a `u64`:
 //!
 //! ```text
 //! bits 63..56  fork epoch   (a handle from before a fork() is recognised as such)
-//! bits 55..28  generation   (1..2^28-1, bumped each time the slot is freed; never 0)
-//! bits 27..24  shard
+//! bits 55..24  generation   (1..2^32-1, bumped each time the handle is released; never 0)
 //! bits 23..0   slot index
 //! ```
 //!
-//! Because the generation is never 0, no handle is 0. A released handle's slot
-//! has a new generation, so the stale handle is refused even after the slot is
-//! reused; a slot would have to be reused 2^28 times before an old handle could
-//! name it again. Each submitting thread sticks to one shard, so submitters on
-//! different threads rarely meet on a lock.
+//! Because the generation is never 0, no handle is 0. Releasing a handle bumps
+//! its slot's generation, so the released handle is refused at once, also
+//! while the task still runs and after the slot is reused; a slot would have
+//! to be reused 2^32 times before an old handle could name it again.
+//!
+//! # The slot word
+//!
+//! Each slot has one atomic word, `generation << 32 | references`. The
+//! references are those of the handle (until released) and of every [`Ref`]
+//! (the pool's queue, the thread running the task, a lookup in progress). A
+//! lookup increments them by CAS only while the generation matches and they
+//! are not 0; releasing bumps the generation by CAS. So the count reaches 0 only
+//! once the handle is released, nothing can raise it from 0 again, and the
+//! thread that drops the last reference has the slot to itself: it clears the
+//! value and puts the slot on the free list. The value is written only then and
+//! when the slot is handed out again (count 0, off every list), and read only
+//! through a [`Ref`]: the discipline of an `Arc`, with the generation check of
+//! a handle registry on top.
+//!
+//! # The free list
+//!
+//! A Treiber stack of slot indices whose head word carries a tag bumped by
+//! every push and pop (`tag << 32 | index + 1`), so a pop whose head changed
+//! under it (the ABA case: popped and pushed back meanwhile) fails its CAS.
+//! Slots live in segments that are never freed, so reading a slot's link is
+//! always safe, even for a pop that then loses its CAS. No lock: a forked
+//! child can never find one held.
+//!
+//! `loom_tests` below model-checks both protocols under `--cfg loom`
+//! (`make test-loom`).
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+#![allow(unsafe_code)]
 
-/// How many independent slabs handles are spread over.
-pub const SHARDS: usize = 16;
+#[cfg(all(test, loom))]
+use loom::sync::atomic::{fence, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize};
+use std::sync::atomic::AtomicU8;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+#[cfg(not(all(test, loom)))]
+use std::sync::atomic::{fence, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize};
+
 const INDEX_BITS: u32 = 24;
-const SHARD_BITS: u32 = 4;
-const GENERATION_BITS: u32 = 28;
-const GENERATION_SHIFT: u32 = INDEX_BITS + SHARD_BITS;
-const EPOCH_SHIFT: u32 = GENERATION_SHIFT + GENERATION_BITS;
+const GENERATION_SHIFT: u32 = INDEX_BITS;
+const EPOCH_SHIFT: u32 = 56;
 const INDEX_MASK: u64 = (1 << INDEX_BITS) - 1;
-const GENERATION_MASK: u64 = (1 << GENERATION_BITS) - 1;
+/// Segment `s` holds `FIRST_SEGMENT << s` slots: a small slab stays small
+/// (under loom, tiny: every atomic is a modelled object).
+#[cfg(not(all(test, loom)))]
+const FIRST_SEGMENT_BITS: u32 = 6;
+#[cfg(all(test, loom))]
+const FIRST_SEGMENT_BITS: u32 = 1;
+const SEGMENTS: usize = (INDEX_BITS - FIRST_SEGMENT_BITS + 1) as usize;
 
 /// Why a handle was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,120 +69,286 @@ pub enum HandleError {
     Invalid,
     /// Made by the parent process before a `fork()`.
     Forked,
-    /// Every slot of the shard is taken.
+    /// Every slot is taken.
     Full,
 }
 
+/// What a slab holds: a value that can be emptied in place when its slot is
+/// freed (dropping what it owns) and filled again when the slot is reused.
+pub trait Slotted: Default + Send + Sync + 'static {
+    /// Drops what the value owns; called by the thread that dropped the last
+    /// reference.
+    fn clear(&mut self);
+}
+
+#[cfg(not(all(test, loom)))]
+struct Cell<T>(std::cell::UnsafeCell<T>);
+#[cfg(all(test, loom))]
+struct Cell<T>(loom::cell::UnsafeCell<T>);
+
+impl<T> Cell<T> {
+    fn new(value: T) -> Self {
+        #[cfg(not(all(test, loom)))]
+        return Cell(std::cell::UnsafeCell::new(value));
+        #[cfg(all(test, loom))]
+        return Cell(loom::cell::UnsafeCell::new(value));
+    }
+
+    /// # Safety
+    /// The caller holds a reference counted in the slot's word.
+    unsafe fn get(&self) -> &T {
+        #[cfg(not(all(test, loom)))]
+        // SAFETY: per this function's contract, no `&mut` exists meanwhile.
+        return unsafe { &*self.0.get() };
+        #[cfg(all(test, loom))]
+        // SAFETY: as above; loom checks it.
+        return unsafe { &*self.0.with(|p| p) };
+    }
+
+    /// # Safety
+    /// The caller owns the slot alone (its count is 0 and it is on no list).
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn get_mut(&self) -> &mut T {
+        #[cfg(not(all(test, loom)))]
+        // SAFETY: per this function's contract, no other reference exists.
+        return unsafe { &mut *self.0.get() };
+        #[cfg(all(test, loom))]
+        // SAFETY: as above; loom checks it.
+        return unsafe { &mut *self.0.with_mut(|p| p) };
+    }
+}
+
 struct Slot<T> {
-    generation: u32,
-    value: Option<Arc<T>>,
+    /// `generation << 32 | references`.
+    word: AtomicU64,
+    /// The next free slot's index + 1 (0: none) while this one is free.
+    next_free: AtomicU32,
+    value: Cell<T>,
 }
 
-struct Shard<T> {
-    slots: Vec<Slot<T>>,
-    free: Vec<u32>,
-}
+// SAFETY: the value is shared (`&T`) only between holders of counted
+// references and mutated only by the one thread that owns the slot alone (see
+// the module docs); T is Send + Sync.
+unsafe impl<T: Send + Sync> Sync for Slot<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send + Sync> Send for Slot<T> {}
 
-/// A registry of `Arc<T>` values named by generation-checked handles.
-pub struct Registry<T> {
-    shards: Vec<Mutex<Shard<T>>>,
+/// A slab of `T` values named by generation-checked handles.
+pub struct Slab<T> {
+    /// Segment `s` (`FIRST_SEGMENT << s` slots), allocated on first use and
+    /// never freed; null until then.
+    segments: [AtomicPtr<Slot<T>>; SEGMENTS],
+    /// Slots handed out so far (the next fresh index).
+    fresh: AtomicU32,
+    /// The free list's head: `tag << 32 | index + 1`.
+    free: AtomicU64,
+    /// Handles not released yet.
+    live: AtomicUsize,
 }
 
 static FORK_EPOCH: AtomicU8 = AtomicU8::new(0);
-static NEXT_SHARD: AtomicU32 = AtomicU32::new(0);
 
-thread_local! {
-    static HOME_SHARD: Cell<usize> =
-        Cell::new(NEXT_SHARD.fetch_add(1, Ordering::Relaxed) as usize % SHARDS);
-}
-
-/// How many forks deep this process is (mod 256). Handles carry it, and the
-/// task registry and the default pool are chosen by it, so a child starts
-/// with fresh ones and never touches a lock a thread of its parent held.
+/// How many forks deep this process is (mod 256). Handles carry it, so a
+/// forked child refuses its parent's; the default pool is chosen by it, so a
+/// child starts with a fresh one and never touches a lock a thread of its
+/// parent held.
 pub fn fork_epoch() -> u8 {
-    FORK_EPOCH.load(Ordering::Relaxed)
+    FORK_EPOCH.load(Relaxed)
 }
 
 /// Marks every handle made so far as belonging to the parent of a fork.
 pub fn bump_fork_epoch() {
-    FORK_EPOCH.fetch_add(1, Ordering::Relaxed);
+    FORK_EPOCH.fetch_add(1, Relaxed);
 }
 
-impl<T> Default for Registry<T> {
+impl<T> Default for Slab<T> {
     fn default() -> Self {
-        Registry {
-            shards: (0..SHARDS)
-                .map(|_| {
-                    Mutex::new(Shard {
-                        slots: Vec::new(),
-                        free: Vec::new(),
-                    })
-                })
-                .collect(),
+        Slab {
+            segments: std::array::from_fn(|_| AtomicPtr::new(std::ptr::null_mut())),
+            fresh: AtomicU32::new(0),
+            free: AtomicU64::new(0),
+            live: AtomicUsize::new(0),
         }
+    }
+}
+
+/// A counted reference to a slot's value: `Clone` adds one, `Drop` removes
+/// one and frees the slot with the last.
+pub struct Ref<T: Slotted> {
+    slab: &'static Slab<T>,
+    slot: &'static Slot<T>,
+    index: u32,
+}
+
+fn split(index: u32) -> (usize, usize) {
+    let n = u64::from(index) + (1 << FIRST_SEGMENT_BITS);
+    let bit = 63 - n.leading_zeros();
+    let segment = (bit - FIRST_SEGMENT_BITS) as usize;
+    (segment, (n - (1 << bit)) as usize)
+}
+
+fn segment_len(segment: usize) -> usize {
+    1 << (FIRST_SEGMENT_BITS as usize + segment)
+}
+
+fn generation(word: u64) -> u32 {
+    (word >> 32) as u32
+}
+
+fn references(word: u64) -> u32 {
+    word as u32
+}
+
+fn next_generation(g: u32) -> u32 {
+    if g == u32::MAX {
+        1
+    } else {
+        g + 1
     }
 }
 
 struct Parts {
     epoch: u8,
     generation: u32,
-    shard: usize,
-    index: usize,
+    index: u32,
 }
 
 fn decode(handle: u64) -> Parts {
     Parts {
         epoch: (handle >> EPOCH_SHIFT) as u8,
-        generation: ((handle >> GENERATION_SHIFT) & GENERATION_MASK) as u32,
-        shard: ((handle >> INDEX_BITS) as usize) % SHARDS,
-        index: (handle & INDEX_MASK) as usize,
+        generation: (handle >> GENERATION_SHIFT) as u32,
+        index: (handle & INDEX_MASK) as u32,
     }
 }
 
-fn encode(epoch: u8, generation: u32, shard: usize, index: usize) -> u64 {
+fn encode(epoch: u8, generation: u32, index: u32) -> u64 {
     (u64::from(epoch) << EPOCH_SHIFT)
         | (u64::from(generation) << GENERATION_SHIFT)
-        | ((shard as u64) << INDEX_BITS)
-        | index as u64
+        | u64::from(index)
 }
 
-fn lock<S>(m: &Mutex<S>) -> MutexGuard<'_, S> {
-    // No user code runs under these locks, so a poisoned one still holds
-    // consistent data (the panic came from an allocation failure at most).
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+impl<T: Slotted> Slab<T> {
+    /// Handles not released yet.
+    pub fn live(&self) -> usize {
+        self.live.load(Relaxed)
+    }
 
-impl<T> Registry<T> {
-    /// Stores `value` and returns its new handle.
-    pub fn insert(&self, value: Arc<T>) -> Result<u64, HandleError> {
-        let shard_no = HOME_SHARD.with(Cell::get);
-        let mut shard = lock(&self.shards[shard_no]);
-        let index = match shard.free.pop() {
-            Some(i) => i as usize,
+    /// The slot `index`, when its segment exists.
+    fn slot(&self, index: u32) -> Option<&'static Slot<T>> {
+        let (segment, offset) = split(index);
+        let base = self.segments.get(segment)?.load(Acquire);
+        if base.is_null() {
+            return None;
+        }
+        // SAFETY: a non-null segment pointer came from a leaked boxed slice
+        // of `segment_len(segment)` slots (never freed), and `offset` is below
+        // that length by construction of `split`.
+        Some(unsafe { &*base.add(offset) })
+    }
+
+    /// The slot `index`, allocating its segment if needed.
+    fn slot_or_grow(&self, index: u32) -> &'static Slot<T> {
+        if let Some(slot) = self.slot(index) {
+            return slot;
+        }
+        let (segment, _) = split(index);
+        let fresh: Box<[Slot<T>]> = (0..segment_len(segment))
+            .map(|_| Slot {
+                word: AtomicU64::new(1 << 32),
+                next_free: AtomicU32::new(0),
+                value: Cell::new(T::default()),
+            })
+            .collect();
+        let fresh = Box::into_raw(fresh).cast::<Slot<T>>();
+        if let Err(_other) =
+            self.segments[segment].compare_exchange(std::ptr::null_mut(), fresh, AcqRel, Acquire)
+        {
+            // Another thread grew it first: ours was never shared.
+            // SAFETY: `fresh` is the slice boxed just above, of this length.
+            drop(unsafe {
+                Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                    fresh,
+                    segment_len(segment),
+                ))
+            });
+        }
+        self.slot(index).expect("the segment exists now")
+    }
+
+    fn pop_free(&self) -> Option<u32> {
+        let mut head = self.free.load(Acquire);
+        loop {
+            let top = head as u32;
+            if top == 0 {
+                return None;
+            }
+            let slot = self.slot(top - 1).expect("a free slot's segment exists");
+            let next = u64::from(slot.next_free.load(Relaxed));
+            let new = (head >> 32).wrapping_add(1) << 32 | next;
+            match self.free.compare_exchange_weak(head, new, Acquire, Acquire) {
+                Ok(_) => return Some(top - 1),
+                Err(now) => head = now,
+            }
+        }
+    }
+
+    fn push_free(&self, index: u32, slot: &Slot<T>) {
+        let mut head = self.free.load(Relaxed);
+        loop {
+            slot.next_free.store(head as u32, Relaxed);
+            let new = (head >> 32).wrapping_add(1) << 32 | u64::from(index + 1);
+            match self.free.compare_exchange_weak(head, new, Release, Relaxed) {
+                Ok(_) => return,
+                Err(now) => head = now,
+            }
+        }
+    }
+
+    /// Takes a free slot, fills it with `fill(value, handle)` and returns its
+    /// handle with a reference to it (the handle holds a reference of its own
+    /// until [`Slab::remove`]).
+    pub fn insert(
+        &'static self,
+        fill: impl FnOnce(&mut T, u64),
+    ) -> Result<(Ref<T>, u64), HandleError> {
+        let index = match self.pop_free() {
+            Some(i) => i,
             None => {
-                let i = shard.slots.len();
-                if i as u64 > INDEX_MASK {
+                let i = self.fresh.fetch_add(1, Relaxed);
+                if u64::from(i) > INDEX_MASK {
+                    self.fresh.fetch_sub(1, Relaxed);
                     return Err(HandleError::Full);
                 }
-                shard.slots.push(Slot {
-                    generation: 1,
-                    value: None,
-                });
                 i
             }
         };
-        let slot = &mut shard.slots[index];
-        slot.value = Some(value);
-        let epoch = FORK_EPOCH.load(Ordering::Relaxed);
-        Ok(encode(epoch, slot.generation, shard_no, index))
+        let slot = self.slot_or_grow(index);
+        let word = slot.word.load(Relaxed);
+        debug_assert_eq!(references(word), 0);
+        let handle = encode(fork_epoch(), generation(word), index);
+        // SAFETY: the slot is ours alone: its count is 0 (so no lookup can
+        // take it) and it is on no list.
+        fill(unsafe { slot.value.get_mut() }, handle);
+        self.live.fetch_add(1, Relaxed);
+        // The handle's reference and the returned one; Release publishes
+        // the value to whoever looks the handle up.
+        slot.word.store(word + 2, Release);
+        Ok((
+            Ref {
+                slab: self,
+                slot,
+                index,
+            },
+            handle,
+        ))
     }
 
-    fn check(&self, handle: u64) -> Result<Parts, HandleError> {
+    fn check(&'static self, handle: u64) -> Result<(Parts, &'static Slot<T>), HandleError> {
         let parts = decode(handle);
         if parts.generation == 0 {
             return Err(HandleError::Invalid);
         }
-        let epoch = FORK_EPOCH.load(Ordering::Relaxed);
+        let epoch = fork_epoch();
         if parts.epoch != epoch {
             // Only an epoch this process has left behind by forking is a
             // parent's handle; any other is forged.
@@ -159,100 +358,308 @@ impl<T> Registry<T> {
                 HandleError::Invalid
             });
         }
-        Ok(parts)
+        let slot = self.slot(parts.index).ok_or(HandleError::Invalid)?;
+        Ok((parts, slot))
     }
 
-    /// The value named by `handle`.
-    pub fn get(&self, handle: u64) -> Result<Arc<T>, HandleError> {
-        let p = self.check(handle)?;
-        let shard = lock(&self.shards[p.shard]);
-        match shard.slots.get(p.index) {
-            Some(Slot {
-                generation,
-                value: Some(v),
-            }) if *generation == p.generation => Ok(v.clone()),
-            _ => Err(HandleError::Invalid),
+    /// A reference to the value `handle` names.
+    pub fn get(&'static self, handle: u64) -> Result<Ref<T>, HandleError> {
+        let (parts, slot) = self.check(handle)?;
+        let mut word = slot.word.load(Acquire);
+        loop {
+            if generation(word) != parts.generation || references(word) == 0 {
+                return Err(HandleError::Invalid);
+            }
+            match slot
+                .word
+                .compare_exchange_weak(word, word + 1, Acquire, Acquire)
+            {
+                Ok(_) => {
+                    return Ok(Ref {
+                        slab: self,
+                        slot,
+                        index: parts.index,
+                    })
+                }
+                Err(now) => word = now,
+            }
         }
     }
 
-    /// Frees `handle` and returns its value; the handle is invalid afterwards.
-    pub fn remove(&self, handle: u64) -> Result<Arc<T>, HandleError> {
-        let p = self.check(handle)?;
-        let mut shard = lock(&self.shards[p.shard]);
-        let slot = match shard.slots.get_mut(p.index) {
-            Some(s) if s.generation == p.generation && s.value.is_some() => s,
-            _ => return Err(HandleError::Invalid),
-        };
-        let value = slot.value.take().expect("checked above");
-        slot.generation = if u64::from(slot.generation) == GENERATION_MASK {
-            1
-        } else {
-            slot.generation + 1
-        };
-        shard.free.push(p.index as u32);
-        Ok(value)
-    }
-
-    /// Number of live handles (for tests and stats; takes every shard lock).
-    pub fn live(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| {
-                let s = lock(s);
-                s.slots.len() - s.free.len()
-            })
-            .sum()
+    /// Releases `handle`: it is invalid from now on. Returns the handle's
+    /// reference to the value.
+    pub fn remove(&'static self, handle: u64) -> Result<Ref<T>, HandleError> {
+        let (parts, slot) = self.check(handle)?;
+        let mut word = slot.word.load(Acquire);
+        loop {
+            if generation(word) != parts.generation || references(word) == 0 {
+                return Err(HandleError::Invalid);
+            }
+            let new =
+                u64::from(next_generation(parts.generation)) << 32 | u64::from(references(word));
+            match slot.word.compare_exchange_weak(word, new, AcqRel, Acquire) {
+                Ok(_) => {
+                    self.live.fetch_sub(1, Relaxed);
+                    return Ok(Ref {
+                        slab: self,
+                        slot,
+                        index: parts.index,
+                    });
+                }
+                Err(now) => word = now,
+            }
+        }
     }
 }
 
-#[cfg(test)]
+impl<T: Slotted> Ref<T> {
+    /// True when both name the same slot.
+    pub fn ptr_eq(a: &Ref<T>, b: &Ref<T>) -> bool {
+        std::ptr::eq(a.slot, b.slot)
+    }
+
+    /// The slot's address, for identity only (never dereferenced).
+    pub fn addr(this: &Ref<T>) -> usize {
+        this.slot as *const Slot<T> as usize
+    }
+}
+
+impl<T: Slotted> std::ops::Deref for Ref<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: this reference is counted in the slot's word.
+        unsafe { self.slot.value.get() }
+    }
+}
+
+impl<T: Slotted> Clone for Ref<T> {
+    fn clone(&self) -> Self {
+        // Relaxed, as Arc: a new reference is made from an existing one.
+        self.slot.word.fetch_add(1, Relaxed);
+        Ref {
+            slab: self.slab,
+            slot: self.slot,
+            index: self.index,
+        }
+    }
+}
+
+impl<T: Slotted> Drop for Ref<T> {
+    fn drop(&mut self) {
+        if references(self.slot.word.fetch_sub(1, Release)) != 1 {
+            return;
+        }
+        // The last reference: every other holder's use happens before this.
+        fence(Acquire);
+        // SAFETY: the count is 0 with the handle released, so no reference
+        // exists and no lookup can take one: the slot is ours alone.
+        unsafe { self.slot.value.get_mut() }.clear();
+        self.slab.push_free(self.index, self.slot);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 
+    #[derive(Default)]
+    struct Value(u32);
+
+    impl Slotted for Value {
+        fn clear(&mut self) {
+            self.0 = 0;
+        }
+    }
+
+    /// A slab of the test's own, reachable from a static (a leaked one
+    /// would be a leak to LeakSanitizer).
+    macro_rules! slab {
+        () => {{
+            static SLAB: once_cell::sync::Lazy<Slab<Value>> =
+                once_cell::sync::Lazy::new(Slab::default);
+            &*SLAB
+        }};
+    }
+
+    fn put(s: &'static Slab<Value>, v: u32) -> u64 {
+        s.insert(|value, _| value.0 = v).unwrap().1
+    }
+
+    #[test]
+    fn segments_cover_every_index_once() {
+        assert_eq!(split(0), (0, 0));
+        assert_eq!(split(63), (0, 63));
+        assert_eq!(split(64), (1, 0));
+        assert_eq!(split(191), (1, 127));
+        assert_eq!(split(192), (2, 0));
+        let last = split(INDEX_MASK as u32);
+        assert!(last.0 < SEGMENTS && last.1 < segment_len(last.0));
+    }
+
     #[test]
     fn handles_are_nonzero_and_generation_checked() {
-        let r: Registry<u32> = Registry::default();
-        let h = r.insert(Arc::new(7)).unwrap();
+        let s: &'static Slab<Value> = slab!();
+        let h = put(s, 7);
         assert_ne!(h, 0);
-        assert_eq!(*r.get(h).unwrap(), 7);
-        assert_eq!(*r.remove(h).unwrap(), 7);
-        assert_eq!(r.get(h).unwrap_err(), HandleError::Invalid);
-        assert_eq!(r.remove(h).unwrap_err(), HandleError::Invalid);
+        assert_eq!(s.get(h).unwrap().0, 7);
+        assert_eq!(s.remove(h).unwrap().0, 7);
+        assert_eq!(s.get(h).err(), Some(HandleError::Invalid));
+        assert_eq!(s.remove(h).err(), Some(HandleError::Invalid));
         // The slot is reused with a new generation: the old handle stays dead.
-        let h2 = r.insert(Arc::new(8)).unwrap();
+        let h2 = put(s, 8);
         assert_ne!(h, h2);
         assert_eq!(h & INDEX_MASK, h2 & INDEX_MASK);
-        assert_eq!(r.get(h).unwrap_err(), HandleError::Invalid);
-        assert_eq!(*r.get(h2).unwrap(), 8);
+        assert_eq!(s.get(h).err(), Some(HandleError::Invalid));
+        assert_eq!(s.get(h2).unwrap().0, 8);
+    }
+
+    #[test]
+    fn a_released_handle_is_refused_while_its_value_lives() {
+        let s: &'static Slab<Value> = slab!();
+        let (held, h) = s.insert(|value, _| value.0 = 3).unwrap();
+        drop(s.remove(h).unwrap());
+        assert_eq!(s.get(h).err(), Some(HandleError::Invalid));
+        assert_eq!(held.0, 3, "the reference keeps the value");
+        let h2 = put(s, 4);
+        assert_ne!(h & INDEX_MASK, h2 & INDEX_MASK, "the slot is still taken");
+        drop(held);
+        assert_eq!(s.live(), 1);
     }
 
     #[test]
     fn zero_and_forged_handles_are_refused() {
-        let r: Registry<u32> = Registry::default();
-        assert_eq!(r.get(0).unwrap_err(), HandleError::Invalid);
-        assert_eq!(r.get(0xdead_beef).unwrap_err(), HandleError::Invalid);
-        assert_eq!(r.get(u64::MAX).unwrap_err(), HandleError::Invalid);
+        let s: &'static Slab<Value> = slab!();
+        assert_eq!(s.get(0).err(), Some(HandleError::Invalid));
+        assert_eq!(s.get(0xdead_beef).err(), Some(HandleError::Invalid));
+        assert_eq!(s.get(u64::MAX).err(), Some(HandleError::Invalid));
+        let h = put(s, 1);
+        assert_eq!(s.get(h ^ (1 << 30)).err(), Some(HandleError::Invalid));
         assert_eq!(
-            r.get(0xdead_beef_1234_5678).unwrap_err(),
-            HandleError::Invalid
+            s.get(h + 1).err(),
+            Some(HandleError::Invalid),
+            "a slot never handed out"
         );
-        let h = r.insert(Arc::new(1)).unwrap();
-        assert_eq!(r.get(h ^ (1 << 30)).unwrap_err(), HandleError::Invalid);
-        assert_eq!(r.get(h + 1).unwrap_err(), HandleError::Invalid);
-        assert_eq!(r.live(), 1);
+        assert_eq!(s.live(), 1);
     }
 
     #[test]
     fn a_released_handle_stays_invalid_after_many_reuses() {
-        let r: Registry<u32> = Registry::default();
-        let old = r.insert(Arc::new(0)).unwrap();
-        r.remove(old).unwrap();
+        let s: &'static Slab<Value> = slab!();
+        let old = put(s, 0);
+        drop(s.remove(old).unwrap());
         for i in 0..10_000 {
-            let h = r.insert(Arc::new(i)).unwrap();
+            let h = put(s, i);
             assert_ne!(h, old);
-            r.remove(h).unwrap();
+            drop(s.remove(h).unwrap());
         }
-        assert_eq!(r.get(old).unwrap_err(), HandleError::Invalid);
-        assert_eq!(r.live(), 0);
+        assert_eq!(s.get(old).err(), Some(HandleError::Invalid));
+        assert_eq!(s.live(), 0);
+    }
+}
+
+/// Model checks of the two protocols: every interleaving of a few threads,
+/// with bounded preemptions (`make test-loom`).
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use loom::sync::atomic::{AtomicUsize, Ordering};
+    use loom::sync::Arc;
+    use loom::thread;
+
+    use super::{HandleError, Slab, Slotted};
+
+    /// A value that counts how often slots were cleared.
+    #[derive(Default)]
+    struct Value {
+        n: u32,
+        cleared: Option<Arc<AtomicUsize>>,
+    }
+
+    impl Slotted for Value {
+        fn clear(&mut self) {
+            self.n = 0;
+            if let Some(c) = self.cleared.take() {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn slab() -> &'static Slab<Value> {
+        Box::leak(Box::default())
+    }
+
+    fn put(s: &'static Slab<Value>, n: u32, cleared: &Arc<AtomicUsize>) -> u64 {
+        let cleared = cleared.clone();
+        s.insert(move |v, _| {
+            v.n = n;
+            v.cleared = Some(cleared);
+        })
+        .unwrap()
+        .1
+    }
+
+    /// A lookup racing the release of the handle and the drop of the last other
+    /// reference: it gets the live value or is refused; the slot is cleared
+    /// exactly once, after every reference is gone, and never resurrected.
+    #[test]
+    fn a_lookup_racing_the_last_release_never_sees_a_freed_slot() {
+        loom::model(|| {
+            let s = slab();
+            let cleared = Arc::new(AtomicUsize::new(0));
+            let (queue_ref, h) = {
+                let c = cleared.clone();
+                s.insert(move |v, _| {
+                    v.n = 7;
+                    v.cleared = Some(c);
+                })
+                .unwrap()
+            };
+            let looker = thread::spawn(move || match s.get(h) {
+                Ok(r) => assert_eq!(r.n, 7, "a counted reference sees the live value"),
+                Err(e) => assert_eq!(e, HandleError::Invalid),
+            });
+            let releaser = thread::spawn(move || drop(s.remove(h).unwrap()));
+            drop(queue_ref);
+            looker.join().unwrap();
+            releaser.join().unwrap();
+            assert_eq!(cleared.load(Ordering::Relaxed), 1);
+            assert_eq!(s.get(h).err(), Some(HandleError::Invalid));
+            assert_eq!(s.live(), 0);
+        });
+    }
+
+    /// Two threads freeing slots while two take free ones: no slot is handed
+    /// out twice, and each new handle names its own value.
+    #[test]
+    fn the_free_list_hands_each_slot_out_once() {
+        loom::model(|| {
+            let s = slab();
+            let cleared = Arc::new(AtomicUsize::new(0));
+            let a = put(s, 1, &cleared);
+            let b = put(s, 2, &cleared);
+            let freer = thread::spawn(move || {
+                drop(s.remove(a).unwrap());
+                drop(s.remove(b).unwrap());
+            });
+            let takers: Vec<_> = (10..12)
+                .map(|n| {
+                    let c = cleared.clone();
+                    thread::spawn(move || {
+                        let h = put(s, n, &c);
+                        assert_eq!(s.get(h).unwrap().n, n);
+                        h
+                    })
+                })
+                .collect();
+            let handles: Vec<u64> = takers.into_iter().map(|t| t.join().unwrap()).collect();
+            freer.join().unwrap();
+            let index = |h: u64| h & ((1 << 24) - 1);
+            assert_ne!(index(handles[0]), index(handles[1]));
+            for (h, n) in handles.iter().zip(10..) {
+                assert_eq!(s.get(*h).unwrap().n, n);
+                drop(s.remove(*h).unwrap());
+            }
+            assert_eq!(cleared.load(Ordering::Relaxed), 4);
+            assert_eq!(s.live(), 0);
+        });
     }
 }

@@ -7,7 +7,8 @@
 //!
 //! - `sys`: every platform call (worker threads, the completion queue's fd,
 //!   fork handlers) and, with `ffi`, the only `unsafe` code
-//! - [`status`], [`handles`] (the generation-checked handle registry), `spin`
+//! - [`status`], [`handles`] (task memory: a lock-free slab of slots named by
+//!   generation-checked handles), `spin`
 //! - `fork`: the fork epoch's handlers; a leaf that others register locks with
 //! - [`latency`]: lock-free latency histograms
 //! - `timer`: the library's timer thread (deadlines, rate limiters' tokens)
@@ -34,6 +35,9 @@
 //! (`sys::ThreadBody`), so an interpreter that ends the thread there
 //! (`pthread_exit`) unwinds no Rust frame.
 //!
+//! - A task's slot is freed by whoever drops its last counted reference,
+//!   which can only happen once its handle is released; a lookup takes a
+//!   reference only while the handle's generation matches (see [`handles`]).
 //! - A task's outcome is decided once, under its lock, by whichever comes
 //!   first: its work function returning, a cancel, or its start deadline
 //!   (before it started). `poll`/`wait` see it

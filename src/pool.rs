@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use once_cell::sync::OnceCell;
 
-use crate::handles::fork_epoch;
+use crate::handles::{fork_epoch, Ref};
 use crate::latency::{Histogram, Summary};
 use crate::limiter::Waiter;
 use crate::overrides;
@@ -35,8 +35,7 @@ use crate::status::ASYNCIFY_PENDING;
 use crate::sys::{self, ForeignCall, LeakAtExit, Thread, ThreadBody};
 use crate::table::Table;
 use crate::task::{
-    from_handle_error, tasks, AbandonSlot, Decided, Report, Reporting, Running, Scheduler, Task,
-    TaskSpec,
+    tasks, AbandonSlot, Decided, Report, Reporting, Running, Scheduler, Task, TaskRef, TaskSpec,
 };
 use crate::timer::timer;
 
@@ -104,12 +103,12 @@ impl Default for PoolOptions {
 }
 
 struct State {
-    queue: VecDeque<Arc<Task>>,
+    queue: VecDeque<TaskRef>,
     /// Tasks in `queue` that can still start.
     queued: usize,
     /// Tasks waiting for their limiter, by address, to cancel at shutdown;
     /// an admission moves them into `queue`.
-    limited: HashMap<usize, Arc<Task>>,
+    limited: HashMap<usize, TaskRef>,
     /// Tasks that wait for their limiter (in `limited`, or taken out of it by
     /// a shutdown that is cancelling them).
     waiting: usize,
@@ -152,9 +151,9 @@ struct State {
 /// What a worker found in the queue (see `PoolShared::take_next`).
 enum Next {
     /// A task it started, in a slot of its own, with the table to install.
-    Start(Arc<Task>, Table),
+    Start(TaskRef, Table),
     /// A task past its start deadline, to expire.
-    Overdue(Arc<Task>),
+    Overdue(TaskRef),
     Nothing,
 }
 
@@ -544,13 +543,13 @@ impl Scheduler for PoolShared {
         self.notify_if_quiet(&st);
     }
 
-    fn admit(&self, task: Arc<Task>) -> bool {
+    fn admit(&self, task: TaskRef) -> bool {
         let mut st = self.lock();
         // After a shutdown began, the shutdown cancels it (it took it aside).
         if st.shut_down || !task.try_admit() {
             return false;
         }
-        st.limited.remove(&(Arc::as_ptr(&task) as usize));
+        st.limited.remove(&Ref::addr(&task));
         st.waiting -= 1;
         st.queue.push_back(task);
         st.queued += 1;
@@ -568,7 +567,7 @@ impl Scheduler for PoolShared {
         }
     }
 
-    fn run_inline_if_stuck(&self, task: &Arc<Task>) -> bool {
+    fn run_inline_if_stuck(&self, task: &TaskRef) -> bool {
         if !on_worker_of(self) {
             return false;
         }
@@ -652,15 +651,15 @@ struct Worker {
     step: Step,
     /// The task whose work function the thread is running, and when it
     /// started where the pool records latency.
-    running: Option<(Arc<Task>, Running, Option<Started>)>,
+    running: Option<(TaskRef, Running, Option<Started>)>,
     /// The task whose work function returned and whose end hook runs next,
     /// with what its return decided (completed in `next`, after the hook).
-    ended: Option<(Arc<Task>, Running, Decided)>,
+    ended: Option<(TaskRef, Running, Decided)>,
     /// The task being reported: its `on_done` is the next call (or has been
     /// made, while `Reporting` is held), then it is published.
-    reporting: Option<(Arc<Task>, Report, Option<Reporting>)>,
+    reporting: Option<(TaskRef, Report, Option<Reporting>)>,
     /// The task whose work function returned, until its callbacks have too.
-    finished: Option<Arc<Task>>,
+    finished: Option<TaskRef>,
     timed_out: bool,
     may_spin: bool,
 }
@@ -755,7 +754,7 @@ impl Worker {
     /// Restores the worker's table after a task; its on_done, frees and
     /// releases are made next, by the thread's start routine (see `next`),
     /// and its slot goes back after them.
-    fn end(&mut self, task: Arc<Task>, running: Running, decided: Decided) {
+    fn end(&mut self, task: TaskRef, running: Running, decided: Decided) {
         match task.end(running, decided) {
             Some(report) => self.reporting = Some((task, report, None)),
             None => self.finished = Some(task),
@@ -766,11 +765,7 @@ impl Worker {
 impl Worker {
     /// The finished task's callbacks have returned: its slot goes back.
     /// True when there was one.
-    fn give_back_slot(
-        shared: &PoolShared,
-        finished: &mut Option<Arc<Task>>,
-        st: &mut State,
-    ) -> bool {
+    fn give_back_slot(shared: &PoolShared, finished: &mut Option<TaskRef>, st: &mut State) -> bool {
         let Some(task) = finished.take() else {
             return false;
         };
@@ -785,7 +780,7 @@ impl Worker {
 
     /// Waits for a task and starts it (installing its table); None when the
     /// worker should leave.
-    fn serve(&mut self) -> Option<Arc<Task>> {
+    fn serve(&mut self) -> Option<TaskRef> {
         let Worker {
             shared,
             running,
@@ -925,12 +920,10 @@ impl Pool {
     pub fn submit(&self, spec: TaskSpec, snapshot: Table) -> Result<u64, Error> {
         let shared = &self.shared;
         let submitted = (shared.latency.is_some() || shared.has_task_hooks()).then(Instant::now);
-        let task = Arc::new(Task::new(spec, snapshot, shared.clone(), submitted));
+        let (task, handle) = Task::insert(spec, snapshot, shared.clone(), submitted)?;
         if task.limiter().is_some() || task.has_deadline() {
-            return self.submit_scheduled(task);
+            return self.submit_scheduled(task, handle);
         }
-        let handle = tasks().insert(task.clone()).map_err(from_handle_error)?;
-        task.set_handle(handle);
         let mut st = shared.lock();
         if let Err(e) = shared.accepts(&st) {
             drop(st);
@@ -952,18 +945,20 @@ impl Pool {
     /// pool becomes a user of the timer; a limiter with room admits the task
     /// at once (it then enters the queue like any task), else it waits for
     /// its limiter, kept aside.
-    fn submit_scheduled(&self, task: Arc<Task>) -> Result<u64, Error> {
+    fn submit_scheduled(&self, task: TaskRef, handle: u64) -> Result<u64, Error> {
         let shared = &self.shared;
         if !shared.uses_timer.swap(true, Ordering::Relaxed) {
             timer().add_user();
         }
+        let scheduled = task.schedule();
         let limiter = task.limiter().cloned();
         let admitted_now = limiter.as_ref().is_some_and(|l| l.try_acquire());
         if admitted_now {
             task.try_admit();
         }
-        let refuse = |e: Error, handle: Option<u64>| {
-            if let Some(handle) = handle {
+        let refuse = |e: Error, release_handle: bool| {
+            if release_handle {
+                task.unschedule();
                 let _ = tasks().remove(handle);
             }
             if let (true, Some(limiter)) = (admitted_now, &limiter) {
@@ -971,35 +966,31 @@ impl Pool {
             }
             Err(e)
         };
-        let handle = match tasks().insert(task.clone()) {
-            Ok(handle) => handle,
-            Err(e) => return refuse(from_handle_error(e), None),
-        };
-        task.set_handle(handle);
         let mut st = shared.lock();
         if let Err(e) = shared.accepts(&st) {
             drop(st);
-            return refuse(e, Some(handle));
+            return refuse(e, true);
         }
         shared.counters.submitted.fetch_add(1, Ordering::Relaxed);
         if let (Some(limiter), false) = (&limiter, admitted_now) {
-            st.limited.insert(Arc::as_ptr(&task) as usize, task.clone());
+            st.limited.insert(Ref::addr(&task), task.clone());
             st.waiting += 1;
             drop(st);
             // Counted as waiting by its limiter (and admitted at once if it
             // has room) before its deadline can expire it.
-            limiter.enqueue(&(task.clone() as Arc<dyn Waiter>));
-            task.arm_deadline();
+            limiter.enqueue(&(scheduled.clone() as Arc<dyn Waiter>));
+            scheduled.arm_deadline();
             return Ok(handle);
         }
         st.queue.push_back(task.clone());
         st.queued += 1;
         let provide = shared.provide_workers(&mut st);
         drop(st);
-        task.arm_deadline();
+        scheduled.arm_deadline();
         if shared.wake_and_spawn(provide) > 0 {
+            // Withdrawn (started, so unscheduled, and its handle released).
             if let Err(e) = shared.withdraw_if_unserved(handle) {
-                return refuse(e, None);
+                return refuse(e, false);
             }
         }
         Ok(handle)
@@ -1063,7 +1054,7 @@ impl Pool {
             return Err(Error::WouldDeadlock);
         }
         let deadline = timeout.map(|t| Instant::now() + t);
-        let queued: Vec<Arc<Task>> = {
+        let queued: Vec<TaskRef> = {
             let mut st = shared.lock();
             st.shut_down = true;
             shared.work_ready.notify_all();

@@ -13,7 +13,6 @@ use std::mem::{ManuallyDrop, MaybeUninit};
 use std::ops::Deref;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 
 /// A descriptor that is readable exactly while its owner says so, for an
 /// event loop to watch: a completion queue's. An eventfd on Linux; a
@@ -181,14 +180,6 @@ type UnwindingDoneFn = extern "C-unwind" fn(*mut c_void, u64, i32, *mut c_void, 
 enum Deferred {
     Call(ForeignCall),
     Engine(Box<dyn FnOnce()>),
-    /// `resume(word)`: engine code without an allocation per use.
-    Resume(Arc<dyn Resume>, u64),
-}
-
-/// Engine code to run after foreign calls deferred before it (see
-/// [`then_resume`]): a task publishing its outcome after its `on_done`.
-pub(crate) trait Resume: Send + Sync {
-    fn resume(&self, word: u64);
 }
 
 thread_local! {
@@ -220,12 +211,6 @@ fn in_engine_step() -> bool {
 /// now are deferred to its start routine.
 pub(crate) fn deferring() -> bool {
     in_engine_step()
-}
-
-/// `r.resume(word)` after the foreign calls deferred before it: now, unless
-/// this is a worker between its foreign calls with some deferred already.
-pub(crate) fn then_resume(r: Arc<dyn Resume>, word: u64) {
-    now_or_after_deferred(r, |r| r.resume(word), |r| Deferred::Resume(r, word));
 }
 
 /// `run(value)` now, unless this is a worker between its foreign calls with
@@ -311,7 +296,6 @@ fn pop_deferred() -> Option<ForeignCall> {
         match DEFERRED.with(|d| d.0.borrow_mut().pop_front())? {
             Deferred::Call(call) => return Some(call),
             Deferred::Engine(f) => f(),
-            Deferred::Resume(r, word) => r.resume(word),
         }
     }
 }

@@ -33,7 +33,7 @@ use once_cell::sync::Lazy;
 
 use crate::cq::Completion;
 use crate::cq::CompletionQueue;
-use crate::handles::{fork_epoch, HandleError, Registry};
+use crate::handles::{HandleError, Ref, Slab, Slotted};
 use crate::limiter::{Limiter, Waiter};
 use crate::overrides::{Frame, Installed};
 use crate::status::*;
@@ -55,13 +55,16 @@ pub type DoneFn = extern "C" fn(
 /// Frees an argument or result (`asyncify_free_fn`).
 pub type FreeFn = extern "C" fn(ptr: *mut c_void);
 
-/// Every task, by handle, one registry per fork epoch. Handles outlive their pool.
-static TASKS: [Lazy<Registry<Task>>; 256] = [const { Lazy::new(Registry::default) }; 256];
+/// Every task's memory, named by its handle. Handles outlive their pool.
+static TASKS: Lazy<Slab<Task>> = Lazy::new(Slab::default);
 
-/// The registry of this process (see [`fork_epoch`]).
-pub(crate) fn tasks() -> &'static Registry<Task> {
-    &TASKS[usize::from(fork_epoch())]
+/// The slab of every task of this process.
+pub(crate) fn tasks() -> &'static Slab<Task> {
+    &TASKS
 }
+
+/// A counted reference to a task (its slot in [`tasks`]).
+pub(crate) type TaskRef = Ref<Task>;
 
 /// What a task needs of the pool that schedules it: the task state machine
 /// knows its pool only through this, so the pool depends on tasks and not
@@ -80,7 +83,7 @@ pub(crate) trait Scheduler: Send + Sync {
     fn expiry_reported(&self);
     /// Its limiter admits `task`: unless it left already, it moves into the
     /// pool's queue (under the pool's lock and then the task's). True when it did.
-    fn admit(&self, task: Arc<Task>) -> bool;
+    fn admit(&self, task: TaskRef) -> bool;
     /// After admissions, with no lock held: starts workers for what may start.
     fn kick(&self);
     /// For a cancel: when an abandoned task gives its slot back at once, the
@@ -90,7 +93,7 @@ pub(crate) trait Scheduler: Send + Sync {
     /// When the calling thread is a worker of this pool and `task` is still
     /// queued, runs it here, in this thread's slot. True when
     /// it ran.
-    fn run_inline_if_stuck(&self, task: &Arc<Task>) -> bool;
+    fn run_inline_if_stuck(&self, task: &TaskRef) -> bool;
 }
 
 /// The pool's lock during a cancel (see [`Scheduler::lock_for_abandon`]).
@@ -185,20 +188,6 @@ pub struct Outcome {
     pub code: i32,
 }
 
-impl Outcome {
-    /// The outcome as one word, for `sys::then_resume`.
-    fn pack(self) -> u64 {
-        u64::from(self.status as u32) << 32 | u64::from(self.code as u32)
-    }
-
-    fn unpack(word: u64) -> Outcome {
-        Outcome {
-            status: (word >> 32) as u32 as i32,
-            code: word as u32 as i32,
-        }
-    }
-}
-
 const CANCELLED: Outcome = Outcome {
     status: ASYNCIFY_CANCELLED,
     code: 0,
@@ -244,18 +233,29 @@ struct State {
     /// Admitted by its limiter, and holding the place until its callable
     /// returns (or it leaves without running).
     holds_place: bool,
+    /// What its limiter and the timer refer to (weakly), while it may still
+    /// be admitted or expire: until it starts or its outcome is decided.
+    scheduled: Option<Arc<Scheduled>>,
 }
 
-/// One submitted callable. Shared by the pool's queue, the handle registry
-/// and whichever thread runs it.
+/// A task with a limiter or a start deadline, as its limiter and the timer
+/// see it. They hold it weakly; the task holds the one strong reference in
+/// its state until it starts or its outcome is decided (then it drops it, so
+/// their entries die as the task moves on, and the reference to its slot
+/// that this holds goes).
+pub(crate) struct Scheduled(TaskRef);
+
+/// One submitted callable, in its slot of [`tasks`]. Shared by its handle,
+/// the pool's queue and whichever thread runs it.
 pub struct Task {
     spec: TaskSpec,
-    pool: Arc<dyn Scheduler>,
+    /// None while the slot is free.
+    pool: Option<Arc<dyn Scheduler>>,
     /// When it was submitted, where its pool records latency.
     submitted: Option<Instant>,
     /// When it expires unless it has started.
     deadline: Option<Instant>,
-    handle: AtomicU64,
+    handle: u64,
     cancel_requested: AtomicBool,
     /// Mirrors `State::published`, so a waiter can spin without the lock.
     is_published: AtomicBool,
@@ -265,7 +265,7 @@ pub struct Task {
 
 thread_local! {
     /// The task whose callable this thread is running, if any.
-    static CURRENT_TASK: LeakAtExit<RefCell<Option<Arc<Task>>>> =
+    static CURRENT_TASK: LeakAtExit<RefCell<Option<TaskRef>>> =
         const { LeakAtExit::new(RefCell::new(None)) };
     /// The address of the task whose `on_done` this thread is running (0:
     /// none). Only compared, never dereferenced.
@@ -274,10 +274,10 @@ thread_local! {
 
 /// True when the calling thread runs `task`'s callable or its `on_done`:
 /// a wait for it from here could never end.
-fn waits_for_itself(task: &Arc<Task>) -> bool {
-    let address = Arc::as_ptr(task) as usize;
+fn waits_for_itself(task: &TaskRef) -> bool {
+    let address = Ref::addr(task);
     REPORTING.with(Cell::get) == address
-        || CURRENT_TASK.with(|t| t.borrow().as_ref().is_some_and(|c| Arc::ptr_eq(c, task)))
+        || CURRENT_TASK.with(|t| t.borrow().as_ref().is_some_and(|c| Ref::ptr_eq(c, task)))
 }
 
 /// What a publish leaves to do once the task's lock is released.
@@ -296,15 +296,6 @@ fn free_with(f: Option<FreeFn>, addr: usize) {
     }
 }
 
-impl sys::Resume for Task {
-    /// After the task's `on_done` (and the release functions before it) on a
-    /// worker: publish. `word` is the packed outcome.
-    fn resume(&self, word: u64) {
-        REPORTING.with(|r| r.set(0));
-        self.after_on_done(Outcome::unpack(word));
-    }
-}
-
 /// What a worker reports for a task whose work function returned (see
 /// [`Task::end`]): the outcome, and the result for `on_done` (0 when it stays
 /// on the task).
@@ -318,9 +309,9 @@ pub(crate) struct Reporting {
 }
 
 impl Reporting {
-    pub(crate) fn new(task: &Arc<Task>) -> Reporting {
+    pub(crate) fn new(task: &TaskRef) -> Reporting {
         Reporting {
-            outer: REPORTING.with(|r| r.replace(Arc::as_ptr(task) as usize)),
+            outer: REPORTING.with(|r| r.replace(Ref::addr(task))),
         }
     }
 }
@@ -359,11 +350,11 @@ pub(crate) struct Running {
 
 /// Makes a task the thread's current task while its callable runs.
 struct Current {
-    previous: Option<Arc<Task>>,
+    previous: Option<TaskRef>,
 }
 
 impl Current {
-    fn new(task: &Arc<Task>) -> Current {
+    fn new(task: &TaskRef) -> Current {
         Current {
             previous: CURRENT_TASK.with(|t| t.replace(Some(task.clone()))),
         }
@@ -377,42 +368,90 @@ impl Drop for Current {
     }
 }
 
+impl State {
+    fn new(phase: Phase, snapshot: Option<Table>) -> State {
+        State {
+            phase,
+            outcome: None,
+            published: false,
+            result: None,
+            released: false,
+            waiters: 0,
+            snapshot,
+            own_slot: false,
+            slot_given_back: false,
+            holds_place: false,
+            scheduled: None,
+        }
+    }
+}
+
+/// A free slot's work function (never called).
+extern "C" fn no_work(_: *mut c_void, _: *mut *mut c_void) -> i32 {
+    0
+}
+
+impl Default for Task {
+    fn default() -> Self {
+        Task {
+            spec: TaskSpec::new(no_work, ptr::null_mut()),
+            pool: None,
+            submitted: None,
+            deadline: None,
+            handle: 0,
+            cancel_requested: AtomicBool::new(false),
+            is_published: AtomicBool::new(false),
+            state: Mutex::new(State::new(Phase::Queued, None)),
+            published: Condvar::new(),
+        }
+    }
+}
+
+impl Slotted for Task {
+    /// The slot is free: what the task held (its pool, its queue, its
+    /// limiter) goes.
+    fn clear(&mut self) {
+        self.spec.cq = None;
+        self.spec.limiter = None;
+        self.pool = None;
+        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        // Taken by the start or the cancel already, but for a task
+        // withdrawn at submit.
+        state.snapshot = None;
+    }
+}
+
 impl Task {
-    #[inline]
-    pub(crate) fn new(
+    /// Takes a free slot for a new task and returns its handle.
+    pub(crate) fn insert(
         spec: TaskSpec,
         snapshot: Table,
         pool: Arc<dyn Scheduler>,
         submitted: Option<Instant>,
-    ) -> Self {
+    ) -> Result<(TaskRef, u64), Error> {
         let deadline = (spec.start_within_ms > 0)
             .then(|| Instant::now() + Duration::from_millis(u64::from(spec.start_within_ms)));
         let phase = match spec.limiter {
             Some(_) => Phase::Waiting,
             None => Phase::Queued,
         };
-        Task {
-            spec,
-            pool,
-            submitted,
-            deadline,
-            handle: AtomicU64::new(0),
-            cancel_requested: AtomicBool::new(false),
-            is_published: AtomicBool::new(false),
-            state: Mutex::new(State {
-                phase,
-                outcome: None,
-                published: false,
-                result: None,
-                released: false,
-                waiters: 0,
-                snapshot: Some(snapshot),
-                own_slot: false,
-                slot_given_back: false,
-                holds_place: false,
-            }),
-            published: Condvar::new(),
-        }
+        tasks()
+            .insert(|task, handle| {
+                task.spec = spec;
+                task.pool = Some(pool);
+                task.submitted = submitted;
+                task.deadline = deadline;
+                task.handle = handle;
+                *task.cancel_requested.get_mut() = false;
+                *task.is_published.get_mut() = false;
+                *task.state.get_mut().unwrap_or_else(|e| e.into_inner()) =
+                    State::new(phase, Some(snapshot));
+            })
+            .map_err(from_handle_error)
+    }
+
+    fn pool(&self) -> &dyn Scheduler {
+        self.pool.as_deref().expect("a task in use has its pool")
     }
 
     /// When it was submitted, where its pool records latency.
@@ -435,14 +474,6 @@ impl Task {
         self.deadline.is_some()
     }
 
-    /// Has the timer expire the task at its deadline, unless it started.
-    pub(crate) fn arm_deadline(self: &Arc<Self>) {
-        if let Some(at) = self.deadline {
-            let me: Arc<dyn Due> = self.clone();
-            timer().schedule(at, Arc::downgrade(&me));
-        }
-    }
-
     /// Waiting → Queued, unless it left already; it then holds a place of
     /// its limiter. (Its pool moves it into the queue in the same step.)
     pub(crate) fn try_admit(&self) -> bool {
@@ -455,12 +486,8 @@ impl Task {
         true
     }
 
-    pub(crate) fn set_handle(&self, handle: u64) {
-        self.handle.store(handle, Ordering::Relaxed);
-    }
-
     pub(crate) fn handle(&self) -> u64 {
-        self.handle.load(Ordering::Relaxed)
+        self.handle
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -478,6 +505,10 @@ impl Task {
         }
         st.phase = Phase::Running;
         st.own_slot = own_slot;
+        // No admission or expiry is left to come. (Dropped under the lock:
+        // the caller holds the task, so this frees at most the small
+        // `Scheduled`, and runs no user code.)
+        drop(st.scheduled.take());
         st.snapshot.take()
     }
 
@@ -493,16 +524,6 @@ impl Task {
     /// [`Task::complete`]).
     pub(crate) fn work(&self) -> (WorkFn, *mut c_void) {
         (self.spec.work, self.spec.arg as *mut c_void)
-    }
-
-    /// Installs the task's table and makes it the thread's current task.
-    pub(crate) fn begin_run(self: &Arc<Self>, snapshot: Table) -> Running {
-        let frame = Installed::new(Frame::for_task(&snapshot));
-        drop(snapshot);
-        Running {
-            _current: Current::new(self),
-            _frame: frame,
-        }
     }
 
     /// The work function returned `code` and `result`: decides the outcome
@@ -542,13 +563,6 @@ impl Task {
         decided
     }
 
-    /// Restores the thread's table and reports what [`Task::decide`] decided.
-    pub(crate) fn complete(self: &Arc<Self>, running: Running, decided: Decided) {
-        if let Some(Report(outcome, result)) = self.end(running, decided) {
-            self.report(outcome, result);
-        }
-    }
-
     /// Restores the thread's table and settles what [`Task::decide`] decided
     /// short of reporting it: an abandoned run's result and argument go to
     /// their free functions; a returned one is counted and given back as the
@@ -564,7 +578,7 @@ impl Task {
                 None
             }
             Decided::Returned(outcome, to_callback) => {
-                self.pool.count_returned(outcome.status == ASYNCIFY_OK);
+                self.pool().count_returned(outcome.status == ASYNCIFY_OK);
                 Some(Report(outcome, to_callback))
             }
         }
@@ -584,32 +598,6 @@ impl Task {
             result as *mut c_void,
             outcome.code,
         ))
-    }
-
-    /// Calls `on_done` (no lock held), then makes the outcome visible: into
-    /// the completion queue when the task has one and no `on_done`. On a
-    /// worker both happen right after its engine step, from the thread's
-    /// start routine (see `sys::ThreadBody`), in that order.
-    fn report(self: &Arc<Self>, outcome: Outcome, result: usize) {
-        let Some(call) = self.done_call(&Report(outcome, result)) else {
-            // After the release functions of the task's table, as on_done.
-            sys::then_resume(self.clone(), outcome.pack());
-            return;
-        };
-        // A wait for this task from inside its on_done could never end (it
-        // is published afterwards): note who is reporting it.
-        let me = Arc::as_ptr(self) as usize;
-        if sys::deferring() {
-            sys::then(move || REPORTING.with(|r| r.set(me)));
-            sys::call_foreign(call);
-            // (resume clears REPORTING: a worker reports one task at a time)
-            sys::then_resume(self.clone(), outcome.pack());
-        } else {
-            let reporting = Reporting::new(self);
-            sys::call_foreign(call);
-            drop(reporting);
-            self.after_on_done(outcome);
-        }
     }
 
     /// After `on_done` returned (or at once without one): makes the outcome
@@ -680,78 +668,6 @@ impl Task {
         }
     }
 
-    /// Decides `CANCELLED` unless the outcome is already decided, and reports
-    /// it on this thread (5.1 queued, 5.2 running). Returns the outcome.
-    pub(crate) fn cancel(self: &Arc<Self>) -> Outcome {
-        let mut give_back = self.pool.lock_for_abandon();
-        let mut st = self.lock();
-        if let Some(outcome) = st.outcome {
-            return outcome;
-        }
-        st.outcome = Some(CANCELLED);
-        self.cancel_requested.store(true, Ordering::Relaxed);
-        let was = st.phase;
-        // A task run inline has no slot to give: its waiter's stays taken.
-        if let (true, Some(slots)) = (st.own_slot, give_back.as_mut()) {
-            slots.give_back();
-            st.slot_given_back = true;
-        }
-        // A running callable keeps its limiter's place until it returns.
-        let place = was == Phase::Queued && std::mem::take(&mut st.holds_place);
-        let snapshot = st.snapshot.take();
-        drop(st);
-        drop(give_back);
-        drop(snapshot);
-        if was == Phase::Running {
-            self.pool.count_abandoned();
-            self.report(CANCELLED, 0);
-        } else {
-            self.left_unstarted(was, CANCELLED, place);
-        }
-        CANCELLED
-    }
-
-    /// Decides `EXPIRED` when the task has not started and nothing else was
-    /// decided, and reports it on this thread. True when it expired.
-    pub(crate) fn expire(self: &Arc<Self>) -> bool {
-        let mut st = self.lock();
-        if st.outcome.is_some() || !matches!(st.phase, Phase::Waiting | Phase::Queued) {
-            return false;
-        }
-        st.outcome = Some(EXPIRED);
-        let was = st.phase;
-        let place = std::mem::take(&mut st.holds_place);
-        let snapshot = st.snapshot.take();
-        drop(st);
-        drop(snapshot);
-        self.left_unstarted(was, EXPIRED, place);
-        true
-    }
-
-    /// After a cancel or an expiry decided before the task started: the
-    /// counts, the limiter's place (`place`: it held one), `free_arg`, then
-    /// the report.
-    fn left_unstarted(self: &Arc<Self>, was: Phase, outcome: Outcome, place: bool) {
-        let expired = outcome == EXPIRED;
-        let was_waiting = was == Phase::Waiting;
-        let me = Arc::as_ptr(self) as usize;
-        self.pool.left_before_start(me, was_waiting, expired);
-        if let Some(limiter) = &self.spec.limiter {
-            if was_waiting {
-                limiter.left_waiting(expired);
-            }
-            if place {
-                limiter.release();
-            }
-        }
-        free_with(self.spec.free_arg, self.spec.arg);
-        self.report(outcome, 0);
-        if expired {
-            let pool = self.pool.clone();
-            sys::then(move || pool.expiry_reported());
-        }
-    }
-
     fn observe(&self, st: &mut State, want_result: bool) -> Observed {
         match (st.published, st.outcome) {
             (true, Some(outcome)) => Observed {
@@ -804,7 +720,151 @@ impl Task {
     }
 }
 
-fn lookup(handle: u64) -> Result<Arc<Task>, Error> {
+/// What only a counted reference can do: hand itself on (to the thread
+/// that runs the task, to deferred engine code, to its limiter and the
+/// timer) while the task goes on.
+impl Ref<Task> {
+    /// Installs the task's table and makes it the thread's current task.
+    pub(crate) fn begin_run(&self, snapshot: Table) -> Running {
+        let frame = Installed::new(Frame::for_task(&snapshot));
+        drop(snapshot);
+        Running {
+            _current: Current::new(self),
+            _frame: frame,
+        }
+    }
+
+    /// Restores the thread's table and reports what [`Task::decide`] decided.
+    pub(crate) fn complete(&self, running: Running, decided: Decided) {
+        if let Some(Report(outcome, result)) = self.end(running, decided) {
+            self.report(outcome, result);
+        }
+    }
+
+    /// Calls `on_done` (no lock held), then makes the outcome visible: into
+    /// the completion queue when the task has one and no `on_done`. On a
+    /// worker both happen right after its engine step, from the thread's
+    /// start routine (see `sys::ThreadBody`), in that order.
+    fn report(&self, outcome: Outcome, result: usize) {
+        let Some(call) = self.done_call(&Report(outcome, result)) else {
+            // After the release functions of the task's table, as on_done.
+            let task = self.clone();
+            sys::then(move || task.after_on_done(outcome));
+            return;
+        };
+        // A wait for this task from inside its on_done could never end (it
+        // is published afterwards): note who is reporting it.
+        let me = Ref::addr(self);
+        if sys::deferring() {
+            sys::then(move || REPORTING.with(|r| r.set(me)));
+            sys::call_foreign(call);
+            // A worker reports one task at a time.
+            let task = self.clone();
+            sys::then(move || {
+                REPORTING.with(|r| r.set(0));
+                task.after_on_done(outcome);
+            });
+        } else {
+            let reporting = Reporting::new(self);
+            sys::call_foreign(call);
+            drop(reporting);
+            self.after_on_done(outcome);
+        }
+    }
+
+    /// Decides `CANCELLED` unless the outcome is already decided, and reports
+    /// it on this thread (5.1 queued, 5.2 running). Returns the outcome.
+    pub(crate) fn cancel(&self) -> Outcome {
+        let mut give_back = self.pool().lock_for_abandon();
+        let mut st = self.lock();
+        if let Some(outcome) = st.outcome {
+            return outcome;
+        }
+        st.outcome = Some(CANCELLED);
+        self.cancel_requested.store(true, Ordering::Relaxed);
+        let was = st.phase;
+        // A task run inline has no slot to give: its waiter's stays taken.
+        if let (true, Some(slots)) = (st.own_slot, give_back.as_mut()) {
+            slots.give_back();
+            st.slot_given_back = true;
+        }
+        // A running callable keeps its limiter's place until it returns.
+        let place = was == Phase::Queued && std::mem::take(&mut st.holds_place);
+        let snapshot = st.snapshot.take();
+        let scheduled = st.scheduled.take();
+        drop(st);
+        drop(give_back);
+        drop(snapshot);
+        drop(scheduled);
+        if was == Phase::Running {
+            self.pool().count_abandoned();
+            self.report(CANCELLED, 0);
+        } else {
+            self.left_unstarted(was, CANCELLED, place);
+        }
+        CANCELLED
+    }
+
+    /// Decides `EXPIRED` when the task has not started and nothing else was
+    /// decided, and reports it on this thread. True when it expired.
+    pub(crate) fn expire(&self) -> bool {
+        let mut st = self.lock();
+        if st.outcome.is_some() || !matches!(st.phase, Phase::Waiting | Phase::Queued) {
+            return false;
+        }
+        st.outcome = Some(EXPIRED);
+        let was = st.phase;
+        let place = std::mem::take(&mut st.holds_place);
+        let snapshot = st.snapshot.take();
+        let scheduled = st.scheduled.take();
+        drop(st);
+        drop(snapshot);
+        drop(scheduled);
+        self.left_unstarted(was, EXPIRED, place);
+        true
+    }
+
+    /// After a cancel or an expiry decided before the task started: the
+    /// counts, the limiter's place (`place`: it held one), `free_arg`, then
+    /// the report.
+    fn left_unstarted(&self, was: Phase, outcome: Outcome, place: bool) {
+        let expired = outcome == EXPIRED;
+        let was_waiting = was == Phase::Waiting;
+        self.pool()
+            .left_before_start(Ref::addr(self), was_waiting, expired);
+        if let Some(limiter) = &self.spec.limiter {
+            if was_waiting {
+                limiter.left_waiting(expired);
+            }
+            if place {
+                limiter.release();
+            }
+        }
+        free_with(self.spec.free_arg, self.spec.arg);
+        self.report(outcome, 0);
+        if expired {
+            let pool = self.pool.clone().expect("a task in use has its pool");
+            sys::then(move || pool.expiry_reported());
+        }
+    }
+
+    /// For a task with a limiter or a start deadline: what its limiter and
+    /// the timer are to refer to (see [`Scheduled`]).
+    pub(crate) fn schedule(&self) -> Arc<Scheduled> {
+        let scheduled = Arc::new(Scheduled(self.clone()));
+        self.lock().scheduled = Some(scheduled.clone());
+        scheduled
+    }
+
+    /// A submit refused after [`Ref::schedule`]: the task will never be
+    /// admitted nor expire, and its slot must be freed.
+    pub(crate) fn unschedule(&self) {
+        let scheduled = self.lock().scheduled.take();
+        drop(scheduled);
+    }
+}
+
+fn lookup(handle: u64) -> Result<TaskRef, Error> {
     tasks().get(handle).map_err(from_handle_error)
 }
 
@@ -834,7 +894,7 @@ pub fn wait(handle: u64, timeout: Option<Duration>, want_result: bool) -> Result
     if waits_for_itself(&task) {
         return Err(Error::WouldDeadlock);
     }
-    task.pool.run_inline_if_stuck(&task);
+    task.pool().run_inline_if_stuck(&task);
     Ok(task.wait_published(timeout, want_result))
 }
 
@@ -896,7 +956,7 @@ pub fn wait_any(handles: &[u64], timeout: Option<Duration>) -> Result<Option<usi
         if let Some(i) = tasks.iter().position(|t| t.lock().published) {
             break Some(i);
         }
-        if tasks.iter().any(|t| t.pool.run_inline_if_stuck(t)) {
+        if tasks.iter().any(|t| t.pool().run_inline_if_stuck(t)) {
             continue;
         }
         let mut seen = ANY_GENERATION.lock().unwrap_or_else(|e| e.into_inner());
@@ -936,25 +996,35 @@ pub fn cancel_requested() -> bool {
     })
 }
 
-impl Due for Task {
-    /// Its start deadline: it expires unless it started.
-    fn fire(self: Arc<Self>) {
-        self.expire();
+impl Scheduled {
+    /// Has the timer expire the task at its deadline, unless it started.
+    pub(crate) fn arm_deadline(self: &Arc<Self>) {
+        if let Some(at) = self.0.deadline {
+            let me: Arc<dyn Due> = self.clone();
+            timer().schedule(at, Arc::downgrade(&me));
+        }
     }
 }
 
-impl Waiter for Task {
+impl Due for Scheduled {
+    /// Its start deadline: it expires unless it started.
+    fn fire(self: Arc<Self>) {
+        self.0.expire();
+    }
+}
+
+impl Waiter for Scheduled {
     fn admit(self: Arc<Self>) -> bool {
-        let pool = self.pool.clone();
-        pool.admit(self)
+        let pool = self.0.pool.clone().expect("a task in use has its pool");
+        pool.admit(self.0.clone())
     }
 
     fn admitted(&self) {
-        self.pool.kick();
+        self.0.pool().kick();
     }
 
     fn waiting(&self) -> bool {
-        let st = self.lock();
+        let st = self.0.lock();
         st.phase == Phase::Waiting && st.outcome.is_none()
     }
 }
