@@ -76,6 +76,8 @@ pub enum HandleError {
 /// What a slab holds: a value that can be emptied in place when its slot is
 /// freed (dropping what it owns) and filled again when the slot is reused.
 pub trait Slotted: Default + Send + Sync + 'static {
+    /// The slab that holds every value of this type.
+    fn slab() -> &'static Slab<Self>;
     /// Drops what the value owns; called by the thread that dropped the last
     /// reference.
     fn clear(&mut self);
@@ -123,6 +125,8 @@ struct Slot<T> {
     word: AtomicU64,
     /// The next free slot's index + 1 (0: none) while this one is free.
     next_free: AtomicU32,
+    /// This slot's index.
+    index: u32,
     value: Cell<T>,
 }
 
@@ -173,11 +177,9 @@ impl<T> Default for Slab<T> {
 }
 
 /// A counted reference to a slot's value: `Clone` adds one, `Drop` removes
-/// one and frees the slot with the last.
+/// one and frees the slot with the last. One word, as an `Arc`.
 pub struct Ref<T: Slotted> {
-    slab: &'static Slab<T>,
     slot: &'static Slot<T>,
-    index: u32,
 }
 
 fn split(index: u32) -> (usize, usize) {
@@ -252,10 +254,12 @@ impl<T: Slotted> Slab<T> {
             return slot;
         }
         let (segment, _) = split(index);
-        let fresh: Box<[Slot<T>]> = (0..segment_len(segment))
-            .map(|_| Slot {
+        let first = segment_len(segment) - (1 << FIRST_SEGMENT_BITS);
+        let fresh: Box<[Slot<T>]> = (first..first + segment_len(segment))
+            .map(|index| Slot {
                 word: AtomicU64::new(1 << 32),
                 next_free: AtomicU32::new(0),
+                index: index as u32,
                 value: Cell::new(T::default()),
             })
             .collect();
@@ -292,11 +296,11 @@ impl<T: Slotted> Slab<T> {
         }
     }
 
-    fn push_free(&self, index: u32, slot: &Slot<T>) {
+    fn push_free(&self, slot: &Slot<T>) {
         let mut head = self.free.load(Relaxed);
         loop {
             slot.next_free.store(head as u32, Relaxed);
-            let new = (head >> 32).wrapping_add(1) << 32 | u64::from(index + 1);
+            let new = (head >> 32).wrapping_add(1) << 32 | u64::from(slot.index + 1);
             match self.free.compare_exchange_weak(head, new, Release, Relaxed) {
                 Ok(_) => return,
                 Err(now) => head = now,
@@ -307,10 +311,11 @@ impl<T: Slotted> Slab<T> {
     /// Takes a free slot, fills it with `fill(value, handle)` and returns its
     /// handle with a reference to it (the handle holds a reference of its own
     /// until [`Slab::remove`]).
-    pub fn insert(
-        &'static self,
-        fill: impl FnOnce(&mut T, u64),
-    ) -> Result<(Ref<T>, u64), HandleError> {
+    pub fn insert(&self, fill: impl FnOnce(&mut T, u64)) -> Result<(Ref<T>, u64), HandleError> {
+        debug_assert!(
+            std::ptr::eq(self, T::slab()),
+            "a value's slot is freed into T::slab()"
+        );
         let index = match self.pop_free() {
             Some(i) => i,
             None => {
@@ -333,17 +338,10 @@ impl<T: Slotted> Slab<T> {
         // The handle's reference and the returned one; Release publishes
         // the value to whoever looks the handle up.
         slot.word.store(word + 2, Release);
-        Ok((
-            Ref {
-                slab: self,
-                slot,
-                index,
-            },
-            handle,
-        ))
+        Ok((Ref { slot }, handle))
     }
 
-    fn check(&'static self, handle: u64) -> Result<(Parts, &'static Slot<T>), HandleError> {
+    fn check(&self, handle: u64) -> Result<(Parts, &'static Slot<T>), HandleError> {
         let parts = decode(handle);
         if parts.generation == 0 {
             return Err(HandleError::Invalid);
@@ -363,7 +361,7 @@ impl<T: Slotted> Slab<T> {
     }
 
     /// A reference to the value `handle` names.
-    pub fn get(&'static self, handle: u64) -> Result<Ref<T>, HandleError> {
+    pub fn get(&self, handle: u64) -> Result<Ref<T>, HandleError> {
         let (parts, slot) = self.check(handle)?;
         let mut word = slot.word.load(Acquire);
         loop {
@@ -374,13 +372,7 @@ impl<T: Slotted> Slab<T> {
                 .word
                 .compare_exchange_weak(word, word + 1, Acquire, Acquire)
             {
-                Ok(_) => {
-                    return Ok(Ref {
-                        slab: self,
-                        slot,
-                        index: parts.index,
-                    })
-                }
+                Ok(_) => return Ok(Ref { slot }),
                 Err(now) => word = now,
             }
         }
@@ -388,7 +380,7 @@ impl<T: Slotted> Slab<T> {
 
     /// Releases `handle`: it is invalid from now on. Returns the handle's
     /// reference to the value.
-    pub fn remove(&'static self, handle: u64) -> Result<Ref<T>, HandleError> {
+    pub fn remove(&self, handle: u64) -> Result<Ref<T>, HandleError> {
         let (parts, slot) = self.check(handle)?;
         let mut word = slot.word.load(Acquire);
         loop {
@@ -400,11 +392,7 @@ impl<T: Slotted> Slab<T> {
             match slot.word.compare_exchange_weak(word, new, AcqRel, Acquire) {
                 Ok(_) => {
                     self.live.fetch_sub(1, Relaxed);
-                    return Ok(Ref {
-                        slab: self,
-                        slot,
-                        index: parts.index,
-                    });
+                    return Ok(Ref { slot });
                 }
                 Err(now) => word = now,
             }
@@ -436,11 +424,7 @@ impl<T: Slotted> Clone for Ref<T> {
     fn clone(&self) -> Self {
         // Relaxed, as Arc: a new reference is made from an existing one.
         self.slot.word.fetch_add(1, Relaxed);
-        Ref {
-            slab: self.slab,
-            slot: self.slot,
-            index: self.index,
-        }
+        Ref { slot: self.slot }
     }
 }
 
@@ -454,7 +438,7 @@ impl<T: Slotted> Drop for Ref<T> {
         // SAFETY: the count is 0 with the handle released, so no reference
         // exists and no lookup can take one: the slot is ours alone.
         unsafe { self.slot.value.get_mut() }.clear();
-        self.slab.push_free(self.index, self.slot);
+        T::slab().push_free(self.slot);
     }
 }
 
@@ -462,27 +446,31 @@ impl<T: Slotted> Drop for Ref<T> {
 mod tests {
     use super::*;
 
-    #[derive(Default)]
-    struct Value(u32);
+    /// A value type with a slab of its own (each test gets one, so their
+    /// counts do not mix), reachable from a static as the task slab is.
+    macro_rules! value_type {
+        ($name:ident) => {
+            #[derive(Default)]
+            struct $name(u32);
 
-    impl Slotted for Value {
-        fn clear(&mut self) {
-            self.0 = 0;
-        }
-    }
+            impl Slotted for $name {
+                fn slab() -> &'static Slab<Self> {
+                    static SLAB: once_cell::sync::Lazy<Slab<$name>> =
+                        once_cell::sync::Lazy::new(Slab::default);
+                    &SLAB
+                }
 
-    /// A slab of the test's own, reachable from a static (a leaked one
-    /// would be a leak to LeakSanitizer).
-    macro_rules! slab {
-        () => {{
-            static SLAB: once_cell::sync::Lazy<Slab<Value>> =
-                once_cell::sync::Lazy::new(Slab::default);
-            &*SLAB
-        }};
-    }
+                fn clear(&mut self) {
+                    self.0 = 0;
+                }
+            }
 
-    fn put(s: &'static Slab<Value>, v: u32) -> u64 {
-        s.insert(|value, _| value.0 = v).unwrap().1
+            impl $name {
+                fn put(v: u32) -> u64 {
+                    Self::slab().insert(|value, _| value.0 = v).unwrap().1
+                }
+            }
+        };
     }
 
     #[test]
@@ -498,15 +486,16 @@ mod tests {
 
     #[test]
     fn handles_are_nonzero_and_generation_checked() {
-        let s: &'static Slab<Value> = slab!();
-        let h = put(s, 7);
+        value_type!(V);
+        let s = V::slab();
+        let h = V::put(7);
         assert_ne!(h, 0);
         assert_eq!(s.get(h).unwrap().0, 7);
         assert_eq!(s.remove(h).unwrap().0, 7);
         assert_eq!(s.get(h).err(), Some(HandleError::Invalid));
         assert_eq!(s.remove(h).err(), Some(HandleError::Invalid));
         // The slot is reused with a new generation: the old handle stays dead.
-        let h2 = put(s, 8);
+        let h2 = V::put(8);
         assert_ne!(h, h2);
         assert_eq!(h & INDEX_MASK, h2 & INDEX_MASK);
         assert_eq!(s.get(h).err(), Some(HandleError::Invalid));
@@ -515,24 +504,32 @@ mod tests {
 
     #[test]
     fn a_released_handle_is_refused_while_its_value_lives() {
-        let s: &'static Slab<Value> = slab!();
+        value_type!(V);
+        let s = V::slab();
         let (held, h) = s.insert(|value, _| value.0 = 3).unwrap();
         drop(s.remove(h).unwrap());
         assert_eq!(s.get(h).err(), Some(HandleError::Invalid));
         assert_eq!(held.0, 3, "the reference keeps the value");
-        let h2 = put(s, 4);
+        let h2 = V::put(4);
         assert_ne!(h & INDEX_MASK, h2 & INDEX_MASK, "the slot is still taken");
         drop(held);
         assert_eq!(s.live(), 1);
+        let h3 = V::put(5);
+        assert_eq!(
+            h & INDEX_MASK,
+            h3 & INDEX_MASK,
+            "freed with its last reference"
+        );
     }
 
     #[test]
     fn zero_and_forged_handles_are_refused() {
-        let s: &'static Slab<Value> = slab!();
+        value_type!(V);
+        let s = V::slab();
         assert_eq!(s.get(0).err(), Some(HandleError::Invalid));
         assert_eq!(s.get(0xdead_beef).err(), Some(HandleError::Invalid));
         assert_eq!(s.get(u64::MAX).err(), Some(HandleError::Invalid));
-        let h = put(s, 1);
+        let h = V::put(1);
         assert_eq!(s.get(h ^ (1 << 30)).err(), Some(HandleError::Invalid));
         assert_eq!(
             s.get(h + 1).err(),
@@ -544,11 +541,12 @@ mod tests {
 
     #[test]
     fn a_released_handle_stays_invalid_after_many_reuses() {
-        let s: &'static Slab<Value> = slab!();
-        let old = put(s, 0);
+        value_type!(V);
+        let s = V::slab();
+        let old = V::put(0);
         drop(s.remove(old).unwrap());
         for i in 0..10_000 {
-            let h = put(s, i);
+            let h = V::put(i);
             assert_ne!(h, old);
             drop(s.remove(h).unwrap());
         }
@@ -574,7 +572,16 @@ mod loom_tests {
         cleared: Option<Arc<AtomicUsize>>,
     }
 
+    loom::lazy_static! {
+        /// Made anew for each execution of a model.
+        static ref SLAB: Slab<Value> = Slab::default();
+    }
+
     impl Slotted for Value {
+        fn slab() -> &'static Slab<Self> {
+            &SLAB
+        }
+
         fn clear(&mut self) {
             self.n = 0;
             if let Some(c) = self.cleared.take() {
@@ -583,41 +590,31 @@ mod loom_tests {
         }
     }
 
-    fn slab() -> &'static Slab<Value> {
-        Box::leak(Box::default())
-    }
-
-    fn put(s: &'static Slab<Value>, n: u32, cleared: &Arc<AtomicUsize>) -> u64 {
+    fn put(n: u32, cleared: &Arc<AtomicUsize>) -> (super::Ref<Value>, u64) {
         let cleared = cleared.clone();
-        s.insert(move |v, _| {
-            v.n = n;
-            v.cleared = Some(cleared);
-        })
-        .unwrap()
-        .1
+        Value::slab()
+            .insert(move |v, _| {
+                v.n = n;
+                v.cleared = Some(cleared);
+            })
+            .unwrap()
     }
 
-    /// A lookup racing the release of the handle and the drop of the last other
-    /// reference: it gets the live value or is refused; the slot is cleared
-    /// exactly once, after every reference is gone, and never resurrected.
+    /// A lookup racing the release of the handle and the drop of the last
+    /// other reference: it gets the live value or is refused; the slot is
+    /// cleared exactly once, after every reference is gone, and never
+    /// resurrected.
     #[test]
     fn a_lookup_racing_the_last_release_never_sees_a_freed_slot() {
         loom::model(|| {
-            let s = slab();
+            let s = Value::slab();
             let cleared = Arc::new(AtomicUsize::new(0));
-            let (queue_ref, h) = {
-                let c = cleared.clone();
-                s.insert(move |v, _| {
-                    v.n = 7;
-                    v.cleared = Some(c);
-                })
-                .unwrap()
-            };
-            let looker = thread::spawn(move || match s.get(h) {
+            let (queue_ref, h) = put(7, &cleared);
+            let looker = thread::spawn(move || match Value::slab().get(h) {
                 Ok(r) => assert_eq!(r.n, 7, "a counted reference sees the live value"),
                 Err(e) => assert_eq!(e, HandleError::Invalid),
             });
-            let releaser = thread::spawn(move || drop(s.remove(h).unwrap()));
+            let releaser = thread::spawn(move || drop(Value::slab().remove(h).unwrap()));
             drop(queue_ref);
             looker.join().unwrap();
             releaser.join().unwrap();
@@ -627,25 +624,25 @@ mod loom_tests {
         });
     }
 
-    /// Two threads freeing slots while two take free ones: no slot is handed
+    /// A thread freeing slots while two take free ones: no slot is handed
     /// out twice, and each new handle names its own value.
     #[test]
     fn the_free_list_hands_each_slot_out_once() {
         loom::model(|| {
-            let s = slab();
+            let s = Value::slab();
             let cleared = Arc::new(AtomicUsize::new(0));
-            let a = put(s, 1, &cleared);
-            let b = put(s, 2, &cleared);
+            let a = put(1, &cleared).1;
+            let b = put(2, &cleared).1;
             let freer = thread::spawn(move || {
-                drop(s.remove(a).unwrap());
-                drop(s.remove(b).unwrap());
+                drop(Value::slab().remove(a).unwrap());
+                drop(Value::slab().remove(b).unwrap());
             });
             let takers: Vec<_> = (10..12)
                 .map(|n| {
                     let c = cleared.clone();
                     thread::spawn(move || {
-                        let h = put(s, n, &c);
-                        assert_eq!(s.get(h).unwrap().n, n);
+                        let h = put(n, &c).1;
+                        assert_eq!(Value::slab().get(h).unwrap().n, n);
                         h
                     })
                 })

@@ -6,7 +6,7 @@
 //! Modules, each depending only on the ones listed before it:
 //!
 //! - `sys`: every platform call (worker threads, the completion queue's fd,
-//!   fork handlers) and, with `ffi`, the only `unsafe` code
+//!   fork handlers) and, with `ffi` and `handles`' slab, the only `unsafe` code
 //! - [`status`], [`handles`] (task memory: a lock-free slab of slots named by
 //!   generation-checked handles), `spin`
 //! - `fork`: the fork epoch's handlers; a leaf that others register locks with

@@ -79,8 +79,22 @@ impl Frame {
     }
 }
 
+impl Frame {
+    const EMPTY: Frame = Frame {
+        table: Table::new(),
+        extra: None,
+        in_task: false,
+    };
+
+    /// A thread's frame with nothing set (a worker's, almost always).
+    fn is_empty(&self) -> bool {
+        self.table.is_empty() && self.extra.is_none() && !self.in_task
+    }
+}
+
 thread_local! {
-    static CURRENT: LeakAtExit<RefCell<Frame>> = LeakAtExit::new(RefCell::new(Frame::default()));
+    static CURRENT: LeakAtExit<RefCell<Frame>> =
+        const { LeakAtExit::new(RefCell::new(Frame::EMPTY)) };
 }
 
 static NEXT_SCOPE_TOKEN: AtomicU64 = AtomicU64::new(1);
@@ -118,11 +132,33 @@ impl Installed {
             saved: Some(with_frame(|current| std::mem::replace(current, frame))),
         }
     }
+
+    /// Installs the frame a task starts with ([`Frame::for_task`] of
+    /// `snapshot`, which it consumes). Where the thread's own frame is empty,
+    /// as a worker's almost always is, it is not saved: restoring leaves an
+    /// empty frame again. Runs clone functions: call it under no lock.
+    pub fn task(snapshot: Table) -> Installed {
+        let table = snapshot.into_task();
+        let saved = with_frame(|current| {
+            let frame = Frame {
+                table,
+                extra: None,
+                in_task: true,
+            };
+            if current.is_empty() {
+                *current = frame;
+                None
+            } else {
+                Some(std::mem::replace(current, frame))
+            }
+        });
+        Installed { saved }
+    }
 }
 
 impl Drop for Installed {
     fn drop(&mut self) {
-        let saved = self.saved.take().unwrap_or_default();
+        let saved = self.saved.take().unwrap_or(Frame::EMPTY);
         let installed = with_frame(|current| std::mem::replace(current, saved));
         drop(installed);
     }

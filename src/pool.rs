@@ -692,10 +692,12 @@ impl ThreadBody for Worker {
             }
             drop(reporting);
             task.after_on_done(report.0);
-            // The slot goes back once the calls that publishing deferred (a
-            // free_result) are made.
             self.finished = Some(task);
-            return ForeignCall::Again;
+            if sys::calls_deferred() {
+                // The slot goes back once the calls that publishing
+                // deferred (a free_result) are made.
+                return ForeignCall::Again;
+            }
         }
         let hook_data = self.shared.options.hook_data as *mut std::ffi::c_void;
         loop {

@@ -213,6 +213,12 @@ pub(crate) fn deferring() -> bool {
     in_engine_step()
 }
 
+/// True on a worker between its foreign calls when some are deferred: its
+/// body then asks to be called again after them (`ForeignCall::Again`).
+pub(crate) fn calls_deferred() -> bool {
+    in_engine_step() && DEFERRED.with(|d| !d.0.borrow().is_empty())
+}
+
 /// `run(value)` now, unless this is a worker between its foreign calls with
 /// calls deferred already: then `defer(value)` takes its place after them.
 fn now_or_after_deferred<T>(value: T, run: impl FnOnce(T), defer: impl FnOnce(T) -> Deferred) {

@@ -147,8 +147,12 @@ fn priority_of(key: &str) -> u64 {
 
 impl Table {
     /// The empty table.
-    pub fn new() -> Self {
-        Table::default()
+    pub const fn new() -> Self {
+        Table {
+            root: None,
+            len: 0,
+            cloned: None,
+        }
     }
 
     /// Number of keys.
@@ -219,6 +223,19 @@ impl Table {
         if self.cloned.is_none() {
             return self.clone();
         }
+        self.with_copies()
+    }
+
+    /// [`Table::for_task`] of a table the caller gives up: without clone
+    /// functions, the table itself, with no reference count touched.
+    pub fn into_task(self) -> Table {
+        if self.cloned.is_none() {
+            return self;
+        }
+        self.with_copies()
+    }
+
+    fn with_copies(&self) -> Table {
         let mut cloned = Vec::new();
         walk(&self.cloned, &mut cloned);
         let mut table = self.clone();

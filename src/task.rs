@@ -35,7 +35,7 @@ use crate::cq::Completion;
 use crate::cq::CompletionQueue;
 use crate::handles::{HandleError, Ref, Slab, Slotted};
 use crate::limiter::{Limiter, Waiter};
-use crate::overrides::{Frame, Installed};
+use crate::overrides::Installed;
 use crate::status::*;
 use crate::sys::{self, ForeignCall, LeakAtExit};
 use crate::table::Table;
@@ -61,6 +61,20 @@ static TASKS: Lazy<Slab<Task>> = Lazy::new(Slab::default);
 /// The slab of every task of this process.
 pub(crate) fn tasks() -> &'static Slab<Task> {
     &TASKS
+}
+
+/// The instant submit times and deadlines are counted from (one word per
+/// task, not two).
+static BASE: Lazy<Instant> = Lazy::new(Instant::now);
+
+/// Nanoseconds from [`BASE`] to `at` (at least 1: 0 means none).
+fn since_base(at: Instant) -> u64 {
+    let ns = at.saturating_duration_since(*BASE).as_nanos();
+    u64::try_from(ns).unwrap_or(u64::MAX).max(1)
+}
+
+fn from_base(ns: u64) -> Instant {
+    *BASE + Duration::from_nanos(ns)
 }
 
 /// A counted reference to a task (its slot in [`tasks`]).
@@ -221,15 +235,14 @@ struct State {
     phase: Phase,
     outcome: Option<Outcome>,
     published: bool,
-    /// A result that has not moved yet (never NULL).
-    result: Option<usize>,
+    /// A result that has not moved yet (0: none).
+    result: usize,
     released: bool,
     waiters: u32,
-    snapshot: Option<Table>,
+    /// The table to install, until the start or the cancel takes it.
+    snapshot: Table,
     /// Started by a worker in a slot of its own (not inline, in a waiter's).
     own_slot: bool,
-    /// Abandoned, and its slot was given back at once.
-    slot_given_back: bool,
     /// Admitted by its limiter, and holding the place until its callable
     /// returns (or it leaves without running).
     holds_place: bool,
@@ -251,12 +264,16 @@ pub struct Task {
     spec: TaskSpec,
     /// None while the slot is free.
     pool: Option<Arc<dyn Scheduler>>,
-    /// When it was submitted, where its pool records latency.
-    submitted: Option<Instant>,
-    /// When it expires unless it has started.
-    deadline: Option<Instant>,
+    /// When it was submitted (see [`since_base`]), where its pool records
+    /// latency; 0 elsewhere.
+    submitted: u64,
+    /// When it expires unless it has started (see [`since_base`]); 0: never.
+    deadline: u64,
     handle: u64,
     cancel_requested: AtomicBool,
+    /// Abandoned, and its slot was given back at once. Written and read
+    /// only under its pool's lock.
+    slot_given_back: AtomicBool,
     /// Mirrors `State::published`, so a waiter can spin without the lock.
     is_published: AtomicBool,
     state: Mutex<State>,
@@ -369,17 +386,16 @@ impl Drop for Current {
 }
 
 impl State {
-    fn new(phase: Phase, snapshot: Option<Table>) -> State {
+    fn new(phase: Phase, snapshot: Table) -> State {
         State {
             phase,
             outcome: None,
             published: false,
-            result: None,
+            result: 0,
             released: false,
             waiters: 0,
             snapshot,
             own_slot: false,
-            slot_given_back: false,
             holds_place: false,
             scheduled: None,
         }
@@ -396,18 +412,23 @@ impl Default for Task {
         Task {
             spec: TaskSpec::new(no_work, ptr::null_mut()),
             pool: None,
-            submitted: None,
-            deadline: None,
+            submitted: 0,
+            deadline: 0,
             handle: 0,
             cancel_requested: AtomicBool::new(false),
+            slot_given_back: AtomicBool::new(false),
             is_published: AtomicBool::new(false),
-            state: Mutex::new(State::new(Phase::Queued, None)),
+            state: Mutex::new(State::new(Phase::Queued, Table::new())),
             published: Condvar::new(),
         }
     }
 }
 
 impl Slotted for Task {
+    fn slab() -> &'static Slab<Task> {
+        &TASKS
+    }
+
     /// The slot is free: what the task held (its pool, its queue, its
     /// limiter) goes.
     fn clear(&mut self) {
@@ -417,7 +438,7 @@ impl Slotted for Task {
         let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
         // Taken by the start or the cancel already, but for a task
         // withdrawn at submit.
-        state.snapshot = None;
+        state.snapshot = Table::new();
     }
 }
 
@@ -429,8 +450,9 @@ impl Task {
         pool: Arc<dyn Scheduler>,
         submitted: Option<Instant>,
     ) -> Result<(TaskRef, u64), Error> {
-        let deadline = (spec.start_within_ms > 0)
-            .then(|| Instant::now() + Duration::from_millis(u64::from(spec.start_within_ms)));
+        let deadline = (spec.start_within_ms > 0).then(|| {
+            since_base(Instant::now() + Duration::from_millis(u64::from(spec.start_within_ms)))
+        });
         let phase = match spec.limiter {
             Some(_) => Phase::Waiting,
             None => Phase::Queued,
@@ -439,13 +461,14 @@ impl Task {
             .insert(|task, handle| {
                 task.spec = spec;
                 task.pool = Some(pool);
-                task.submitted = submitted;
-                task.deadline = deadline;
+                task.submitted = submitted.map_or(0, since_base);
+                task.deadline = deadline.unwrap_or(0);
                 task.handle = handle;
                 *task.cancel_requested.get_mut() = false;
+                *task.slot_given_back.get_mut() = false;
                 *task.is_published.get_mut() = false;
                 *task.state.get_mut().unwrap_or_else(|e| e.into_inner()) =
-                    State::new(phase, Some(snapshot));
+                    State::new(phase, snapshot);
             })
             .map_err(from_handle_error)
     }
@@ -456,7 +479,7 @@ impl Task {
 
     /// When it was submitted, where its pool records latency.
     pub(crate) fn submitted(&self) -> Option<Instant> {
-        self.submitted
+        (self.submitted != 0).then(|| from_base(self.submitted))
     }
 
     /// Its limiter, if any.
@@ -466,12 +489,12 @@ impl Task {
 
     /// True when its start deadline has passed at `now`.
     pub(crate) fn overdue(&self, now: Instant) -> bool {
-        self.deadline.is_some_and(|d| now >= d)
+        self.deadline != 0 && now >= from_base(self.deadline)
     }
 
     /// True when it has a start deadline.
     pub(crate) fn has_deadline(&self) -> bool {
-        self.deadline.is_some()
+        self.deadline != 0
     }
 
     /// Waiting → Queued, unless it left already; it then holds a place of
@@ -509,12 +532,13 @@ impl Task {
         // the caller holds the task, so this frees at most the small
         // `Scheduled`, and runs no user code.)
         drop(st.scheduled.take());
-        st.snapshot.take()
+        Some(std::mem::take(&mut st.snapshot))
     }
 
     /// True when the task was abandoned and its slot already given back.
     pub(crate) fn slot_given_back(&self) -> bool {
-        self.lock().slot_given_back
+        // Set and read under the pool's lock (see `Task::cancel`).
+        self.slot_given_back.load(Ordering::Relaxed)
     }
 
     /// Runs the callable on this thread with `snapshot` installed, restores
@@ -550,7 +574,7 @@ impl Task {
             let to_callback = match self.spec.on_done {
                 Some(_) => result,
                 None => {
-                    st.result = (result != 0).then_some(result);
+                    st.result = result;
                     0
                 }
             };
@@ -642,14 +666,14 @@ impl Task {
             self.published.notify_all();
         }
         let moved = if to_queue {
-            st.result.take().unwrap_or(0)
+            std::mem::take(&mut st.result)
         } else {
             0
         };
         let release_self = self.spec.detached && !st.released;
         st.released |= self.spec.detached;
         let orphan = if st.released {
-            st.result.take().unwrap_or(0)
+            std::mem::take(&mut st.result)
         } else {
             0
         };
@@ -674,7 +698,7 @@ impl Task {
                 status: outcome.status,
                 code: outcome.code,
                 result: if want_result && matches!(outcome.status, ASYNCIFY_OK | ASYNCIFY_FAILED) {
-                    st.result.take().unwrap_or(0) as *mut c_void
+                    std::mem::take(&mut st.result) as *mut c_void
                 } else {
                     ptr::null_mut()
                 },
@@ -726,8 +750,7 @@ impl Task {
 impl Ref<Task> {
     /// Installs the task's table and makes it the thread's current task.
     pub(crate) fn begin_run(&self, snapshot: Table) -> Running {
-        let frame = Installed::new(Frame::for_task(&snapshot));
-        drop(snapshot);
+        let frame = Installed::task(snapshot);
         Running {
             _current: Current::new(self),
             _frame: frame,
@@ -786,11 +809,11 @@ impl Ref<Task> {
         // A task run inline has no slot to give: its waiter's stays taken.
         if let (true, Some(slots)) = (st.own_slot, give_back.as_mut()) {
             slots.give_back();
-            st.slot_given_back = true;
+            self.slot_given_back.store(true, Ordering::Relaxed);
         }
         // A running callable keeps its limiter's place until it returns.
         let place = was == Phase::Queued && std::mem::take(&mut st.holds_place);
-        let snapshot = st.snapshot.take();
+        let snapshot = std::mem::take(&mut st.snapshot);
         let scheduled = st.scheduled.take();
         drop(st);
         drop(give_back);
@@ -815,7 +838,7 @@ impl Ref<Task> {
         st.outcome = Some(EXPIRED);
         let was = st.phase;
         let place = std::mem::take(&mut st.holds_place);
-        let snapshot = st.snapshot.take();
+        let snapshot = std::mem::take(&mut st.snapshot);
         let scheduled = st.scheduled.take();
         drop(st);
         drop(snapshot);
@@ -909,9 +932,13 @@ pub fn release(handle: u64) -> Result<(), Error> {
     let task = tasks().remove(handle).map_err(from_handle_error)?;
     let mut st = task.lock();
     st.released = true;
-    let orphan = if st.published { st.result.take() } else { None };
+    let orphan = if st.published {
+        std::mem::take(&mut st.result)
+    } else {
+        0
+    };
     drop(st);
-    free_with(task.spec.free_result, orphan.unwrap_or(0));
+    free_with(task.spec.free_result, orphan);
     Ok(())
 }
 
@@ -999,7 +1026,8 @@ pub fn cancel_requested() -> bool {
 impl Scheduled {
     /// Has the timer expire the task at its deadline, unless it started.
     pub(crate) fn arm_deadline(self: &Arc<Self>) {
-        if let Some(at) = self.0.deadline {
+        if self.0.deadline != 0 {
+            let at = from_base(self.0.deadline);
             let me: Arc<dyn Due> = self.clone();
             timer().schedule(at, Arc::downgrade(&me));
         }
