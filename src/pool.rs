@@ -157,11 +157,16 @@ enum Next {
     Nothing,
 }
 
-/// What `provide_workers` decided: parked workers to wake, new ones to start.
+/// What `provide_workers` decided: parked workers to wake, new ones to start
+/// (at most one of either).
 #[must_use]
 struct Provide {
     wake: u32,
     spawn: u32,
+}
+
+impl Provide {
+    const NONE: Provide = Provide { wake: 0, spawn: 0 };
 }
 
 /// Counters, exact when the pool is quiet.
@@ -289,41 +294,50 @@ impl PoolShared {
         Next::Nothing
     }
 
-    /// Decides how many parked workers to wake and how many new ones to
-    /// start, so that every task that may start now has a thread coming for
-    /// it. The caller wakes them with [`PoolShared::wake_and_spawn`] once it
-    /// has let go of the lock: a woken worker then finds it free instead of
-    /// blocking on it at once.
+    /// Decides whether to wake a parked worker or start a new one, so that a
+    /// thread is coming for the tasks that may start now. One at a time: while
+    /// a worker is coming (woken, starting or spinning) nobody else is woken,
+    /// and each worker that takes a task calls this again, so a burst fills the
+    /// free slots one wake-up after another and a flood of short tasks wakes no
+    /// worker that would find the queue empty. The caller wakes them with
+    /// [`PoolShared::wake_and_spawn`] once it has let go of the lock: a woken
+    /// worker then finds it free instead of blocking on it at once.
+    #[inline]
     fn provide_workers(&self, st: &mut State) -> Provide {
         if st.spinning > 0 {
-            // Only spinners read this (they read it under the lock first), so
-            // with none there is no cache line to bounce.
+            // A spinner is coming: it only needs to notice. Only spinners read
+            // this (they read it under the lock first), so with none there is
+            // no cache line to bounce.
             self.wakeups.fetch_add(1, Ordering::Release);
+            return Provide::NONE;
         }
-        let startable = (st.limit.saturating_sub(st.busy) as usize).min(st.queued);
-        let coming = (st.signalled + st.starting + st.spinning) as usize;
-        let mut missing = startable.saturating_sub(coming);
-        let parked = (st.sleeping - st.signalled) as usize;
-        let wake = missing.min(parked);
-        // Counted now, sent after the lock: a worker that wakes meanwhile for
-        // another reason takes the count and looks for work all the same.
-        st.signalled += wake as u32;
-        missing -= wake;
-        let within_limit = st.threads - st.abandoned_off_limit;
-        let spawn = (missing as u32).min(st.limit.saturating_sub(within_limit));
-        st.threads += spawn;
-        st.starting += spawn;
-        Provide {
-            wake: wake as u32,
-            spawn,
+        if st.signalled + st.starting > 0 || st.busy >= st.limit || st.queued == 0 {
+            return Provide::NONE;
         }
+        if st.sleeping > st.signalled {
+            // Counted now, sent after the lock: a worker that wakes meanwhile
+            // for another reason takes the count and looks for work all the
+            // same.
+            st.signalled += 1;
+            return Provide { wake: 1, spawn: 0 };
+        }
+        if st.threads - st.abandoned_off_limit >= st.limit {
+            return Provide::NONE;
+        }
+        st.threads += 1;
+        st.starting += 1;
+        Provide { wake: 0, spawn: 1 }
     }
 
     /// Sends the wake-ups and starts the workers `provide_workers` decided,
     /// with no lock held; returns how many workers could not be started.
+    #[inline]
     fn wake_and_spawn(self: &Arc<Self>, provide: Provide) -> u32 {
-        for _ in 0..provide.wake {
+        if provide.wake > 0 {
             self.work_ready.notify_one();
+        }
+        if provide.spawn == 0 {
+            return 0;
         }
         self.spawn_workers(provide.spawn)
     }
@@ -799,7 +813,14 @@ impl Worker {
         loop {
             match PoolShared::take_next(&mut st) {
                 Next::Start(task, snapshot) => {
-                    drop(st);
+                    if st.queued > 0 {
+                        // The next worker, if more may start (see provide_workers).
+                        let provide = shared.provide_workers(&mut st);
+                        drop(st);
+                        shared.wake_and_spawn(provide);
+                    } else {
+                        drop(st);
+                    }
                     let started = shared.record_start(&task);
                     let run = task.begin_run(snapshot);
                     if let Some(hook) = shared.options.on_task_start {
