@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     #: ``read(buf, cap, byref(out_len)) -> status``: one C getter with its key bound.
     Reader = Callable[[Optional["ctypes.Array[ctypes.c_char]"], int, _CArgObject], int]
 
-__all__ = ["key_bytes", "seconds", "milliseconds", "deadline_ms", "copy_out", "FOREVER_MS"]
+__all__ = ["key_bytes", "name_bytes", "seconds", "milliseconds", "deadline_ms", "copy_out", "FOREVER_MS"]
 
 #: asyncify's "no limit" in milliseconds.
 FOREVER_MS = -1
@@ -48,6 +48,16 @@ def key_bytes(key: str) -> bytes:
     if b"\0" in kb:
         raise InvalidArgumentError(_ffi.E_INVALID_ARGUMENT, f"casyncify: the key {key!r} contains a NUL character")
     return kb
+
+
+def name_bytes(name: str, value: str) -> bytes:
+    """A name the library copies (a thread prefix, a limiter's): ``str``, no NUL (C would
+    cut it there), as UTF-8."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+    if "\0" in value:
+        raise ValueError(f"{name} must not contain a NUL character")
+    return value.encode()
 
 
 def seconds(name: str, timeout: float | None) -> float | None:

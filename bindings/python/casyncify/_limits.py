@@ -19,7 +19,7 @@ from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from . import _ffi, lowlevel
-from ._convert import deadline_ms
+from ._convert import deadline_ms, name_bytes
 from ._errors import ForkedError, ShutDownError
 from ._ffi import fast, plib
 from ._lifecycle import life
@@ -126,15 +126,11 @@ class Limiter:
 
     def __init__(self, max_running: int | None = None, *, rate: float | None = None, burst: int = 1, name: str = ""):
         cap, per_s, size = _cap(max_running), _rate(rate), _burst(burst)
-        if not isinstance(name, str):
-            raise TypeError(f"name must be a str, not {type(name).__name__}")
-        if "\0" in name:
-            raise ValueError("name must not contain a NUL character")  # C would cut it there
         opts = lowlevel.limiter_options_init()
+        opts.name = name_bytes("name", name)
         opts.max_running = cap
         opts.rate_per_s = per_s
         opts.burst = size
-        opts.name = name.encode("utf-8", "surrogateescape")
         self._name = name
         self._max_running, self._rate, self._burst = cap, per_s, size
         self._lock = threading.Lock()  # guards _ptr: close() cannot free it under a submit

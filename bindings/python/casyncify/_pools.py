@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, overload
 
 from . import _anyio_compat, _ffi, lowlevel
 from ._calls import DONE, SUBMIT_DEFAULTS, TASK_START, WORK, WORK_TIMED, Call, TaskFuture, ids, registry
-from ._convert import seconds
+from ._convert import name_bytes, seconds
 from ._errors import ForkedError, ShutDownError, WouldDeadlockError, error_for
 from ._ffi import fast, lib, plib
 from ._lifecycle import SLICE, after_fork_in_child, life, open_pools, worker, worker_started, worker_stopped
@@ -187,11 +187,7 @@ class Pool:
             opts.on_task_start = TASK_START
             self._work = WORK_TIMED
         self._records = bool(record_latency)
-        if not isinstance(thread_name, str):
-            raise TypeError(f"thread_name must be a str, not {type(thread_name).__name__}")
-        if "\0" in thread_name:
-            raise ValueError("thread_name must not contain a NUL character")  # C would cut it there
-        name = thread_name.encode()
+        name = name_bytes("thread_name", thread_name)
         opts.thread_name = name
         # Workers get what threading gives a new thread: threading.stack_size()
         # when the program set it, else the platform's default (0).
