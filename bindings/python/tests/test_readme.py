@@ -60,8 +60,8 @@ def test_readme_python_example_runs(readme, line, code):
     if "opentelemetry" in code:
         require("opentelemetry.trace")
     env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    if os.environ.get("CASYNCIFY_TEST_INSTALLED"):
-        env["PYTHONPATH"] = ""
+    if os.environ.get("CASYNCIFY_TEST_INSTALLED"):  # the installed package, not this checkout's
+        env["PYTHONPATH"] = os.environ.get("PYTHONPATH", "")
     out = run_script(code, timeout=120, env=env)
     assert out.returncode == 0, f"{readme}, line {line}:\n{out.stdout}\n{out.stderr}"
     for marker, expected in EXPECTED.items():
