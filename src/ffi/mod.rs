@@ -188,7 +188,9 @@ pub(crate) fn bytes_arg<'a>(ptr: *const u8, len: usize, what: &str) -> Result<&'
 /// all-zero value (NULL, 0, no function).
 ///
 /// # Safety
-/// An all-zero `Self` is valid, and `LAYOUT_ENDS` are true offsets of `Self`.
+/// An all-zero `Self` is valid, so is any value a C caller can store in its
+/// fields (integers, floats, raw pointers, nullable function pointers), and
+/// `LAYOUT_ENDS` are true offsets of `Self`.
 pub(crate) unsafe trait Versioned: Copy {
     /// The struct's name in messages.
     const NAME: &'static str;
@@ -211,6 +213,19 @@ pub(crate) fn versioned_arg<T: Versioned>(ptr: *const T) -> Result<Option<T>, Fa
     // SAFETY: the caller promises a valid struct whose first field is its
     // size, with `struct_size` readable bytes.
     let size = unsafe { (bytes as *const u32).read_unaligned() } as usize;
+    let end = *T::LAYOUT_ENDS.last().expect("a published layout");
+    if size == std::mem::size_of::<T>() {
+        // The layout of this library's own header, the common case: one
+        // copy of known size, once the bytes after the last field (where a
+        // later header could have put a field) are checked to be zero.
+        // SAFETY: `size` readable bytes at `ptr`, as promised.
+        let padding = unsafe { std::slice::from_raw_parts(bytes.add(end), size - end) };
+        if padding.iter().all(|&b| b == 0) {
+            // SAFETY: as above; every field type of a `Versioned` struct is
+            // valid for any bit pattern it can hold (the trait's promise).
+            return Ok(Some(unsafe { ptr.read_unaligned() }));
+        }
+    }
     let Some(&covered) = T::LAYOUT_ENDS.iter().rev().find(|&&end| end <= size) else {
         return Err(fail(
             ASYNCIFY_E_INVALID_ARGUMENT,
