@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use once_cell::sync::OnceCell;
 
 use crate::latency::{Histogram, Summary};
-use crate::timer::{timer, Due};
+use crate::timer::{timer, Due, Kept};
 
 /// A task waiting for its limiter, as the limiter sees it.
 pub(crate) trait Waiter: Send + Sync {
@@ -86,13 +86,16 @@ struct State {
     tokens: f64,
     refilled: Instant,
     /// A timer entry is set for this instant (the next token).
-    refill_at: Option<Instant>,
+    refill_at: Option<Kept>,
     running: u32,
     /// In admission order; entries that left already are skipped. Held
     /// weakly: a waiting task is kept alive by its pool, and a task holds its
     /// limiter, so a strong reference here would be a cycle.
     queue: VecDeque<Weak<dyn Waiter>>,
-    waiting: u64,
+    /// Signed: a task can leave (a shutdown cancels it) in the moment
+    /// between its pool counting it and its submit queueing it here; the
+    /// count is then -1 until the queueing, and the stats show 0.
+    waiting: i64,
     admitted: u64,
     expired: u64,
     cancelled_waiting: u64,
@@ -182,7 +185,7 @@ impl Limiter {
         let st = self.lock();
         LimiterStats {
             max_running: st.max_running,
-            waiting: st.waiting,
+            waiting: st.waiting.max(0) as u64,
             running: u64::from(st.running),
             admitted: st.admitted,
             expired: st.expired,
@@ -273,7 +276,7 @@ impl Limiter {
         }
         // Tasks that left stay queued until admission reaches them; when they
         // outnumber the ones that wait, drop them now.
-        if st.queue.len() as u64 > 2 * st.waiting + 16 {
+        if st.queue.len() as i64 > 2 * st.waiting + 16 {
             st.queue
                 .retain(|w| w.upgrade().is_some_and(|w| w.waiting()));
         }
@@ -283,7 +286,7 @@ impl Limiter {
     /// lets their pools start them with no lock held. Sets a timer for the
     /// next token when only the rate holds the next one back.
     fn admit_waiting(&self, mut st: MutexGuard<'_, State>) {
-        if st.waiting == 0 {
+        if st.waiting <= 0 {
             return; // what is queued (if anything) has left already
         }
         let mut admitted = Vec::new();
@@ -311,16 +314,17 @@ impl Limiter {
             admitted.push(waiter);
         }
         let wants_token = st.waiting > 0 && st.running < st.max_running && st.rate > 0.0;
-        let refill_at = wants_token
-            .then(|| now + Duration::from_secs_f64(((1.0 - st.tokens) / st.rate).max(0.0)));
-        let schedule = refill_at.filter(|&at| st.refill_at.is_none_or(|set| at < set));
-        if schedule.is_some() {
-            st.refill_at = schedule;
+        // One timer entry for the next token at a time, unless the timer has
+        // dropped it since (all its pools shut down, a fork).
+        if wants_token && !st.refill_at.is_some_and(|kept| timer().still_kept(kept)) {
+            // A rate too small for the next token to come within an
+            // `Instant` never admits by its rate again: nothing to schedule.
+            let wait = Duration::try_from_secs_f64(((1.0 - st.tokens) / st.rate).max(0.0));
+            if let Some(at) = wait.ok().and_then(|w| now.checked_add(w)) {
+                st.refill_at = timer().schedule(at, self.me.clone() as Weak<dyn Due>);
+            }
         }
         drop(st);
-        if let Some(at) = schedule {
-            timer().schedule(at, self.me.clone() as Weak<dyn Due>);
-        }
         for waiter in admitted {
             waiter.admitted();
         }
@@ -477,15 +481,37 @@ mod tests {
         // What the timer does when the next token is due.
         lim.clone().fire();
         assert_eq!(order.lock().unwrap().len(), 3);
-        assert!(
-            lim.lock().refill_at.is_some(),
-            "the next token is scheduled"
-        );
         let undone = limiter(u32::MAX, 1.0, 1);
         assert!(undone.try_acquire());
         assert!(!undone.try_acquire(), "no token left");
         undone.undo_acquire();
         assert!(undone.try_acquire(), "a refused submit gave its token back");
+    }
+
+    /// A shutdown can cancel a task between its pool counting it and its
+    /// submit queueing it at the limiter: the limiter hears of the leaving
+    /// first (this once took its count below zero: a panic in debug builds).
+    #[test]
+    fn a_task_may_leave_before_it_is_queued() {
+        let lim = limiter(0, 0.0, 0);
+        lim.left_waiting(false);
+        assert_eq!(lim.stats().waiting, 0);
+        let (waiters, concrete, order) = fakes(1);
+        concrete[0].gone.store(true, Ordering::Relaxed);
+        lim.enqueue(&waiters[0]);
+        lim.set(5, 0.0, 0).unwrap();
+        let s = lim.stats();
+        assert_eq!((s.waiting, s.cancelled_waiting, s.admitted), (0, 1, 0));
+        assert!(order.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_rate_too_small_for_any_instant_schedules_nothing() {
+        let lim = limiter(u32::MAX, 1e-300, 1);
+        let (waiters, _, order) = fakes(2);
+        waiters.iter().for_each(|w| lim.enqueue(w));
+        assert_eq!(order.lock().unwrap().len(), 1, "the full bucket's token");
+        assert!(lim.lock().refill_at.is_none());
     }
 
     #[test]

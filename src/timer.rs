@@ -64,10 +64,21 @@ struct State {
     /// Which thread should run: a stopped one (whose number is lower) leaves
     /// even when a new one started before it noticed.
     generation: u64,
+    /// Bumped whenever every entry is dropped at once (the thread stopped,
+    /// or could not start): a [`Kept`] from before no longer fires.
+    clears: u64,
     /// Entries are dropped from the heap (those whose target is gone) when it
     /// reaches this size: a task that finished long before its deadline must
     /// not keep its memory (a weak reference does) until then.
     compact_at: usize,
+}
+
+/// Says that an entry was kept, until the timer drops every entry at once
+/// (see [`Timer::still_kept`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Kept {
+    timer: usize,
+    clears: u64,
 }
 
 /// The process's timer (see the module docs).
@@ -118,6 +129,7 @@ impl Timer {
             }
             st.running = false;
             st.generation += 1;
+            st.clears += 1;
             st.entries.clear();
             self.changed.notify_all();
             st.thread.take()
@@ -131,12 +143,13 @@ impl Timer {
         }
     }
 
-    /// Fires `target` at `at` (at once when `at` has passed). Without a user
-    /// (no pool that could have such an entry), nothing is scheduled.
-    pub(crate) fn schedule(&'static self, at: Instant, target: Weak<dyn Due>) {
+    /// Fires `target` at `at` (at once when `at` has passed), and says so;
+    /// `None` when nothing was scheduled: without a user (no pool that could
+    /// have such an entry), or without a thread to fire it.
+    pub(crate) fn schedule(&'static self, at: Instant, target: Weak<dyn Due>) -> Option<Kept> {
         let mut st = self.lock();
         if st.users == 0 {
-            return;
+            return None;
         }
         if st.entries.len() >= st.compact_at {
             st.entries.retain(|Reverse(e)| e.target.strong_count() > 0);
@@ -162,11 +175,24 @@ impl Timer {
                     // deadline instead of starting it); try again next time.
                     st.running = false;
                     st.entries.clear();
+                    st.clears += 1;
+                    return None;
                 }
             }
         } else if earliest {
             self.changed.notify_one();
         }
+        Some(Kept {
+            timer: self as *const Timer as usize,
+            clears: st.clears,
+        })
+    }
+
+    /// True while the entry `kept` names is still to fire or firing: this
+    /// timer has not dropped its entries since (a forked child's timer is
+    /// another one).
+    pub(crate) fn still_kept(&self, kept: Kept) -> bool {
+        kept.timer == self as *const Timer as usize && self.lock().clears == kept.clears
     }
 
     /// Waits until an entry is due and takes every due one; None when the
