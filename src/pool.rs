@@ -157,6 +157,17 @@ enum Next {
     Nothing,
 }
 
+/// What a worker's look at the queue led to (see `Worker::serve`).
+enum Served {
+    /// A task it started: its work function is the next call.
+    Task(TaskRef),
+    /// Calls were deferred (an expired task's callbacks): make them, then
+    /// look again.
+    Again,
+    /// The worker leaves.
+    Leave,
+}
+
 /// What `provide_workers` decided: parked workers to wake, new ones to start
 /// (at most one of either).
 #[must_use]
@@ -725,9 +736,14 @@ impl ThreadBody for Worker {
                     }
                 }
                 Step::Serve => {
-                    if let Some(task) = self.serve() {
-                        let (work, arg) = task.work();
-                        return ForeignCall::Work(work, arg);
+                    match self.serve() {
+                        Served::Task(task) => {
+                            let (work, arg) = task.work();
+                            return ForeignCall::Work(work, arg);
+                        }
+                        // The calls an expiry deferred are made first.
+                        Served::Again => return ForeignCall::Again,
+                        Served::Leave => {}
                     }
                     // Leaving. What code on this thread set outside any task
                     // goes first, while the stop hook has not run yet.
@@ -794,9 +810,9 @@ impl Worker {
         true
     }
 
-    /// Waits for a task and starts it (installing its table); None when the
-    /// worker should leave.
-    fn serve(&mut self) -> Option<TaskRef> {
+    /// Waits for a task and starts it (installing its table), or says why
+    /// not (see [`Served`]).
+    fn serve(&mut self) -> Served {
         let Worker {
             shared,
             running,
@@ -828,13 +844,17 @@ impl Worker {
                         shared.call_task_hook(hook, &task, ASYNCIFY_PENDING, started.as_ref(), 0);
                     }
                     *running = Some((task.clone(), run, started));
-                    return Some(task);
+                    return Served::Task(task);
                 }
                 Next::Overdue(task) => {
-                    // Expired here, with no lock held; its callbacks are made
-                    // before anything this worker runs next.
+                    // Expired here, with no lock held. Its callbacks (free_arg,
+                    // on_done) are made by the start routine before this
+                    // worker looks again, not after it parks.
                     drop(st);
                     task.expire();
+                    if sys::calls_deferred() {
+                        return Served::Again;
+                    }
                     st = shared.lock();
                     continue;
                 }
@@ -845,7 +865,7 @@ impl Worker {
                 // now on starts a new worker instead of counting on this one.
                 st.threads -= 1;
                 st.leaving += 1;
-                return None;
+                return Served::Leave;
             }
             if *may_spin && st.spinning < spin::max_spinners() && spin::enabled() {
                 // Watch for a submission briefly before parking; the submitter

@@ -643,3 +643,72 @@ fn a_limited_task_may_expire_before_its_submit_returns() {
     }
     assert_eq!(pool.stats().expired, submitted);
 }
+
+extern "C" fn sleeps_100ms(_: *mut c_void, _: *mut *mut c_void) -> i32 {
+    std::thread::sleep(Duration::from_millis(100));
+    0
+}
+
+/// An `on_done` that holds its thread (the timer's) for 600 ms.
+extern "C" fn done_slowly(_: *mut c_void, _: u64, _: i32, _: *mut c_void, _: i32) {
+    std::thread::sleep(Duration::from_millis(600));
+}
+
+/// Records when it ran (ms since `T0`) in the AtomicI64 at `data`.
+extern "C" fn done_at(data: *mut c_void, _: u64, status: i32, _: *mut c_void, _: i32) {
+    assert_eq!(status, ASYNCIFY_EXPIRED);
+    // SAFETY: data is the test's AtomicI64, alive until the test ends.
+    let at = unsafe { &*(data as *const AtomicI64) };
+    at.store(T0.elapsed().as_millis() as i64, SeqCst);
+}
+
+static T0: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
+/// A worker that finds an overdue task expires it and makes its callbacks
+/// before it parks (they once waited for the worker's next wake-up, up to its
+/// 10 s keep-alive). The timer is kept busy in another expiry's slow
+/// `on_done`, so that the worker is the one to notice.
+#[test]
+fn a_task_a_worker_expires_is_reported_before_the_worker_parks() {
+    let t0 = *T0;
+    let busy_timer = Pool::new(0);
+    let h = busy_timer
+        .submit(
+            TaskSpec::new(returns_at_once, std::ptr::null_mut())
+                .start_within_ms(1)
+                .on_done(Some(done_slowly), std::ptr::null_mut()),
+            Table::new(),
+        )
+        .unwrap();
+    let pool = Pool::new(1);
+    let a = pool
+        .submit(
+            TaskSpec::new(sleeps_100ms, std::ptr::null_mut()),
+            Table::new(),
+        )
+        .unwrap();
+    let reported = AtomicI64::new(-1);
+    let b = pool
+        .submit(
+            TaskSpec::new(returns_at_once, std::ptr::null_mut())
+                .start_within_ms(50)
+                .on_done(Some(done_at), &reported as *const AtomicI64 as *mut c_void),
+            Table::new(),
+        )
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while reported.load(SeqCst) < 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let at = reported.load(SeqCst);
+    assert!(at >= 50, "expired at {at} ms, before its deadline");
+    assert!(
+        at < 450,
+        "its on_done ran {at} ms after the submit, not at once"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    for h in [h, a, b] {
+        task::wait(h, Some(Duration::from_secs(5)), false).unwrap();
+        task::release(h).unwrap();
+    }
+}
