@@ -405,6 +405,19 @@ impl PoolShared {
         }
     }
 
+    /// A pool let go of before it was quiet (its shutdown timed out) is no
+    /// user of the timer once it is: the last of its workers to leave, or of
+    /// its expiries to be reported, says so, so the timer can stop.
+    fn give_back_timer_if_orphaned(&self) {
+        let done = {
+            let st = self.lock();
+            st.orphaned && self.is_quiet(&st)
+        };
+        if done && self.uses_timer.swap(false, Ordering::Relaxed) {
+            timer().remove_user();
+        }
+    }
+
     fn release_slot(&self, st: &mut State) {
         st.busy -= 1;
         self.notify_if_quiet(st);
@@ -566,6 +579,8 @@ impl Scheduler for PoolShared {
         let mut st = self.lock();
         st.expiring -= 1;
         self.notify_if_quiet(&st);
+        drop(st);
+        self.give_back_timer_if_orphaned();
     }
 
     fn admit(&self, task: TaskRef) -> bool {
@@ -906,6 +921,8 @@ impl Worker {
         }
         st.leaving -= 1;
         self.shared.notify_if_quiet(&st);
+        drop(st);
+        self.shared.give_back_timer_if_orphaned();
     }
 }
 
@@ -990,9 +1007,6 @@ impl Pool {
     /// its limiter, kept aside.
     fn submit_scheduled(&self, task: TaskRef, handle: u64) -> Result<u64, Error> {
         let shared = &self.shared;
-        if !shared.uses_timer.swap(true, Ordering::Relaxed) {
-            timer().add_user();
-        }
         let scheduled = task.schedule();
         let limiter = task.limiter().cloned();
         let admitted_now = limiter.as_ref().is_some_and(|l| l.try_acquire());
@@ -1013,6 +1027,11 @@ impl Pool {
         if let Err(e) = shared.accepts(&st) {
             drop(st);
             return refuse(e, true);
+        }
+        // A user of the timer from the first accepted task on; under the
+        // lock, so that the shutdown that gives it back comes after.
+        if !shared.uses_timer.swap(true, Ordering::Relaxed) {
+            timer().add_user();
         }
         shared.counters.submitted.fetch_add(1, Ordering::Relaxed);
         if let (Some(limiter), false) = (&limiter, admitted_now) {
@@ -1162,6 +1181,8 @@ impl Drop for Pool {
             std::mem::take(&mut st.exited)
         };
         exited.into_iter().for_each(Thread::join);
+        // Quiet since the shutdown above looked (or it was refused here).
+        self.shared.give_back_timer_if_orphaned();
     }
 }
 

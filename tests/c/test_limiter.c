@@ -513,6 +513,40 @@ static void test_default_pool_shutdown(void)
     TEST_PASS("default_pool_shutdown");
 }
 
+/* --- the timer thread is joined once the pools that used it are gone, also when a submit with a deadline was
+ * refused (it once counted as a user for good) and when a pool was freed before it was quiet (the last of its
+ * workers gives the timer back); valgrind_unsuppressed_test_limiter sees a thread left running --- */
+
+static int32_t start_then_sleep_100ms(void *arg, void **out)
+{
+    (void)out;
+    atomic_store((atomic_int *)arg, 1);
+    sleep_ms(100);
+    return 0;
+}
+
+static void test_timer_given_back(void)
+{
+    asyncify_submit_options opts = options_for(NULL); /* the default pool, shut down by now */
+    opts.start_within_ms = 1000;
+    asyncify_handle h = 0;
+    CHECK_EQ_STATUS(asyncify_submit(noop_task, NULL, &opts, &h), ASYNCIFY_E_SHUT_DOWN);
+    struct asyncify_pool *pool = new_pool(1);
+    opts.pool = pool;
+    wait_ok_release(submit_opts(noop_task, NULL, &opts));
+    CHECK_OK(asyncify_pool_free(pool, -1));
+
+    struct asyncify_pool *busy = new_pool(1);
+    opts.pool = busy;
+    atomic_int started = 0;
+    asyncify_handle running = submit_opts(start_then_sleep_100ms, &started, &opts);
+    WAIT_FOR(atomic_load(&started) == 1, TEST_PATIENCE_MS);
+    CHECK_EQ_STATUS(asyncify_pool_free(busy, 0), ASYNCIFY_TIMEOUT);
+    wait_ok_release(running);
+    sleep_ms(300); /* its worker leaves and gives the timer back */
+    TEST_PASS("timer_given_back");
+}
+
 int main(void)
 {
     test_bad_input();
@@ -524,7 +558,8 @@ int main(void)
     test_deadline_with_limiter();
     test_inline_runs();
     test_limiter_latency();
-    test_default_pool_shutdown(); /* last: the default pool stays shut down */
+    test_default_pool_shutdown(); /* the default pool stays shut down */
+    test_timer_given_back();
     TEST_PASS("test_limiter");
     return 0;
 }
