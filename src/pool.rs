@@ -430,8 +430,6 @@ impl PoolShared {
         }
     }
 
-    /// Where the pool records latency: the task's queue wait, and the time
-    /// its run starts.
     /// Where the pool records latency or has task hooks: the task's start
     /// time and queue wait (recorded).
     fn record_start(&self, task: &Task) -> Option<Started> {

@@ -541,11 +541,9 @@ impl Task {
         self.slot_given_back.load(Ordering::Relaxed)
     }
 
-    /// Runs the callable on this thread with `snapshot` installed, restores
-    /// the thread, then decides and reports the outcome.
     /// The task's work function and argument, for the caller to call between
-    /// [`Task::begin_run`] and [`Task::end_run`] (or [`Task::decide`] and
-    /// [`Task::complete`]).
+    /// `Ref::begin_run` and [`Task::decide`] (then `Ref::complete`, or a
+    /// worker's own steps from [`Task::end`]).
     pub(crate) fn work(&self) -> (WorkFn, *mut c_void) {
         (self.spec.work, self.spec.arg as *mut c_void)
     }

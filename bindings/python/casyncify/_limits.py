@@ -11,6 +11,7 @@ of a key read in the caller's context (an override, ``dspy.settings.lm``...).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import numbers
@@ -290,8 +291,11 @@ class KeyedLimiter:
         # No lock: making one runs user code (make). A racing thread's limiter loses
         # the setdefault and is closed at once (nothing was submitted with it).
         fresh = self._new(value)
-        if lim is not None:  # closed, or the parent's (after fork): replace it
-            self._by_value.pop(value, None)
+        if lim is not None:  # closed, or the parent's (after fork): replace it,
+            # unless a racing thread did already (then keep the one it stored)
+            with contextlib.suppress(KeyError):
+                if self._by_value[value] is lim:
+                    del self._by_value[value]
         lim = self._by_value.setdefault(value, fresh)
         if lim is not fresh:
             fresh.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import gc
 import math
@@ -568,3 +569,26 @@ def test_a_keyed_limiter_under_trio(make_pool):
     trio.run(main)
     assert counts["a"].most == counts["b"].most == 1
     assert len(counts["a"].ran) == len(counts["b"].ran) == 3
+
+
+def test_keyed_limiter_replaces_a_closed_limiter_once_under_a_race() -> None:
+    # Two threads find the same closed limiter and both make a new one: both
+    # must end up with the one that was stored (a second replacement once
+    # removed the first thread's fresh limiter, so the cap was not shared).
+    made = threading.Barrier(2)
+
+    def make(value: object) -> casyncify.Limiter:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            made.wait(timeout=2)  # both threads are past the lookup here
+        return casyncify.Limiter(1)
+
+    keyed = casyncify.KeyedLimiter("model", make)
+    made.abort()
+    first = keyed["gpt"]
+    made.reset()
+    first.close()
+    with concurrent.futures.ThreadPoolExecutor(2) as ex:
+        got = list(ex.map(lambda _: keyed["gpt"], range(2)))
+    assert got[0] is got[1]
+    assert not got[0].closed
+    assert keyed["gpt"] is got[0]
