@@ -9,8 +9,9 @@
 //! `wait_any`'s) are taken before the fork and released after it on both
 //! sides, as `pthread_atfork` intends. The calling thread keeps its table.
 //!
-//! Pools and completion queues made by the parent must not be used in the
-//! child (their workers do not exist there).
+//! Pools, limiters and completion queues made by the parent must not be used
+//! in the child (their workers and the timer thread do not exist there, and
+//! their locks may have been held by one of them at the fork).
 
 use std::any::Any;
 use std::cell::RefCell;
