@@ -13,7 +13,10 @@
 //! Because the generation is never 0, no handle is 0. Releasing a handle bumps
 //! its slot's generation, so the released handle is refused at once, also
 //! while the task still runs and after the slot is reused; a slot would have
-//! to be reused 2^32 times before an old handle could name it again.
+//! to be reused 2^32 times before an old handle could name it again. Each
+//! slot's first generation is spread by its index, so a handle forged by
+//! changing the index of a live one (hot slots are reused about equally
+//! often) does not name another live task.
 //!
 //! # The slot word
 //!
@@ -201,6 +204,14 @@ fn references(word: u64) -> u32 {
     word as u32
 }
 
+/// A slot's first generation: spread over the 32 bits by its index (never
+/// 0), so that slots reused about as often never share a generation, and a
+/// handle forged from a live one by changing its index (or a stray word)
+/// names no live task but by a 1-in-2^32 chance.
+fn first_generation(index: u32) -> u32 {
+    index.wrapping_mul(0x9E37_79B9) | 1
+}
+
 fn next_generation(g: u32) -> u32 {
     if g == u32::MAX {
         1
@@ -257,7 +268,7 @@ impl<T: Slotted> Slab<T> {
         let first = segment_len(segment) - (1 << FIRST_SEGMENT_BITS);
         let fresh: Box<[Slot<T>]> = (first..first + segment_len(segment))
             .map(|index| Slot {
-                word: AtomicU64::new(1 << 32),
+                word: AtomicU64::new(u64::from(first_generation(index as u32)) << 32),
                 next_free: AtomicU32::new(0),
                 index: index as u32,
                 value: Cell::new(T::default()),
@@ -537,6 +548,18 @@ mod tests {
             "a slot never handed out"
         );
         assert_eq!(s.live(), 1);
+    }
+
+    #[test]
+    fn changing_a_live_handles_index_names_no_other_live_slot() {
+        value_type!(V);
+        let s = V::slab();
+        let handles: Vec<u64> = (0..64).map(V::put).collect();
+        for &h in &handles {
+            for bit in 0..6 {
+                assert_eq!(s.get(h ^ (1 << bit)).err(), Some(HandleError::Invalid));
+            }
+        }
     }
 
     #[test]
