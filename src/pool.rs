@@ -1005,15 +1005,21 @@ impl Pool {
     /// its limiter, kept aside.
     fn submit_scheduled(&self, task: TaskRef, handle: u64) -> Result<u64, Error> {
         let shared = &self.shared;
-        let scheduled = task.schedule();
         let limiter = task.limiter().cloned();
         let admitted_now = limiter.as_ref().is_some_and(|l| l.try_acquire());
         if admitted_now {
             task.try_admit();
         }
+        // What the timer or the limiter will refer to, when either will: a
+        // task its limiter admitted at once and without a deadline needs
+        // none (no allocation).
+        let waits = limiter.is_some() && !admitted_now;
+        let scheduled = (waits || task.has_deadline()).then(|| task.schedule());
         let refuse = |e: Error, release_handle: bool| {
             if release_handle {
-                task.unschedule();
+                if scheduled.is_some() {
+                    task.unschedule();
+                }
                 let _ = tasks().remove(handle);
             }
             if let (true, Some(limiter)) = (admitted_now, &limiter) {
@@ -1032,7 +1038,7 @@ impl Pool {
             timer().add_user();
         }
         shared.counters.submitted.fetch_add(1, Ordering::Relaxed);
-        if let (Some(limiter), false) = (&limiter, admitted_now) {
+        if let (Some(limiter), Some(scheduled)) = (&limiter, scheduled.as_ref().filter(|_| waits)) {
             st.limited.insert(Ref::addr(&task), task.clone());
             st.waiting += 1;
             drop(st);
@@ -1046,7 +1052,9 @@ impl Pool {
         st.queued += 1;
         let provide = shared.provide_workers(&mut st);
         drop(st);
-        scheduled.arm_deadline();
+        if let Some(scheduled) = &scheduled {
+            scheduled.arm_deadline();
+        }
         if shared.wake_and_spawn(provide) > 0 {
             // Withdrawn (started, so unscheduled, and its handle released).
             if let Err(e) = shared.withdraw_if_unserved(handle) {
