@@ -658,7 +658,7 @@ typedef struct asyncify_latency {
    */
   uint64_t max_ns;
   /**
-   * The sum of every value (saturating).
+   * The sum of every value (it wraps only past 584 years of summed time).
    */
   uint64_t sum_ns;
 } asyncify_latency;

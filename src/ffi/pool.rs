@@ -529,7 +529,7 @@ pub struct asyncify_latency {
     pub p99_ns: u64,
     /// The largest value.
     pub max_ns: u64,
-    /// The sum of every value (saturating).
+    /// The sum of every value (it wraps only past 584 years of summed time).
     pub sum_ns: u64,
 }
 
