@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use once_cell::sync::OnceCell;
 
 use crate::handles::{fork_epoch, Ref};
-use crate::latency::{Histogram, Summary};
+use crate::latency::{Sharded, Summary};
 use crate::limiter::Waiter;
 use crate::overrides;
 use crate::spin;
@@ -246,8 +246,8 @@ struct Started {
 /// A pool's latency histograms.
 #[derive(Default)]
 struct Latency {
-    queue_wait: Histogram,
-    run: Histogram,
+    queue_wait: Sharded,
+    run: Sharded,
 }
 
 fn elapsed_ns(since: Instant, now: Instant) -> u64 {
