@@ -27,14 +27,16 @@ int main(void)
     struct epoll_event ev = { .events = EPOLLIN | EPOLLET, .data.fd = fd };
     CHECK(epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) == 0);
 
-    /* The whole backlog completes before the loop starts: one edge for all of it. */
+    /* The whole backlog is queued before the loop starts: one edge for all of it. A task counts as
+     * completed when its function returns, and its completion is queued just after; its slot goes back
+     * after that, so "nothing running" means every completion is in the queue. */
     asyncify_submit_options so = options_for(pool);
     so.cq = cq;
     so.flags = ASYNCIFY_SUBMIT_DETACHED;
     for (int i = 0; i < TASKS; i++) {
         CHECK_OK(asyncify_submit(noop_task, NULL, &so, NULL));
     }
-    WAIT_FOR(stats_of(pool).completed == TASKS, TEST_PATIENCE_MS);
+    WAIT_FOR(stats_of(pool).completed == TASKS && stats_of(pool).running == 0, TEST_PATIENCE_MS);
 
     int received = 0, wakeups = 0;
     int64_t deadline = now_ms() + TEST_PATIENCE_MS;
