@@ -284,7 +284,7 @@ test-packaging: lib $(VENV)/.installed
 
 test: lib check-header check-header-docs lint test-rust test-loom test-rust-asan test-c test-uv test-python test-wheel test-packaging
 
-# The long reliability runs (issue 6; tests/reliability/stress.sh says what
+# The long reliability runs (tests/reliability/stress.sh says what
 # and how to size them): 10,000,000 stress tasks and a timed run, the C
 # stress plain and sanitized, valgrind, the model test, ThreadSanitizer and
 # the fuzz target (nightly, installed with rustup when missing); then the figures.

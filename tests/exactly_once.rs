@@ -1,4 +1,4 @@
-//! Contract 5.3 and scenario 10: under races of submit, start, finish, cancel
+//! Under races of submit, start, finish, cancel
 //! and release, every task is reported exactly once, with a status consistent
 //! with whether its function ran; every argument and result is freed exactly
 //! when the contract says, never twice.

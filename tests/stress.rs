@@ -22,7 +22,7 @@
 //!   own tables are empty whenever no task is installed (`on_done` on a
 //!   worker, `on_thread_stop`); each task saw exactly its submitter's table.
 //!
-//! Limiters and start deadlines (contract 8.2, 8.3) join the races: three
+//! Limiters and start deadlines join the races: three
 //! limiter slots, shared by every pool, hold limiters that drivers resize
 //! (`asyncify_limiter_set`: paused, small caps, no cap, real token rates) and
 //! replace at random, freeing the old one while its tasks still wait or run

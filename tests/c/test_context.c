@@ -1,4 +1,4 @@
-/* Contexts as values (contract 6.2), local keys and clone functions (6.5). */
+/* Contexts as values, local keys and clone functions. */
 #include "test_util.h"
 
 /* A pointer value that counts its releases. */

@@ -1,5 +1,5 @@
-/* Completion queues (contract 6.3): delivery into the queue, the pollable fd, many completions per
- * wake-up (the issue's count), cancelled records, and freeing a queue that tasks still point at. */
+/* Completion queues: delivery into the queue, the pollable fd, many completions per
+ * wake-up, cancelled records, and freeing a queue that tasks still point at. */
 #include <poll.h>
 
 #include "test_util.h"
@@ -460,7 +460,7 @@ static void test_free_with_tasks_pending(void)
     CHECK_OK(asyncify_pool_free(paused, -1));
 }
 
-/* ---- the count: 10,000 completions, far fewer wake-ups --------------------------------------- */
+/* ---- the count: 10,000 completions, far fewer wake-ups --------------------------------------- */
 
 #define MANY 10000
 

@@ -423,8 +423,8 @@ static void test_thread_creation_fails_with_threads_alive(void)
 
 static void test_thread_creation_fails_with_no_thread(void)
 {
-    /* A new pool whose first worker cannot be created. The contract (3, "never silently"; issue 6: "submit
-     * still works with the threads that exist or returns a clear error") allows two outcomes: submit
+    /* A new pool whose first worker cannot be created. Nothing may fail silently: submit
+     * still works with the threads that exist or returns a clear error. So two outcomes are allowed: submit
      * refuses with an error, or the task still runs. A task accepted and then never run is a hang. */
     struct asyncify_pool *pool = new_pool(2);
     atomic_store(&fail_threads, 1);

@@ -1,4 +1,4 @@
-/* fork() while the library is busy (contract 6.4): in the child the parent's handles give E_FORKED,
+/* fork() while the library is busy: in the child the parent's handles give E_FORKED,
  * the forking thread keeps its table, the default pool and new pools work, nothing hangs; the
  * parent's tasks finish normally. Every wait is bounded and the whole program runs under alarm(). */
 #include <signal.h>

@@ -1,4 +1,4 @@
-/* The global layer (contract 6.5): process-wide defaults under every thread's own table, read live,
+/* The global layer: process-wide defaults under every thread's own table, read live,
  * and the lifetime of global pointer values a reader holds. */
 #include "test_util.h"
 

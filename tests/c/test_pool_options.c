@@ -1,4 +1,4 @@
-/* Pool options, wait_any and stats (contract 6.1 and section 4), plus the issue's scenario of three
+/* Pool options, wait_any and stats, plus a scenario of three
  * event loops, each with its own completion queue, sharing one pool of limit 2. */
 #define _GNU_SOURCE /* pthread_getname_np */
 #include <poll.h>
@@ -742,7 +742,7 @@ static void test_stats(void)
     CHECK_OK(asyncify_pool_free(pool, -1));
 }
 
-/* ---- the scenario: three event loops, one pool of limit 2 ---------------------------------- */
+/* ---- the scenario: three event loops, one pool of limit 2 ---------------------------------- */
 
 #define LOOPS 3
 #define TASKS_PER_LOOP 200

@@ -1,4 +1,4 @@
-/* Shutdown and lifecycle (contract 6.1): pool_free with queued and running tasks, timeouts, freeing
+/* Shutdown and lifecycle: pool_free with queued and running tasks, timeouts, freeing
  * from inside the pool, abandoned callables, asyncify_shutdown, and a process that exits with tasks
  * still running. */
 #include <signal.h>

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make stress`: the long reliability runs of issue 6, then their figures.
+# `make stress`: the long reliability runs, then their figures.
 #
 #   1. the Rust stress test (tests/stress.rs): STRESS_TASKS accepted tasks (default 10,000,000), then
 #      rounds for STRESS_SECONDS (default 300) with another seed;

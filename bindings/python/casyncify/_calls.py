@@ -213,7 +213,7 @@ class TaskFuture(concurrent.futures.Future[Any]):
     call never runs; a running one is abandoned (the future is cancelled at once,
     the function runs to its end with ``cancel_requested()`` true).
     ``result()``/``exception()`` called from a worker of the pool run a
-    still-queued call inline (contract 5.4), so nested waits cannot deadlock.
+    still-queued call inline, so nested waits cannot deadlock.
     """
 
     _handle = 0
