@@ -268,8 +268,8 @@ install:
 # The C++ wrapper's tests, plain and under ASan+UBSan, then the install-and-consume test, which
 # installs into a temporary prefix (no root) and builds tests/consumer with find_package and pkg-config
 # (and checks make install itself); then CMake projects that build asyncify from source with
-# add_subdirectory and FetchContent (tests/consumer/source.sh), and the README's C and C++ examples.
-test-packaging: lib $(VENV)/.installed
+# add_subdirectory and FetchContent (tests/consumer/source.sh), the README's C and C++ examples, and examples/limiter.c.
+test-packaging: lib $(VENV)/.installed $(BUILD)/limiter
 	$(CMAKE) -S tests/cpp -B $(BUILD)/cpp -DASYNCIFY_INCLUDE_DIR=$(CURDIR)/include \
 		-DASYNCIFY_LIB=$(CURDIR)/$(LIB) -DASYNCIFY_SANITIZE= >/dev/null
 	$(CMAKE) --build $(BUILD)/cpp -j2
@@ -281,6 +281,7 @@ test-packaging: lib $(VENV)/.installed
 	CMAKE=$(CURDIR)/$(CMAKE) CTEST=$(CURDIR)/$(CTEST) sh tests/consumer/run.sh
 	CMAKE=$(CURDIR)/$(CMAKE) sh tests/consumer/source.sh
 	sh tests/consumer/readme.sh
+	$(BUILD)/limiter
 
 test: lib check-header check-header-docs lint test-rust test-loom test-rust-asan test-c test-uv test-python test-wheel test-packaging
 

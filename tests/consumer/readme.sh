@@ -1,6 +1,6 @@
 #!/bin/sh
 # The README's C and C++ examples, built and run exactly as the README says: the code block of "## A C
-# example" (and of "**C++.**", and of "## Per-model limits, deadlines and queue wait") is written to
+# example" (and of "**C++.**") is written to
 # example.c (example.cpp), and the sh block after it is run
 # line by line in a directory that looks like the top of the checkout (include/, bindings/ and target/
 # are links to this one's). The first line of each sh block must be `make lib`, which test-packaging has
@@ -89,7 +89,6 @@ example() {
 
 example '^## A C example' c example.c C "summarizing report.txt with gpt-4o" ": a summary"
 example '^\*\*C\+\+\.\*\*' cpp example.cpp C++ "gpt-4o summarized report.txt" "abc"
-example '^## Per-model limits' c example.c limits "call 5: ASYNCIFY_OK" "gpt-4o calls waited"
 
 if [ "$failures" -ne 0 ]; then
     echo "FAIL README examples: $failures failed"
