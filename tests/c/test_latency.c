@@ -24,12 +24,7 @@ static asyncify_latency latency_of(struct asyncify_pool *pool, uint32_t which)
 
 int main(void)
 {
-    asyncify_pool_options o;
-    CHECK_OK(asyncify_pool_options_init(&o, sizeof o));
-    o.max_workers = 1;
-    o.flags = ASYNCIFY_POOL_RECORD_LATENCY;
-    struct asyncify_pool *pool = NULL;
-    CHECK_OK(asyncify_pool_new_ex(&o, &pool));
+    struct asyncify_pool *pool = new_recording_pool(1);
 
     asyncify_latency empty = latency_of(pool, ASYNCIFY_LATENCY_QUEUE_WAIT);
     CHECK(empty.count == 0 && empty.p50_ns == 0 && empty.max_ns == 0);

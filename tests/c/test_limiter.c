@@ -82,6 +82,18 @@ static void record_done(void *data, asyncify_handle h, asyncify_status status, v
     atomic_fetch_add(&o->done, 1);
 }
 
+/* Options for a detached task of `pool` with limiter `lim` (NULL: none) that reports to `out`. */
+static asyncify_submit_options reporting_to(struct asyncify_pool *pool, struct asyncify_limiter *lim,
+                                            outcomes *out)
+{
+    asyncify_submit_options opts = options_for(pool);
+    opts.limiter = lim;
+    opts.flags = ASYNCIFY_SUBMIT_DETACHED;
+    opts.on_done = record_done;
+    opts.on_done_data = out;
+    return opts;
+}
+
 static void count_free(void *arg)
 {
     atomic_fetch_add((atomic_int *)arg, 1);
@@ -115,11 +127,7 @@ static void *submit_limited(void *arg)
 {
     submitter *s = arg;
     for (int i = 0; i < 6; i++) {
-        asyncify_submit_options opts = options_for(s->pools[(s->index + i) % 3]);
-        opts.limiter = s->lim;
-        opts.flags = ASYNCIFY_SUBMIT_DETACHED;
-        opts.on_done = record_done;
-        opts.on_done_data = s->out;
+        asyncify_submit_options opts = reporting_to(s->pools[(s->index + i) % 3], s->lim, s->out);
         CHECK_OK(asyncify_submit(counted_work, s->limited, &opts, NULL));
     }
     return NULL;
@@ -175,11 +183,7 @@ static void test_rate(void)
     outcomes out = { 0 };
     int64_t t0 = now_ms();
     for (int i = 0; i < 40; i++) {
-        asyncify_submit_options opts = options_for(pool);
-        opts.limiter = lim;
-        opts.flags = ASYNCIFY_SUBMIT_DETACHED;
-        opts.on_done = record_done;
-        opts.on_done_data = &out;
+        asyncify_submit_options opts = reporting_to(pool, lim, &out);
         CHECK_OK(asyncify_submit(counted_work, &c, &opts, NULL));
     }
     WAIT_FOR(atomic_load(&out.done) == 40, TEST_PATIENCE_MS);
@@ -263,11 +267,7 @@ static void test_shutdown_cancels_waiting(void)
     outcomes out = { 0 };
     atomic_int freed = 0;
     for (int i = 0; i < 3; i++) {
-        asyncify_submit_options opts = options_for(pool);
-        opts.limiter = lim;
-        opts.flags = ASYNCIFY_SUBMIT_DETACHED;
-        opts.on_done = record_done;
-        opts.on_done_data = &out;
+        asyncify_submit_options opts = reporting_to(pool, lim, &out);
         opts.free_arg = count_free;
         CHECK_OK(asyncify_submit(must_not_run, &freed, &opts, NULL));
     }
@@ -330,12 +330,8 @@ static void test_deadline_with_limiter(void)
     outcomes out = { 0 };
     atomic_int freed = 0;
     for (int i = 0; i < 4; i++) {
-        asyncify_submit_options opts = options_for(pool);
-        opts.limiter = lim;
+        asyncify_submit_options opts = reporting_to(pool, lim, &out);
         opts.start_within_ms = 40;
-        opts.flags = ASYNCIFY_SUBMIT_DETACHED;
-        opts.on_done = record_done;
-        opts.on_done_data = &out;
         opts.free_arg = count_free;
         CHECK_OK(asyncify_submit(must_not_run, &freed, &opts, NULL));
     }
@@ -412,12 +408,7 @@ static void test_inline_runs(void)
 
 static void test_limiter_latency(void)
 {
-    asyncify_pool_options po;
-    CHECK_OK(asyncify_pool_options_init(&po, sizeof po));
-    po.max_workers = 4;
-    po.flags = ASYNCIFY_POOL_RECORD_LATENCY;
-    struct asyncify_pool *pool = NULL;
-    CHECK_OK(asyncify_pool_new_ex(&po, &pool));
+    struct asyncify_pool *pool = new_recording_pool(4);
     struct asyncify_limiter *lim = new_limiter(1, 0, 0);
     asyncify_latency l;
     l.struct_size = sizeof l;
@@ -500,11 +491,7 @@ static void test_default_pool_shutdown(void)
 {
     struct asyncify_limiter *lim = new_limiter(0, 0, 0);
     outcomes out = { 0 };
-    asyncify_submit_options opts = options_for(NULL);
-    opts.limiter = lim;
-    opts.flags = ASYNCIFY_SUBMIT_DETACHED;
-    opts.on_done = record_done;
-    opts.on_done_data = &out;
+    asyncify_submit_options opts = reporting_to(NULL, lim, &out);
     CHECK_OK(asyncify_submit(must_not_run, NULL, &opts, NULL));
     CHECK_OK(asyncify_shutdown(-1));
     CHECK(atomic_load(&out.by_status[ASYNCIFY_CANCELLED]) == 1);

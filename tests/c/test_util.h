@@ -158,6 +158,20 @@ static inline struct asyncify_pool *new_pool(uint32_t max_workers)
     return pool;
 }
 
+#ifdef ASYNCIFY_POOL_RECORD_LATENCY /* not in the frozen 0.1 header test_compat_0_1 builds with */
+/* A pool of `max_workers` that records queue wait and run time (ASYNCIFY_POOL_RECORD_LATENCY). */
+static inline struct asyncify_pool *new_recording_pool(uint32_t max_workers)
+{
+    asyncify_pool_options o;
+    CHECK_OK(asyncify_pool_options_init(&o, sizeof o));
+    o.max_workers = max_workers;
+    o.flags = ASYNCIFY_POOL_RECORD_LATENCY;
+    struct asyncify_pool *pool = NULL;
+    CHECK_OK(asyncify_pool_new_ex(&o, &pool));
+    return pool;
+}
+#endif
+
 static inline asyncify_submit_options options_for(struct asyncify_pool *pool)
 {
     asyncify_submit_options opts;
