@@ -52,14 +52,19 @@ pub fn new_pool(limit: u32) -> *mut asyncify_pool {
     pool
 }
 
-pub fn options(pool: *mut asyncify_pool) -> asyncify_submit_options {
-    let mut opts = std::mem::MaybeUninit::<asyncify_submit_options>::uninit();
-    asyncify_submit_options_init(
-        opts.as_mut_ptr(),
-        std::mem::size_of::<asyncify_submit_options>(),
+/// A versioned options struct prepared by its `_init` function.
+fn init<T>(init: extern "C" fn(*mut T, usize) -> asyncify_status) -> T {
+    let mut value = std::mem::MaybeUninit::<T>::uninit();
+    assert_eq!(
+        init(value.as_mut_ptr(), std::mem::size_of::<T>()),
+        ASYNCIFY_OK
     );
-    // SAFETY: initialised by asyncify_submit_options_init just above.
-    let mut opts = unsafe { opts.assume_init() };
+    // SAFETY: the _init function filled every byte just above.
+    unsafe { value.assume_init() }
+}
+
+pub fn options(pool: *mut asyncify_pool) -> asyncify_submit_options {
+    let mut opts = init(asyncify_submit_options_init);
     opts.pool = pool;
     opts
 }
@@ -99,14 +104,7 @@ impl Ours {
     /// A pool of `limit` whose W1 uses `feature`.
     pub fn with(limit: u32, feature: Feature) -> Ours {
         let mut pool = ptr::null_mut();
-        let mut o = std::mem::MaybeUninit::<asyncify_pool_options>::uninit();
-        let size = std::mem::size_of::<asyncify_pool_options>();
-        assert_eq!(
-            asyncify_pool_options_init(o.as_mut_ptr(), size),
-            ASYNCIFY_OK
-        );
-        // SAFETY: initialised just above.
-        let mut o = unsafe { o.assume_init() };
+        let mut o = init(asyncify_pool_options_init);
         o.max_workers = limit;
         if feature == Feature::Latency {
             o.flags = ASYNCIFY_POOL_RECORD_LATENCY;
@@ -114,14 +112,7 @@ impl Ours {
         assert_eq!(asyncify_pool_new_ex(&o, &mut pool), ASYNCIFY_OK);
         let mut limiter = ptr::null_mut();
         if feature == Feature::Limiter {
-            let mut lo = std::mem::MaybeUninit::<asyncify_limiter_options>::uninit();
-            let size = std::mem::size_of::<asyncify_limiter_options>();
-            assert_eq!(
-                asyncify_limiter_options_init(lo.as_mut_ptr(), size),
-                ASYNCIFY_OK
-            );
-            // SAFETY: initialised just above.
-            let mut lo = unsafe { lo.assume_init() };
+            let mut lo = init(asyncify_limiter_options_init);
             lo.max_running = 1_000_000;
             assert_eq!(asyncify_limiter_new(&lo, &mut limiter), ASYNCIFY_OK);
         }
