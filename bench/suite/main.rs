@@ -10,9 +10,11 @@
 //! cargo bench --bench suite -- w2 w2idle asyncify bare --reps 3
 //! ```
 //!
-//! Positional arguments filter: workloads (w1 w2 w2idle w3 w3w w4 m1 py
-//! growth l, the last being L1/L2: W1 through a limiter and with latency
-//! recording) and implementations (asyncify bare tokio tokio-sem libuv). A
+//! Positional arguments filter: workloads (w1 w1cost w2 w2idle w3 w3w w4 m1
+//! py growth l; w1cost is W1's instructions, allocator calls and futex calls
+//! per task, counted by valgrind and perf or strace; l is L1/L2: W1 through a
+//! limiter and with latency recording) and implementations (asyncify bare
+//! tokio tokio-sem libuv, or uv). A
 //! filtered run prints its table and writes nothing (unless `--write`).
 //! Repetitions of different implementations are interleaved (rep 1 of each,
 //! then rep 2 of each, ...) so that a noisy neighbour hurts all alike.
@@ -22,6 +24,7 @@
 
 mod bare;
 mod common;
+mod cost;
 mod ours;
 mod report;
 mod tokio_peer;
@@ -75,6 +78,7 @@ impl Impl {
     }
 
     fn from_id(s: &str) -> Option<Impl> {
+        let s = if s == "uv" { "libuv" } else { s };
         Impl::ALL.into_iter().find(|i| i.id() == s)
     }
 
@@ -156,6 +160,9 @@ fn verbose() -> bool {
     std::env::var_os("BENCH_VERBOSE").is_some_and(|v| v == "1")
 }
 
+/// The warm-up of a `w1steady` child.
+pub const W1_STEADY_WARM_UP: usize = 10_000;
+
 const IDLE: Duration = Duration::from_micros(200);
 
 /// A pool in this process, or the libuv pool of a child process per run.
@@ -181,10 +188,30 @@ impl Runner {
 /// Run `<this bench> --child <impl> <workload> <size> <limit>`; the child
 /// warms up, measures once and prints `RESULT <figures>`.
 fn run_child(args: &[String], limit: u32) -> Result<Vec<f64>, String> {
+    run_child_with(&[], &[], args, limit)
+}
+
+/// `run_child` under a wrapper command (`prefix`, e.g. valgrind), with
+/// extra environment variables.
+pub fn run_child_with(
+    prefix: &[String],
+    env: &[(&str, &str)],
+    args: &[String],
+    limit: u32,
+) -> Result<Vec<f64>, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut child = Command::new(exe)
+    let mut cmd = match prefix.split_first() {
+        Some((prog, rest)) => {
+            let mut c = Command::new(prog);
+            c.args(rest).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let mut child = cmd
         .arg("--child")
         .args(args)
+        .envs(env.iter().copied())
         .env("UV_THREADPOOL_SIZE", limit.max(1).to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -241,14 +268,21 @@ fn child_main(args: &[String]) -> ! {
         }]
     } else {
         let w = match args[1].as_str() {
-            "w1" => Work::W1(size),
+            "w1" | "w1steady" => Work::W1(size),
             "w2" => Work::W2(size, None),
             "w2idle" => Work::W2(size, Some(IDLE)),
             "w4" => Work::W4,
             other => panic!("unknown workload {other}"),
         };
         let mut pool = imp.local(limit);
-        for warm in w.warm_up() {
+        // w1steady (the W1 cost rows): a warm-up of a fixed size, so that two
+        // runs differ only in the measured tasks.
+        let warm_up = if args[1] == "w1steady" {
+            vec![Work::W1(W1_STEADY_WARM_UP)]
+        } else {
+            w.warm_up()
+        };
+        for warm in warm_up {
             warm.run(pool.as_mut());
         }
         w.run(pool.as_mut())
@@ -324,6 +358,8 @@ pub struct Results {
     /// L1/L2: W1 tasks/s of asyncify at a limit, without a feature, through a
     /// limiter whose cap is never reached, and with latency recording.
     pub features: Vec<(u32, Vec<Reps>)>,
+    /// W1's instructions, allocator calls and futex calls per task.
+    pub cost: Option<cost::Cost>,
     pub libuv_version: Option<String>,
 }
 
@@ -446,6 +482,10 @@ impl Bench {
                     self.results.w1.insert((i, limit), o);
                 }
             }
+        }
+        if self.wants("w1cost") {
+            let c = cost::measure(&self.root, &self.impls, &self.skipped, self.sizes.reps);
+            self.results.cost = Some(c);
         }
         if self.wants("w2") {
             self.results.w2 = self.measure("W2", 8, Work::W2(rounds, None));
@@ -656,7 +696,7 @@ fn main() {
         impls = Impl::ALL.to_vec();
     }
     let known = [
-        "w1", "w2", "w2idle", "w3", "w3w", "w4", "m1", "py", "p1", "p2", "growth", "l",
+        "w1", "w1cost", "w2", "w2idle", "w3", "w3w", "w4", "m1", "py", "p1", "p2", "growth", "l",
     ];
     if let Some(w) = workloads.iter().find(|w| !known.contains(&w.as_str())) {
         eprintln!(

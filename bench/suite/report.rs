@@ -297,6 +297,85 @@ fn goal(mut row: Row) -> Row {
     row
 }
 
+/// The W1 cost rows: instructions, allocator calls and futex calls per task
+/// (cost.rs), each against a must and a goal.
+fn cost_rows(rows: &mut Vec<Row>, c: &crate::cost::Cost) {
+    let futex_name = match c.futex_tool {
+        Some("perf") => "W1 futex syscalls per task, limit 8 (perf stat tracepoint)",
+        Some(_) => "W1 futex syscalls per task, limit 8 (strace -f -c)",
+        None => "W1 futex syscalls per task, limit 8",
+    };
+    // (name, figures, digits, must, goal): "goal 0" is judged as less than
+    // one call per 1,000 tasks, the resolution of a 100,000-task difference
+    // in the presence of the harness's own amortised growth.
+    type Spec<'a> = (&'a str, &'a HashMap<Impl, Outcome>, usize, f64, f64);
+    let specs: [Spec; 3] = [
+        (
+            "W1 instructions per task, limit 8 (callgrind)",
+            &c.instructions,
+            0,
+            700.0,
+            550.0,
+        ),
+        (
+            "W1 malloc calls per task, limit 8 (callgrind)",
+            &c.mallocs,
+            3,
+            0.05,
+            0.0,
+        ),
+        (futex_name, &c.futexes, 4, 0.05, 0.0),
+    ];
+    for (name, map, digits, must, goal_want) in specs {
+        let mut cells = empty();
+        for i in Impl::ALL {
+            cells[col(i)] = match map.get(&i) {
+                None => "—".into(),
+                Some(Err(why)) => format!("not measured: {why}"),
+                // A spread relative to a median near 0 says nothing.
+                Some(Ok(r)) if r[0].0.len() > 1 && r[0].median() >= 0.01 => {
+                    format!("{:.*} {}", digits, r[0].median(), pct(&r[0]))
+                }
+                Some(Ok(r)) => format!("{:.*}", digits, r[0].median()),
+            };
+        }
+        let ours = med(map.get(&Impl::Ours), 0);
+        let peers: Vec<String> = [(Impl::Libuv, "libuv"), (Impl::Bare, "bare")]
+            .into_iter()
+            .filter_map(|(i, n)| {
+                let p = med(map.get(&i), 0)?;
+                let o = ours?;
+                (p > 0.0).then(|| format!("{:.2}× {n}", o / p))
+            })
+            .collect();
+        let figure = ours.map_or("n/a (not measured)".into(), |v| format!("{v:.digits$}"));
+        // Ratios say something about instructions; next to a count near 0 they do not.
+        let ratio = if peers.is_empty() || digits > 0 {
+            figure
+        } else {
+            format!("{figure} ({})", peers.join(", "))
+        };
+        let fmt = |w: f64| {
+            if w == 0.0 {
+                "0 (< 0.001)".to_string()
+            } else {
+                format!("≤ {w}")
+            }
+        };
+        for (want, is_goal) in [(must, false), (goal_want, true)] {
+            let limit = if want == 0.0 { 0.001 } else { want };
+            let row = Row {
+                workload: if is_goal { "〃".into() } else { name.into() },
+                cells: if is_goal { empty() } else { cells.clone() },
+                ratio: ratio.clone(),
+                target: fmt(want),
+                met: verdict(ours, |v| if want == 0.0 { v < limit } else { v <= want }),
+            };
+            rows.push(if is_goal { goal(row) } else { row });
+        }
+    }
+}
+
 fn rows(res: &Results) -> Vec<Row> {
     let mut rows = vec![];
     let same = "〃";
@@ -332,6 +411,9 @@ fn rows(res: &Results) -> Vec<Row> {
             );
             rows.push(if is_goal { goal(row) } else { row });
         }
+    }
+    if let Some(c) = &res.cost {
+        cost_rows(&mut rows, c);
     }
     // W2, W2idle: p50 against the bare pool's, a must and a goal each.
     for (name, map, want, goal_want) in [
@@ -644,6 +726,36 @@ pub fn markdown(res: &Results, sizes: &Sizes, meta: &Meta) -> String {
             r.ratio,
             r.target,
             r.met
+        );
+    }
+    if let Some(c) = &res.cost {
+        let futex = match c.futex_tool {
+            Some("perf") => {
+                "futex calls: `perf stat -e syscalls:sys_enter_futex` (a kernel tracepoint: \
+                             the run is not slowed, so the threads park as they do unobserved), \
+                             the median of the repetitions' differences (a difference below 0 is \
+                             noise, counted as 0)"
+            }
+            Some(_) => {
+                "futex calls: `strace -f -c -e trace=futex` (it stops every system call, so \
+                        threads park more or less often than unobserved), the median of the \
+                        repetitions' differences (a difference below 0 is noise, counted as 0)"
+            }
+            None => "futex calls: not measured (neither perf with the futex tracepoint nor strace)",
+        };
+        let _ = writeln!(
+            s,
+            "\nW1 cost rows: each implementation's W1 child (limit 8, a warm-up of {} tasks) runs \
+             twice, with {} and with {} tasks; the difference of the two counts divided by the \
+             difference in tasks ({}) is the steady-state cost of one task, without process start-up, \
+             the warm-up or the pool's growth. Instructions (Ir, every thread) and allocator calls \
+             (malloc, calloc, realloc, posix_memalign, aligned_alloc, memalign): the median of 3 \
+             `valgrind --tool=callgrind` pairs, with asyncify's spinning off (`ASYNCIFY_SPIN_US=0`; \
+             valgrind runs one thread at a time); {futex}. A goal of 0 is met below 0.001 per task.",
+            fmt_k(crate::W1_STEADY_WARM_UP),
+            fmt_k(c.small),
+            fmt_k(c.large),
+            fmt_k(c.large - c.small),
         );
     }
     // Every skipped implementation, with its full reason.
