@@ -332,8 +332,8 @@ fn cost_rows(rows: &mut Vec<Row>, c: &crate::cost::Cost) {
             cells[col(i)] = match map.get(&i) {
                 None => "—".into(),
                 Some(Err(why)) => format!("not measured: {why}"),
-                // A spread relative to a median near 0 says nothing.
-                Some(Ok(r)) if r[0].0.len() > 1 && r[0].median() >= 0.01 => {
+                // A spread relative to a median that shows as 0 says nothing.
+                Some(Ok(r)) if r[0].0.len() > 1 && r[0].median() >= 0.1f64.powi(digits as i32) => {
                     format!("{:.*} {}", digits, r[0].median(), pct(&r[0]))
                 }
                 Some(Ok(r)) => format!("{:.*}", digits, r[0].median()),
