@@ -18,6 +18,7 @@ import contextvars
 import itertools
 import threading
 import time
+import weakref
 from concurrent.futures._base import (  # the states a Future moves through
     CANCELLED,
     CANCELLED_AND_NOTIFIED,
@@ -35,23 +36,36 @@ from ._lifecycle import after_fork_in_child, worker
 from ._overrides import ROOT, current
 
 __all__ = [
-    "Call", "registry", "ids", "WORK", "WORK_TIMED", "TASK_START", "DONE", "SUBMIT_DEFAULTS", "TaskFuture",
-    "call", "cancel_requested", "queue_wait", "expired_error",
+    "Call", "LoopCall", "loop_call", "registry", "ids", "WORK", "WORK_TIMED", "TASK_START", "DONE", "SUBMIT_DEFAULTS",
+    "TaskFuture", "call", "cancel_requested", "queue_wait", "expired_error",
 ]  # fmt: skip
 
 #: Submit options with the library's defaults, copied for each submission.
 SUBMIT_DEFAULTS = lowlevel.submit_options_init()
 
 
+def _outcome(rec: Call | LoopCall) -> Any:
+    """The call's result, or its exception re-raised (the same object)."""
+    exc = rec.exc
+    if exc is not None:
+        # Dropped from the record and this frame before it propagates: the
+        # traceback keeps the frame, which must not hold it in a cycle.
+        rec.exc = None
+        try:
+            raise exc
+        finally:
+            exc = None
+    return rec.result
+
+
 class Call:
     """One call: what to run, in which context, and where its outcome goes.
 
-    ``fut`` is a ``TaskFuture`` (``submit``), a weak reference to the asyncio
-    future the awaiting task holds (``asyncify`` under asyncio: a pending call
-    must not keep a dropped event loop alive), or a trio waiter. ``marks`` are
-    the AnyIO/trio worker-thread marks set around ``fn`` (``_anyio_compat``).
-    ``limits`` (set only for a call with a limiter or a start deadline) is
-    ``(limiter or None, start_within seconds)``, for the message of ``ExpiredError``.
+    ``fut`` is a ``TaskFuture`` (``submit``) or a trio waiter (an ``asyncify`` call
+    under asyncio has a ``LoopCall`` record instead). ``marks`` are the AnyIO/trio
+    worker-thread marks set around ``fn`` (``_anyio_compat``). ``limits`` (set only
+    for a call with a limiter or a start deadline) is ``(limiter or None,
+    start_within seconds)``, for the message of ``ExpiredError``.
     """
 
     __slots__ = (
@@ -73,33 +87,70 @@ class Call:
         self.ctx = ctx
         self.result: Any = None
         self.exc: BaseException | None = None
-        self.fut: Any = None  # TaskFuture, weakref to an asyncio future, or a trio Waiter
+        self.fut: Any = None  # TaskFuture or a trio Waiter
         self.handle = 0
         self.abandoned = False
         self.pool = pool  # keeps the Pool object alive while the call is pending
         self.marks: tuple[Any, ...] | None = None
 
-    def outcome(self) -> Any:
-        """The call's result, or its exception re-raised (the same object)."""
-        exc = self.exc
-        if exc is not None:
-            # Dropped from the record and this frame before it propagates: the
-            # traceback keeps the frame, which must not hold it in a cycle.
-            self.exc = None
-            try:
-                raise exc
-            finally:
-                exc = None
-        return self.result
+    outcome = _outcome
+
+
+class LoopCall(weakref.ref[Any]):
+    """The record of an ``asyncify`` call under asyncio: a ``Call`` (the same fields)
+    that is itself the weak reference to the asyncio future its task awaits (a
+    pending call must not keep a dropped event loop alive). One object instead of a
+    record and a weak reference: fewer allocations on the hottest path. Made by
+    ``loop_call``."""
+
+    __slots__ = ("fn", "args", "kwargs", "ctx", "result", "exc", "handle", "abandoned", "pool", "marks", "limits")
+    fut: Any = None  # read by _work: not a TaskFuture
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    ctx: contextvars.Context
+    handle: int
+    abandoned: bool
+    pool: object
+    result: Any
+    exc: BaseException | None
+    marks: tuple[Any, ...] | None
+    limits: tuple[Any, float]  # set only when used
+
+    outcome = _outcome
+
+
+def loop_call(
+    fut: Any,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    ctx: contextvars.Context,
+    pool: object,
+    marks: tuple[Any, ...] | None,
+) -> LoopCall:
+    """A ``LoopCall`` weakly referring to ``fut``, with the fields ``Call()`` sets."""
+    rec = LoopCall(fut)
+    rec.fn = fn
+    rec.args = args
+    rec.kwargs = kwargs
+    rec.ctx = ctx
+    rec.result = None
+    rec.exc = None
+    rec.handle = 0
+    rec.abandoned = False
+    rec.pool = pool  # keeps the Pool object alive while the call is pending
+    rec.marks = marks
+    return rec
 
 
 #: id -> the record of every call not yet completed.
-registry: dict[int, Call] = {}
+registry: dict[int, Call | LoopCall] = {}
 #: The ids of calls (one counter for the process).
 ids = itertools.count(1)
 
 
-def _work(arg: int, _out: int | None, _calls: dict[int, Call] = registry) -> int:
+def _work(arg: int, _out: int | None, _calls: dict[int, Call | LoopCall] = registry) -> int:
     # Runs on a worker (or inline in a waiting task, or in call()). Must not raise.
     rec = _calls.get(arg)
     if rec is None or rec.abandoned:
@@ -162,7 +213,7 @@ def queue_wait() -> float | None:
     return None if ns is None else ns / 1e9
 
 
-def expired_error(rec: Call) -> ExpiredError:
+def expired_error(rec: Call | LoopCall) -> ExpiredError:
     """The exception of a call whose start deadline passed (it never ran)."""
     lim, within = getattr(rec, "limits", (None, 0.0))
     name = "" if lim is None else lim.name
@@ -176,7 +227,7 @@ def expired_error(rec: Call) -> ExpiredError:
 
 
 def _done(
-    data: int, handle: int, status: int, result: int | None, code: int, _calls: dict[int, Call] = registry
+    data: int, handle: int, status: int, result: int | None, code: int, _calls: dict[int, Call | LoopCall] = registry
 ) -> None:
     # on_done of submit() futures and trio calls: on the worker for OK/FAILED,
     # on the cancelling (or shutting-down) thread for CANCELLED, on the thread that

@@ -17,7 +17,7 @@ from ctypes import byref, c_size_t, c_uint64, sizeof
 from typing import Any, Callable
 
 from . import _ffi, lowlevel
-from ._calls import SUBMIT_DEFAULTS, Call, expired_error, registry
+from ._calls import SUBMIT_DEFAULTS, Call, LoopCall, expired_error, registry
 from ._ffi import plib
 from ._lifecycle import after_fork_in_child, life
 
@@ -57,7 +57,7 @@ class LoopState:
         self.raw = memoryview(self.batch).cast("B")  # the same bytes, read with _COMPLETIONS
         self.count = c_size_t()
         #: id -> record of this loop's calls not yet completed.
-        self.pending: dict[int, Call] = {}
+        self.pending: dict[int, LoopCall] = {}
         self.wakeups = 0  # times the loop woke for this queue
         self.generation = life.fork_generation
         self.loop_ref: Callable[[], asyncio.AbstractEventLoop | None] = _no_loop  # weakref.ref(loop) once registered
@@ -91,7 +91,7 @@ _COMPLETIONS = struct.Struct("@QiiPP")  # native: the C layout
 assert _COMPLETIONS.size == sizeof(_ffi.Completion)
 
 
-def _drain(state: LoopState, _calls: dict[int, Call] = registry) -> None:
+def _drain(state: LoopState, _calls: dict[int, Call | LoopCall] = registry) -> None:
     """The fd is readable: move every waiting completion to its future, in batches."""
     state.wakeups += 1
     batch = state.batch
@@ -113,7 +113,7 @@ def _drain(state: LoopState, _calls: dict[int, Call] = registry) -> None:
             if rec is None:
                 continue
             rec.handle = 0
-            fut = rec.fut()
+            fut = rec()  # the record is the weak reference to the future
             if fut is None or fut.done():  # its task is gone, or was cancelled
                 continue
             if status < cancelled:  # OK or FAILED: the outcome is in the record

@@ -25,12 +25,11 @@ import os
 import sys
 import threading
 import time
-import weakref
 from ctypes import byref, c_uint64
 from typing import TYPE_CHECKING, Any, Callable, overload
 
 from . import _anyio_compat, _ffi, lowlevel
-from ._calls import DONE, SUBMIT_DEFAULTS, TASK_START, WORK, WORK_TIMED, Call, TaskFuture, ids, registry
+from ._calls import DONE, SUBMIT_DEFAULTS, TASK_START, WORK, WORK_TIMED, Call, TaskFuture, ids, loop_call, registry
 from ._convert import name_bytes, seconds
 from ._errors import ForkedError, ShutDownError, WouldDeadlockError, error_for
 from ._ffi import fast, lib, plib
@@ -538,6 +537,7 @@ class Executor(concurrent.futures.Executor):
 
 _current_task = asyncio.current_task
 _fast_submit = fast.asyncify_submit
+_modules = sys.modules
 _copy_context = contextvars.copy_context
 
 
@@ -610,18 +610,25 @@ def asyncify(
             if running_library() == "trio":
                 from . import _trio
 
-                rec = Call(fn, args, kwargs, _copy_context(), p)
+                trec = Call(fn, args, kwargs, _copy_context(), p)
                 if limits is None:
-                    return await _trio.call(rec, p._submit)
-                rec.limits = (lim, limits.start_within)
-                return await _trio.call(rec, functools.partial(p._submit, lim=lim, ms=limits.ms, limited=True))
+                    return await _trio.call(trec, p._submit)
+                trec.limits = (lim, limits.start_within)
+                return await _trio.call(trec, functools.partial(p._submit, lim=lim, ms=limits.ms, limited=True))
             loop = asyncio.get_running_loop()
         state = loop_state(loop)
-        rec = Call(fn, args, kwargs, _copy_context(), p)
         fut = loop.create_future()
-        rec.fut = weakref.ref(fut)  # this frame holds the future; the record must not hold the loop
-        if "anyio" in sys.modules:
-            rec.marks = _anyio_compat.asyncio_marks(state.loop_ref, _current_task())
+        # The record is a weak reference to the future, which this frame holds:
+        # the record (in the registry) must not hold the loop.
+        rec = loop_call(
+            fut,
+            fn,
+            args,
+            kwargs,
+            _copy_context(),
+            p,
+            None if "anyio" not in _modules else _anyio_compat.asyncio_marks(state.loop_ref, _current_task()),
+        )
         cid = next(ids)
         registry[cid] = rec
         state.pending[cid] = rec
