@@ -28,6 +28,7 @@ losing the marks. At run time a missing hook only disables the marks (one
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import warnings
 import weakref
@@ -130,18 +131,27 @@ def _anyio_backend(library: str) -> Any:
 
 
 # ---------------------------------------------------------------------------
-# Captured on the event loop's thread, at call time. Marks are tuples (one per
-# call, so cheap): (kind, AnyIO backend or None, loop weakref or TrioToken,
-# scope weakref or trio's cancel register). The loop and the AnyIO cancel
-# scope are held weakly: a pending call must not keep a dropped event loop
-# alive (the worker holds them only while the call runs).
+# Captured on the event loop's thread, at call time. Marks are tuples: (kind,
+# AnyIO backend or None, loop weakref or TrioToken, scope weakref or trio's
+# cancel register). The loop and the AnyIO cancel scope are held weakly: a
+# pending call must not keep a dropped event loop alive (the worker holds them
+# only while the call runs). A call made outside any AnyIO cancel scope gets the
+# same marks as every other such call on its loop: made once, kept by the
+# caller (``cache``), so the plain asyncio path allocates nothing here.
 # ---------------------------------------------------------------------------
 
-ASYNCIO, TRIO = 0, 1
+#: Marks kinds. ASYNCIO_CLEAN: sniffio's context variable is already unset in the
+#: call's context (checked by the caller), so the worker need not clear it.
+ASYNCIO, TRIO, ASYNCIO_CLEAN = 0, 1, 2
 
 
-def asyncio_marks(loop_ref: Callable[..., Any], task: Any) -> tuple[Any, ...] | None:
-    """Marks for a call made by ``task`` on the loop of ``loop_ref``; None without AnyIO."""
+def asyncio_marks(
+    loop: Any, loop_ref: Callable[..., Any], clean: bool, cache: list[Any] | None = None
+) -> tuple[Any, ...] | None:
+    """Marks for a call made by the running task of ``loop`` (``loop_ref``: a weak
+    reference to it); None without AnyIO. ``clean``: sniffio's context variable is
+    unset in the caller's context. ``cache``: a one-slot list the caller keeps per
+    loop, holding the marks of calls made outside any AnyIO cancel scope."""
     if "anyio" not in sys.modules:
         return None
     backend = _backends.get("asyncio", _MISSING)
@@ -149,18 +159,24 @@ def asyncio_marks(loop_ref: Callable[..., Any], task: Any) -> tuple[Any, ...] | 
         backend = _anyio_backend("asyncio")
     if backend is None:
         return None
-    scope_ref = None
     backend_module = sys.modules.get("anyio._backends._asyncio")
     if backend_module is not None:
         try:
-            task_state = backend_module._task_states.get(task)
+            task_states = backend_module._task_states
         except AttributeError:
             _warn_once("anyio", "anyio._backends._asyncio._task_states is gone")
-            task_state = None
-        scope = getattr(task_state, "cancel_scope", None)
-        if scope is not None:
-            scope_ref = weakref.ref(scope)
-    return (ASYNCIO, backend, loop_ref, scope_ref)
+            task_states = None
+        if task_states:  # no AnyIO task anywhere: no scope to look for (nor a weak reference to make)
+            task_state = task_states.get(asyncio.current_task(loop))
+            scope = getattr(task_state, "cancel_scope", None)
+            if scope is not None:
+                return (ASYNCIO_CLEAN if clean else ASYNCIO, backend, loop_ref, weakref.ref(scope))
+    if cache is None or not clean:
+        return (ASYNCIO_CLEAN if clean else ASYNCIO, backend, loop_ref, None)
+    marks: tuple[Any, ...] | None = cache[0]
+    if marks is None:
+        marks = cache[0] = (ASYNCIO_CLEAN, backend, loop_ref, None)
+    return marks
 
 
 def trio_marks(token: Any, cancel_register: list[Any]) -> tuple[Any, ...]:
@@ -180,13 +196,14 @@ def run_marked(marks: tuple[Any, ...], fn: Callable[..., Any], args: tuple[Any, 
     Previous marks are restored afterwards: a call may run inline inside another
     call on the same thread (a nested wait), which keeps its own marks.
     """
-    sniffio = sys.modules.get("sniffio")
-    if sniffio is not None:
-        # As in AnyIO's and trio's workers: this thread is not in async context
-        # (this context is the call's own copy, so nothing leaks out).
-        sniffio.current_async_library_cvar.set(None)
     kind, backend, native, extra = marks
-    if kind == ASYNCIO:
+    if kind != ASYNCIO_CLEAN:
+        sniffio = sys.modules.get("sniffio")
+        if sniffio is not None:
+            # As in AnyIO's and trio's workers: this thread is not in async context
+            # (this context is the call's own copy, so nothing leaks out).
+            sniffio.current_async_library_cvar.set(None)
+    if kind != TRIO:
         return _run_asyncio(backend, native(), extra() if extra is not None else None, fn, args, kwargs)
     saved: list[Any] = []
     try:

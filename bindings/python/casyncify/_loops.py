@@ -42,7 +42,7 @@ class LoopState:
 
     __slots__ = (
         "cq", "fd", "batch", "count", "pending", "wakeups", "generation", "loop_ref", "__weakref__",
-        "opts", "opts_ref", "handle", "handle_ref", "raw",
+        "opts", "opts_ref", "handle", "handle_ref", "raw", "marks",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -73,6 +73,9 @@ class LoopState:
         self.opts_ref = byref(opts)
         self.handle = c_uint64()
         self.handle_ref = byref(self.handle)
+        #: The AnyIO marks of this loop's calls made outside any AnyIO cancel scope,
+        #: made once (``_anyio_compat.asyncio_marks``).
+        self.marks: list[Any] = [None]
 
     def free(self) -> None:
         """Free the queue (its fd closes with it); idempotent."""

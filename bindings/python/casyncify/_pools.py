@@ -535,8 +535,8 @@ class Executor(concurrent.futures.Executor):
 # asyncify()
 # ---------------------------------------------------------------------------
 
-_current_task = asyncio.current_task
 _fast_submit = fast.asyncify_submit
+_asyncio_marks = _anyio_compat.asyncio_marks
 _modules = sys.modules
 _copy_context = contextvars.copy_context
 
@@ -606,6 +606,7 @@ def asyncify(
                 p = default_pool()
         lim = None if limits is None else limits.pick()  # in the caller's context
         loop = asyncio_loop()
+        clean = loop is not None  # asyncio, and sniffio's context variable unset here
         if loop is None:  # not surely asyncio
             if running_library() == "trio":
                 from . import _trio
@@ -627,7 +628,7 @@ def asyncify(
             kwargs,
             _copy_context(),
             p,
-            None if "anyio" not in _modules else _anyio_compat.asyncio_marks(state.loop_ref, _current_task()),
+            None if "anyio" not in _modules else _asyncio_marks(loop, state.loop_ref, clean, state.marks),
         )
         cid = next(ids)
         registry[cid] = rec

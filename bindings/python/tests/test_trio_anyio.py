@@ -278,6 +278,46 @@ def test_from_thread_check_cancelled_raises_once_the_scope_is_cancelled(backend,
     assert seen == {"casyncify": cancelled, "anyio": cancelled}
 
 
+def test_from_thread_under_plain_asyncio_inside_and_outside_a_cancel_scope(make_pool):
+    # asyncio.run, not anyio.run: calls outside any AnyIO cancel scope share their
+    # loop's marks; one inside a scope still gets the scope.
+    pool = make_pool(1)
+    seen = {}
+
+    async def on_loop(x):
+        await anyio.sleep(0)
+        return x, threading.current_thread() is threading.main_thread()
+
+    def work():
+        return (
+            anyio.from_thread.run_sync(lambda: threading.current_thread() is threading.main_thread()),
+            anyio.from_thread.run(on_loop, "async"),
+            anyio.from_thread.check_cancelled(),
+        )
+
+    def watcher():
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                anyio.from_thread.check_cancelled()
+            except BaseException as e:  # noqa: BLE001 - the backend's cancellation class
+                seen["scope"] = type(e)
+                return
+            time.sleep(0.005)
+
+    async def main():
+        f = casyncify.asyncify(work, pool=pool)
+        before = await f(), await f()
+        with anyio.move_on_after(0.1):
+            await casyncify.asyncify(watcher, pool=pool)()
+        return before, await f(), await anyio.to_thread.run_sync(work), anyio.get_cancelled_exc_class()
+
+    (first, second), after, anyios, cancelled = asyncio.run(main())
+    assert first == second == after == anyios == (True, ("async", True), None)
+    assert eventually(lambda: "scope" in seen, timeout=5)
+    assert seen["scope"] is cancelled
+
+
 def test_bare_trio_from_thread_functions(make_pool):
     pool = make_pool(1)
 
