@@ -13,7 +13,7 @@ import asyncio
 import struct
 import sys
 import weakref
-from ctypes import byref, c_size_t, c_uint64, sizeof
+from ctypes import byref, c_size_t, c_uint64, c_void_p, sizeof
 from typing import Any, Callable
 
 from . import _ffi, lowlevel
@@ -42,7 +42,7 @@ class LoopState:
 
     __slots__ = (
         "cq", "fd", "batch", "count", "pending", "wakeups", "generation", "loop_ref", "__weakref__",
-        "opts", "opts_ref", "handle", "handle_ref", "raw", "marks",
+        "opts", "opts_ref", "handle", "handle_ref", "raw", "marks", "arg", "drain_args",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -73,6 +73,10 @@ class LoopState:
         self.opts_ref = byref(opts)
         self.handle = c_uint64()
         self.handle_ref = byref(self.handle)
+        #: The arguments of ``_ffi.raw``'s calls, made once: the call id given to
+        #: ``asyncify_submit`` (set before each submit), and ``asyncify_cq_drain``'s.
+        self.arg = c_void_p()
+        self.drain_args = (c_void_p(self.cq), byref(self.batch), c_size_t(_BATCH), byref(self.count))
         #: The AnyIO marks of this loop's calls made outside any AnyIO cancel scope,
         #: made once (``_anyio_compat.asyncio_marks``).
         self.marks: list[Any] = [None]
@@ -81,6 +85,7 @@ class LoopState:
         """Free the queue (its fd closes with it); idempotent."""
         if self.cq and not life.finalized and self.generation == life.fork_generation:
             cq, self.cq = self.cq, 0
+            self.drain_args[0].value = None  # a late drain gets E_NULL, never the freed queue
             plib.asyncify_cq_free(cq)
 
 
@@ -97,18 +102,16 @@ assert _COMPLETIONS.size == sizeof(_ffi.Completion)
 def _drain(state: LoopState, _calls: dict[int, Call | LoopCall] = registry) -> None:
     """The fd is readable: move every waiting completion to its future, in batches."""
     state.wakeups += 1
-    batch = state.batch
     raw = state.raw
     count = state.count
-    count_ref = byref(count)
-    cq = state.cq
-    drain = plib.asyncify_cq_drain
+    drain_args = state.drain_args
+    drain = _ffi.raw.asyncify_cq_drain
     pending = state.pending
     unpack = _COMPLETIONS.iter_unpack
     size = _COMPLETIONS.size
     cancelled = _ffi.CANCELLED
     while True:
-        drain(cq, batch, _BATCH, count_ref)
+        drain(*drain_args)  # (cq, batch, _BATCH, &count), made once
         n = count.value
         for _handle, status, _code, _result, cid in unpack(raw[: n * size]):
             rec = pending.pop(cid, None)

@@ -535,7 +535,7 @@ class Executor(concurrent.futures.Executor):
 # asyncify()
 # ---------------------------------------------------------------------------
 
-_fast_submit = fast.asyncify_submit
+_raw_submit = _ffi.raw.asyncify_submit  # only prebuilt ctypes arguments: see _ffi.raw
 _asyncio_marks = _anyio_compat.asyncio_marks
 _modules = sys.modules
 _copy_context = contextvars.copy_context
@@ -643,7 +643,9 @@ def asyncify(
                     ptr = p._pointer()  # raises ShutDownError or ForkedError
                 opts.pool = ptr
                 if limits is None:
-                    status = _fast_submit(p._work, cid, state.opts_ref, state.handle_ref)
+                    arg = state.arg
+                    arg.value = cid
+                    status = _raw_submit(p._work, arg, state.opts_ref, state.handle_ref)
                 else:
                     rec.limits = (lim, limits.start_within)
                     status = submit_limited(p._work, cid, opts, state.opts_ref, state.handle_ref, lim, limits.ms)
