@@ -505,7 +505,8 @@ typedef struct asyncify_pool_options {
   uint32_t struct_size;
   /**
    * The limit: how many work functions of the pool run at once (8 after
-   * asyncify_pool_options_init()); 0 pauses the pool, `UINT32_MAX` is unbounded.
+   * asyncify_pool_options_init()); 0 pauses the pool, `UINT32_MAX` is unbounded
+   * (any limit above 65,535 lets 65,535 callables run at once).
    */
   uint32_t max_workers;
   /**
@@ -1286,7 +1287,8 @@ asyncify_status asyncify_pool_options_init(struct asyncify_pool_options *opts, s
  * Creates a pool that runs at most `max_workers` work functions at once, with
  * the other options at their defaults. No thread starts before the first task.
  *
- * @param max_workers The limit; 0 pauses the pool, `UINT32_MAX` is unbounded.
+ * @param max_workers The limit; 0 pauses the pool, `UINT32_MAX` is unbounded
+ *   (any limit above 65,535 lets 65,535 callables run at once).
  * @param out Receives the pool, the caller's until asyncify_pool_free().
  * @retval ASYNCIFY_OK `*out` is set.
  * @retval ASYNCIFY_E_NULL `out` is NULL.

@@ -10,6 +10,8 @@
 //! - [`status`], [`handles`] (task memory: a lock-free slab of slots named by
 //!   generation-checked handles), `spin`
 //! - `fork`: the fork epoch's handlers; a leaf that others register locks with
+//! - `gate`: a pool's queue entries, slots in use and limit as one atomic
+//!   word, and its idle workers as another (the lock-free scheduling core)
 //! - [`latency`]: lock-free latency histograms
 //! - `timer`: the library's timer thread (deadlines, rate limiters' tokens)
 //! - [`limiter`]: per-key caps across pools; knows its tasks only as waiters
@@ -50,6 +52,7 @@
 
 pub mod cq;
 mod fork;
+mod gate;
 pub mod handles;
 pub mod latency;
 pub mod limiter;

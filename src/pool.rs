@@ -2,11 +2,17 @@
 //! worker threads that are reused and leave after an idle keep-alive, and
 //! shutdown.
 //!
-//! One mutex guards the queue and the counters; no user code ever runs under
-//! it. A *slot* is the right to run one callable: a worker takes one with each
-//! task and gives it back only after the task's `on_done` and frees have
-//! returned, so "at most `limit` at once" also covers abandoned callables,
-//! and a finished shutdown has no callback left to fire.
+//! The hot path takes no lock: the queue is a lock-free FIFO, and the entries
+//! in it, the slots in use and the limit are one atomic word (see
+//! the `gate` module), so a submit reserves an entry and pushes it, and a
+//! worker takes an entry with a slot, by one CAS each. A mutex guards the
+//! rest (threads, parking, shutdown, tasks waiting for their limiter); no
+//! user code ever runs under it, and no wake-up is sent while it is held. A
+//! *slot* is the right to run one callable: a worker takes one with a task
+//! and gives it back only after the task's `on_done` and frees have
+//! returned (keeping it for the next task when one is queued), so "at most
+//! `limit` at once" also covers abandoned callables, and a finished shutdown
+//! has no callback left to fire.
 //!
 //! Cancelled, expired and inline-run tasks stay in the queue as tombstones
 //! that a worker skips; the `queued` counter only counts tasks that can still
@@ -18,13 +24,15 @@
 //! worker that would have started it does.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+use crossbeam_queue::SegQueue;
 use once_cell::sync::OnceCell;
 
+use crate::gate::{pop_reserved, Gate, Refused, Took, Word};
 use crate::handles::{fork_epoch, Ref};
 use crate::latency::{Sharded, Summary};
 use crate::limiter::Waiter;
@@ -50,7 +58,8 @@ pub type ThreadHook = extern "C" fn(user_data: *mut std::ffi::c_void);
 /// How a pool is made.
 #[derive(Clone, Debug)]
 pub struct PoolOptions {
-    /// The limit: 0 pauses, `u32::MAX` is unbounded.
+    /// The limit: 0 pauses, `u32::MAX` is unbounded (any limit above
+    /// 65,535 lets 65,535 callables run at once).
     pub max_workers: u32,
     /// 0: unbounded; else submit fails with `Busy` when this many wait.
     pub max_queued: u32,
@@ -103,9 +112,6 @@ impl Default for PoolOptions {
 }
 
 struct State {
-    queue: VecDeque<TaskRef>,
-    /// Tasks in `queue` that can still start.
-    queued: usize,
     /// Tasks waiting for their limiter, by address, to cancel at shutdown;
     /// an admission moves them into `queue`.
     limited: HashMap<usize, TaskRef>,
@@ -115,9 +121,9 @@ struct State {
     /// Expired tasks being reported (their `free_arg` and `on_done` may still
     /// run, maybe on the timer thread): a shutdown waits for them.
     expiring: u32,
+    /// The limit as set (the gate holds it too, capped at
+    /// 65,535).
     limit: u32,
-    /// Slots in use.
-    busy: u32,
     threads: u32,
     /// Workers that have decided to exit (no longer in `threads`, so a new
     /// worker can start in their place) but have not run their stop hook yet.
@@ -127,16 +133,6 @@ struct State {
     abandoned_off_limit: u32,
     /// Names the next worker.
     spawned: u64,
-    /// Workers parked on `work_ready`.
-    sleeping: u32,
-    /// Notifications sent to parked workers and not yet consumed. A worker
-    /// that wakes for any reason consumes one and then looks for work, so
-    /// each signal yields a worker looking at the queue.
-    signalled: u32,
-    /// Spawned workers that have not looked at the queue yet.
-    starting: u32,
-    /// Idle workers spinning on `wakeups` before they park.
-    spinning: u32,
     shut_down: bool,
     /// Workers that have left and wait to be joined (by the next worker
     /// start or a shutdown).
@@ -144,17 +140,6 @@ struct State {
     /// The pool's owner let go of it before every worker had left: nobody
     /// will join the rest, so each detaches itself as it leaves.
     orphaned: bool,
-    /// Shutdowns waiting on `quiet`.
-    quiet_waiters: u32,
-}
-
-/// What a worker found in the queue (see `PoolShared::take_next`).
-enum Next {
-    /// A task it started, in a slot of its own, with the table to install.
-    Start(TaskRef, Table),
-    /// A task past its start deadline, to expire.
-    Overdue(TaskRef),
-    Nothing,
 }
 
 /// What a worker's look at the queue led to (see `Worker::serve`).
@@ -223,9 +208,16 @@ pub struct PoolShared {
     /// workers (which hold the pool).
     me: Weak<PoolShared>,
     state: Mutex<State>,
-    /// Bumped (under the lock) whenever a task may have become startable, so
-    /// a spinning worker notices without taking the lock.
-    wakeups: AtomicU64,
+    /// Queued tasks and tombstones, in submit order; an entry is reserved in
+    /// `gate` before it is pushed and taken there before it is popped.
+    queue: SegQueue<TaskRef>,
+    /// The entries, the slots in use, the limit; idle workers.
+    gate: Gate,
+    /// Tasks in `queue` that can still start.
+    queued: AtomicUsize,
+    /// Shutdowns waiting on `quiet` (changed under the lock).
+    quiet_waiters: AtomicU32,
+    /// Parked workers wait here (under the lock).
     work_ready: Condvar,
     quiet: Condvar,
     options: PoolOptions,
@@ -285,59 +277,49 @@ impl PoolShared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes the next startable task and a slot for it, or the next task
-    /// found past its start deadline, for the caller to expire once it has
-    /// let go of the lock (it is counted as queued until then).
-    fn take_next(st: &mut State) -> Next {
-        while st.busy < st.limit {
-            let Some(task) = st.queue.pop_front() else {
-                break;
-            };
-            if task.has_deadline() && task.overdue(Instant::now()) {
-                return Next::Overdue(task);
-            }
-            if let Some(snapshot) = task.try_start(true) {
-                st.queued -= 1;
-                st.busy += 1;
-                return Next::Start(task, snapshot);
-            }
-        }
-        Next::Nothing
-    }
-
     /// Decides whether to wake a parked worker or start a new one, so that a
     /// thread is coming for the tasks that may start now. One at a time: while
     /// a worker is coming (woken, starting or spinning) nobody else is woken,
-    /// and each worker that takes a task calls this again, so a burst fills the
-    /// free slots one wake-up after another and a flood of short tasks wakes no
+    /// and each worker that takes a task while more may start calls this
+    /// again (through [`PoolShared::wake_next`]), so a burst fills the free
+    /// slots one wake-up after another and a flood of short tasks wakes no
     /// worker that would find the queue empty. The caller wakes them with
     /// [`PoolShared::wake_and_spawn`] once it has let go of the lock: a woken
     /// worker then finds it free instead of blocking on it at once.
-    #[inline]
     fn provide_workers(&self, st: &mut State) -> Provide {
-        if st.spinning > 0 {
-            // A spinner is coming: it only needs to notice. Only spinners read
-            // this (they read it under the lock first), so with none there is
-            // no cache line to bounce.
-            self.wakeups.fetch_add(1, Ordering::Release);
+        let idle = self.gate.idle();
+        if idle.coming() > 0 || !self.gate.load().startable() {
             return Provide::NONE;
         }
-        if st.signalled + st.starting > 0 || st.busy >= st.limit || st.queued == 0 {
-            return Provide::NONE;
-        }
-        if st.sleeping > st.signalled {
+        if idle.sleeping() > idle.signalled() {
             // Counted now, sent after the lock: a worker that wakes meanwhile
             // for another reason takes the count and looks for work all the
             // same.
-            st.signalled += 1;
+            self.gate.signal();
             return Provide { wake: 1, spawn: 0 };
         }
         if st.threads - st.abandoned_off_limit >= st.limit {
             return Provide::NONE;
         }
         st.threads += 1;
-        st.starting += 1;
+        self.gate.starting();
         Provide { wake: 0, spawn: 1 }
+    }
+
+    /// After a change of the gate that left `after` (a push, a task taken):
+    /// wakes or starts a worker if a free slot could take a queued task and
+    /// none is coming. The lock is taken only then. Returns how many workers
+    /// could not be started.
+    #[inline]
+    fn wake_next(self: &Arc<Self>, after: Word) -> u32 {
+        if !self.gate.needs_worker(after) {
+            return 0;
+        }
+        let provide = {
+            let mut st = self.lock();
+            self.provide_workers(&mut st)
+        };
+        self.wake_and_spawn(provide)
     }
 
     /// Sends the wake-ups and starts the workers `provide_workers` decided,
@@ -375,6 +357,7 @@ impl PoolShared {
                 ended: None,
                 reporting: None,
                 finished: None,
+                holding: false,
                 timed_out: false,
                 may_spin: true,
             };
@@ -385,7 +368,7 @@ impl PoolShared {
                 failed += 1;
                 let mut st = self.lock();
                 st.threads -= 1;
-                st.starting -= 1;
+                self.gate.started();
                 self.notify_if_quiet(&st);
             }
         }
@@ -394,15 +377,28 @@ impl PoolShared {
 
     /// Whether a submit is accepted now: not after a shutdown began, nor
     /// with `max_queued` tasks waiting (in the queue or for their limiter).
+    /// Under the lock, so that submits to a bounded pool count one by one.
     fn accepts(&self, st: &State) -> Result<(), Error> {
         let bound = self.options.max_queued as usize;
         if st.shut_down {
             Err(Error::ShutDown)
-        } else if bound > 0 && st.queued + st.waiting >= bound {
+        } else if bound > 0 && self.queued.load(Ordering::Relaxed) + st.waiting >= bound {
             Err(Error::Busy)
         } else {
             Ok(())
         }
+    }
+
+    /// Queues an accepted task (its entry reserved in the gate first, so a
+    /// shutdown draining the queue finds it); returns the gate as left.
+    fn push(&self, task: TaskRef) -> Result<Word, Error> {
+        let after = self.gate.reserve().map_err(|refused| match refused {
+            Refused::ShutDown => Error::ShutDown,
+            Refused::Full => Error::Busy,
+        })?;
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.queue.push(task);
+        Ok(after)
     }
 
     /// A pool let go of before it was quiet (its shutdown timed out) is no
@@ -418,15 +414,22 @@ impl PoolShared {
         }
     }
 
-    fn release_slot(&self, st: &mut State) {
-        st.busy -= 1;
-        self.notify_if_quiet(st);
-    }
-
     fn notify_if_quiet(&self, st: &State) {
         // Only a shutdown waits on `quiet`: without one, no wake-up syscall.
-        if st.quiet_waiters > 0 && self.is_quiet(st) {
+        if self.quiet_waiters.load(Ordering::Relaxed) > 0 && self.is_quiet(st) {
             self.quiet.notify_all();
+        }
+    }
+
+    /// After a slot was given back without the lock: a shutdown waiting for
+    /// the pool to be quiet is told. It counts itself in `quiet_waiters`
+    /// before it looks at the gate, this reads `quiet_waiters` after the
+    /// gate changed, with a fence each: one of the two sees the other.
+    fn slot_given_back(&self) {
+        fence(Ordering::SeqCst);
+        if self.quiet_waiters.load(Ordering::Relaxed) > 0 {
+            let st = self.lock();
+            self.notify_if_quiet(&st);
         }
     }
 
@@ -493,29 +496,27 @@ impl PoolShared {
     /// hook and is about to end): nothing of this pool can call user code any
     /// more, and the workers can be joined.
     fn is_quiet(&self, st: &State) -> bool {
-        st.busy == 0
+        self.gate.load().busy() == 0
             && st.abandoned_off_limit == 0
             && st.threads + st.leaving == 0
             && st.expiring == 0
     }
 
-    /// After a worker could not be started for the task `handle`: when the pool has no
+    /// After a worker could not be started for `task`: when the pool has no
     /// thread at all, nothing would ever run it, so it leaves the queue (no
-    /// callback, as for any refused submit) and the submit fails.
-    fn withdraw_if_unserved(&self, handle: u64) -> Result<(), Error> {
-        let mut st = self.lock();
+    /// callback, as for any refused submit; a tombstone stays) and the
+    /// submit fails.
+    fn withdraw_if_unserved(&self, task: &TaskRef, handle: u64) -> Result<(), Error> {
+        let st = self.lock();
         if st.threads > 0 {
             return Ok(());
         }
-        let Some(at) = st.queue.iter().rposition(|t| t.handle() == handle) else {
+        let Some(snapshot) = task.try_start(false) else {
+            // Started inline, or reached through its handle and cancelled
+            // already: reported.
             return Ok(());
         };
-        let Some(snapshot) = st.queue[at].try_start(false) else {
-            // Reached through its handle and cancelled already: reported.
-            return Ok(());
-        };
-        st.queue.remove(at);
-        st.queued -= 1;
+        self.queued.fetch_sub(1, Ordering::Relaxed);
         self.counters.submitted.fetch_sub(1, Ordering::Relaxed);
         drop(st);
         // Dropped with no lock held: it may release the last reference to a value.
@@ -557,13 +558,17 @@ impl Scheduler for PoolShared {
             &self.counters.cancelled
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        if !was_waiting && !expired {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
         let mut st = self.lock();
         if was_waiting {
             // Dropped with the lock held: the caller holds the task too.
             st.limited.remove(&task);
             st.waiting -= 1;
         } else {
-            st.queued -= 1;
+            self.queued.fetch_sub(1, Ordering::Relaxed);
         }
         if expired {
             st.expiring += 1;
@@ -589,8 +594,9 @@ impl Scheduler for PoolShared {
         }
         st.limited.remove(&Ref::addr(&task));
         st.waiting -= 1;
-        st.queue.push_back(task);
-        st.queued += 1;
+        // Not shut down (checked under the lock, where a shutdown sets both
+        // flags) and never full (as many entries as slab slots at most).
+        self.push(task).expect("an admitted task is queued");
         true
     }
 
@@ -616,7 +622,7 @@ impl Scheduler for PoolShared {
         let Some(snapshot) = task.try_start(false) else {
             return false;
         };
-        self.lock().queued -= 1;
+        self.queued.fetch_sub(1, Ordering::Relaxed);
         // Hooked and recorded like a start on a worker; here, inside the
         // waiter's own call, the hooks are called in place.
         let started = self.record_start(task);
@@ -649,7 +655,7 @@ impl AbandonSlot for SlotGiveBack<'_> {
     /// The abandoned callable's thread leaves the limit until it returns.
     fn give_back(&mut self) {
         let st = self.st.as_mut().expect("held until drop");
-        st.busy -= 1;
+        self.shared.gate.release();
         st.abandoned_off_limit += 1;
         self.given = true;
     }
@@ -698,6 +704,8 @@ struct Worker {
     reporting: Option<(TaskRef, Report, Option<Reporting>)>,
     /// The task whose work function returned, until its callbacks have too.
     finished: Option<TaskRef>,
+    /// The worker holds a slot (taken with a task, kept for the next one).
+    holding: bool,
     timed_out: bool,
     may_spin: bool,
 }
@@ -743,7 +751,7 @@ impl ThreadBody for Worker {
                 Step::Start => {
                     WORKER_OF.with(|w| *w.borrow_mut() = Some(self.shared.clone()));
                     self.step = Step::Serve;
-                    self.shared.lock().starting -= 1;
+                    self.shared.gate.started();
                     if let Some(start) = self.shared.options.on_thread_start {
                         return ForeignCall::Unary(start, hook_data);
                     }
@@ -808,21 +816,6 @@ impl Worker {
 }
 
 impl Worker {
-    /// The finished task's callbacks have returned: its slot goes back.
-    /// True when there was one.
-    fn give_back_slot(shared: &PoolShared, finished: &mut Option<TaskRef>, st: &mut State) -> bool {
-        let Some(task) = finished.take() else {
-            return false;
-        };
-        if task.slot_given_back() {
-            st.abandoned_off_limit -= 1;
-            shared.notify_if_quiet(st);
-        } else {
-            shared.release_slot(st);
-        }
-        true
-    }
-
     /// Waits for a task and starts it (installing its table), or says why
     /// not (see [`Served`]).
     fn serve(&mut self) -> Served {
@@ -830,26 +823,45 @@ impl Worker {
             shared,
             running,
             finished,
+            holding,
             timed_out,
             may_spin,
             ..
         } = self;
-        let mut st = shared.lock();
-        if Self::give_back_slot(shared, finished, &mut st) {
+        if let Some(task) = finished.take() {
+            // Its callbacks have returned: the slot taken with it is free for
+            // the next task (or goes back below), unless a cancel gave it
+            // back already.
+            if task.slot_given_back() {
+                *holding = false;
+                let mut st = shared.lock();
+                st.abandoned_off_limit -= 1;
+                shared.notify_if_quiet(&st);
+            }
             *timed_out = false;
             *may_spin = true;
         }
         loop {
-            match PoolShared::take_next(&mut st) {
-                Next::Start(task, snapshot) => {
-                    if st.queued > 0 {
-                        // The next worker, if more may start (see provide_workers).
-                        let provide = shared.provide_workers(&mut st);
-                        drop(st);
-                        shared.wake_and_spawn(provide);
-                    } else {
-                        drop(st);
+            match shared.gate.take(*holding) {
+                Took::Entry(after) => {
+                    *holding = true;
+                    let task = pop_reserved(&shared.queue);
+                    if task.has_deadline() && task.overdue(Instant::now()) {
+                        // Expired here, in this worker's slot. Its callbacks
+                        // (free_arg, on_done) are made by the start routine
+                        // before this worker looks again, not after it parks.
+                        task.expire();
+                        if sys::calls_deferred() {
+                            return Served::Again;
+                        }
+                        continue;
                     }
+                    let Some(snapshot) = task.try_start(true) else {
+                        continue; // a tombstone
+                    };
+                    shared.queued.fetch_sub(1, Ordering::Relaxed);
+                    // The next worker, if more may start (see provide_workers).
+                    shared.wake_next(after);
                     let started = shared.record_start(&task);
                     let run = task.begin_run(snapshot);
                     if let Some(hook) = shared.options.on_task_start {
@@ -859,20 +871,25 @@ impl Worker {
                     *running = Some((task.clone(), run, started));
                     return Served::Task(task);
                 }
-                Next::Overdue(task) => {
-                    // Expired here, with no lock held. Its callbacks (free_arg,
-                    // on_done) are made by the start routine before this
-                    // worker looks again, not after it parks.
-                    drop(st);
-                    task.expire();
-                    if sys::calls_deferred() {
-                        return Served::Again;
-                    }
-                    st = shared.lock();
-                    continue;
+                Took::Released(_) => {
+                    *holding = false;
+                    shared.slot_given_back();
                 }
-                Next::Nothing => {}
+                Took::Nothing => {}
             }
+            if *may_spin
+                && !*timed_out
+                && spin::enabled()
+                && shared.gate.start_spinning(spin::max_spinners())
+            {
+                // Watch the gate briefly before parking; a submit counts this
+                // worker as coming and wakes nobody.
+                *may_spin = false;
+                spin::spin_until(|| shared.gate.load().startable());
+                shared.gate.stop_spinning();
+                continue;
+            }
+            let mut st = shared.lock();
             if st.shut_down || st.threads - st.abandoned_off_limit > st.limit || *timed_out {
                 // Leave the count at once: a submit or a raise of the limit from
                 // now on starts a new worker instead of counting on this one.
@@ -880,27 +897,16 @@ impl Worker {
                 st.leaving += 1;
                 return Served::Leave;
             }
-            if *may_spin && st.spinning < spin::max_spinners() && spin::enabled() {
-                // Watch for a submission briefly before parking; the submitter
-                // counts this worker as coming and skips the wake-up.
-                *may_spin = false;
-                st.spinning += 1;
-                let seen = shared.wakeups.load(Ordering::Acquire);
-                drop(st);
-                spin::spin_until(|| shared.wakeups.load(Ordering::Acquire) != seen);
-                st = shared.lock();
-                st.spinning -= 1;
+            *may_spin = true;
+            if !shared.gate.sleep_or_retry() {
                 continue;
             }
-            *may_spin = true;
-            st.sleeping += 1;
             let (guard, wait) = shared
                 .work_ready
                 .wait_timeout(st, shared.options.keep_alive)
                 .unwrap_or_else(|e| e.into_inner());
-            st = guard;
-            st.sleeping -= 1;
-            st.signalled = st.signalled.saturating_sub(1);
+            shared.gate.woke();
+            drop(guard);
             *timed_out = wait.timed_out();
         }
     }
@@ -940,27 +946,22 @@ impl Pool {
         Pool {
             shared: Arc::new_cyclic(|me| PoolShared {
                 me: me.clone(),
-                wakeups: AtomicU64::new(0),
+                queue: SegQueue::new(),
+                gate: Gate::new(options.max_workers),
+                queued: AtomicUsize::new(0),
+                quiet_waiters: AtomicU32::new(0),
                 state: Mutex::new(State {
-                    queue: VecDeque::new(),
-                    queued: 0,
                     limited: HashMap::new(),
                     waiting: 0,
                     expiring: 0,
                     limit: options.max_workers,
-                    busy: 0,
                     threads: 0,
                     leaving: 0,
                     abandoned_off_limit: 0,
                     spawned: 0,
-                    sleeping: 0,
-                    signalled: 0,
-                    starting: 0,
-                    spinning: 0,
                     shut_down: false,
                     exited: Vec::new(),
                     orphaned: false,
-                    quiet_waiters: 0,
                 }),
                 work_ready: Condvar::new(),
                 quiet: Condvar::new(),
@@ -982,19 +983,23 @@ impl Pool {
         if task.limiter().is_some() || task.has_deadline() {
             return self.submit_scheduled(task, handle);
         }
-        let mut st = shared.lock();
-        if let Err(e) = shared.accepts(&st) {
-            drop(st);
-            let _ = tasks().remove(handle);
-            return Err(e);
-        }
+        let pushed = if shared.options.max_queued > 0 {
+            // Counted under the lock, one submit after another.
+            let st = shared.lock();
+            shared.accepts(&st).and_then(|()| shared.push(task.clone()))
+        } else {
+            shared.push(task.clone())
+        };
+        let after = match pushed {
+            Ok(after) => after,
+            Err(e) => {
+                let _ = tasks().remove(handle);
+                return Err(e);
+            }
+        };
         shared.counters.submitted.fetch_add(1, Ordering::Relaxed);
-        st.queue.push_back(task);
-        st.queued += 1;
-        let provide = shared.provide_workers(&mut st);
-        drop(st);
-        if shared.wake_and_spawn(provide) > 0 {
-            shared.withdraw_if_unserved(handle)?;
+        if shared.wake_next(after) > 0 {
+            shared.withdraw_if_unserved(&task, handle)?;
         }
         Ok(handle)
     }
@@ -1048,16 +1053,14 @@ impl Pool {
             scheduled.arm_deadline();
             return Ok(handle);
         }
-        st.queue.push_back(task.clone());
-        st.queued += 1;
-        let provide = shared.provide_workers(&mut st);
+        let after = shared.push(task.clone()).expect("accepted under the lock");
         drop(st);
         if let Some(scheduled) = &scheduled {
             scheduled.arm_deadline();
         }
-        if shared.wake_and_spawn(provide) > 0 {
+        if shared.wake_next(after) > 0 {
             // Withdrawn (started, so unscheduled, and its handle released).
-            if let Err(e) = shared.withdraw_if_unserved(handle) {
+            if let Err(e) = shared.withdraw_if_unserved(&task, handle) {
                 return refuse(e, false);
             }
         }
@@ -1069,6 +1072,7 @@ impl Pool {
     pub fn set_max_workers(&self, n: u32) {
         let mut st = self.shared.lock();
         st.limit = n;
+        self.shared.gate.set_limit(n);
         let provide = self.shared.provide_workers(&mut st);
         let too_many = st.threads > n;
         drop(st);
@@ -1098,9 +1102,9 @@ impl Pool {
         Stats {
             limit: st.limit,
             threads: st.threads + st.leaving,
-            idle_threads: st.sleeping,
-            queued: (st.queued + st.waiting) as u64,
-            running: u64::from(st.busy + st.abandoned_off_limit),
+            idle_threads: self.shared.gate.idle().sleeping(),
+            queued: (self.shared.queued.load(Ordering::Relaxed) + st.waiting) as u64,
+            running: u64::from(self.shared.gate.load().busy() + st.abandoned_off_limit),
             submitted: c.submitted.load(Ordering::Relaxed),
             completed: c.completed.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),
@@ -1122,33 +1126,46 @@ impl Pool {
             return Err(Error::WouldDeadlock);
         }
         let deadline = timeout.map(|t| Instant::now() + t);
-        let queued: Vec<TaskRef> = {
+        let limited: Vec<TaskRef> = {
             let mut st = shared.lock();
             st.shut_down = true;
+            shared.gate.shut_down();
             shared.work_ready.notify_all();
             // Taken whole, not drained: a drained map keeps its memory, and
             // the default pool is never dropped.
-            let limited = std::mem::take(&mut st.limited).into_values();
-            st.queue.drain(..).chain(limited).collect()
+            std::mem::take(&mut st.limited).into_values().collect()
         };
-        for task in queued {
+        // Every accepted task reserved its entry before the gate shut: the
+        // ones no worker took are drained here, the others started.
+        while shared.gate.take_for_drain() {
+            pop_reserved(&shared.queue).cancel();
+        }
+        for task in limited {
             task.cancel();
         }
         // Running callables (abandoned ones too) and, with thread hooks,
         // every worker thread: its stop hook is a callback of this pool too.
         let mut st = shared.lock();
-        while !shared.is_quiet(&st) {
+        loop {
+            // Counted before looking at the gate (see `slot_given_back`).
+            shared.quiet_waiters.fetch_add(1, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            if shared.is_quiet(&st) {
+                shared.quiet_waiters.fetch_sub(1, Ordering::Relaxed);
+                break;
+            }
             // Idle workers of a pool without hooks run no user code on their
             // way out and leave as soon as they wake: they are waited for
             // whatever the timeout, so that an idle pool shuts down with OK
             // (joined) even with a timeout of 0.
-            let only_idle_workers_left =
-                st.busy == 0 && st.abandoned_off_limit == 0 && !shared.has_thread_hooks();
+            let only_idle_workers_left = shared.gate.load().busy() == 0
+                && st.abandoned_off_limit == 0
+                && !shared.has_thread_hooks();
             let until = deadline.filter(|_| !only_idle_workers_left);
             if until.is_some_and(|d| Instant::now() >= d) {
+                shared.quiet_waiters.fetch_sub(1, Ordering::Relaxed);
                 return Ok(false);
             }
-            st.quiet_waiters += 1;
             st = match until {
                 None => shared.quiet.wait(st).unwrap_or_else(|e| e.into_inner()),
                 Some(d) => {
@@ -1160,7 +1177,7 @@ impl Pool {
                         .0
                 }
             };
-            st.quiet_waiters -= 1;
+            shared.quiet_waiters.fetch_sub(1, Ordering::Relaxed);
         }
         let exited = std::mem::take(&mut st.exited);
         drop(st);

@@ -66,7 +66,8 @@ pub struct asyncify_pool_options {
     /// asyncify_pool_options_init().
     pub struct_size: u32,
     /// The limit: how many work functions of the pool run at once (8 after
-    /// asyncify_pool_options_init()); 0 pauses the pool, `UINT32_MAX` is unbounded.
+    /// asyncify_pool_options_init()); 0 pauses the pool, `UINT32_MAX` is unbounded
+    /// (any limit above 65,535 lets 65,535 callables run at once).
     pub max_workers: u32,
     /// 0: no bound (the default); otherwise asyncify_submit() returns
     /// `ASYNCIFY_E_BUSY` while this many tasks wait to start.
@@ -204,7 +205,8 @@ pub extern "C" fn asyncify_pool_options_init(
 /// Creates a pool that runs at most `max_workers` work functions at once, with
 /// the other options at their defaults. No thread starts before the first task.
 ///
-/// @param max_workers The limit; 0 pauses the pool, `UINT32_MAX` is unbounded.
+/// @param max_workers The limit; 0 pauses the pool, `UINT32_MAX` is unbounded
+///   (any limit above 65,535 lets 65,535 callables run at once).
 /// @param out Receives the pool, the caller's until asyncify_pool_free().
 /// @retval ASYNCIFY_OK `*out` is set.
 /// @retval ASYNCIFY_E_NULL `out` is NULL.
