@@ -357,15 +357,28 @@ static void peek_limiter(int slot)
     CHECK(pthread_rwlock_unlock(&lim_slots[slot].lock) == 0);
 }
 
+/* Takes the next limiter generation if it is below `bound`. */
+static bool take_lim_gen(uint32_t bound, uint32_t *gen)
+{
+    uint32_t g = atomic_load(&next_lim_gen);
+    do {
+        if (g >= bound) {
+            return false;
+        }
+    } while (!atomic_compare_exchange_weak(&next_lim_gen, &g, g + 1));
+    *gen = g;
+    return true;
+}
+
 /* Swaps a fresh limiter into `slot`, opens the old one (a cap of at least one, a fast rate or none) so
  * that what waits for it is admitted, then frees it while its tasks still hold it, or parks it to check
  * once quiet. */
 static void retire_limiter(int slot)
 {
     static const uint32_t caps[] = { 1, 4, UINT32_MAX };
-    uint32_t gen = atomic_fetch_add(&next_lim_gen, 1);
-    if (gen >= MAX_LIM_GENS) {
-        return;
+    uint32_t gen;
+    if (!take_lim_gen(MAX_LIM_GENS - LIM_SLOTS, &gen)) {
+        return; /* the last generations are kept for the next phase's fresh_limiters */
     }
     struct asyncify_limiter *fresh = new_limiter(gen);
     CHECK(pthread_rwlock_wrlock(&lim_slots[slot].lock) == 0);
@@ -391,8 +404,8 @@ static void retire_limiter(int slot)
 static void fresh_limiters(void)
 {
     for (int i = 0; i < LIM_SLOTS; i++) {
-        uint32_t gen = atomic_fetch_add(&next_lim_gen, 1);
-        CHECK(gen < MAX_LIM_GENS);
+        uint32_t gen;
+        CHECK(take_lim_gen(MAX_LIM_GENS, &gen));
         lim_slots[i].lim = new_limiter(gen);
         lim_slots[i].gen = gen;
     }
