@@ -47,11 +47,13 @@
 #![allow(unsafe_code)]
 
 #[cfg(all(test, loom))]
-use loom::sync::atomic::{fence, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize};
+use loom::sync::atomic::{fence, AtomicPtr, AtomicU32, AtomicU64};
 use std::sync::atomic::AtomicU8;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 #[cfg(not(all(test, loom)))]
-use std::sync::atomic::{fence, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize};
+use std::sync::atomic::{fence, AtomicPtr, AtomicU32, AtomicU64};
+
+use crate::shard::Counter;
 
 const INDEX_BITS: u32 = 24;
 const GENERATION_SHIFT: u32 = INDEX_BITS;
@@ -149,8 +151,9 @@ pub struct Slab<T> {
     fresh: AtomicU32,
     /// The free list's head: `tag << 32 | index + 1`.
     free: AtomicU64,
-    /// Handles not released yet.
-    live: AtomicUsize,
+    /// Handles not released yet (bumped by the submitting threads, taken
+    /// back by whoever releases).
+    live: Counter,
 }
 
 static FORK_EPOCH: AtomicU8 = AtomicU8::new(0);
@@ -174,7 +177,7 @@ impl<T> Default for Slab<T> {
             segments: std::array::from_fn(|_| AtomicPtr::new(std::ptr::null_mut())),
             fresh: AtomicU32::new(0),
             free: AtomicU64::new(0),
-            live: AtomicUsize::new(0),
+            live: Counter::default(),
         }
     }
 }
@@ -243,7 +246,7 @@ fn encode(epoch: u8, generation: u32, index: u32) -> u64 {
 impl<T: Slotted> Slab<T> {
     /// Handles not released yet.
     pub fn live(&self) -> usize {
-        self.live.load(Relaxed)
+        self.live.sum() as usize
     }
 
     /// The slot `index`, when its segment exists.
@@ -345,7 +348,7 @@ impl<T: Slotted> Slab<T> {
         // SAFETY: the slot is ours alone: its count is 0 (so no lookup can
         // take it) and it is on no list.
         fill(unsafe { slot.value.get_mut() }, handle);
-        self.live.fetch_add(1, Relaxed);
+        self.live.add(1);
         // The handle's reference and the returned one; Release publishes
         // the value to whoever looks the handle up.
         slot.word.store(word + 2, Release);
@@ -402,7 +405,7 @@ impl<T: Slotted> Slab<T> {
                 u64::from(next_generation(parts.generation)) << 32 | u64::from(references(word));
             match slot.word.compare_exchange_weak(word, new, AcqRel, Acquire) {
                 Ok(_) => {
-                    self.live.fetch_sub(1, Relaxed);
+                    self.live.sub(1);
                     return Ok(Ref { slot });
                 }
                 Err(now) => word = now,

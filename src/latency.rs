@@ -10,6 +10,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::shard::{shard, SHARDS};
+
 const SUB_BITS: u32 = 5;
 const SUB: u64 = 1 << SUB_BITS;
 const BUCKETS: usize = ((64 - SUB_BITS as usize) + 1) << SUB_BITS;
@@ -124,17 +126,6 @@ fn summary_of(parts: &[Histogram]) -> Summary {
     }
 }
 
-/// How many parts a [`Sharded`] histogram has.
-const SHARDS: usize = 4;
-
-thread_local! {
-    /// This thread's part of every sharded histogram.
-    static SHARD: usize = {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        NEXT.fetch_add(1, Relaxed) % SHARDS
-    };
-}
-
 /// A histogram that threads record into in parts (by thread), so that
 /// workers on different CPUs seldom write the same cache lines; read as one.
 pub struct Sharded {
@@ -152,8 +143,7 @@ impl Default for Sharded {
 impl Sharded {
     /// Records one duration into the calling thread's part.
     pub fn record(&self, ns: u64) {
-        let shard = SHARD.try_with(|s| *s).unwrap_or(0);
-        self.parts[shard].record(ns);
+        self.parts[shard()].record(ns);
     }
 
     /// The counts and percentiles of every part together.

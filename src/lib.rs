@@ -7,6 +7,7 @@
 //!
 //! - `sys`: every platform call (worker threads, the completion queue's fd,
 //!   fork handlers) and, with `ffi` and `handles`' slab, the only `unsafe` code
+//! - `shard`: counters in per-thread parts, on cache lines of their own
 //! - [`status`], [`handles`] (task memory: a lock-free slab of slots named by
 //!   generation-checked handles), `spin`
 //! - `fork`: the fork epoch's handlers; a leaf that others register locks with
@@ -58,6 +59,7 @@ pub mod latency;
 pub mod limiter;
 pub mod overrides;
 pub mod pool;
+mod shard;
 mod spin;
 pub mod status;
 mod sys;

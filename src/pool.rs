@@ -15,8 +15,8 @@
 //! has no callback left to fire.
 //!
 //! Cancelled, expired and inline-run tasks stay in the queue as tombstones
-//! that a worker skips; the `queued` counter only counts tasks that can still
-//! start. Tasks that wait for their limiter are not in the queue yet: the pool
+//! that a worker skips (counted, so that the queued figure only counts tasks
+//! that can still start). Tasks that wait for their limiter are not in the queue yet: the pool
 //! keeps them aside (to cancel them at shutdown) and counts them in `waiting`
 //! until their limiter admits them into the queue.
 //!
@@ -25,7 +25,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,7 @@ use crate::handles::{fork_epoch, Ref};
 use crate::latency::{Sharded, Summary};
 use crate::limiter::Waiter;
 use crate::overrides;
+use crate::shard::Counter;
 use crate::spin;
 use crate::status::Error;
 use crate::status::ASYNCIFY_PENDING;
@@ -192,14 +193,16 @@ pub struct Stats {
     pub expired: u64,
 }
 
+/// Counted by the submitting threads and the workers, each into its own
+/// part (see [`crate::shard`]).
 #[derive(Default)]
 struct Counters {
-    submitted: AtomicU64,
-    completed: AtomicU64,
-    failed: AtomicU64,
-    cancelled: AtomicU64,
-    abandoned: AtomicU64,
-    expired: AtomicU64,
+    submitted: Counter,
+    completed: Counter,
+    failed: Counter,
+    cancelled: Counter,
+    abandoned: Counter,
+    expired: Counter,
 }
 
 /// The part of a pool that its workers and tasks share.
@@ -213,8 +216,11 @@ pub struct PoolShared {
     queue: SegQueue<TaskRef>,
     /// The entries, the slots in use, the limit; idle workers.
     gate: Gate,
-    /// Tasks in `queue` that can still start.
-    queued: AtomicUsize,
+    /// Entries of `queue` whose task left before a worker took it (cancelled,
+    /// expired, run inline, withdrawn): the gate's `pending` less these is the
+    /// tasks that can still start. Counted when a task leaves, taken back when
+    /// its entry is popped, so neither a submit nor a start touches it.
+    tombstones: Counter,
     /// Shutdowns waiting on `quiet` (changed under the lock).
     quiet_waiters: AtomicU32,
     /// Parked workers wait here (under the lock).
@@ -382,11 +388,24 @@ impl PoolShared {
         let bound = self.options.max_queued as usize;
         if st.shut_down {
             Err(Error::ShutDown)
-        } else if bound > 0 && self.queued.load(Ordering::Relaxed) + st.waiting >= bound {
+        } else if bound > 0 && self.queued() + st.waiting as u64 >= bound as u64 {
             Err(Error::Busy)
         } else {
             Ok(())
         }
+    }
+
+    /// Tasks in the queue that can still start (exact when no worker is
+    /// between taking an entry and starting its task).
+    fn queued(&self) -> u64 {
+        let tombstones = self.tombstones.sum();
+        // Transiently "negative" while a popper counts back first.
+        let tombstones = if tombstones > u64::from(u32::MAX) {
+            0
+        } else {
+            tombstones
+        };
+        u64::from(self.gate.load().pending()).saturating_sub(tombstones)
     }
 
     /// Queues an accepted task (its entry reserved in the gate first, so a
@@ -396,7 +415,6 @@ impl PoolShared {
             Refused::ShutDown => Error::ShutDown,
             Refused::Full => Error::Busy,
         })?;
-        self.queued.fetch_add(1, Ordering::Relaxed);
         self.queue.push(task);
         Ok(after)
     }
@@ -516,8 +534,8 @@ impl PoolShared {
             // already: reported.
             return Ok(());
         };
-        self.queued.fetch_sub(1, Ordering::Relaxed);
-        self.counters.submitted.fetch_sub(1, Ordering::Relaxed);
+        self.tombstones.add(1);
+        self.counters.submitted.sub(1);
         drop(st);
         // Dropped with no lock held: it may release the last reference to a value.
         drop(snapshot);
@@ -539,7 +557,7 @@ impl Scheduler for PoolShared {
     }
 
     fn count_abandoned(&self) {
-        self.counters.abandoned.fetch_add(1, Ordering::Relaxed);
+        self.counters.abandoned.add(1);
     }
 
     fn count_returned(&self, ok: bool) {
@@ -548,7 +566,7 @@ impl Scheduler for PoolShared {
         } else {
             &self.counters.failed
         };
-        c.fetch_add(1, Ordering::Relaxed);
+        c.add(1);
     }
 
     fn left_before_start(&self, task: usize, was_waiting: bool, expired: bool) {
@@ -557,18 +575,19 @@ impl Scheduler for PoolShared {
         } else {
             &self.counters.cancelled
         };
-        counter.fetch_add(1, Ordering::Relaxed);
-        if !was_waiting && !expired {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
-            return;
+        counter.add(1);
+        if !was_waiting {
+            // Its entry stays in the queue, a tombstone.
+            self.tombstones.add(1);
+            if !expired {
+                return;
+            }
         }
         let mut st = self.lock();
         if was_waiting {
             // Dropped with the lock held: the caller holds the task too.
             st.limited.remove(&task);
             st.waiting -= 1;
-        } else {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
         }
         if expired {
             st.expiring += 1;
@@ -622,7 +641,7 @@ impl Scheduler for PoolShared {
         let Some(snapshot) = task.try_start(false) else {
             return false;
         };
-        self.queued.fetch_sub(1, Ordering::Relaxed);
+        self.tombstones.add(1);
         // Hooked and recorded like a start on a worker; here, inside the
         // waiter's own call, the hooks are called in place.
         let started = self.record_start(task);
@@ -851,15 +870,16 @@ impl Worker {
                         // (free_arg, on_done) are made by the start routine
                         // before this worker looks again, not after it parks.
                         task.expire();
+                        shared.tombstones.sub(1);
                         if sys::calls_deferred() {
                             return Served::Again;
                         }
                         continue;
                     }
                     let Some(snapshot) = task.try_start(true) else {
-                        continue; // a tombstone
+                        shared.tombstones.sub(1);
+                        continue;
                     };
-                    shared.queued.fetch_sub(1, Ordering::Relaxed);
                     // The next worker, if more may start (see provide_workers).
                     shared.wake_next(after);
                     let started = shared.record_start(&task);
@@ -948,7 +968,7 @@ impl Pool {
                 me: me.clone(),
                 queue: SegQueue::new(),
                 gate: Gate::new(options.max_workers),
-                queued: AtomicUsize::new(0),
+                tombstones: Counter::default(),
                 quiet_waiters: AtomicU32::new(0),
                 state: Mutex::new(State {
                     limited: HashMap::new(),
@@ -997,7 +1017,7 @@ impl Pool {
                 return Err(e);
             }
         };
-        shared.counters.submitted.fetch_add(1, Ordering::Relaxed);
+        shared.counters.submitted.add(1);
         if shared.wake_next(after) > 0 {
             shared.withdraw_if_unserved(&task, handle)?;
         }
@@ -1042,7 +1062,7 @@ impl Pool {
         if !shared.uses_timer.swap(true, Ordering::Relaxed) {
             timer().add_user();
         }
-        shared.counters.submitted.fetch_add(1, Ordering::Relaxed);
+        shared.counters.submitted.add(1);
         if let (Some(limiter), Some(scheduled)) = (&limiter, scheduled.as_ref().filter(|_| waits)) {
             st.limited.insert(Ref::addr(&task), task.clone());
             st.waiting += 1;
@@ -1103,14 +1123,14 @@ impl Pool {
             limit: st.limit,
             threads: st.threads + st.leaving,
             idle_threads: self.shared.gate.idle().sleeping(),
-            queued: (self.shared.queued.load(Ordering::Relaxed) + st.waiting) as u64,
+            queued: self.shared.queued() + st.waiting as u64,
             running: u64::from(self.shared.gate.load().busy() + st.abandoned_off_limit),
-            submitted: c.submitted.load(Ordering::Relaxed),
-            completed: c.completed.load(Ordering::Relaxed),
-            failed: c.failed.load(Ordering::Relaxed),
-            cancelled: c.cancelled.load(Ordering::Relaxed),
-            abandoned: c.abandoned.load(Ordering::Relaxed),
-            expired: c.expired.load(Ordering::Relaxed),
+            submitted: c.submitted.sum(),
+            completed: c.completed.sum(),
+            failed: c.failed.sum(),
+            cancelled: c.cancelled.sum(),
+            abandoned: c.abandoned.sum(),
+            expired: c.expired.sum(),
         }
     }
 
@@ -1138,7 +1158,9 @@ impl Pool {
         // Every accepted task reserved its entry before the gate shut: the
         // ones no worker took are drained here, the others started.
         while shared.gate.take_for_drain() {
+            // Cancelled now, or a tombstone already: a tombstone popped.
             pop_reserved(&shared.queue).cancel();
+            shared.tombstones.sub(1);
         }
         for task in limited {
             task.cancel();
