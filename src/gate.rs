@@ -34,6 +34,7 @@
 //! The fences are explicit because loom models `SeqCst` accesses only as
 //! acquire/release; `loom_tests` model-checks the handshake.
 
+use crate::shard::Padded;
 #[cfg(all(test, loom))]
 use loom::sync::atomic::{fence, AtomicU64};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
@@ -133,31 +134,39 @@ impl Idle {
     }
 }
 
-/// The two words (see the module docs).
+/// The two words (see the module docs), on cache lines of their own: the
+/// gate changes with every task, the idle word seldom while tasks flow, so
+/// reading it stays a cache hit.
 pub(crate) struct Gate {
-    word: AtomicU64,
-    idle: AtomicU64,
+    word: Padded<AtomicU64>,
+    idle: Padded<AtomicU64>,
 }
 
 impl Gate {
     pub(crate) fn new(limit: u32) -> Gate {
         Gate {
-            word: AtomicU64::new(u64::from(limit.min(MAX_LIMIT)) << LIMIT_SHIFT),
-            idle: AtomicU64::new(0),
+            word: Padded(AtomicU64::new(
+                u64::from(limit.min(MAX_LIMIT)) << LIMIT_SHIFT,
+            )),
+            idle: Padded(AtomicU64::new(0)),
         }
     }
 
     pub(crate) fn load(&self) -> Word {
-        Word(self.word.load(Acquire))
+        Word(self.word.0.load(Acquire))
     }
 
     fn update(&self, mut f: impl FnMut(Word) -> Option<Word>) -> Result<Word, Word> {
-        let mut old = self.word.load(Relaxed);
+        let mut old = self.word.0.load(Relaxed);
         loop {
             let Some(new) = f(Word(old)) else {
                 return Err(Word(old));
             };
-            match self.word.compare_exchange_weak(old, new.0, SeqCst, Relaxed) {
+            match self
+                .word
+                .0
+                .compare_exchange_weak(old, new.0, SeqCst, Relaxed)
+            {
                 Ok(_) => return Ok(new),
                 Err(seen) => old = seen,
             }
@@ -217,7 +226,7 @@ impl Gate {
     /// Gives a slot back without taking an entry (an abandoned callable
     /// leaving the limit); returns the gate as it was left.
     pub(crate) fn release(&self) -> Word {
-        Word(self.word.fetch_sub(ONE_BUSY, SeqCst) - ONE_BUSY)
+        Word(self.word.0.fetch_sub(ONE_BUSY, SeqCst) - ONE_BUSY)
     }
 
     pub(crate) fn set_limit(&self, limit: u32) {
@@ -227,7 +236,7 @@ impl Gate {
 
     /// Sets the shut-down bit: no more reservations, no more starts.
     pub(crate) fn shut_down(&self) {
-        self.word.fetch_or(SHUT, SeqCst);
+        self.word.0.fetch_or(SHUT, SeqCst);
     }
 
     /// After a change of the gate that left `after`: whether the pool must
@@ -242,20 +251,20 @@ impl Gate {
     }
 
     pub(crate) fn idle(&self) -> Idle {
-        Idle(self.idle.load(Acquire))
+        Idle(self.idle.0.load(Acquire))
     }
 
     fn add(&self, shift: u32) {
-        self.idle.fetch_add(1 << shift, SeqCst);
+        self.idle.0.fetch_add(1 << shift, SeqCst);
     }
 
     fn sub(&self, shift: u32) {
-        self.idle.fetch_sub(1 << shift, SeqCst);
+        self.idle.0.fetch_sub(1 << shift, SeqCst);
     }
 
     /// Counts a spinner unless `max` spin already; true when counted.
     pub(crate) fn start_spinning(&self, max: u32) -> bool {
-        let before = Idle(self.idle.fetch_add(1 << SPINNING, SeqCst));
+        let before = Idle(self.idle.0.fetch_add(1 << SPINNING, SeqCst));
         if before.spinning() >= max {
             self.sub(SPINNING);
             return false;
