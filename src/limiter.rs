@@ -14,12 +14,14 @@
 //! limiter's lock is never taken while a pool's or a task's is held.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use once_cell::sync::OnceCell;
 
 use crate::latency::{Histogram, Summary};
+use crate::shard::Counter;
 use crate::timer::{timer, Due, Kept};
 
 /// A task waiting for its limiter, as the limiter sees it.
@@ -79,6 +81,84 @@ pub struct LimiterStats {
     pub cancelled_waiting: u64,
 }
 
+/// The places word: `max_running << 32 | SLOW | running`. A limiter without
+/// a rate and with nobody waiting admits and gives places back by CAS on it
+/// alone, with no lock (the submitting thread and every worker take and give
+/// back places per task). `SLOW` sends both to the lock: set, under the lock,
+/// while tasks wait (so a new task waits behind them, FIFO, and a place given
+/// back is handed to the first) or a rate holds (tokens are counted under the
+/// lock). `running` changes only by atomic RMW, under the lock or not.
+struct Places(AtomicU64);
+
+const RUNNING_MASK: u64 = (1 << 31) - 1;
+const SLOW: u64 = 1 << 31;
+const MAX_SHIFT: u32 = 32;
+
+impl Places {
+    fn new(max_running: u32, slow: bool) -> Places {
+        Places(AtomicU64::new(
+            (u64::from(max_running) << MAX_SHIFT) | if slow { SLOW } else { 0 },
+        ))
+    }
+
+    fn load(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn running(word: u64) -> u32 {
+        (word & RUNNING_MASK) as u32
+    }
+
+    fn max_running(word: u64) -> u32 {
+        (word >> MAX_SHIFT) as u32
+    }
+
+    /// Takes a place if one is free; `slow_ok`: also while `SLOW` is set
+    /// (the caller holds the lock). None: `SLOW` is set and the caller does
+    /// not hold the lock.
+    fn try_take(&self, slow_ok: bool) -> Option<bool> {
+        let mut word = self.0.load(Ordering::Relaxed);
+        loop {
+            if word & SLOW != 0 && !slow_ok {
+                return None;
+            }
+            if Self::running(word) >= Self::max_running(word) {
+                return Some(false);
+            }
+            match self
+                .0
+                .compare_exchange_weak(word, word + 1, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return Some(true),
+                Err(seen) => word = seen,
+            }
+        }
+    }
+
+    /// Gives a place back; true when `SLOW` was set (the caller then admits
+    /// under the lock).
+    fn give_back(&self) -> bool {
+        self.0.fetch_sub(1, Ordering::AcqRel) & SLOW != 0
+    }
+
+    /// Under the lock: sets the cap, and `SLOW` as the state says.
+    fn set(&self, max_running: u32, slow: bool) {
+        let mut word = self.0.load(Ordering::Relaxed);
+        loop {
+            let new = (u64::from(max_running) << MAX_SHIFT)
+                | (word & RUNNING_MASK)
+                | if slow { SLOW } else { 0 };
+            match self
+                .0
+                .compare_exchange_weak(word, new, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(seen) => word = seen,
+            }
+        }
+    }
+}
+
 struct State {
     max_running: u32,
     rate: f64,
@@ -87,7 +167,6 @@ struct State {
     refilled: Instant,
     /// A timer entry is set for this instant (the next token).
     refill_at: Option<Kept>,
-    running: u32,
     /// In admission order; entries that left already are skipped. Held
     /// weakly: a waiting task is kept alive by its pool, and a task holds its
     /// limiter, so a strong reference here would be a cycle.
@@ -96,7 +175,6 @@ struct State {
     /// between its pool counting it and its submit queueing it here; the
     /// count is then -1 until the queueing, and the stats show 0.
     waiting: i64,
-    admitted: u64,
     expired: u64,
     cancelled_waiting: u64,
 }
@@ -105,6 +183,9 @@ struct State {
 pub struct Limiter {
     me: Weak<Limiter>,
     name: String,
+    places: Places,
+    /// Admissions, counted by whoever admits.
+    admitted: Counter,
     state: Mutex<State>,
     /// Queue wait and run time of its tasks that ran on pools that record
     /// latency; made on first use.
@@ -131,6 +212,8 @@ impl Limiter {
         Ok(Arc::new_cyclic(|me| Limiter {
             me: me.clone(),
             name: options.name,
+            places: Places::new(options.max_running, options.rate_per_s > 0.0),
+            admitted: Counter::default(),
             state: Mutex::new(State {
                 max_running: options.max_running,
                 rate: options.rate_per_s,
@@ -138,10 +221,8 @@ impl Limiter {
                 tokens: burst,
                 refilled: Instant::now(),
                 refill_at: None,
-                running: 0,
                 queue: VecDeque::new(),
                 waiting: 0,
-                admitted: 0,
                 expired: 0,
                 cancelled_waiting: 0,
             }),
@@ -176,6 +257,7 @@ impl Limiter {
         st.rate = rate_per_s;
         st.burst = burst;
         st.refill_at = None;
+        self.places.set(max_running, Self::slow(&st));
         self.admit_waiting(st);
         Ok(())
     }
@@ -186,8 +268,8 @@ impl Limiter {
         LimiterStats {
             max_running: st.max_running,
             waiting: st.waiting.max(0) as u64,
-            running: u64::from(st.running),
-            admitted: st.admitted,
+            running: u64::from(Places::running(self.places.load())),
+            admitted: self.admitted.sum(),
             expired: st.expired,
             cancelled_waiting: st.cancelled_waiting,
         }
@@ -216,12 +298,25 @@ impl Limiter {
         self.latency.get_or_init(Box::default)
     }
 
+    /// Whether admissions and places given back go through the lock (see
+    /// [`Places`]).
+    fn slow(st: &State) -> bool {
+        st.waiting != 0 || st.rate > 0.0
+    }
+
     /// Admits a new task at once when nothing waits before it and a place
-    /// (and, with a rate, a token) is free: the fast path of a submit. False
-    /// when it has to wait ([`Limiter::enqueue`]).
+    /// (and, with a rate, a token) is free: the fast path of a submit, with
+    /// no lock unless tasks wait or a rate holds. False when it has to wait
+    /// ([`Limiter::enqueue`]).
     pub(crate) fn try_acquire(&self) -> bool {
+        if let Some(taken) = self.places.try_take(false) {
+            if taken {
+                self.admitted.add(1);
+            }
+            return taken;
+        }
         let mut st = self.lock();
-        if st.waiting > 0 || st.running >= st.max_running {
+        if st.waiting > 0 {
             return false;
         }
         if st.rate > 0.0 {
@@ -229,10 +324,14 @@ impl Limiter {
             if st.tokens < 1.0 {
                 return false;
             }
+        }
+        if self.places.try_take(true) != Some(true) {
+            return false;
+        }
+        if st.rate > 0.0 {
             st.tokens -= 1.0;
         }
-        st.running += 1;
-        st.admitted += 1;
+        self.admitted.add(1);
         true
     }
 
@@ -240,8 +339,8 @@ impl Limiter {
     /// was no admission: the token goes back too).
     pub(crate) fn undo_acquire(&self) {
         let mut st = self.lock();
-        st.running -= 1;
-        st.admitted -= 1;
+        self.places.give_back();
+        self.admitted.sub(1);
         if st.rate > 0.0 {
             st.tokens = (st.tokens + 1.0).min(st.burst);
         }
@@ -254,21 +353,23 @@ impl Limiter {
         let mut st = self.lock();
         st.queue.push_back(Arc::downgrade(waiter));
         st.waiting += 1;
+        self.places.set(st.max_running, Self::slow(&st));
         self.admit_waiting(st);
     }
 
     /// A place is given back: the callable returned, or an admitted task
     /// left before it started.
     pub(crate) fn release(&self) {
-        let mut st = self.lock();
-        st.running -= 1;
-        self.admit_waiting(st);
+        if self.places.give_back() {
+            self.admit_waiting(self.lock());
+        }
     }
 
     /// A waiting task left without being admitted: cancelled, or expired.
     pub(crate) fn left_waiting(&self, expired: bool) {
         let mut st = self.lock();
         st.waiting -= 1;
+        self.places.set(st.max_running, Self::slow(&st));
         if expired {
             st.expired += 1;
         } else {
@@ -292,28 +393,35 @@ impl Limiter {
         let mut admitted = Vec::new();
         let now = Instant::now();
         refill(&mut st, now);
-        while st.running < st.max_running {
+        loop {
             if st.rate > 0.0 && st.tokens < 1.0 {
                 break;
             }
-            let Some(waiter) = st.queue.pop_front() else {
-                break;
-            };
-            let Some(waiter) = waiter.upgrade() else {
+            let Some(waiter) = st.queue.front().and_then(Weak::upgrade) else {
+                if st.queue.pop_front().is_none() {
+                    break;
+                }
                 continue; // it left already and is gone
             };
+            // A place for it, by the same RMW a fast release gives one back.
+            if self.places.try_take(true) != Some(true) {
+                break;
+            }
+            st.queue.pop_front();
             if !waiter.clone().admit() {
+                self.places.give_back();
                 continue; // it left already, and said so
             }
             st.waiting -= 1;
-            st.running += 1;
-            st.admitted += 1;
+            self.admitted.add(1);
             if st.rate > 0.0 {
                 st.tokens -= 1.0;
             }
             admitted.push(waiter);
         }
-        let wants_token = st.waiting > 0 && st.running < st.max_running && st.rate > 0.0;
+        self.places.set(st.max_running, Self::slow(&st));
+        let running = Places::running(self.places.load());
+        let wants_token = st.waiting > 0 && running < st.max_running && st.rate > 0.0;
         // One timer entry for the next token at a time, unless the timer has
         // dropped it since (all its pools shut down, a fork).
         if wants_token && !st.refill_at.is_some_and(|kept| timer().still_kept(kept)) {
@@ -526,5 +634,56 @@ mod tests {
         let lim = limiter(3, 0.0, 0);
         assert_eq!(lim.set(1, f64::NAN, 0), Err(BadRate));
         assert_eq!(lim.stats().max_running, 3);
+    }
+
+    #[test]
+    fn the_cap_holds_while_lock_free_admissions_race_waiters_and_releases() {
+        use std::sync::atomic::AtomicUsize;
+        let lim = limiter(2, 0.0, 0);
+        let held = AtomicUsize::new(0);
+        let most = AtomicUsize::new(0);
+        let fast = AtomicUsize::new(0);
+        let hold = || {
+            let n = held.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(n, Ordering::SeqCst);
+            std::thread::yield_now();
+            held.fetch_sub(1, Ordering::SeqCst);
+        };
+        let (dyns, fakes, order) = fakes(300);
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    for _ in 0..20_000 {
+                        if lim.try_acquire() {
+                            fast.fetch_add(1, Ordering::Relaxed);
+                            hold();
+                            lim.release();
+                        }
+                    }
+                });
+            }
+            s.spawn(|| {
+                // Each waiter, once admitted (a place given back handed it
+                // one), holds its place and gives it back like the others.
+                for (d, f) in dyns.iter().zip(&fakes) {
+                    lim.enqueue(d);
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while !f.admitted.load(Ordering::Relaxed) {
+                        assert!(Instant::now() < deadline, "a waiter was never admitted");
+                        std::thread::yield_now();
+                    }
+                    hold();
+                    lim.release();
+                }
+            });
+        });
+        assert!(
+            most.load(Ordering::SeqCst) <= 2,
+            "more than the cap held places"
+        );
+        let st = lim.stats();
+        assert_eq!((st.running, st.waiting), (0, 0));
+        assert_eq!(st.admitted, fast.load(Ordering::Relaxed) as u64 + 300);
+        assert_eq!(*order.lock().unwrap(), (0..300).collect::<Vec<_>>());
     }
 }

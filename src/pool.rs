@@ -1030,8 +1030,10 @@ impl Pool {
     /// its limiter, kept aside.
     fn submit_scheduled(&self, task: TaskRef, handle: u64) -> Result<u64, Error> {
         let shared = &self.shared;
-        let limiter = task.limiter().cloned();
-        let admitted_now = limiter.as_ref().is_some_and(|l| l.try_acquire());
+        // Borrowed from the task, which lives through this call (no count
+        // of the limiter's Arc taken per submit).
+        let limiter = task.limiter();
+        let admitted_now = limiter.is_some_and(|l| l.try_acquire());
         if admitted_now {
             task.try_admit();
         }
@@ -1047,11 +1049,30 @@ impl Pool {
                 }
                 let _ = tasks().remove(handle);
             }
-            if let (true, Some(limiter)) = (admitted_now, &limiter) {
+            if let (true, Some(limiter)) = (admitted_now, limiter) {
                 limiter.undo_acquire();
             }
             Err(e)
         };
+        if admitted_now
+            && scheduled.is_none()
+            && shared.options.max_queued == 0
+            && shared.uses_timer.load(Ordering::Relaxed)
+        {
+            // Admitted at once, no deadline, the pool a user of the timer
+            // already: queued like any task, with no lock.
+            let after = match shared.push(task.clone()) {
+                Ok(after) => after,
+                Err(e) => return refuse(e, true),
+            };
+            shared.counters.submitted.add(1);
+            if shared.wake_next(after) > 0 {
+                if let Err(e) = shared.withdraw_if_unserved(&task, handle) {
+                    return refuse(e, false);
+                }
+            }
+            return Ok(handle);
+        }
         let mut st = shared.lock();
         if let Err(e) = shared.accepts(&st) {
             drop(st);
@@ -1063,7 +1084,7 @@ impl Pool {
             timer().add_user();
         }
         shared.counters.submitted.add(1);
-        if let (Some(limiter), Some(scheduled)) = (&limiter, scheduled.as_ref().filter(|_| waits)) {
+        if let (Some(limiter), Some(scheduled)) = (limiter, scheduled.as_ref().filter(|_| waits)) {
             st.limited.insert(Ref::addr(&task), task.clone());
             st.waiting += 1;
             drop(st);
