@@ -451,9 +451,19 @@ mod loom_tests {
                     return;
                 }
                 if may_spin && self.gate.start_spinning(1) {
+                    // One look while counted as spinning, taking the entry
+                    // then (as the pool's spinners do).
                     may_spin = false;
-                    let _ = self.gate.load().startable();
+                    let spun =
+                        self.gate.load().startable() && self.gate.take(false) != Took::Nothing;
                     self.gate.stop_spinning();
+                    if spun {
+                        holding = true;
+                        let now = self.running.fetch_add(1, SeqCst) + 1;
+                        assert!(now <= 1, "the limit is 1");
+                        self.running.fetch_sub(1, SeqCst);
+                        self.ran.fetch_add(1, SeqCst);
+                    }
                     continue;
                 }
                 may_spin = true;

@@ -860,8 +860,14 @@ impl Worker {
             *timed_out = false;
             *may_spin = true;
         }
+        // An entry taken while spinning.
+        let mut spun = None;
         loop {
-            match shared.gate.take(*holding) {
+            let took = match spun.take() {
+                Some(after) => Took::Entry(after),
+                None => shared.gate.take(*holding),
+            };
+            match took {
                 Took::Entry(after) => {
                     *holding = true;
                     let task = pop_reserved(&shared.queue);
@@ -903,9 +909,24 @@ impl Worker {
                 && shared.gate.start_spinning(spin::max_spinners())
             {
                 // Watch the gate briefly before parking; a submit counts this
-                // worker as coming and wakes nobody.
+                // worker as coming and wakes nobody. The entry is taken while
+                // still counted: a spinner that stopped counting first would
+                // let the submit wake a parked worker for nothing (a futex
+                // wake on the submitter's path, and the spinning role moving
+                // to the woken worker).
                 *may_spin = false;
-                spin::spin_until(|| shared.gate.load().startable());
+                spin::spin_until(|| {
+                    if !shared.gate.load().startable() {
+                        return false;
+                    }
+                    match shared.gate.take(false) {
+                        Took::Entry(after) => {
+                            spun = Some(after);
+                            true
+                        }
+                        _ => false,
+                    }
+                });
                 shared.gate.stop_spinning();
                 continue;
             }
