@@ -86,6 +86,46 @@ pub trait Slotted: Default + Send + Sync + 'static {
     /// Drops what the value owns; called by the thread that dropped the last
     /// reference.
     fn clear(&mut self);
+    /// This thread's private chain of free slots (see [`LocalFree`]), for a
+    /// slab that one thread fills while others empty it; None: every insert
+    /// pops the shared free list.
+    fn local_free() -> Option<&'static std::thread::LocalKey<LocalFree<Self>>> {
+        None
+    }
+}
+
+/// A thread's private chain of free slots of `T`'s slab. When it is empty,
+/// an insert takes the whole shared free list into it with one atomic swap,
+/// then takes slots from it with no atomic operation; the threads that free
+/// slots keep pushing onto the shared list. A submitting thread thus stops
+/// contending with the workers for the free list's head on every task. The
+/// chain goes back to the shared list when its thread ends.
+pub struct LocalFree<T: Slotted> {
+    /// The first slot's index + 1 (0: empty), linked through `next_free`.
+    head: std::cell::Cell<u32>,
+    _slab: std::marker::PhantomData<T>,
+}
+
+impl<T: Slotted> LocalFree<T> {
+    /// An empty chain.
+    pub const fn new() -> Self {
+        LocalFree {
+            head: std::cell::Cell::new(0),
+            _slab: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T: Slotted> Default for LocalFree<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Slotted> Drop for LocalFree<T> {
+    fn drop(&mut self) {
+        T::slab().push_chain(self.head.get());
+    }
 }
 
 #[cfg(not(all(test, loom)))]
@@ -310,6 +350,68 @@ impl<T: Slotted> Slab<T> {
         }
     }
 
+    /// Takes the whole free list (a new tag with no slot, so a pop that read
+    /// the old head fails its CAS); returns its first index + 1 (0: empty).
+    /// The chain is the caller's alone from then on.
+    fn take_all(&self) -> u32 {
+        let mut head = self.free.load(Acquire);
+        loop {
+            if head as u32 == 0 {
+                return 0;
+            }
+            let new = (head >> 32).wrapping_add(1) << 32;
+            match self.free.compare_exchange_weak(head, new, Acquire, Acquire) {
+                Ok(_) => return head as u32,
+                Err(now) => head = now,
+            }
+        }
+    }
+
+    /// A slot from this thread's private chain, refilled from the free list
+    /// when empty (see [`LocalFree`]).
+    fn pop_local(&self) -> Option<u32> {
+        let key = T::local_free()?;
+        key.try_with(|local| {
+            let mut head = local.head.get();
+            if head == 0 {
+                head = self.take_all();
+                if head == 0 {
+                    return None;
+                }
+            }
+            let slot = self.slot(head - 1).expect("a free slot's segment exists");
+            local.head.set(slot.next_free.load(Relaxed));
+            Some(head - 1)
+        })
+        .ok()
+        .flatten()
+    }
+
+    /// Puts a private chain (first index + 1; 0: empty) back on the free
+    /// list whole.
+    fn push_chain(&self, first: u32) {
+        if first == 0 {
+            return;
+        }
+        let mut last = self.slot(first - 1).expect("a free slot's segment exists");
+        loop {
+            let next = last.next_free.load(Relaxed);
+            if next == 0 {
+                break;
+            }
+            last = self.slot(next - 1).expect("a free slot's segment exists");
+        }
+        let mut head = self.free.load(Relaxed);
+        loop {
+            last.next_free.store(head as u32, Relaxed);
+            let new = (head >> 32).wrapping_add(1) << 32 | u64::from(first);
+            match self.free.compare_exchange_weak(head, new, Release, Relaxed) {
+                Ok(_) => return,
+                Err(now) => head = now,
+            }
+        }
+    }
+
     fn push_free(&self, slot: &Slot<T>) {
         let mut head = self.free.load(Relaxed);
         loop {
@@ -330,7 +432,7 @@ impl<T: Slotted> Slab<T> {
             std::ptr::eq(self, T::slab()),
             "a value's slot is freed into T::slab()"
         );
-        let index = match self.pop_free() {
+        let index = match self.pop_local().or_else(|| self.pop_free()) {
             Some(i) => i,
             None => {
                 let i = self.fresh.fetch_add(1, Relaxed);
@@ -488,6 +590,59 @@ mod tests {
                 }
             }
         };
+    }
+
+    /// A value type whose inserts go through a private chain.
+    #[derive(Default)]
+    struct Chained(u32);
+
+    thread_local! {
+        static CHAIN: LocalFree<Chained> = const { LocalFree::new() };
+    }
+
+    impl Slotted for Chained {
+        fn slab() -> &'static Slab<Self> {
+            static SLAB: once_cell::sync::Lazy<Slab<Chained>> =
+                once_cell::sync::Lazy::new(Slab::default);
+            &SLAB
+        }
+
+        fn clear(&mut self) {
+            self.0 = 0;
+        }
+
+        fn local_free() -> Option<&'static std::thread::LocalKey<LocalFree<Self>>> {
+            Some(&CHAIN)
+        }
+    }
+
+    #[test]
+    fn a_private_chain_takes_the_free_list_whole_and_gives_it_back_at_thread_exit() {
+        let s = Chained::slab();
+        let put = |v: u32| s.insert(|value, _| value.0 = v).unwrap().1;
+        let index = |h: u64| h & INDEX_MASK;
+        let first: Vec<u64> = (0..10).map(put).collect();
+        for h in &first {
+            drop(s.remove(*h).unwrap());
+        }
+        let fresh = s.fresh.load(Relaxed);
+        // Another thread takes all ten into its chain, uses three, and
+        // gives the other seven back when it ends.
+        let theirs: Vec<u64> = std::thread::spawn(move || {
+            let s = Chained::slab();
+            (0..3).map(|v| s.insert(|value, _| value.0 = 100 + v).unwrap().1).collect()
+        })
+        .join()
+        .unwrap();
+        let mine: Vec<u64> = (0..7).map(|v| put(200 + v)).collect();
+        assert_eq!(s.fresh.load(Relaxed), fresh, "every slot was reused");
+        let mut indices: Vec<u64> = theirs.iter().chain(&mine).map(|h| index(*h)).collect();
+        indices.sort_unstable();
+        indices.dedup();
+        assert_eq!(indices.len(), 10, "no slot handed out twice");
+        for (h, v) in theirs.iter().zip(100..).chain(mine.iter().zip(200..)) {
+            assert_eq!(s.get(*h).unwrap().0, v);
+        }
     }
 
     #[test]
@@ -650,6 +805,40 @@ mod loom_tests {
             assert_eq!(cleared.load(Ordering::Relaxed), 1);
             assert_eq!(s.get(h).err(), Some(HandleError::Invalid));
             assert_eq!(s.live(), 0);
+        });
+    }
+
+    /// A thread taking the whole free list (into a private chain) while
+    /// another pops one slot and a third frees one: no slot is taken twice,
+    /// and none is lost.
+    #[test]
+    fn taking_the_whole_free_list_races_a_pop_and_a_free_safely() {
+        loom::model(|| {
+            let s = Value::slab();
+            let cleared = Arc::new(AtomicUsize::new(0));
+            let a = put(1, &cleared).1;
+            let b = put(2, &cleared).1;
+            let c = put(3, &cleared).1;
+            drop(s.remove(a).unwrap());
+            drop(s.remove(b).unwrap());
+            let freer = thread::spawn(move || drop(Value::slab().remove(c).unwrap()));
+            let popper = thread::spawn(|| Value::slab().pop_free());
+            let s2 = Value::slab();
+            let mut chain = vec![];
+            let mut next = s2.take_all();
+            while next != 0 {
+                chain.push(next - 1);
+                next = s2.slot(next - 1).unwrap().next_free.load(Ordering::Relaxed);
+            }
+            freer.join().unwrap();
+            let popped = popper.join().unwrap();
+            let mut all: Vec<u32> = chain.iter().copied().chain(popped).collect();
+            // Whatever neither took is still on the list.
+            while let Some(i) = s.pop_free() {
+                all.push(i);
+            }
+            all.sort_unstable();
+            assert_eq!(all, vec![0, 1, 2], "each free slot taken exactly once");
         });
     }
 

@@ -33,7 +33,7 @@ use once_cell::sync::Lazy;
 
 use crate::cq::Completion;
 use crate::cq::CompletionQueue;
-use crate::handles::{HandleError, Ref, Slab, Slotted};
+use crate::handles::{HandleError, LocalFree, Ref, Slab, Slotted};
 use crate::limiter::{Limiter, Waiter};
 use crate::overrides::Installed;
 use crate::status::*;
@@ -424,9 +424,19 @@ impl Default for Task {
     }
 }
 
+thread_local! {
+    /// The free task slots this thread took to submit with (see
+    /// [`LocalFree`]).
+    static FREE_SLOTS: LocalFree<Task> = const { LocalFree::new() };
+}
+
 impl Slotted for Task {
     fn slab() -> &'static Slab<Task> {
         &TASKS
+    }
+
+    fn local_free() -> Option<&'static std::thread::LocalKey<LocalFree<Task>>> {
+        Some(&FREE_SLOTS)
     }
 
     /// The slot is free: what the task held (its pool, its queue, its
