@@ -583,12 +583,18 @@ mod tests {
     fn a_rate_spends_the_full_bucket_then_one_token_per_period() {
         let lim = limiter(u32::MAX, 200.0, 2); // a token every 5 ms
         let (waiters, _, order) = fakes(4);
+        let start = Instant::now();
         waiters.iter().for_each(|w| lim.enqueue(w));
         assert_eq!(order.lock().unwrap().len(), 2, "the bucket starts full");
         std::thread::sleep(Duration::from_millis(6));
         // What the timer does when the next token is due.
         lim.clone().fire();
-        assert_eq!(order.lock().unwrap().len(), 3);
+        // One token per 5 ms since the start (the timer thread may have
+        // fired too, and a slow run, under a sanitizer, earns more).
+        let earned = (start.elapsed().as_millis() / 5) as usize;
+        let admitted = order.lock().unwrap().len();
+        assert!(admitted >= 3, "a token came after 5 ms");
+        assert!(admitted <= (2 + earned).min(4), "{admitted} admitted, {earned} tokens earned");
         let undone = limiter(u32::MAX, 1.0, 1);
         assert!(undone.try_acquire());
         assert!(!undone.try_acquire(), "no token left");
