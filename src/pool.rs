@@ -37,7 +37,7 @@ use crate::handles::{fork_epoch, Ref};
 use crate::latency::{Sharded, Summary};
 use crate::limiter::Waiter;
 use crate::overrides;
-use crate::shard::Counter;
+use crate::shard::{Counter, Padded};
 use crate::spin;
 use crate::status::Error;
 use crate::status::ASYNCIFY_PENDING;
@@ -210,7 +210,9 @@ pub struct PoolShared {
     /// This pool itself, for the code that has only `&self` and starts
     /// workers (which hold the pool).
     me: Weak<PoolShared>,
-    state: Mutex<State>,
+    /// On a cache line of its own, as are the condition variables: parking
+    /// and waking write them, while every submit reads the fields beside.
+    state: Padded<Mutex<State>>,
     /// Queued tasks and tombstones, in submit order; an entry is reserved in
     /// `gate` before it is pushed and taken there before it is popped.
     queue: SegQueue<TaskRef>,
@@ -224,7 +226,7 @@ pub struct PoolShared {
     /// Shutdowns waiting on `quiet` (changed under the lock).
     quiet_waiters: AtomicU32,
     /// Parked workers wait here (under the lock).
-    work_ready: Condvar,
+    work_ready: Padded<Condvar>,
     quiet: Condvar,
     options: PoolOptions,
     counters: Counters,
@@ -991,7 +993,7 @@ impl Pool {
                 gate: Gate::new(options.max_workers),
                 tombstones: Counter::default(),
                 quiet_waiters: AtomicU32::new(0),
-                state: Mutex::new(State {
+                state: Padded(Mutex::new(State {
                     limited: HashMap::new(),
                     waiting: 0,
                     expiring: 0,
@@ -1003,8 +1005,8 @@ impl Pool {
                     shut_down: false,
                     exited: Vec::new(),
                     orphaned: false,
-                }),
-                work_ready: Condvar::new(),
+                })),
+                work_ready: Padded(Condvar::new()),
                 quiet: Condvar::new(),
                 latency: options.record_latency.then(Box::default),
                 options,

@@ -25,6 +25,13 @@ pub(crate) fn shard() -> usize {
 #[repr(align(128))]
 pub(crate) struct Padded<T>(pub(crate) T);
 
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// A counter in [`SHARDS`] parts; it wraps, so a part may go "below 0" while
 /// the sum stays right.
 #[derive(Default)]
