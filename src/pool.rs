@@ -1022,7 +1022,7 @@ impl Pool {
     pub fn submit(&self, spec: TaskSpec, snapshot: Table) -> Result<u64, Error> {
         let shared = &self.shared;
         let submitted = (shared.latency.is_some() || shared.has_task_hooks()).then(Instant::now);
-        let (task, handle) = Task::insert(spec, snapshot, shared.clone(), submitted)?;
+        let (task, handle) = Task::insert(spec, snapshot, shared, submitted)?;
         if task.limiter().is_some() || task.has_deadline() {
             return self.submit_scheduled(task, handle);
         }

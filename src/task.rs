@@ -262,7 +262,8 @@ pub(crate) struct Scheduled(TaskRef);
 /// the pool's queue and whichever thread runs it.
 pub struct Task {
     spec: TaskSpec,
-    /// None while the slot is free.
+    /// None until the slot's first task; kept while it is free (see
+    /// [`Task::insert`]).
     pool: Option<Arc<dyn Scheduler>>,
     /// When it was submitted (see [`since_base`]), where its pool records
     /// latency; 0 elsewhere.
@@ -441,10 +442,10 @@ impl Slotted for Task {
 
     /// The slot is free: what the task held (its pool, its queue, its
     /// limiter) goes.
+    /// The pool stays (see [`Task::insert`]).
     fn clear(&mut self) {
         self.spec.cq = None;
         self.spec.limiter = None;
-        self.pool = None;
         let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
         // Taken by the start or the cancel already, but for a task
         // withdrawn at submit.
@@ -454,10 +455,17 @@ impl Slotted for Task {
 
 impl Task {
     /// Takes a free slot for a new task and returns its handle.
-    pub(crate) fn insert(
+    ///
+    /// A slot keeps its last task's pool while it is free: a new task of the
+    /// same pool then takes no count of the pool's `Arc` (a count that the
+    /// submitting thread would raise and a worker lower, per task, on one
+    /// cache line). So a pool's shared part lives until its last task's slot
+    /// holds another pool's task (or the process ends); it owns no thread
+    /// and no task by then.
+    pub(crate) fn insert<S: Scheduler + 'static>(
         spec: TaskSpec,
         snapshot: Table,
-        pool: Arc<dyn Scheduler>,
+        pool: &Arc<S>,
         submitted: Option<Instant>,
     ) -> Result<(TaskRef, u64), Error> {
         let deadline = (spec.start_within_ms > 0).then(|| {
@@ -470,7 +478,13 @@ impl Task {
         tasks()
             .insert(|task, handle| {
                 task.spec = spec;
-                task.pool = Some(pool);
+                let same_pool = task
+                    .pool
+                    .as_ref()
+                    .is_some_and(|p| std::ptr::addr_eq(Arc::as_ptr(p), Arc::as_ptr(pool)));
+                if !same_pool {
+                    task.pool = Some(pool.clone() as Arc<dyn Scheduler>);
+                }
                 task.submitted = submitted.map_or(0, since_base);
                 task.deadline = deadline.unwrap_or(0);
                 task.handle = handle;
