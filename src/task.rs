@@ -265,6 +265,9 @@ pub struct Task {
     /// None until the slot's first task; kept while it is free (see
     /// [`Task::insert`]).
     pool: Option<Arc<dyn Scheduler>>,
+    /// `spec.limiter` is this task's limiter; else it is the limiter of the
+    /// slot's last task that had one, kept like `pool`.
+    has_limiter: bool,
     /// When it was submitted (see [`since_base`]), where its pool records
     /// latency; 0 elsewhere.
     submitted: u64,
@@ -413,6 +416,7 @@ impl Default for Task {
         Task {
             spec: TaskSpec::new(no_work, ptr::null_mut()),
             pool: None,
+            has_limiter: false,
             submitted: 0,
             deadline: 0,
             handle: 0,
@@ -445,7 +449,6 @@ impl Slotted for Task {
     /// The pool stays (see [`Task::insert`]).
     fn clear(&mut self) {
         self.spec.cq = None;
-        self.spec.limiter = None;
         let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
         // Taken by the start or the cancel already, but for a task
         // withdrawn at submit.
@@ -456,27 +459,32 @@ impl Slotted for Task {
 impl Task {
     /// Takes a free slot for a new task and returns its handle.
     ///
-    /// A slot keeps its last task's pool while it is free: a new task of the
-    /// same pool then takes no count of the pool's `Arc` (a count that the
-    /// submitting thread would raise and a worker lower, per task, on one
-    /// cache line). So a pool's shared part lives until its last task's slot
-    /// holds another pool's task (or the process ends); it owns no thread
-    /// and no task by then.
+    /// A slot keeps its last task's pool (and limiter) while it is free: a
+    /// new task of the same pool keeps no count of the pool's `Arc` of its
+    /// own (a count that the submitting thread would raise and a worker
+    /// lower, per task, on one cache line), and the count of a limiter's
+    /// `Arc` that its submit took is dropped again on the submitting thread.
+    /// So a pool's shared part, or a freed limiter, lives until its last
+    /// slot holds another pool's (limiter's) task, or the process ends; it
+    /// owns no thread and no task by then.
     pub(crate) fn insert<S: Scheduler + 'static>(
         spec: TaskSpec,
         snapshot: Table,
         pool: &Arc<S>,
         submitted: Option<Instant>,
     ) -> Result<(TaskRef, u64), Error> {
+        let mut spec = spec;
+        let limiter = spec.limiter.take();
         let deadline = (spec.start_within_ms > 0).then(|| {
             since_base(Instant::now() + Duration::from_millis(u64::from(spec.start_within_ms)))
         });
-        let phase = match spec.limiter {
+        let phase = match limiter {
             Some(_) => Phase::Waiting,
             None => Phase::Queued,
         };
         tasks()
             .insert(|task, handle| {
+                let kept = task.spec.limiter.take();
                 task.spec = spec;
                 let same_pool = task
                     .pool
@@ -485,6 +493,13 @@ impl Task {
                 if !same_pool {
                     task.pool = Some(pool.clone() as Arc<dyn Scheduler>);
                 }
+                task.has_limiter = limiter.is_some();
+                task.spec.limiter = match (kept, limiter) {
+                    // The count the submit took is dropped on this thread.
+                    (Some(kept), Some(new)) if Arc::ptr_eq(&kept, &new) => Some(kept),
+                    (kept, None) => kept,
+                    (_, new) => new,
+                };
                 task.submitted = submitted.map_or(0, since_base);
                 task.deadline = deadline.unwrap_or(0);
                 task.handle = handle;
@@ -508,7 +523,7 @@ impl Task {
 
     /// Its limiter, if any.
     pub(crate) fn limiter(&self) -> Option<&Arc<Limiter>> {
-        self.spec.limiter.as_ref()
+        self.spec.limiter.as_ref().filter(|_| self.has_limiter)
     }
 
     /// True when its start deadline has passed at `now`.
@@ -709,7 +724,7 @@ impl Task {
     }
 
     fn release_place(&self) {
-        if let Some(limiter) = &self.spec.limiter {
+        if let Some(limiter) = self.limiter() {
             limiter.release();
         }
     }
@@ -877,7 +892,7 @@ impl Ref<Task> {
         let was_waiting = was == Phase::Waiting;
         self.pool()
             .left_before_start(Ref::addr(self), was_waiting, expired);
-        if let Some(limiter) = &self.spec.limiter {
+        if let Some(limiter) = self.limiter() {
             if was_waiting {
                 limiter.left_waiting(expired);
             }
