@@ -429,6 +429,14 @@ mod loom_tests {
             }
         }
 
+        /// Runs a task in the slot just taken, checking the limit of 1.
+        fn run_one(&self) {
+            let now = self.running.fetch_add(1, SeqCst) + 1;
+            assert!(now <= 1, "the limit is 1");
+            self.running.fetch_sub(1, SeqCst);
+            self.ran.fetch_add(1, SeqCst);
+        }
+
         /// A worker that serves until `want` tasks ran; it spins once,
         /// then parks (a parked worker wakes only when signalled).
         fn work(&self, want: u32) {
@@ -438,10 +446,7 @@ mod loom_tests {
                 match self.gate.take(holding) {
                     Took::Entry(_) => {
                         holding = true;
-                        let now = self.running.fetch_add(1, SeqCst) + 1;
-                        assert!(now <= 1, "the limit is 1");
-                        self.running.fetch_sub(1, SeqCst);
-                        self.ran.fetch_add(1, SeqCst);
+                        self.run_one();
                         continue;
                     }
                     Took::Released(_) => holding = false,
@@ -459,10 +464,7 @@ mod loom_tests {
                     self.gate.stop_spinning();
                     if spun {
                         holding = true;
-                        let now = self.running.fetch_add(1, SeqCst) + 1;
-                        assert!(now <= 1, "the limit is 1");
-                        self.running.fetch_sub(1, SeqCst);
-                        self.ran.fetch_add(1, SeqCst);
+                        self.run_one();
                     }
                     continue;
                 }
@@ -522,10 +524,7 @@ mod loom_tests {
                             match m.gate.take(holding) {
                                 Took::Entry(_) => {
                                     holding = true;
-                                    let now = m.running.fetch_add(1, SeqCst) + 1;
-                                    assert!(now <= 1, "the limit is 1");
-                                    m.running.fetch_sub(1, SeqCst);
-                                    m.ran.fetch_add(1, SeqCst);
+                                    m.run_one();
                                 }
                                 Took::Released(_) | Took::Nothing => return,
                             }

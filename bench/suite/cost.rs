@@ -62,20 +62,29 @@ fn works(prog: &str, args: &[&str]) -> bool {
 /// tracefs and a permissive perf_event_paranoid, or root).
 fn perf_counts_futex(dir: &Path) -> bool {
     let out = dir.join("perf-probe.txt");
+    let mut command = perf_futex_command(&out.display().to_string());
+    command.push("true".into());
     let ok = works(
-        "perf",
-        &[
-            "stat",
-            "-x,",
-            "-e",
-            "syscalls:sys_enter_futex",
-            "-o",
-            out.to_str().unwrap_or("perf-probe.txt"),
-            "--",
-            "true",
-        ],
+        &command[0],
+        &command[1..].iter().map(String::as_str).collect::<Vec<_>>(),
     );
     ok && perf_count(&out).is_some()
+}
+
+/// `perf stat` counting futex entries into `out`, up to the command it runs.
+fn perf_futex_command(out: &str) -> Vec<String> {
+    [
+        "perf",
+        "stat",
+        "-x,",
+        "-e",
+        "syscalls:sys_enter_futex",
+        "-o",
+        out,
+        "--",
+    ]
+    .map(String::from)
+    .into()
 }
 
 /// The count of `perf stat -x,` output: its first field, a number.
@@ -171,18 +180,7 @@ fn futexes(dir: &Path, tool: &str, imp: Impl, n: usize) -> Result<f64, String> {
     let out = dir.join(format!("{tool}.{}.{n}.txt", imp.id()));
     let o = out.display().to_string();
     let prefix: Vec<String> = match tool {
-        "perf" => [
-            "perf",
-            "stat",
-            "-x,",
-            "-e",
-            "syscalls:sys_enter_futex",
-            "-o",
-            &o,
-            "--",
-        ]
-        .map(String::from)
-        .into(),
+        "perf" => perf_futex_command(&o),
         _ => ["strace", "-f", "-c", "-e", "trace=futex", "-o", &o]
             .map(String::from)
             .into(),

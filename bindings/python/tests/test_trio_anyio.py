@@ -225,20 +225,25 @@ def test_trio_pool_shutdown_cancels_queued_awaiters(gate):
 # ---------------------------------------------------------------------------
 
 
+async def _on_the_loop(x):
+    await anyio.sleep(0)
+    return x, threading.current_thread() is threading.main_thread()
+
+
+def _from_thread_calls():
+    """What a call does through anyio.from_thread: run_sync, run, check_cancelled."""
+    return (
+        anyio.from_thread.run_sync(lambda: threading.current_thread() is threading.main_thread()),
+        anyio.from_thread.run(_on_the_loop, "async"),
+        anyio.from_thread.check_cancelled(),
+    )
+
+
 @pytest.mark.parametrize("backend", ANYIO_BACKENDS)
 def test_from_thread_run_and_run_sync_reach_the_callers_loop(backend, make_pool):
     pool = make_pool(2)
 
-    async def on_loop(x):
-        await anyio.sleep(0)
-        return x, threading.current_thread() is threading.main_thread()
-
-    def work():
-        return (
-            anyio.from_thread.run_sync(lambda: threading.current_thread() is threading.main_thread()),
-            anyio.from_thread.run(on_loop, "async"),
-            anyio.from_thread.check_cancelled(),
-        )
+    work = _from_thread_calls
 
     async def main():
         return await casyncify.asyncify(work, pool=pool)(), await anyio.to_thread.run_sync(work)
@@ -284,16 +289,7 @@ def test_from_thread_under_plain_asyncio_inside_and_outside_a_cancel_scope(make_
     pool = make_pool(1)
     seen = {}
 
-    async def on_loop(x):
-        await anyio.sleep(0)
-        return x, threading.current_thread() is threading.main_thread()
-
-    def work():
-        return (
-            anyio.from_thread.run_sync(lambda: threading.current_thread() is threading.main_thread()),
-            anyio.from_thread.run(on_loop, "async"),
-            anyio.from_thread.check_cancelled(),
-        )
+    work = _from_thread_calls
 
     def watcher():
         deadline = time.monotonic() + 5
