@@ -630,7 +630,9 @@ mod tests {
         // gives the other seven back when it ends.
         let theirs: Vec<u64> = std::thread::spawn(move || {
             let s = Chained::slab();
-            (0..3).map(|v| s.insert(|value, _| value.0 = 100 + v).unwrap().1).collect()
+            (0..3)
+                .map(|v| s.insert(|value, _| value.0 = 100 + v).unwrap().1)
+                .collect()
         })
         .join()
         .unwrap();

@@ -594,7 +594,10 @@ mod tests {
         let earned = (start.elapsed().as_millis() / 5) as usize;
         let admitted = order.lock().unwrap().len();
         assert!(admitted >= 3, "a token came after 5 ms");
-        assert!(admitted <= (2 + earned).min(4), "{admitted} admitted, {earned} tokens earned");
+        assert!(
+            admitted <= (2 + earned).min(4),
+            "{admitted} admitted, {earned} tokens earned"
+        );
         let undone = limiter(u32::MAX, 1.0, 1);
         assert!(undone.try_acquire());
         assert!(!undone.try_acquire(), "no token left");
