@@ -503,6 +503,81 @@ mod loom_tests {
         });
     }
 
+    /// The pool's only worker leaves at the end of its keep-alive while a
+    /// task is submitted: the submit finds it still counted among the
+    /// threads (so it starts none), hence the worker must look at the gate
+    /// under the lock before it leaves. The task runs, or a new worker was
+    /// started for it.
+    #[test]
+    fn a_worker_leaving_at_its_keep_alive_strands_no_task() {
+        use loom::sync::atomic::AtomicBool;
+        loom::model(|| {
+            let m = Arc::new(Model {
+                gate: Gate::new(1),
+                lock: Mutex::new(()),
+                ready: Condvar::new(),
+                ran: AtomicU32::new(0),
+                running: AtomicU32::new(0),
+            });
+            let threads = Arc::new(Mutex::new(1u32));
+            let spawned = Arc::new(AtomicBool::new(false));
+            let w = {
+                let (m, threads) = (m.clone(), threads.clone());
+                thread::spawn(move || {
+                    // Its keep-alive has just run out (it no longer sleeps).
+                    let mut timed_out = true;
+                    let mut holding = false;
+                    loop {
+                        match m.gate.take(holding) {
+                            Took::Entry(_) => {
+                                holding = true;
+                                m.run_one();
+                                continue;
+                            }
+                            Took::Released(_) => holding = false,
+                            Took::Nothing => {}
+                        }
+                        let mut n = threads.lock().unwrap();
+                        if timed_out && m.gate.load().startable() {
+                            timed_out = false;
+                            continue;
+                        }
+                        if timed_out || m.ran.load(SeqCst) == 1 {
+                            *n -= 1;
+                            return;
+                        }
+                        if !m.gate.sleep_or_retry() {
+                            continue;
+                        }
+                        n = m.ready.wait(n).unwrap();
+                        m.gate.woke();
+                        drop(n);
+                    }
+                })
+            };
+            let after = m.gate.reserve().unwrap();
+            if m.gate.needs_worker(after) {
+                let mut n = threads.lock().unwrap();
+                let idle = m.gate.idle();
+                if idle.coming() == 0 && m.gate.load().startable() {
+                    if idle.sleeping() > idle.signalled() {
+                        m.gate.signal();
+                        drop(n);
+                        m.ready.notify_one();
+                    } else if *n < 1 {
+                        *n += 1;
+                        spawned.store(true, SeqCst);
+                    }
+                }
+            }
+            w.join().unwrap();
+            assert!(
+                m.ran.load(SeqCst) == 1 || spawned.load(SeqCst),
+                "the task was left with no worker"
+            );
+        });
+    }
+
     #[test]
     fn two_workers_never_exceed_the_limit_and_take_each_entry_once() {
         loom::model(|| {

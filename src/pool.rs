@@ -933,6 +933,13 @@ impl Worker {
                 continue;
             }
             let mut st = shared.lock();
+            if *timed_out && !st.shut_down && shared.gate.load().startable() {
+                // A submit since the keep-alive ran out found this worker
+                // counted in `threads` and started nobody (under this lock,
+                // after its gate change): serve it instead of leaving.
+                *timed_out = false;
+                continue;
+            }
             if st.shut_down || st.threads - st.abandoned_off_limit > st.limit || *timed_out {
                 // Leave the count at once: a submit or a raise of the limit from
                 // now on starts a new worker instead of counting on this one.

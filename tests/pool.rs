@@ -712,3 +712,37 @@ fn a_task_a_worker_expires_is_reported_before_the_worker_parks() {
         task::release(h).unwrap();
     }
 }
+
+extern "C" fn does_nothing(_: *mut c_void, _: *mut *mut c_void) -> i32 {
+    0
+}
+
+/// A submit racing the keep-alive of the pool's only worker: the worker
+/// still counted in `threads` made the submit start nobody, then it left.
+/// The task must still run (it once stayed queued with no worker).
+#[test]
+fn a_submit_racing_the_last_workers_keep_alive_still_runs() {
+    let pool = Pool::with_options(PoolOptions {
+        max_workers: 1,
+        keep_alive: Duration::from_millis(1),
+        ..PoolOptions::default()
+    });
+    for round in 0..400u64 {
+        // Pauses around the keep-alive, so that some submits land just as
+        // the worker's wait times out.
+        std::thread::sleep(Duration::from_micros(600 + (round % 9) * 100));
+        let h = pool
+            .submit(
+                TaskSpec::new(does_nothing, std::ptr::null_mut()),
+                Table::new(),
+            )
+            .unwrap();
+        let seen = task::wait(h, Some(Duration::from_secs(5)), false).unwrap();
+        assert_eq!(
+            seen.status, ASYNCIFY_OK,
+            "round {round}: the task never ran"
+        );
+        task::release(h).unwrap();
+    }
+    assert_eq!(pool.shutdown(None), Ok(true));
+}
