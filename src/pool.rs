@@ -1209,8 +1209,10 @@ impl Pool {
         // Every accepted task reserved its entry before the gate shut: the
         // ones no worker took are drained here, the others started.
         while shared.gate.take_for_drain() {
-            // Cancelled now, or a tombstone already: a tombstone popped.
-            pop_reserved(&shared.queue).cancel();
+            // Cancelled now (a task that has not started), or a tombstone
+            // already: a tombstone popped. A task withdrawn at its submit or
+            // run inline is left alone.
+            pop_reserved(&shared.queue).cancel_unstarted();
             shared.tombstones.sub(1);
         }
         for task in limited {

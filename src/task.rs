@@ -865,6 +865,19 @@ impl Ref<Task> {
         CANCELLED
     }
 
+    /// [`Task::cancel`] of a task that has not started (waiting for its
+    /// limiter, or queued); a task that started, ran inline or was withdrawn
+    /// at its submit is left as it is.
+    pub(crate) fn cancel_unstarted(&self) {
+        let unstarted = {
+            let st = self.lock();
+            st.outcome.is_none() && matches!(st.phase, Phase::Waiting | Phase::Queued)
+        };
+        if unstarted {
+            self.cancel();
+        }
+    }
+
     /// Decides `EXPIRED` when the task has not started and nothing else was
     /// decided, and reports it on this thread. True when it expired.
     pub(crate) fn expire(&self) -> bool {

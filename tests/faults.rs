@@ -317,6 +317,11 @@ extern "C" fn marks(arg: *mut c_void, _: *mut *mut c_void) -> i32 {
 }
 
 static RAN: AtomicBool = AtomicBool::new(false);
+static DONE_AFTER_REFUSAL: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn done_after_refusal(_: *mut c_void, _: u64, _: i32, _: *mut c_void, _: i32) {
+    DONE_AFTER_REFUSAL.store(true, SeqCst);
+}
 
 /// With `RLIMIT_STACK` (the default stack of a new POSIX thread, which
 /// workers get) and `RUST_MIN_STACK` (std's) beyond any address space, every
@@ -355,11 +360,29 @@ fn when_no_worker_thread_can_be_created_submit_refuses_or_the_task_runs() {
             );
             // Refused cleanly: the contract's status, a message that says
             // why, no handle, and nothing left counted in the pool.
-            let clean = s == ASYNCIFY_E_OUT_OF_MEMORY
+            let mut clean = s == ASYNCIFY_E_OUT_OF_MEMORY
                 && message.contains("worker thread")
                 && h == 0
                 && st.submitted == 0
                 && st.queued == 0;
+            if !pool.is_null() {
+                // A refused submit calls nothing, not even when the pool's
+                // shutdown later drains what the refused task left behind.
+                let mut o = options(pool);
+                o.on_done = Some(done_after_refusal);
+                let mut h2 = 0;
+                let again = asyncify_submit(
+                    Some(marks),
+                    &RAN as *const AtomicBool as *mut c_void,
+                    &o,
+                    &mut h2,
+                );
+                clean &= again == ASYNCIFY_E_OUT_OF_MEMORY;
+                asyncify_pool_free(pool, 0);
+                let called = DONE_AFTER_REFUSAL.load(SeqCst);
+                println!("CHILD on_done after a refused submit and the pool's free: {called}");
+                clean &= !called;
+            }
             std::process::exit(if clean { 0 } else { 4 });
         }
         let w = asyncify_wait(h, 2000, null_mut(), null_mut());
