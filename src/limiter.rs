@@ -301,7 +301,19 @@ impl Limiter {
     /// Whether admissions and places given back go through the lock (see
     /// [`Places`]).
     fn slow(st: &State) -> bool {
-        st.waiting != 0 || st.rate > 0.0
+        // The queue too: a task that left before its submit queued it here
+        // takes `waiting` to -1, and the next task's queueing back to 0
+        // while that task waits.
+        st.waiting != 0 || st.rate > 0.0 || !st.queue.is_empty()
+    }
+
+    /// With nobody waiting, entries of tasks that left go, so that `SLOW`
+    /// can clear.
+    fn drop_left_if_none_waits(st: &mut State) {
+        if st.waiting == 0 && !st.queue.is_empty() {
+            st.queue
+                .retain(|w| w.upgrade().is_some_and(|w| w.waiting()));
+        }
     }
 
     /// Admits a new task at once when nothing waits before it and a place
@@ -369,6 +381,7 @@ impl Limiter {
     pub(crate) fn left_waiting(&self, expired: bool) {
         let mut st = self.lock();
         st.waiting -= 1;
+        Self::drop_left_if_none_waits(&mut st);
         self.places.set(st.max_running, Self::slow(&st));
         if expired {
             st.expired += 1;
@@ -388,7 +401,10 @@ impl Limiter {
     /// next token when only the rate holds the next one back.
     fn admit_waiting(&self, mut st: MutexGuard<'_, State>) {
         if st.waiting <= 0 {
-            return; // what is queued (if anything) has left already
+            // What is queued (if anything) has left already.
+            Self::drop_left_if_none_waits(&mut st);
+            self.places.set(st.max_running, Self::slow(&st));
+            return;
         }
         let mut admitted = Vec::new();
         let now = Instant::now();
@@ -419,6 +435,7 @@ impl Limiter {
             }
             admitted.push(waiter);
         }
+        Self::drop_left_if_none_waits(&mut st);
         self.places.set(st.max_running, Self::slow(&st));
         let running = Places::running(self.places.load());
         let wants_token = st.waiting > 0 && running < st.max_running && st.rate > 0.0;
