@@ -3,7 +3,9 @@
 //! The default pool is chosen by the fork epoch (see `handles::fork_epoch`),
 //! and handles carry it: the child bumps it, so it starts with a fresh default
 //! pool and the parent's handles are refused with `ASYNCIFY_E_FORKED`. The
-//! child never touches the parent's pools, and the task slab takes no lock,
+//! child never uses the parent's pools (a free task slot it reuses may drop
+//! the last reference to one, or to a limiter, which takes no lock and runs
+//! nothing), and the task slab takes no lock,
 //! so a lock a parent thread held at the fork cannot hang it. The
 //! process-wide locks the child does keep using (the global layer's, and
 //! `wait_any`'s) are taken before the fork and released after it on both

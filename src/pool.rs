@@ -7,7 +7,8 @@
 //! the `gate` module), so a submit reserves an entry and pushes it, and a
 //! worker takes an entry with a slot, by one CAS each. A mutex guards the
 //! rest (threads, parking, shutdown, tasks waiting for their limiter); no
-//! user code ever runs under it, and no wake-up is sent while it is held. A
+//! user code ever runs under it, and a submit or a worker sends its wake-up
+//! after letting go of it. A
 //! *slot* is the right to run one callable: a worker takes one with a task
 //! and gives it back only after the task's `on_done` and frees have
 //! returned (keeping it for the next task when one is queued), so "at most

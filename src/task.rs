@@ -444,9 +444,9 @@ impl Slotted for Task {
         Some(&FREE_SLOTS)
     }
 
-    /// The slot is free: what the task held (its pool, its queue, its
-    /// limiter) goes.
-    /// The pool stays (see [`Task::insert`]).
+    /// The slot is free: what the task held goes (its queue, its table),
+    /// but for its pool and limiter, which the slot keeps (see
+    /// [`Task::insert`]).
     fn clear(&mut self) {
         self.spec.cq = None;
         let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
