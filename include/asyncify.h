@@ -595,7 +595,8 @@ typedef struct asyncify_pool_stats {
    */
   uint64_t queued;
   /**
-   * Work functions running, abandoned ones included.
+   * Work functions running, abandoned ones included (for a moment also a
+   * worker skipping a cancelled task it took from the queue).
    */
   uint64_t running;
   /**

@@ -178,7 +178,8 @@ pub struct Stats {
     pub idle_threads: u32,
     /// Tasks waiting to start: in the queue, or waiting for their limiter.
     pub queued: u64,
-    /// Slots in use (callables running, abandoned ones included).
+    /// Slots in use (callables running, abandoned ones included; for a
+    /// moment also a worker skipping the queue entry of a task that left).
     pub running: u64,
     /// Tasks accepted by submit.
     pub submitted: u64,

@@ -135,7 +135,8 @@ pub struct asyncify_pool_stats {
     pub idle_threads: u32,
     /// Tasks waiting to start: in the queue, or waiting for their limiter.
     pub queued: u64,
-    /// Work functions running, abandoned ones included.
+    /// Work functions running, abandoned ones included (for a moment also a
+    /// worker skipping a cancelled task it took from the queue).
     pub running: u64,
     /// Tasks accepted by asyncify_submit() since the pool was made.
     pub submitted: u64,
