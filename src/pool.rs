@@ -26,7 +26,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -142,6 +142,8 @@ struct State {
     /// The pool's owner let go of it before every worker had left: nobody
     /// will join the rest, so each detaches itself as it leaves.
     orphaned: bool,
+    /// Shutdowns waiting on `quiet`.
+    quiet_waiters: u32,
 }
 
 /// What a worker's look at the queue led to (see `Worker::serve`).
@@ -225,8 +227,6 @@ pub struct PoolShared {
     /// tasks that can still start. Counted when a task leaves, taken back when
     /// its entry is popped, so neither a submit nor a start touches it.
     tombstones: Counter,
-    /// Shutdowns waiting on `quiet` (changed under the lock).
-    quiet_waiters: AtomicU32,
     /// Parked workers wait here (under the lock).
     work_ready: Padded<Condvar>,
     quiet: Condvar,
@@ -438,20 +438,8 @@ impl PoolShared {
 
     fn notify_if_quiet(&self, st: &State) {
         // Only a shutdown waits on `quiet`: without one, no wake-up syscall.
-        if self.quiet_waiters.load(Ordering::Relaxed) > 0 && self.is_quiet(st) {
+        if st.quiet_waiters > 0 && self.is_quiet(st) {
             self.quiet.notify_all();
-        }
-    }
-
-    /// After a slot was given back without the lock: a shutdown waiting for
-    /// the pool to be quiet is told. It counts itself in `quiet_waiters`
-    /// before it looks at the gate, this reads `quiet_waiters` after the
-    /// gate changed, with a fence each: one of the two sees the other.
-    fn slot_given_back(&self) {
-        fence(Ordering::SeqCst);
-        if self.quiet_waiters.load(Ordering::Relaxed) > 0 {
-            let st = self.lock();
-            self.notify_if_quiet(&st);
         }
     }
 
@@ -901,10 +889,9 @@ impl Worker {
                     *running = Some((task.clone(), run, started));
                     return Served::Task(task);
                 }
-                Took::Released(_) => {
-                    *holding = false;
-                    shared.slot_given_back();
-                }
+                // The pool is not quiet yet: this worker still counts, and
+                // its leaving (under the lock) tells a waiting shutdown.
+                Took::Released(_) => *holding = false,
                 Took::Nothing => {}
             }
             if *may_spin
@@ -1001,7 +988,6 @@ impl Pool {
                 queue: SegQueue::new(),
                 gate: Gate::new(options.max_workers),
                 tombstones: Counter::default(),
-                quiet_waiters: AtomicU32::new(0),
                 state: Padded(Mutex::new(State {
                     limited: HashMap::new(),
                     waiting: 0,
@@ -1014,6 +1000,7 @@ impl Pool {
                     shut_down: false,
                     exited: Vec::new(),
                     orphaned: false,
+                    quiet_waiters: 0,
                 })),
                 work_ready: Padded(Condvar::new()),
                 quiet: Condvar::new(),
@@ -1223,14 +1210,7 @@ impl Pool {
         // Running callables (abandoned ones too) and, with thread hooks,
         // every worker thread: its stop hook is a callback of this pool too.
         let mut st = shared.lock();
-        loop {
-            // Counted before looking at the gate (see `slot_given_back`).
-            shared.quiet_waiters.fetch_add(1, Ordering::Relaxed);
-            fence(Ordering::SeqCst);
-            if shared.is_quiet(&st) {
-                shared.quiet_waiters.fetch_sub(1, Ordering::Relaxed);
-                break;
-            }
+        while !shared.is_quiet(&st) {
             // Idle workers of a pool without hooks run no user code on their
             // way out and leave as soon as they wake: they are waited for
             // whatever the timeout, so that an idle pool shuts down with OK
@@ -1240,9 +1220,9 @@ impl Pool {
                 && !shared.has_thread_hooks();
             let until = deadline.filter(|_| !only_idle_workers_left);
             if until.is_some_and(|d| Instant::now() >= d) {
-                shared.quiet_waiters.fetch_sub(1, Ordering::Relaxed);
                 return Ok(false);
             }
+            st.quiet_waiters += 1;
             st = match until {
                 None => shared.quiet.wait(st).unwrap_or_else(|e| e.into_inner()),
                 Some(d) => {
@@ -1254,7 +1234,7 @@ impl Pool {
                         .0
                 }
             };
-            shared.quiet_waiters.fetch_sub(1, Ordering::Relaxed);
+            st.quiet_waiters -= 1;
         }
         let exited = std::mem::take(&mut st.exited);
         drop(st);
