@@ -401,30 +401,52 @@ mod loom_tests {
     //! The wake-up handshake: a task pushed while the only worker goes idle
     //! (spins, then parks) is always taken; the limit is never exceeded.
     use super::*;
-    use loom::sync::atomic::AtomicU32;
+    use loom::sync::atomic::{AtomicBool, AtomicU32};
     use loom::sync::{Arc, Condvar, Mutex};
     use loom::thread;
     use std::sync::atomic::Ordering::SeqCst;
 
     struct Model {
         gate: Gate,
-        /// Stands for the pool's lock and its condition variable.
-        lock: Mutex<()>,
+        /// Stands for the pool's lock (with its count of worker threads,
+        /// one to start with) and its condition variable.
+        lock: Mutex<u32>,
         ready: Condvar,
+        /// A submit started a new worker (the model only records it).
+        spawned: AtomicBool,
         ran: AtomicU32,
         running: AtomicU32,
     }
 
     impl Model {
+        /// A pool of limit 1 with one worker thread.
+        fn new() -> Arc<Model> {
+            Arc::new(Model {
+                gate: Gate::new(1),
+                lock: Mutex::new(1),
+                ready: Condvar::new(),
+                spawned: AtomicBool::new(false),
+                ran: AtomicU32::new(0),
+                running: AtomicU32::new(0),
+            })
+        }
+
+        /// A submit, and the pool's provide_workers: wake a sleeper, else
+        /// start a worker while there are fewer threads than the limit.
         fn submit(&self) {
             let after = self.gate.reserve().unwrap();
             if self.gate.needs_worker(after) {
-                let _st = self.lock.lock().unwrap();
+                let mut threads = self.lock.lock().unwrap();
                 let idle = self.gate.idle();
-                if idle.coming() == 0 && idle.sleeping() > idle.signalled() {
-                    self.gate.signal();
-                    drop(_st);
-                    self.ready.notify_one();
+                if idle.coming() == 0 && self.gate.load().startable() {
+                    if idle.sleeping() > idle.signalled() {
+                        self.gate.signal();
+                        drop(threads);
+                        self.ready.notify_one();
+                    } else if *threads < 1 {
+                        *threads += 1;
+                        self.spawned.store(true, SeqCst);
+                    }
                 }
             }
         }
@@ -438,8 +460,11 @@ mod loom_tests {
         }
 
         /// A worker that serves until `want` tasks ran; it spins once,
-        /// then parks (a parked worker wakes only when signalled).
-        fn work(&self, want: u32) {
+        /// then parks (a parked worker wakes only when signalled). With
+        /// `keep_alive_ran_out` its idle wait has just timed out: it leaves
+        /// unless a task became startable (looked at under the lock).
+        fn work(&self, want: u32, keep_alive_ran_out: bool) {
+            let mut timed_out = keep_alive_ran_out;
             let mut holding = false;
             let mut may_spin = true;
             loop {
@@ -455,7 +480,7 @@ mod loom_tests {
                 if self.ran.load(SeqCst) == want {
                     return;
                 }
-                if may_spin && self.gate.start_spinning(1) {
+                if may_spin && !timed_out && self.gate.start_spinning(1) {
                     // One look while counted as spinning, taking the entry
                     // then (as the pool's spinners do).
                     may_spin = false;
@@ -469,13 +494,21 @@ mod loom_tests {
                     continue;
                 }
                 may_spin = true;
-                let mut st = self.lock.lock().unwrap();
+                let mut threads = self.lock.lock().unwrap();
+                if timed_out {
+                    if self.gate.load().startable() {
+                        timed_out = false;
+                        continue;
+                    }
+                    *threads -= 1;
+                    return;
+                }
                 if !self.gate.sleep_or_retry() {
                     continue;
                 }
-                st = self.ready.wait(st).unwrap();
+                threads = self.ready.wait(threads).unwrap();
                 self.gate.woke();
-                drop(st);
+                drop(threads);
             }
         }
     }
@@ -483,16 +516,10 @@ mod loom_tests {
     #[test]
     fn a_task_pushed_while_the_worker_goes_idle_is_always_taken() {
         loom::model(|| {
-            let m = Arc::new(Model {
-                gate: Gate::new(1),
-                lock: Mutex::new(()),
-                ready: Condvar::new(),
-                ran: AtomicU32::new(0),
-                running: AtomicU32::new(0),
-            });
+            let m = Model::new();
             let w = {
                 let m = m.clone();
-                thread::spawn(move || m.work(2))
+                thread::spawn(move || m.work(2, false))
             };
             m.submit();
             m.submit();
@@ -510,69 +537,16 @@ mod loom_tests {
     /// started for it.
     #[test]
     fn a_worker_leaving_at_its_keep_alive_strands_no_task() {
-        use loom::sync::atomic::AtomicBool;
         loom::model(|| {
-            let m = Arc::new(Model {
-                gate: Gate::new(1),
-                lock: Mutex::new(()),
-                ready: Condvar::new(),
-                ran: AtomicU32::new(0),
-                running: AtomicU32::new(0),
-            });
-            let threads = Arc::new(Mutex::new(1u32));
-            let spawned = Arc::new(AtomicBool::new(false));
+            let m = Model::new();
             let w = {
-                let (m, threads) = (m.clone(), threads.clone());
-                thread::spawn(move || {
-                    // Its keep-alive has just run out (it no longer sleeps).
-                    let mut timed_out = true;
-                    let mut holding = false;
-                    loop {
-                        match m.gate.take(holding) {
-                            Took::Entry(_) => {
-                                holding = true;
-                                m.run_one();
-                                continue;
-                            }
-                            Took::Released(_) => holding = false,
-                            Took::Nothing => {}
-                        }
-                        let mut n = threads.lock().unwrap();
-                        if timed_out && m.gate.load().startable() {
-                            timed_out = false;
-                            continue;
-                        }
-                        if timed_out || m.ran.load(SeqCst) == 1 {
-                            *n -= 1;
-                            return;
-                        }
-                        if !m.gate.sleep_or_retry() {
-                            continue;
-                        }
-                        n = m.ready.wait(n).unwrap();
-                        m.gate.woke();
-                        drop(n);
-                    }
-                })
+                let m = m.clone();
+                thread::spawn(move || m.work(1, true))
             };
-            let after = m.gate.reserve().unwrap();
-            if m.gate.needs_worker(after) {
-                let mut n = threads.lock().unwrap();
-                let idle = m.gate.idle();
-                if idle.coming() == 0 && m.gate.load().startable() {
-                    if idle.sleeping() > idle.signalled() {
-                        m.gate.signal();
-                        drop(n);
-                        m.ready.notify_one();
-                    } else if *n < 1 {
-                        *n += 1;
-                        spawned.store(true, SeqCst);
-                    }
-                }
-            }
+            m.submit();
             w.join().unwrap();
             assert!(
-                m.ran.load(SeqCst) == 1 || spawned.load(SeqCst),
+                m.ran.load(SeqCst) == 1 || m.spawned.load(SeqCst),
                 "the task was left with no worker"
             );
         });
@@ -581,13 +555,7 @@ mod loom_tests {
     #[test]
     fn two_workers_never_exceed_the_limit_and_take_each_entry_once() {
         loom::model(|| {
-            let m = Arc::new(Model {
-                gate: Gate::new(1),
-                lock: Mutex::new(()),
-                ready: Condvar::new(),
-                ran: AtomicU32::new(0),
-                running: AtomicU32::new(0),
-            });
+            let m = Model::new();
             m.gate.reserve().unwrap();
             m.gate.reserve().unwrap();
             let ws: Vec<_> = (0..2)
