@@ -246,9 +246,6 @@ struct State {
     /// Admitted by its limiter, and holding the place until its callable
     /// returns (or it leaves without running).
     holds_place: bool,
-    /// What its limiter and the timer refer to (weakly), while it may still
-    /// be admitted or expire: until it starts or its outcome is decided.
-    scheduled: Option<Arc<Scheduled>>,
 }
 
 /// A task with a limiter or a start deadline, as its limiter and the timer
@@ -258,21 +255,62 @@ struct State {
 /// that this holds goes).
 pub(crate) struct Scheduled(TaskRef);
 
+/// What every task calls: its work function and `on_done`.
+struct Calls {
+    work: WorkFn,
+    arg: usize,
+    on_done: Option<DoneFn>,
+    on_done_data: usize,
+}
+
+/// What few tasks use, in a box of its own: a slot takes one for its first
+/// task that needs it and keeps it while free, so that a task using none of
+/// these costs no memory for them, and one using them no allocation once
+/// its slot has the box. Written only while the slot is free or being
+/// filled, but for `scheduled`.
+#[derive(Default)]
+struct Rare {
+    free_arg: Option<FreeFn>,
+    free_result: Option<FreeFn>,
+    cq: Option<Arc<CompletionQueue>>,
+    /// This task's limiter when `has_limiter`; else the limiter of the
+    /// slot's last task that had one, kept like the task's pool (see
+    /// [`Task::insert`]).
+    limiter: Option<Arc<Limiter>>,
+    has_limiter: bool,
+    /// When it expires unless it has started (see [`since_base`]); 0: never.
+    deadline: u64,
+    /// What its limiter and the timer refer to (weakly), while it may still
+    /// be admitted or expire: until it starts or its outcome is decided.
+    /// Its lock comes after the task's.
+    scheduled: Mutex<Option<Arc<Scheduled>>>,
+}
+
+impl Rare {
+    /// True when `spec` uses any of these.
+    fn wanted(spec: &TaskSpec) -> bool {
+        spec.free_arg.is_some()
+            || spec.free_result.is_some()
+            || spec.cq.is_some()
+            || spec.limiter.is_some()
+            || spec.start_within_ms > 0
+    }
+}
+
 /// One submitted callable, in its slot of [`tasks`]. Shared by its handle,
 /// the pool's queue and whichever thread runs it.
 pub struct Task {
-    spec: TaskSpec,
+    calls: Calls,
+    detached: bool,
+    /// None until the slot's first task that uses one of its fields; kept
+    /// while the slot is free.
+    rare: Option<Box<Rare>>,
     /// None until the slot's first task; kept while it is free (see
     /// [`Task::insert`]).
     pool: Option<Arc<dyn Scheduler>>,
-    /// `spec.limiter` is this task's limiter; else it is the limiter of the
-    /// slot's last task that had one, kept like `pool`.
-    has_limiter: bool,
     /// When it was submitted (see [`since_base`]), where its pool records
     /// latency; 0 elsewhere.
     submitted: u64,
-    /// When it expires unless it has started (see [`since_base`]); 0: never.
-    deadline: u64,
     handle: u64,
     cancel_requested: AtomicBool,
     /// Abandoned, and its slot was given back at once. Written and read
@@ -401,7 +439,6 @@ impl State {
             snapshot,
             own_slot: false,
             holds_place: false,
-            scheduled: None,
         }
     }
 }
@@ -414,11 +451,16 @@ extern "C" fn no_work(_: *mut c_void, _: *mut *mut c_void) -> i32 {
 impl Default for Task {
     fn default() -> Self {
         Task {
-            spec: TaskSpec::new(no_work, ptr::null_mut()),
+            calls: Calls {
+                work: no_work,
+                arg: 0,
+                on_done: None,
+                on_done_data: 0,
+            },
+            detached: false,
+            rare: None,
             pool: None,
-            has_limiter: false,
             submitted: 0,
-            deadline: 0,
             handle: 0,
             cancel_requested: AtomicBool::new(false),
             slot_given_back: AtomicBool::new(false),
@@ -448,7 +490,9 @@ impl Slotted for Task {
     /// but for its pool and limiter, which the slot keeps (see
     /// [`Task::insert`]).
     fn clear(&mut self) {
-        self.spec.cq = None;
+        if let Some(rare) = &mut self.rare {
+            rare.cq = None;
+        }
         let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
         // Taken by the start or the cancel already, but for a task
         // withdrawn at submit.
@@ -473,19 +517,50 @@ impl Task {
         pool: &Arc<S>,
         submitted: Option<Instant>,
     ) -> Result<(TaskRef, u64), Error> {
-        let mut spec = spec;
-        let limiter = spec.limiter.take();
-        let deadline = (spec.start_within_ms > 0).then(|| {
-            since_base(Instant::now() + Duration::from_millis(u64::from(spec.start_within_ms)))
-        });
+        let wants_rare = Rare::wanted(&spec);
+        let TaskSpec {
+            work,
+            arg,
+            on_done,
+            on_done_data,
+            free_arg,
+            free_result,
+            detached,
+            cq,
+            limiter,
+            start_within_ms,
+        } = spec;
+        let deadline = match start_within_ms {
+            0 => 0,
+            ms => since_base(Instant::now() + Duration::from_millis(u64::from(ms))),
+        };
         let phase = match limiter {
             Some(_) => Phase::Waiting,
             None => Phase::Queued,
         };
         tasks()
             .insert(|task, handle| {
-                let kept = task.spec.limiter.take();
-                task.spec = spec;
+                task.calls = Calls {
+                    work,
+                    arg,
+                    on_done,
+                    on_done_data,
+                };
+                task.detached = detached;
+                if wants_rare || task.rare.is_some() {
+                    let rare = task.rare.get_or_insert_with(Box::default);
+                    rare.free_arg = free_arg;
+                    rare.free_result = free_result;
+                    rare.cq = cq;
+                    rare.has_limiter = limiter.is_some();
+                    rare.limiter = match (rare.limiter.take(), limiter) {
+                        // The count the submit took is dropped on this thread.
+                        (Some(kept), Some(new)) if Arc::ptr_eq(&kept, &new) => Some(kept),
+                        (kept, None) => kept,
+                        (_, new) => new,
+                    };
+                    rare.deadline = deadline;
+                }
                 let same_pool = task
                     .pool
                     .as_ref()
@@ -493,15 +568,7 @@ impl Task {
                 if !same_pool {
                     task.pool = Some(pool.clone() as Arc<dyn Scheduler>);
                 }
-                task.has_limiter = limiter.is_some();
-                task.spec.limiter = match (kept, limiter) {
-                    // The count the submit took is dropped on this thread.
-                    (Some(kept), Some(new)) if Arc::ptr_eq(&kept, &new) => Some(kept),
-                    (kept, None) => kept,
-                    (_, new) => new,
-                };
                 task.submitted = submitted.map_or(0, since_base);
-                task.deadline = deadline.unwrap_or(0);
                 task.handle = handle;
                 *task.cancel_requested.get_mut() = false;
                 *task.slot_given_back.get_mut() = false;
@@ -523,17 +590,39 @@ impl Task {
 
     /// Its limiter, if any.
     pub(crate) fn limiter(&self) -> Option<&Arc<Limiter>> {
-        self.spec.limiter.as_ref().filter(|_| self.has_limiter)
+        let rare = self.rare.as_deref().filter(|r| r.has_limiter)?;
+        rare.limiter.as_ref()
+    }
+
+    /// When it expires unless it has started (see [`since_base`]); 0: never.
+    fn deadline(&self) -> u64 {
+        self.rare.as_deref().map_or(0, |r| r.deadline)
     }
 
     /// True when its start deadline has passed at `now`.
     pub(crate) fn overdue(&self, now: Instant) -> bool {
-        self.deadline != 0 && now >= from_base(self.deadline)
+        let deadline = self.deadline();
+        deadline != 0 && now >= from_base(deadline)
     }
 
     /// True when it has a start deadline.
     pub(crate) fn has_deadline(&self) -> bool {
-        self.deadline != 0
+        self.deadline() != 0
+    }
+
+    fn free_arg(&self) -> Option<FreeFn> {
+        self.rare.as_deref().and_then(|r| r.free_arg)
+    }
+
+    fn free_result(&self) -> Option<FreeFn> {
+        self.rare.as_deref().and_then(|r| r.free_result)
+    }
+
+    /// What its limiter and the timer refer to, taken (see [`Rare`]).
+    fn take_scheduled(&self) -> Option<Arc<Scheduled>> {
+        let rare = self.rare.as_deref()?;
+        let mut scheduled = rare.scheduled.lock().unwrap_or_else(|e| e.into_inner());
+        scheduled.take()
     }
 
     /// Waiting → Queued, unless it left already; it then holds a place of
@@ -570,7 +659,7 @@ impl Task {
         // No admission or expiry is left to come. (Dropped under the lock:
         // the caller holds the task, so this frees at most the small
         // `Scheduled`, and runs no user code.)
-        drop(st.scheduled.take());
+        drop(self.take_scheduled());
         Some(std::mem::take(&mut st.snapshot))
     }
 
@@ -584,7 +673,7 @@ impl Task {
     /// `Ref::begin_run` and [`Task::decide`] (then `Ref::complete`, or a
     /// worker's own steps from [`Task::end`]).
     pub(crate) fn work(&self) -> (WorkFn, *mut c_void) {
-        (self.spec.work, self.spec.arg as *mut c_void)
+        (self.calls.work, self.calls.arg as *mut c_void)
     }
 
     /// The work function returned `code` and `result`: decides the outcome
@@ -608,7 +697,7 @@ impl Task {
                 code,
             };
             st.outcome = Some(outcome);
-            let to_callback = match self.spec.on_done {
+            let to_callback = match self.calls.on_done {
                 Some(_) => result,
                 None => {
                     st.result = result;
@@ -634,8 +723,8 @@ impl Task {
         match decided {
             Decided::Abandoned(result) => {
                 // The cancel already reported it; nobody will take these.
-                free_with(self.spec.free_result, result);
-                free_with(self.spec.free_arg, self.spec.arg);
+                free_with(self.free_result(), result);
+                free_with(self.free_arg(), self.calls.arg);
                 None
             }
             Decided::Returned(outcome, to_callback) => {
@@ -649,11 +738,11 @@ impl Task {
     /// it runs, [`Reporting`] must be held (a wait for the task from inside
     /// it could never end).
     pub(crate) fn done_call(&self, report: &Report) -> Option<ForeignCall> {
-        let on_done = self.spec.on_done?;
+        let on_done = self.calls.on_done?;
         let Report(outcome, result) = *report;
         Some(ForeignCall::Done(
             on_done,
-            self.spec.on_done_data as *mut c_void,
+            self.calls.on_done_data as *mut c_void,
             self.handle(),
             outcome.status,
             result as *mut c_void,
@@ -666,10 +755,10 @@ impl Task {
     /// task's handle.
     pub(crate) fn after_on_done(&self, outcome: Outcome) {
         let queue = self
-            .spec
-            .cq
-            .as_ref()
-            .filter(|_| self.spec.on_done.is_none());
+            .rare
+            .as_deref()
+            .and_then(|r| r.cq.as_ref())
+            .filter(|_| self.calls.on_done.is_none());
         let queued = queue.and_then(|cq| {
             cq.push_with(|| {
                 let (after, moved) = self.publish(true);
@@ -678,14 +767,14 @@ impl Task {
                     status: outcome.status,
                     code: outcome.code,
                     result: moved,
-                    user_data: self.spec.on_done_data,
-                    free_result: self.spec.free_result,
+                    user_data: self.calls.on_done_data,
+                    free_result: self.free_result(),
                 };
                 (record, after)
             })
         });
         let after = queued.unwrap_or_else(|| self.publish(false).0);
-        free_with(self.spec.free_result, after.orphan);
+        free_with(self.free_result(), after.orphan);
         if after.release_self {
             // A user's release may have won the race; then this finds nothing.
             let _ = tasks().remove(self.handle());
@@ -707,8 +796,8 @@ impl Task {
         } else {
             0
         };
-        let release_self = self.spec.detached && !st.released;
-        st.released |= self.spec.detached;
+        let release_self = self.detached && !st.released;
+        st.released |= self.detached;
         let orphan = if st.released {
             std::mem::take(&mut st.result)
         } else {
@@ -851,7 +940,7 @@ impl Ref<Task> {
         // A running callable keeps its limiter's place until it returns.
         let place = was == Phase::Queued && std::mem::take(&mut st.holds_place);
         let snapshot = std::mem::take(&mut st.snapshot);
-        let scheduled = st.scheduled.take();
+        let scheduled = self.take_scheduled();
         drop(st);
         drop(give_back);
         drop(snapshot);
@@ -889,7 +978,7 @@ impl Ref<Task> {
         let was = st.phase;
         let place = std::mem::take(&mut st.holds_place);
         let snapshot = std::mem::take(&mut st.snapshot);
-        let scheduled = st.scheduled.take();
+        let scheduled = self.take_scheduled();
         drop(st);
         drop(snapshot);
         drop(scheduled);
@@ -913,7 +1002,7 @@ impl Ref<Task> {
                 limiter.release();
             }
         }
-        free_with(self.spec.free_arg, self.spec.arg);
+        free_with(self.free_arg(), self.calls.arg);
         self.report(outcome, 0);
         if expired {
             let pool = self.pool.clone().expect("a task in use has its pool");
@@ -925,15 +1014,18 @@ impl Ref<Task> {
     /// the timer are to refer to (see [`Scheduled`]).
     pub(crate) fn schedule(&self) -> Arc<Scheduled> {
         let scheduled = Arc::new(Scheduled(self.clone()));
-        self.lock().scheduled = Some(scheduled.clone());
+        let rare = self
+            .rare
+            .as_deref()
+            .expect("a limiter or a deadline is rare");
+        *rare.scheduled.lock().unwrap_or_else(|e| e.into_inner()) = Some(scheduled.clone());
         scheduled
     }
 
     /// A submit refused after [`Ref::schedule`]: the task will never be
     /// admitted nor expire, and its slot must be freed.
     pub(crate) fn unschedule(&self) {
-        let scheduled = self.lock().scheduled.take();
-        drop(scheduled);
+        drop(self.take_scheduled());
     }
 }
 
@@ -988,7 +1080,7 @@ pub fn release(handle: u64) -> Result<(), Error> {
         0
     };
     drop(st);
-    free_with(task.spec.free_result, orphan);
+    free_with(task.free_result(), orphan);
     Ok(())
 }
 
@@ -1076,8 +1168,9 @@ pub fn cancel_requested() -> bool {
 impl Scheduled {
     /// Has the timer expire the task at its deadline, unless it started.
     pub(crate) fn arm_deadline(self: &Arc<Self>) {
-        if self.0.deadline != 0 {
-            let at = from_base(self.0.deadline);
+        let deadline = self.0.deadline();
+        if deadline != 0 {
+            let at = from_base(deadline);
             let me: Arc<dyn Due> = self.clone();
             timer().schedule(at, Arc::downgrade(&me));
         }
@@ -1110,4 +1203,15 @@ impl Waiter for Scheduled {
 /// Number of live handles in the process.
 pub fn live_handles() -> usize {
     tasks().live()
+}
+#[cfg(test)]
+mod tests {
+    /// A queued task's memory is its slot: what every task carries stays
+    /// within 144 bytes (the slot adds 16), the rest goes to [`super::Rare`].
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_task_fits_its_budget() {
+        let size = std::mem::size_of::<super::Task>();
+        assert!(size <= 144, "a Task takes {size} bytes");
+    }
 }
