@@ -140,15 +140,16 @@ impl Installed {
     pub fn task(snapshot: Table) -> Installed {
         let table = snapshot.into_task();
         let saved = with_frame(|current| {
-            let frame = Frame {
-                table,
-                extra: None,
-                in_task: true,
-            };
             if current.is_empty() {
-                *current = frame;
+                current.table = table;
+                current.in_task = true;
                 None
             } else {
+                let frame = Frame {
+                    table,
+                    extra: None,
+                    in_task: true,
+                };
                 Some(std::mem::replace(current, frame))
             }
         });
@@ -158,9 +159,20 @@ impl Installed {
 
 impl Drop for Installed {
     fn drop(&mut self) {
-        let saved = self.saved.take().unwrap_or(Frame::EMPTY);
-        let installed = with_frame(|current| std::mem::replace(current, saved));
-        drop(installed);
+        let saved = self.saved.take();
+        let (table, frame) = with_frame(|current| match saved {
+            // Back to an empty frame: what the task left in its table goes.
+            None if current.extra.is_none() => {
+                current.in_task = false;
+                (std::mem::take(&mut current.table), None)
+            }
+            saved => {
+                let frame = std::mem::replace(current, saved.unwrap_or(Frame::EMPTY));
+                (Table::new(), Some(frame))
+            }
+        });
+        drop(table);
+        drop(frame);
     }
 }
 
