@@ -130,10 +130,12 @@ test-rust:
 # The lock-free protocols model-checked by loom (the loom_tests modules of
 # src/): every
 # interleaving of a few threads with at most LOOM_MAX_PREEMPTIONS preemptions
-# each, in a target directory of their own (--cfg loom rebuilds everything).
+# each, in a target directory of their own (--cfg loom rebuilds everything;
+# without LTO, which only slows that build).
 LOOM_MAX_PREEMPTIONS ?= 3
 test-loom:
 	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS=$(LOOM_MAX_PREEMPTIONS) \
+	CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
 		$(CARGO) test --release --lib loom_tests
 
 # The engine's Rust tests again under AddressSanitizer (with LeakSanitizer),
