@@ -7,7 +7,7 @@
 //! exactly while completions wait. A drain that leaves completions behind
 //! raises it again: an edge-triggered loop that drains in batches gets a new
 //! edge for the rest instead of stalling. A task publishes its status and moves its result into the record
-//! under the queue's lock (lock order: queue, then task), so a record is in
+//! under the queue's lock (the task's state word changes under it), so a record is in
 //! the queue exactly when its task is terminal.
 //!
 //! Closing (`asyncify_cq_free`) is safe with tasks still pointing at the

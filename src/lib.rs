@@ -19,6 +19,8 @@
 //! - [`table`]: the override table as a value (a persistent map)
 //! - [`overrides`]: what a thread sees: its frame (table, local keys, scopes) over the global layer
 //! - [`cq`]: completion queues with a pollable file descriptor
+//! - `task_state`: a task's state in one atomic word (phase, outcome,
+//!   publication, release, waiters), model-checked with loom
 //! - [`task`]: a task's state machine and the operations on handles (poll,
 //!   wait, wait_any, cancel, release); it knows its pool only through the
 //!   `Scheduler` trait
@@ -28,11 +30,13 @@
 //!
 //! # Locks and invariants
 //!
-//! Lock order, outermost first: a limiter's state, then a pool's state, then
-//! a task's state (an admission moves a task under all three); a
-//! completion queue's, then a task's (a task is published into its queue under
-//! both). The global layer's writer lock and `wait_any`'s generation lock are
-//! never held with another. No user code (work, `on_done`, free, release,
+//! Lock order, outermost first: a limiter's state, then a pool's state (an
+//! admission moves a task into its pool's queue under both); a completion
+//! queue's (a task is published into its queue under it). A task has no lock
+//! of its own on its hot path: its state is one atomic word; the lock its
+//! waiters sleep under, and the one of what its limiter and the timer refer
+//! to, are leaves (nothing is taken under them). The global layer's writer
+//! lock and `wait_any`'s generation lock are never held with another. No user code (work, `on_done`, free, release,
 //! clone functions, hooks) runs under any lock, and on a worker thread every
 //! one of them but clone functions is called from the thread's start routine
 //! (`sys::ThreadBody`), so an interpreter that ends the thread there
@@ -41,8 +45,8 @@
 //! - A task's slot is freed by whoever drops its last counted reference,
 //!   which can only happen once its handle is released; a lookup takes a
 //!   reference only while the handle's generation matches (see [`handles`]).
-//! - A task's outcome is decided once, under its lock, by whichever comes
-//!   first: its work function returning, a cancel, or its start deadline
+//! - A task's outcome is decided once, by one atomic step on its state word,
+//!   by whichever comes first: its work function returning, a cancel, or its start deadline
 //!   (before it started). `poll`/`wait` see it
 //!   only after `on_done` returned (publication); its result moves once.
 //! - A pool's slot is taken with each start (by CAS on its gate word, only
@@ -71,6 +75,7 @@ pub mod status;
 mod sys;
 pub mod table;
 pub mod task;
+mod task_state;
 mod timer;
 
 pub mod ffi;

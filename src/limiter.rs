@@ -9,9 +9,9 @@
 //! limiter never wait behind them.
 //!
 //! The limiter knows its tasks only as [`Waiter`]s, so it sits below the task
-//! state machine. Lock order: a limiter's lock, then a pool's, then a task's
-//! (an admission moves the task into its pool's queue under all three); a
-//! limiter's lock is never taken while a pool's or a task's is held.
+//! state machine. Lock order: a limiter's lock, then a pool's (an admission
+//! moves the task into its pool's queue under both); a limiter's lock is
+//! never taken while a pool's is held.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};

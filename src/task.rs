@@ -12,8 +12,9 @@
 //! ```
 //!
 //! A task without a limiter starts out `Queued`. The outcome is decided
-//! exactly once, under the task's lock, by whichever comes first: the work
-//! function returning, a cancel, or (before it starts) its start deadline. Whoever decides it
+//! exactly once, by one atomic step on the task's state word (see
+//! `task_state`), by whichever comes first: the work function returning, a
+//! cancel, or (before it starts) its start deadline. Whoever decides it
 //! then calls `on_done` (with no lock held) and *publishes*: only then do
 //! poll, wait and completion queues see the terminal status, so a waiter may
 //! free `on_done_data` once it sees one.
@@ -25,8 +26,8 @@
 use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use once_cell::sync::Lazy;
@@ -39,6 +40,7 @@ use crate::overrides::Installed;
 use crate::status::*;
 use crate::sys::{self, ForeignCall, LeakAtExit};
 use crate::table::Table;
+use crate::task_state::{Phase, TaskState};
 use crate::timer::{timer, Due};
 
 /// The work function: `0` is success, anything else a failure code. It may
@@ -96,13 +98,13 @@ pub(crate) trait Scheduler: Send + Sync {
     /// The expiry counted by `left_before_start` has been reported.
     fn expiry_reported(&self);
     /// Its limiter admits `task`: unless it left already, it moves into the
-    /// pool's queue (under the pool's lock and then the task's). True when it did.
+    /// pool's queue (under the pool's lock). True when it did.
     fn admit(&self, task: TaskRef) -> bool;
     /// After admissions, with no lock held: starts workers for what may start.
     fn kick(&self);
     /// For a cancel: when an abandoned task gives its slot back at once, the
-    /// pool's lock, taken before the task's (the lock order is pool, then
-    /// task), so that giving the slot back and marking the task are one step.
+    /// pool's lock, held while the cancel decides the task's outcome, so
+    /// that giving the slot back and marking the task are one step.
     fn lock_for_abandon(&self) -> Option<Box<dyn AbandonSlot + '_>>;
     /// When the calling thread is a worker of this pool and `task` is still
     /// queued, runs it here, in this thread's slot. True when
@@ -223,31 +225,6 @@ pub struct Observed {
     pub result: *mut c_void,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Phase {
-    Waiting,
-    Queued,
-    Running,
-    Returned,
-}
-
-struct State {
-    phase: Phase,
-    outcome: Option<Outcome>,
-    published: bool,
-    /// A result that has not moved yet (0: none).
-    result: usize,
-    released: bool,
-    waiters: u32,
-    /// The table to install, until the start or the cancel takes it.
-    snapshot: Table,
-    /// Started by a worker in a slot of its own (not inline, in a waiter's).
-    own_slot: bool,
-    /// Admitted by its limiter, and holding the place until its callable
-    /// returns (or it leaves without running).
-    holds_place: bool,
-}
-
 /// A task with a limiter or a start deadline, as its limiter and the timer
 /// see it. They hold it weakly; the task holds the one strong reference in
 /// its state until it starts or its outcome is decided (then it drops it, so
@@ -312,14 +289,9 @@ pub struct Task {
     /// latency; 0 elsewhere.
     submitted: u64,
     handle: u64,
-    cancel_requested: AtomicBool,
-    /// Abandoned, and its slot was given back at once. Written and read
-    /// only under its pool's lock.
-    slot_given_back: AtomicBool,
-    /// Mirrors `State::published`, so a waiter can spin without the lock.
-    is_published: AtomicBool,
-    state: Mutex<State>,
-    published: Condvar,
+    /// Its phase, outcome, result and waiters (see [`TaskState`]), with
+    /// the table it starts with.
+    state: TaskState<Table>,
 }
 
 thread_local! {
@@ -339,7 +311,7 @@ fn waits_for_itself(task: &TaskRef) -> bool {
         || CURRENT_TASK.with(|t| t.borrow().as_ref().is_some_and(|c| Ref::ptr_eq(c, task)))
 }
 
-/// What a publish leaves to do once the task's lock is released.
+/// What a publish leaves to do.
 struct AfterPublish {
     /// A result no one can receive any more (0: none).
     orphan: usize,
@@ -427,22 +399,6 @@ impl Drop for Current {
     }
 }
 
-impl State {
-    fn new(phase: Phase, snapshot: Table) -> State {
-        State {
-            phase,
-            outcome: None,
-            published: false,
-            result: 0,
-            released: false,
-            waiters: 0,
-            snapshot,
-            own_slot: false,
-            holds_place: false,
-        }
-    }
-}
-
 /// A free slot's work function (never called).
 extern "C" fn no_work(_: *mut c_void, _: *mut *mut c_void) -> i32 {
     0
@@ -462,11 +418,7 @@ impl Default for Task {
             pool: None,
             submitted: 0,
             handle: 0,
-            cancel_requested: AtomicBool::new(false),
-            slot_given_back: AtomicBool::new(false),
-            is_published: AtomicBool::new(false),
-            state: Mutex::new(State::new(Phase::Queued, Table::new())),
-            published: Condvar::new(),
+            state: TaskState::new(Phase::Queued, Table::new()),
         }
     }
 }
@@ -493,10 +445,9 @@ impl Slotted for Task {
         if let Some(rare) = &mut self.rare {
             rare.cq = None;
         }
-        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
         // Taken by the start or the cancel already, but for a task
         // withdrawn at submit.
-        state.snapshot = Table::new();
+        drop(self.state.take_start_with());
     }
 }
 
@@ -570,11 +521,8 @@ impl Task {
                 }
                 task.submitted = submitted.map_or(0, since_base);
                 task.handle = handle;
-                *task.cancel_requested.get_mut() = false;
-                *task.slot_given_back.get_mut() = false;
-                *task.is_published.get_mut() = false;
-                *task.state.get_mut().unwrap_or_else(|e| e.into_inner()) =
-                    State::new(phase, snapshot);
+                // The last task left nothing to start with (see `clear`).
+                drop(task.state.reset(phase, snapshot));
             })
             .map_err(from_handle_error)
     }
@@ -628,45 +576,27 @@ impl Task {
     /// Waiting → Queued, unless it left already; it then holds a place of
     /// its limiter. (Its pool moves it into the queue in the same step.)
     pub(crate) fn try_admit(&self) -> bool {
-        let mut st = self.lock();
-        if st.phase != Phase::Waiting || st.outcome.is_some() {
-            return false;
-        }
-        st.phase = Phase::Queued;
-        st.holds_place = true;
-        true
+        self.state.admit()
     }
 
     pub(crate) fn handle(&self) -> u64 {
         self.handle
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // No user code runs under this lock, so its data stays consistent.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Queued → Running, in a slot of its own (`own_slot`) or in the slot of
     /// a waiter that runs it inline. Returns the snapshot to install, or
     /// `None` when the task was cancelled or taken by another thread first.
     pub(crate) fn try_start(&self, own_slot: bool) -> Option<Table> {
-        let mut st = self.lock();
-        if st.phase != Phase::Queued || st.outcome.is_some() {
-            return None;
-        }
-        st.phase = Phase::Running;
-        st.own_slot = own_slot;
-        // No admission or expiry is left to come. (Dropped under the lock:
-        // the caller holds the task, so this frees at most the small
-        // `Scheduled`, and runs no user code.)
+        let snapshot = self.state.start(own_slot)?;
+        // No admission or expiry is left to come. (The caller holds the
+        // task, so this frees at most the small `Scheduled`.)
         drop(self.take_scheduled());
-        Some(std::mem::take(&mut st.snapshot))
+        Some(snapshot)
     }
 
     /// True when the task was abandoned and its slot already given back.
     pub(crate) fn slot_given_back(&self) -> bool {
-        // Set and read under the pool's lock (see `Task::cancel`).
-        self.slot_given_back.load(Ordering::Relaxed)
+        self.state.slot_given_back()
     }
 
     /// The task's work function and argument, for the caller to call between
@@ -677,40 +607,22 @@ impl Task {
     }
 
     /// The work function returned `code` and `result`: decides the outcome
-    /// (unless a cancel already did) under the task's lock, without
-    /// reporting it yet.
+    /// (unless a cancel already did), without reporting it yet.
     pub(crate) fn decide(&self, code: i32, result: *mut c_void) -> Decided {
         let result = result as usize;
-        let mut st = self.lock();
-        st.phase = Phase::Returned;
+        let keep_result = self.calls.on_done.is_none();
+        let returned = self.state.returned(code, result, keep_result);
         // The callable returned: its limiter's place is free.
-        let place = std::mem::take(&mut st.holds_place);
-        let decided = if st.outcome.is_some() {
-            Decided::Abandoned(result)
-        } else {
-            let outcome = Outcome {
-                status: if code == 0 {
-                    ASYNCIFY_OK
-                } else {
-                    ASYNCIFY_FAILED
-                },
-                code,
-            };
-            st.outcome = Some(outcome);
-            let to_callback = match self.calls.on_done {
-                Some(_) => result,
-                None => {
-                    st.result = result;
-                    0
-                }
-            };
-            Decided::Returned(outcome, to_callback)
-        };
-        drop(st);
-        if place {
+        if returned.place {
             self.release_place();
         }
-        decided
+        match returned.status {
+            None => Decided::Abandoned(result),
+            Some(status) => {
+                let to_callback = if keep_result { 0 } else { result };
+                Decided::Returned(Outcome { status, code }, to_callback)
+            }
+        }
     }
 
     /// Restores the thread's table and settles what [`Task::decide`] decided
@@ -761,7 +673,7 @@ impl Task {
             .filter(|_| self.calls.on_done.is_none());
         let queued = queue.and_then(|cq| {
             cq.push_with(|| {
-                let (after, moved) = self.publish(true);
+                let (moved, orphan, release_self) = self.state.publish(true, self.detached);
                 let record = Completion {
                     handle: self.handle(),
                     status: outcome.status,
@@ -770,10 +682,22 @@ impl Task {
                     user_data: self.calls.on_done_data,
                     free_result: self.free_result(),
                 };
-                (record, after)
+                (
+                    record,
+                    AfterPublish {
+                        orphan,
+                        release_self,
+                    },
+                )
             })
         });
-        let after = queued.unwrap_or_else(|| self.publish(false).0);
+        let after = queued.unwrap_or_else(|| {
+            let (_, orphan, release_self) = self.state.publish(false, self.detached);
+            AfterPublish {
+                orphan,
+                release_self,
+            }
+        });
         free_with(self.free_result(), after.orphan);
         if after.release_self {
             // A user's release may have won the race; then this finds nothing.
@@ -782,54 +706,21 @@ impl Task {
         wake_wait_any();
     }
 
-    /// Makes the outcome visible. With `to_queue`, the result moves out for
-    /// the queue's record. Says what is left to do outside the lock.
-    fn publish(&self, to_queue: bool) -> (AfterPublish, usize) {
-        let mut st = self.lock();
-        st.published = true;
-        self.is_published.store(true, Ordering::Release);
-        if st.waiters > 0 {
-            self.published.notify_all();
-        }
-        let moved = if to_queue {
-            std::mem::take(&mut st.result)
-        } else {
-            0
-        };
-        let release_self = self.detached && !st.released;
-        st.released |= self.detached;
-        let orphan = if st.released {
-            std::mem::take(&mut st.result)
-        } else {
-            0
-        };
-        (
-            AfterPublish {
-                orphan,
-                release_self,
-            },
-            moved,
-        )
-    }
-
     fn release_place(&self) {
         if let Some(limiter) = self.limiter() {
             limiter.release();
         }
     }
 
-    fn observe(&self, st: &mut State, want_result: bool) -> Observed {
-        match (st.published, st.outcome) {
-            (true, Some(outcome)) => Observed {
-                status: outcome.status,
-                code: outcome.code,
-                result: if want_result && matches!(outcome.status, ASYNCIFY_OK | ASYNCIFY_FAILED) {
-                    std::mem::take(&mut st.result) as *mut c_void
-                } else {
-                    ptr::null_mut()
-                },
+    /// The status now; with `want_result`, the result if it has not moved.
+    fn observe(&self, want_result: bool) -> Observed {
+        match self.state.observe(want_result) {
+            Some((status, code, result)) => Observed {
+                status,
+                code,
+                result: result as *mut c_void,
             },
-            _ => Observed {
+            None => Observed {
                 status: ASYNCIFY_PENDING,
                 code: 0,
                 result: ptr::null_mut(),
@@ -839,30 +730,11 @@ impl Task {
 
     fn wait_published(&self, timeout: Option<Duration>, want_result: bool) -> Observed {
         if timeout != Some(Duration::ZERO) {
-            crate::spin::spin_until(|| self.is_published.load(Ordering::Acquire));
+            crate::spin::spin_until(|| self.state.is_published());
+            let deadline = timeout.map(|t| Instant::now() + t);
+            self.state.wait_published(deadline);
         }
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let mut st = self.lock();
-        if !st.published {
-            st.waiters += 1;
-            while !st.published {
-                st = match deadline {
-                    None => self.published.wait(st).unwrap_or_else(|e| e.into_inner()),
-                    Some(d) => {
-                        let now = Instant::now();
-                        if now >= d {
-                            break;
-                        }
-                        self.published
-                            .wait_timeout(st, d - now)
-                            .unwrap_or_else(|e| e.into_inner())
-                            .0
-                    }
-                };
-            }
-            st.waiters -= 1;
-        }
-        let mut seen = self.observe(&mut st, want_result);
+        let mut seen = self.observe(want_result);
         if seen.status == ASYNCIFY_PENDING {
             seen.status = ASYNCIFY_TIMEOUT;
         }
@@ -924,65 +796,59 @@ impl Ref<Task> {
     /// Decides `CANCELLED` unless the outcome is already decided, and reports
     /// it on this thread (5.1 queued, 5.2 running). Returns the outcome.
     pub(crate) fn cancel(&self) -> Outcome {
-        let mut give_back = self.pool().lock_for_abandon();
-        let mut st = self.lock();
-        if let Some(outcome) = st.outcome {
-            return outcome;
-        }
-        st.outcome = Some(CANCELLED);
-        self.cancel_requested.store(true, Ordering::Relaxed);
-        let was = st.phase;
-        // A task run inline has no slot to give: its waiter's stays taken.
-        if let (true, Some(slots)) = (st.own_slot, give_back.as_mut()) {
-            slots.give_back();
-            self.slot_given_back.store(true, Ordering::Relaxed);
-        }
-        // A running callable keeps its limiter's place until it returns.
-        let place = was == Phase::Queued && std::mem::take(&mut st.holds_place);
-        let snapshot = std::mem::take(&mut st.snapshot);
-        let scheduled = self.take_scheduled();
-        drop(st);
-        drop(give_back);
-        drop(snapshot);
-        drop(scheduled);
-        if was == Phase::Running {
-            self.pool().count_abandoned();
-            self.report(CANCELLED, 0);
-        } else {
-            self.left_unstarted(was, CANCELLED, place);
-        }
-        CANCELLED
+        self.cancel_as(false).unwrap_or(CANCELLED)
     }
 
-    /// [`Task::cancel`] of a task that has not started (waiting for its
+    /// [`Ref::cancel`] of a task that has not started (waiting for its
     /// limiter, or queued); a task that started, ran inline or was withdrawn
     /// at its submit is left as it is.
     pub(crate) fn cancel_unstarted(&self) {
-        let unstarted = {
-            let st = self.lock();
-            st.outcome.is_none() && matches!(st.phase, Phase::Waiting | Phase::Queued)
-        };
-        if unstarted {
-            self.cancel();
+        self.cancel_as(true);
+    }
+
+    /// Decides `CANCELLED` (with `unstarted_only`, only before the task
+    /// started) and reports it. Returns the decided outcome; None when the
+    /// task had started and `unstarted_only`.
+    fn cancel_as(&self, unstarted_only: bool) -> Option<Outcome> {
+        // The pool's lock, taken first, so that giving an abandoned task's
+        // slot back and deciding its outcome are one step for the pool.
+        let mut give_back = self.pool().lock_for_abandon();
+        let early =
+            match self
+                .state
+                .decide_early(ASYNCIFY_CANCELLED, unstarted_only, give_back.is_some())
+            {
+                Ok(early) => early,
+                Err(decided) => return decided.map(|(status, code)| Outcome { status, code }),
+            };
+        // A task run inline has no slot to give: its waiter's stays taken.
+        if let (true, Some(slots)) = (early.give_back, give_back.as_mut()) {
+            slots.give_back();
         }
+        let scheduled = self.take_scheduled();
+        drop(give_back);
+        drop(early.start_with);
+        drop(scheduled);
+        if early.was == Phase::Running {
+            self.pool().count_abandoned();
+            self.report(CANCELLED, 0);
+        } else {
+            // A running callable keeps its limiter's place until it returns.
+            self.left_unstarted(early.was, CANCELLED, early.place);
+        }
+        Some(CANCELLED)
     }
 
     /// Decides `EXPIRED` when the task has not started and nothing else was
     /// decided, and reports it on this thread. True when it expired.
     pub(crate) fn expire(&self) -> bool {
-        let mut st = self.lock();
-        if st.outcome.is_some() || !matches!(st.phase, Phase::Waiting | Phase::Queued) {
+        let Ok(early) = self.state.decide_early(ASYNCIFY_EXPIRED, true, false) else {
             return false;
-        }
-        st.outcome = Some(EXPIRED);
-        let was = st.phase;
-        let place = std::mem::take(&mut st.holds_place);
-        let snapshot = std::mem::take(&mut st.snapshot);
+        };
         let scheduled = self.take_scheduled();
-        drop(st);
-        drop(snapshot);
+        drop(early.start_with);
         drop(scheduled);
-        self.left_unstarted(was, EXPIRED, place);
+        self.left_unstarted(early.was, EXPIRED, early.place);
         true
     }
 
@@ -1045,8 +911,7 @@ pub(crate) fn from_handle_error(e: HandleError) -> Error {
 /// result if it has not moved yet.
 pub fn poll(handle: u64, want_result: bool) -> Result<Observed, Error> {
     let task = lookup(handle)?;
-    let mut st = task.lock();
-    Ok(task.observe(&mut st, want_result))
+    Ok(task.observe(want_result))
 }
 
 /// Waits until the task is terminal or `timeout` (None: forever) runs out.
@@ -1072,14 +937,7 @@ pub fn cancel(handle: u64) -> Result<Outcome, Error> {
 /// Frees the handle. A pending task goes on; its result goes to `free_result`.
 pub fn release(handle: u64) -> Result<(), Error> {
     let task = tasks().remove(handle).map_err(from_handle_error)?;
-    let mut st = task.lock();
-    st.released = true;
-    let orphan = if st.published {
-        std::mem::take(&mut st.result)
-    } else {
-        0
-    };
-    drop(st);
+    let orphan = task.state.release();
     free_with(task.free_result(), orphan);
     Ok(())
 }
@@ -1122,7 +980,7 @@ pub fn wait_any(handles: &[u64], timeout: Option<Duration>) -> Result<Option<usi
     ANY_WAITERS.fetch_add(1, Ordering::SeqCst);
     let found = loop {
         let generation = *ANY_GENERATION.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = tasks.iter().position(|t| t.lock().published) {
+        if let Some(i) = tasks.iter().position(|t| t.state.is_published()) {
             break Some(i);
         }
         if tasks.iter().any(|t| t.pool().run_inline_if_stuck(t)) {
@@ -1148,7 +1006,7 @@ pub fn wait_any(handles: &[u64], timeout: Option<Duration>) -> Result<Option<usi
             };
         };
         if timed_out {
-            break tasks.iter().position(|t| t.lock().published);
+            break tasks.iter().position(|t| t.state.is_published());
         }
     };
     ANY_WAITERS.fetch_sub(1, Ordering::SeqCst);
@@ -1161,7 +1019,7 @@ pub fn cancel_requested() -> bool {
     CURRENT_TASK.with(|t| {
         t.borrow()
             .as_ref()
-            .is_some_and(|task| task.cancel_requested.load(Ordering::Relaxed))
+            .is_some_and(|task| task.state.is_cancelled())
     })
 }
 
@@ -1195,8 +1053,7 @@ impl Waiter for Scheduled {
     }
 
     fn waiting(&self) -> bool {
-        let st = self.0.lock();
-        st.phase == Phase::Waiting && st.outcome.is_none()
+        self.0.state.is_waiting()
     }
 }
 
@@ -1207,11 +1064,11 @@ pub fn live_handles() -> usize {
 #[cfg(test)]
 mod tests {
     /// A queued task's memory is its slot: what every task carries stays
-    /// within 144 bytes (the slot adds 16), the rest goes to [`super::Rare`].
+    /// within 136 bytes (the slot adds 16), the rest goes to [`super::Rare`].
     #[test]
     #[cfg(target_pointer_width = "64")]
     fn a_task_fits_its_budget() {
         let size = std::mem::size_of::<super::Task>();
-        assert!(size <= 144, "a Task takes {size} bytes");
+        assert!(size <= 136, "a Task takes {size} bytes");
     }
 }
