@@ -906,7 +906,7 @@ impl Worker {
                 // wake on the submitter's path, and the spinning role moving
                 // to the woken worker).
                 *may_spin = false;
-                spin::spin_until(|| {
+                spin::spin_until(spin::Shared::SpinOn, || {
                     if !shared.gate.load().startable() {
                         return false;
                     }

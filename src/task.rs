@@ -37,6 +37,7 @@ use crate::cq::CompletionQueue;
 use crate::handles::{HandleError, LocalFree, Ref, Slab, Slotted};
 use crate::limiter::{Limiter, Waiter};
 use crate::overrides::Installed;
+use crate::spin::Shared;
 use crate::status::*;
 use crate::sys::{self, ForeignCall, LeakAtExit};
 use crate::table::Table;
@@ -730,7 +731,7 @@ impl Task {
 
     fn wait_published(&self, timeout: Option<Duration>, want_result: bool) -> Observed {
         if timeout != Some(Duration::ZERO) {
-            crate::spin::spin_until(|| self.state.is_published());
+            crate::spin::spin_until(Shared::Park, || self.state.is_published());
             let deadline = timeout.map(|t| Instant::now() + t);
             self.state.wait_published(deadline);
         }
