@@ -187,6 +187,20 @@ thread_local! {
     /// between its foreign calls: foreign calls are then deferred.
     static IN_ENGINE_STEP: Cell<bool> = const { Cell::new(false) };
     static DEFERRED: DeferredQueue = const { DeferredQueue(RefCell::new(VecDeque::new())) };
+    /// How many calls `DEFERRED` holds: read on every engine step, and, as a
+    /// thread-local with no destructor, cheaper to reach than the queue.
+    static DEFERRED_LEN: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Queues `deferred` for this thread's start routine.
+fn defer(deferred: Deferred) {
+    DEFERRED.with(|d| d.0.borrow_mut().push_back(deferred));
+    DEFERRED_LEN.with(|n| n.set(n.get() + 1));
+}
+
+/// True when calls are deferred on this thread.
+fn any_deferred() -> bool {
+    DEFERRED_LEN.try_with(Cell::get).unwrap_or(0) > 0
 }
 
 /// The calls an engine step deferred. Empty whenever the thread ends on its
@@ -216,22 +230,15 @@ pub(crate) fn deferring() -> bool {
 /// True on a worker between its foreign calls when some are deferred: its
 /// body then asks to be called again after them (`ForeignCall::Again`).
 pub(crate) fn calls_deferred() -> bool {
-    in_engine_step() && DEFERRED.with(|d| !d.0.borrow().is_empty())
+    in_engine_step() && any_deferred()
 }
 
 /// `run(value)` now, unless this is a worker between its foreign calls with
 /// calls deferred already: then `defer(value)` takes its place after them.
-fn now_or_after_deferred<T>(value: T, run: impl FnOnce(T), defer: impl FnOnce(T) -> Deferred) {
-    let mut value = Some(value);
-    if in_engine_step() {
-        DEFERRED.with(|d| {
-            let mut queue = d.0.borrow_mut();
-            if !queue.is_empty() {
-                queue.push_back(defer(value.take().expect("not taken yet")));
-            }
-        });
-    }
-    if let Some(value) = value {
+fn now_or_after_deferred<T>(value: T, run: impl FnOnce(T), deferred: impl FnOnce(T) -> Deferred) {
+    if in_engine_step() && any_deferred() {
+        defer(deferred(value));
+    } else {
         run(value);
     }
 }
@@ -240,7 +247,7 @@ fn now_or_after_deferred<T>(value: T, run: impl FnOnce(T), defer: impl FnOnce(T)
 /// order of the calls to this function.
 pub(crate) fn call_foreign(call: ForeignCall) {
     if in_engine_step() {
-        DEFERRED.with(|d| d.0.borrow_mut().push_back(Deferred::Call(call)));
+        defer(Deferred::Call(call));
     } else {
         make_call(call);
     }
@@ -298,12 +305,15 @@ fn make_call(call: ForeignCall) -> (i32, *mut c_void) {
 /// Runs deferred engine code until a deferred foreign call is next (which it
 /// returns) or none is left.
 fn pop_deferred() -> Option<ForeignCall> {
-    loop {
-        match DEFERRED.with(|d| d.0.borrow_mut().pop_front())? {
+    while any_deferred() {
+        let next = DEFERRED.with(|d| d.0.borrow_mut().pop_front());
+        DEFERRED_LEN.with(|n| n.set(n.get() - 1));
+        match next.expect("counted") {
             Deferred::Call(call) => return Some(call),
             Deferred::Engine(f) => f(),
         }
     }
+    None
 }
 
 thread_local! {
