@@ -17,7 +17,7 @@
 //! frame or the global lock: every displaced value is returned out of the
 //! borrow and dropped after it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Once};
 
@@ -46,7 +46,6 @@ struct Scope {
 pub struct Frame {
     table: Table,
     extra: Option<Box<Extra>>,
-    in_task: bool,
 }
 
 #[derive(Default)]
@@ -74,7 +73,6 @@ impl Frame {
         Frame {
             table: snapshot.for_task(),
             extra: None,
-            in_task: true,
         }
     }
 }
@@ -83,18 +81,28 @@ impl Frame {
     const EMPTY: Frame = Frame {
         table: Table::new(),
         extra: None,
-        in_task: false,
     };
 
-    /// A thread's frame with nothing set (a worker's, almost always).
+    /// A frame with nothing set (a worker's, almost always).
     fn is_empty(&self) -> bool {
-        self.table.is_empty() && self.extra.is_none() && !self.in_task
+        self.table.is_empty() && self.extra.is_none()
     }
 }
 
 thread_local! {
     static CURRENT: LeakAtExit<RefCell<Frame>> =
         const { LeakAtExit::new(RefCell::new(Frame::EMPTY)) };
+    /// False while `CURRENT` is empty (kept by [`with_frame`]): then a
+    /// snapshot or a task's empty table needs no look at the frame. A
+    /// thread-local with no destructor, so cheaper to reach than `CURRENT`.
+    static FRAME_USED: Cell<bool> = const { Cell::new(false) };
+    /// True while a task (or `context_run`) runs on this thread, in a frame
+    /// of its own: global values read then stay pinned until it ends.
+    static IN_TASK: Cell<bool> = const { Cell::new(false) };
+}
+
+fn in_task() -> bool {
+    IN_TASK.with(Cell::get)
 }
 
 static NEXT_SCOPE_TOKEN: AtomicU64 = AtomicU64::new(1);
@@ -108,7 +116,11 @@ static GLOBAL_WRITER: Mutex<()> = Mutex::new(());
 fn with_frame<R>(f: impl FnOnce(&mut Frame) -> R) -> R {
     let mut f = Some(f);
     let result = CURRENT.try_with(|cell| match cell.try_borrow_mut() {
-        Ok(mut frame) => Some((f.take().expect("called once"))(&mut frame)),
+        Ok(mut frame) => {
+            let r = (f.take().expect("called once"))(&mut frame);
+            FRAME_USED.with(|used| used.set(!frame.is_empty()));
+            Some(r)
+        }
         Err(_) => None,
     });
     match result {
@@ -123,6 +135,7 @@ fn with_frame<R>(f: impl FnOnce(&mut Frame) -> R) -> R {
 /// the borrow, so its release functions may run.
 pub struct Installed {
     saved: Option<Frame>,
+    was_in_task: bool,
 }
 
 impl Installed {
@@ -130,54 +143,63 @@ impl Installed {
     pub fn new(frame: Frame) -> Installed {
         Installed {
             saved: Some(with_frame(|current| std::mem::replace(current, frame))),
+            was_in_task: IN_TASK.with(|t| t.replace(true)),
         }
     }
 
     /// Installs the frame a task starts with ([`Frame::for_task`] of
     /// `snapshot`, which it consumes). Where the thread's own frame is empty,
     /// as a worker's almost always is, it is not saved: restoring leaves an
-    /// empty frame again. Runs clone functions: call it under no lock.
+    /// empty frame again (and an empty table on an empty frame is not even
+    /// looked at). Runs clone functions: call it under no lock.
     pub fn task(snapshot: Table) -> Installed {
         let table = snapshot.into_task();
+        let was_in_task = IN_TASK.with(|t| t.replace(true));
+        if table.is_empty() && !FRAME_USED.with(Cell::get) {
+            return Installed {
+                saved: None,
+                was_in_task,
+            };
+        }
         let saved = with_frame(|current| {
             if current.is_empty() {
                 current.table = table;
-                current.in_task = true;
                 None
             } else {
-                let frame = Frame {
-                    table,
-                    extra: None,
-                    in_task: true,
-                };
+                let frame = Frame { table, extra: None };
                 Some(std::mem::replace(current, frame))
             }
         });
-        Installed { saved }
+        Installed { saved, was_in_task }
     }
 }
 
 impl Drop for Installed {
     fn drop(&mut self) {
         let saved = self.saved.take();
-        let (table, frame) = with_frame(|current| match saved {
-            // Back to an empty frame: what the task left in its table goes.
-            None if current.extra.is_none() => {
-                current.in_task = false;
-                (std::mem::take(&mut current.table), None)
-            }
-            saved => {
-                let frame = std::mem::replace(current, saved.unwrap_or(Frame::EMPTY));
-                (Table::new(), Some(frame))
-            }
-        });
-        drop(table);
-        drop(frame);
+        let displaced = if saved.is_none() && !FRAME_USED.with(Cell::get) {
+            // Empty before, and the code under it left it empty.
+            None
+        } else {
+            Some(with_frame(|current| match saved {
+                // Back to an empty frame: what the task left in its table goes.
+                None if current.extra.is_none() => (std::mem::take(&mut current.table), None),
+                saved => {
+                    let frame = std::mem::replace(current, saved.unwrap_or(Frame::EMPTY));
+                    (Table::new(), Some(frame))
+                }
+            }))
+        };
+        IN_TASK.with(|t| t.set(self.was_in_task));
+        drop(displaced);
     }
 }
 
 /// The calling thread's inheritable table: what a task submitted now gets.
 pub fn snapshot() -> Table {
+    if !FRAME_USED.with(Cell::get) {
+        return Table::new();
+    }
     with_frame(|frame| frame.table.clone())
 }
 
@@ -188,7 +210,7 @@ fn change<R>(change: impl FnOnce(&mut Frame) -> R) -> R {
     let (result, unpinned) = with_frame(|frame| {
         let result = change(frame);
         let unpinned = match &mut frame.extra {
-            Some(extra) if !frame.in_task => std::mem::take(&mut extra.pinned),
+            Some(extra) if !in_task() => std::mem::take(&mut extra.pinned),
             _ => Vec::new(),
         };
         (result, unpinned)
@@ -221,7 +243,7 @@ pub fn get(key: &str) -> Option<Arc<Value>> {
         let local = frame.local().and_then(|l| l.get(key));
         let own = local.or_else(|| frame.table.get(key)).cloned();
         let unpinned = match &mut frame.extra {
-            Some(extra) if !frame.in_task => {
+            Some(extra) if !in_task() => {
                 let at = extra.pinned.iter().position(|(k, _)| &**k == key);
                 at.map(|i| extra.pinned.swap_remove(i))
             }
@@ -396,6 +418,33 @@ mod tests {
             set("mine", b("now shared"), false);
             assert!(snapshot().get("mine").is_some());
             assert_eq!(count(), 2);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_task_frame_is_its_own_and_restored_after() {
+        std::thread::spawn(|| {
+            // An empty thread frame and an empty task table: nothing moves,
+            // yet what the task sets goes with it.
+            let task = Installed::task(Table::new());
+            assert!(in_task());
+            set("in-task", b("t"), false);
+            assert_eq!(count(), 1);
+            drop(task);
+            assert!(!in_task());
+            assert_eq!(count(), 0);
+            assert!(snapshot().is_empty());
+            // A thread with a table of its own gets it back after a task
+            // that started empty.
+            set("own", b("o"), false);
+            let task = Installed::task(Table::new());
+            assert_eq!(count(), 0);
+            assert!(get("own").is_none());
+            drop(task);
+            assert_eq!(bytes(&get("own").unwrap()), b"o");
+            assert_eq!(count(), 1);
         })
         .join()
         .unwrap();
