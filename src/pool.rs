@@ -1018,9 +1018,22 @@ impl Pool {
     pub fn submit(&self, spec: TaskSpec, snapshot: Table) -> Result<u64, Error> {
         let shared = &self.shared;
         let submitted = (shared.latency.is_some() || shared.has_task_hooks()).then(Instant::now);
-        let (task, handle) = Task::insert(spec, snapshot, shared, submitted)?;
+        // A limiter with room admits the task before it exists: it then
+        // starts out queued and holding its place, and needs nothing kept
+        // for a later admission.
+        let limiter = spec.limiter_ref();
+        let admitted_now = limiter.is_some_and(|l| l.try_acquire());
+        let (task, handle) = match Task::insert(spec, snapshot, shared, submitted, admitted_now) {
+            Ok(inserted) => inserted,
+            Err(e) => {
+                if let (true, Some(limiter)) = (admitted_now, limiter) {
+                    limiter.undo_acquire();
+                }
+                return Err(e);
+            }
+        };
         if task.limiter().is_some() || task.has_deadline() {
-            return self.submit_scheduled(task, handle);
+            return self.submit_scheduled(task, handle, admitted_now);
         }
         let pushed = if shared.options.max_queued > 0 {
             // Counted under the lock, one submit after another.
@@ -1047,15 +1060,16 @@ impl Pool {
     /// pool becomes a user of the timer; a limiter with room admits the task
     /// at once (it then enters the queue like any task), else it waits for
     /// its limiter, kept aside.
-    fn submit_scheduled(&self, task: TaskRef, handle: u64) -> Result<u64, Error> {
+    fn submit_scheduled(
+        &self,
+        task: TaskRef,
+        handle: u64,
+        admitted_now: bool,
+    ) -> Result<u64, Error> {
         let shared = &self.shared;
         // Borrowed from the task, which lives through this call (no count
         // of the limiter's Arc taken per submit).
         let limiter = task.limiter();
-        let admitted_now = limiter.is_some_and(|l| l.try_acquire());
-        if admitted_now {
-            task.try_admit();
-        }
         // What the timer or the limiter will refer to, when either will: a
         // task its limiter admitted at once and without a deadline needs
         // none (no allocation).
@@ -1306,7 +1320,7 @@ mod tests {
             ..LimiterOptions::default()
         })
         .unwrap();
-        let spec = || TaskSpec::new(never, std::ptr::null_mut()).limiter(Some(paused.clone()));
+        let spec = || TaskSpec::new(never, std::ptr::null_mut()).limiter(Some(&paused));
         for _ in 0..100 {
             let h = pool.submit(spec(), Table::new()).unwrap();
             task::cancel(h).unwrap();

@@ -121,8 +121,7 @@ pub(crate) trait AbandonSlot {
 
 /// What to run and who owns what. Pointers are kept as addresses: the engine
 /// never dereferences them, it only passes them back to the caller's functions.
-#[derive(Clone)]
-pub struct TaskSpec {
+pub struct TaskSpec<'a> {
     work: WorkFn,
     arg: usize,
     on_done: Option<DoneFn>,
@@ -131,13 +130,15 @@ pub struct TaskSpec {
     free_result: Option<FreeFn>,
     detached: bool,
     cq: Option<Arc<CompletionQueue>>,
-    limiter: Option<Arc<Limiter>>,
+    /// Borrowed: a slot that kept this limiter from its last task takes no
+    /// count of it.
+    limiter: Option<&'a Arc<Limiter>>,
     /// 0: no start deadline (milliseconds keep the struct small: it is
     /// copied on every submit).
     start_within_ms: u32,
 }
 
-impl TaskSpec {
+impl<'a> TaskSpec<'a> {
     /// A task that runs `work(arg)`; the caller keeps owning `arg`.
     pub fn new(work: WorkFn, arg: *mut c_void) -> Self {
         TaskSpec {
@@ -154,9 +155,14 @@ impl TaskSpec {
         }
     }
 
+    /// Its limiter, if any.
+    pub(crate) fn limiter_ref(&self) -> Option<&'a Arc<Limiter>> {
+        self.limiter
+    }
+
     /// The task waits for `limiter` to admit it before it enters its pool's
     /// queue, and holds a place of it until its callable returns.
-    pub fn limiter(mut self, limiter: Option<Arc<Limiter>>) -> Self {
+    pub fn limiter(mut self, limiter: Option<&'a Arc<Limiter>>) -> Self {
         self.limiter = limiter;
         self
     }
@@ -251,11 +257,6 @@ struct Rare {
     free_arg: Option<FreeFn>,
     free_result: Option<FreeFn>,
     cq: Option<Arc<CompletionQueue>>,
-    /// This task's limiter when `has_limiter`; else the limiter of the
-    /// slot's last task that had one, kept like the task's pool (see
-    /// [`Task::insert`]).
-    limiter: Option<Arc<Limiter>>,
-    has_limiter: bool,
     /// When it expires unless it has started (see [`since_base`]); 0: never.
     deadline: u64,
     /// What its limiter and the timer refer to (weakly), while it may still
@@ -265,12 +266,13 @@ struct Rare {
 }
 
 impl Rare {
-    /// True when `spec` uses any of these.
-    fn wanted(spec: &TaskSpec) -> bool {
+    /// True when `spec` uses any of these: a task with a limiter that did
+    /// not admit it at once (`admitted`) may be scheduled.
+    fn wanted(spec: &TaskSpec, admitted: bool) -> bool {
         spec.free_arg.is_some()
             || spec.free_result.is_some()
             || spec.cq.is_some()
-            || spec.limiter.is_some()
+            || (spec.limiter.is_some() && !admitted)
             || spec.start_within_ms > 0
     }
 }
@@ -280,9 +282,17 @@ impl Rare {
 pub struct Task {
     calls: Calls,
     detached: bool,
+    /// This task uses `rare` (else its fields are a former task's).
+    uses_rare: bool,
+    /// `limiter` is this task's limiter (else it is kept, like `pool`).
+    has_limiter: bool,
     /// None until the slot's first task that uses one of its fields; kept
     /// while the slot is free.
     rare: Option<Box<Rare>>,
+    /// This task's limiter when `has_limiter`; else the limiter of the
+    /// slot's last task that had one, kept like `pool` (see
+    /// [`Task::insert`]).
+    limiter: Option<Arc<Limiter>>,
     /// None until the slot's first task; kept while it is free (see
     /// [`Task::insert`]).
     pool: Option<Arc<dyn Scheduler>>,
@@ -415,7 +425,10 @@ impl Default for Task {
                 on_done_data: 0,
             },
             detached: false,
+            uses_rare: false,
+            has_limiter: false,
             rare: None,
+            limiter: None,
             pool: None,
             submitted: 0,
             handle: 0,
@@ -468,8 +481,9 @@ impl Task {
         snapshot: Table,
         pool: &Arc<S>,
         submitted: Option<Instant>,
+        admitted: bool,
     ) -> Result<(TaskRef, u64), Error> {
-        let wants_rare = Rare::wanted(&spec);
+        let uses_rare = Rare::wanted(&spec, admitted);
         let TaskSpec {
             work,
             arg,
@@ -486,9 +500,9 @@ impl Task {
             0 => 0,
             ms => since_base(Instant::now() + Duration::from_millis(u64::from(ms))),
         };
-        let phase = match limiter {
-            Some(_) => Phase::Waiting,
-            None => Phase::Queued,
+        let phase = match (limiter, admitted) {
+            (Some(_), false) => Phase::Waiting,
+            _ => Phase::Queued,
         };
         tasks()
             .insert(|task, handle| {
@@ -499,19 +513,23 @@ impl Task {
                     on_done_data,
                 };
                 task.detached = detached;
-                if wants_rare || task.rare.is_some() {
+                task.uses_rare = uses_rare;
+                if uses_rare {
                     let rare = task.rare.get_or_insert_with(Box::default);
                     rare.free_arg = free_arg;
                     rare.free_result = free_result;
                     rare.cq = cq;
-                    rare.has_limiter = limiter.is_some();
-                    rare.limiter = match (rare.limiter.take(), limiter) {
-                        // The count the submit took is dropped on this thread.
-                        (Some(kept), Some(new)) if Arc::ptr_eq(&kept, &new) => Some(kept),
-                        (kept, None) => kept,
-                        (_, new) => new,
-                    };
                     rare.deadline = deadline;
+                }
+                task.has_limiter = limiter.is_some();
+                if let Some(new) = limiter {
+                    if !task
+                        .limiter
+                        .as_ref()
+                        .is_some_and(|kept| Arc::ptr_eq(kept, new))
+                    {
+                        task.limiter = Some(new.clone());
+                    }
                 }
                 let same_pool = task
                     .pool
@@ -523,7 +541,8 @@ impl Task {
                 task.submitted = submitted.map_or(0, since_base);
                 task.handle = handle;
                 // The last task left nothing to start with (see `clear`).
-                drop(task.state.reset(phase, snapshot));
+                let holds_place = limiter.is_some() && admitted;
+                drop(task.state.reset(phase, holds_place, snapshot));
             })
             .map_err(from_handle_error)
     }
@@ -539,13 +558,17 @@ impl Task {
 
     /// Its limiter, if any.
     pub(crate) fn limiter(&self) -> Option<&Arc<Limiter>> {
-        let rare = self.rare.as_deref().filter(|r| r.has_limiter)?;
-        rare.limiter.as_ref()
+        self.limiter.as_ref().filter(|_| self.has_limiter)
+    }
+
+    /// Its rarely used fields, when it uses them.
+    fn rare(&self) -> Option<&Rare> {
+        self.rare.as_deref().filter(|_| self.uses_rare)
     }
 
     /// When it expires unless it has started (see [`since_base`]); 0: never.
     fn deadline(&self) -> u64 {
-        self.rare.as_deref().map_or(0, |r| r.deadline)
+        self.rare().map_or(0, |r| r.deadline)
     }
 
     /// True when its start deadline has passed at `now`.
@@ -560,16 +583,16 @@ impl Task {
     }
 
     fn free_arg(&self) -> Option<FreeFn> {
-        self.rare.as_deref().and_then(|r| r.free_arg)
+        self.rare().and_then(|r| r.free_arg)
     }
 
     fn free_result(&self) -> Option<FreeFn> {
-        self.rare.as_deref().and_then(|r| r.free_result)
+        self.rare().and_then(|r| r.free_result)
     }
 
     /// What its limiter and the timer refer to, taken (see [`Rare`]).
     fn take_scheduled(&self) -> Option<Arc<Scheduled>> {
-        let rare = self.rare.as_deref()?;
+        let rare = self.rare()?;
         let mut scheduled = rare.scheduled.lock().unwrap_or_else(|e| e.into_inner());
         scheduled.take()
     }
@@ -668,8 +691,7 @@ impl Task {
     /// task's handle.
     pub(crate) fn after_on_done(&self, outcome: Outcome) {
         let queue = self
-            .rare
-            .as_deref()
+            .rare()
             .and_then(|r| r.cq.as_ref())
             .filter(|_| self.calls.on_done.is_none());
         let queued = queue.and_then(|cq| {
@@ -882,9 +904,8 @@ impl Ref<Task> {
     pub(crate) fn schedule(&self) -> Arc<Scheduled> {
         let scheduled = Arc::new(Scheduled(self.clone()));
         let rare = self
-            .rare
-            .as_deref()
-            .expect("a limiter or a deadline is rare");
+            .rare()
+            .expect("a task waiting for its limiter or with a deadline uses rare");
         *rare.scheduled.lock().unwrap_or_else(|e| e.into_inner()) = Some(scheduled.clone());
         scheduled
     }
@@ -1065,11 +1086,11 @@ pub fn live_handles() -> usize {
 #[cfg(test)]
 mod tests {
     /// A queued task's memory is its slot: what every task carries stays
-    /// within 136 bytes (the slot adds 16), the rest goes to [`super::Rare`].
+    /// within 144 bytes (the slot adds 16), the rest goes to [`super::Rare`].
     #[test]
     #[cfg(target_pointer_width = "64")]
     fn a_task_fits_its_budget() {
         let size = std::mem::size_of::<super::Task>();
-        assert!(size <= 136, "a Task takes {size} bytes");
+        assert!(size <= 144, "a Task takes {size} bytes");
     }
 }

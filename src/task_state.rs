@@ -194,11 +194,13 @@ impl<T: Default> TaskState<T> {
         }
     }
 
-    /// A new task in this state's slot, which the caller has to itself.
-    /// Returns what the last task left to start with (nothing, unless it
-    /// never started nor was decided).
-    pub(crate) fn reset(&mut self, phase: Phase, start_with: T) -> T {
-        self.word.store(phase as u32, Relaxed);
+    /// A new task in this state's slot, which the caller has to itself
+    /// (`holds_place`: admitted by its limiter already). Returns what the
+    /// last task left to start with (nothing, unless it never started nor
+    /// was decided).
+    pub(crate) fn reset(&mut self, phase: Phase, holds_place: bool, start_with: T) -> T {
+        let place = if holds_place { HOLDS_PLACE } else { 0 };
+        self.word.store(phase as u32 | place, Relaxed);
         self.code.store(0, Relaxed);
         self.result.store(0, Relaxed);
         // SAFETY: `&mut self`: nobody else has the task.

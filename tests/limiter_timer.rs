@@ -26,7 +26,7 @@ fn a_rate_limiter_admits_on_time_after_the_timer_stopped_and_started_again() {
         ..LimiterOptions::default()
     })
     .unwrap();
-    let spec = || TaskSpec::new(returns_at_once, std::ptr::null_mut()).limiter(Some(lim.clone()));
+    let spec = || TaskSpec::new(returns_at_once, std::ptr::null_mut()).limiter(Some(&lim));
     let wait_ok = |h: u64| {
         let seen = task::wait(h, Some(Duration::from_secs(5)), false).unwrap();
         assert_eq!(seen.status, ASYNCIFY_OK, "admitted by its rate within 5 s");

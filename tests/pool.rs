@@ -624,7 +624,7 @@ fn a_limited_task_may_expire_before_its_submit_returns() {
                 })
                 .unwrap();
                 let spec = TaskSpec::new(returns_at_once, std::ptr::null_mut())
-                    .limiter(Some(paused.clone()))
+                    .limiter(Some(&paused))
                     .start_within_ms(1)
                     .detached(true);
                 pool.submit(spec, Table::new()).unwrap();

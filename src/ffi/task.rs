@@ -209,7 +209,7 @@ pub extern "C" fn asyncify_submit(
         };
         let pool = pool_or_default(opts.map_or(std::ptr::null_mut(), |o| o.pool));
         let limiter = opts.map_or(std::ptr::null(), |o| o.limiter);
-        let limiter = (!limiter.is_null()).then(|| limiter_ref(limiter).clone());
+        let limiter = (!limiter.is_null()).then(|| limiter_ref(limiter));
         let spec = TaskSpec::new(work, arg)
             .limiter(limiter)
             .start_within_ms(opts.map_or(0, |o| o.start_within_ms))
