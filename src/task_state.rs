@@ -488,6 +488,36 @@ mod loom_tests {
         });
     }
 
+    /// An admission races an expiry of a waiting task: exactly one wins,
+    /// and a place is held (then given back by the expiry) only when the
+    /// admission came first.
+    #[test]
+    fn admission_races_expiry() {
+        loom::model(|| {
+            let taken = Arc::new(Count::new(0));
+            let task = Arc::new(TaskState::new(Phase::Waiting, Table(Some(taken.clone()))));
+            let t = task.clone();
+            let limiter = thread::spawn(move || t.admit());
+            let expired = task.decide_early(ASYNCIFY_EXPIRED, true, false);
+            let admitted = limiter.join().unwrap();
+            match expired {
+                Ok(early) => {
+                    early.start_with.taken();
+                    assert_eq!(early.place, admitted, "a place only after the admission");
+                    let was = if admitted {
+                        Phase::Queued
+                    } else {
+                        Phase::Waiting
+                    };
+                    assert_eq!(early.was, was);
+                    assert!(task.start(true).is_none(), "an expired task never starts");
+                }
+                Err(_) => panic!("nothing else decides it"),
+            }
+            assert_eq!(taken.load(Relaxed), 1);
+        });
+    }
+
     /// A waiter races the publish: it never sleeps through it, and the
     /// result reaches exactly one of the waiter and a release.
     #[test]
