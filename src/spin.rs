@@ -99,12 +99,14 @@ pub(crate) fn spin_until(shared: Shared, mut ready: impl FnMut() -> bool) -> boo
             }
             // On a busy machine the thread we wait for may need this core.
             std::thread::yield_now();
-            if before.elapsed() < YIELD_GAVE_CPU {
-                gave_cpu = 0;
-            } else {
-                gave_cpu += 1;
-                if gave_cpu == 2 && shared == Shared::Park {
-                    return ready();
+            if shared == Shared::Park {
+                if before.elapsed() < YIELD_GAVE_CPU {
+                    gave_cpu = 0;
+                } else {
+                    gave_cpu += 1;
+                    if gave_cpu == 2 {
+                        return ready();
+                    }
                 }
             }
         } else {

@@ -234,7 +234,7 @@ pub struct Observed {
 
 /// A task with a limiter or a start deadline, as its limiter and the timer
 /// see it. They hold it weakly; the task holds the one strong reference in
-/// its state until it starts or its outcome is decided (then it drops it, so
+/// its rare fields until it starts or its outcome is decided (then it drops it, so
 /// their entries die as the task moves on, and the reference to its slot
 /// that this holds goes).
 pub(crate) struct Scheduled(TaskRef);
@@ -261,7 +261,7 @@ struct Rare {
     deadline: u64,
     /// What its limiter and the timer refer to (weakly), while it may still
     /// be admitted or expire: until it starts or its outcome is decided.
-    /// Its lock comes after the task's.
+    /// Its lock is a leaf (taken under the pool's, by a cancel).
     scheduled: Mutex<Option<Arc<Scheduled>>>,
 }
 
@@ -834,8 +834,13 @@ impl Ref<Task> {
     /// task had started and `unstarted_only`.
     fn cancel_as(&self, unstarted_only: bool) -> Option<Outcome> {
         // The pool's lock, taken first, so that giving an abandoned task's
-        // slot back and deciding its outcome are one step for the pool.
-        let mut give_back = self.pool().lock_for_abandon();
+        // slot back and deciding its outcome are one step for the pool (an
+        // unstarted task has no slot to give).
+        let mut give_back = if unstarted_only {
+            None
+        } else {
+            self.pool().lock_for_abandon()
+        };
         let early =
             match self
                 .state
@@ -1002,7 +1007,7 @@ pub fn wait_any(handles: &[u64], timeout: Option<Duration>) -> Result<Option<usi
     ANY_WAITERS.fetch_add(1, Ordering::SeqCst);
     let found = loop {
         let generation = *ANY_GENERATION.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = tasks.iter().position(|t| t.state.is_published()) {
+        if let Some(i) = tasks.iter().position(|t| t.state.is_published_for_any()) {
             break Some(i);
         }
         if tasks.iter().any(|t| t.pool().run_inline_if_stuck(t)) {
@@ -1028,7 +1033,7 @@ pub fn wait_any(handles: &[u64], timeout: Option<Duration>) -> Result<Option<usi
             };
         };
         if timed_out {
-            break tasks.iter().position(|t| t.state.is_published());
+            break tasks.iter().position(|t| t.state.is_published_for_any());
         }
     };
     ANY_WAITERS.fetch_sub(1, Ordering::SeqCst);

@@ -35,7 +35,7 @@ use std::time::Instant;
 use loom::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize};
 #[cfg(all(test, loom))]
 use loom::sync::{Condvar, Mutex};
-use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, SeqCst};
 #[cfg(not(all(test, loom)))]
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize};
 #[cfg(not(all(test, loom)))]
@@ -335,7 +335,10 @@ impl<T: Default> TaskState<T> {
             0
         };
         let release = if detached { RELEASED } else { 0 };
-        let was = self.word.fetch_or(PUBLISHED | release, AcqRel);
+        // SeqCst: `wait_any` counts itself and then looks at the word, the
+        // publisher sets it and then looks at that count (see
+        // `is_published_for_any`).
+        let was = self.word.fetch_or(PUBLISHED | release, SeqCst);
         let orphan = if (was | release) & RELEASED != 0 {
             self.result.swap(0, Acquire)
         } else {
@@ -365,6 +368,14 @@ impl<T: Default> TaskState<T> {
         self.word.load(Acquire) & PUBLISHED != 0
     }
 
+    /// [`TaskState::is_published`] for a waiter that made itself known
+    /// (a SeqCst write) before it looks: with the publish's SeqCst
+    /// `fetch_or` and its SeqCst read of the waiters, one of the two sees
+    /// the other's write, so no wake-up is lost.
+    pub(crate) fn is_published_for_any(&self) -> bool {
+        self.word.load(SeqCst) & PUBLISHED != 0
+    }
+
     /// The published outcome (status, code), and the result when
     /// `want_result` and it has not moved yet; None before the publish.
     pub(crate) fn observe(&self, want_result: bool) -> Option<(asyncify_status, i32, usize)> {
@@ -373,8 +384,12 @@ impl<T: Default> TaskState<T> {
             return None;
         }
         let (status, code) = self.outcome_of(w);
+        // A released task's result goes to its free function, not to a
+        // look through a handle that is no longer its own.
         let result = match status {
-            ASYNCIFY_OK | ASYNCIFY_FAILED if want_result => self.result.swap(0, Acquire),
+            ASYNCIFY_OK | ASYNCIFY_FAILED if want_result && w & RELEASED == 0 => {
+                self.result.swap(0, Acquire)
+            }
             _ => 0,
         };
         Some((status, code, result))
@@ -515,6 +530,24 @@ mod loom_tests {
                 Err(_) => panic!("nothing else decides it"),
             }
             assert_eq!(taken.load(Relaxed), 1);
+        });
+    }
+
+    /// A detached task's result goes to its free function: a look racing
+    /// its publish never receives it.
+    #[test]
+    fn a_detached_result_never_reaches_a_look() {
+        loom::model(|| {
+            let taken = Arc::new(Count::new(0));
+            let task = queued(&taken);
+            task.start(true).unwrap().taken();
+            task.returned(0, 5, true);
+            let t = task.clone();
+            let look = thread::spawn(move || t.observe(true).map_or(0, |seen| seen.2));
+            let (_, orphan, released) = task.publish(false, true);
+            assert!(released);
+            assert_eq!(look.join().unwrap(), 0);
+            assert_eq!(orphan, 5);
         });
     }
 
