@@ -241,7 +241,8 @@ pub struct PoolShared {
 
 /// When a task started and how long it had waited, for latency and hooks.
 struct Started {
-    at: Instant,
+    /// [`sys::now_ns`] at its start.
+    at: u64,
     queue_wait: u64,
 }
 
@@ -250,10 +251,6 @@ struct Started {
 struct Latency {
     queue_wait: Sharded,
     run: Sharded,
-}
-
-fn elapsed_ns(since: Instant, now: Instant) -> u64 {
-    u64::try_from(now.saturating_duration_since(since).as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// A pool owned by its creator. Dropping it shuts it down without waiting:
@@ -447,8 +444,8 @@ impl PoolShared {
     /// time and queue wait (recorded).
     fn record_start(&self, task: &Task) -> Option<Started> {
         let submitted = task.submitted()?;
-        let at = Instant::now();
-        let queue_wait = elapsed_ns(submitted, at);
+        let at = sys::now_ns();
+        let queue_wait = at.saturating_sub(submitted);
         if let Some(latency) = &self.latency {
             latency.queue_wait.record(queue_wait);
             if let Some(limiter) = task.limiter() {
@@ -461,7 +458,7 @@ impl PoolShared {
     /// The task's run time since `started` (recorded).
     fn record_end(&self, task: &Task, started: Option<&Started>) -> u64 {
         let Some(started) = started else { return 0 };
-        let run = elapsed_ns(started.at, Instant::now());
+        let run = sys::now_ns().saturating_sub(started.at);
         if let Some(latency) = &self.latency {
             latency.run.record(run);
             if let Some(limiter) = task.limiter() {
@@ -1017,7 +1014,7 @@ impl Pool {
     /// Never blocks; on error nothing runs and no callback is called.
     pub fn submit(&self, spec: TaskSpec, snapshot: Table) -> Result<u64, Error> {
         let shared = &self.shared;
-        let submitted = (shared.latency.is_some() || shared.has_task_hooks()).then(Instant::now);
+        let submitted = (shared.latency.is_some() || shared.has_task_hooks()).then(sys::now_ns);
         // A limiter with room admits the task before it exists: it then
         // starts out queued and holding its place, and needs nothing kept
         // for a later admission.

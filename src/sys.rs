@@ -221,6 +221,23 @@ fn in_engine_step() -> bool {
     IN_ENGINE_STEP.try_with(Cell::get).unwrap_or(false)
 }
 
+/// Nanoseconds on the monotonic clock (that of `Instant`), never 0: a
+/// timestamp that differences take with one subtraction, where an
+/// `Instant`'s take a normalising division of seconds and nanoseconds.
+pub(crate) fn now_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a timespec to write; CLOCK_MONOTONIC
+    // cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    (t.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(t.tv_nsec as u64)
+        .max(1)
+}
+
 /// True on a worker thread between its foreign calls: foreign calls made
 /// now are deferred to its start routine.
 pub(crate) fn deferring() -> bool {

@@ -296,7 +296,7 @@ pub struct Task {
     /// None until the slot's first task; kept while it is free (see
     /// [`Task::insert`]).
     pool: Option<Arc<dyn Scheduler>>,
-    /// When it was submitted (see [`since_base`]), where its pool records
+    /// When it was submitted (`sys::now_ns`), where its pool records
     /// latency; 0 elsewhere.
     submitted: u64,
     handle: u64,
@@ -480,7 +480,7 @@ impl Task {
         spec: TaskSpec,
         snapshot: Table,
         pool: &Arc<S>,
-        submitted: Option<Instant>,
+        submitted: Option<u64>,
         admitted: bool,
     ) -> Result<(TaskRef, u64), Error> {
         let uses_rare = Rare::wanted(&spec, admitted);
@@ -538,7 +538,7 @@ impl Task {
                 if !same_pool {
                     task.pool = Some(pool.clone() as Arc<dyn Scheduler>);
                 }
-                task.submitted = submitted.map_or(0, since_base);
+                task.submitted = submitted.unwrap_or(0);
                 task.handle = handle;
                 // The last task left nothing to start with (see `clear`).
                 let holds_place = limiter.is_some() && admitted;
@@ -552,8 +552,8 @@ impl Task {
     }
 
     /// When it was submitted, where its pool records latency.
-    pub(crate) fn submitted(&self) -> Option<Instant> {
-        (self.submitted != 0).then(|| from_base(self.submitted))
+    pub(crate) fn submitted(&self) -> Option<u64> {
+        (self.submitted != 0).then_some(self.submitted)
     }
 
     /// Its limiter, if any.
