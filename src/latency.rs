@@ -10,7 +10,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::shard::{shard, SHARDS};
+use crate::shard::{shard, Padded, SHARDS};
 
 const SUB_BITS: u32 = 5;
 const SUB: u64 = 1 << SUB_BITS;
@@ -86,12 +86,12 @@ impl Histogram {
 
     /// The counts and percentiles now; exact when nothing records meanwhile.
     pub fn summary(&self) -> Summary {
-        summary_of(std::slice::from_ref(self))
+        summary_of(std::iter::once(self))
     }
 }
 
 /// The summary of the values recorded into any of `parts`.
-fn summary_of(parts: &[Histogram]) -> Summary {
+fn summary_of<'a>(parts: impl Iterator<Item = &'a Histogram>) -> Summary {
     let mut counts = vec![0u64; BUCKETS];
     let (mut sum, mut max) = (0u64, 0u64);
     for h in parts {
@@ -129,13 +129,15 @@ fn summary_of(parts: &[Histogram]) -> Summary {
 /// A histogram that threads record into in parts (by thread), so that
 /// workers on different CPUs seldom write the same cache lines; read as one.
 pub struct Sharded {
-    parts: Box<[Histogram]>,
+    /// Each on cache lines of its own: a part's `sum` and `max`, written
+    /// per record, would otherwise share a line with the next part's.
+    parts: Box<[Padded<Histogram>]>,
 }
 
 impl Default for Sharded {
     fn default() -> Self {
         Sharded {
-            parts: (0..SHARDS).map(|_| Histogram::default()).collect(),
+            parts: (0..SHARDS).map(|_| Padded(Histogram::default())).collect(),
         }
     }
 }
@@ -148,7 +150,7 @@ impl Sharded {
 
     /// The counts and percentiles of every part together.
     pub fn summary(&self) -> Summary {
-        summary_of(&self.parts)
+        summary_of(self.parts.iter().map(|p| &p.0))
     }
 }
 
