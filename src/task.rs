@@ -469,13 +469,15 @@ impl Task {
     /// Takes a free slot for a new task and returns its handle.
     ///
     /// A slot keeps its last task's pool (and limiter) while it is free: a
-    /// new task of the same pool keeps no count of the pool's `Arc` of its
-    /// own (a count that the submitting thread would raise and a worker
-    /// lower, per task, on one cache line), and the count of a limiter's
-    /// `Arc` that its submit took is dropped again on the submitting thread.
-    /// So a pool's shared part, or a freed limiter, lives until its last
-    /// slot holds another pool's (limiter's) task, or the process ends; it
-    /// owns no thread and no task by then.
+    /// new task of the same pool (limiter) takes no count of its `Arc` (a
+    /// count that the submitting thread would raise and a worker lower, per
+    /// task, on one cache line). So a pool's shared part, or a freed
+    /// limiter, lives until its last slot holds another pool's (limiter's)
+    /// task, or the process ends; it owns no thread and no task by then.
+    ///
+    /// `admitted`: the spec's limiter admitted the task already (it starts
+    /// out queued, holding its place); `submitted`: `sys::now_ns` at the
+    /// submit, where the pool records latency.
     pub(crate) fn insert<S: Scheduler + 'static>(
         spec: TaskSpec,
         snapshot: Table,
