@@ -95,32 +95,22 @@ pub trait Slotted: Default + Send + Sync + 'static {
 }
 
 /// A thread's private chain of free slots of `T`'s slab. When it is empty,
-/// an insert takes up to [`LOCAL_BATCH`] slots off the shared free list with
-/// one CAS, then takes slots from it with no atomic operation; the threads
-/// that free slots keep pushing onto the shared list. A submitting thread
-/// thus stops contending with the workers for the free list's head on every
-/// task, and holds at most a batch of free slots. The chain goes back to the
-/// shared list when its thread ends.
+/// an insert takes the whole shared free list into it with one atomic swap,
+/// then takes slots from it with no atomic operation; the threads that free
+/// slots keep pushing onto the shared list. A submitting thread thus stops
+/// contending with the workers for the free list's head on every task. The
+/// chain goes back to the shared list when its thread ends.
 pub struct LocalFree<T: Slotted> {
-    /// The first slot's index + 1, linked through `next_free`.
+    /// The first slot's index + 1 (0: empty), linked through `next_free`.
     head: std::cell::Cell<u32>,
-    /// How many slots the chain holds (the last one's link is not its own).
-    left: std::cell::Cell<u32>,
     _slab: std::marker::PhantomData<T>,
 }
-
-/// The most free slots a thread's private chain takes at once.
-#[cfg(not(all(test, loom)))]
-const LOCAL_BATCH: u32 = 64;
-#[cfg(all(test, loom))]
-const LOCAL_BATCH: u32 = 2;
 
 impl<T: Slotted> LocalFree<T> {
     /// An empty chain.
     pub const fn new() -> Self {
         LocalFree {
             head: std::cell::Cell::new(0),
-            left: std::cell::Cell::new(0),
             _slab: std::marker::PhantomData,
         }
     }
@@ -134,7 +124,7 @@ impl<T: Slotted> Default for LocalFree<T> {
 
 impl<T: Slotted> Drop for LocalFree<T> {
     fn drop(&mut self) {
-        T::slab().push_chain(self.head.get(), self.left.get());
+        T::slab().push_chain(self.head.get());
     }
 }
 
@@ -360,36 +350,21 @@ impl<T: Slotted> Slab<T> {
         }
     }
 
-    /// Takes up to `max` slots off the top of the free list; returns the
-    /// first one's index + 1 (0: none) and how many. The links read on the
-    /// way down are the list's when the CAS succeeds: every push and pop in
-    /// between would have bumped the tag. The slots are the caller's alone
-    /// from then on, linked through `next_free` (but for the last one's link).
-    fn take_batch(&self, max: u32) -> (u32, u32) {
+    /// Takes the whole free list (a new tag with no slot, so a pop that read
+    /// the old head fails its CAS); returns its first index + 1 (0: empty).
+    /// The chain is the caller's alone from then on.
+    fn take_all(&self) -> u32 {
         let mut head = self.free.load(Acquire);
         loop {
-            let first = head as u32;
-            if first == 0 {
-                return (0, 0);
+            if head as u32 == 0 {
+                return 0;
             }
-            let mut taken = 1;
-            let mut next = self.link(first);
-            while taken < max && next != 0 {
-                next = self.link(next);
-                taken += 1;
-            }
-            let new = (head >> 32).wrapping_add(1) << 32 | u64::from(next);
+            let new = (head >> 32).wrapping_add(1) << 32;
             match self.free.compare_exchange_weak(head, new, Acquire, Acquire) {
-                Ok(_) => return (first, taken),
+                Ok(_) => return head as u32,
                 Err(now) => head = now,
             }
         }
-    }
-
-    /// The link of the free slot `at` (an index + 1).
-    fn link(&self, at: u32) -> u32 {
-        let slot = self.slot(at - 1).expect("a free slot's segment exists");
-        slot.next_free.load(Relaxed)
     }
 
     /// A slot from this thread's private chain, refilled from the free list
@@ -397,32 +372,35 @@ impl<T: Slotted> Slab<T> {
     fn pop_local(&self) -> Option<u32> {
         let key = T::local_free()?;
         key.try_with(|local| {
-            let (mut head, mut left) = (local.head.get(), local.left.get());
-            if left == 0 {
-                (head, left) = self.take_batch(LOCAL_BATCH);
-                if left == 0 {
+            let mut head = local.head.get();
+            if head == 0 {
+                head = self.take_all();
+                if head == 0 {
                     return None;
                 }
             }
-            local.left.set(left - 1);
-            local.head.set(if left > 1 { self.link(head) } else { 0 });
+            let slot = self.slot(head - 1).expect("a free slot's segment exists");
+            local.head.set(slot.next_free.load(Relaxed));
             Some(head - 1)
         })
         .ok()
         .flatten()
     }
 
-    /// Puts a private chain (its first index + 1, and how many) back on the
-    /// free list whole.
-    fn push_chain(&self, first: u32, count: u32) {
-        if count == 0 {
+    /// Puts a private chain (first index + 1; 0: empty) back on the free
+    /// list whole.
+    fn push_chain(&self, first: u32) {
+        if first == 0 {
             return;
         }
-        let mut last = first;
-        for _ in 1..count {
-            last = self.link(last);
+        let mut last = self.slot(first - 1).expect("a free slot's segment exists");
+        loop {
+            let next = last.next_free.load(Relaxed);
+            if next == 0 {
+                break;
+            }
+            last = self.slot(next - 1).expect("a free slot's segment exists");
         }
-        let last = self.slot(last - 1).expect("a free slot's segment exists");
         let mut head = self.free.load(Relaxed);
         loop {
             last.next_free.store(head as u32, Relaxed);
@@ -638,67 +616,6 @@ mod tests {
         }
     }
 
-    /// Like [`Chained`], on a slab of its own.
-    #[derive(Default)]
-    struct Batched(u32);
-
-    thread_local! {
-        static BATCH: LocalFree<Batched> = const { LocalFree::new() };
-    }
-
-    impl Slotted for Batched {
-        fn slab() -> &'static Slab<Self> {
-            static SLAB: once_cell::sync::Lazy<Slab<Batched>> =
-                once_cell::sync::Lazy::new(Slab::default);
-            &SLAB
-        }
-
-        fn clear(&mut self) {
-            self.0 = 0;
-        }
-
-        fn local_free() -> Option<&'static std::thread::LocalKey<LocalFree<Self>>> {
-            Some(&BATCH)
-        }
-    }
-
-    #[test]
-    fn a_private_chain_takes_a_batch_and_leaves_the_rest_to_others() {
-        let s = Batched::slab();
-        let many = 3 * LOCAL_BATCH;
-        let handles: Vec<u64> = (0..many)
-            .map(|v| s.insert(|value, _| value.0 = v).unwrap().1)
-            .collect();
-        for h in &handles {
-            drop(s.remove(*h).unwrap());
-        }
-        let fresh = s.fresh.load(Relaxed);
-        let (took, go_on) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
-        let made = std::thread::scope(|scope| {
-            scope.spawn(|| {
-                // One insert takes a batch; the thread then holds the rest
-                // of it until it ends.
-                Batched::slab().insert(|value, _| value.0 = 1).unwrap();
-                took.wait();
-                go_on.wait();
-            });
-            took.wait();
-            // Everything but that thread's batch is still free for others.
-            let rest = many - LOCAL_BATCH;
-            let other = std::thread::spawn(move || {
-                let s = Batched::slab();
-                for v in 0..rest {
-                    s.insert(|value, _| value.0 = v).unwrap();
-                }
-                s.fresh.load(Relaxed)
-            });
-            let made = other.join();
-            go_on.wait();
-            made
-        });
-        assert_eq!(made.unwrap(), fresh, "no slot made while free ones wait");
-    }
-
     #[test]
     fn a_private_chain_takes_the_free_list_whole_and_gives_it_back_at_thread_exit() {
         let s = Chained::slab();
@@ -893,11 +810,11 @@ mod loom_tests {
         });
     }
 
-    /// A thread taking a batch of the free list (into a private chain)
-    /// while another pops one slot and a third frees one: no slot is taken
-    /// twice, and none is lost.
+    /// A thread taking the whole free list (into a private chain) while
+    /// another pops one slot and a third frees one: no slot is taken twice,
+    /// and none is lost.
     #[test]
-    fn taking_a_batch_of_the_free_list_races_a_pop_and_a_free_safely() {
+    fn taking_the_whole_free_list_races_a_pop_and_a_free_safely() {
         loom::model(|| {
             let s = Value::slab();
             let cleared = Arc::new(AtomicUsize::new(0));
@@ -910,10 +827,10 @@ mod loom_tests {
             let popper = thread::spawn(|| Value::slab().pop_free());
             let s2 = Value::slab();
             let mut chain = vec![];
-            let (mut next, taken) = s2.take_batch(super::LOCAL_BATCH);
-            for _ in 0..taken {
+            let mut next = s2.take_all();
+            while next != 0 {
                 chain.push(next - 1);
-                next = s2.link(next);
+                next = s2.slot(next - 1).unwrap().next_free.load(Ordering::Relaxed);
             }
             freer.join().unwrap();
             let popped = popper.join().unwrap();
