@@ -73,22 +73,42 @@ pub(crate) enum Shared {
     Park,
 }
 
+thread_local! {
+    /// When the last wait of this thread with [`Shared::Park`] saw its event
+    /// only after a yield that gave the CPU away: the thread it waits for
+    /// runs on this CPU, so a wait that follows within the spin time parks
+    /// at once.
+    static SHARES_CPU: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
 /// Polls `ready` for up to the spin time; true as soon as it returns true.
 ///
 /// Two threads that hand work to each other and spin may end up on one CPU
 /// (a wake-up places the wakee by its waker): each then sees the other's
 /// work only when it yields, and stays there, as neither ever sleeps. With
-/// [`Shared::Park`], two yields in a row that gave the CPU away end the spin.
+/// [`Shared::Park`], a wait whose event came only after a yield that gave
+/// the CPU away makes the next wait of this thread, if it comes within the
+/// spin time, park without spinning, and two such yields in a row end the
+/// spin at once.
 pub(crate) fn spin_until(shared: Shared, mut ready: impl FnMut() -> bool) -> bool {
     let limit = *SPIN;
     if limit.is_zero() {
         return false;
     }
     let start = Instant::now();
+    if shared == Shared::Park {
+        let shared_at = SHARES_CPU.with(|s| s.take());
+        if shared_at.is_some_and(|at| start.duration_since(at) < limit) {
+            return ready();
+        }
+    }
     let mut round: u32 = 0;
     let mut gave_cpu = 0;
     loop {
         if ready() {
+            if gave_cpu > 0 {
+                SHARES_CPU.with(|s| s.set(Some(Instant::now())));
+            }
             return true;
         }
         round = round.wrapping_add(1);
