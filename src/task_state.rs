@@ -464,6 +464,15 @@ mod loom_tests {
         Arc::new(TaskState::new(Phase::Queued, Table(Some(taken.clone()))))
     }
 
+    /// A task whose callable returned `result` (kept on the task), not yet
+    /// published.
+    fn returned(result: usize) -> Arc<TaskState<Table>> {
+        let task = queued(&Arc::new(Count::new(0)));
+        task.start(true).unwrap().taken();
+        task.returned(0, result, true);
+        task
+    }
+
     /// A start races a cancel: the table is taken once, the outcome decided
     /// once, and a cancel of the running task abandons it.
     #[test]
@@ -538,10 +547,7 @@ mod loom_tests {
     #[test]
     fn a_detached_result_never_reaches_a_look() {
         loom::model(|| {
-            let taken = Arc::new(Count::new(0));
-            let task = queued(&taken);
-            task.start(true).unwrap().taken();
-            task.returned(0, 5, true);
+            let task = returned(5);
             let t = task.clone();
             let look = thread::spawn(move || t.observe(true).map_or(0, |seen| seen.2));
             let (_, orphan, released) = task.publish(false, true);
@@ -556,10 +562,7 @@ mod loom_tests {
     #[test]
     fn publish_wakes_waiter_and_result_moves_once() {
         loom::model(|| {
-            let taken = Arc::new(Count::new(0));
-            let task = queued(&taken);
-            task.start(true).unwrap().taken();
-            task.returned(0, 5, true);
+            let task = returned(5);
             let t = task.clone();
             let waiter = thread::spawn(move || {
                 assert!(t.wait_published(None));
