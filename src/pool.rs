@@ -1020,16 +1020,19 @@ impl Pool {
         // for a later admission.
         let limiter = spec.limiter_ref();
         let admitted_now = limiter.is_some_and(|l| l.try_acquire());
-        let (task, handle) = match Task::insert(spec, snapshot, shared, submitted, admitted_now) {
-            Ok(inserted) => inserted,
-            Err(e) => {
-                if let (true, Some(limiter)) = (admitted_now, limiter) {
-                    limiter.undo_acquire();
-                }
-                return Err(e);
+        // For a refused submit.
+        let give_back_place = || {
+            if let (true, Some(limiter)) = (admitted_now, limiter) {
+                limiter.undo_acquire();
             }
         };
-        if task.limiter().is_some() || task.has_deadline() {
+        let (task, handle) = Task::insert(spec, snapshot, shared, submitted, admitted_now)
+            .inspect_err(|_| give_back_place())?;
+        // A task its limiter admitted at once into a pool that uses the
+        // timer already is queued like a plain one.
+        let plain = !task.has_deadline()
+            && (limiter.is_none() || admitted_now && shared.uses_timer.load(Ordering::Relaxed));
+        if !plain {
             return self.submit_scheduled(task, handle, admitted_now);
         }
         let pushed = if shared.options.max_queued > 0 {
@@ -1043,20 +1046,24 @@ impl Pool {
             Ok(after) => after,
             Err(e) => {
                 let _ = tasks().remove(handle);
+                give_back_place();
                 return Err(e);
             }
         };
         shared.counters.submitted.add(1);
         if shared.wake_next(after) > 0 {
-            shared.withdraw_if_unserved(&task, handle)?;
+            shared
+                .withdraw_if_unserved(&task, handle)
+                .inspect_err(|_| give_back_place())?;
         }
         Ok(handle)
     }
 
-    /// [`Pool::submit`] of a task with a limiter or a start deadline: the
-    /// pool becomes a user of the timer; a limiter with room admits the task
-    /// at once (it then enters the queue like any task), else it waits for
-    /// its limiter, kept aside.
+    /// [`Pool::submit`] of a task with a start deadline, waiting for its
+    /// limiter, or the first of its pool admitted by a limiter: the pool
+    /// becomes a user of the timer; a task its limiter admitted at once
+    /// enters the queue like any task, else it waits for its limiter, kept
+    /// aside.
     fn submit_scheduled(
         &self,
         task: TaskRef,
@@ -1084,25 +1091,6 @@ impl Pool {
             }
             Err(e)
         };
-        if admitted_now
-            && scheduled.is_none()
-            && shared.options.max_queued == 0
-            && shared.uses_timer.load(Ordering::Relaxed)
-        {
-            // Admitted at once, no deadline, the pool a user of the timer
-            // already: queued like any task, with no lock.
-            let after = match shared.push(task.clone()) {
-                Ok(after) => after,
-                Err(e) => return refuse(e, true),
-            };
-            shared.counters.submitted.add(1);
-            if shared.wake_next(after) > 0 {
-                if let Err(e) = shared.withdraw_if_unserved(&task, handle) {
-                    return refuse(e, false);
-                }
-            }
-            return Ok(handle);
-        }
         let mut st = shared.lock();
         if let Err(e) = shared.accepts(&st) {
             drop(st);
