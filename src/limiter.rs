@@ -307,13 +307,20 @@ impl Limiter {
         st.waiting != 0 || st.rate > 0.0 || !st.queue.is_empty()
     }
 
-    /// With nobody waiting, entries of tasks that left go, so that `SLOW`
-    /// can clear.
-    fn drop_left_if_none_waits(st: &mut State) {
+    /// Drops the entries of tasks that left (they stay queued until
+    /// admission reaches them).
+    fn drop_left(st: &mut State) {
+        st.queue
+            .retain(|w| w.upgrade().is_some_and(|w| w.waiting()));
+    }
+
+    /// After a change of who waits: with nobody waiting, entries of tasks
+    /// that left go, so that `SLOW` can clear; then `SLOW` as the state says.
+    fn settle(&self, st: &mut State) {
         if st.waiting == 0 && !st.queue.is_empty() {
-            st.queue
-                .retain(|w| w.upgrade().is_some_and(|w| w.waiting()));
+            Self::drop_left(st);
         }
+        self.places.set(st.max_running, Self::slow(st));
     }
 
     /// Admits a new task at once when nothing waits before it and a place
@@ -381,8 +388,7 @@ impl Limiter {
     pub(crate) fn left_waiting(&self, expired: bool) {
         let mut st = self.lock();
         st.waiting -= 1;
-        Self::drop_left_if_none_waits(&mut st);
-        self.places.set(st.max_running, Self::slow(&st));
+        self.settle(&mut st);
         if expired {
             st.expired += 1;
         } else {
@@ -391,8 +397,7 @@ impl Limiter {
         // Tasks that left stay queued until admission reaches them; when they
         // outnumber the ones that wait, drop them now.
         if st.queue.len() as i64 > 2 * st.waiting + 16 {
-            st.queue
-                .retain(|w| w.upgrade().is_some_and(|w| w.waiting()));
+            Self::drop_left(&mut st);
         }
     }
 
@@ -402,8 +407,7 @@ impl Limiter {
     fn admit_waiting(&self, mut st: MutexGuard<'_, State>) {
         if st.waiting <= 0 {
             // What is queued (if anything) has left already.
-            Self::drop_left_if_none_waits(&mut st);
-            self.places.set(st.max_running, Self::slow(&st));
+            self.settle(&mut st);
             return;
         }
         let mut admitted = Vec::new();
@@ -435,8 +439,7 @@ impl Limiter {
             }
             admitted.push(waiter);
         }
-        Self::drop_left_if_none_waits(&mut st);
-        self.places.set(st.max_running, Self::slow(&st));
+        self.settle(&mut st);
         let running = Places::running(self.places.load());
         let wants_token = st.waiting > 0 && running < st.max_running && st.rate > 0.0;
         // One timer entry for the next token at a time, unless the timer has
