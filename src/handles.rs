@@ -401,22 +401,20 @@ impl<T: Slotted> Slab<T> {
             }
             last = self.slot(next - 1).expect("a free slot's segment exists");
         }
+        self.push_run(first, last);
+    }
+
+    fn push_free(&self, slot: &Slot<T>) {
+        self.push_run(slot.index + 1, slot);
+    }
+
+    /// Pushes a run of free slots linked through `next_free`, from `first`
+    /// (an index + 1) to `last`, onto the free list with one CAS.
+    fn push_run(&self, first: u32, last: &Slot<T>) {
         let mut head = self.free.load(Relaxed);
         loop {
             last.next_free.store(head as u32, Relaxed);
             let new = (head >> 32).wrapping_add(1) << 32 | u64::from(first);
-            match self.free.compare_exchange_weak(head, new, Release, Relaxed) {
-                Ok(_) => return,
-                Err(now) => head = now,
-            }
-        }
-    }
-
-    fn push_free(&self, slot: &Slot<T>) {
-        let mut head = self.free.load(Relaxed);
-        loop {
-            slot.next_free.store(head as u32, Relaxed);
-            let new = (head >> 32).wrapping_add(1) << 32 | u64::from(slot.index + 1);
             match self.free.compare_exchange_weak(head, new, Release, Relaxed) {
                 Ok(_) => return,
                 Err(now) => head = now,
