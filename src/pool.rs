@@ -317,11 +317,19 @@ impl PoolShared {
     /// wakes or starts a worker if a free slot could take a queued task and
     /// none is coming. The lock is taken only then. Returns how many workers
     /// could not be started.
-    #[inline]
+    #[inline(always)]
     fn wake_next(self: &Arc<Self>, after: Word) -> u32 {
-        if !self.gate.needs_worker(after) {
-            return 0;
+        if self.gate.needs_worker(after) {
+            self.provide_and_wake()
+        } else {
+            0
         }
+    }
+
+    /// The lock-taking part of [`PoolShared::wake_next`], out of its callers'
+    /// way.
+    #[inline(never)]
+    fn provide_and_wake(self: &Arc<Self>) -> u32 {
         let provide = {
             let mut st = self.lock();
             self.provide_workers(&mut st)
@@ -442,8 +450,14 @@ impl PoolShared {
 
     /// Where the pool records latency or has task hooks: the task's start
     /// time and queue wait (recorded).
+    #[inline(always)]
     fn record_start(&self, task: &Task) -> Option<Started> {
-        let submitted = task.submitted()?;
+        task.submitted()
+            .map(|submitted| self.record_start_at(task, submitted))
+    }
+
+    #[inline(never)]
+    fn record_start_at(&self, task: &Task, submitted: u64) -> Started {
         let at = sys::now_ns();
         let queue_wait = at.saturating_sub(submitted);
         if let Some(latency) = &self.latency {
@@ -452,12 +466,17 @@ impl PoolShared {
                 limiter.record_queue_wait(queue_wait);
             }
         }
-        Some(Started { at, queue_wait })
+        Started { at, queue_wait }
     }
 
     /// The task's run time since `started` (recorded).
+    #[inline(always)]
     fn record_end(&self, task: &Task, started: Option<&Started>) -> u64 {
-        let Some(started) = started else { return 0 };
+        started.map_or(0, |started| self.record_end_at(task, started))
+    }
+
+    #[inline(never)]
+    fn record_end_at(&self, task: &Task, started: &Started) -> u64 {
         let run = sys::now_ns().saturating_sub(started.at);
         if let Some(latency) = &self.latency {
             latency.run.record(run);

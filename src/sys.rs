@@ -199,6 +199,7 @@ fn defer(deferred: Deferred) {
 }
 
 /// True when calls are deferred on this thread.
+#[inline(always)]
 fn any_deferred() -> bool {
     DEFERRED_LEN.try_with(Cell::get).unwrap_or(0) > 0
 }
@@ -320,8 +321,20 @@ fn make_call(call: ForeignCall) -> (i32, *mut c_void) {
 }
 
 /// Runs deferred engine code until a deferred foreign call is next (which it
-/// returns) or none is left.
+/// returns) or none is left. Asked at least twice per engine step, and
+/// nearly always with nothing deferred: that check is inlined, the queue's
+/// work is not.
+#[inline(always)]
 fn pop_deferred() -> Option<ForeignCall> {
+    if any_deferred() {
+        pop_deferred_queued()
+    } else {
+        None
+    }
+}
+
+#[inline(never)]
+fn pop_deferred_queued() -> Option<ForeignCall> {
     while any_deferred() {
         let next = DEFERRED.with(|d| d.0.borrow_mut().pop_front());
         DEFERRED_LEN.with(|n| n.set(n.get() - 1));
