@@ -496,17 +496,26 @@ impl<T: Slotted> Slab<T> {
     /// reference to the value.
     pub fn remove(&self, handle: u64) -> Result<Ref<T>, HandleError> {
         let (parts, slot) = self.check(handle)?;
+        self.end_generation(slot, parts.generation)
+            .then(|| Ref { slot })
+            .ok_or(HandleError::Invalid)
+    }
+
+    /// Moves `slot` past `generation` (its handle's) unless it is there
+    /// already: true when this call released the handle, whose reference
+    /// the caller then holds.
+    fn end_generation(&self, slot: &Slot<T>, generation_now: u32) -> bool {
         let mut word = slot.word.load(Acquire);
         loop {
-            if generation(word) != parts.generation || references(word) == 0 {
-                return Err(HandleError::Invalid);
+            if generation(word) != generation_now || references(word) == 0 {
+                return false;
             }
             let new =
-                u64::from(next_generation(parts.generation)) << 32 | u64::from(references(word));
+                u64::from(next_generation(generation_now)) << 32 | u64::from(references(word));
             match slot.word.compare_exchange_weak(word, new, AcqRel, Acquire) {
                 Ok(_) => {
                     self.live.sub(1);
-                    return Ok(Ref { slot });
+                    return true;
                 }
                 Err(now) => word = now,
             }
@@ -518,6 +527,17 @@ impl<T: Slotted> Ref<T> {
     /// True when both name the same slot.
     pub fn ptr_eq(a: &Ref<T>, b: &Ref<T>) -> bool {
         std::ptr::eq(a.slot, b.slot)
+    }
+
+    /// Releases `handle`, the handle of this reference's own slot (a value
+    /// that knows its handle): [`Slab::remove`] without looking the handle
+    /// up. False when it was released already.
+    pub fn remove_own(this: &Ref<T>, handle: u64) -> bool {
+        let released = T::slab().end_generation(this.slot, decode(handle).generation);
+        if released {
+            drop(Ref { slot: this.slot });
+        }
+        released
     }
 
     /// The slot's address, for identity only (never dereferenced).
@@ -672,6 +692,23 @@ mod tests {
         assert_eq!(h & INDEX_MASK, h2 & INDEX_MASK);
         assert_eq!(s.get(h).err(), Some(HandleError::Invalid));
         assert_eq!(s.get(h2).unwrap().0, 8);
+    }
+
+    #[test]
+    fn a_reference_releases_its_own_handle_once() {
+        value_type!(V);
+        let s = V::slab();
+        let (held, h) = s.insert(|value, _| value.0 = 5).unwrap();
+        assert!(Ref::remove_own(&held, h));
+        assert_eq!(s.get(h).err(), Some(HandleError::Invalid));
+        assert!(!Ref::remove_own(&held, h), "released already");
+        assert_eq!(s.remove(h).err(), Some(HandleError::Invalid));
+        // The holder's reference keeps the value; the last one frees the slot.
+        assert_eq!(held.0, 5);
+        drop(held);
+        let h2 = V::put(6);
+        assert_eq!(h & INDEX_MASK, h2 & INDEX_MASK, "the slot was free again");
+        assert_eq!(s.get(h2).unwrap().0, 6);
     }
 
     #[test]

@@ -655,7 +655,7 @@ impl Task {
     /// short of reporting it: an abandoned run's result and argument go to
     /// their free functions; a returned one is counted and given back as the
     /// [`Report`] its runner makes next (a worker makes it as its own steps:
-    /// [`Task::done_call`], then [`Task::after_on_done`]).
+    /// [`Task::done_call`], then [`Ref::after_on_done`]).
     pub(crate) fn end(&self, running: Running, decided: Decided) -> Option<Report> {
         drop(running);
         match decided {
@@ -686,49 +686,6 @@ impl Task {
             result as *mut c_void,
             outcome.code,
         ))
-    }
-
-    /// After `on_done` returned (or at once without one): makes the outcome
-    /// visible, frees a result no one can receive, and releases a detached
-    /// task's handle.
-    pub(crate) fn after_on_done(&self, outcome: Outcome) {
-        let queue = self
-            .rare()
-            .and_then(|r| r.cq.as_ref())
-            .filter(|_| self.calls.on_done.is_none());
-        let queued = queue.and_then(|cq| {
-            cq.push_with(|| {
-                let (moved, orphan, release_self) = self.state.publish(true, self.detached);
-                let record = Completion {
-                    handle: self.handle(),
-                    status: outcome.status,
-                    code: outcome.code,
-                    result: moved,
-                    user_data: self.calls.on_done_data,
-                    free_result: self.free_result(),
-                };
-                (
-                    record,
-                    AfterPublish {
-                        orphan,
-                        release_self,
-                    },
-                )
-            })
-        });
-        let after = queued.unwrap_or_else(|| {
-            let (_, orphan, release_self) = self.state.publish(false, self.detached);
-            AfterPublish {
-                orphan,
-                release_self,
-            }
-        });
-        free_with(self.free_result(), after.orphan);
-        if after.release_self {
-            // A user's release may have won the race; then this finds nothing.
-            let _ = tasks().remove(self.handle());
-        }
-        wake_wait_any();
     }
 
     fn release_place(&self) {
@@ -771,6 +728,49 @@ impl Task {
 /// that runs the task, to deferred engine code, to its limiter and the
 /// timer) while the task goes on.
 impl Ref<Task> {
+    /// After `on_done` returned (or at once without one): makes the outcome
+    /// visible, frees a result no one can receive, and releases a detached
+    /// task's handle.
+    pub(crate) fn after_on_done(&self, outcome: Outcome) {
+        let queue = self
+            .rare()
+            .and_then(|r| r.cq.as_ref())
+            .filter(|_| self.calls.on_done.is_none());
+        let queued = queue.and_then(|cq| {
+            cq.push_with(|| {
+                let (moved, orphan, release_self) = self.state.publish(true, self.detached);
+                let record = Completion {
+                    handle: self.handle(),
+                    status: outcome.status,
+                    code: outcome.code,
+                    result: moved,
+                    user_data: self.calls.on_done_data,
+                    free_result: self.free_result(),
+                };
+                (
+                    record,
+                    AfterPublish {
+                        orphan,
+                        release_self,
+                    },
+                )
+            })
+        });
+        let after = queued.unwrap_or_else(|| {
+            let (_, orphan, release_self) = self.state.publish(false, self.detached);
+            AfterPublish {
+                orphan,
+                release_self,
+            }
+        });
+        free_with(self.free_result(), after.orphan);
+        if after.release_self {
+            // A user's release may have won the race; then this finds nothing.
+            Ref::remove_own(self, self.handle());
+        }
+        wake_wait_any();
+    }
+
     /// Installs the task's table and makes it the thread's current task.
     pub(crate) fn begin_run(&self, snapshot: Table) -> Running {
         let frame = Installed::task(snapshot);
