@@ -45,7 +45,8 @@ use crate::status::ASYNCIFY_PENDING;
 use crate::sys::{self, ForeignCall, LeakAtExit, Thread, ThreadBody};
 use crate::table::Table;
 use crate::task::{
-    tasks, AbandonSlot, Decided, Report, Reporting, Running, Scheduler, Task, TaskRef, TaskSpec,
+    tasks, AbandonSlot, Decided, Outcome, Report, Reporting, Running, Scheduler, Task, TaskRef,
+    TaskSpec,
 };
 use crate::timer::timer;
 
@@ -149,7 +150,7 @@ struct State {
 /// What a worker's look at the queue led to (see `Worker::serve`).
 enum Served {
     /// A task it started: its work function is the next call.
-    Task(TaskRef),
+    Work(ForeignCall),
     /// Calls were deferred (an expired task's callbacks): make them, then
     /// look again.
     Again,
@@ -368,10 +369,11 @@ impl PoolShared {
             let worker = Worker {
                 shared: self.clone(),
                 step: Step::Start,
+                task: None,
+                stage: Stage::Done,
                 running: None,
-                ended: None,
+                started: None,
                 reporting: None,
-                finished: None,
                 holding: false,
                 timed_out: false,
                 may_spin: true,
@@ -717,24 +719,44 @@ fn worker_name(prefix: &str, number: u64) -> String {
 
 /// A worker thread's life, one step per call into user code (see
 /// [`ThreadBody`]): the start hook, then tasks, then the stop hook.
+///
+/// The task a worker took stays in one place from its start until its slot
+/// serves the next task: `task`, with `stage` saying which of its calls
+/// comes or runs, and what only some stages need beside it.
 struct Worker {
     shared: Arc<PoolShared>,
     step: Step,
-    /// The task whose work function the thread is running, and when it
-    /// started where the pool records latency.
-    running: Option<(TaskRef, Running, Option<Started>)>,
-    /// The task whose work function returned and whose end hook runs next,
-    /// with what its return decided (completed in `next`, after the hook).
-    ended: Option<(TaskRef, Running, Decided)>,
-    /// The task being reported: its `on_done` is the next call (or has been
-    /// made, while `Reporting` is held), then it is published.
-    reporting: Option<(TaskRef, Report, Option<Reporting>)>,
-    /// The task whose work function returned, until its callbacks have too.
-    finished: Option<TaskRef>,
+    /// The task taken, until its callbacks have returned and the calls they
+    /// deferred are made; then the worker's slot is free for the next.
+    task: Option<TaskRef>,
+    stage: Stage,
+    /// While its work function and end hook run: its table installed, and
+    /// it the thread's current task. Dropped in place when they return.
+    running: Option<Running>,
+    /// When it started, where the pool records latency or has task hooks.
+    started: Option<Started>,
+    /// Held while its `on_done` runs.
+    reporting: Option<Reporting>,
     /// The worker holds a slot (taken with a task, kept for the next one).
     holding: bool,
     timed_out: bool,
     may_spin: bool,
+}
+
+/// Where a worker's task is.
+#[derive(Clone, Copy)]
+enum Stage {
+    /// No task, or its callbacks have returned.
+    Done,
+    /// Its work function runs.
+    Work,
+    /// Its end hook runs; the task then ends with what its return decided.
+    EndHook(Decided),
+    /// It ended: its `on_done` comes next (after the calls restoring the
+    /// worker's table deferred), or, without one, its publishing.
+    Ended(Report),
+    /// Its `on_done` runs; it is published once that returned.
+    Reported(Outcome),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -747,29 +769,32 @@ enum Step {
 
 impl ThreadBody for Worker {
     fn next(&mut self) -> ForeignCall {
-        if let Some((task, running, decided)) = self.ended.take() {
-            // The end hook returned: report.
-            self.end(task, running, decided);
-            return ForeignCall::Again;
-        }
-        if let Some((task, report, reporting)) = self.reporting.take() {
-            // The task's on_done is made from the start routine like any
-            // foreign call, after the release functions that restoring the
-            // worker's table deferred; the outcome is published after it.
-            if reporting.is_none() {
+        match self.stage {
+            Stage::Done | Stage::Work => {}
+            Stage::EndHook(decided) => {
+                // The end hook returned: end the task; its report is made
+                // after the calls that restoring the table deferred.
+                self.end(decided);
+                return ForeignCall::Again;
+            }
+            Stage::Ended(report) => {
+                // The task's on_done is made from the start routine like any
+                // foreign call, and the outcome is published after it.
+                let task = self.task.as_ref().expect("a task ended");
                 if let Some(call) = task.done_call(&report) {
-                    let reporting = Reporting::new(&task);
-                    self.reporting = Some((task, report, Some(reporting)));
+                    self.reporting = Some(Reporting::new(task));
+                    self.stage = Stage::Reported(report.0);
+                    return call;
+                }
+                if let Some(call) = self.publish(report.0) {
                     return call;
                 }
             }
-            drop(reporting);
-            task.after_on_done(report.0);
-            self.finished = Some(task);
-            if sys::calls_deferred() {
-                // The slot goes back once the calls that publishing
-                // deferred (a free_result) are made.
-                return ForeignCall::Again;
+            Stage::Reported(outcome) => {
+                self.reporting = None;
+                if let Some(call) = self.publish(outcome) {
+                    return call;
+                }
             }
         }
         let hook_data = self.shared.options.hook_data as *mut std::ffi::c_void;
@@ -785,10 +810,7 @@ impl ThreadBody for Worker {
                 }
                 Step::Serve => {
                     match self.serve() {
-                        Served::Task(task) => {
-                            let (work, arg) = task.work();
-                            return ForeignCall::Work(work, arg);
-                        }
+                        Served::Work(call) => return call,
                         // The calls an expiry deferred are made first.
                         Served::Again => return ForeignCall::Again,
                         Served::Leave => {}
@@ -812,33 +834,47 @@ impl ThreadBody for Worker {
     }
 
     fn finish(&mut self, code: i32, result: *mut std::ffi::c_void) {
-        let Some((task, running, started)) = self.running.take() else {
-            return; // a hook returned
-        };
-        let run = self.shared.record_end(&task, started.as_ref());
+        if !matches!(self.stage, Stage::Work) {
+            return; // a hook or an on_done returned
+        }
+        let task = self.task.as_ref().expect("a task runs");
+        let run = self.shared.record_end(task, self.started.as_ref());
+        let decided = task.decide(code, result);
         if let Some(hook) = self.shared.options.on_task_end {
             // The end hook runs next, with the task's table still installed
-            // and the status the task gets; `next` completes the task after.
-            let decided = task.decide(code, result);
+            // and the status the task gets; `next` ends the task after.
             self.shared
-                .call_task_hook(hook, &task, decided.status(), started.as_ref(), run);
-            self.ended = Some((task, running, decided));
+                .call_task_hook(hook, task, decided.status(), self.started.as_ref(), run);
+            self.stage = Stage::EndHook(decided);
             return;
         }
-        let decided = task.decide(code, result);
-        self.end(task, running, decided);
+        self.end(decided);
     }
 }
 
 impl Worker {
-    /// Restores the worker's table after a task; its on_done, frees and
-    /// releases are made next, by the thread's start routine (see `next`),
-    /// and its slot goes back after them.
-    fn end(&mut self, task: TaskRef, running: Running, decided: Decided) {
-        match task.end(running, decided) {
-            Some(report) => self.reporting = Some((task, report, None)),
-            None => self.finished = Some(task),
-        }
+    /// Restores the worker's table after its task and ends the task; its
+    /// on_done and publishing are made next, by the thread's start routine
+    /// (see `next`), and its slot goes back after them.
+    fn end(&mut self, decided: Decided) {
+        self.running = None;
+        let task = self.task.as_ref().expect("a task ran");
+        self.stage = match task.end(decided) {
+            Some(report) => Stage::Ended(report),
+            None => Stage::Done,
+        };
+    }
+
+    /// Publishes the task's outcome after its `on_done` returned (or at once
+    /// without one). The calls publishing deferred (a `free_result`) are made
+    /// before the worker looks for the next task: `Again` then.
+    fn publish(&mut self, outcome: Outcome) -> Option<ForeignCall> {
+        self.task
+            .as_ref()
+            .expect("a task reported")
+            .after_on_done(outcome);
+        self.stage = Stage::Done;
+        sys::calls_deferred().then_some(ForeignCall::Again)
     }
 }
 
@@ -848,14 +884,15 @@ impl Worker {
     fn serve(&mut self) -> Served {
         let Worker {
             shared,
+            task: taken,
             running,
-            finished,
+            started,
             holding,
             timed_out,
             may_spin,
             ..
         } = self;
-        if let Some(task) = finished.take() {
+        if let Some(task) = taken.take() {
             // Its callbacks have returned: the slot taken with it is free for
             // the next task (or goes back below), unless a cancel gave it
             // back already.
@@ -896,14 +933,16 @@ impl Worker {
                     };
                     // The next worker, if more may start (see provide_workers).
                     shared.wake_next(after);
-                    let started = shared.record_start(&task);
-                    let run = task.begin_run(snapshot);
+                    *started = shared.record_start(&task);
+                    *running = Some(task.begin_run(snapshot));
                     if let Some(hook) = shared.options.on_task_start {
                         // Made before the work function, with its table installed.
                         shared.call_task_hook(hook, &task, ASYNCIFY_PENDING, started.as_ref(), 0);
                     }
-                    *running = Some((task.clone(), run, started));
-                    return Served::Task(task);
+                    let (work, arg) = task.work();
+                    *taken = Some(task);
+                    self.stage = Stage::Work;
+                    return Served::Work(ForeignCall::Work(work, arg));
                 }
                 // The pool is not quiet yet: this worker still counts, and
                 // its leaving (under the lock) tells a waiting shutdown.

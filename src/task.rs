@@ -365,6 +365,7 @@ impl Drop for Reporting {
 }
 
 /// What a returned work function led to (see [`Task::decide`]).
+#[derive(Clone, Copy)]
 pub(crate) enum Decided {
     /// Cancelled while running: the result (an address, 0 for none) goes to
     /// `free_result`.
@@ -651,13 +652,12 @@ impl Task {
         }
     }
 
-    /// Restores the thread's table and settles what [`Task::decide`] decided
-    /// short of reporting it: an abandoned run's result and argument go to
+    /// Settles what [`Task::decide`] decided short of reporting it, once the
+    /// runner dropped its [`Running`] (the thread's table restored): an abandoned run's result and argument go to
     /// their free functions; a returned one is counted and given back as the
     /// [`Report`] its runner makes next (a worker makes it as its own steps:
     /// [`Task::done_call`], then [`Ref::after_on_done`]).
-    pub(crate) fn end(&self, running: Running, decided: Decided) -> Option<Report> {
-        drop(running);
+    pub(crate) fn end(&self, decided: Decided) -> Option<Report> {
         match decided {
             Decided::Abandoned(result) => {
                 // The cancel already reported it; nobody will take these.
@@ -782,7 +782,8 @@ impl Ref<Task> {
 
     /// Restores the thread's table and reports what [`Task::decide`] decided.
     pub(crate) fn complete(&self, running: Running, decided: Decided) {
-        if let Some(Report(outcome, result)) = self.end(running, decided) {
+        drop(running);
+        if let Some(Report(outcome, result)) = self.end(decided) {
             self.report(outcome, result);
         }
     }
