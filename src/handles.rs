@@ -94,25 +94,53 @@ pub trait Slotted: Default + Send + Sync + 'static {
     }
 }
 
-/// A thread's private chain of free slots of `T`'s slab. When it is empty,
-/// an insert takes the whole shared free list into it with one atomic swap,
-/// then takes slots from it with no atomic operation; the threads that free
-/// slots keep pushing onto the shared list. A submitting thread thus stops
-/// contending with the workers for the free list's head on every task. The
-/// chain goes back to the shared list when its thread ends.
+/// A thread's private free slots of `T`'s slab, in two chains linked
+/// through `next_free`, so that neither taking nor freeing a slot touches
+/// the shared free list's head on every task:
+///
+/// - the slots it frees (as the thread that drops a value's last reference)
+///   gather in a run; a full run of [`FREED_RUN`] goes onto the shared list
+///   with one CAS (a worker frees many and takes none);
+/// - its inserts take from its own chain; an empty chain takes the thread's
+///   own run first (no atomic operation: a thread that submits, waits and
+///   releases reuses its own slots), then the whole shared list with one
+///   atomic swap.
+///
+/// Both go back to the shared list when the thread ends. At most a run less
+/// one slot per thread stays out of the shared list meanwhile.
 pub struct LocalFree<T: Slotted> {
-    /// The first slot's index + 1 (0: empty), linked through `next_free`.
+    /// The chain inserts take from: its first slot's index + 1 (0: empty).
     head: std::cell::Cell<u32>,
+    /// The run of freed slots: first and last index + 1, and its length.
+    freed: std::cell::Cell<u32>,
+    freed_last: std::cell::Cell<Option<&'static Slot<T>>>,
+    freed_len: std::cell::Cell<u32>,
     _slab: std::marker::PhantomData<T>,
 }
 
+/// How many slots a thread frees before it hands them to the shared free
+/// list together.
+pub const FREED_RUN: u32 = 32;
+
 impl<T: Slotted> LocalFree<T> {
-    /// An empty chain.
+    /// Empty chains.
     pub const fn new() -> Self {
         LocalFree {
             head: std::cell::Cell::new(0),
+            freed: std::cell::Cell::new(0),
+            freed_last: std::cell::Cell::new(None),
+            freed_len: std::cell::Cell::new(0),
             _slab: std::marker::PhantomData,
         }
+    }
+
+    /// Takes the run of freed slots (first index + 1, last slot, whose
+    /// link is 0), leaving it empty.
+    fn take_freed(&self) -> Option<(u32, &'static Slot<T>)> {
+        let first = self.freed.replace(0);
+        let last = self.freed_last.take()?;
+        self.freed_len.set(0);
+        Some((first, last))
     }
 }
 
@@ -124,7 +152,11 @@ impl<T: Slotted> Default for LocalFree<T> {
 
 impl<T: Slotted> Drop for LocalFree<T> {
     fn drop(&mut self) {
-        T::slab().push_chain(self.head.get());
+        let slab = T::slab();
+        if let Some((first, last)) = self.take_freed() {
+            slab.push_run(first, last);
+        }
+        slab.push_chain(self.head.get());
     }
 }
 
@@ -367,14 +399,17 @@ impl<T: Slotted> Slab<T> {
         }
     }
 
-    /// A slot from this thread's private chain, refilled from the free list
-    /// when empty (see [`LocalFree`]).
+    /// A slot from this thread's private chain, refilled from its own
+    /// freed run or else the whole free list when empty (see [`LocalFree`]).
     fn pop_local(&self) -> Option<u32> {
         let key = T::local_free()?;
         key.try_with(|local| {
             let mut head = local.head.get();
             if head == 0 {
-                head = self.take_all();
+                head = match local.take_freed() {
+                    Some((first, _)) => first,
+                    None => self.take_all(),
+                };
                 if head == 0 {
                     return None;
                 }
@@ -404,8 +439,28 @@ impl<T: Slotted> Slab<T> {
         self.push_run(first, last);
     }
 
-    fn push_free(&self, slot: &Slot<T>) {
-        self.push_run(slot.index + 1, slot);
+    /// Frees `slot` into this thread's run (see [`LocalFree`]), or onto
+    /// the free list where the thread keeps none (or is ending).
+    fn free_slot(&self, slot: &'static Slot<T>) {
+        let local = T::local_free().and_then(|key| {
+            key.try_with(|local| {
+                let first = local.freed.replace(slot.index + 1);
+                slot.next_free.store(first, Relaxed);
+                if first == 0 {
+                    local.freed_last.set(Some(slot));
+                }
+                let len = local.freed_len.get() + 1;
+                local.freed_len.set(len);
+                if len >= FREED_RUN {
+                    let (first, last) = local.take_freed().expect("a full run");
+                    self.push_run(first, last);
+                }
+            })
+            .ok()
+        });
+        if local.is_none() {
+            self.push_run(slot.index + 1, slot);
+        }
     }
 
     /// Pushes a run of free slots linked through `next_free`, from `first`
@@ -575,7 +630,7 @@ impl<T: Slotted> Drop for Ref<T> {
         // SAFETY: the count is 0 with the handle released, so no reference
         // exists and no lookup can take one: the slot is ours alone.
         unsafe { self.slot.value.get_mut() }.clear();
-        T::slab().push_free(self.slot);
+        T::slab().free_slot(self.slot);
     }
 }
 
@@ -635,34 +690,55 @@ mod tests {
     }
 
     #[test]
-    fn a_private_chain_takes_the_free_list_whole_and_gives_it_back_at_thread_exit() {
+    fn private_chains_reuse_a_threads_own_frees_and_give_everything_back_at_its_end() {
         let s = Chained::slab();
-        let put = |v: u32| s.insert(|value, _| value.0 = v).unwrap().1;
-        let index = |h: u64| h & INDEX_MASK;
-        let first: Vec<u64> = (0..10).map(put).collect();
-        for h in &first {
-            drop(s.remove(*h).unwrap());
-        }
-        let fresh = s.fresh.load(Relaxed);
-        // Another thread takes all ten into its chain, uses three, and
-        // gives the other seven back when it ends.
-        let theirs: Vec<u64> = std::thread::spawn(move || {
-            let s = Chained::slab();
-            (0..3)
-                .map(|v| s.insert(|value, _| value.0 = 100 + v).unwrap().1)
-                .collect()
+        let put = |v: u32| Chained::slab().insert(|value, _| value.0 = v).unwrap().1;
+        let free = |h: &u64| drop(Chained::slab().remove(*h).unwrap());
+        let indices = |hs: &[u64]| {
+            let mut i: Vec<u64> = hs.iter().map(|h| h & INDEX_MASK).collect();
+            i.sort_unstable();
+            i
+        };
+        let shared_empty = || s.free.load(Relaxed) as u32 == 0;
+        // A thread's frees stay with it: its next inserts reuse them without
+        // the shared list. When it ends, what it holds goes back.
+        let ten = std::thread::spawn(move || {
+            let first: Vec<u64> = (0..10).map(put).collect();
+            first.iter().for_each(free);
+            assert!(shared_empty(), "ten frees stay with their thread");
+            let again: Vec<u64> = (0..10).map(|v| put(10 + v)).collect();
+            assert_eq!(indices(&first), indices(&again), "its own slots, reused");
+            again.iter().for_each(free);
+            indices(&again)
         })
         .join()
         .unwrap();
+        assert!(!shared_empty(), "given back at the thread's end");
+        let fresh = s.fresh.load(Relaxed);
+        // Another thread takes all ten into its chain, uses three, and gives
+        // the other seven back when it ends.
+        let theirs: Vec<u64> = std::thread::spawn(move || (0..3).map(|v| put(100 + v)).collect())
+            .join()
+            .unwrap();
         let mine: Vec<u64> = (0..7).map(|v| put(200 + v)).collect();
         assert_eq!(s.fresh.load(Relaxed), fresh, "every slot was reused");
-        let mut indices: Vec<u64> = theirs.iter().chain(&mine).map(|h| index(*h)).collect();
-        indices.sort_unstable();
-        indices.dedup();
-        assert_eq!(indices.len(), 10, "no slot handed out twice");
+        let all: Vec<u64> = theirs.iter().chain(&mine).copied().collect();
+        assert_eq!(indices(&all), ten, "each of the ten handed out once");
         for (h, v) in theirs.iter().zip(100..).chain(mine.iter().zip(200..)) {
             assert_eq!(s.get(*h).unwrap().0, v);
         }
+        // A full run of frees goes to the shared list at once.
+        std::thread::spawn(move || {
+            let run: Vec<u64> = (0..FREED_RUN).map(put).collect();
+            run[..run.len() - 1].iter().for_each(free);
+            assert!(shared_empty(), "a run short of full stays");
+            free(run.last().unwrap());
+            assert!(!shared_empty(), "a full run is shared");
+            CHAIN.with(|c| assert_eq!((c.freed.get(), c.freed_len.get()), (0, 0)));
+        })
+        .join()
+        .unwrap();
+        mine.iter().chain(&theirs).for_each(free);
     }
 
     #[test]
