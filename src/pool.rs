@@ -530,11 +530,17 @@ impl PoolShared {
             && st.expiring == 0
     }
 
-    /// After a worker could not be started for `task`: when the pool has no
-    /// thread at all, nothing would ever run it, so it leaves the queue (no
-    /// callback, as for any refused submit; a tombstone stays) and the
-    /// submit fails.
-    fn withdraw_if_unserved(&self, task: &TaskRef, handle: u64) -> Result<(), Error> {
+    /// After a worker could not be started for the task `handle` names:
+    /// when the pool has no thread at all, nothing would ever run it, so it
+    /// leaves the queue (no callback, as for any refused submit; a tombstone
+    /// stays) and the submit fails.
+    fn withdraw_if_unserved(&self, handle: u64) -> Result<(), Error> {
+        // Taken before the lock, so dropped after it (it may be the last
+        // reference to the task, whose table may hold the last of a value).
+        let Ok(task) = tasks().get(handle) else {
+            // Released (a detached task reported) already.
+            return Ok(());
+        };
         let st = self.lock();
         if st.threads > 0 {
             return Ok(());
@@ -1093,12 +1099,15 @@ impl Pool {
         if !plain {
             return self.submit_scheduled(task, handle, admitted_now);
         }
+        // The reference goes to the queue: from now on a worker may run the
+        // task and touch its slot, so this thread leaves it alone (the
+        // handle names it where needed).
         let pushed = if shared.options.max_queued > 0 {
             // Counted under the lock, one submit after another.
             let st = shared.lock();
-            shared.accepts(&st).and_then(|()| shared.push(task.clone()))
+            shared.accepts(&st).and_then(|()| shared.push(task))
         } else {
-            shared.push(task.clone())
+            shared.push(task)
         };
         let after = match pushed {
             Ok(after) => after,
@@ -1111,7 +1120,7 @@ impl Pool {
         shared.counters.submitted.add(1);
         if shared.wake_next(after) > 0 {
             shared
-                .withdraw_if_unserved(&task, handle)
+                .withdraw_if_unserved(handle)
                 .inspect_err(|_| give_back_place())?;
         }
         Ok(handle)
@@ -1177,7 +1186,7 @@ impl Pool {
         }
         if shared.wake_next(after) > 0 {
             // Withdrawn (started, so unscheduled, and its handle released).
-            if let Err(e) = shared.withdraw_if_unserved(&task, handle) {
+            if let Err(e) = shared.withdraw_if_unserved(handle) {
                 return refuse(e, false);
             }
         }
