@@ -223,9 +223,12 @@ pub struct Slab<T> {
     fresh: AtomicU32,
     /// The free list's head: `tag << 32 | index + 1`.
     free: AtomicU64,
-    /// Handles not released yet (bumped by the submitting threads, taken
-    /// back by whoever releases).
-    live: Counter,
+    /// Handles made and handles released: their difference is the handles
+    /// live. Two counters, not one: the submitting threads write the first,
+    /// whoever releases (a worker, for a detached task) the second, so the
+    /// two never write the same cache line.
+    made: Counter,
+    released: Counter,
 }
 
 static FORK_EPOCH: AtomicU8 = AtomicU8::new(0);
@@ -249,7 +252,8 @@ impl<T> Default for Slab<T> {
             segments: std::array::from_fn(|_| AtomicPtr::new(std::ptr::null_mut())),
             fresh: AtomicU32::new(0),
             free: AtomicU64::new(0),
-            live: Counter::default(),
+            made: Counter::default(),
+            released: Counter::default(),
         }
     }
 }
@@ -318,7 +322,7 @@ fn encode(epoch: u8, generation: u32, index: u32) -> u64 {
 impl<T: Slotted> Slab<T> {
     /// Handles not released yet.
     pub fn live(&self) -> usize {
-        self.live.sum() as usize
+        self.made.sum().wrapping_sub(self.released.sum()) as usize
     }
 
     /// The slot `index`, when its segment exists.
@@ -503,7 +507,7 @@ impl<T: Slotted> Slab<T> {
         // SAFETY: the slot is ours alone: its count is 0 (so no lookup can
         // take it) and it is on no list.
         fill(unsafe { slot.value.get_mut() }, handle);
-        self.live.add(1);
+        self.made.add(1);
         // The handle's reference and the returned one; Release publishes
         // the value to whoever looks the handle up.
         slot.word.store(word + 2, Release);
@@ -569,7 +573,7 @@ impl<T: Slotted> Slab<T> {
                 u64::from(next_generation(generation_now)) << 32 | u64::from(references(word));
             match slot.word.compare_exchange_weak(word, new, AcqRel, Acquire) {
                 Ok(_) => {
-                    self.live.sub(1);
+                    self.released.add(1);
                     return true;
                 }
                 Err(now) => word = now,

@@ -5,8 +5,9 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
-/// How many parts a sharded figure has.
-pub(crate) const SHARDS: usize = 4;
+/// How many parts a sharded figure has: a pool's workers at the default
+/// limit and a submitting thread mostly write parts of their own.
+pub(crate) const SHARDS: usize = 8;
 
 thread_local! {
     static SHARD: usize = {
