@@ -258,6 +258,25 @@ impl<T> Default for Slab<T> {
     }
 }
 
+/// Asks the CPU to bring `slot`'s cache lines in; a hint only. (A write
+/// hint, `prefetchw`, measured no better on W1.)
+#[inline(always)]
+fn prefetch<T>(slot: &Slot<T>) {
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let start = (slot as *const Slot<T>).cast::<i8>();
+        let lines = std::mem::size_of::<Slot<T>>().div_ceil(64);
+        for line in 0..lines {
+            // SAFETY: a prefetch never faults and changes nothing but the
+            // caches; the address is within the slot anyway.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(line * 64)) };
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+    let _ = slot;
+}
+
 /// A counted reference to a slot's value: `Clone` adds one, `Drop` removes
 /// one and frees the slot with the last. One word, as an `Arc`.
 pub struct Ref<T: Slotted> {
@@ -419,7 +438,14 @@ impl<T: Slotted> Slab<T> {
                 }
             }
             let slot = self.slot(head - 1).expect("a free slot's segment exists");
-            local.head.set(slot.next_free.load(Relaxed));
+            let next = slot.next_free.load(Relaxed);
+            local.head.set(next);
+            if next != 0 {
+                // The next insert writes that slot, which the thread that
+                // freed it (another CPU's) last wrote: its lines start on
+                // their way here now rather than then.
+                prefetch(self.slot(next - 1).expect("a free slot's segment exists"));
+            }
             Some(head - 1)
         })
         .ok()
