@@ -648,10 +648,19 @@ impl<T: Slotted> Clone for Ref<T> {
 }
 
 impl<T: Slotted> Drop for Ref<T> {
+    #[inline(always)]
     fn drop(&mut self) {
-        if references(self.slot.word.fetch_sub(1, Release)) != 1 {
-            return;
+        if references(self.slot.word.fetch_sub(1, Release)) == 1 {
+            self.free_last();
         }
+    }
+}
+
+impl<T: Slotted> Ref<T> {
+    /// The last reference is gone: the slot's value is cleared and the slot
+    /// freed.
+    #[inline(never)]
+    fn free_last(&mut self) {
         // The last reference: every other holder's use happens before this.
         // An acquire load of the word rather than a fence: the same ordering
         // (it reads the end of the release sequence of every drop), and

@@ -152,6 +152,7 @@ impl Installed {
     /// as a worker's almost always is, it is not saved: restoring leaves an
     /// empty frame again (and an empty table on an empty frame is not even
     /// looked at). Runs clone functions: call it under no lock.
+    #[inline(always)]
     pub fn task(snapshot: Table) -> Installed {
         let table = snapshot.into_task();
         let was_in_task = IN_TASK.with(|t| t.replace(true));
@@ -161,6 +162,13 @@ impl Installed {
                 was_in_task,
             };
         }
+        Installed::task_on_frame(table, was_in_task)
+    }
+
+    /// [`Installed::task`] where the table or the thread's frame holds
+    /// something.
+    #[inline(never)]
+    fn task_on_frame(table: Table, was_in_task: bool) -> Installed {
         let saved = with_frame(|current| {
             if current.is_empty() {
                 current.table = table;
@@ -175,21 +183,30 @@ impl Installed {
 }
 
 impl Drop for Installed {
+    #[inline(always)]
     fn drop(&mut self) {
-        let saved = self.saved.take();
-        let displaced = if saved.is_none() && !FRAME_USED.with(Cell::get) {
+        if self.saved.is_none() && !FRAME_USED.with(Cell::get) {
             // Empty before, and the code under it left it empty.
-            None
+            IN_TASK.with(|t| t.set(self.was_in_task));
         } else {
-            Some(with_frame(|current| match saved {
-                // Back to an empty frame: what the task left in its table goes.
-                None if current.extra.is_none() => (std::mem::take(&mut current.table), None),
-                saved => {
-                    let frame = std::mem::replace(current, saved.unwrap_or(Frame::EMPTY));
-                    (Table::new(), Some(frame))
-                }
-            }))
-        };
+            self.restore();
+        }
+    }
+}
+
+impl Installed {
+    /// Puts the saved frame back (or an empty one) and drops what the code
+    /// under it left, after the borrow.
+    #[inline(never)]
+    fn restore(&mut self) {
+        let displaced = with_frame(|current| match self.saved.take() {
+            // Back to an empty frame: what the task left in its table goes.
+            None if current.extra.is_none() => (std::mem::take(&mut current.table), None),
+            saved => {
+                let frame = std::mem::replace(current, saved.unwrap_or(Frame::EMPTY));
+                (Table::new(), Some(frame))
+            }
+        });
         IN_TASK.with(|t| t.set(self.was_in_task));
         drop(displaced);
     }

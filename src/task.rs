@@ -772,6 +772,7 @@ impl Ref<Task> {
     }
 
     /// Installs the task's table and makes it the thread's current task.
+    #[inline(always)]
     pub(crate) fn begin_run(&self, snapshot: Table) -> Running {
         let frame = Installed::task(snapshot);
         Running {
