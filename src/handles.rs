@@ -258,6 +258,50 @@ impl<T> Default for Slab<T> {
     }
 }
 
+/// A free slot taken for a new value, its alone: the value is filled
+/// through [`Vacant::value`], then [`Vacant::publish`] makes the handle
+/// live. Dropped unpublished, the slot is cleared and freed again.
+pub struct Vacant<T: Slotted> {
+    slot: &'static Slot<T>,
+    /// The slot word as taken (its count 0).
+    word: u64,
+    handle: u64,
+}
+
+impl<T: Slotted> Vacant<T> {
+    /// The handle the value gets.
+    pub fn handle(&self) -> u64 {
+        self.handle
+    }
+
+    /// The value to fill (what the slot's last value left: see
+    /// [`Slotted::clear`]).
+    pub fn value(&mut self) -> &mut T {
+        // SAFETY: the slot is ours alone: its count is 0 (so no lookup can
+        // take it), it is on no list, and `self` is borrowed mutably.
+        unsafe { self.slot.value.get_mut() }
+    }
+
+    /// Makes the handle live; returns it with a reference to the value (the
+    /// handle holds a reference of its own until [`Slab::remove`]).
+    pub fn publish(self) -> (Ref<T>, u64) {
+        let (slot, word, handle) = (self.slot, self.word, self.handle);
+        std::mem::forget(self);
+        T::slab().made.add(1);
+        // The handle's reference and the returned one; Release publishes
+        // the value to whoever looks the handle up.
+        slot.word.store(word + 2, Release);
+        (Ref { slot }, handle)
+    }
+}
+
+impl<T: Slotted> Drop for Vacant<T> {
+    fn drop(&mut self) {
+        self.value().clear();
+        T::slab().free_slot(self.slot);
+    }
+}
+
 /// Asks the CPU to bring `slot`'s cache lines in; a hint only. (A write
 /// hint, `prefetchw`, measured no better on W1.)
 #[inline(always)]
@@ -511,6 +555,14 @@ impl<T: Slotted> Slab<T> {
     /// handle with a reference to it (the handle holds a reference of its own
     /// until [`Slab::remove`]).
     pub fn insert(&self, fill: impl FnOnce(&mut T, u64)) -> Result<(Ref<T>, u64), HandleError> {
+        let mut vacant = self.vacant()?;
+        let handle = vacant.handle();
+        fill(vacant.value(), handle);
+        Ok(vacant.publish())
+    }
+
+    /// Takes a free slot for a new value (see [`Vacant`]).
+    pub fn vacant(&self) -> Result<Vacant<T>, HandleError> {
         debug_assert!(
             std::ptr::eq(self, T::slab()),
             "a value's slot is freed into T::slab()"
@@ -529,15 +581,11 @@ impl<T: Slotted> Slab<T> {
         let slot = self.slot_or_grow(index);
         let word = slot.word.load(Relaxed);
         debug_assert_eq!(references(word), 0);
-        let handle = encode(fork_epoch(), generation(word), index);
-        // SAFETY: the slot is ours alone: its count is 0 (so no lookup can
-        // take it) and it is on no list.
-        fill(unsafe { slot.value.get_mut() }, handle);
-        self.made.add(1);
-        // The handle's reference and the returned one; Release publishes
-        // the value to whoever looks the handle up.
-        slot.word.store(word + 2, Release);
-        Ok((Ref { slot }, handle))
+        Ok(Vacant {
+            slot,
+            word,
+            handle: encode(fork_epoch(), generation(word), index),
+        })
     }
 
     fn check(&self, handle: u64) -> Result<(Parts, &'static Slot<T>), HandleError> {
@@ -824,6 +872,22 @@ mod tests {
         let h2 = V::put(6);
         assert_eq!(h & INDEX_MASK, h2 & INDEX_MASK, "the slot was free again");
         assert_eq!(s.get(h2).unwrap().0, 6);
+    }
+
+    #[test]
+    fn a_vacant_slot_dropped_unpublished_is_cleared_and_free_again() {
+        value_type!(V);
+        let s = V::slab();
+        let mut vacant = s.vacant().unwrap();
+        let h = vacant.handle();
+        vacant.value().0 = 9;
+        assert_eq!(s.get(h).err(), Some(HandleError::Invalid), "not live yet");
+        drop(vacant);
+        assert_eq!(s.live(), 0);
+        let h2 = V::put(4);
+        assert_eq!(h2 & INDEX_MASK, h & INDEX_MASK, "the slot was free again");
+        assert_eq!(s.get(h2).unwrap().0, 4);
+        assert_eq!(s.live(), 1);
     }
 
     #[test]

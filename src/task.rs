@@ -507,47 +507,47 @@ impl Task {
             (Some(_), false) => Phase::Waiting,
             _ => Phase::Queued,
         };
-        tasks()
-            .insert(|task, handle| {
-                task.calls = Calls {
-                    work,
-                    arg,
-                    on_done,
-                    on_done_data,
-                };
-                task.detached = detached;
-                task.uses_rare = uses_rare;
-                if uses_rare {
-                    let rare = task.rare.get_or_insert_with(Box::default);
-                    rare.free_arg = free_arg;
-                    rare.free_result = free_result;
-                    rare.cq = cq;
-                    rare.deadline = deadline;
-                }
-                task.has_limiter = limiter.is_some();
-                if let Some(new) = limiter {
-                    if !task
-                        .limiter
-                        .as_ref()
-                        .is_some_and(|kept| Arc::ptr_eq(kept, new))
-                    {
-                        task.limiter = Some(new.clone());
-                    }
-                }
-                let same_pool = task
-                    .pool
-                    .as_ref()
-                    .is_some_and(|p| std::ptr::addr_eq(Arc::as_ptr(p), Arc::as_ptr(pool)));
-                if !same_pool {
-                    task.pool = Some(pool.clone() as Arc<dyn Scheduler>);
-                }
-                task.submitted = submitted.unwrap_or(0);
-                task.handle = handle;
-                // The last task left nothing to start with (see `clear`).
-                let holds_place = limiter.is_some() && admitted;
-                drop(task.state.reset(phase, holds_place, snapshot));
-            })
-            .map_err(from_handle_error)
+        let mut vacant = tasks().vacant().map_err(from_handle_error)?;
+        let handle = vacant.handle();
+        let task = vacant.value();
+        task.calls = Calls {
+            work,
+            arg,
+            on_done,
+            on_done_data,
+        };
+        task.detached = detached;
+        task.uses_rare = uses_rare;
+        if uses_rare {
+            let rare = task.rare.get_or_insert_with(Box::default);
+            rare.free_arg = free_arg;
+            rare.free_result = free_result;
+            rare.cq = cq;
+            rare.deadline = deadline;
+        }
+        task.has_limiter = limiter.is_some();
+        if let Some(new) = limiter {
+            if !task
+                .limiter
+                .as_ref()
+                .is_some_and(|kept| Arc::ptr_eq(kept, new))
+            {
+                task.limiter = Some(new.clone());
+            }
+        }
+        let same_pool = task
+            .pool
+            .as_ref()
+            .is_some_and(|p| std::ptr::addr_eq(Arc::as_ptr(p), Arc::as_ptr(pool)));
+        if !same_pool {
+            task.pool = Some(pool.clone() as Arc<dyn Scheduler>);
+        }
+        task.submitted = submitted.unwrap_or(0);
+        task.handle = handle;
+        // The last task left nothing to start with (see `clear`).
+        let holds_place = limiter.is_some() && admitted;
+        drop(task.state.reset(phase, holds_place, snapshot));
+        Ok(vacant.publish())
     }
 
     fn pool(&self) -> &dyn Scheduler {
