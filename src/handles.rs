@@ -53,7 +53,7 @@ use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 #[cfg(not(all(test, loom)))]
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64};
 
-use crate::shard::Counter;
+use crate::shard::{Counter, Padded};
 
 const INDEX_BITS: u32 = 24;
 const GENERATION_SHIFT: u32 = INDEX_BITS;
@@ -99,15 +99,18 @@ pub trait Slotted: Default + Send + Sync + 'static {
 /// the shared free list's head on every task:
 ///
 /// - the slots it frees (as the thread that drops a value's last reference)
-///   gather in a run; a full run of [`FREED_RUN`] goes onto the shared list
-///   with one CAS (a worker frees many and takes none);
+///   gather in a run; a full run of [`FREED_RUN`] goes whole into the slab's
+///   depot of chains (or, with the depot full, onto the shared list) with
+///   one CAS: a worker frees many and takes none;
 /// - its inserts take from its own chain; an empty chain takes the thread's
 ///   own run first (no atomic operation: a thread that submits, waits and
-///   releases reuses its own slots), then the whole shared list with one
-///   atomic swap.
+///   releases reuses its own slots), then one chain from the depot (so that
+///   several submitting threads share the freed slots a run at a time),
+///   then the whole shared list with one atomic swap.
 ///
-/// Both go back to the shared list when the thread ends. At most a run less
-/// one slot per thread stays out of the shared list meanwhile.
+/// Both chains go back into the depot when the thread ends, whole: a chain
+/// taken from the shared list may be long, and walking it to its end would
+/// touch every slot (onto the shared list only with the depot full).
 pub struct LocalFree<T: Slotted> {
     /// The chain inserts take from: its first slot's index + 1 (0: empty).
     head: std::cell::Cell<u32>,
@@ -118,9 +121,14 @@ pub struct LocalFree<T: Slotted> {
     _slab: std::marker::PhantomData<T>,
 }
 
-/// How many slots a thread frees before it hands them to the shared free
-/// list together.
+/// How many slots a thread frees before it hands them on together.
 pub const FREED_RUN: u32 = 32;
+
+/// How many whole chains the depot holds; the last `EXIT_PLACES` only
+/// chains given back by an ending thread (which would otherwise have to be
+/// walked to their end), so that freed runs never fill them.
+const DEPOT: usize = 16;
+const EXIT_PLACES: usize = 4;
 
 impl<T: Slotted> LocalFree<T> {
     /// Empty chains.
@@ -154,9 +162,12 @@ impl<T: Slotted> Drop for LocalFree<T> {
     fn drop(&mut self) {
         let slab = T::slab();
         if let Some((first, last)) = self.take_freed() {
-            slab.push_run(first, last);
+            slab.hand_on_run(first, last);
         }
-        slab.push_chain(self.head.get());
+        let head = self.head.replace(0);
+        if !slab.deposit(head, true) {
+            slab.push_chain(head);
+        }
     }
 }
 
@@ -223,6 +234,9 @@ pub struct Slab<T> {
     fresh: AtomicU32,
     /// The free list's head: `tag << 32 | index + 1`.
     free: AtomicU64,
+    /// Whole chains of free slots (first index + 1, 0: none), each linked
+    /// through `next_free` to a 0 (see [`LocalFree`]).
+    depot: Padded<[AtomicU32; DEPOT]>,
     /// Handles made and handles released: their difference is the handles
     /// live. Two counters, not one: the submitting threads write the first,
     /// whoever releases (a worker, for a detached task) the second, so the
@@ -252,6 +266,7 @@ impl<T> Default for Slab<T> {
             segments: std::array::from_fn(|_| AtomicPtr::new(std::ptr::null_mut())),
             fresh: AtomicU32::new(0),
             free: AtomicU64::new(0),
+            depot: Padded(std::array::from_fn(|_| AtomicU32::new(0))),
             made: Counter::default(),
             released: Counter::default(),
         }
@@ -475,7 +490,10 @@ impl<T: Slotted> Slab<T> {
             if head == 0 {
                 head = match local.take_freed() {
                     Some((first, _)) => first,
-                    None => self.take_all(),
+                    None => match self.withdraw() {
+                        0 => self.take_all(),
+                        chain => chain,
+                    },
                 };
                 if head == 0 {
                     return None;
@@ -494,6 +512,40 @@ impl<T: Slotted> Slab<T> {
         })
         .ok()
         .flatten()
+    }
+
+    /// Puts a chain (first index + 1; 0: none, which is "deposited") whole
+    /// into an empty place of the depot, one of the places for an ending
+    /// thread's chains too when `at_exit`; false when those are all taken.
+    fn deposit(&self, first: u32, at_exit: bool) -> bool {
+        let places = if at_exit { DEPOT } else { DEPOT - EXIT_PLACES };
+        first == 0
+            || self.depot[..places].iter().any(|place| {
+                place.load(Relaxed) == 0
+                    && place.compare_exchange(0, first, Release, Relaxed).is_ok()
+            })
+    }
+
+    /// Takes a whole chain out of the depot (its first index + 1; 0: the
+    /// depot is empty). The chain is the caller's alone from then on.
+    fn withdraw(&self) -> u32 {
+        for place in self.depot.iter() {
+            if place.load(Relaxed) != 0 {
+                let chain = place.swap(0, Acquire);
+                if chain != 0 {
+                    return chain;
+                }
+            }
+        }
+        0
+    }
+
+    /// A run of free slots (first index + 1 to `last`, whose link is 0)
+    /// into the depot, or onto the free list with the depot full.
+    fn hand_on_run(&self, first: u32, last: &Slot<T>) {
+        if !self.deposit(first, false) {
+            self.push_run(first, last);
+        }
     }
 
     /// Puts a private chain (first index + 1; 0: empty) back on the free
@@ -527,7 +579,7 @@ impl<T: Slotted> Slab<T> {
                 local.freed_len.set(len);
                 if len >= FREED_RUN {
                     let (first, last) = local.take_freed().expect("a full run");
-                    self.push_run(first, last);
+                    self.hand_on_run(first, last);
                 }
             })
             .ok()
@@ -786,7 +838,10 @@ mod tests {
             i.sort_unstable();
             i
         };
-        let shared_empty = || s.free.load(Relaxed) as u32 == 0;
+        // Nothing free for other threads: neither the free list nor the
+        // depot holds a slot.
+        let shared_empty =
+            || s.free.load(Relaxed) as u32 == 0 && s.depot.iter().all(|p| p.load(Relaxed) == 0);
         // A thread's frees stay with it: its next inserts reuse them without
         // the shared list. When it ends, what it holds goes back.
         let ten = std::thread::spawn(move || {
@@ -814,13 +869,14 @@ mod tests {
         for (h, v) in theirs.iter().zip(100..).chain(mine.iter().zip(200..)) {
             assert_eq!(s.get(*h).unwrap().0, v);
         }
-        // A full run of frees goes to the shared list at once.
+        // A full run of frees is shared at once (into the depot).
         std::thread::spawn(move || {
             let run: Vec<u64> = (0..FREED_RUN).map(put).collect();
             run[..run.len() - 1].iter().for_each(free);
             assert!(shared_empty(), "a run short of full stays");
             free(run.last().unwrap());
             assert!(!shared_empty(), "a full run is shared");
+            assert_eq!(s.free.load(Relaxed) as u32, 0, "whole, in the depot");
             CHAIN.with(|c| assert_eq!((c.freed.get(), c.freed_len.get()), (0, 0)));
         })
         .join()
@@ -888,6 +944,31 @@ mod tests {
         assert_eq!(h2 & INDEX_MASK, h & INDEX_MASK, "the slot was free again");
         assert_eq!(s.get(h2).unwrap().0, 4);
         assert_eq!(s.live(), 1);
+    }
+
+    #[test]
+    fn the_depot_holds_whole_chains_up_to_its_size() {
+        value_type!(V);
+        let s = V::slab();
+        let _ = V::put(0);
+        // Chains are only named by their first index + 1 here: the depot
+        // never follows their links.
+        assert!(s.deposit(0, false), "an empty chain needs no place");
+        for chain in 1..=(DEPOT - EXIT_PLACES) as u32 {
+            assert!(s.deposit(chain, false));
+        }
+        assert!(
+            !s.deposit(99, false),
+            "full but for an ending thread's chains"
+        );
+        for chain in (DEPOT - EXIT_PLACES + 1) as u32..=DEPOT as u32 {
+            assert!(s.deposit(chain, true));
+        }
+        assert!(!s.deposit(99, true), "full");
+        let mut taken: Vec<u32> = (0..DEPOT).map(|_| s.withdraw()).collect();
+        taken.sort_unstable();
+        assert_eq!(taken, (1..=DEPOT as u32).collect::<Vec<_>>());
+        assert_eq!(s.withdraw(), 0, "empty");
     }
 
     #[test]
