@@ -236,7 +236,7 @@ pub struct Slab<T> {
     free: AtomicU64,
     /// Whole chains of free slots (first index + 1, 0: none), each linked
     /// through `next_free` to a 0 (see [`LocalFree`]).
-    depot: Padded<[AtomicU32; DEPOT]>,
+    depot: Padded<Depot>,
     /// Handles made and handles released: their difference is the handles
     /// live. Two counters, not one: the submitting threads write the first,
     /// whoever releases (a worker, for a detached task) the second, so the
@@ -266,11 +266,21 @@ impl<T> Default for Slab<T> {
             segments: std::array::from_fn(|_| AtomicPtr::new(std::ptr::null_mut())),
             fresh: AtomicU32::new(0),
             free: AtomicU64::new(0),
-            depot: Padded(std::array::from_fn(|_| AtomicU32::new(0))),
+            depot: Padded(Depot {
+                places: std::array::from_fn(|_| AtomicU32::new(0)),
+                filled: AtomicU32::new(0),
+            }),
             made: Counter::default(),
             released: Counter::default(),
         }
     }
+}
+
+/// Places for whole chains of free slots, and how many are filled: a hint
+/// (it may lag a deposit or a withdrawal) that spares an empty depot's scan.
+struct Depot {
+    places: [AtomicU32; DEPOT],
+    filled: AtomicU32,
 }
 
 /// A free slot taken for a new value, its alone: the value is filled
@@ -519,20 +529,29 @@ impl<T: Slotted> Slab<T> {
     /// thread's chains too when `at_exit`; false when those are all taken.
     fn deposit(&self, first: u32, at_exit: bool) -> bool {
         let places = if at_exit { DEPOT } else { DEPOT - EXIT_PLACES };
-        first == 0
-            || self.depot[..places].iter().any(|place| {
-                place.load(Relaxed) == 0
-                    && place.compare_exchange(0, first, Release, Relaxed).is_ok()
-            })
+        if first == 0 {
+            return true;
+        }
+        let put = self.depot.places[..places].iter().any(|place| {
+            place.load(Relaxed) == 0 && place.compare_exchange(0, first, Release, Relaxed).is_ok()
+        });
+        if put {
+            self.depot.filled.fetch_add(1, Relaxed);
+        }
+        put
     }
 
     /// Takes a whole chain out of the depot (its first index + 1; 0: the
     /// depot is empty). The chain is the caller's alone from then on.
     fn withdraw(&self) -> u32 {
-        for place in self.depot.iter() {
+        if self.depot.filled.load(Relaxed) == 0 {
+            return 0;
+        }
+        for place in self.depot.places.iter() {
             if place.load(Relaxed) != 0 {
                 let chain = place.swap(0, Acquire);
                 if chain != 0 {
+                    self.depot.filled.fetch_sub(1, Relaxed);
                     return chain;
                 }
             }
@@ -840,8 +859,9 @@ mod tests {
         };
         // Nothing free for other threads: neither the free list nor the
         // depot holds a slot.
-        let shared_empty =
-            || s.free.load(Relaxed) as u32 == 0 && s.depot.iter().all(|p| p.load(Relaxed) == 0);
+        let shared_empty = || {
+            s.free.load(Relaxed) as u32 == 0 && s.depot.places.iter().all(|p| p.load(Relaxed) == 0)
+        };
         // A thread's frees stay with it: its next inserts reuse them without
         // the shared list. When it ends, what it holds goes back.
         let ten = std::thread::spawn(move || {
@@ -965,10 +985,16 @@ mod tests {
             assert!(s.deposit(chain, true));
         }
         assert!(!s.deposit(99, true), "full");
+        assert_eq!(s.depot.filled.load(Relaxed), DEPOT as u32);
         let mut taken: Vec<u32> = (0..DEPOT).map(|_| s.withdraw()).collect();
         taken.sort_unstable();
         assert_eq!(taken, (1..=DEPOT as u32).collect::<Vec<_>>());
         assert_eq!(s.withdraw(), 0, "empty");
+        assert_eq!(
+            s.depot.filled.load(Relaxed),
+            0,
+            "an empty depot is not scanned"
+        );
     }
 
     #[test]
