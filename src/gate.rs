@@ -26,14 +26,14 @@
 //!
 //! No lost wake-up: a submit changes the gate (a `SeqCst` read-modify-write),
 //! then reads the idle word (a `SeqCst` load: in the one total order after
-//! the change); a worker about to park counts itself in the
-//! idle word, then (after a fence) reads the gate. Of two such threads at
-//! least one sees the other's write (the fences order each thread's write
-//! before its read), so either the worker sees the entry and does not park
-//! or the submit sees the sleeper and wakes it. A spinner stops counting
-//! itself before it looks at the gate a last time, with the same fence.
-//! The fences are explicit because loom models `SeqCst` accesses only as
-//! acquire/release; `loom_tests` model-checks the handshake.
+//! the change, so no fence is needed on that hot path); a worker about to
+//! park counts itself in the idle word, then, after a `SeqCst` fence, reads
+//! the gate. Of two such threads at least one sees the other's write, so
+//! either the worker sees the entry and does not park or the submit sees
+//! the sleeper and wakes it. A spinner stops counting itself before it looks
+//! at the gate a last time, with the same fence. loom models `SeqCst`
+//! accesses only as acquire/release, so under loom the submit side fences
+//! too; `loom_tests` model-checks the handshake in that form.
 
 use crate::shard::Padded;
 #[cfg(all(test, loom))]

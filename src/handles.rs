@@ -27,7 +27,7 @@
 //! are not 0; releasing bumps the generation by CAS. So the count reaches 0 only
 //! once the handle is released, nothing can raise it from 0 again, and the
 //! thread that drops the last reference has the slot to itself: it clears the
-//! value and puts the slot on the free list. The value is written only then and
+//! value and frees the slot (see below). The value is written only then and
 //! when the slot is handed out again (count 0, off every list), and read only
 //! through a [`Ref`]: the discipline of an `Arc`, with the generation check of
 //! a handle registry on top.
@@ -41,7 +41,14 @@
 //! always safe, even for a pop that then loses its CAS. No lock: a forked
 //! child can never find one held.
 //!
-//! `loom_tests` below model-checks both protocols under `--cfg loom`
+//! Most slots never reach that list one by one: a thread frees slots into a
+//! run of its own and takes them from a chain of its own ([`LocalFree`]),
+//! and whole runs and chains pass between threads through a small depot of
+//! places, each holding one chain, taken whole by a swap (so no ABA either).
+//! A forked child keeps only its own thread's chains: the slots the
+//! parent's other threads held are lost to it (memory only).
+//!
+//! `loom_tests` below model-checks these protocols under `--cfg loom`
 //! (`make test-loom`).
 
 #![allow(unsafe_code)]
@@ -100,8 +107,8 @@ pub trait Slotted: Default + Send + Sync + 'static {
 ///
 /// - the slots it frees (as the thread that drops a value's last reference)
 ///   gather in a run; a full run of [`FREED_RUN`] goes whole into the slab's
-///   depot of chains (or, with the depot full, onto the shared list) with
-///   one CAS: a worker frees many and takes none;
+///   depot of chains (or, with the depot full, onto the shared list): a
+///   worker frees many and takes none;
 /// - its inserts take from its own chain; an empty chain takes the thread's
 ///   own run first (no atomic operation: a thread that submits, waits and
 ///   releases reuses its own slots), then one chain from the depot (so that
@@ -114,7 +121,8 @@ pub trait Slotted: Default + Send + Sync + 'static {
 pub struct LocalFree<T: Slotted> {
     /// The chain inserts take from: its first slot's index + 1 (0: empty).
     head: std::cell::Cell<u32>,
-    /// The run of freed slots: first and last index + 1, and its length.
+    /// The run of freed slots: its first slot's index + 1, its last slot
+    /// (whose link is 0), and its length.
     freed: std::cell::Cell<u32>,
     freed_last: std::cell::Cell<Option<&'static Slot<T>>>,
     freed_len: std::cell::Cell<u32>,
@@ -127,8 +135,14 @@ pub const FREED_RUN: u32 = 32;
 /// How many whole chains the depot holds; the last `EXIT_PLACES` only
 /// chains given back by an ending thread (which would otherwise have to be
 /// walked to their end), so that freed runs never fill them.
+#[cfg(not(all(test, loom)))]
 const DEPOT: usize = 16;
+#[cfg(not(all(test, loom)))]
 const EXIT_PLACES: usize = 4;
+#[cfg(all(test, loom))]
+const DEPOT: usize = 2;
+#[cfg(all(test, loom))]
+const EXIT_PLACES: usize = 1;
 
 impl<T: Slotted> LocalFree<T> {
     /// Empty chains.
@@ -323,6 +337,10 @@ impl<T: Slotted> Vacant<T> {
 impl<T: Slotted> Drop for Vacant<T> {
     fn drop(&mut self) {
         self.value().clear();
+        // The handle it would have had is spent: the slot's next use gets
+        // another (the count is 0 and the slot ours: a plain store).
+        let next = u64::from(next_generation(generation(self.word))) << 32;
+        self.slot.word.store(next, Relaxed);
         T::slab().free_slot(self.slot);
     }
 }
@@ -410,7 +428,10 @@ fn encode(epoch: u8, generation: u32, index: u32) -> u64 {
 impl<T: Slotted> Slab<T> {
     /// Handles not released yet.
     pub fn live(&self) -> usize {
-        self.made.sum().wrapping_sub(self.released.sum()) as usize
+        // Released first: a handle made and released between the two reads
+        // then counts as neither, never as released only.
+        let released = self.released.sum();
+        self.made.sum().saturating_sub(released) as usize
     }
 
     /// The slot `index`, when its segment exists.
@@ -737,6 +758,7 @@ impl<T: Slotted> Ref<T> {
     /// that knows its handle): [`Slab::remove`] without looking the handle
     /// up. False when it was released already.
     pub fn remove_own(this: &Ref<T>, handle: u64) -> bool {
+        debug_assert_eq!(decode(handle).index, this.slot.index, "its own handle");
         let released = T::slab().end_generation(this.slot, decode(handle).generation);
         if released {
             drop(Ref { slot: this.slot });
@@ -1162,6 +1184,51 @@ mod loom_tests {
             }
             all.sort_unstable();
             assert_eq!(all, vec![0, 1, 2], "each free slot taken exactly once");
+        });
+    }
+
+    /// Two threads putting chains into the depot while a third takes one:
+    /// each chain comes out once, whole, with the links its depositor wrote
+    /// (a deposit publishes them; a `Relaxed` one would lose them here).
+    #[test]
+    fn the_depot_hands_each_chain_out_once_with_its_links() {
+        loom::model(|| {
+            let cleared = Arc::new(AtomicUsize::new(0));
+            // Slots 0, 1 and 2, held (their links unused meanwhile).
+            let held: Vec<_> = (0..3).map(|n| put(n, &cleared)).collect();
+            let s = Value::slab();
+            let a = thread::spawn(|| {
+                let s = Value::slab();
+                // The chain 0 -> 1.
+                s.slot(0).unwrap().next_free.store(2, Ordering::Relaxed);
+                s.slot(1).unwrap().next_free.store(0, Ordering::Relaxed);
+                assert!(s.deposit(1, true));
+            });
+            let b = thread::spawn(|| {
+                let s = Value::slab();
+                s.slot(2).unwrap().next_free.store(0, Ordering::Relaxed);
+                assert!(s.deposit(3, true));
+            });
+            let walk = |mut next: u32, seen: &mut Vec<u32>| {
+                while next != 0 {
+                    seen.push(next - 1);
+                    next = s.slot(next - 1).unwrap().next_free.load(Ordering::Relaxed);
+                }
+            };
+            // Walked before the joins: only the deposit orders the links.
+            let mut seen = vec![];
+            walk(s.withdraw(), &mut seen);
+            a.join().unwrap();
+            b.join().unwrap();
+            walk(s.withdraw(), &mut seen);
+            walk(s.withdraw(), &mut seen);
+            assert_eq!(s.withdraw(), 0, "each chain taken once");
+            seen.sort_unstable();
+            assert_eq!(seen, vec![0, 1, 2], "every chain whole");
+            for (r, h) in held {
+                drop(r);
+                drop(s.remove(h).unwrap());
+            }
         });
     }
 

@@ -653,8 +653,9 @@ impl Task {
     }
 
     /// Settles what [`Task::decide`] decided short of reporting it, once the
-    /// runner dropped its [`Running`] (the thread's table restored): an abandoned run's result and argument go to
-    /// their free functions; a returned one is counted and given back as the
+    /// runner dropped its [`Running`] (the thread's table restored): an
+    /// abandoned run's result and argument go to their free functions; a
+    /// returned one is counted and given back as the
     /// [`Report`] its runner makes next (a worker makes it as its own steps:
     /// [`Task::done_call`], then [`Ref::after_on_done`]).
     pub(crate) fn end(&self, decided: Decided) -> Option<Report> {
