@@ -512,8 +512,9 @@ impl<T: Slotted> Slab<T> {
         }
     }
 
-    /// A slot from this thread's private chain, refilled from its own
-    /// freed run or else the whole free list when empty (see [`LocalFree`]).
+    /// A slot from this thread's private chain, refilled when empty from its
+    /// own freed run, else a chain from the depot, else the whole free list
+    /// (see [`LocalFree`]).
     fn pop_local(&self) -> Option<u32> {
         let key = T::local_free()?;
         key.try_with(|local| {
@@ -645,7 +646,8 @@ impl<T: Slotted> Slab<T> {
 
     /// Takes a free slot, fills it with `fill(value, handle)` and returns its
     /// handle with a reference to it (the handle holds a reference of its own
-    /// until [`Slab::remove`]).
+    /// until [`Slab::remove`]). The tests' shorthand for [`Slab::vacant`].
+    #[cfg(test)]
     pub fn insert(&self, fill: impl FnOnce(&mut T, u64)) -> Result<(Ref<T>, u64), HandleError> {
         let mut vacant = self.vacant()?;
         let handle = vacant.handle();

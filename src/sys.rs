@@ -254,7 +254,7 @@ pub(crate) fn calls_deferred() -> bool {
 /// `run(value)` now, unless this is a worker between its foreign calls with
 /// calls deferred already: then `defer(value)` takes its place after them.
 fn now_or_after_deferred<T>(value: T, run: impl FnOnce(T), deferred: impl FnOnce(T) -> Deferred) {
-    if in_engine_step() && any_deferred() {
+    if calls_deferred() {
         defer(deferred(value));
     } else {
         run(value);
