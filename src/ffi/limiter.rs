@@ -139,7 +139,8 @@ pub extern "C" fn asyncify_limiter_new(
     guard("asyncify_limiter_new", || {
         required(opts, "opts")?;
         let out = required_out(out, "out")?;
-        let o = versioned_arg(opts)?.expect("checked non-NULL");
+        let mut spare = None;
+        let o = versioned_arg(opts, &mut spare)?.expect("checked non-NULL");
         let name = if o.name.is_null() {
             String::new()
         } else {

@@ -199,13 +199,18 @@ pub(crate) unsafe trait Versioned: Copy {
     const LAYOUT_ENDS: &'static [usize];
 }
 
-/// A nullable versioned input struct, copied. A caller built against an
-/// older header passes that layout's size: the fields it has are read, the
-/// others keep their defaults. The size counts up to the end of the last
-/// field it covers (tail padding may be there or not); every byte past the
-/// fields read must be zero, so a field this library does not know is never
-/// silently ignored.
-pub(crate) fn versioned_arg<T: Versioned>(ptr: *const T) -> Result<Option<T>, Fail> {
+/// A nullable versioned input struct. A caller built against an older
+/// header passes that layout's size: the fields it has are read, the others
+/// keep their defaults (a copy is made then). The size counts up to the end
+/// of the last field it covers (tail padding may be there or not); every
+/// byte past the fields read must be zero, so a field this library does not
+/// know is never silently ignored. The struct is read in place when it is
+/// this library's own layout, aligned (the common case), else copied into
+/// `spare`.
+pub(crate) fn versioned_arg<T: Versioned>(
+    ptr: *const T,
+    spare: &mut Option<T>,
+) -> Result<Option<&T>, Fail> {
     if ptr.is_null() {
         return Ok(None);
     }
@@ -215,15 +220,21 @@ pub(crate) fn versioned_arg<T: Versioned>(ptr: *const T) -> Result<Option<T>, Fa
     let size = unsafe { (bytes as *const u32).read_unaligned() } as usize;
     let end = *T::LAYOUT_ENDS.last().expect("a published layout");
     if size == std::mem::size_of::<T>() {
-        // The layout of this library's own header, the common case: one
-        // copy of known size, once the bytes after the last field (where a
-        // later header could have put a field) are checked to be zero.
+        // The layout of this library's own header: used as it is, once the
+        // bytes after the last field (where a later header could have put a
+        // field) are checked to be zero.
         // SAFETY: `size` readable bytes at `ptr`, as promised.
         let padding = unsafe { std::slice::from_raw_parts(bytes.add(end), size - end) };
         if padding.iter().all(|&b| b == 0) {
-            // SAFETY: as above; every field type of a `Versioned` struct is
-            // valid for any bit pattern it can hold (the trait's promise).
-            return Ok(Some(unsafe { ptr.read_unaligned() }));
+            return Ok(Some(if ptr.is_aligned() {
+                // SAFETY: as above, and aligned; every field type of a
+                // `Versioned` struct is valid for any bit pattern it can hold
+                // (the trait's promise); the caller keeps it for the call.
+                unsafe { &*ptr }
+            } else {
+                // SAFETY: as above, read byte-wise.
+                spare.insert(unsafe { ptr.read_unaligned() })
+            }));
         }
     }
     let Some(&covered) = T::LAYOUT_ENDS.iter().rev().find(|&&end| end <= size) else {
@@ -252,7 +263,7 @@ pub(crate) fn versioned_arg<T: Versioned>(ptr: *const T) -> Result<Option<T>, Fa
     // SAFETY: `covered` bytes are readable at `ptr` and fit in `T` (it is at
     // most the end of `T`'s last field); `out` is a distinct local.
     unsafe { std::ptr::copy_nonoverlapping(bytes, &mut out as *mut T as *mut u8, covered) };
-    Ok(Some(out))
+    Ok(Some(spare.insert(out)))
 }
 
 /// Prepares a versioned struct: zeroes its `size` bytes and sets

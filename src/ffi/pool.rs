@@ -248,7 +248,7 @@ pub extern "C" fn asyncify_pool_new_ex(
     guard("asyncify_pool_new_ex", || {
         let out = required_out(out, "out")?;
         let mut options = PoolOptions::default();
-        if let Some(o) = versioned_arg(opts)? {
+        if let Some(o) = versioned_arg(opts, &mut None)? {
             let unknown = o.flags & !KNOWN_POOL_FLAGS;
             if unknown != 0 {
                 return Err(fail(

@@ -103,6 +103,21 @@ unsafe impl super::Versioned for asyncify_submit_options {
     ];
 }
 
+/// What a NULL `opts` of asyncify_submit() means: every field its default.
+const DEFAULT_SUBMIT_OPTIONS: asyncify_submit_options = asyncify_submit_options {
+    struct_size: std::mem::size_of::<asyncify_submit_options>() as u32,
+    flags: 0,
+    on_done: None,
+    on_done_data: std::ptr::null_mut(),
+    free_arg: None,
+    free_result: None,
+    pool: std::ptr::null_mut(),
+    cq: std::ptr::null_mut(),
+    context: std::ptr::null(),
+    limiter: std::ptr::null(),
+    start_within_ms: 0,
+};
+
 /// Prepares `*opts` for asyncify_submit(): zeroes `size` bytes (every field
 /// takes its default) and sets `struct_size` to `size`.
 ///
@@ -178,8 +193,9 @@ pub extern "C" fn asyncify_submit(
         let Some(work) = r#fn else {
             return Err(fail(ASYNCIFY_E_NULL, "fn is NULL"));
         };
-        let opts = versioned_arg(opts)?;
-        let flags = opts.map_or(0, |o| o.flags);
+        let mut spare = None;
+        let o = versioned_arg(opts, &mut spare)?.unwrap_or(&DEFAULT_SUBMIT_OPTIONS);
+        let flags = o.flags;
         if flags & !KNOWN_SUBMIT_FLAGS != 0 {
             return Err(fail(
                 ASYNCIFY_E_INVALID_ARGUMENT,
@@ -193,7 +209,7 @@ pub extern "C" fn asyncify_submit(
                 "out_handle (required unless ASYNCIFY_SUBMIT_DETACHED)",
             )?;
         }
-        let context = opts.map_or(std::ptr::null(), |o| o.context);
+        let context = o.context;
         let empty = flags & ASYNCIFY_SUBMIT_EMPTY_CONTEXT != 0;
         if empty && !context.is_null() {
             return Err(fail(
@@ -201,26 +217,18 @@ pub extern "C" fn asyncify_submit(
                 "ASYNCIFY_SUBMIT_EMPTY_CONTEXT and a context exclude each other",
             ));
         }
-        let cq = opts.map_or(std::ptr::null_mut(), |o| o.cq);
-        let cq = if cq.is_null() {
+        let cq = if o.cq.is_null() {
             None
         } else {
-            Some(queue_ref(cq)?.clone())
+            Some(queue_ref(o.cq)?.clone())
         };
-        let pool = pool_or_default(opts.map_or(std::ptr::null_mut(), |o| o.pool));
-        let limiter = opts.map_or(std::ptr::null(), |o| o.limiter);
-        let limiter = (!limiter.is_null()).then(|| limiter_ref(limiter));
+        let pool = pool_or_default(o.pool);
+        let limiter = (!o.limiter.is_null()).then(|| limiter_ref(o.limiter));
         let spec = TaskSpec::new(work, arg)
             .limiter(limiter)
-            .start_within_ms(opts.map_or(0, |o| o.start_within_ms))
-            .on_done(
-                opts.and_then(|o| o.on_done),
-                opts.map_or(std::ptr::null_mut(), |o| o.on_done_data),
-            )
-            .free_fns(
-                opts.and_then(|o| o.free_arg),
-                opts.and_then(|o| o.free_result),
-            )
+            .start_within_ms(o.start_within_ms)
+            .on_done(o.on_done, o.on_done_data)
+            .free_fns(o.free_arg, o.free_result)
             .detached(detached)
             .completion_queue(cq);
         let snapshot = if empty {
