@@ -1,50 +1,64 @@
-//! A pool's hot-path state in two atomic words, so that submitting a task,
-//! starting it and finishing it take no lock.
+//! A pool's hot-path state in two atomic words beside its queue, so that
+//! submitting a task, starting it and finishing it take no lock.
 //!
-//! The *gate* word holds the entries in the pool's queue (`pending`, tasks
-//! and the tombstones of tasks that left it early), the slots in use
-//! (`busy`), the limit and the shut-down bit. Every change is one CAS that
-//! sees all four at once:
+//! The *gate* word holds the slots in use (`busy`), the limit and the
+//! shut-down bit. A *slot* is the right to run one callable. A worker takes
+//! one by a CAS that sees all three, only while `busy < limit`, not shut
+//! down, and the queue has an entry (so the limit bounds running callables
+//! also while it changes); it then pops tasks from the queue itself, one
+//! after another, and looks at the word (a read, no write) before each pop:
+//! it gives its slot back when the limit went below `busy` or the pool shut
+//! down, or when its pop found the queue empty. While tasks flow, workers
+//! keep their slots and the word is only read: no cache line moves between
+//! the submitting thread and the workers for it.
 //!
-//! - a submit reserves an entry before it pushes (refused once shut down, so
-//!   a shutdown that drains the queue misses no accepted task);
-//! - a worker takes an entry and a slot together, only while
-//!   `busy < limit` (so the limit bounds running callables also while it
-//!   changes); a worker that finishes a task keeps its slot for the next
-//!   entry if there is one and the limit still allows it, or gives it back,
-//!   decided against the same word a submit changes;
-//! - an entry taken is in the queue or about to be (its submit reserved it
-//!   first): [`pop_reserved`] waits those few instructions out.
+//! A submit counts itself in its thread's part of the *submitting*
+//! counters (see [`crate::shard`]: no line shared with other threads), reads
+//! the word (refused when shut down), pushes its task, counts itself out,
+//! and reads the word again to wake a worker when a slot is free and none
+//! is coming. A shutdown sets the bit, waits until no submit is counted in
+//! (each one that saw the gate open has pushed), then pops every entry,
+//! cancelling its task; a worker holding a slot that looked before the bit
+//! was set may still start one task, as if it had popped it just before.
 //!
 //! The *idle* word counts workers by what they do while they hold no slot:
-//! spinning (watching the gate), signalled (woken and not yet looking),
+//! spinning (watching the queue), signalled (woken and not yet looking),
 //! starting (spawned, not yet looking) and sleeping (parked). A submit that
-//! left an entry a free slot could take calls [`Gate::needs_worker`]: with
-//! a worker coming, nothing to do; with one parked (or room for a new
+//! left a task a free slot could take calls [`Gate::needs_worker`]: with a
+//! worker coming, nothing to do; with one parked (or room for a new
 //! thread), the pool wakes or spawns one under its lock. Workers park under
 //! that lock after [`Gate::sleep_or_retry`].
 //!
-//! No lost wake-up: a submit changes the gate (a `SeqCst` read-modify-write),
-//! then reads the idle word (a `SeqCst` load: in the one total order after
-//! the change, so no fence is needed on that hot path); a worker about to
-//! park counts itself in the idle word, then, after a `SeqCst` fence, reads
-//! the gate. Of two such threads at least one sees the other's write, so
-//! either the worker sees the entry and does not park or the submit sees
-//! the sleeper and wakes it. A spinner stops counting itself before it looks
-//! at the gate a last time, with the same fence. loom models `SeqCst`
-//! accesses only as acquire/release, so under loom the submit side fences
-//! too; `loom_tests` model-checks the handshake in that form.
+//! No lost wake-up, no task stranded: each of these is a pair of threads
+//! that write one word and then read the other's, every access `SeqCst`, so
+//! at least one of the two sees the other's write:
+//!
+//! - a submit pushes (the queue's tail moves by a `SeqCst` read-modify-write)
+//!   and reads the gate and then the idle word; a worker about to park counts
+//!   itself in the idle word and, after a `SeqCst` fence, reads the gate and
+//!   the queue: either it sees the task and does not park, or the submit
+//!   sees the sleeper and wakes it. A spinner stops counting itself before
+//!   it looks a last time, with the same fence;
+//! - a worker whose pop found nothing gives its slot back (a `SeqCst`
+//!   read-modify-write of the gate) and then looks at the queue again: either
+//!   it sees the task pushed meanwhile and takes a slot for it, or that
+//!   submit saw the free slot and wakes a worker;
+//! - a shutdown sets the bit and then reads the submitting counters; a
+//!   submit counts itself in and then reads the bit: either the submit is
+//!   refused, or the shutdown waits for its push before it drains.
+//!
+//! loom models `SeqCst` accesses only as acquire/release, so under loom
+//! each side fences between its write and its read; `loom_tests`
+//! model-checks the handshakes in that form, with a counter for the queue.
 
-use crate::shard::Padded;
+use crate::shard::{shard, Padded, SHARDS};
 #[cfg(all(test, loom))]
 use loom::sync::atomic::{fence, AtomicU64};
-use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 #[cfg(not(all(test, loom)))]
 use std::sync::atomic::{fence, AtomicU64};
 
-const PENDING_BITS: u32 = 31;
-const PENDING_MASK: u64 = (1 << PENDING_BITS) - 1;
-const SHUT: u64 = 1 << PENDING_BITS;
+const SHUT: u64 = 1 << 31;
 const BUSY_SHIFT: u32 = 32;
 const LIMIT_SHIFT: u32 = 48;
 const FIELD_MASK: u64 = 0xFFFF;
@@ -60,11 +74,6 @@ pub(crate) const MAX_LIMIT: u32 = FIELD_MASK as u32;
 pub(crate) struct Word(u64);
 
 impl Word {
-    /// Entries in the queue, tombstones included.
-    pub(crate) fn pending(self) -> u32 {
-        (self.0 & PENDING_MASK) as u32
-    }
-
     /// Slots in use.
     pub(crate) fn busy(self) -> u32 {
         ((self.0 >> BUSY_SHIFT) & FIELD_MASK) as u32
@@ -74,33 +83,20 @@ impl Word {
         ((self.0 >> LIMIT_SHIFT) & FIELD_MASK) as u32
     }
 
-    fn shut(self) -> bool {
+    /// The pool shut down: no submit is accepted, no slot taken.
+    pub(crate) fn shut(self) -> bool {
         self.0 & SHUT != 0
     }
 
-    /// A worker without a slot could take an entry now.
-    pub(crate) fn startable(self) -> bool {
-        !self.shut() && self.pending() > 0 && self.busy() < self.limit()
+    /// A worker without a slot could take one now (for a queued task).
+    pub(crate) fn has_room(self) -> bool {
+        !self.shut() && self.busy() < self.limit()
     }
-}
 
-/// What [`Gate::take`] did.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Took {
-    /// An entry, with a slot for it (the one held before, or a new one);
-    /// the gate as it was left.
-    Entry(Word),
-    /// Nothing to take: the slot held was given back; the gate as it was left.
-    Released(Word),
-    /// Nothing to take, and no slot was held.
-    Nothing,
-}
-
-/// Why [`Gate::reserve`] refused.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Refused {
-    ShutDown,
-    Full,
+    /// A worker holding a slot may keep it for its next task.
+    fn keeps(self) -> bool {
+        !self.shut() && self.busy() <= self.limit()
+    }
 }
 
 const SPINNING: u32 = 0;
@@ -129,19 +125,41 @@ impl Idle {
     pub(crate) fn sleeping(self) -> u32 {
         self.field(SLEEPING)
     }
-    /// Workers on their way to look at the gate.
+    /// Workers on their way to look at the queue.
     pub(crate) fn coming(self) -> u32 {
         self.spinning() + self.signalled() + self.starting()
     }
 }
 
-/// The two words (see the module docs), on cache lines of their own: the
-/// gate changes with every task, the idle word seldom while tasks flow, so
-/// reading it stays a cache hit.
+/// The two words and the submitting counters (see the module docs), on
+/// cache lines of their own: the gate changes when a worker takes or gives
+/// back a slot, the idle word when one parks or wakes (while tasks flow,
+/// both are only read), a submitting counter with each submit of the
+/// threads that write it.
 pub(crate) struct Gate {
     word: Padded<AtomicU64>,
     idle: Padded<AtomicU64>,
+    submitting: [Padded<AtomicU64>; SHARDS],
 }
+
+/// A submit that saw the gate open and may push (see [`Gate::enter`]);
+/// dropping it counts the submit out.
+pub(crate) struct Entered<'a> {
+    count: &'a AtomicU64,
+}
+
+impl Drop for Entered<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        // Release: a shutdown that reads the count back to 0 (acquire) then
+        // finds the task pushed.
+        self.count.fetch_sub(1, Release);
+    }
+}
+
+/// [`Gate::enter`] refused: the pool shut down.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct ShutDown;
 
 impl Gate {
     pub(crate) fn new(limit: u32) -> Gate {
@@ -150,7 +168,24 @@ impl Gate {
                 u64::from(limit.min(MAX_LIMIT)) << LIMIT_SHIFT,
             )),
             idle: Padded(AtomicU64::new(0)),
+            submitting: std::array::from_fn(|_| Padded(AtomicU64::new(0))),
         }
+    }
+
+    /// A submit about to push: counts itself in, then looks at the
+    /// shut-down bit. Hold what it returns until the push is done.
+    #[inline(always)]
+    pub(crate) fn enter(&self) -> Result<Entered<'_>, ShutDown> {
+        let count = &self.submitting[shard()].0;
+        count.fetch_add(1, SeqCst);
+        // See `after_push`.
+        #[cfg(all(test, loom))]
+        fence(SeqCst);
+        let entered = Entered { count };
+        if Word(self.word.0.load(SeqCst)).shut() {
+            return Err(ShutDown);
+        }
+        Ok(entered)
     }
 
     pub(crate) fn load(&self) -> Word {
@@ -174,60 +209,54 @@ impl Gate {
         }
     }
 
-    /// Reserves a queue entry for a push that follows; returns the gate with
-    /// it.
-    pub(crate) fn reserve(&self) -> Result<Word, Refused> {
-        self.update(|w| (!w.shut() && w.pending() < PENDING_MASK as u32).then(|| Word(w.0 + 1)))
-            .map_err(|w| {
-                if w.shut() {
-                    Refused::ShutDown
-                } else {
-                    Refused::Full
-                }
-            })
+    /// The gate right after a push of the queue (a `SeqCst`
+    /// read-modify-write): whether the pool shut down (the submit then
+    /// withdraws its task) and whether a slot is free (see
+    /// [`Gate::needs_worker`]).
+    #[inline(always)]
+    pub(crate) fn after_push(&self) -> Word {
+        // A `SeqCst` load after the push's `SeqCst` read-modify-write is
+        // ordered after it in the one total order, which is what the
+        // handshakes need, with no fence on the hot path (an `mfence` costs
+        // tens of cycles on x86, where the locked instruction before it is
+        // one already). loom models `SeqCst` only as acquire/release, so its
+        // models get the fence itself.
+        #[cfg(all(test, loom))]
+        fence(SeqCst);
+        Word(self.word.0.load(SeqCst))
     }
 
-    /// Takes an entry, and a slot for it unless `holding` one already
-    /// (which it keeps only while `busy <= limit`); else gives back the slot
-    /// held.
-    pub(crate) fn take(&self, holding: bool) -> Took {
-        let mut took_entry = false;
-        let result = self.update(|w| {
-            took_entry = false;
-            let room = if holding {
-                w.busy() <= w.limit()
-            } else {
-                w.busy() < w.limit()
-            };
-            if !w.shut() && w.pending() > 0 && room {
-                took_entry = true;
-                let add = if holding { 0 } else { ONE_BUSY };
-                Some(Word(w.0 - 1 + add))
-            } else if holding {
-                debug_assert!(w.busy() > 0, "a slot held is counted");
-                Some(Word(w.0 - ONE_BUSY))
-            } else {
-                None
-            }
-        });
-        match result {
-            Ok(w) if took_entry => Took::Entry(w),
-            Ok(w) => Took::Released(w),
-            Err(_) => Took::Nothing,
-        }
+    /// Takes a slot while one is free and `queued()` says the queue has an
+    /// entry (looked at again on every retry); returns the gate as left.
+    pub(crate) fn take_slot(&self, queued: impl Fn() -> bool) -> Option<Word> {
+        self.update(|w| (w.has_room() && queued()).then(|| Word(w.0 + ONE_BUSY)))
+            .ok()
     }
 
-    /// Takes an entry whatever the slots and the shut-down bit say (a
-    /// shutdown draining the queue); false when none is left.
-    pub(crate) fn take_for_drain(&self) -> bool {
-        self.update(|w| (w.pending() > 0).then(|| Word(w.0 - 1)))
+    /// A worker holding a slot, before it pops its next task: keeps the slot
+    /// unless the limit went below the slots in use or the pool shut down;
+    /// then gives it back and returns false.
+    #[inline(always)]
+    pub(crate) fn keep_slot(&self) -> bool {
+        self.load().keeps() || !self.give_back_unless_kept()
+    }
+
+    #[inline(never)]
+    fn give_back_unless_kept(&self) -> bool {
+        self.update(|w| (!w.keeps()).then(|| Word(w.0 - ONE_BUSY)))
             .is_ok()
     }
 
-    /// Gives a slot back without taking an entry (an abandoned callable
-    /// leaving the limit); returns the gate as it was left.
+    /// Gives a slot back (a worker whose pop found nothing, or an abandoned
+    /// callable leaving the limit); returns the gate as it was left. A
+    /// `SeqCst` read-modify-write: a worker that then finds the queue empty
+    /// may go idle, as a submit that pushed meanwhile sees the slot free.
     pub(crate) fn release(&self) -> Word {
-        Word(self.word.0.fetch_sub(ONE_BUSY, SeqCst) - ONE_BUSY)
+        let left = Word(self.word.0.fetch_sub(ONE_BUSY, SeqCst) - ONE_BUSY);
+        // See `after_push`.
+        #[cfg(all(test, loom))]
+        fence(SeqCst);
+        left
     }
 
     pub(crate) fn set_limit(&self, limit: u32) {
@@ -235,29 +264,37 @@ impl Gate {
         let _ = self.update(|w| Some(Word((w.0 & !(FIELD_MASK << LIMIT_SHIFT)) | field)));
     }
 
-    /// Sets the shut-down bit: no more reservations, no more starts.
+    /// Sets the shut-down bit: no more submits, no more slots taken. The
+    /// caller waits for the submits that saw the gate open
+    /// ([`Gate::wait_for_submits`]), then drains the queue.
     pub(crate) fn shut_down(&self) {
         self.word.0.fetch_or(SHUT, SeqCst);
-    }
-
-    /// After a change of the gate that left `after` (a reserve or a take:
-    /// `SeqCst` read-modify-writes): whether the pool must wake or start a
-    /// worker (under its lock, where it decides which), because a free slot
-    /// could take an entry and no worker is coming.
-    #[inline(always)]
-    pub(crate) fn needs_worker(&self, after: Word) -> bool {
-        if !after.startable() {
-            return false;
-        }
-        // The change that left `after` was a `SeqCst` read-modify-write;
-        // a `SeqCst` load after it is ordered after it in the one total
-        // order, which is what the handshake needs, with no fence on the
-        // hot path (an `mfence` costs tens of cycles on x86, where the
-        // locked instruction before it is one already). loom models `SeqCst`
-        // only as acquire/release, so its models get the fence itself.
+        // See `after_push`.
         #[cfg(all(test, loom))]
         fence(SeqCst);
-        Idle(self.idle.0.load(SeqCst)).coming() == 0
+    }
+
+    /// After [`Gate::shut_down`]: returns once every submit that saw the
+    /// gate open has pushed its task (a few instructions each; any submit
+    /// counted in later is refused).
+    pub(crate) fn wait_for_submits(&self) {
+        for count in &self.submitting {
+            while count.0.load(SeqCst) != 0 {
+                #[cfg(not(all(test, loom)))]
+                std::thread::yield_now();
+                #[cfg(all(test, loom))]
+                loom::thread::yield_now();
+            }
+        }
+    }
+
+    /// After a push that left the gate `after` ([`Gate::after_push`]):
+    /// whether the pool must wake or start a worker (under its lock, where
+    /// it decides which), because a free slot could take the task and no
+    /// worker is coming.
+    #[inline(always)]
+    pub(crate) fn needs_worker(&self, after: Word) -> bool {
+        after.has_room() && Idle(self.idle.0.load(SeqCst)).coming() == 0
     }
 
     pub(crate) fn idle(&self) -> Idle {
@@ -282,19 +319,19 @@ impl Gate {
         true
     }
 
-    /// A spinner stops; it looks at the gate once more after this.
+    /// A spinner stops; it looks at the queue once more after this.
     pub(crate) fn stop_spinning(&self) {
         self.sub(SPINNING);
         fence(SeqCst);
     }
 
     /// A worker about to park (under the pool's lock) counts itself as
-    /// sleeping; true when it may park, false (uncounted again) when an
-    /// entry became startable meanwhile.
-    pub(crate) fn sleep_or_retry(&self) -> bool {
+    /// sleeping; true when it may park, false (uncounted again) when a slot
+    /// is free and `queued()` says the queue has an entry.
+    pub(crate) fn sleep_or_retry(&self, queued: impl Fn() -> bool) -> bool {
         self.add(SLEEPING);
         fence(SeqCst);
-        if self.load().startable() {
+        if self.load().has_room() && queued() {
             self.sub(SLEEPING);
             return false;
         }
@@ -320,27 +357,9 @@ impl Gate {
         self.add(STARTING);
     }
 
-    /// A started worker is about to look at the gate (or failed to start).
+    /// A started worker is about to look at the queue (or failed to start).
     pub(crate) fn started(&self) {
         self.sub(STARTING);
-    }
-}
-
-/// Pops the entry a [`Gate::take`] took: it is in the queue, or its
-/// submit is between reserving and pushing it.
-pub(crate) fn pop_reserved<T>(queue: &crossbeam_queue::SegQueue<T>) -> T {
-    let mut round: u32 = 0;
-    loop {
-        if let Some(item) = queue.pop() {
-            return item;
-        }
-        round = round.wrapping_add(1);
-        if round % 64 == 0 {
-            // The submitter may have been preempted mid-push.
-            std::thread::yield_now();
-        } else {
-            std::hint::spin_loop();
-        }
     }
 }
 
@@ -349,67 +368,68 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_worker_takes_an_entry_and_a_slot_only_below_the_limit() {
+    fn a_worker_takes_a_slot_only_below_the_limit_and_with_a_task_queued() {
         let gate = Gate::new(1);
-        assert_eq!(gate.take(false), Took::Nothing);
-        gate.reserve().unwrap();
-        gate.reserve().unwrap();
-        let Took::Entry(w) = gate.take(false) else {
-            panic!()
-        };
-        assert_eq!((w.pending(), w.busy()), (1, 1));
-        assert_eq!(gate.take(false), Took::Nothing, "the limit is reached");
-        // The holder keeps its slot for the next entry, then gives it back.
-        assert!(matches!(gate.take(true), Took::Entry(w) if w.busy() == 1 && w.pending() == 0));
-        assert!(matches!(gate.take(true), Took::Released(w) if w.busy() == 0));
+        assert_eq!(gate.take_slot(|| false), None, "nothing queued");
+        let w = gate.take_slot(|| true).expect("a free slot");
+        assert_eq!(w.busy(), 1);
+        assert_eq!(gate.take_slot(|| true), None, "the limit is reached");
+        assert!(gate.keep_slot(), "the holder keeps its slot");
+        assert_eq!(gate.release().busy(), 0);
     }
 
     #[test]
-    fn a_lowered_limit_takes_slots_back_as_their_tasks_end() {
+    fn a_lowered_limit_takes_slots_back_one_by_one() {
         let gate = Gate::new(2);
-        for _ in 0..4 {
-            gate.reserve().unwrap();
-        }
-        assert!(matches!(gate.take(false), Took::Entry(_)));
-        assert!(matches!(gate.take(false), Took::Entry(_)));
+        gate.take_slot(|| true).unwrap();
+        gate.take_slot(|| true).unwrap();
         gate.set_limit(1);
-        assert!(matches!(gate.take(true), Took::Released(w) if w.busy() == 1));
-        assert!(matches!(gate.take(true), Took::Entry(w) if w.busy() == 1 && w.pending() == 1));
+        assert!(!gate.keep_slot(), "one holder gives its slot back");
+        assert!(gate.keep_slot(), "the other keeps its own");
+        assert_eq!(gate.load().busy(), 1);
         gate.set_limit(u32::MAX);
-        assert!(gate.load().startable());
+        assert!(gate.load().has_room());
     }
 
     #[test]
-    fn shut_down_refuses_reservations_and_starts_but_lets_a_drain_take() {
+    fn shut_down_refuses_slots_and_takes_back_held_ones() {
         let gate = Gate::new(4);
-        gate.reserve().unwrap();
+        gate.take_slot(|| true).unwrap();
+        let entered = gate.enter().expect("open");
         gate.shut_down();
-        assert_eq!(gate.reserve(), Err(Refused::ShutDown));
-        assert_eq!(gate.take(false), Took::Nothing);
-        assert!(gate.take_for_drain());
-        assert!(!gate.take_for_drain());
+        assert!(gate.after_push().shut());
+        assert_eq!(gate.enter().err(), Some(ShutDown));
+        drop(entered);
+        gate.wait_for_submits();
+        assert_eq!(gate.take_slot(|| true), None);
+        assert!(!gate.keep_slot(), "a holder gives its slot back");
+        assert_eq!(gate.load().busy(), 0);
     }
 
     #[test]
     fn a_worker_parks_only_when_nothing_is_startable() {
         let gate = Gate::new(1);
-        assert!(gate.sleep_or_retry());
+        assert!(gate.sleep_or_retry(|| false));
         assert_eq!(gate.idle().sleeping(), 1);
-        let after = gate.reserve().unwrap();
+        let after = gate.after_push();
         assert!(gate.needs_worker(after), "nobody is coming");
         gate.signal();
         assert!(!gate.needs_worker(after), "the signalled worker is coming");
         gate.woke();
         assert_eq!(gate.idle().coming() + gate.idle().sleeping(), 0);
-        assert!(!gate.sleep_or_retry(), "an entry is startable");
+        assert!(!gate.sleep_or_retry(|| true), "a task is startable");
         assert_eq!(gate.idle().sleeping(), 0);
     }
 }
 
 #[cfg(all(test, loom))]
 mod loom_tests {
-    //! The wake-up handshake: a task pushed while the only worker goes idle
-    //! (spins, then parks) is always taken; the limit is never exceeded.
+    //! The handshakes of the module docs, with the pool's queue as a
+    //! counter of entries (a push is a `SeqCst` read-modify-write, as the
+    //! queue's is): a task pushed while the only worker goes idle (spins,
+    //! then parks) or gives its slot back is always taken; the limit is never
+    //! exceeded; a submit racing a shutdown is either refused (and withdraws
+    //! its task) or its task is drained or run, exactly once.
     use super::*;
     use loom::sync::atomic::{AtomicBool, AtomicU32};
     use loom::sync::{Arc, Condvar, Mutex};
@@ -418,6 +438,8 @@ mod loom_tests {
 
     struct Model {
         gate: Gate,
+        /// The queue's entries.
+        queue: AtomicU32,
         /// Stands for the pool's lock (with its count of worker threads,
         /// one to start with) and its condition variable.
         lock: Mutex<u32>,
@@ -433,6 +455,7 @@ mod loom_tests {
         fn new() -> Arc<Model> {
             Arc::new(Model {
                 gate: Gate::new(1),
+                queue: AtomicU32::new(0),
                 lock: Mutex::new(1),
                 ready: Condvar::new(),
                 spawned: AtomicBool::new(false),
@@ -441,14 +464,30 @@ mod loom_tests {
             })
         }
 
-        /// A submit, and the pool's provide_workers: wake a sleeper, else
-        /// start a worker while there are fewer threads than the limit.
-        fn submit(&self) {
-            let after = self.gate.reserve().unwrap();
+        fn queued(&self) -> bool {
+            self.queue.load(SeqCst) > 0
+        }
+
+        fn pop(&self) -> bool {
+            self.queue
+                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        }
+
+        /// A submit: push, then the pool's provide_workers when needed (wake
+        /// a sleeper, else start a worker while there are fewer threads
+        /// than the limit). False when refused (shut down).
+        fn submit(&self) -> bool {
+            let Ok(entered) = self.gate.enter() else {
+                return false;
+            };
+            self.queue.fetch_add(1, SeqCst);
+            drop(entered);
+            let after = self.gate.after_push();
             if self.gate.needs_worker(after) {
                 let mut threads = self.lock.lock().unwrap();
                 let idle = self.gate.idle();
-                if idle.coming() == 0 && self.gate.load().startable() {
+                if idle.coming() == 0 && self.gate.load().has_room() && self.queued() {
                     if idle.sleeping() > idle.signalled() {
                         self.gate.signal();
                         drop(threads);
@@ -459,14 +498,30 @@ mod loom_tests {
                     }
                 }
             }
+            true
         }
 
-        /// Runs a task in the slot just taken, checking the limit of 1.
+        /// Runs a task in the slot held, checking the limit of 1.
         fn run_one(&self) {
             let now = self.running.fetch_add(1, SeqCst) + 1;
             assert!(now <= 1, "the limit is 1");
             self.running.fetch_sub(1, SeqCst);
             self.ran.fetch_add(1, SeqCst);
+        }
+
+        /// Pops and runs tasks while holding a slot; gives the slot back when
+        /// the queue is empty (or the gate says so) and looks once more.
+        /// True when it took a slot again for a task seen then.
+        fn serve_holding(&self) -> bool {
+            while self.gate.keep_slot() {
+                if self.pop() {
+                    self.run_one();
+                    continue;
+                }
+                self.gate.release();
+                return self.gate.take_slot(|| self.queued()).is_some();
+            }
+            false
         }
 
         /// A worker that serves until `want` tasks ran; it spins once,
@@ -475,45 +530,37 @@ mod loom_tests {
         /// unless a task became startable (looked at under the lock).
         fn work(&self, want: u32, keep_alive_ran_out: bool) {
             let mut timed_out = keep_alive_ran_out;
-            let mut holding = false;
             let mut may_spin = true;
             loop {
-                match self.gate.take(holding) {
-                    Took::Entry(_) => {
-                        holding = true;
-                        self.run_one();
-                        continue;
-                    }
-                    Took::Released(_) => holding = false,
-                    Took::Nothing => {}
+                if self.gate.take_slot(|| self.queued()).is_some() {
+                    while self.serve_holding() {}
+                    continue;
                 }
                 if self.ran.load(SeqCst) == want {
                     return;
                 }
                 if may_spin && !timed_out && self.gate.start_spinning(1) {
-                    // One look while counted as spinning, taking the entry
-                    // then (as the pool's spinners do).
+                    // One look while counted as spinning, taking a slot then
+                    // (as the pool's spinners do).
                     may_spin = false;
-                    let spun =
-                        self.gate.load().startable() && self.gate.take(false) != Took::Nothing;
+                    let spun = self.gate.take_slot(|| self.queued()).is_some();
                     self.gate.stop_spinning();
                     if spun {
-                        holding = true;
-                        self.run_one();
+                        while self.serve_holding() {}
                     }
                     continue;
                 }
                 may_spin = true;
                 let mut threads = self.lock.lock().unwrap();
                 if timed_out {
-                    if self.gate.load().startable() {
+                    if self.gate.load().has_room() && self.queued() {
                         timed_out = false;
                         continue;
                     }
                     *threads -= 1;
                     return;
                 }
-                if !self.gate.sleep_or_retry() {
+                if !self.gate.sleep_or_retry(|| self.queued()) {
                     continue;
                 }
                 threads = self.ready.wait(threads).unwrap();
@@ -531,18 +578,19 @@ mod loom_tests {
                 let m = m.clone();
                 thread::spawn(move || m.work(2, false))
             };
-            m.submit();
-            m.submit();
+            assert!(m.submit());
+            assert!(m.submit());
             // A lost wake-up leaves the worker parked: loom reports the deadlock.
             w.join().unwrap();
             assert_eq!(m.ran.load(SeqCst), 2);
-            assert_eq!(m.gate.load().pending(), 0);
+            assert_eq!(m.queue.load(SeqCst), 0);
+            assert_eq!(m.gate.load().busy(), 0);
         });
     }
 
     /// The pool's only worker leaves at the end of its keep-alive while a
     /// task is submitted: the submit finds it still counted among the
-    /// threads (so it starts none), hence the worker must look at the gate
+    /// threads (so it starts none), hence the worker must look at the queue
     /// under the lock before it leaves. The task runs, or a new worker was
     /// started for it.
     #[test]
@@ -553,7 +601,7 @@ mod loom_tests {
                 let m = m.clone();
                 thread::spawn(move || m.work(1, true))
             };
-            m.submit();
+            assert!(m.submit());
             w.join().unwrap();
             assert!(
                 m.ran.load(SeqCst) == 1 || m.spawned.load(SeqCst),
@@ -566,21 +614,13 @@ mod loom_tests {
     fn two_workers_never_exceed_the_limit_and_take_each_entry_once() {
         loom::model(|| {
             let m = Model::new();
-            m.gate.reserve().unwrap();
-            m.gate.reserve().unwrap();
+            m.queue.store(2, SeqCst);
             let ws: Vec<_> = (0..2)
                 .map(|_| {
                     let m = m.clone();
                     thread::spawn(move || {
-                        let mut holding = false;
-                        loop {
-                            match m.gate.take(holding) {
-                                Took::Entry(_) => {
-                                    holding = true;
-                                    m.run_one();
-                                }
-                                Took::Released(_) | Took::Nothing => return,
-                            }
+                        if m.gate.take_slot(|| m.queued()).is_some() {
+                            while m.serve_holding() {}
                         }
                     })
                 })
@@ -588,10 +628,47 @@ mod loom_tests {
             for w in ws {
                 w.join().unwrap();
             }
-            // Whoever held the slot last gave it back; each entry ran once
-            // (a worker that found the slot taken left early).
-            let w = m.gate.load();
-            assert_eq!((w.busy(), w.pending() + m.ran.load(SeqCst)), (0, 2));
+            // A worker that found the slot taken left early; whoever held it
+            // last gave it back, and each entry ran once.
+            assert_eq!(m.gate.load().busy(), 0);
+            assert_eq!(m.queue.load(SeqCst) + m.ran.load(SeqCst), 2);
+            assert_eq!(m.ran.load(SeqCst), 2, "the holder took both");
+        });
+    }
+
+    /// A submit racing a shutdown (which sets the bit, waits for the
+    /// submits counted in, then drains): its task is drained (accepted,
+    /// cancelled) or run by the worker that held a slot (accepted), or the
+    /// submit is refused; never left in the queue, never two of these.
+    #[test]
+    fn a_submit_racing_a_shutdown_is_drained_run_or_refused_once() {
+        loom::model(|| {
+            let m = Model::new();
+            let drained = Arc::new(AtomicU32::new(0));
+            let w = {
+                let m = m.clone();
+                thread::spawn(move || {
+                    if m.gate.take_slot(|| true).is_some() {
+                        while m.serve_holding() {}
+                    }
+                })
+            };
+            let s = {
+                let (m, drained) = (m.clone(), drained.clone());
+                thread::spawn(move || {
+                    m.gate.shut_down();
+                    m.gate.wait_for_submits();
+                    while m.pop() {
+                        drained.fetch_add(1, SeqCst);
+                    }
+                })
+            };
+            let accepted = m.submit();
+            w.join().unwrap();
+            s.join().unwrap();
+            let taken = drained.load(SeqCst) + m.ran.load(SeqCst);
+            assert_eq!(taken, u32::from(accepted));
+            assert_eq!(m.queue.load(SeqCst), 0, "nothing left behind");
         });
     }
 }

@@ -49,16 +49,18 @@
 //!   by whichever comes first: its work function returning, a cancel, or its start deadline
 //!   (before it started). `poll`/`wait` see it
 //!   only after `on_done` returned (publication); its result moves once.
-//! - A pool's slot is taken with each start (by CAS on its gate word, only
-//!   while `busy < limit`) and given back, or kept for the next task, after
-//!   the task's callbacks returned, so `limit` bounds running callables
+//! - A pool's slot is taken by CAS on its gate word, only while
+//!   `busy < limit`, and given back, or kept for the next task, after the
+//!   task's callbacks returned, so `limit` bounds running callables
 //!   (abandoned ones too, unless `release_slot_on_abandon`) and a shutdown
 //!   that returns OK has no callback left to run and has joined every worker.
-//! - Every task a submit accepted reserved its queue entry in the gate before
-//!   the shut-down bit was set: a shutdown's drain or a worker pops it.
-//! - A thread that changes the gate and then reads the idle word, and one
-//!   that changes the idle word and then reads the gate, are separated by a
-//!   `SeqCst` fence each, so no wake-up is lost (see `gate`).
+//! - Every task a submit accepted was counted in before the shut-down bit
+//!   was set, and a shutdown drains the queue only once no submit is
+//!   counted in: the drain or a worker pops it.
+//! - A thread that pushes (or gives a slot back) and then reads the idle
+//!   word (or the queue), and one that changes the idle word and then reads
+//!   the queue, are ordered by `SeqCst` accesses or fences, so no wake-up is
+//!   lost and no task stranded (see `gate`).
 //! - A completion queue's fd is readable exactly while completions wait.
 
 pub mod cq;

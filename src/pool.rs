@@ -2,12 +2,12 @@
 //! worker threads that are reused and leave after an idle keep-alive, and
 //! shutdown.
 //!
-//! The hot path takes no lock: the queue is a lock-free FIFO, and the entries
-//! in it, the slots in use and the limit are one atomic word (see
-//! the `gate` module), so a submit reserves an entry and pushes it, and a
-//! worker takes an entry with a slot, by one CAS each. A mutex guards the
-//! rest (threads, parking, shutdown, tasks waiting for their limiter); no
-//! user code ever runs under it, and a submit or a worker sends its wake-up
+//! The hot path takes no lock: the queue is a lock-free FIFO, and the slots
+//! in use and the limit are one atomic word (see the `gate` module): a
+//! worker takes a slot by one CAS and then pops tasks itself while it holds
+//! it, and a submit pushes and only reads that word. A mutex guards the rest
+//! (threads, parking, shutdown, tasks waiting for their limiter); no user
+//! code ever runs under it, and a submit or a worker sends its wake-up
 //! after letting go of it. A
 //! *slot* is the right to run one callable: a worker takes one with a task
 //! and gives it back only after the task's `on_done` and frees have
@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use crossbeam_queue::SegQueue;
 use once_cell::sync::OnceCell;
 
-use crate::gate::{pop_reserved, Gate, Refused, Took, Word};
+use crate::gate::{Gate, Word};
 use crate::handles::{fork_epoch, Ref};
 use crate::latency::{Sharded, Summary};
 use crate::limiter::Waiter;
@@ -218,13 +218,13 @@ pub struct PoolShared {
     /// On a cache line of its own, as are the condition variables: parking
     /// and waking write them, while every submit reads the fields beside.
     state: Padded<Mutex<State>>,
-    /// Queued tasks and tombstones, in submit order; an entry is reserved in
-    /// `gate` before it is pushed and taken there before it is popped.
+    /// Queued tasks and tombstones, in submit order; popped by the workers
+    /// that hold a slot of `gate`, and by a shutdown.
     queue: SegQueue<TaskRef>,
-    /// The entries, the slots in use, the limit; idle workers.
+    /// The slots in use, the limit, the shut-down bit; idle workers.
     gate: Gate,
     /// Entries of `queue` whose task left before a worker took it (cancelled,
-    /// expired, run inline, withdrawn): the gate's `pending` less these is the
+    /// expired, run inline, withdrawn): the queue's length less these is the
     /// tasks that can still start. Counted when a task leaves, taken back when
     /// its entry is popped, so neither a submit nor a start touches it.
     tombstones: Counter,
@@ -296,7 +296,7 @@ impl PoolShared {
     /// worker then finds it free instead of blocking on it at once.
     fn provide_workers(&self, st: &mut State) -> Provide {
         let idle = self.gate.idle();
-        if idle.coming() > 0 || !self.gate.load().startable() {
+        if idle.coming() > 0 || !self.startable() {
             return Provide::NONE;
         }
         if idle.sleeping() > idle.signalled() {
@@ -314,10 +314,14 @@ impl PoolShared {
         Provide { wake: 0, spawn: 1 }
     }
 
-    /// After a change of the gate that left `after` (a push, a task taken):
-    /// wakes or starts a worker if a free slot could take a queued task and
-    /// none is coming. The lock is taken only then. Returns how many workers
-    /// could not be started.
+    /// A worker without a slot could take one now, for a queued task.
+    fn startable(&self) -> bool {
+        self.gate.load().has_room() && !self.queue.is_empty()
+    }
+
+    /// After a push that left the gate `after`: wakes or starts a worker if
+    /// a free slot could take the task and none is coming. The lock is taken
+    /// only then. Returns how many workers could not be started.
     #[inline(always)]
     fn wake_next(self: &Arc<Self>, after: Word) -> u32 {
         if self.gate.needs_worker(after) {
@@ -416,18 +420,27 @@ impl PoolShared {
         } else {
             tombstones
         };
-        u64::from(self.gate.load().pending()).saturating_sub(tombstones)
+        (self.queue.len() as u64).saturating_sub(tombstones)
     }
 
-    /// Queues an accepted task (its entry reserved in the gate first, so a
-    /// shutdown draining the queue finds it); returns the gate as left.
+    /// Queues an accepted task, unless the pool shut down (see the `gate`
+    /// module: a shutdown drains the queue once no submit is between its
+    /// look at the gate and the end of its push); returns the gate as left.
     fn push(&self, task: TaskRef) -> Result<Word, Error> {
-        let after = self.gate.reserve().map_err(|refused| match refused {
-            Refused::ShutDown => Error::ShutDown,
-            Refused::Full => Error::Busy,
-        })?;
+        let entered = self.gate.enter().map_err(|_| Error::ShutDown)?;
         self.queue.push(task);
-        Ok(after)
+        drop(entered);
+        Ok(self.gate.after_push())
+    }
+
+    /// Pops every entry of the queue: a task that has not started is
+    /// cancelled (on this thread), a tombstone dropped. A task withdrawn at
+    /// its submit or run inline is left alone.
+    fn drain(&self) {
+        while let Some(task) = self.queue.pop() {
+            task.cancel_unstarted();
+            self.tombstones.sub(1);
+        }
     }
 
     /// A pool let go of before it was quiet (its shutdown timed out) is no
@@ -630,7 +643,7 @@ impl Scheduler for PoolShared {
         st.limited.remove(&Ref::addr(&task));
         st.waiting -= 1;
         // Not shut down (checked under the lock, where a shutdown sets both
-        // flags) and never full (as many entries as slab slots at most).
+        // flags).
         self.push(task).expect("an admitted task is queued");
         true
     }
@@ -911,82 +924,92 @@ impl Worker {
             *timed_out = false;
             *may_spin = true;
         }
-        // An entry taken while spinning.
+        // A slot taken while spinning: the gate as that left it.
         let mut spun = None;
         loop {
-            let took = match spun.take() {
-                Some(after) => Took::Entry(after),
-                None => shared.gate.take(*holding),
+            // The slot held, while the gate lets it keep it, or a new one
+            // while a task is queued (`fresh`: the gate as that left it).
+            let fresh = if let Some(after) = spun.take() {
+                *holding = true;
+                Some(after)
+            } else if *holding {
+                *holding = shared.gate.keep_slot();
+                None
+            } else {
+                let after = shared.gate.take_slot(|| !shared.queue.is_empty());
+                *holding = after.is_some();
+                after
             };
-            match took {
-                Took::Entry(after) => {
-                    *holding = true;
-                    let task = pop_reserved(&shared.queue);
-                    if task.has_deadline() && task.overdue(Instant::now()) {
-                        // Expired here, in this worker's slot. Its callbacks
-                        // (free_arg, on_done) are made by the start routine
-                        // before this worker looks again, not after it parks.
-                        task.expire();
-                        shared.tombstones.sub(1);
-                        if sys::calls_deferred() {
-                            return Served::Again;
-                        }
-                        continue;
-                    }
-                    let Some(snapshot) = task.try_start(true) else {
-                        shared.tombstones.sub(1);
-                        continue;
-                    };
-                    // The next worker, if more may start (see provide_workers).
-                    shared.wake_next(after);
-                    *started = shared.record_start(&task);
-                    *running = Some(task.begin_run(snapshot));
-                    if let Some(hook) = shared.options.on_task_start {
-                        // Made before the work function, with its table installed.
-                        shared.call_task_hook(hook, &task, ASYNCIFY_PENDING, started.as_ref(), 0);
-                    }
-                    let (work, arg) = task.work();
-                    *taken = Some(task);
-                    self.stage = Stage::Work;
-                    return Served::Work(ForeignCall::Work(work, arg));
+            let popped = if *holding { shared.queue.pop() } else { None };
+            if *holding && popped.is_none() {
+                // Nothing queued: the slot goes back, then one more look (a
+                // submit meanwhile may have seen the slot still taken).
+                shared.gate.release();
+                *holding = false;
+                if shared.startable() {
+                    continue;
                 }
-                // The pool is not quiet yet: this worker still counts, and
-                // its leaving (under the lock) tells a waiting shutdown.
-                Took::Released(_) => *holding = false,
-                Took::Nothing => {}
+            }
+            if let Some(task) = popped {
+                if task.has_deadline() && task.overdue(Instant::now()) {
+                    // Expired here, in this worker's slot. Its callbacks
+                    // (free_arg, on_done) are made by the start routine
+                    // before this worker looks again, not after it parks.
+                    task.expire();
+                    shared.tombstones.sub(1);
+                    if sys::calls_deferred() {
+                        return Served::Again;
+                    }
+                    continue;
+                }
+                let Some(snapshot) = task.try_start(true) else {
+                    shared.tombstones.sub(1);
+                    continue;
+                };
+                if let Some(after) = fresh {
+                    // The next worker, if more may start (see provide_workers).
+                    if !shared.queue.is_empty() {
+                        shared.wake_next(after);
+                    }
+                }
+                *started = shared.record_start(&task);
+                *running = Some(task.begin_run(snapshot));
+                if let Some(hook) = shared.options.on_task_start {
+                    // Made before the work function, with its table installed.
+                    shared.call_task_hook(hook, &task, ASYNCIFY_PENDING, started.as_ref(), 0);
+                }
+                let (work, arg) = task.work();
+                *taken = Some(task);
+                self.stage = Stage::Work;
+                return Served::Work(ForeignCall::Work(work, arg));
             }
             if *may_spin
                 && !*timed_out
                 && spin::enabled()
                 && shared.gate.start_spinning(spin::max_spinners())
             {
-                // Watch the gate briefly before parking; a submit counts this
-                // worker as coming and wakes nobody. The entry is taken while
+                // Watch the queue briefly before parking; a submit counts this
+                // worker as coming and wakes nobody. The slot is taken while
                 // still counted: a spinner that stopped counting first would
                 // let the submit wake a parked worker for nothing (a futex
                 // wake on the submitter's path, and the spinning role moving
                 // to the woken worker).
                 *may_spin = false;
                 spin::spin_until(spin::Shared::SpinOn, || {
-                    if !shared.gate.load().startable() {
+                    if !shared.startable() {
                         return false;
                     }
-                    match shared.gate.take(false) {
-                        Took::Entry(after) => {
-                            spun = Some(after);
-                            true
-                        }
-                        _ => false,
-                    }
+                    spun = shared.gate.take_slot(|| !shared.queue.is_empty());
+                    spun.is_some()
                 });
                 shared.gate.stop_spinning();
                 continue;
             }
             let mut st = shared.lock();
-            if *timed_out && !st.shut_down && shared.gate.load().startable() {
+            if *timed_out && !st.shut_down && shared.startable() {
                 // A submit since the keep-alive ran out found this worker
                 // counted in `threads` and started nobody (under this lock,
-                // after its gate change): serve it instead of leaving.
+                // after its push): serve it instead of leaving.
                 *timed_out = false;
                 continue;
             }
@@ -998,7 +1021,7 @@ impl Worker {
                 return Served::Leave;
             }
             *may_spin = true;
-            if !shared.gate.sleep_or_retry() {
+            if !shared.gate.sleep_or_retry(|| !shared.queue.is_empty()) {
                 continue;
             }
             let (guard, wait) = shared
@@ -1261,15 +1284,10 @@ impl Pool {
             // the default pool is never dropped.
             std::mem::take(&mut st.limited).into_values().collect()
         };
-        // Every accepted task reserved its entry before the gate shut: the
-        // ones no worker took are drained here, the others started.
-        while shared.gate.take_for_drain() {
-            // Cancelled now (a task that has not started), or a tombstone
-            // already: a tombstone popped. A task withdrawn at its submit or
-            // run inline is left alone.
-            pop_reserved(&shared.queue).cancel_unstarted();
-            shared.tombstones.sub(1);
-        }
+        // Every submit that saw the gate open has pushed its task once this
+        // returns: the ones no worker took are drained here.
+        shared.gate.wait_for_submits();
+        shared.drain();
         for task in limited {
             task.cancel();
         }
