@@ -761,11 +761,29 @@ impl<T: Slotted> Ref<T> {
     /// up. False when it was released already.
     pub fn remove_own(this: &Ref<T>, handle: u64) -> bool {
         debug_assert_eq!(decode(handle).index, this.slot.index, "its own handle");
-        let released = T::slab().end_generation(this.slot, decode(handle).generation);
-        if released {
-            drop(Ref { slot: this.slot });
+        let generation_now = decode(handle).generation;
+        let mut word = this.slot.word.load(Acquire);
+        loop {
+            if generation(word) != generation_now {
+                return false;
+            }
+            // The handle's reference goes with its generation, in one step;
+            // `this` is another, so the slot stays.
+            debug_assert!(references(word) >= 2, "the handle's and this");
+            let new =
+                u64::from(next_generation(generation_now)) << 32 | u64::from(references(word) - 1);
+            match this
+                .slot
+                .word
+                .compare_exchange_weak(word, new, AcqRel, Acquire)
+            {
+                Ok(_) => {
+                    T::slab().released.add(1);
+                    return true;
+                }
+                Err(now) => word = now,
+            }
         }
-        released
     }
 
     /// The slot's address, for identity only (never dereferenced).

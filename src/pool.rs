@@ -41,7 +41,7 @@ use crate::overrides;
 use crate::shard::{Counter, Padded};
 use crate::spin;
 use crate::status::Error;
-use crate::status::ASYNCIFY_PENDING;
+use crate::status::{ASYNCIFY_OK, ASYNCIFY_PENDING};
 use crate::sys::{self, ForeignCall, LeakAtExit, Thread, ThreadBody};
 use crate::table::Table;
 use crate::task::{
@@ -589,6 +589,7 @@ impl Scheduler for PoolShared {
         self.counters.abandoned.add(1);
     }
 
+    #[inline]
     fn count_returned(&self, ok: bool) {
         let c = if ok {
             &self.counters.completed
@@ -879,7 +880,10 @@ impl Worker {
         self.running = None;
         let task = self.task.as_ref().expect("a task ran");
         self.stage = match task.end(decided) {
-            Some(report) => Stage::Ended(report),
+            Some(report) => {
+                self.shared.count_returned(report.0.status == ASYNCIFY_OK);
+                Stage::Ended(report)
+            }
             None => Stage::Done,
         };
     }

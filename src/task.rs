@@ -613,6 +613,7 @@ impl Task {
     /// Queued → Running, in a slot of its own (`own_slot`) or in the slot of
     /// a waiter that runs it inline. Returns the snapshot to install, or
     /// `None` when the task was cancelled or taken by another thread first.
+    #[inline]
     pub(crate) fn try_start(&self, own_slot: bool) -> Option<Table> {
         let snapshot = self.state.start(own_slot)?;
         // No admission or expiry is left to come. (The caller holds the
@@ -655,9 +656,10 @@ impl Task {
     /// Settles what [`Task::decide`] decided short of reporting it, once the
     /// runner dropped its [`Running`] (the thread's table restored): an
     /// abandoned run's result and argument go to their free functions; a
-    /// returned one is counted and given back as the
-    /// [`Report`] its runner makes next (a worker makes it as its own steps:
-    /// [`Task::done_call`], then [`Ref::after_on_done`]).
+    /// returned one is given back as the [`Report`] its runner counts
+    /// (`Scheduler::count_returned`) and makes next (a worker makes it as
+    /// its own steps: [`Task::done_call`], then [`Ref::after_on_done`]).
+    #[inline]
     pub(crate) fn end(&self, decided: Decided) -> Option<Report> {
         match decided {
             Decided::Abandoned(result) => {
@@ -666,10 +668,7 @@ impl Task {
                 free_with(self.free_arg(), self.calls.arg);
                 None
             }
-            Decided::Returned(outcome, to_callback) => {
-                self.pool().count_returned(outcome.status == ASYNCIFY_OK);
-                Some(Report(outcome, to_callback))
-            }
+            Decided::Returned(outcome, to_callback) => Some(Report(outcome, to_callback)),
         }
     }
 
@@ -786,6 +785,7 @@ impl Ref<Task> {
     pub(crate) fn complete(&self, running: Running, decided: Decided) {
         drop(running);
         if let Some(Report(outcome, result)) = self.end(decided) {
+            self.pool().count_returned(outcome.status == ASYNCIFY_OK);
             self.report(outcome, result);
         }
     }
