@@ -719,6 +719,26 @@ impl<T: Slotted> Slab<T> {
         }
     }
 
+    /// A reference to the value in slot `index` while one exists (a slot
+    /// in use), whichever handle names it: for a caller that knows some
+    /// other reference to that slot lives meanwhile (see [`Ref::index`]).
+    pub fn get_live(&self, index: u32) -> Option<Ref<T>> {
+        let slot = self.slot(index)?;
+        let mut word = slot.word.load(Acquire);
+        loop {
+            if references(word) == 0 {
+                return None;
+            }
+            match slot
+                .word
+                .compare_exchange_weak(word, word + 1, Acquire, Acquire)
+            {
+                Ok(_) => return Some(Ref { slot }),
+                Err(now) => word = now,
+            }
+        }
+    }
+
     /// Releases `handle`: it is invalid from now on. Returns the handle's
     /// reference to the value.
     pub fn remove(&self, handle: u64) -> Result<Ref<T>, HandleError> {
@@ -784,6 +804,12 @@ impl<T: Slotted> Ref<T> {
                 Err(now) => word = now,
             }
         }
+    }
+
+    /// The slot's index: names the value while this reference lives
+    /// (see [`Slab::get_live`]).
+    pub fn index(this: &Ref<T>) -> u32 {
+        this.slot.index
     }
 
     /// The slot's address, for identity only (never dereferenced).

@@ -23,7 +23,7 @@
 //! poll or wait that asks for it. A result that can no longer reach anyone
 //! (handle released, detached, abandoned task) goes to `free_result`.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::ffi::c_void;
 use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,7 +39,7 @@ use crate::limiter::{Limiter, Waiter};
 use crate::overrides::Installed;
 use crate::spin::Shared;
 use crate::status::*;
-use crate::sys::{self, ForeignCall, LeakAtExit};
+use crate::sys::{self, ForeignCall};
 use crate::table::Table;
 use crate::task_state::{Phase, TaskState};
 use crate::timer::{timer, Due};
@@ -306,9 +306,10 @@ pub struct Task {
 }
 
 thread_local! {
-    /// The task whose callable this thread is running, if any.
-    static CURRENT_TASK: LeakAtExit<RefCell<Option<TaskRef>>> =
-        const { LeakAtExit::new(RefCell::new(None)) };
+    /// The slot index + 1 of the task whose callable this thread is running
+    /// (0: none). The runner holds a reference to the task meanwhile, so
+    /// the index names that task (see `Slab::get_live`).
+    static CURRENT_TASK: Cell<u32> = const { Cell::new(0) };
     /// The address of the task whose `on_done` this thread is running (0:
     /// none). Only compared, never dereferenced.
     static REPORTING: Cell<usize> = const { Cell::new(0) };
@@ -318,8 +319,7 @@ thread_local! {
 /// a wait for it from here could never end.
 fn waits_for_itself(task: &TaskRef) -> bool {
     let address = Ref::addr(task);
-    REPORTING.with(Cell::get) == address
-        || CURRENT_TASK.with(|t| t.borrow().as_ref().is_some_and(|c| Ref::ptr_eq(c, task)))
+    REPORTING.with(Cell::get) == address || CURRENT_TASK.with(Cell::get) == Ref::index(task) + 1
 }
 
 /// What a publish leaves to do.
@@ -391,23 +391,25 @@ pub(crate) struct Running {
     _frame: Installed,
 }
 
-/// Makes a task the thread's current task while its callable runs.
+/// Makes a task the thread's current task while its callable runs (the
+/// runner holds the task meanwhile: no reference is taken for this).
 struct Current {
-    previous: Option<TaskRef>,
+    previous: u32,
 }
 
 impl Current {
+    #[inline(always)]
     fn new(task: &TaskRef) -> Current {
         Current {
-            previous: CURRENT_TASK.with(|t| t.replace(Some(task.clone()))),
+            previous: CURRENT_TASK.with(|t| t.replace(Ref::index(task) + 1)),
         }
     }
 }
 
 impl Drop for Current {
+    #[inline(always)]
     fn drop(&mut self) {
-        let previous = self.previous.take();
-        let _ = CURRENT_TASK.try_with(|t| t.replace(previous));
+        let _ = CURRENT_TASK.try_with(|t| t.set(self.previous));
     }
 }
 
@@ -1048,11 +1050,13 @@ pub fn wait_any(handles: &[u64], timeout: Option<Duration>) -> Result<Option<usi
 /// Inside a task: true once the task has been cancelled (it is abandoned and
 /// its result will be freed, so it may stop early). False outside tasks.
 pub fn cancel_requested() -> bool {
-    CURRENT_TASK.with(|t| {
-        t.borrow()
-            .as_ref()
-            .is_some_and(|task| task.state.is_cancelled())
-    })
+    match CURRENT_TASK.with(Cell::get) {
+        0 => false,
+        // The runner's reference keeps the slot this task's.
+        current => tasks()
+            .get_live(current - 1)
+            .is_some_and(|task| task.state.is_cancelled()),
+    }
 }
 
 impl Scheduled {
