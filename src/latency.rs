@@ -5,12 +5,12 @@
 //! power of two is split into 32 equal buckets, so a bucket's width is at most
 //! 1/32 of its lower bound and a percentile reported as the bucket's midpoint
 //! is within 1/64 (1.6 %) of a value that fell in it. 1,920 buckets cover every
-//! `u64`; a histogram is 15 KiB, made only for pools that record latency (four
+//! `u64`; a histogram is 15 KiB, made only for pools that record latency (ten
 //! of them per figure: see [`Sharded`]).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::shard::{shard, Padded, SHARDS};
+use crate::shard::{add_owned, owned, shard, Padded};
 
 const SUB_BITS: u32 = 5;
 const SUB: u64 = 1 << SUB_BITS;
@@ -84,6 +84,16 @@ impl Histogram {
         }
     }
 
+    /// [`Histogram::record`] into a histogram only the calling thread
+    /// writes (see [`crate::shard::owned`]): plain loads and stores.
+    fn record_owned(&self, ns: u64) {
+        add_owned(&self.buckets[index(ns)], 1);
+        add_owned(&self.sum, ns);
+        if ns > self.max.load(Relaxed) {
+            self.max.store(ns, Relaxed);
+        }
+    }
+
     /// The counts and percentiles now; exact when nothing records meanwhile.
     pub fn summary(&self) -> Summary {
         summary_of(std::iter::once(self))
@@ -126,8 +136,15 @@ fn summary_of<'a>(parts: impl Iterator<Item = &'a Histogram>) -> Summary {
     }
 }
 
+/// Parts of a [`Sharded`] histogram that their owner alone writes (the
+/// threads owning the first part indexes), and parts the others share.
+const OWNED_PARTS: usize = 8;
+const SHARED_PARTS: usize = 2;
+
 /// A histogram that threads record into in parts (by thread), so that
-/// workers on different CPUs seldom write the same cache lines; read as one.
+/// workers on different CPUs do not write the same cache lines, and the
+/// first threads with no locked instruction (see [`crate::shard`]); read as
+/// one.
 pub struct Sharded {
     /// Each on cache lines of its own: a part's `sum` and `max`, written
     /// per record, would otherwise share a line with the next part's.
@@ -137,7 +154,9 @@ pub struct Sharded {
 impl Default for Sharded {
     fn default() -> Self {
         Sharded {
-            parts: (0..SHARDS).map(|_| Padded(Histogram::default())).collect(),
+            parts: (0..OWNED_PARTS + SHARED_PARTS)
+                .map(|_| Padded(Histogram::default()))
+                .collect(),
         }
     }
 }
@@ -145,7 +164,10 @@ impl Default for Sharded {
 impl Sharded {
     /// Records one duration into the calling thread's part.
     pub fn record(&self, ns: u64) {
-        self.parts[shard()].record(ns);
+        match owned() {
+            Some(i) if i < OWNED_PARTS => self.parts[i].record_owned(ns),
+            _ => self.parts[OWNED_PARTS + shard() % SHARED_PARTS].record(ns),
+        }
     }
 
     /// The counts and percentiles of every part together.

@@ -1,24 +1,87 @@
 //! Counters that many threads bump: one part per cache line, each thread
-//! writing its own (by a per-thread index), read as their sum. A counter
-//! shared by the submitting thread and every worker would move its cache line
-//! between CPUs with every task.
+//! writing its own, read as their sum. A counter shared by the submitting
+//! thread and every worker would move its cache line between CPUs with every
+//! task.
+//!
+//! A thread first claims one of [`OWNED`] part indexes for itself alone
+//! (given back when it ends): its part of every counter is then written by
+//! no other thread, so a bump is a plain load and store, not a locked
+//! read-modify-write (tens of cycles each, several per task). Threads beyond
+//! those share [`SHARDS`] further parts by a per-thread index, with atomic
+//! additions. A claim and its release order the part's writes from one owner
+//! to the next (acquire and release on the claim bits).
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 
-/// How many parts a sharded figure has: a pool's workers at the default
-/// limit and a submitting thread mostly write parts of their own.
+/// How many shared parts a sharded figure has, for the threads that own no
+/// part (and the submitting counters of the gate).
 pub(crate) const SHARDS: usize = 8;
+
+/// How many part indexes threads may own at once.
+pub(crate) const OWNED: usize = 16;
 
 thread_local! {
     static SHARD: usize = {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         NEXT.fetch_add(1, Relaxed) % SHARDS
     };
+    static OWNER: Owner = Owner::claim();
 }
 
-/// The calling thread's part (0 while its thread-locals are being destroyed).
+/// The claimed part indexes, one bit each.
+static CLAIMED: AtomicU32 = AtomicU32::new(0);
+
+/// The part index this thread owns, if it could claim one.
+struct Owner {
+    index: Cell<Option<usize>>,
+}
+
+impl Owner {
+    fn claim() -> Owner {
+        let mut claimed = CLAIMED.load(Relaxed);
+        loop {
+            let free = !claimed & ((1u32 << OWNED) - 1);
+            if free == 0 {
+                return Owner {
+                    index: Cell::new(None),
+                };
+            }
+            let bit = free.trailing_zeros();
+            // Acquire: the previous owner's writes to the part come first.
+            match CLAIMED.compare_exchange_weak(claimed, claimed | 1 << bit, Acquire, Relaxed) {
+                Ok(_) => {
+                    return Owner {
+                        index: Cell::new(Some(bit as usize)),
+                    }
+                }
+                Err(now) => claimed = now,
+            }
+        }
+    }
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        // From here on this thread's bumps (from later thread-local
+        // destructors) go to the shared parts.
+        if let Some(index) = self.index.take() {
+            // Release: this owner's writes come before the next owner's.
+            CLAIMED.fetch_and(!(1u32 << index), Release);
+        }
+    }
+}
+
+/// The calling thread's shared part (0 while its thread-locals are being
+/// destroyed).
 pub(crate) fn shard() -> usize {
     SHARD.try_with(|s| *s).unwrap_or(0)
+}
+
+/// The part index the calling thread owns alone, if any.
+#[inline]
+pub(crate) fn owned() -> Option<usize> {
+    OWNER.try_with(|o| o.index.get()).ok().flatten()
 }
 
 /// A value alone on its cache line (two, for the adjacent-line prefetcher).
@@ -33,26 +96,41 @@ impl<T> std::ops::Deref for Padded<T> {
     }
 }
 
-/// A counter in [`SHARDS`] parts; it wraps, so a part may go "below 0" while
-/// the sum stays right.
+/// Adds `n` to a part only its owner writes: a plain load and store.
+#[inline]
+pub(crate) fn add_owned(part: &AtomicU64, n: u64) {
+    part.store(part.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+/// A counter in parts (see the module docs); it wraps, so a part may go
+/// "below 0" while the sum stays right.
 #[derive(Default)]
 pub(crate) struct Counter {
-    parts: [Padded<AtomicU64>; SHARDS],
+    owned: [Padded<AtomicU64>; OWNED],
+    shared: [Padded<AtomicU64>; SHARDS],
 }
 
 impl Counter {
+    #[inline]
     pub(crate) fn add(&self, n: u64) {
-        self.parts[shard()].0.fetch_add(n, Relaxed);
+        match owned() {
+            Some(i) => add_owned(&self.owned[i].0, n),
+            None => {
+                self.shared[shard()].0.fetch_add(n, Relaxed);
+            }
+        }
     }
 
+    #[inline]
     pub(crate) fn sub(&self, n: u64) {
-        self.parts[shard()].0.fetch_sub(n, Relaxed);
+        self.add(n.wrapping_neg());
     }
 
     /// The sum of the parts (exact when nobody is changing them).
     pub(crate) fn sum(&self) -> u64 {
-        self.parts
+        self.owned
             .iter()
+            .chain(&self.shared)
             .fold(0u64, |sum, p| sum.wrapping_add(p.0.load(Relaxed)))
     }
 }
@@ -80,5 +158,40 @@ mod tests {
             .collect();
         threads.into_iter().for_each(|t| t.join().unwrap());
         assert_eq!(c.sum(), 6 * 2000 - 500);
+    }
+
+    #[test]
+    fn threads_beyond_the_owned_parts_share_parts_and_nothing_is_lost() {
+        // More threads at once than parts can be owned, each holding its
+        // part while the others count; then more, reusing released parts.
+        let c = std::sync::Arc::new(Counter::default());
+        for _round in 0..2 {
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(OWNED + 8));
+            let threads: Vec<_> = (0..OWNED + 8)
+                .map(|_| {
+                    let (c, barrier) = (c.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        c.add(1);
+                        barrier.wait();
+                        for _ in 0..10_000 {
+                            c.add(1);
+                        }
+                        owned()
+                    })
+                })
+                .collect();
+            let owners: Vec<Option<usize>> =
+                threads.into_iter().map(|t| t.join().unwrap()).collect();
+            let mut indexes: Vec<usize> = owners.iter().flatten().copied().collect();
+            indexes.sort_unstable();
+            indexes.dedup();
+            assert_eq!(
+                indexes.len(),
+                owners.iter().flatten().count(),
+                "no two threads own one part"
+            );
+            assert!(owners.iter().any(Option::is_none), "some had to share");
+        }
+        assert_eq!(c.sum(), 2 * (OWNED as u64 + 8) * 10_001);
     }
 }
