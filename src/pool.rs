@@ -876,6 +876,7 @@ impl Worker {
     /// Restores the worker's table after its task and ends the task; its
     /// on_done and publishing are made next, by the thread's start routine
     /// (see `next`), and its slot goes back after them.
+    #[inline(always)]
     fn end(&mut self, decided: Decided) {
         self.running = None;
         let task = self.task.as_ref().expect("a task ran");

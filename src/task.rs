@@ -615,7 +615,7 @@ impl Task {
     /// Queued → Running, in a slot of its own (`own_slot`) or in the slot of
     /// a waiter that runs it inline. Returns the snapshot to install, or
     /// `None` when the task was cancelled or taken by another thread first.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn try_start(&self, own_slot: bool) -> Option<Table> {
         let snapshot = self.state.start(own_slot)?;
         // No admission or expiry is left to come. (The caller holds the
@@ -638,6 +638,7 @@ impl Task {
 
     /// The work function returned `code` and `result`: decides the outcome
     /// (unless a cancel already did), without reporting it yet.
+    #[inline(always)]
     pub(crate) fn decide(&self, code: i32, result: *mut c_void) -> Decided {
         let result = result as usize;
         let keep_result = self.calls.on_done.is_none();

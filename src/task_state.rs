@@ -328,6 +328,7 @@ impl<T: Default> TaskState<T> {
     /// result moves out for a completion queue's record. A `detached` task
     /// is released here. Returns (the moved result, a result nobody can
     /// receive any more, whether this released it).
+    #[inline]
     pub(crate) fn publish(&self, to_queue: bool, detached: bool) -> (usize, usize, bool) {
         let moved = if to_queue {
             self.result.swap(0, Relaxed)
