@@ -608,6 +608,7 @@ impl<T: Slotted> Slab<T> {
 
     /// Frees `slot` into this thread's run (see [`LocalFree`]), or onto
     /// the free list where the thread keeps none (or is ending).
+    #[inline]
     fn free_slot(&self, slot: &'static Slot<T>) {
         let local = T::local_free().and_then(|key| {
             key.try_with(|local| {

@@ -213,6 +213,7 @@ impl Installed {
 }
 
 /// The calling thread's inheritable table: what a task submitted now gets.
+#[inline]
 pub fn snapshot() -> Table {
     if !FRAME_USED.with(Cell::get) {
         return Table::new();

@@ -426,6 +426,7 @@ impl PoolShared {
     /// Queues an accepted task, unless the pool shut down (see the `gate`
     /// module: a shutdown drains the queue once no submit is between its
     /// look at the gate and the end of its push); returns the gate as left.
+    #[inline(always)]
     fn push(&self, task: TaskRef) -> Result<Word, Error> {
         let entered = self.gate.enter().map_err(|_| Error::ShutDown)?;
         self.queue.push(task);

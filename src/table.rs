@@ -228,6 +228,7 @@ impl Table {
 
     /// [`Table::for_task`] of a table the caller gives up: without clone
     /// functions, the table itself, with no reference count touched.
+    #[inline]
     pub fn into_task(self) -> Table {
         if self.cloned.is_none() {
             return self;

@@ -458,6 +458,7 @@ impl Slotted for Task {
     /// The slot is free: what the task held goes (its queue, its table),
     /// but for its pool and limiter, which the slot keeps (see
     /// [`Task::insert`]).
+    #[inline(always)]
     fn clear(&mut self) {
         if let Some(rare) = &mut self.rare {
             rare.cq = None;
