@@ -13,7 +13,8 @@
 //! the submitting thread and the workers for it.
 //!
 //! A submit counts itself in its thread's part of the *submitting*
-//! counters (see [`crate::shard`]: no line shared with other threads), reads
+//! counters (see [`crate::shard`]: shared only by threads beyond the parts'
+//! number), reads
 //! the word (refused when shut down), pushes its task, counts itself out,
 //! and reads the word again to wake a worker when a slot is free and none
 //! is coming. A shutdown sets the bit, waits until no submit is counted in
@@ -176,6 +177,12 @@ impl Gate {
     /// shut-down bit. Hold what it returns until the push is done.
     #[inline(always)]
     pub(crate) fn enter(&self) -> Result<Entered<'_>, ShutDown> {
+        // Refused at once once shut down (the bit never clears): a flood of
+        // refused submits then never counts itself in, which the shutdown
+        // waits out.
+        if self.load().shut() {
+            return Err(ShutDown);
+        }
         let count = &self.submitting[shard()].0;
         count.fetch_add(1, SeqCst);
         // See `after_push`.
@@ -210,9 +217,7 @@ impl Gate {
     }
 
     /// The gate right after a push of the queue (a `SeqCst`
-    /// read-modify-write): whether the pool shut down (the submit then
-    /// withdraws its task) and whether a slot is free (see
-    /// [`Gate::needs_worker`]).
+    /// read-modify-write), for [`Gate::needs_worker`].
     #[inline(always)]
     pub(crate) fn after_push(&self) -> Word {
         // A `SeqCst` load after the push's `SeqCst` read-modify-write is
@@ -279,11 +284,19 @@ impl Gate {
     /// counted in later is refused).
     pub(crate) fn wait_for_submits(&self) {
         for count in &self.submitting {
+            let mut round = 0u32;
             while count.0.load(SeqCst) != 0 {
                 #[cfg(not(all(test, loom)))]
-                std::thread::yield_now();
+                if round < 64 {
+                    std::thread::yield_now();
+                } else {
+                    // A submitter preempted mid-push, or a yield that does
+                    // not let it run (a real-time caller): sleep instead.
+                    std::thread::sleep(std::time::Duration::from_micros(50));
+                }
                 #[cfg(all(test, loom))]
                 loom::thread::yield_now();
+                round = round.saturating_add(1);
             }
         }
     }
@@ -428,8 +441,8 @@ mod loom_tests {
     //! counter of entries (a push is a `SeqCst` read-modify-write, as the
     //! queue's is): a task pushed while the only worker goes idle (spins,
     //! then parks) or gives its slot back is always taken; the limit is never
-    //! exceeded; a submit racing a shutdown is either refused (and withdraws
-    //! its task) or its task is drained or run, exactly once.
+    //! exceeded; a submit racing a shutdown is either refused or its task
+    //! is drained or run, exactly once.
     use super::*;
     use loom::sync::atomic::{AtomicBool, AtomicU32};
     use loom::sync::{Arc, Condvar, Mutex};

@@ -11,7 +11,7 @@
 //! - [`status`], [`handles`] (task memory: a lock-free slab of slots named by
 //!   generation-checked handles), `spin`
 //! - `fork`: the fork epoch's handlers; a leaf that others register locks with
-//! - `gate`: a pool's queue entries, slots in use and limit as one atomic
+//! - `gate`: a pool's slots in use, limit and shut-down bit as one atomic
 //!   word, and its idle workers as another (the lock-free scheduling core)
 //! - [`latency`]: lock-free latency histograms
 //! - `timer`: the library's timer thread (deadlines, rate limiters' tokens)

@@ -182,7 +182,7 @@ pub struct Stats {
     /// Tasks waiting to start: in the queue, or waiting for their limiter.
     pub queued: u64,
     /// Slots in use (callables running, abandoned ones included; for a
-    /// moment also a worker skipping the queue entry of a task that left).
+    /// moment also a worker between two tasks, or finding the queue empty).
     pub running: u64,
     /// Tasks accepted by submit.
     pub submitted: u64,
@@ -288,8 +288,8 @@ impl PoolShared {
     /// Decides whether to wake a parked worker or start a new one, so that a
     /// thread is coming for the tasks that may start now. One at a time: while
     /// a worker is coming (woken, starting or spinning) nobody else is woken,
-    /// and each worker that takes a task while more may start calls this
-    /// again (through [`PoolShared::wake_next`]), so a burst fills the free
+    /// and each worker that takes a free slot while more tasks are queued
+    /// calls this again (through [`PoolShared::wake_next`]), so a burst fills the free
     /// slots one wake-up after another and a flood of short tasks wakes no
     /// worker that would find the queue empty. The caller wakes them with
     /// [`PoolShared::wake_and_spawn`] once it has let go of the lock: a woken
@@ -957,6 +957,14 @@ impl Worker {
                 }
             }
             if let Some(task) = popped {
+                if let Some(after) = fresh {
+                    // A slot just taken: the next worker, if more may start
+                    // (see provide_workers). Before the entry is looked at:
+                    // a tombstone or an expired task does not end the chain.
+                    if !shared.queue.is_empty() {
+                        shared.wake_next(after);
+                    }
+                }
                 if task.has_deadline() && task.overdue(Instant::now()) {
                     // Expired here, in this worker's slot. Its callbacks
                     // (free_arg, on_done) are made by the start routine
@@ -972,12 +980,6 @@ impl Worker {
                     shared.tombstones.sub(1);
                     continue;
                 };
-                if let Some(after) = fresh {
-                    // The next worker, if more may start (see provide_workers).
-                    if !shared.queue.is_empty() {
-                        shared.wake_next(after);
-                    }
-                }
                 *started = shared.record_start(&task);
                 *running = Some(task.begin_run(snapshot));
                 if let Some(hook) = shared.options.on_task_start {

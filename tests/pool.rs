@@ -746,3 +746,37 @@ fn a_submit_racing_the_last_workers_keep_alive_still_runs() {
     }
     assert_eq!(pool.shutdown(None), Ok(true));
 }
+
+/// A worker's start hook that takes a while: the worker counts as coming
+/// meanwhile, so submits wake nobody else.
+extern "C" fn slow_start(_: *mut c_void) {
+    std::thread::sleep(Duration::from_millis(50));
+}
+
+/// The first worker takes a slot for an entry whose task left the queue
+/// (cancelled while that worker was starting): it must still wake the next
+/// worker for the tasks queued behind, so that they run side by side, not
+/// one after another on that one worker.
+#[test]
+fn a_worker_skipping_a_cancelled_task_still_wakes_the_next() {
+    let lane = &LANE_STORE[12];
+    lane.sleep_ms.store(300, SeqCst);
+    let pool = Pool::with_options(PoolOptions {
+        max_workers: 4,
+        on_thread_start: Some(slow_start),
+        ..PoolOptions::default()
+    });
+    let first = submit(&pool, 12, 0);
+    assert_eq!(task::cancel(first).unwrap().status, ASYNCIFY_CANCELLED);
+    task::release(first).unwrap();
+    let start = Instant::now();
+    let hs: Vec<u64> = (1..5).map(|n| submit(&pool, 12, n)).collect();
+    hs.into_iter().for_each(wait_ok);
+    let took = start.elapsed();
+    assert!(
+        lane.max_running.load(SeqCst) >= 2,
+        "the queued tasks ran one by one ({took:?})"
+    );
+    assert!(took < Duration::from_millis(1100), "{took:?}");
+    assert_eq!(pool.shutdown(None), Ok(true));
+}

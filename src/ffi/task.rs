@@ -217,13 +217,15 @@ pub extern "C" fn asyncify_submit(
                 "ASYNCIFY_SUBMIT_EMPTY_CONTEXT and a context exclude each other",
             ));
         }
-        let cq = if o.cq.is_null() {
+        // Each pointer read once: the caller's struct is not copied.
+        let (cq, limiter) = (o.cq, o.limiter);
+        let cq = if cq.is_null() {
             None
         } else {
-            Some(queue_ref(o.cq)?.clone())
+            Some(queue_ref(cq)?.clone())
         };
         let pool = pool_or_default(o.pool);
-        let limiter = (!o.limiter.is_null()).then(|| limiter_ref(o.limiter));
+        let limiter = (!limiter.is_null()).then(|| limiter_ref(limiter));
         let spec = TaskSpec::new(work, arg)
             .limiter(limiter)
             .start_within_ms(o.start_within_ms)
