@@ -4,20 +4,21 @@
 //! The *gate* word holds the slots in use (`busy`), the limit and the
 //! shut-down bit. A *slot* is the right to run one callable. A worker takes
 //! one by a CAS that sees all three, only while `busy < limit`, not shut
-//! down, and the queue has an entry (so the limit bounds running callables
+//! down, and the queue has an entry (so no slot is taken beyond the limit,
 //! also while it changes); it then pops tasks from the queue itself, one
 //! after another, and looks at the word (a read, no write) before each pop:
 //! it gives its slot back when the limit went below `busy` or the pool shut
-//! down, or when its pop found the queue empty. While tasks flow, workers
+//! down, or when its pop found the queue empty (a worker that looked just
+//! before the limit was lowered may still start the task it was taking, as
+//! one whose CAS came just before would). While tasks flow, workers
 //! keep their slots and the word is only read: no cache line moves between
 //! the submitting thread and the workers for it.
 //!
 //! A submit counts itself in its thread's part of the *submitting*
 //! counters (see [`crate::shard`]: shared only by threads beyond the parts'
-//! number), reads
-//! the word (refused when shut down), pushes its task, counts itself out,
-//! and reads the word again to wake a worker when a slot is free and none
-//! is coming. A shutdown sets the bit, waits until no submit is counted in
+//! number), reads the word (refused when shut down), pushes its task,
+//! counts itself out, and reads the word again to wake a worker when a slot
+//! is free and none is coming. A shutdown sets the bit, waits until no submit is counted in
 //! (each one that saw the gate open has pushed), then pops every entry,
 //! cancelling its task; a worker holding a slot that looked before the bit
 //! was set may still start one task, as if it had popped it just before.
