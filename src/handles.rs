@@ -370,6 +370,27 @@ pub struct Ref<T: Slotted> {
     slot: &'static Slot<T>,
 }
 
+/// A new reference to `slot`'s value while it has one and `valid(word)`
+/// says its word still names the wanted value.
+fn take_reference<T: Slotted>(
+    slot: &'static Slot<T>,
+    valid: impl Fn(u64) -> bool,
+) -> Option<Ref<T>> {
+    let mut word = slot.word.load(Acquire);
+    loop {
+        if references(word) == 0 || !valid(word) {
+            return None;
+        }
+        match slot
+            .word
+            .compare_exchange_weak(word, word + 1, Acquire, Acquire)
+        {
+            Ok(_) => return Some(Ref { slot }),
+            Err(now) => word = now,
+        }
+    }
+}
+
 fn split(index: u32) -> (usize, usize) {
     let n = u64::from(index) + (1 << FIRST_SEGMENT_BITS);
     let bit = 63 - n.leading_zeros();
@@ -705,61 +726,41 @@ impl<T: Slotted> Slab<T> {
     /// A reference to the value `handle` names.
     pub fn get(&self, handle: u64) -> Result<Ref<T>, HandleError> {
         let (parts, slot) = self.check(handle)?;
-        let mut word = slot.word.load(Acquire);
-        loop {
-            if generation(word) != parts.generation || references(word) == 0 {
-                return Err(HandleError::Invalid);
-            }
-            match slot
-                .word
-                .compare_exchange_weak(word, word + 1, Acquire, Acquire)
-            {
-                Ok(_) => return Ok(Ref { slot }),
-                Err(now) => word = now,
-            }
-        }
+        take_reference(slot, |word| generation(word) == parts.generation)
+            .ok_or(HandleError::Invalid)
     }
 
     /// A reference to the value in slot `index` while one exists (a slot
     /// in use), whichever handle names it: for a caller that knows some
     /// other reference to that slot lives meanwhile (see [`Ref::index`]).
     pub fn get_live(&self, index: u32) -> Option<Ref<T>> {
-        let slot = self.slot(index)?;
-        let mut word = slot.word.load(Acquire);
-        loop {
-            if references(word) == 0 {
-                return None;
-            }
-            match slot
-                .word
-                .compare_exchange_weak(word, word + 1, Acquire, Acquire)
-            {
-                Ok(_) => return Some(Ref { slot }),
-                Err(now) => word = now,
-            }
-        }
+        take_reference(self.slot(index)?, |_| true)
     }
 
     /// Releases `handle`: it is invalid from now on. Returns the handle's
     /// reference to the value.
     pub fn remove(&self, handle: u64) -> Result<Ref<T>, HandleError> {
         let (parts, slot) = self.check(handle)?;
-        self.end_generation(slot, parts.generation)
+        self.end_generation(slot, parts.generation, false)
             .then(|| Ref { slot })
             .ok_or(HandleError::Invalid)
     }
 
     /// Moves `slot` past `generation` (its handle's) unless it is there
-    /// already: true when this call released the handle, whose reference
-    /// the caller then holds.
-    fn end_generation(&self, slot: &Slot<T>, generation_now: u32) -> bool {
+    /// already: true when this call released the handle. The handle's
+    /// reference then goes in the same step with `drop_reference` (the
+    /// caller holds another), else it is the caller's.
+    #[inline]
+    fn end_generation(&self, slot: &Slot<T>, generation_now: u32, drop_reference: bool) -> bool {
+        let dropped = u32::from(drop_reference);
         let mut word = slot.word.load(Acquire);
         loop {
             if generation(word) != generation_now || references(word) == 0 {
                 return false;
             }
-            let new =
-                u64::from(next_generation(generation_now)) << 32 | u64::from(references(word));
+            debug_assert!(references(word) > dropped, "another reference stays");
+            let new = u64::from(next_generation(generation_now)) << 32
+                | u64::from(references(word) - dropped);
             match slot.word.compare_exchange_weak(word, new, AcqRel, Acquire) {
                 Ok(_) => {
                     self.released.add(1);
@@ -782,29 +783,9 @@ impl<T: Slotted> Ref<T> {
     /// up. False when it was released already.
     pub fn remove_own(this: &Ref<T>, handle: u64) -> bool {
         debug_assert_eq!(decode(handle).index, this.slot.index, "its own handle");
-        let generation_now = decode(handle).generation;
-        let mut word = this.slot.word.load(Acquire);
-        loop {
-            if generation(word) != generation_now {
-                return false;
-            }
-            // The handle's reference goes with its generation, in one step;
-            // `this` is another, so the slot stays.
-            debug_assert!(references(word) >= 2, "the handle's and this");
-            let new =
-                u64::from(next_generation(generation_now)) << 32 | u64::from(references(word) - 1);
-            match this
-                .slot
-                .word
-                .compare_exchange_weak(word, new, AcqRel, Acquire)
-            {
-                Ok(_) => {
-                    T::slab().released.add(1);
-                    return true;
-                }
-                Err(now) => word = now,
-            }
-        }
+        // The handle's reference goes with its generation, in one step;
+        // `this` is another, so the slot stays.
+        T::slab().end_generation(this.slot, decode(handle).generation, true)
     }
 
     /// The slot's index: names the value while this reference lives
