@@ -289,9 +289,9 @@ impl PoolShared {
     /// thread is coming for the tasks that may start now. One at a time: while
     /// a worker is coming (woken, starting or spinning) nobody else is woken,
     /// and each worker that takes a free slot while more tasks are queued
-    /// calls this again (through [`PoolShared::wake_next`]), so a burst fills the free
-    /// slots one wake-up after another and a flood of short tasks wakes no
-    /// worker that would find the queue empty. The caller wakes them with
+    /// calls this again (through [`PoolShared::wake_next`]), so a burst
+    /// fills the free slots one wake-up after another and a flood of short
+    /// tasks wakes no worker that would find the queue empty. The caller wakes them with
     /// [`PoolShared::wake_and_spawn`] once it has let go of the lock: a woken
     /// worker then finds it free instead of blocking on it at once.
     fn provide_workers(&self, st: &mut State) -> Provide {
