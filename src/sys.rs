@@ -1,7 +1,8 @@
 //! The operating-system calls the engine needs that std does not offer: the
-//! completion queue's descriptor (an eventfd, or a pipe), the fork handlers, and the worker threads
-//! (started with `pthread_create` so that a foreign unwind out of a work
-//! function is sound; see [`ThreadBody`]). The only OS-specific module.
+//! completion queue's descriptor (an eventfd, or a pipe), the fork handlers,
+//! waiting on an atomic word (a futex, or a table of locks), and the worker
+//! threads (started with `pthread_create` so that a foreign unwind out of a
+//! work function is sound; see [`ThreadBody`]). The only OS-specific module.
 
 #![allow(unsafe_code)]
 
@@ -13,6 +14,10 @@ use std::mem::{ManuallyDrop, MaybeUninit};
 use std::ops::Deref;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::panic::AssertUnwindSafe;
+#[cfg(not(all(test, loom)))]
+use std::sync::atomic::AtomicU32;
+#[cfg(not(all(test, loom)))]
+use std::time::Instant;
 
 /// A descriptor that is readable exactly while its owner says so, for an
 /// event loop to watch: a completion queue's. An eventfd on Linux; a
@@ -439,6 +444,117 @@ thread_local! {
     static RETIRED: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Sleeps while `word` holds `expected`, until [`wake_all`] on it or
+/// `deadline`; may also return early for no reason, so the caller looks at
+/// the word again. No wake-up is lost: the word is compared with
+/// `expected` at the moment the thread goes to sleep, and a waker changes it
+/// before it wakes. `word` must live until its waiters have returned.
+#[cfg(not(all(test, loom)))]
+pub(crate) fn wait_on(word: &AtomicU32, expected: u32, deadline: Option<Instant>) {
+    #[cfg(target_os = "linux")]
+    futex::wait(word, expected, deadline);
+    #[cfg(not(target_os = "linux"))]
+    locks::wait(word, expected, deadline);
+}
+
+/// Wakes every thread in [`wait_on`] for `word`, which the caller has
+/// changed since they looked at it.
+#[cfg(not(all(test, loom)))]
+pub(crate) fn wake_all(word: &AtomicU32) {
+    #[cfg(target_os = "linux")]
+    futex::wake_all(word);
+    #[cfg(not(target_os = "linux"))]
+    locks::wake_all(word);
+}
+
+#[cfg(all(target_os = "linux", not(all(test, loom))))]
+mod futex {
+    use super::*;
+
+    pub(super) fn wait(word: &AtomicU32, expected: u32, deadline: Option<Instant>) {
+        let timeout = match deadline {
+            None => None,
+            Some(d) => match d.checked_duration_since(Instant::now()) {
+                None => return,
+                Some(left) => Some(libc::timespec {
+                    tv_sec: left.as_secs().min(i64::MAX as u64) as libc::time_t,
+                    tv_nsec: left.subsec_nanos() as libc::c_long,
+                }),
+            },
+        };
+        let timeout_ptr = timeout
+            .as_ref()
+            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        // SAFETY: a futex wait on a live, aligned 32-bit atomic with a
+        // relative timeout (or none); it only reads the word. Interrupted,
+        // timed out or woken, it returns, and the caller looks again.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                word.as_ptr(),
+                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                expected,
+                timeout_ptr,
+            )
+        };
+    }
+
+    pub(super) fn wake_all(word: &AtomicU32) {
+        // SAFETY: a futex wake names the word's address only; no memory is
+        // read or written.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                word.as_ptr(),
+                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                i32::MAX,
+            )
+        };
+    }
+}
+
+/// [`wait_on`] and [`wake_all`] without a futex: a fixed table of locks and
+/// condition variables, picked by the word's address. A waiter compares the
+/// word under its lock, a waker takes that lock after changing the word, so
+/// no wake-up is lost; words that share a place only wake each other for
+/// nothing. (Built on Linux for its test.)
+#[cfg(all(any(not(target_os = "linux"), test), not(all(test, loom))))]
+mod locks {
+    use super::*;
+    use std::sync::{Condvar, Mutex};
+
+    const PLACES: usize = 64;
+
+    static TABLE: [(Mutex<()>, Condvar); PLACES] =
+        [const { (Mutex::new(()), Condvar::new()) }; PLACES];
+
+    fn place(word: &AtomicU32) -> &'static (Mutex<()>, Condvar) {
+        &TABLE[(word.as_ptr() as usize >> 2) % PLACES]
+    }
+
+    pub(super) fn wait(word: &AtomicU32, expected: u32, deadline: Option<Instant>) {
+        let (lock, woken) = place(word);
+        let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if word.load(std::sync::atomic::Ordering::Relaxed) != expected {
+            return;
+        }
+        match deadline {
+            None => drop(woken.wait(guard)),
+            Some(d) => {
+                if let Some(left) = d.checked_duration_since(Instant::now()) {
+                    drop(woken.wait_timeout(guard, left));
+                }
+            }
+        }
+    }
+
+    pub(super) fn wake_all(word: &AtomicU32) {
+        let (lock, woken) = place(word);
+        drop(lock.lock().unwrap_or_else(|e| e.into_inner()));
+        woken.notify_all();
+    }
+}
+
 /// Whether a thread-local destructor running now must leak what it holds
 /// instead of dropping it (see [`LeakAtExit`]): the thread was ended inside
 /// a foreign call, or it has retired.
@@ -679,6 +795,45 @@ fn set_in_foreign_call(inside: bool) {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+
+    /// A sleeper on a word wakes when another thread changes the word and
+    /// wakes it, and a deadline ends a sleep nobody ends; for the futex and
+    /// for the table of locks alike.
+    #[test]
+    fn a_word_sleeper_wakes_on_a_change_or_its_deadline() {
+        type Wait = fn(&AtomicU32, u32, Option<Instant>);
+        type Wake = fn(&AtomicU32);
+        let ways: [(Wait, Wake); 2] = [(wait_on, wake_all), (locks::wait, locks::wake_all)];
+        for (wait, wake) in ways {
+            let word = std::sync::Arc::new(AtomicU32::new(0));
+            let sleeper = {
+                let word = word.clone();
+                std::thread::spawn(move || {
+                    let t = Instant::now();
+                    while word.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                        wait(&word, 0, None);
+                    }
+                    t.elapsed()
+                })
+            };
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            word.store(1, std::sync::atomic::Ordering::Release);
+            wake(&word);
+            let slept = sleeper.join().unwrap();
+            assert!(slept >= std::time::Duration::from_millis(40), "{slept:?}");
+            // It may return early (a signal): the caller looks again.
+            let t = Instant::now();
+            let deadline = t + std::time::Duration::from_millis(30);
+            while Instant::now() < deadline {
+                wait(&word, 1, Some(deadline));
+            }
+            assert!(t.elapsed() < std::time::Duration::from_secs(2));
+            // A word that no longer holds what the caller saw: no sleep.
+            let t = Instant::now();
+            wait(&word, 0, None);
+            assert!(t.elapsed() < std::time::Duration::from_secs(1));
+        }
+    }
 
     /// Durations read with `now_ns` agree with the monotonic clock's, before
     /// the time-stamp counter is calibrated (where it is used), across the

@@ -17,10 +17,11 @@
 //!   whoever takes it (a poll or wait after the publish, or the free of a
 //!   result nobody can receive: publish and release each set their flag with
 //!   one `fetch_or`, and whichever sees the other's flag frees it);
-//! - a waiter sets `WAITERS` under the waiters' lock before it sleeps, and a
-//!   publisher that sees the flag takes that lock before it notifies, so no
-//!   wake-up is lost (both are read-modify-writes of the one word, so one
-//!   sees the other's).
+//! - a waiter sets `WAITERS` before it sleeps on the word (a futex: it
+//!   sleeps only while the word is what it last saw), and a publisher that
+//!   sees the flag wakes the word's sleepers after its `fetch_or` changed
+//!   it, so no wake-up is lost (both are read-modify-writes of the one word,
+//!   so one sees the other's).
 //!
 //! The code and result are written by the thread that decided the outcome,
 //! before it publishes; readers look at them only after they saw
@@ -38,8 +39,6 @@ use loom::sync::{Condvar, Mutex};
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, SeqCst};
 #[cfg(not(all(test, loom)))]
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize};
-#[cfg(not(all(test, loom)))]
-use std::sync::{Condvar, Mutex};
 
 use crate::status::*;
 
@@ -157,8 +156,10 @@ pub(crate) struct TaskState<T> {
     /// A result that has not moved yet (0: none).
     result: AtomicUsize,
     start_with: Owned<T>,
-    waiters: Mutex<()>,
-    published: Condvar,
+    /// Under loom, what a futex on `word` does: a waiter compares the word
+    /// under the lock, a waker takes the lock after changing it.
+    #[cfg(all(test, loom))]
+    parking: (Mutex<()>, Condvar),
 }
 
 /// What a cancel or an expiry decided (see [`TaskState::decide_early`]).
@@ -189,8 +190,8 @@ impl<T: Default> TaskState<T> {
             code: AtomicI32::new(0),
             result: AtomicUsize::new(0),
             start_with: Owned::new(start_with),
-            waiters: Mutex::new(()),
-            published: Condvar::new(),
+            #[cfg(all(test, loom))]
+            parking: (Mutex::new(()), Condvar::new()),
         }
     }
 
@@ -346,8 +347,7 @@ impl<T: Default> TaskState<T> {
             0
         };
         if was & WAITERS != 0 {
-            let _lock = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
-            self.published.notify_all();
+            self.wake_all();
         }
         (moved, orphan, detached && was & RELEASED == 0)
     }
@@ -402,26 +402,41 @@ impl<T: Default> TaskState<T> {
         if self.is_published() {
             return true;
         }
-        let mut lock = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
-        // Under the lock: a publish that sees the flag takes the lock
-        // before it notifies, so it finds this thread asleep or done.
-        self.word.fetch_or(WAITERS, AcqRel);
-        while !self.is_published() {
-            lock = match deadline {
-                None => self.published.wait(lock).unwrap_or_else(|e| e.into_inner()),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return false;
-                    }
-                    self.published
-                        .wait_timeout(lock, d - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                }
-            };
+        // A publish after this sees the flag and wakes the word's sleepers.
+        let mut w = self.word.fetch_or(WAITERS, Acquire) | WAITERS;
+        while w & PUBLISHED == 0 {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return false;
+            }
+            self.sleep_while(w, deadline);
+            w = self.word.load(Acquire);
         }
         true
+    }
+
+    /// Sleeps while the word holds `seen` (see `sys::wait_on`).
+    #[cfg(not(all(test, loom)))]
+    fn sleep_while(&self, seen: u32, deadline: Option<Instant>) {
+        crate::sys::wait_on(&self.word, seen, deadline);
+    }
+
+    #[cfg(not(all(test, loom)))]
+    fn wake_all(&self) {
+        crate::sys::wake_all(&self.word);
+    }
+
+    #[cfg(all(test, loom))]
+    fn sleep_while(&self, seen: u32, _deadline: Option<Instant>) {
+        let lock = self.parking.0.lock().unwrap();
+        if self.word.load(Relaxed) == seen {
+            drop(self.parking.1.wait(lock).unwrap());
+        }
+    }
+
+    #[cfg(all(test, loom))]
+    fn wake_all(&self) {
+        drop(self.parking.0.lock().unwrap());
+        self.parking.1.notify_all();
     }
 
     /// Waiting for its limiter, undecided.
