@@ -38,7 +38,9 @@
 //! every push and pop (`tag << 32 | index + 1`), so a pop whose head changed
 //! under it (the ABA case: popped and pushed back meanwhile) fails its CAS.
 //! Slots live in segments that are never freed, so reading a slot's link is
-//! always safe, even for a pop that then loses its CAS. No lock: a forked
+//! always safe, even for a pop that then loses its CAS. A segment is
+//! allocated zeroed: all zeroes is a slot never taken (its word 0 lets no
+//! lookup take it) holding its type's default value (see [`Slotted`]). No lock: a forked
 //! child can never find one held.
 //!
 //! Most slots never reach that list one by one: a thread frees slots into a
@@ -55,6 +57,7 @@
 
 #[cfg(all(test, loom))]
 use loom::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64};
+use std::mem::MaybeUninit;
 use std::sync::atomic::AtomicU8;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 #[cfg(not(all(test, loom)))]
@@ -87,7 +90,11 @@ pub enum HandleError {
 
 /// What a slab holds: a value that can be emptied in place when its slot is
 /// freed (dropping what it owns) and filled again when the slot is reused.
-pub trait Slotted: Default + Send + Sync + 'static {
+///
+/// # Safety
+/// All zero bytes must be a valid value of the type, the one `Default`
+/// gives: a slot never taken is zeroed memory, its value never written.
+pub unsafe trait Slotted: Default + Send + Sync + 'static {
     /// The slab that holds every value of this type.
     fn slab() -> &'static Slab<Self>;
     /// Drops what the value owns; called by the thread that dropped the last
@@ -111,13 +118,18 @@ pub trait Slotted: Default + Send + Sync + 'static {
 ///   worker frees many and takes none;
 /// - its inserts take from its own chain; an empty chain takes the thread's
 ///   own run first (no atomic operation: a thread that submits, waits and
-///   releases reuses its own slots), then one chain from the depot (so that
-///   several submitting threads share the freed slots a run at a time),
-///   then the whole shared list with one atomic swap.
+///   releases reuses its own slots), then the never-taken slots it reserved,
+///   then one chain from the depot (so that several submitting threads
+///   share the freed slots a run at a time), then the whole shared list
+///   with one atomic swap, and with nothing free anywhere it reserves
+///   `FRESH_RUN` never-taken slots with one `fetch_add` (a burst deeper
+///   than every freed slot takes a new slot per task: one add per run, and
+///   no per-slot work but writing its index and generation, see `Slot`).
 ///
 /// Both chains go back into the depot when the thread ends, whole: a chain
 /// taken from the shared list may be long, and walking it to its end would
-/// touch every slot (onto the shared list only with the depot full).
+/// touch every slot (onto the shared list only with the depot full). Its
+/// unused reserved slots go onto the shared list.
 pub struct LocalFree<T: Slotted> {
     /// The chain inserts take from: its first slot's index + 1 (0: empty).
     head: std::cell::Cell<u32>,
@@ -126,11 +138,19 @@ pub struct LocalFree<T: Slotted> {
     freed: std::cell::Cell<u32>,
     freed_last: std::cell::Cell<Option<&'static Slot<T>>>,
     freed_len: std::cell::Cell<u32>,
+    /// Slots never taken, reserved together: from index `fresh_next` up to
+    /// `fresh_end` (exclusive).
+    fresh_next: std::cell::Cell<u32>,
+    fresh_end: std::cell::Cell<u32>,
     _slab: std::marker::PhantomData<T>,
 }
 
 /// How many slots a thread frees before it hands them on together.
 pub const FREED_RUN: u32 = 32;
+
+/// How many never-taken slots a thread reserves at once when no free one
+/// is left (see [`LocalFree`]).
+const FRESH_RUN: u32 = 32;
 
 /// How many whole chains the depot holds; the last `EXIT_PLACES` only
 /// chains given back by an ending thread (which would otherwise have to be
@@ -152,6 +172,8 @@ impl<T: Slotted> LocalFree<T> {
             freed: std::cell::Cell::new(0),
             freed_last: std::cell::Cell::new(None),
             freed_len: std::cell::Cell::new(0),
+            fresh_next: std::cell::Cell::new(0),
+            fresh_end: std::cell::Cell::new(0),
             _slab: std::marker::PhantomData,
         }
     }
@@ -182,6 +204,13 @@ impl<T: Slotted> Drop for LocalFree<T> {
         if !slab.deposit(head, true) {
             slab.push_chain(head);
         }
+        // Its reserved slots go on the shared list one by one: few, and
+        // otherwise no thread could ever take them.
+        for index in self.fresh_next.get()..self.fresh_end.get() {
+            let slot = slab.make_ready(index);
+            slab.push_run(index + 1, slot);
+        }
+        self.fresh_end.set(self.fresh_next.get());
     }
 }
 
@@ -190,29 +219,38 @@ struct Cell<T>(std::cell::UnsafeCell<T>);
 #[cfg(all(test, loom))]
 struct Cell<T>(loom::cell::UnsafeCell<T>);
 
-impl<T> Cell<T> {
-    fn new(value: T) -> Self {
-        #[cfg(not(all(test, loom)))]
-        return Cell(std::cell::UnsafeCell::new(value));
-        #[cfg(all(test, loom))]
-        return Cell(loom::cell::UnsafeCell::new(value));
+impl<T> Cell<MaybeUninit<T>> {
+    #[cfg(all(test, loom))]
+    fn uninit() -> Self {
+        Cell(loom::cell::UnsafeCell::new(MaybeUninit::uninit()))
     }
 
     /// # Safety
-    /// The caller holds a reference counted in the slot's word.
+    /// The caller holds a reference counted in the slot's word (so the
+    /// value was written when the slot was first taken).
     unsafe fn get(&self) -> &T {
         #[cfg(not(all(test, loom)))]
-        // SAFETY: per this function's contract, no `&mut` exists meanwhile.
-        return unsafe { &*self.0.get() };
+        // SAFETY: per this function's contract, the value is initialised and
+        // no `&mut` exists meanwhile.
+        return unsafe { (*self.0.get()).assume_init_ref() };
         #[cfg(all(test, loom))]
         // SAFETY: as above; loom checks it.
-        return unsafe { &*self.0.with(|p| p) };
+        return unsafe { (*self.0.with(|p| p)).assume_init_ref() };
+    }
+
+    /// # Safety
+    /// The caller owns the slot alone (its count is 0 and it is on no list)
+    /// and the slot has been taken before (its value is initialised).
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn get_mut(&self) -> &mut T {
+        // SAFETY: per this function's contract.
+        unsafe { self.uninit_mut().assume_init_mut() }
     }
 
     /// # Safety
     /// The caller owns the slot alone (its count is 0 and it is on no list).
     #[allow(clippy::mut_from_ref)]
-    unsafe fn get_mut(&self) -> &mut T {
+    unsafe fn uninit_mut(&self) -> &mut MaybeUninit<T> {
         #[cfg(not(all(test, loom)))]
         // SAFETY: per this function's contract, no other reference exists.
         return unsafe { &mut *self.0.get() };
@@ -222,14 +260,19 @@ impl<T> Cell<T> {
     }
 }
 
+/// A slot. All zeroes is a valid slot never taken: its segment is
+/// allocated zeroed (no per-slot work until the slot is first taken, and
+/// pages of slots never taken are never touched), and the first take writes
+/// its index, first generation and value.
 struct Slot<T> {
-    /// `generation << 32 | references`.
+    /// `generation << 32 | references`; 0 until first taken.
     word: AtomicU64,
     /// The next free slot's index + 1 (0: none) while this one is free.
     next_free: AtomicU32,
-    /// This slot's index.
-    index: u32,
-    value: Cell<T>,
+    /// This slot's index, once taken.
+    index: AtomicU32,
+    /// Initialised from the first take on.
+    value: Cell<MaybeUninit<T>>,
 }
 
 // SAFETY: the value is shared (`&T`) only between holders of counted
@@ -446,6 +489,47 @@ fn encode(epoch: u8, generation: u32, index: u32) -> u64 {
         | u64::from(index)
 }
 
+/// A segment of `len` slots never taken (see [`Slot`]), leaked.
+#[cfg(not(all(test, loom)))]
+fn new_segment<T>(len: usize) -> *mut Slot<T> {
+    let layout = std::alloc::Layout::array::<Slot<T>>(len).expect("a segment fits in memory");
+    // SAFETY: the layout's size is not 0 (a slot holds atomics); all zeroes
+    // is a valid `Slot` (atomics at 0, an uninitialised value).
+    let segment = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<Slot<T>>();
+    if segment.is_null() {
+        std::alloc::handle_alloc_error(layout);
+    }
+    segment
+}
+
+/// Under loom every atomic is a modelled object: made one by one.
+#[cfg(all(test, loom))]
+fn new_segment<T>(len: usize) -> *mut Slot<T> {
+    let slots: Box<[Slot<T>]> = (0..len)
+        .map(|_| Slot {
+            word: AtomicU64::new(0),
+            next_free: AtomicU32::new(0),
+            index: AtomicU32::new(0),
+            value: Cell::uninit(),
+        })
+        .collect();
+    Box::into_raw(slots).cast::<Slot<T>>()
+}
+
+/// Frees a segment from [`new_segment`] that was never shared.
+fn free_segment<T>(segment: *mut Slot<T>, len: usize) {
+    #[cfg(not(all(test, loom)))]
+    // SAFETY: allocated by `new_segment` with this layout; its slots were
+    // never taken, so no value is initialised.
+    unsafe {
+        let layout = std::alloc::Layout::array::<Slot<T>>(len).expect("as allocated");
+        std::alloc::dealloc(segment.cast(), layout);
+    }
+    #[cfg(all(test, loom))]
+    // SAFETY: the boxed slice `new_segment` made, of this length.
+    drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(segment, len)) });
+}
+
 impl<T: Slotted> Slab<T> {
     /// Handles not released yet.
     pub fn live(&self) -> usize {
@@ -474,27 +558,13 @@ impl<T: Slotted> Slab<T> {
             return slot;
         }
         let (segment, _) = split(index);
-        let first = segment_len(segment) - (1 << FIRST_SEGMENT_BITS);
-        let fresh: Box<[Slot<T>]> = (first..first + segment_len(segment))
-            .map(|index| Slot {
-                word: AtomicU64::new(u64::from(first_generation(index as u32)) << 32),
-                next_free: AtomicU32::new(0),
-                index: index as u32,
-                value: Cell::new(T::default()),
-            })
-            .collect();
-        let fresh = Box::into_raw(fresh).cast::<Slot<T>>();
+        let len = segment_len(segment);
+        let fresh = new_segment::<T>(len);
         if let Err(_other) =
             self.segments[segment].compare_exchange(std::ptr::null_mut(), fresh, AcqRel, Acquire)
         {
             // Another thread grew it first: ours was never shared.
-            // SAFETY: `fresh` is the slice boxed just above, of this length.
-            drop(unsafe {
-                Box::from_raw(std::ptr::slice_from_raw_parts_mut(
-                    fresh,
-                    segment_len(segment),
-                ))
-            });
+            free_segment(fresh, len);
         }
         self.slot(index).expect("the segment exists now")
     }
@@ -534,23 +604,29 @@ impl<T: Slotted> Slab<T> {
     }
 
     /// A slot from this thread's private chain, refilled when empty from its
-    /// own freed run, else a chain from the depot, else the whole free list
-    /// (see [`LocalFree`]).
-    fn pop_local(&self) -> Option<u32> {
-        let key = T::local_free()?;
+    /// own freed run, else its reserved never-taken slots, else a chain from
+    /// the depot, else the whole free list, else a new reservation (see
+    /// [`LocalFree`]). `Ok(None)`: this slab keeps no private chains, or
+    /// the thread's are gone (it is ending).
+    #[inline]
+    fn pop_local(&self) -> Result<Option<(u32, &'static Slot<T>)>, HandleError> {
+        let Some(key) = T::local_free() else {
+            return Ok(None);
+        };
         key.try_with(|local| {
             let mut head = local.head.get();
             if head == 0 {
                 head = match local.take_freed() {
                     Some((first, _)) => first,
-                    None => match self.withdraw() {
-                        0 => self.take_all(),
-                        chain => chain,
-                    },
+                    None => {
+                        let next = local.fresh_next.get();
+                        if next < local.fresh_end.get() {
+                            local.fresh_next.set(next + 1);
+                            return Ok(Some((next, self.make_ready(next))));
+                        }
+                        return self.refill_local(local).map(Some);
+                    }
                 };
-                if head == 0 {
-                    return None;
-                }
             }
             let slot = self.slot(head - 1).expect("a free slot's segment exists");
             let next = slot.next_free.load(Relaxed);
@@ -561,10 +637,30 @@ impl<T: Slotted> Slab<T> {
                 // their way here now rather than then.
                 prefetch(self.slot(next - 1).expect("a free slot's segment exists"));
             }
-            Some(head - 1)
+            Ok(Some((head - 1, slot)))
         })
-        .ok()
-        .flatten()
+        .unwrap_or(Ok(None))
+    }
+
+    /// [`Slab::pop_local`] with the thread's chain, run and reserved slots
+    /// empty: the first slot of a chain from the depot or of the whole
+    /// free list (the rest becomes its chain), else one of a new
+    /// reservation.
+    #[inline(never)]
+    fn refill_local(&self, local: &LocalFree<T>) -> Result<(u32, &'static Slot<T>), HandleError> {
+        let head = match self.withdraw() {
+            0 => self.take_all(),
+            chain => chain,
+        };
+        if head != 0 {
+            let slot = self.slot(head - 1).expect("a free slot's segment exists");
+            local.head.set(slot.next_free.load(Relaxed));
+            return Ok((head - 1, slot));
+        }
+        let (first, end) = self.reserve_fresh(FRESH_RUN)?;
+        local.fresh_next.set(first + 1);
+        local.fresh_end.set(end);
+        Ok((first, self.make_ready(first)))
     }
 
     /// Puts a chain (first index + 1; 0: none, which is "deposited") whole
@@ -633,7 +729,7 @@ impl<T: Slotted> Slab<T> {
     fn free_slot(&self, slot: &'static Slot<T>) {
         let local = T::local_free().and_then(|key| {
             key.try_with(|local| {
-                let first = local.freed.replace(slot.index + 1);
+                let first = local.freed.replace(slot.index.load(Relaxed) + 1);
                 slot.next_free.store(first, Relaxed);
                 if first == 0 {
                     local.freed_last.set(Some(slot));
@@ -648,7 +744,7 @@ impl<T: Slotted> Slab<T> {
             .ok()
         });
         if local.is_none() {
-            self.push_run(slot.index + 1, slot);
+            self.push_run(slot.index.load(Relaxed) + 1, slot);
         }
     }
 
@@ -683,18 +779,16 @@ impl<T: Slotted> Slab<T> {
             std::ptr::eq(self, T::slab()),
             "a value's slot is freed into T::slab()"
         );
-        let index = match self.pop_local().or_else(|| self.pop_free()) {
-            Some(i) => i,
-            None => {
-                let i = self.fresh.fetch_add(1, Relaxed);
-                if u64::from(i) > INDEX_MASK {
-                    self.fresh.fetch_sub(1, Relaxed);
-                    return Err(HandleError::Full);
+        let (index, slot) = match self.pop_local()? {
+            Some(taken) => taken,
+            None => match self.pop_free() {
+                Some(i) => (i, self.slot(i).expect("a free slot's segment exists")),
+                None => {
+                    let (index, _) = self.reserve_fresh(1)?;
+                    (index, self.make_ready(index))
                 }
-                i
-            }
+            },
         };
-        let slot = self.slot_or_grow(index);
         let word = slot.word.load(Relaxed);
         debug_assert_eq!(references(word), 0);
         Ok(Vacant {
@@ -702,6 +796,44 @@ impl<T: Slotted> Slab<T> {
             word,
             handle: encode(fork_epoch(), generation(word), index),
         })
+    }
+
+    /// Reserves up to `n` slots never taken (their segments allocated):
+    /// the first index and the end of the range.
+    fn reserve_fresh(&self, n: u32) -> Result<(u32, u32), HandleError> {
+        let first = self.fresh.fetch_add(n, Relaxed);
+        let limit = INDEX_MASK as u32 + 1;
+        if first >= limit {
+            self.fresh.fetch_sub(n, Relaxed);
+            return Err(HandleError::Full);
+        }
+        let end = first.saturating_add(n).min(limit);
+        // Every segment the range touches (one or two outside loom).
+        let mut index = first;
+        while index < end {
+            self.slot_or_grow(index);
+            let (segment, offset) = split(index);
+            index += (segment_len(segment) - offset) as u32;
+        }
+        Ok((first, end))
+    }
+
+    /// Makes slot `index`, reserved and never taken, ready to be taken: its
+    /// index and first generation written (its zeroed value is the default). The slot is the
+    /// caller's alone: no list holds it, and its count, 0, lets no lookup
+    /// take it.
+    #[inline]
+    fn make_ready(&self, index: u32) -> &'static Slot<T> {
+        let slot = self.slot(index).expect("a reserved slot's segment exists");
+        slot.index.store(index, Relaxed);
+        // The zeroed value is `T::default()` (see `Slotted`); under loom the
+        // segment is made slot by slot, its values not written yet.
+        #[cfg(all(test, loom))]
+        // SAFETY: the slot is ours alone (see above).
+        unsafe { slot.value.uninit_mut() }.write(T::default());
+        slot.word
+            .store(u64::from(first_generation(index)) << 32, Relaxed);
+        slot
     }
 
     fn check(&self, handle: u64) -> Result<(Parts, &'static Slot<T>), HandleError> {
@@ -782,7 +914,7 @@ impl<T: Slotted> Ref<T> {
     /// that knows its handle): [`Slab::remove`] without looking the handle
     /// up. False when it was released already.
     pub fn remove_own(this: &Ref<T>, handle: u64) -> bool {
-        debug_assert_eq!(decode(handle).index, this.slot.index, "its own handle");
+        debug_assert_eq!(decode(handle).index, Ref::index(this), "its own handle");
         // The handle's reference goes with its generation, in one step;
         // `this` is another, so the slot stays.
         T::slab().end_generation(this.slot, decode(handle).generation, true)
@@ -791,7 +923,7 @@ impl<T: Slotted> Ref<T> {
     /// The slot's index: names the value while this reference lives
     /// (see [`Slab::get_live`]).
     pub fn index(this: &Ref<T>) -> u32 {
-        this.slot.index
+        this.slot.index.load(Relaxed)
     }
 
     /// The slot's address, for identity only (never dereferenced).
@@ -853,7 +985,8 @@ mod tests {
             #[derive(Default)]
             struct $name(u32);
 
-            impl Slotted for $name {
+            // SAFETY: a u32; all zeroes is its default.
+            unsafe impl Slotted for $name {
                 fn slab() -> &'static Slab<Self> {
                     static SLAB: once_cell::sync::Lazy<Slab<$name>> =
                         once_cell::sync::Lazy::new(Slab::default);
@@ -881,7 +1014,8 @@ mod tests {
         static CHAIN: LocalFree<Chained> = const { LocalFree::new() };
     }
 
-    impl Slotted for Chained {
+    // SAFETY: a u32; all zeroes is its default.
+    unsafe impl Slotted for Chained {
         fn slab() -> &'static Slab<Self> {
             static SLAB: once_cell::sync::Lazy<Slab<Chained>> =
                 once_cell::sync::Lazy::new(Slab::default);
@@ -894,6 +1028,67 @@ mod tests {
 
         fn local_free() -> Option<&'static std::thread::LocalKey<LocalFree<Self>>> {
             Some(&CHAIN)
+        }
+    }
+
+    /// A thread with nothing free reserves never-taken slots together; the
+    /// ones it did not use go back when it ends, so no index is lost. A
+    /// never-taken slot is named by no handle.
+    #[test]
+    fn reserved_slots_are_used_in_order_and_given_back_at_a_threads_end() {
+        // A slab of its own, with private chains.
+        #[derive(Default)]
+        struct Reserved(u32);
+        thread_local! {
+            static OWN: LocalFree<Reserved> = const { LocalFree::new() };
+        }
+        // SAFETY: a u32; all zeroes is its default.
+        unsafe impl Slotted for Reserved {
+            fn slab() -> &'static Slab<Self> {
+                static SLAB: once_cell::sync::Lazy<Slab<Reserved>> =
+                    once_cell::sync::Lazy::new(Slab::default);
+                &SLAB
+            }
+            fn clear(&mut self) {
+                self.0 = 0;
+            }
+            fn local_free() -> Option<&'static std::thread::LocalKey<LocalFree<Self>>> {
+                Some(&OWN)
+            }
+        }
+        let s = Reserved::slab();
+        let taken = std::thread::spawn(move || {
+            let handles: Vec<u64> = (0..3)
+                .map(|v| s.insert(|value, _| value.0 = v).unwrap().1)
+                .collect();
+            let indices: Vec<u64> = handles.iter().map(|h| h & INDEX_MASK).collect();
+            assert_eq!(indices[1], indices[0] + 1, "in order: {indices:?}");
+            assert_eq!(indices[2], indices[0] + 2, "in order: {indices:?}");
+            // The next reserved slot exists (its segment is allocated) but
+            // was never taken: a handle forged for it is refused.
+            let forged = encode(
+                fork_epoch(),
+                first_generation(indices[2] as u32 + 1),
+                indices[2] as u32 + 1,
+            );
+            assert_eq!(s.get(forged).err(), Some(HandleError::Invalid));
+            handles
+        })
+        .join()
+        .unwrap();
+        let fresh = s.fresh.load(Relaxed);
+        // The ending thread gave its other reserved slots back: this many
+        // inserts take no new one.
+        let reused: Vec<u64> = std::thread::spawn(move || {
+            (0..FRESH_RUN - 3)
+                .map(|v| s.insert(|value, _| value.0 = v).unwrap().1)
+                .collect()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(s.fresh.load(Relaxed), fresh, "no slot reserved anew");
+        for h in taken.iter().chain(&reused) {
+            assert!(s.remove(*h).is_ok());
         }
     }
 
@@ -1134,7 +1329,9 @@ mod loom_tests {
         static ref SLAB: Slab<Value> = Slab::default();
     }
 
-    impl Slotted for Value {
+    // SAFETY: under loom a slot's value is written with its default when
+    // first taken (see `Slab::make_ready`), never read zeroed.
+    unsafe impl Slotted for Value {
         fn slab() -> &'static Slab<Self> {
             &SLAB
         }

@@ -241,7 +241,8 @@ pub(crate) struct Scheduled(TaskRef);
 
 /// What every task calls: its work function and `on_done`.
 struct Calls {
-    work: WorkFn,
+    /// None only in a slot never used.
+    work: Option<WorkFn>,
     arg: usize,
     on_done: Option<DoneFn>,
     on_done_data: usize,
@@ -413,16 +414,12 @@ impl Drop for Current {
     }
 }
 
-/// A free slot's work function (never called).
-extern "C" fn no_work(_: *mut c_void, _: *mut *mut c_void) -> i32 {
-    0
-}
-
+/// A slot never used: all zeroes (see the `Slotted` impl).
 impl Default for Task {
     fn default() -> Self {
         Task {
             calls: Calls {
-                work: no_work,
+                work: None,
                 arg: 0,
                 on_done: None,
                 on_done_data: 0,
@@ -435,7 +432,7 @@ impl Default for Task {
             pool: None,
             submitted: 0,
             handle: 0,
-            state: TaskState::new(Phase::Queued, Table::new()),
+            state: TaskState::new(Phase::Waiting, Table::new()),
         }
     }
 }
@@ -446,7 +443,14 @@ thread_local! {
     static FREE_SLOTS: LocalFree<Task> = const { LocalFree::new() };
 }
 
-impl Slotted for Task {
+// SAFETY: all zeroes is `Task::default()`: no work function (`None`),
+// zero addresses, flags and times, no boxed, counted or kept values
+// (`None`), and a state word of 0 (waiting, nothing decided) with zero code
+// and result and an empty table (no nodes, length 0). No lock or condition
+// variable lives in a task. (The engine's one unsafe line outside the
+// modules that allow it: a promise about this type's layout.)
+#[allow(unsafe_code)]
+unsafe impl Slotted for Task {
     fn slab() -> &'static Slab<Task> {
         &TASKS
     }
@@ -514,7 +518,7 @@ impl Task {
         let handle = vacant.handle();
         let task = vacant.value();
         task.calls = Calls {
-            work,
+            work: Some(work),
             arg,
             on_done,
             on_done_data,
@@ -634,7 +638,11 @@ impl Task {
     /// `Ref::begin_run` and [`Task::decide`] (then `Ref::complete`, or a
     /// worker's own steps from [`Task::end`]).
     pub(crate) fn work(&self) -> (WorkFn, *mut c_void) {
-        (self.calls.work, self.calls.arg as *mut c_void)
+        let work = self
+            .calls
+            .work
+            .expect("a task in use has its work function");
+        (work, self.calls.arg as *mut c_void)
     }
 
     /// The work function returned `code` and `result`: decides the outcome
