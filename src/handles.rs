@@ -932,6 +932,24 @@ impl<T: Slotted> Ref<T> {
     }
 }
 
+// SAFETY: the word is the slot's address (never 0), and the reference's
+// count travels with it: `into_word` forgets the `Ref` without dropping its
+// count, `from_word` makes the one `Ref` that owns it again.
+unsafe impl<T: Slotted> crate::queue::Entry for Ref<T> {
+    fn into_word(self) -> usize {
+        let word = self.slot as *const Slot<T> as usize;
+        std::mem::forget(self);
+        word
+    }
+
+    unsafe fn from_word(word: usize) -> Self {
+        // SAFETY: per the trait's contract, the address of a slot (which
+        // lives forever) whose counted reference this word carried.
+        let slot = unsafe { &*(word as *const Slot<T>) };
+        Ref { slot }
+    }
+}
+
 impl<T: Slotted> std::ops::Deref for Ref<T> {
     type Target = T;
     fn deref(&self) -> &T {

@@ -71,6 +71,7 @@ pub mod latency;
 pub mod limiter;
 pub mod overrides;
 pub mod pool;
+mod queue;
 mod shard;
 mod spin;
 pub mod status;

@@ -30,7 +30,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use crossbeam_queue::SegQueue;
 use once_cell::sync::OnceCell;
 
 use crate::gate::{Gate, Word};
@@ -38,6 +37,7 @@ use crate::handles::{fork_epoch, Ref};
 use crate::latency::{Sharded, Summary};
 use crate::limiter::Waiter;
 use crate::overrides;
+use crate::queue::Queue;
 use crate::shard::{Counter, Padded};
 use crate::spin;
 use crate::status::Error;
@@ -220,7 +220,7 @@ pub struct PoolShared {
     state: Padded<Mutex<State>>,
     /// Queued tasks and tombstones, in submit order; popped by the workers
     /// that hold a slot of `gate`, and by a shutdown.
-    queue: SegQueue<TaskRef>,
+    queue: Queue<TaskRef>,
     /// The slots in use, the limit, the shut-down bit; idle workers.
     gate: Gate,
     /// Entries of `queue` whose task left before a worker took it (cancelled,
@@ -1077,7 +1077,7 @@ impl Pool {
         Pool {
             shared: Arc::new_cyclic(|me| PoolShared {
                 me: me.clone(),
-                queue: SegQueue::new(),
+                queue: Queue::new(),
                 gate: Gate::new(options.max_workers),
                 tombstones: Counter::default(),
                 state: Padded(Mutex::new(State {
