@@ -26,8 +26,17 @@ thread_local! {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         NEXT.fetch_add(1, Relaxed) % SHARDS
     };
+    /// Claims and, when the thread ends, gives back its part index.
     static OWNER: Owner = Owner::claim();
+    /// The part index this thread owns, read on every bump: a plain
+    /// thread-local with no destructor, so reading it costs no check of its
+    /// state. [`UNCLAIMED`] until the first bump, [`NONE`] with no index
+    /// left to claim or once `OWNER` gave it back.
+    static OWNED_INDEX: Cell<usize> = const { Cell::new(UNCLAIMED) };
 }
+
+const UNCLAIMED: usize = OWNED;
+const NONE: usize = OWNED + 1;
 
 /// The claimed part indexes, one bit each.
 static CLAIMED: AtomicU32 = AtomicU32::new(0);
@@ -51,9 +60,10 @@ impl Owner {
             // Acquire: the previous owner's writes to the part come first.
             match CLAIMED.compare_exchange_weak(claimed, claimed | 1 << bit, Acquire, Relaxed) {
                 Ok(_) => {
+                    OWNED_INDEX.set(bit as usize);
                     return Owner {
                         index: Cell::new(Some(bit as usize)),
-                    }
+                    };
                 }
                 Err(now) => claimed = now,
             }
@@ -65,6 +75,7 @@ impl Drop for Owner {
     fn drop(&mut self) {
         // From here on this thread's bumps (from later thread-local
         // destructors) go to the shared parts.
+        OWNED_INDEX.set(NONE);
         if let Some(index) = self.index.take() {
             // Release: this owner's writes come before the next owner's.
             CLAIMED.fetch_and(!(1u32 << index), Release);
@@ -79,9 +90,28 @@ pub(crate) fn shard() -> usize {
 }
 
 /// The part index the calling thread owns alone, if any.
-#[inline]
+#[inline(always)]
 pub(crate) fn owned() -> Option<usize> {
-    OWNER.try_with(|o| o.index.get()).ok().flatten()
+    let index = OWNED_INDEX.get();
+    if index < OWNED {
+        Some(index)
+    } else {
+        claim_once(index)
+    }
+}
+
+/// [`owned`] before this thread's first claim (which it makes now, unless
+/// its thread-locals are being destroyed), or without an index.
+#[inline(never)]
+fn claim_once(index: usize) -> Option<usize> {
+    if index != UNCLAIMED {
+        return None;
+    }
+    let claimed = OWNER.try_with(|o| o.index.get()).ok().flatten();
+    if claimed.is_none() {
+        OWNED_INDEX.set(NONE);
+    }
+    claimed
 }
 
 /// A value alone on its cache line (two, for the adjacent-line prefetcher).
