@@ -22,10 +22,8 @@ pub(crate) const SHARDS: usize = 8;
 pub(crate) const OWNED: usize = 16;
 
 thread_local! {
-    static SHARD: usize = {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        NEXT.fetch_add(1, Relaxed) % SHARDS
-    };
+    /// This thread's shared part, `SHARDS` until its first use.
+    static SHARD: Cell<usize> = const { Cell::new(SHARDS) };
     /// Claims and, when the thread ends, gives back its part index.
     static OWNER: Owner = Owner::claim();
     /// The part index this thread owns, read on every bump: a plain
@@ -83,10 +81,23 @@ impl Drop for Owner {
     }
 }
 
-/// The calling thread's shared part (0 while its thread-locals are being
-/// destroyed).
+/// The calling thread's shared part: threads take them in turn.
+#[inline(always)]
 pub(crate) fn shard() -> usize {
-    SHARD.try_with(|s| *s).unwrap_or(0)
+    let part = SHARD.get();
+    if part < SHARDS {
+        part
+    } else {
+        first_shard()
+    }
+}
+
+#[inline(never)]
+fn first_shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let part = NEXT.fetch_add(1, Relaxed) % SHARDS;
+    SHARD.set(part);
+    part
 }
 
 /// The part index the calling thread owns alone, if any.
