@@ -45,8 +45,8 @@ use crate::status::{ASYNCIFY_OK, ASYNCIFY_PENDING};
 use crate::sys::{self, ForeignCall, LeakAtExit, Thread, ThreadBody};
 use crate::table::Table;
 use crate::task::{
-    tasks, AbandonSlot, Decided, Outcome, Report, Reporting, Running, Scheduler, Task, TaskRef,
-    TaskSpec,
+    tasks, AbandonSlot, Decided, Outcome, PlainCalls, Report, Reporting, Running, Scheduler, Task,
+    TaskRef, TaskSpec,
 };
 use crate::timer::timer;
 
@@ -1130,9 +1130,27 @@ impl Pool {
         if !plain {
             return self.submit_scheduled(task, handle, admitted_now);
         }
-        // The reference goes to the queue: from now on a worker may run the
-        // task and touch its slot, so this thread leaves it alone (the
-        // handle names it where needed).
+        self.enqueue(task, handle)
+            .inspect_err(|_| give_back_place())
+    }
+
+    /// [`Pool::submit`] of a task that uses none of the rarer options (no
+    /// limiter, start deadline, free functions or completion queue): the
+    /// same, with less to look at.
+    pub fn submit_plain(&self, calls: PlainCalls, snapshot: Table) -> Result<u64, Error> {
+        let shared = &self.shared;
+        let submitted = (shared.latency.is_some() || shared.has_task_hooks()).then(sys::now_ns);
+        let (task, handle) = Task::insert_plain(calls, snapshot, shared, submitted)?;
+        self.enqueue(task, handle)
+    }
+
+    /// Queues a task just inserted (its reference goes to the queue: from
+    /// now on a worker may run the task and touch its slot, so this thread
+    /// leaves it alone, and the handle names it where needed), then wakes a
+    /// worker if one is needed. Refused, the handle is released.
+    #[inline(always)]
+    fn enqueue(&self, task: TaskRef, handle: u64) -> Result<u64, Error> {
+        let shared = &self.shared;
         let pushed = if shared.options.max_queued > 0 {
             // Counted under the lock, one submit after another.
             let st = shared.lock();
@@ -1144,15 +1162,12 @@ impl Pool {
             Ok(after) => after,
             Err(e) => {
                 let _ = tasks().remove(handle);
-                give_back_place();
                 return Err(e);
             }
         };
         shared.counters.submitted.add(1);
         if shared.wake_next(after) > 0 {
-            shared
-                .withdraw_if_unserved(handle)
-                .inspect_err(|_| give_back_place())?;
+            shared.withdraw_if_unserved(handle)?;
         }
         Ok(handle)
     }

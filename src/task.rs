@@ -202,6 +202,23 @@ impl<'a> TaskSpec<'a> {
     }
 }
 
+/// What a task with none of the rarer options needs (see
+/// `Pool::submit_plain`): its work function and argument, `on_done` and
+/// its data, and whether it is detached.
+#[derive(Clone, Copy)]
+pub struct PlainCalls {
+    /// The work function.
+    pub work: WorkFn,
+    /// Its argument; the caller keeps owning it.
+    pub arg: *mut c_void,
+    /// Called exactly once with the terminal status, if set.
+    pub on_done: Option<DoneFn>,
+    /// `on_done`'s first argument.
+    pub on_done_data: *mut c_void,
+    /// The handle releases itself once the task is terminal.
+    pub detached: bool,
+}
+
 /// A terminal status as the C ABI reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Outcome {
@@ -517,13 +534,18 @@ impl Task {
         let mut vacant = tasks().vacant().map_err(from_handle_error)?;
         let handle = vacant.handle();
         let task = vacant.value();
-        task.calls = Calls {
-            work: Some(work),
-            arg,
-            on_done,
-            on_done_data,
-        };
-        task.detached = detached;
+        task.fill(
+            Calls {
+                work: Some(work),
+                arg,
+                on_done,
+                on_done_data,
+            },
+            detached,
+            pool,
+            submitted,
+            handle,
+        );
         task.uses_rare = uses_rare;
         if uses_rare {
             let rare = task.rare.get_or_insert_with(Box::default);
@@ -542,19 +564,64 @@ impl Task {
                 task.limiter = Some(new.clone());
             }
         }
-        let same_pool = task
-            .pool
-            .as_ref()
-            .is_some_and(|p| std::ptr::addr_eq(Arc::as_ptr(p), Arc::as_ptr(pool)));
-        if !same_pool {
-            task.pool = Some(pool.clone() as Arc<dyn Scheduler>);
-        }
-        task.submitted = submitted.unwrap_or(0);
-        task.handle = handle;
         // The last task left nothing to start with (see `clear`).
         let holds_place = limiter.is_some() && admitted;
         drop(task.state.reset(phase, holds_place, snapshot));
         Ok(vacant.publish())
+    }
+
+    /// [`Task::insert`] of a task that uses none of the rarer options.
+    #[inline(always)]
+    pub(crate) fn insert_plain<S: Scheduler + 'static>(
+        calls: PlainCalls,
+        snapshot: Table,
+        pool: &Arc<S>,
+        submitted: Option<u64>,
+    ) -> Result<(TaskRef, u64), Error> {
+        let mut vacant = tasks().vacant().map_err(from_handle_error)?;
+        let handle = vacant.handle();
+        let task = vacant.value();
+        task.fill(
+            Calls {
+                work: Some(calls.work),
+                arg: calls.arg as usize,
+                on_done: calls.on_done,
+                on_done_data: calls.on_done_data as usize,
+            },
+            calls.detached,
+            pool,
+            submitted,
+            handle,
+        );
+        task.uses_rare = false;
+        task.has_limiter = false;
+        // The last task left nothing to start with (see `clear`).
+        drop(task.state.reset(Phase::Queued, false, snapshot));
+        Ok(vacant.publish())
+    }
+
+    /// Writes what every task has into a free slot; its pool `Arc` only
+    /// when the slot's last task had another pool (see [`Task::insert`]).
+    #[inline(always)]
+    fn fill<S: Scheduler + 'static>(
+        &mut self,
+        calls: Calls,
+        detached: bool,
+        pool: &Arc<S>,
+        submitted: Option<u64>,
+        handle: u64,
+    ) {
+        self.calls = calls;
+        self.detached = detached;
+        let same_pool = self
+            .pool
+            .as_ref()
+            .is_some_and(|p| std::ptr::addr_eq(Arc::as_ptr(p), Arc::as_ptr(pool)));
+        if !same_pool {
+            self.pool = Some(pool.clone() as Arc<dyn Scheduler>);
+        }
+        self.submitted = submitted.unwrap_or(0);
+        self.handle = handle;
     }
 
     fn pool(&self) -> &dyn Scheduler {

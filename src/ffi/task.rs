@@ -25,7 +25,7 @@ use super::{
 use crate::overrides;
 use crate::status::*;
 use crate::table::Table;
-use crate::task::{self, TaskSpec};
+use crate::task::{self, PlainCalls, TaskSpec};
 
 pub use super::task_abi::{asyncify_done_fn, asyncify_handle, asyncify_work_fn};
 
@@ -225,14 +225,6 @@ pub extern "C" fn asyncify_submit(
             Some(queue_ref(cq)?.clone())
         };
         let pool = pool_or_default(o.pool);
-        let limiter = (!limiter.is_null()).then(|| limiter_ref(limiter));
-        let spec = TaskSpec::new(work, arg)
-            .limiter(limiter)
-            .start_within_ms(o.start_within_ms)
-            .on_done(o.on_done, o.on_done_data)
-            .free_fns(o.free_arg, o.free_result)
-            .detached(detached)
-            .completion_queue(cq);
         let snapshot = if empty {
             Table::new()
         } else if context.is_null() {
@@ -240,7 +232,35 @@ pub extern "C" fn asyncify_submit(
         } else {
             context_ref(context)?.table.clone()
         };
-        let handle = pool.submit(spec, snapshot)?;
+        let (start_within_ms, free_arg, free_result) =
+            (o.start_within_ms, o.free_arg, o.free_result);
+        let plain = cq.is_none()
+            && limiter.is_null()
+            && start_within_ms == 0
+            && free_arg.is_none()
+            && free_result.is_none();
+        let handle = if plain {
+            pool.submit_plain(
+                PlainCalls {
+                    work,
+                    arg,
+                    on_done: o.on_done,
+                    on_done_data: o.on_done_data,
+                    detached,
+                },
+                snapshot,
+            )?
+        } else {
+            let limiter = (!limiter.is_null()).then(|| limiter_ref(limiter));
+            let spec = TaskSpec::new(work, arg)
+                .limiter(limiter)
+                .start_within_ms(start_within_ms)
+                .on_done(o.on_done, o.on_done_data)
+                .free_fns(free_arg, free_result)
+                .detached(detached)
+                .completion_queue(cq);
+            pool.submit(spec, snapshot)?
+        };
         write_out(out_handle, handle);
         Ok(ASYNCIFY_OK)
     })
