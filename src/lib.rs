@@ -6,8 +6,10 @@
 //! Modules, each depending only on the ones listed before it:
 //!
 //! - `sys`: every platform call (worker threads, the completion queue's fd,
-//!   fork handlers) and, with `ffi` and `handles`' slab, the only `unsafe` code
+//!   fork handlers, futex waits) and, with `ffi`, `queue` and `handles`' slab,
+//!   the only `unsafe` code
 //! - `shard`: counters in per-thread parts, on cache lines of their own
+//! - `queue`: a lock-free FIFO in reused blocks (a pool's queue)
 //! - [`status`], [`handles`] (task memory: a lock-free slab of slots named by
 //!   generation-checked handles), `spin`
 //! - `fork`: the fork epoch's handlers; a leaf that others register locks with
@@ -33,9 +35,9 @@
 //! Lock order, outermost first: a limiter's state, then a pool's state (an
 //! admission moves a task into its pool's queue under both); a completion
 //! queue's (a task is published into its queue under it). A task has no lock
-//! of its own on its hot path: its state is one atomic word; the lock its
-//! waiters sleep under, and the one of what its limiter and the timer refer
-//! to, are leaves (nothing is taken under them). The global layer's writer
+//! of its own on its hot path: its state is one atomic word, which its waiters
+//! sleep on (a futex); the lock of what its limiter and the timer refer to is
+//! a leaf (nothing is taken under it). The global layer's writer
 //! lock and `wait_any`'s generation lock are never held with another. No user code (work, `on_done`, free, release,
 //! clone functions, hooks) runs under any lock, and on a worker thread every
 //! one of them but clone functions is called from the thread's start routine
