@@ -138,10 +138,12 @@ pub struct LocalFree<T: Slotted> {
     freed: std::cell::Cell<u32>,
     freed_last: std::cell::Cell<Option<&'static Slot<T>>>,
     freed_len: std::cell::Cell<u32>,
-    /// Slots never taken, reserved together: from index `fresh_next` up to
-    /// `fresh_end` (exclusive).
+    /// Slots never taken, reserved together in one segment: from index
+    /// `fresh_next` (whose slot is `fresh_slot`) up to `fresh_end`
+    /// (exclusive).
     fresh_next: std::cell::Cell<u32>,
     fresh_end: std::cell::Cell<u32>,
+    fresh_slot: std::cell::Cell<Option<&'static Slot<T>>>,
     _slab: std::marker::PhantomData<T>,
 }
 
@@ -174,8 +176,27 @@ impl<T: Slotted> LocalFree<T> {
             freed_len: std::cell::Cell::new(0),
             fresh_next: std::cell::Cell::new(0),
             fresh_end: std::cell::Cell::new(0),
+            fresh_slot: std::cell::Cell::new(None),
             _slab: std::marker::PhantomData,
         }
+    }
+
+    /// The next of its reserved slots, made ready, if any is left.
+    #[inline(always)]
+    fn take_reserved(&self) -> Option<(u32, &'static Slot<T>)> {
+        let index = self.fresh_next.get();
+        if index >= self.fresh_end.get() {
+            return None;
+        }
+        let slot = self.fresh_slot.get()?;
+        self.fresh_next.set(index + 1);
+        self.fresh_slot
+            .set((index + 1 < self.fresh_end.get()).then(|| {
+                // SAFETY: the reserved range lies in one segment, a slice of
+                // slots in index order: the next index's slot follows this one.
+                unsafe { &*(slot as *const Slot<T>).add(1) }
+            }));
+        Some((index, make_ready(slot, index)))
     }
 
     /// Takes the run of freed slots (first index + 1, last slot, whose
@@ -489,6 +510,23 @@ fn encode(epoch: u8, generation: u32, index: u32) -> u64 {
         | u64::from(index)
 }
 
+/// Makes `slot` (index `index`), reserved and never taken, ready to be
+/// taken: its index and first generation written (its zeroed value is the
+/// default). The slot is the caller's alone: no list holds it, and its
+/// count, 0, lets no lookup take it.
+#[inline(always)]
+fn make_ready<T: Slotted>(slot: &'static Slot<T>, index: u32) -> &'static Slot<T> {
+    slot.index.store(index, Relaxed);
+    // The zeroed value is `T::default()` (see `Slotted`); under loom the
+    // segment is made slot by slot, its values not written yet.
+    #[cfg(all(test, loom))]
+    // SAFETY: the slot is ours alone (see above).
+    unsafe { slot.value.uninit_mut() }.write(T::default());
+    slot.word
+        .store(u64::from(first_generation(index)) << 32, Relaxed);
+    slot
+}
+
 /// A segment of `len` slots never taken (see [`Slot`]), leaked.
 #[cfg(not(all(test, loom)))]
 fn new_segment<T>(len: usize) -> *mut Slot<T> {
@@ -619,10 +657,8 @@ impl<T: Slotted> Slab<T> {
                 head = match local.take_freed() {
                     Some((first, _)) => first,
                     None => {
-                        let next = local.fresh_next.get();
-                        if next < local.fresh_end.get() {
-                            local.fresh_next.set(next + 1);
-                            return Ok(Some((next, self.make_ready(next))));
+                        if let Some(taken) = local.take_reserved() {
+                            return Ok(Some(taken));
                         }
                         return self.refill_local(local).map(Some);
                     }
@@ -658,9 +694,10 @@ impl<T: Slotted> Slab<T> {
             return Ok((head - 1, slot));
         }
         let (first, end) = self.reserve_fresh(FRESH_RUN)?;
-        local.fresh_next.set(first + 1);
+        local.fresh_next.set(first);
         local.fresh_end.set(end);
-        Ok((first, self.make_ready(first)))
+        local.fresh_slot.set(self.slot(first));
+        Ok(local.take_reserved().expect("just reserved"))
     }
 
     /// Puts a chain (first index + 1; 0: none, which is "deposited") whole
@@ -798,42 +835,37 @@ impl<T: Slotted> Slab<T> {
         })
     }
 
-    /// Reserves up to `n` slots never taken (their segments allocated):
-    /// the first index and the end of the range.
+    /// Reserves up to `n` slots never taken, all in one segment (which it
+    /// allocates if needed): the first index and the end of the range.
     fn reserve_fresh(&self, n: u32) -> Result<(u32, u32), HandleError> {
-        let first = self.fresh.fetch_add(n, Relaxed);
         let limit = INDEX_MASK as u32 + 1;
-        if first >= limit {
-            self.fresh.fetch_sub(n, Relaxed);
-            return Err(HandleError::Full);
-        }
-        let end = first.saturating_add(n).min(limit);
-        // Every segment the range touches (one or two outside loom).
-        let mut index = first;
-        while index < end {
-            self.slot_or_grow(index);
-            let (segment, offset) = split(index);
-            index += (segment_len(segment) - offset) as u32;
-        }
+        let mut first = self.fresh.load(Relaxed);
+        let end = loop {
+            if first >= limit {
+                return Err(HandleError::Full);
+            }
+            let (segment, offset) = split(first);
+            let segment_end = first + (segment_len(segment) - offset) as u32;
+            let end = first.saturating_add(n).min(segment_end).min(limit);
+            match self
+                .fresh
+                .compare_exchange_weak(first, end, Relaxed, Relaxed)
+            {
+                Ok(_) => break end,
+                Err(now) => first = now,
+            }
+        };
+        self.slot_or_grow(first);
         Ok((first, end))
     }
 
-    /// Makes slot `index`, reserved and never taken, ready to be taken: its
-    /// index and first generation written (its zeroed value is the default). The slot is the
-    /// caller's alone: no list holds it, and its count, 0, lets no lookup
-    /// take it.
-    #[inline]
+    /// Makes slot `index`, reserved and never taken, ready to be taken (see
+    /// [`make_ready`]).
     fn make_ready(&self, index: u32) -> &'static Slot<T> {
-        let slot = self.slot(index).expect("a reserved slot's segment exists");
-        slot.index.store(index, Relaxed);
-        // The zeroed value is `T::default()` (see `Slotted`); under loom the
-        // segment is made slot by slot, its values not written yet.
-        #[cfg(all(test, loom))]
-        // SAFETY: the slot is ours alone (see above).
-        unsafe { slot.value.uninit_mut() }.write(T::default());
-        slot.word
-            .store(u64::from(first_generation(index)) << 32, Relaxed);
-        slot
+        make_ready(
+            self.slot(index).expect("a reserved slot's segment exists"),
+            index,
+        )
     }
 
     fn check(&self, handle: u64) -> Result<(Parts, &'static Slot<T>), HandleError> {
