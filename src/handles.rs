@@ -143,7 +143,7 @@ pub struct LocalFree<T: Slotted> {
     /// (exclusive).
     fresh_next: std::cell::Cell<u32>,
     fresh_end: std::cell::Cell<u32>,
-    fresh_slot: std::cell::Cell<Option<&'static Slot<T>>>,
+    fresh_slot: std::cell::Cell<*const Slot<T>>,
     _slab: std::marker::PhantomData<T>,
 }
 
@@ -176,7 +176,7 @@ impl<T: Slotted> LocalFree<T> {
             freed_len: std::cell::Cell::new(0),
             fresh_next: std::cell::Cell::new(0),
             fresh_end: std::cell::Cell::new(0),
-            fresh_slot: std::cell::Cell::new(None),
+            fresh_slot: std::cell::Cell::new(std::ptr::null()),
             _slab: std::marker::PhantomData,
         }
     }
@@ -188,15 +188,15 @@ impl<T: Slotted> LocalFree<T> {
         if index >= self.fresh_end.get() {
             return None;
         }
-        let slot = self.fresh_slot.get()?;
+        let slot = self.fresh_slot.get();
         self.fresh_next.set(index + 1);
-        self.fresh_slot
-            .set((index + 1 < self.fresh_end.get()).then(|| {
-                // SAFETY: the reserved range lies in one segment, a slice of
-                // slots in index order: the next index's slot follows this one.
-                unsafe { &*(slot as *const Slot<T>).add(1) }
-            }));
-        Some((index, make_ready(slot, index)))
+        // The reserved range lies in one segment, whose slots are in index
+        // order: the next index's slot follows (or the segment's end, never
+        // read, once the range is used up).
+        self.fresh_slot.set(slot.wrapping_add(1));
+        // SAFETY: `slot` points into its segment (from `Slab::slot_ptr`),
+        // at the slot of `index`, which lives forever.
+        Some((index, make_ready(unsafe { &*slot }, index)))
     }
 
     /// Takes the run of freed slots (first index + 1, last slot, whose
@@ -579,15 +579,24 @@ impl<T: Slotted> Slab<T> {
 
     /// The slot `index`, when its segment exists.
     fn slot(&self, index: u32) -> Option<&'static Slot<T>> {
+        // SAFETY: a pointer from `slot_ptr` points at a slot that lives
+        // forever.
+        self.slot_ptr(index).map(|slot| unsafe { &*slot })
+    }
+
+    /// The slot `index` as a pointer into its whole segment (so that its
+    /// neighbours in the segment may be reached from it), when the segment
+    /// exists.
+    fn slot_ptr(&self, index: u32) -> Option<*const Slot<T>> {
         let (segment, offset) = split(index);
         let base = self.segments.get(segment)?.load(Acquire);
         if base.is_null() {
             return None;
         }
-        // SAFETY: a non-null segment pointer came from a leaked boxed slice
-        // of `segment_len(segment)` slots (never freed), and `offset` is below
+        // SAFETY: a non-null segment pointer came from an allocation of
+        // `segment_len(segment)` slots (never freed), and `offset` is below
         // that length by construction of `split`.
-        Some(unsafe { &*base.add(offset) })
+        Some(unsafe { base.add(offset) }.cast_const())
     }
 
     /// The slot `index`, allocating its segment if needed.
@@ -696,7 +705,10 @@ impl<T: Slotted> Slab<T> {
         let (first, end) = self.reserve_fresh(FRESH_RUN)?;
         local.fresh_next.set(first);
         local.fresh_end.set(end);
-        local.fresh_slot.set(self.slot(first));
+        local.fresh_slot.set(
+            self.slot_ptr(first)
+                .expect("a reserved slot's segment exists"),
+        );
         Ok(local.take_reserved().expect("just reserved"))
     }
 
