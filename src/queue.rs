@@ -33,10 +33,10 @@ use std::marker::PhantomData;
 use std::ptr;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
 #[cfg(not(all(test, loom)))]
-use std::sync::atomic::{fence, AtomicPtr, AtomicUsize};
+use std::sync::atomic::{fence, AtomicPtr, AtomicU64, AtomicUsize};
 
 #[cfg(all(test, loom))]
-use loom::sync::atomic::{fence, AtomicPtr, AtomicUsize};
+use loom::sync::atomic::{fence, AtomicPtr, AtomicU64, AtomicUsize};
 
 use crate::shard::Padded;
 
@@ -70,7 +70,7 @@ const LAP: usize = BLOCK_CAP + 1;
 const SHIFT: u32 = 1;
 /// In the head's index: its block has a next one, so the queue is not empty
 /// before the head reaches that block.
-const HAS_NEXT: usize = 1;
+const HAS_NEXT: u64 = 1;
 /// Spare blocks kept for reuse.
 #[cfg(not(all(test, loom)))]
 const SPARES: usize = 4;
@@ -97,9 +97,10 @@ impl Block {
 }
 
 /// The head or the tail: an index (a position `<< SHIFT`, and the head's
-/// flag) and the block of that position.
+/// flag; 64 bits on every target, so it never wraps) and the block of that
+/// position.
 struct End {
-    index: AtomicUsize,
+    index: AtomicU64,
     block: AtomicPtr<Block>,
 }
 
@@ -118,11 +119,22 @@ unsafe impl<T: Entry> Send for Queue<T> {}
 // SAFETY: as above.
 unsafe impl<T: Entry> Sync for Queue<T> {}
 
-/// The number of slots before `position` (block ends excluded): the same for
-/// a block's extra position and the next block's first.
-fn slots_before(index: usize) -> usize {
+/// The number of slots before an index's position (block ends excluded):
+/// the same for a block's extra position and the next block's first.
+fn slots_before(index: u64) -> u64 {
     let position = index >> SHIFT;
-    position / LAP * BLOCK_CAP + (position % LAP).min(BLOCK_CAP)
+    let lap = LAP as u64;
+    position / lap * BLOCK_CAP as u64 + (position % lap).min(BLOCK_CAP as u64)
+}
+
+/// The offset in its block of an index's position.
+fn offset_of(index: u64) -> usize {
+    ((index >> SHIFT) % LAP as u64) as usize
+}
+
+/// The block number of an index's position.
+fn lap_of(index: u64) -> u64 {
+    (index >> SHIFT) / LAP as u64
 }
 
 /// Waits for the push that took `slot`'s position to write it.
@@ -166,16 +178,27 @@ impl<T: Entry> Queue<T> {
         let first = Block::allocate();
         Queue {
             head: Padded(End {
-                index: AtomicUsize::new(0),
+                index: AtomicU64::new(0),
                 block: AtomicPtr::new(first),
             }),
             tail: Padded(End {
-                index: AtomicUsize::new(0),
+                index: AtomicU64::new(0),
                 block: AtomicPtr::new(first),
             }),
             spares: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
             _entries: PhantomData,
         }
+    }
+
+    /// A queue whose positions start at `position` (the first of a block),
+    /// as if that many entries had passed through it.
+    #[cfg(all(test, not(loom)))]
+    fn starting_at(position: u64) -> Queue<T> {
+        assert_eq!(position % LAP as u64, 0, "the first position of a block");
+        let q = Queue::new();
+        q.head.index.store(position << SHIFT, Relaxed);
+        q.tail.index.store(position << SHIFT, Relaxed);
+        q
     }
 
     /// Adds `value` at the tail.
@@ -185,7 +208,7 @@ impl<T: Entry> Queue<T> {
         debug_assert_ne!(word, 0);
         let tail = self.tail.index.load(Acquire);
         let block = self.tail.block.load(Acquire);
-        let offset = (tail >> SHIFT) % LAP;
+        let offset = offset_of(tail);
         // The common case inline: a slot that is not its block's last, taken
         // at the first try.
         if offset + 1 < BLOCK_CAP
@@ -205,14 +228,14 @@ impl<T: Entry> Queue<T> {
     /// [`Queue::push`] from the tail (`tail`, `block`) as last read: a block
     /// end, or a lost race.
     #[inline(never)]
-    fn push_from(&self, word: usize, tail: usize, block: *mut Block) {
+    fn push_from(&self, word: usize, tail: u64, block: *mut Block) {
         let mut backoff = Backoff::new();
         let (mut tail, mut block) = (tail, block);
         // A block for the next push, made before taking this block's last
         // slot (so that the tail waits on it as briefly as can be).
         let mut next_block: *mut Block = ptr::null_mut();
         loop {
-            let offset = (tail >> SHIFT) % LAP;
+            let offset = offset_of(tail);
             if offset == BLOCK_CAP {
                 // Another push is moving the tail to the next block.
                 backoff.snooze();
@@ -260,7 +283,7 @@ impl<T: Entry> Queue<T> {
     pub(crate) fn pop(&self) -> Option<T> {
         let head = self.head.index.load(Acquire);
         let block = self.head.block.load(Acquire);
-        let offset = (head >> SHIFT) % LAP;
+        let offset = offset_of(head);
         // The common case inline: a slot that is not its block's last, with
         // a next block already (so the queue is not empty), taken at the
         // first try.
@@ -283,11 +306,11 @@ impl<T: Entry> Queue<T> {
     /// [`Queue::pop`] from the head (`head`, `block`) as last read: near
     /// the tail, at a block end, or after a lost race.
     #[inline(never)]
-    fn pop_from(&self, head: usize, block: *mut Block) -> Option<T> {
+    fn pop_from(&self, head: u64, block: *mut Block) -> Option<T> {
         let mut backoff = Backoff::new();
         let (mut head, mut block) = (head, block);
         loop {
-            let offset = (head >> SHIFT) % LAP;
+            let offset = offset_of(head);
             if offset == BLOCK_CAP {
                 // Another pop is moving the head to the next block.
                 backoff.snooze();
@@ -303,7 +326,7 @@ impl<T: Entry> Queue<T> {
                 if head >> SHIFT == tail >> SHIFT {
                     return None;
                 }
-                if (head >> SHIFT) / LAP != (tail >> SHIFT) / LAP {
+                if lap_of(head) != lap_of(tail) {
                     new_head |= HAS_NEXT;
                 }
             }
@@ -379,7 +402,7 @@ impl<T: Entry> Queue<T> {
             let head = self.head.index.load(SeqCst);
             // Consistent when the tail did not move meanwhile.
             if self.tail.index.load(SeqCst) == tail {
-                return slots_before(tail).saturating_sub(slots_before(head));
+                return slots_before(tail).saturating_sub(slots_before(head)) as usize;
             }
         }
     }
@@ -510,6 +533,27 @@ mod tests {
             }
             assert_eq!(q.len(), next_in - next_out);
         }
+    }
+
+    /// Positions count in 64 bits on every target: a queue that has passed
+    /// 2^32 entries (where a 32-bit count would wrap) still sees its
+    /// length, emptiness and order right.
+    #[test]
+    fn positions_past_the_32_bit_range_keep_length_and_order() {
+        let start = (1u64 << 32) / LAP as u64 * LAP as u64;
+        let q = Queue::starting_at(start);
+        assert!(q.is_empty());
+        let n = BLOCK_CAP * 3;
+        for i in 1..=n {
+            q.push(N(i));
+            assert_eq!(q.len(), i);
+            assert!(!q.is_empty());
+        }
+        for i in 1..=n {
+            assert_eq!(q.pop(), Some(N(i)));
+        }
+        assert!(q.is_empty());
+        assert_eq!(q.pop(), None);
     }
 
     #[test]
