@@ -1,6 +1,6 @@
 //! The operating-system calls the engine needs that std does not offer: the
 //! completion queue's descriptor (an eventfd, or a pipe), the fork handlers,
-//! waiting on an atomic word (a futex, or a table of locks), and the worker
+//! waiting on an atomic word (a futex, or polling elsewhere), and the worker
 //! threads (started with `pthread_create` so that a foreign unwind out of a
 //! work function is sound; see [`ThreadBody`]). The only OS-specific module.
 
@@ -454,7 +454,7 @@ pub(crate) fn wait_on(word: &AtomicU32, expected: u32, deadline: Option<Instant>
     #[cfg(target_os = "linux")]
     futex::wait(word, expected, deadline);
     #[cfg(not(target_os = "linux"))]
-    locks::wait(word, expected, deadline);
+    polling::wait(word, expected, deadline);
 }
 
 /// Wakes every thread in [`wait_on`] for `word`, which the caller has
@@ -464,7 +464,7 @@ pub(crate) fn wake_all(word: &AtomicU32) {
     #[cfg(target_os = "linux")]
     futex::wake_all(word);
     #[cfg(not(target_os = "linux"))]
-    locks::wake_all(word);
+    polling::wake_all(word);
 }
 
 #[cfg(all(target_os = "linux", not(all(test, loom))))]
@@ -477,7 +477,7 @@ mod futex {
             Some(d) => match d.checked_duration_since(Instant::now()) {
                 None => return,
                 Some(left) => Some(libc::timespec {
-                    tv_sec: left.as_secs().min(i64::MAX as u64) as libc::time_t,
+                    tv_sec: left.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
                     tv_nsec: left.subsec_nanos() as libc::c_long,
                 }),
             },
@@ -513,46 +513,28 @@ mod futex {
     }
 }
 
-/// [`wait_on`] and [`wake_all`] without a futex: a fixed table of locks and
-/// condition variables, picked by the word's address. A waiter compares the
-/// word under its lock, a waker takes that lock after changing the word, so
-/// no wake-up is lost; words that share a place only wake each other for
-/// nothing. (Built on Linux for its test.)
+/// [`wait_on`] and [`wake_all`] without a futex: the waiter sleeps a
+/// moment (200 µs at most) and returns, for its caller to look again. No
+/// lock, so a fork can leave none held; a wake-up is seen a sleep late at
+/// worst. A port would use the platform's own address wait instead. (Built
+/// on Linux for its test.)
 #[cfg(all(any(not(target_os = "linux"), test), not(all(test, loom))))]
-mod locks {
+mod polling {
     use super::*;
-    use std::sync::{Condvar, Mutex};
-
-    const PLACES: usize = 64;
-
-    static TABLE: [(Mutex<()>, Condvar); PLACES] =
-        [const { (Mutex::new(()), Condvar::new()) }; PLACES];
-
-    fn place(word: &AtomicU32) -> &'static (Mutex<()>, Condvar) {
-        &TABLE[(word.as_ptr() as usize >> 2) % PLACES]
-    }
+    use std::time::Duration;
 
     pub(super) fn wait(word: &AtomicU32, expected: u32, deadline: Option<Instant>) {
-        let (lock, woken) = place(word);
-        let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
-        if word.load(std::sync::atomic::Ordering::Relaxed) != expected {
+        if word.load(std::sync::atomic::Ordering::Acquire) != expected {
             return;
         }
-        match deadline {
-            None => drop(woken.wait(guard)),
-            Some(d) => {
-                if let Some(left) = d.checked_duration_since(Instant::now()) {
-                    drop(woken.wait_timeout(guard, left));
-                }
-            }
-        }
+        let pause = Duration::from_micros(200);
+        let pause = deadline.map_or(pause, |d| {
+            d.saturating_duration_since(Instant::now()).min(pause)
+        });
+        std::thread::sleep(pause);
     }
 
-    pub(super) fn wake_all(word: &AtomicU32) {
-        let (lock, woken) = place(word);
-        drop(lock.lock().unwrap_or_else(|e| e.into_inner()));
-        woken.notify_all();
-    }
+    pub(super) fn wake_all(_word: &AtomicU32) {}
 }
 
 /// Whether a thread-local destructor running now must leak what it holds
@@ -798,12 +780,12 @@ mod tests {
 
     /// A sleeper on a word wakes when another thread changes the word and
     /// wakes it, and a deadline ends a sleep nobody ends; for the futex and
-    /// for the table of locks alike.
+    /// for the polling fallback alike.
     #[test]
     fn a_word_sleeper_wakes_on_a_change_or_its_deadline() {
         type Wait = fn(&AtomicU32, u32, Option<Instant>);
         type Wake = fn(&AtomicU32);
-        let ways: [(Wait, Wake); 2] = [(wait_on, wake_all), (locks::wait, locks::wake_all)];
+        let ways: [(Wait, Wake); 2] = [(wait_on, wake_all), (polling::wait, polling::wake_all)];
         for (wait, wake) in ways {
             let word = std::sync::Arc::new(AtomicU32::new(0));
             let sleeper = {
