@@ -121,8 +121,8 @@ pub unsafe trait Slotted: Default + Send + Sync + 'static {
 ///   releases reuses its own slots), then the never-taken slots it reserved,
 ///   then one chain from the depot (so that several submitting threads
 ///   share the freed slots a run at a time), then the whole shared list
-///   with one atomic swap, and with nothing free anywhere it reserves
-///   `FRESH_RUN` never-taken slots with one `fetch_add` (a burst deeper
+///   with one atomic swap, and with nothing free anywhere it reserves up
+///   to `FRESH_RUN` never-taken slots of one segment with one CAS (a burst deeper
 ///   than every freed slot takes a new slot per task: one add per run, and
 ///   no per-slot work but writing its index and generation, see `Slot`).
 ///
@@ -225,13 +225,19 @@ impl<T: Slotted> Drop for LocalFree<T> {
         if !slab.deposit(head, true) {
             slab.push_chain(head);
         }
-        // Its reserved slots go on the shared list one by one: few, and
+        // Its unused reserved slots go onto the shared list as one run:
         // otherwise no thread could ever take them.
-        for index in self.fresh_next.get()..self.fresh_end.get() {
-            let slot = slab.make_ready(index);
-            slab.push_run(index + 1, slot);
+        let (first, end) = (self.fresh_next.get(), self.fresh_end.get());
+        if first < end {
+            let mut last = slab.make_ready(first);
+            for index in first + 1..end {
+                let slot = slab.make_ready(index);
+                last.next_free.store(index + 1, Relaxed);
+                last = slot;
+            }
+            slab.push_run(first + 1, last);
         }
-        self.fresh_end.set(self.fresh_next.get());
+        self.fresh_end.set(first);
     }
 }
 

@@ -6,8 +6,9 @@
 //! Modules, each depending only on the ones listed before it:
 //!
 //! - `sys`: every platform call (worker threads, the completion queue's fd,
-//!   fork handlers, futex waits) and, with `ffi`, `queue` and `handles`' slab,
-//!   the only `unsafe` code
+//!   fork handlers, futex waits) and, with `ffi`, `queue`, `handles`' slab
+//!   and `task_state`'s cell, the only `unsafe` code (but for one promise
+//!   about a type's layout: `Task`'s `Slotted` impl)
 //! - `shard`: counters in per-thread parts, on cache lines of their own
 //! - `queue`: a lock-free FIFO in reused blocks (a pool's queue)
 //! - [`status`], [`handles`] (task memory: a lock-free slab of slots named by

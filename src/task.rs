@@ -1177,11 +1177,34 @@ pub fn live_handles() -> usize {
 #[cfg(test)]
 mod tests {
     /// A queued task's memory is its slot: what every task carries stays
-    /// within 144 bytes (the slot adds 16), the rest goes to [`super::Rare`].
+    /// within 128 bytes (the slot adds 16), the rest goes to [`super::Rare`].
     #[test]
     #[cfg(target_pointer_width = "64")]
     fn a_task_fits_its_budget() {
         let size = std::mem::size_of::<super::Task>();
-        assert!(size <= 144, "a Task takes {size} bytes");
+        assert!(size <= 128, "a Task takes {size} bytes");
+    }
+
+    /// A slot never taken is zeroed memory read as a `Task` (see its
+    /// `Slotted` impl): all zeroes must be `Task::default()`, field by
+    /// field. `make stress` runs this under Miri too, which refuses the
+    /// bytes outright should a field's type stop accepting zeroes.
+    #[test]
+    #[allow(unsafe_code)]
+    fn a_zeroed_task_is_the_default() {
+        let zeroed = std::mem::MaybeUninit::<super::Task>::zeroed();
+        // SAFETY: the promise of `Task`'s `Slotted` impl, under test here.
+        let mut task = unsafe { zeroed.assume_init() };
+        let calls = &task.calls;
+        assert!(calls.work.is_none() && calls.on_done.is_none());
+        assert_eq!((calls.arg, calls.on_done_data), (0, 0));
+        assert_eq!((task.submitted, task.handle), (0, 0));
+        assert!(!task.detached && !task.uses_rare && !task.has_limiter);
+        assert!(task.rare.is_none() && task.limiter.is_none() && task.pool.is_none());
+        assert!(task.state.is_waiting());
+        assert!(task.state.take_start_with().is_empty());
+        let default = super::Task::default();
+        assert!(default.calls.work.is_none() && default.pool.is_none());
+        assert!(default.state.is_waiting());
     }
 }

@@ -129,13 +129,13 @@ fi
 
 if [[ $nightly == yes ]] && { rustup component list --toolchain nightly --installed | grep -q '^miri' ||
     rustup component add miri --toolchain nightly; }; then
-    step "5b. Miri: the unit tests of the pure-Rust modules (table, overrides, handles, queue)"
+    step "5b. Miri: the unit tests of the pure-Rust modules (table, overrides, handles, queue, task slots)"
     # Permissive provenance: values hold the caller's pointers as integers (never dereferenced) and turn
     # them back into pointers only to hand them to the caller's release and clone functions.
     MIRIFLAGS=-Zmiri-permissive-provenance CARGO_TARGET_DIR=target/miri \
         cargo +nightly miri test --lib -- table:: overrides:: handles:: queue::tests::one_thread \
-        queue::tests::a_dropped 2>&1 | tee "$out/miri.log"
-    figure "Miri: $(grep -c '^test .* ok$' "$out/miri.log") unit tests of table, overrides, handles and queue, undefined behaviour 0"
+        queue::tests::a_dropped task::tests::a_zeroed_task 2>&1 | tee "$out/miri.log"
+    figure "Miri: $(grep -c '^test .* ok$' "$out/miri.log") unit tests of table, overrides, handles, queue and task slots, undefined behaviour 0"
 else
     figure "Miri: not run (no nightly toolchain with miri)"
 fi
