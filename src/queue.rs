@@ -464,25 +464,27 @@ impl<T: Entry> Drop for Queue<T> {
     }
 }
 
+/// A nonzero number as an entry, for the tests and the loom models.
+#[cfg(test)]
+#[derive(Debug, PartialEq, Eq)]
+struct N(usize);
+
+// SAFETY: the word is the number, never 0 (the tests use 1 and up).
+#[cfg(test)]
+unsafe impl Entry for N {
+    fn into_word(self) -> usize {
+        self.0
+    }
+    unsafe fn from_word(word: usize) -> Self {
+        N(word)
+    }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
-
-    /// A nonzero number as an entry.
-    #[derive(Debug, PartialEq, Eq)]
-    struct N(usize);
-
-    // SAFETY: the word is the number, never 0 (the tests use 1 and up).
-    unsafe impl Entry for N {
-        fn into_word(self) -> usize {
-            self.0
-        }
-        unsafe fn from_word(word: usize) -> Self {
-            N(word)
-        }
-    }
 
     /// A counted reference, to see that a dropped queue drops what it holds.
     struct Held(Arc<()>);
@@ -630,19 +632,6 @@ mod loom_tests {
     use super::*;
     use loom::sync::Arc;
     use loom::thread;
-
-    #[derive(Debug, PartialEq, Eq)]
-    struct N(usize);
-
-    // SAFETY: the word is the number, never 0.
-    unsafe impl Entry for N {
-        fn into_word(self) -> usize {
-            self.0
-        }
-        unsafe fn from_word(word: usize) -> Self {
-            N(word)
-        }
-    }
 
     /// Two threads push three entries across a block end (two-slot
     /// blocks) while a third tries twice to pop, then takes the rest: each
