@@ -227,17 +227,13 @@ impl<T: Slotted> Drop for LocalFree<T> {
         }
         // Its unused reserved slots go onto the shared list as one run:
         // otherwise no thread could ever take them.
-        let (first, end) = (self.fresh_next.get(), self.fresh_end.get());
-        if first < end {
-            let mut last = slab.make_ready(first);
-            for index in first + 1..end {
-                let slot = slab.make_ready(index);
+        if let Some((first, mut last)) = self.take_reserved() {
+            while let Some((index, slot)) = self.take_reserved() {
                 last.next_free.store(index + 1, Relaxed);
                 last = slot;
             }
             slab.push_run(first + 1, last);
         }
-        self.fresh_end.set(first);
     }
 }
 
