@@ -1043,11 +1043,16 @@ mod tests {
     use super::*;
 
     /// A value type with a slab of its own (each test gets one, so their
-    /// counts do not mix), reachable from a static as the task slab is.
+    /// counts do not mix), reachable from a static as the task slab is;
+    /// with a `$chain`, its inserts go through that private chain.
     macro_rules! value_type {
-        ($name:ident) => {
+        ($name:ident $(, $chain:ident)?) => {
             #[derive(Default)]
             struct $name(u32);
+
+            $(thread_local! {
+                static $chain: LocalFree<$name> = const { LocalFree::new() };
+            })?
 
             // SAFETY: a u32; all zeroes is its default.
             unsafe impl Slotted for $name {
@@ -1060,9 +1065,14 @@ mod tests {
                 fn clear(&mut self) {
                     self.0 = 0;
                 }
+
+                $(fn local_free() -> Option<&'static std::thread::LocalKey<LocalFree<Self>>> {
+                    Some(&$chain)
+                })?
             }
 
             impl $name {
+                #[allow(dead_code)]
                 fn put(v: u32) -> u64 {
                     Self::slab().insert(|value, _| value.0 = v).unwrap().1
                 }
@@ -1070,56 +1080,14 @@ mod tests {
         };
     }
 
-    /// A value type whose inserts go through a private chain.
-    #[derive(Default)]
-    struct Chained(u32);
-
-    thread_local! {
-        static CHAIN: LocalFree<Chained> = const { LocalFree::new() };
-    }
-
-    // SAFETY: a u32; all zeroes is its default.
-    unsafe impl Slotted for Chained {
-        fn slab() -> &'static Slab<Self> {
-            static SLAB: once_cell::sync::Lazy<Slab<Chained>> =
-                once_cell::sync::Lazy::new(Slab::default);
-            &SLAB
-        }
-
-        fn clear(&mut self) {
-            self.0 = 0;
-        }
-
-        fn local_free() -> Option<&'static std::thread::LocalKey<LocalFree<Self>>> {
-            Some(&CHAIN)
-        }
-    }
+    value_type!(Chained, CHAIN);
 
     /// A thread with nothing free reserves never-taken slots together; the
     /// ones it did not use go back when it ends, so no index is lost. A
     /// never-taken slot is named by no handle.
     #[test]
     fn reserved_slots_are_used_in_order_and_given_back_at_a_threads_end() {
-        // A slab of its own, with private chains.
-        #[derive(Default)]
-        struct Reserved(u32);
-        thread_local! {
-            static OWN: LocalFree<Reserved> = const { LocalFree::new() };
-        }
-        // SAFETY: a u32; all zeroes is its default.
-        unsafe impl Slotted for Reserved {
-            fn slab() -> &'static Slab<Self> {
-                static SLAB: once_cell::sync::Lazy<Slab<Reserved>> =
-                    once_cell::sync::Lazy::new(Slab::default);
-                &SLAB
-            }
-            fn clear(&mut self) {
-                self.0 = 0;
-            }
-            fn local_free() -> Option<&'static std::thread::LocalKey<LocalFree<Self>>> {
-                Some(&OWN)
-            }
-        }
+        value_type!(Reserved, OWN);
         let s = Reserved::slab();
         let taken = std::thread::spawn(move || {
             let handles: Vec<u64> = (0..3)
