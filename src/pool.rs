@@ -507,6 +507,13 @@ impl PoolShared {
         self.options.on_task_start.is_some() || self.options.on_task_end.is_some()
     }
 
+    /// A submit's time (`sys::now_ns`), where the pool records latency or
+    /// has task hooks; None elsewhere.
+    #[inline(always)]
+    fn submit_time(&self) -> Option<u64> {
+        (self.latency.is_some() || self.has_task_hooks()).then(sys::now_ns)
+    }
+
     /// Calls a task hook: on a worker between its calls, from its start
     /// routine (see `sys::call_foreign`); inside a waiter's call (an inline
     /// run), in place.
@@ -1109,7 +1116,7 @@ impl Pool {
     /// Never blocks; on error nothing runs and no callback is called.
     pub fn submit(&self, spec: TaskSpec, snapshot: Table) -> Result<u64, Error> {
         let shared = &self.shared;
-        let submitted = (shared.latency.is_some() || shared.has_task_hooks()).then(sys::now_ns);
+        let submitted = shared.submit_time();
         // A limiter with room admits the task before it exists: it then
         // starts out queued and holding its place, and needs nothing kept
         // for a later admission.
@@ -1139,7 +1146,7 @@ impl Pool {
     /// same, with less to look at.
     pub fn submit_plain(&self, calls: PlainCalls, snapshot: Table) -> Result<u64, Error> {
         let shared = &self.shared;
-        let submitted = (shared.latency.is_some() || shared.has_task_hooks()).then(sys::now_ns);
+        let submitted = shared.submit_time();
         let (task, handle) = Task::insert_plain(calls, snapshot, shared, submitted)?;
         self.enqueue(task, handle)
     }
