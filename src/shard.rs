@@ -39,29 +39,27 @@ const NONE: usize = OWNED + 1;
 /// The claimed part indexes, one bit each.
 static CLAIMED: AtomicU32 = AtomicU32::new(0);
 
-/// The part index this thread owns, if it could claim one.
-struct Owner {
-    index: Cell<Option<usize>>,
-}
+/// The claim of this thread's part index: made when the thread-local is
+/// first reached, given back when the thread ends. The index itself is
+/// `OWNED_INDEX`.
+struct Owner;
 
 impl Owner {
+    /// Claims a free index into `OWNED_INDEX` ([`NONE`] with none left).
     fn claim() -> Owner {
         let mut claimed = CLAIMED.load(Relaxed);
         loop {
             let free = !claimed & ((1u32 << OWNED) - 1);
             if free == 0 {
-                return Owner {
-                    index: Cell::new(None),
-                };
+                OWNED_INDEX.set(NONE);
+                return Owner;
             }
             let bit = free.trailing_zeros();
             // Acquire: the previous owner's writes to the part come first.
             match CLAIMED.compare_exchange_weak(claimed, claimed | 1 << bit, Acquire, Relaxed) {
                 Ok(_) => {
                     OWNED_INDEX.set(bit as usize);
-                    return Owner {
-                        index: Cell::new(Some(bit as usize)),
-                    };
+                    return Owner;
                 }
                 Err(now) => claimed = now,
             }
@@ -73,8 +71,8 @@ impl Drop for Owner {
     fn drop(&mut self) {
         // From here on this thread's bumps (from later thread-local
         // destructors) go to the shared parts.
-        OWNED_INDEX.set(NONE);
-        if let Some(index) = self.index.take() {
+        let index = OWNED_INDEX.replace(NONE);
+        if index < OWNED {
             // Release: this owner's writes come before the next owner's.
             CLAIMED.fetch_and(!(1u32 << index), Release);
         }
@@ -118,11 +116,12 @@ fn claim_once(index: usize) -> Option<usize> {
     if index != UNCLAIMED {
         return None;
     }
-    let claimed = OWNER.try_with(|o| o.index.get()).ok().flatten();
-    if claimed.is_none() {
+    if OWNER.try_with(|_| ()).is_err() {
+        // Its thread-locals are being destroyed: no claim any more.
         OWNED_INDEX.set(NONE);
     }
-    claimed
+    let index = OWNED_INDEX.get();
+    (index < OWNED).then_some(index)
 }
 
 /// A value alone on its cache line (two, for the adjacent-line prefetcher).
