@@ -340,7 +340,33 @@ pub fn bump_fork_epoch() {
     FORK_EPOCH.fetch_add(1, Relaxed);
 }
 
+impl<T> Slab<T> {
+    /// An empty slab, usable in a `static`: reaching it then costs no check
+    /// of a lazy initialization on every take and free.
+    #[cfg(not(all(test, loom)))]
+    pub const fn new() -> Self {
+        Slab {
+            segments: [const { AtomicPtr::new(std::ptr::null_mut()) }; SEGMENTS],
+            fresh: AtomicU32::new(0),
+            free: AtomicU64::new(0),
+            depot: Padded(Depot {
+                places: [const { AtomicU32::new(0) }; DEPOT],
+                filled: AtomicU32::new(0),
+            }),
+            made: Counter::new(),
+            released: Counter::new(),
+        }
+    }
+}
+
 impl<T> Default for Slab<T> {
+    #[cfg(not(all(test, loom)))]
+    fn default() -> Self {
+        Slab::new()
+    }
+
+    /// loom's atomics are not made in a `const fn`.
+    #[cfg(all(test, loom))]
     fn default() -> Self {
         Slab {
             segments: std::array::from_fn(|_| AtomicPtr::new(std::ptr::null_mut())),
@@ -350,8 +376,8 @@ impl<T> Default for Slab<T> {
                 places: std::array::from_fn(|_| AtomicU32::new(0)),
                 filled: AtomicU32::new(0),
             }),
-            made: Counter::default(),
-            released: Counter::default(),
+            made: Counter::new(),
+            released: Counter::new(),
         }
     }
 }

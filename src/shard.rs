@@ -144,13 +144,26 @@ pub(crate) fn add_owned(part: &AtomicU64, n: u64) {
 
 /// A counter in parts (see the module docs); it wraps, so a part may go
 /// "below 0" while the sum stays right.
-#[derive(Default)]
 pub(crate) struct Counter {
     owned: [Padded<AtomicU64>; OWNED],
     shared: [Padded<AtomicU64>; SHARDS],
 }
 
+impl Default for Counter {
+    fn default() -> Self {
+        Counter::new()
+    }
+}
+
 impl Counter {
+    /// A counter at 0 (usable in a `static`).
+    pub(crate) const fn new() -> Counter {
+        Counter {
+            owned: [const { Padded(AtomicU64::new(0)) }; OWNED],
+            shared: [const { Padded(AtomicU64::new(0)) }; SHARDS],
+        }
+    }
+
     #[inline]
     pub(crate) fn add(&self, n: u64) {
         match owned() {

@@ -59,6 +59,9 @@ pub type DoneFn = extern "C" fn(
 pub type FreeFn = extern "C" fn(ptr: *mut c_void);
 
 /// Every task's memory, named by its handle. Handles outlive their pool.
+#[cfg(not(all(test, loom)))]
+static TASKS: Slab<Task> = Slab::new();
+#[cfg(all(test, loom))]
 static TASKS: Lazy<Slab<Task>> = Lazy::new(Slab::default);
 
 /// The slab of every task of this process.
