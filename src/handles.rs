@@ -983,13 +983,40 @@ impl<T: Slotted> Ref<T> {
     }
 
     /// Releases `handle`, the handle of this reference's own slot (a value
-    /// that knows its handle): [`Slab::remove`] without looking the handle
-    /// up. False when it was released already.
-    pub fn remove_own(this: &Ref<T>, handle: u64) -> bool {
-        debug_assert_eq!(decode(handle).index, Ref::index(this), "its own handle");
-        // The handle's reference goes with its generation, in one step;
-        // `this` is another, so the slot stays.
-        T::slab().end_generation(this.slot, decode(handle).generation, true)
+    /// that knows its handle), and drops this reference: [`Slab::remove`]
+    /// without looking the handle up, with both references gone in one
+    /// step. False when the handle was released already (only this
+    /// reference goes then).
+    pub fn release_own(this: Ref<T>, handle: u64) -> bool {
+        debug_assert_eq!(decode(handle).index, Ref::index(&this), "its own handle");
+        let generation_now = decode(handle).generation;
+        let mut word = this.slot.word.load(Relaxed);
+        loop {
+            if generation(word) != generation_now {
+                return false; // `this` drops its own reference
+            }
+            debug_assert!(references(word) >= 2, "the handle's and this one");
+            let new =
+                u64::from(next_generation(generation_now)) << 32 | u64::from(references(word) - 2);
+            // Release: this holder's use of the value happens before whoever
+            // frees the slot; acquire: when that is this thread, every other
+            // holder's use happened before (as in `free_last`).
+            match this
+                .slot
+                .word
+                .compare_exchange_weak(word, new, AcqRel, Relaxed)
+            {
+                Ok(_) => break,
+                Err(now) => word = now,
+            }
+        }
+        T::slab().released.add(1);
+        // Both references are counted out already: `this` must not drop.
+        let mut this = std::mem::ManuallyDrop::new(this);
+        if references(word) == 2 {
+            this.free_last();
+        }
+        true
     }
 
     /// The slot's index: names the value while this reference lives
@@ -1237,20 +1264,27 @@ mod tests {
     }
 
     #[test]
-    fn a_reference_releases_its_own_handle_once() {
+    fn a_reference_releases_its_own_handle_once_and_goes_with_it() {
         value_type!(V);
         let s = V::slab();
         let (held, h) = s.insert(|value, _| value.0 = 5).unwrap();
-        assert!(Ref::remove_own(&held, h));
+        let other = held.clone();
+        assert!(Ref::release_own(held, h));
         assert_eq!(s.get(h).err(), Some(HandleError::Invalid));
-        assert!(!Ref::remove_own(&held, h), "released already");
+        assert!(!Ref::release_own(other.clone(), h), "released already");
         assert_eq!(s.remove(h).err(), Some(HandleError::Invalid));
-        // The holder's reference keeps the value; the last one frees the slot.
-        assert_eq!(held.0, 5);
-        drop(held);
+        // The other reference keeps the value; the last one frees the slot.
+        assert_eq!(other.0, 5);
+        drop(other);
         let h2 = V::put(6);
         assert_eq!(h & INDEX_MASK, h2 & INDEX_MASK, "the slot was free again");
         assert_eq!(s.get(h2).unwrap().0, 6);
+        // The handle's reference and the last other one: freed at once.
+        let (held, h3) = s.insert(|value, _| value.0 = 9).unwrap();
+        assert!(Ref::release_own(held, h3));
+        let h4 = V::put(10);
+        assert_eq!(h3 & INDEX_MASK, h4 & INDEX_MASK, "freed with the handle");
+        assert_eq!(s.live(), 2, "h2 and h4");
     }
 
     #[test]

@@ -754,8 +754,9 @@ fn worker_name(prefix: &str, number: u64) -> String {
 struct Worker {
     shared: Arc<PoolShared>,
     step: Step,
-    /// The task taken, until its callbacks have returned and the calls they
-    /// deferred are made; then the worker's slot is free for the next.
+    /// The task taken, until it is published (see `publish`) or, abandoned
+    /// by a cancel, until the calls its end deferred are made; then the
+    /// worker's slot is free for the next.
     task: Option<TaskRef>,
     stage: Stage,
     /// While its work function and end hook run: its table installed, and
@@ -901,11 +902,16 @@ impl Worker {
     /// without one). The calls publishing deferred (a `free_result`) are made
     /// before the worker looks for the next task: `Again` then.
     fn publish(&mut self, outcome: Outcome) -> Option<ForeignCall> {
+        // The worker's reference goes with the publishing (a detached
+        // task's handle with it, in one step). Not abandoned, the task gave
+        // no slot back: the worker keeps its slot for the next task.
         self.task
-            .as_ref()
+            .take()
             .expect("a task reported")
             .after_on_done(outcome);
         self.stage = Stage::Done;
+        self.timed_out = false;
+        self.may_spin = true;
         sys::calls_deferred().then_some(ForeignCall::Again)
     }
 }
@@ -925,8 +931,8 @@ impl Worker {
             ..
         } = self;
         if let Some(task) = taken.take() {
-            // Its callbacks have returned: the slot taken with it is free for
-            // the next task (or goes back below), unless a cancel gave it
+            // An abandoned task has ended: the slot taken with it is free for
+            // the next task (or goes back below), unless the cancel gave it
             // back already.
             if task.slot_given_back() {
                 *holding = false;

@@ -812,8 +812,8 @@ impl Task {
 impl Ref<Task> {
     /// After `on_done` returned (or at once without one): makes the outcome
     /// visible, frees a result no one can receive, and releases a detached
-    /// task's handle.
-    pub(crate) fn after_on_done(&self, outcome: Outcome) {
+    /// task's handle together with this reference.
+    pub(crate) fn after_on_done(self, outcome: Outcome) {
         let queue = self
             .rare()
             .and_then(|r| r.cq.as_ref())
@@ -847,8 +847,10 @@ impl Ref<Task> {
         });
         free_with(self.free_result(), after.orphan);
         if after.release_self {
-            // A user's release may have won the race; then this finds nothing.
-            Ref::remove_own(self, self.handle());
+            // A user's release may have won the race; then only this
+            // reference goes.
+            let handle = self.handle();
+            Ref::release_own(self, handle);
         }
         wake_wait_any();
     }
@@ -899,7 +901,7 @@ impl Ref<Task> {
             let reporting = Reporting::new(self);
             sys::call_foreign(call);
             drop(reporting);
-            self.after_on_done(outcome);
+            self.clone().after_on_done(outcome);
         }
     }
 
