@@ -193,6 +193,18 @@ pub extern "C" fn asyncify_submit(
         let Some(work) = r#fn else {
             return Err(fail(ASYNCIFY_E_NULL, "fn is NULL"));
         };
+        if let Some(o) = plain_options(opts, out_handle) {
+            let calls = PlainCalls {
+                work,
+                arg,
+                on_done: o.on_done,
+                on_done_data: o.on_done_data,
+                detached: o.flags & ASYNCIFY_SUBMIT_DETACHED != 0,
+            };
+            let handle = pool_or_default(o.pool).submit_plain(calls, overrides::snapshot())?;
+            write_out(out_handle, handle);
+            return Ok(ASYNCIFY_OK);
+        }
         let mut spare = None;
         let o = versioned_arg(opts, &mut spare)?.unwrap_or(&DEFAULT_SUBMIT_OPTIONS);
         let flags = o.flags;
@@ -232,38 +244,66 @@ pub extern "C" fn asyncify_submit(
         } else {
             context_ref(context)?.table.clone()
         };
-        let (start_within_ms, free_arg, free_result) =
-            (o.start_within_ms, o.free_arg, o.free_result);
-        let plain = cq.is_none()
-            && limiter.is_null()
-            && start_within_ms == 0
-            && free_arg.is_none()
-            && free_result.is_none();
-        let handle = if plain {
-            pool.submit_plain(
-                PlainCalls {
-                    work,
-                    arg,
-                    on_done: o.on_done,
-                    on_done_data: o.on_done_data,
-                    detached,
-                },
-                snapshot,
-            )?
-        } else {
-            let limiter = (!limiter.is_null()).then(|| limiter_ref(limiter));
-            let spec = TaskSpec::new(work, arg)
-                .limiter(limiter)
-                .start_within_ms(start_within_ms)
-                .on_done(o.on_done, o.on_done_data)
-                .free_fns(free_arg, free_result)
-                .detached(detached)
-                .completion_queue(cq);
-            pool.submit(spec, snapshot)?
-        };
+        let limiter = (!limiter.is_null()).then(|| limiter_ref(limiter));
+        let spec = TaskSpec::new(work, arg)
+            .limiter(limiter)
+            .start_within_ms(o.start_within_ms)
+            .on_done(o.on_done, o.on_done_data)
+            .free_fns(o.free_arg, o.free_result)
+            .detached(detached)
+            .completion_queue(cq);
+        let handle = pool.submit(spec, snapshot)?;
         write_out(out_handle, handle);
         Ok(ASYNCIFY_OK)
     })
+}
+
+/// The options of a plain task, the common case, recognised before anything
+/// else is looked at: NULL, or this library's own layout, aligned, with no
+/// flag but `ASYNCIFY_SUBMIT_DETACHED` and no completion queue, context,
+/// limiter, deadline or free function; and `out_handle` given unless
+/// detached. None otherwise: the general path reads such options (an older
+/// layout, say) or explains what is wrong with them.
+#[inline(always)]
+fn plain_options<'a>(
+    opts: *const asyncify_submit_options,
+    out_handle: *mut asyncify_handle,
+) -> Option<&'a asyncify_submit_options> {
+    const SIZE: usize = std::mem::size_of::<asyncify_submit_options>();
+    const END: usize = std::mem::offset_of!(asyncify_submit_options, start_within_ms) + 4;
+    if opts.is_null() {
+        return (!out_handle.is_null()).then_some(&DEFAULT_SUBMIT_OPTIONS);
+    }
+    if !opts.is_aligned() {
+        return None;
+    }
+    // SAFETY: a non-NULL, aligned `opts` points at a struct whose first field
+    // is its size, with that many readable bytes (the caller's promise).
+    if unsafe { (*opts).struct_size } as usize != SIZE {
+        return None;
+    }
+    // SAFETY: as above, with this library's own size: the whole struct, in
+    // which every field is valid for any bits it can hold.
+    let o = unsafe { &*opts };
+    // The tail padding after the last field (where a later header could put
+    // one) must be zero: 4 bytes where pointers have 8.
+    let tail = match SIZE - END {
+        0 => 0,
+        // SAFETY: as above: these bytes are inside the struct, at an offset
+        // of a multiple of 4 in an aligned struct.
+        4 => unsafe { (opts as *const u8).add(END).cast::<u32>().read() },
+        _ => return None,
+    };
+    let general = o.cq as usize
+        | o.context as usize
+        | o.limiter as usize
+        | o.free_arg.map_or(0, |f| f as usize)
+        | o.free_result.map_or(0, |f| f as usize)
+        | o.start_within_ms as usize
+        | tail as usize
+        | (o.flags & !ASYNCIFY_SUBMIT_DETACHED) as usize;
+    let handle_ok = o.flags & ASYNCIFY_SUBMIT_DETACHED != 0 || !out_handle.is_null();
+    (general == 0 && handle_ok).then_some(o)
 }
 
 fn write_observed(

@@ -327,6 +327,54 @@ static void test_submit_arguments(void)
     CHECK(atomic_load(&c.done) == 2);
     CHECK(atomic_load(&c.arg_freed) == 0);
 
+    /* Options with no free function, queue, context, limiter or deadline are read on a shorter path:
+     * the same checks hold there. */
+    asyncify_submit_options plain = options_for(pool);
+    plain.on_done = counting_done;
+    plain.on_done_data = &c;
+    h = 0x5e5e5e5e;
+    CHECK_ERR(asyncify_submit(counting_task, &c, &plain, NULL), ASYNCIFY_E_NULL);
+    for (size_t i = 0; i < sizeof bad_flags / sizeof bad_flags[0]; i++) {
+        asyncify_submit_options bad = plain;
+        bad.flags = bad_flags[i];
+        CHECK_ERR(asyncify_submit(counting_task, &c, &bad, &h), ASYNCIFY_E_INVALID_ARGUMENT);
+    }
+    struct asyncify_context *ctx = NULL;
+    CHECK_OK(asyncify_context_capture(&ctx));
+    asyncify_submit_options both = plain;
+    both.flags = ASYNCIFY_SUBMIT_EMPTY_CONTEXT;
+    both.context = ctx;
+    CHECK_ERR(asyncify_submit(counting_task, &c, &both, &h), ASYNCIFY_E_INVALID_ARGUMENT);
+    CHECK_OK(asyncify_context_free(ctx));
+    /* Bytes after the last field, inside this header's own struct (tail padding where pointers have 8
+     * bytes), must be zero too. */
+    const size_t end = offsetof(asyncify_submit_options, start_within_ms) + sizeof plain.start_within_ms;
+    if (sizeof plain > end) {
+        asyncify_submit_options padded = plain;
+        ((unsigned char *)&padded)[sizeof padded - 1] = 1;
+        CHECK_ERR(asyncify_submit(counting_task, &c, &padded, &h), ASYNCIFY_E_INVALID_ARGUMENT);
+    }
+    CHECK(h == 0x5e5e5e5e);
+    CHECK(atomic_load(&c.ran) == 2);
+    /* Accepted: as given, detached without a handle, and copied to an address the struct's alignment
+     * does not allow (read byte-wise then). */
+    h = submit_opts(counting_task, &c, &plain);
+    wait_ok_release(h);
+    asyncify_submit_options detached = plain;
+    detached.flags = ASYNCIFY_SUBMIT_DETACHED;
+    CHECK_OK(asyncify_submit(counting_task, &c, &detached, NULL));
+    _Alignas(asyncify_submit_options) unsigned char misaligned[sizeof plain + 1];
+    memcpy(misaligned + 1, &plain, sizeof plain);
+    h = 0;
+    CHECK_OK(asyncify_submit(counting_task, &c, (const asyncify_submit_options *)(misaligned + 1), &h));
+    wait_ok_release(h);
+    for (int i = 0; i < 200 && atomic_load(&c.done) < 5; i++) {
+        sleep_ms(10);
+    }
+    CHECK(atomic_load(&c.ran) == 5);
+    CHECK(atomic_load(&c.done) == 5);
+    CHECK(atomic_load(&c.arg_freed) == 0);
+
     CHECK_OK(asyncify_pool_free(pool, -1));
 }
 
