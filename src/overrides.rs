@@ -133,43 +133,67 @@ fn with_frame<R>(f: impl FnOnce(&mut Frame) -> R) -> R {
 /// frame is back (on every path, panics included) and the installed one,
 /// with whatever the code under it set or left in a scope, is dropped after
 /// the borrow, so its release functions may run.
-pub struct Installed {
-    saved: Option<Frame>,
-    was_in_task: bool,
-}
+pub struct Installed(SavedFrame);
 
 impl Installed {
     /// Installs `frame`, remembering the current one.
     pub fn new(frame: Frame) -> Installed {
-        Installed {
+        Installed(SavedFrame {
             saved: Some(with_frame(|current| std::mem::replace(current, frame))),
             was_in_task: IN_TASK.with(|t| t.replace(true)),
-        }
+        })
     }
 
-    /// Installs the frame a task starts with ([`Frame::for_task`] of
-    /// `snapshot`, which it consumes). Where the thread's own frame is empty,
-    /// as a worker's almost always is, it is not saved: restoring leaves an
-    /// empty frame again (and an empty table on an empty frame is not even
-    /// looked at). Runs clone functions: call it under no lock.
+    /// Installs the frame a task starts with (see [`SavedFrame::install_task`]).
     #[inline(always)]
-    pub fn task(snapshot: Table) -> Installed {
-        let table = snapshot.into_task();
-        let was_in_task = IN_TASK.with(|t| t.replace(true));
-        if table.is_empty() && !FRAME_USED.with(Cell::get) {
-            return Installed {
-                saved: None,
-                was_in_task,
-            };
+    pub fn task(snapshot: Option<Table>) -> Installed {
+        let mut installed = Installed(SavedFrame::default());
+        installed.0.install_task(snapshot);
+        installed
+    }
+}
+
+impl Drop for Installed {
+    #[inline(always)]
+    fn drop(&mut self) {
+        self.0.restore();
+    }
+}
+
+/// What installing a task's frame saved of the thread's, until it is
+/// restored: what [`Installed`] holds, and what a worker keeps in place
+/// (restoring it itself) so that nothing is moved per task.
+#[derive(Default)]
+pub struct SavedFrame {
+    /// The thread's own frame; None when it was empty (or nothing is
+    /// installed).
+    saved: Option<Frame>,
+    was_in_task: bool,
+}
+
+impl SavedFrame {
+    /// Installs the frame a task starts with: `snapshot` with the task's own
+    /// copies of cloneable values (see [`Table::into_task`], which runs clone
+    /// functions: call it under no lock), or an empty table (`None`). Where
+    /// that is empty and so is the thread's own frame, as a worker's almost
+    /// always is, nothing is saved or moved: restoring leaves an empty frame
+    /// again. `self` holds nothing installed (it is new or restored).
+    #[inline(always)]
+    pub fn install_task(&mut self, snapshot: Option<Table>) {
+        debug_assert!(self.saved.is_none(), "nothing installed here yet");
+        let table = snapshot.map(Table::into_task);
+        self.was_in_task = IN_TASK.with(|t| t.replace(true));
+        match table {
+            None if !FRAME_USED.with(Cell::get) => {}
+            table => self.saved = SavedFrame::task_on_frame(table.unwrap_or_default()),
         }
-        Installed::task_on_frame(table, was_in_task)
     }
 
-    /// [`Installed::task`] where the table or the thread's frame holds
-    /// something.
+    /// [`SavedFrame::install_task`] where the table or the thread's frame
+    /// holds something: the thread's frame when it was not empty.
     #[inline(never)]
-    fn task_on_frame(table: Table, was_in_task: bool) -> Installed {
-        let saved = with_frame(|current| {
+    fn task_on_frame(table: Table) -> Option<Frame> {
+        with_frame(|current| {
             if current.is_empty() {
                 current.table = table;
                 None
@@ -177,28 +201,23 @@ impl Installed {
                 let frame = Frame { table, extra: None };
                 Some(std::mem::replace(current, frame))
             }
-        });
-        Installed { saved, was_in_task }
+        })
     }
-}
 
-impl Drop for Installed {
+    /// Puts the thread's own frame back and drops what the code under the
+    /// installed one left (after the borrow). Holds nothing installed then.
     #[inline(always)]
-    fn drop(&mut self) {
+    pub fn restore(&mut self) {
         if self.saved.is_none() && !FRAME_USED.with(Cell::get) {
             // Empty before, and the code under it left it empty.
             IN_TASK.with(|t| t.set(self.was_in_task));
         } else {
-            self.restore();
+            self.restore_frame();
         }
     }
-}
 
-impl Installed {
-    /// Puts the saved frame back (or an empty one) and drops what the code
-    /// under it left, after the borrow.
     #[inline(never)]
-    fn restore(&mut self) {
+    fn restore_frame(&mut self) {
         let displaced = with_frame(|current| match self.saved.take() {
             // Back to an empty frame: what the task left in its table goes.
             None if current.extra.is_none() => (std::mem::take(&mut current.table), None),
@@ -446,7 +465,7 @@ mod tests {
         std::thread::spawn(|| {
             // An empty thread frame and an empty task table: nothing moves,
             // yet what the task sets goes with it.
-            let task = Installed::task(Table::new());
+            let task = Installed::task(None);
             assert!(in_task());
             set("in-task", b("t"), false);
             assert_eq!(count(), 1);
@@ -457,7 +476,7 @@ mod tests {
             // A thread with a table of its own gets it back after a task
             // that started empty.
             set("own", b("o"), false);
-            let task = Installed::task(Table::new());
+            let task = Installed::task(None);
             assert_eq!(count(), 0);
             assert!(get("own").is_none());
             drop(task);

@@ -45,7 +45,7 @@ use crate::status::{ASYNCIFY_OK, ASYNCIFY_PENDING};
 use crate::sys::{self, ForeignCall, LeakAtExit, Thread, ThreadBody};
 use crate::table::Table;
 use crate::task::{
-    tasks, AbandonSlot, Decided, Outcome, PlainCalls, Report, Reporting, Running, Scheduler, Task,
+    tasks, AbandonSlot, Decided, Outcome, PlainCalls, Report, Reporting, RunPlace, Scheduler, Task,
     TaskRef, TaskSpec,
 };
 use crate::timer::timer;
@@ -375,7 +375,7 @@ impl PoolShared {
                 step: Step::Start,
                 task: None,
                 stage: Stage::Done,
-                running: None,
+                run: RunPlace::default(),
                 started: None,
                 reporting: None,
                 holding: false,
@@ -760,8 +760,8 @@ struct Worker {
     task: Option<TaskRef>,
     stage: Stage,
     /// While its work function and end hook run: its table installed, and
-    /// it the thread's current task. Dropped in place when they return.
-    running: Option<Running>,
+    /// it the thread's current task; ended in place when they return.
+    run: RunPlace,
     /// When it started, where the pool records latency or has task hooks.
     started: Option<Started>,
     /// Held while its `on_done` runs.
@@ -887,7 +887,7 @@ impl Worker {
     /// (see `next`), and its slot goes back after them.
     #[inline(always)]
     fn end(&mut self, decided: Decided) {
-        self.running = None;
+        self.run.end_run();
         let task = self.task.as_ref().expect("a task ran");
         self.stage = match task.end(decided) {
             Some(report) => {
@@ -923,7 +923,7 @@ impl Worker {
         let Worker {
             shared,
             task: taken,
-            running,
+            run,
             started,
             holding,
             timed_out,
@@ -994,7 +994,7 @@ impl Worker {
                     continue;
                 };
                 *started = shared.record_start(&task);
-                *running = Some(task.begin_run(snapshot));
+                task.begin_run_in(run, snapshot);
                 if let Some(hook) = shared.options.on_task_start {
                     // Made before the work function, with its table installed.
                     shared.call_task_hook(hook, &task, ASYNCIFY_PENDING, started.as_ref(), 0);

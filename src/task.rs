@@ -36,12 +36,12 @@ use crate::cq::Completion;
 use crate::cq::CompletionQueue;
 use crate::handles::{HandleError, LocalFree, Ref, Slab, Slotted};
 use crate::limiter::{Limiter, Waiter};
-use crate::overrides::Installed;
+use crate::overrides::{Installed, SavedFrame};
 use crate::spin::Shared;
 use crate::status::*;
 use crate::sys::{self, ForeignCall};
 use crate::table::Table;
-use crate::task_state::{Phase, TaskState};
+use crate::task_state::{Phase, StartWith, TaskState};
 use crate::timer::{timer, Due};
 
 /// The work function: `0` is success, anything else a failure code. It may
@@ -412,6 +412,26 @@ pub(crate) struct Running {
     _frame: Installed,
 }
 
+/// A worker's task while its callable runs: what [`Running`] holds for an
+/// inline run, kept in place by the worker from the task's start to its end
+/// (see [`Ref::begin_run_in`]), so that nothing is moved per task.
+#[derive(Default)]
+pub(crate) struct RunPlace {
+    /// The thread's current task before (see [`Current`]).
+    previous: u32,
+    frame: SavedFrame,
+}
+
+impl RunPlace {
+    /// The callable returned: as dropping a [`Running`], the thread's
+    /// previous task is current again, then its table is restored.
+    #[inline(always)]
+    pub(crate) fn end_run(&mut self) {
+        let _ = CURRENT_TASK.try_with(|t| t.set(self.previous));
+        self.frame.restore();
+    }
+}
+
 /// Makes a task the thread's current task while its callable runs (the
 /// runner holds the task meanwhile: no reference is taken for this).
 struct Current {
@@ -431,6 +451,13 @@ impl Drop for Current {
     #[inline(always)]
     fn drop(&mut self) {
         let _ = CURRENT_TASK.try_with(|t| t.set(self.previous));
+    }
+}
+
+/// A task's table moves to the thread that runs it, unless it is empty.
+impl StartWith for Table {
+    fn holds_nothing(&self) -> bool {
+        self.is_empty()
     }
 }
 
@@ -688,10 +715,11 @@ impl Task {
     }
 
     /// Queued → Running, in a slot of its own (`own_slot`) or in the slot of
-    /// a waiter that runs it inline. Returns the snapshot to install, or
-    /// `None` when the task was cancelled or taken by another thread first.
+    /// a waiter that runs it inline. Returns the snapshot to install (`None`
+    /// inside for an empty one, which is not moved), or `None` when the task
+    /// was cancelled or taken by another thread first.
     #[inline(always)]
-    pub(crate) fn try_start(&self, own_slot: bool) -> Option<Table> {
+    pub(crate) fn try_start(&self, own_slot: bool) -> Option<Option<Table>> {
         let snapshot = self.state.start(own_slot)?;
         // No admission or expiry is left to come. (The caller holds the
         // task, so this frees at most the small `Scheduled`.)
@@ -855,14 +883,23 @@ impl Ref<Task> {
         wake_wait_any();
     }
 
-    /// Installs the task's table and makes it the thread's current task.
+    /// Installs the task's table (`None`: an empty one) and makes it the
+    /// thread's current task.
     #[inline(always)]
-    pub(crate) fn begin_run(&self, snapshot: Table) -> Running {
+    pub(crate) fn begin_run(&self, snapshot: Option<Table>) -> Running {
         let frame = Installed::task(snapshot);
         Running {
             _current: Current::new(self),
             _frame: frame,
         }
+    }
+
+    /// [`Ref::begin_run`] into a worker's `place` (ended by
+    /// [`RunPlace::end_run`]).
+    #[inline(always)]
+    pub(crate) fn begin_run_in(&self, place: &mut RunPlace, snapshot: Option<Table>) {
+        place.frame.install_task(snapshot);
+        place.previous = CURRENT_TASK.with(|t| t.replace(Ref::index(self) + 1));
     }
 
     /// Restores the thread's table and reports what [`Task::decide`] decided.

@@ -132,6 +132,17 @@ impl<T: Default> Owned<T> {
 
     /// # Safety
     /// As [`Owned::take`].
+    unsafe fn read<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        #[cfg(not(all(test, loom)))]
+        // SAFETY: per this function's contract, no other access exists.
+        return f(unsafe { &*self.0.get() });
+        #[cfg(all(test, loom))]
+        // SAFETY: as above; loom checks it.
+        return self.0.with(|p| f(unsafe { &*p }));
+    }
+
+    /// # Safety
+    /// As [`Owned::take`].
     unsafe fn put(&self, value: T) -> T {
         #[cfg(not(all(test, loom)))]
         // SAFETY: per this function's contract, no other access exists.
@@ -160,6 +171,13 @@ pub(crate) struct TaskState<T> {
     /// under the lock, a waker takes the lock after changing it.
     #[cfg(all(test, loom))]
     parking: (Mutex<()>, Condvar),
+}
+
+/// What a task starts with (its table): it moves to the thread that starts
+/// the task, unless it holds nothing.
+pub(crate) trait StartWith: Default {
+    /// True when it holds nothing, as its default does.
+    fn holds_nothing(&self) -> bool;
 }
 
 /// What a cancel or an expiry decided (see [`TaskState::decide_early`]).
@@ -229,8 +247,12 @@ impl<T: Default> TaskState<T> {
     }
 
     /// Queued → Running (in a slot of its own when `own_slot`), unless
-    /// decided; returns what it starts with.
-    pub(crate) fn start(&self, own_slot: bool) -> Option<T> {
+    /// decided; returns what it starts with: `Some(None)` when that holds
+    /// nothing (it stays in place, as its default: nothing is moved).
+    pub(crate) fn start(&self, own_slot: bool) -> Option<Option<T>>
+    where
+        T: StartWith,
+    {
         let own = if own_slot { OWN_SLOT } else { 0 };
         self.update(|w| {
             (phase(w) == Phase::Queued && w & DECIDED == 0)
@@ -239,7 +261,11 @@ impl<T: Default> TaskState<T> {
         .ok()?;
         // SAFETY: this thread moved the task out of Queued undecided; no
         // other transition takes the value then (see the module docs).
-        Some(unsafe { self.start_with.take() })
+        if unsafe { self.start_with.read(T::holds_nothing) } {
+            return Some(None);
+        }
+        // SAFETY: as above.
+        Some(Some(unsafe { self.start_with.take() }))
     }
 
     /// The callable returned `code`: Running → Returned, deciding OK or
@@ -476,6 +502,17 @@ mod loom_tests {
         }
     }
 
+    impl StartWith for Table {
+        fn holds_nothing(&self) -> bool {
+            self.0.is_none()
+        }
+    }
+
+    /// What a start moved out, counted (nothing, when it held nothing).
+    fn started(table: Option<Table>) {
+        table.map(Table::taken);
+    }
+
     fn queued(taken: &Arc<Count>) -> Arc<TaskState<Table>> {
         Arc::new(TaskState::new(Phase::Queued, Table(Some(taken.clone()))))
     }
@@ -484,7 +521,7 @@ mod loom_tests {
     /// published.
     fn returned(result: usize) -> Arc<TaskState<Table>> {
         let task = queued(&Arc::new(Count::new(0)));
-        task.start(true).unwrap().taken();
+        started(task.start(true).unwrap());
         task.returned(0, result, true);
         task
     }
@@ -499,7 +536,7 @@ mod loom_tests {
             let t = task.clone();
             let worker = thread::spawn(move || match t.start(true) {
                 Some(table) => {
-                    table.taken();
+                    started(table);
                     t.returned(0, 7, true).status
                 }
                 None => None,
