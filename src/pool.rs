@@ -566,11 +566,12 @@ impl PoolShared {
         if st.threads > 0 {
             return Ok(());
         }
-        let Some(snapshot) = task.try_start(false) else {
+        let Some(started) = task.try_start(false) else {
             // Started inline, or reached through its handle and cancelled
             // already: reported.
             return Ok(());
         };
+        let snapshot = started.take();
         self.tombstones.add(1);
         self.counters.submitted.sub(1);
         drop(st);
@@ -679,6 +680,7 @@ impl Scheduler for PoolShared {
         let Some(snapshot) = task.try_start(false) else {
             return false;
         };
+        let snapshot = snapshot.take();
         self.tombstones.add(1);
         // Hooked and recorded like a start on a worker; here, inside the
         // waiter's own call, the hooks are called in place.
@@ -994,7 +996,7 @@ impl Worker {
                     continue;
                 };
                 *started = shared.record_start(&task);
-                task.begin_run_in(run, snapshot);
+                task.begin_run_in(run, snapshot.take());
                 if let Some(hook) = shared.options.on_task_start {
                     // Made before the work function, with its table installed.
                     shared.call_task_hook(hook, &task, ASYNCIFY_PENDING, started.as_ref(), 0);

@@ -41,7 +41,7 @@ use crate::spin::Shared;
 use crate::status::*;
 use crate::sys::{self, ForeignCall};
 use crate::table::Table;
-use crate::task_state::{Phase, StartWith, TaskState};
+use crate::task_state::{Phase, StartWith, StartedWith, TaskState};
 use crate::timer::{timer, Due};
 
 /// The work function: `0` is success, anything else a failure code. It may
@@ -715,11 +715,11 @@ impl Task {
     }
 
     /// Queued → Running, in a slot of its own (`own_slot`) or in the slot of
-    /// a waiter that runs it inline. Returns the snapshot to install (`None`
-    /// inside for an empty one, which is not moved), or `None` when the task
-    /// was cancelled or taken by another thread first.
+    /// a waiter that runs it inline. Returns the snapshot to install (to take
+    /// once, after the start is recorded), or `None` when the task was
+    /// cancelled or taken by another thread first.
     #[inline(always)]
-    pub(crate) fn try_start(&self, own_slot: bool) -> Option<Option<Table>> {
+    pub(crate) fn try_start(&self, own_slot: bool) -> Option<StartedWith<'_, Table>> {
         let snapshot = self.state.start(own_slot)?;
         // No admission or expiry is left to come. (The caller holds the
         // task, so this frees at most the small `Scheduled`.)

@@ -180,6 +180,26 @@ pub(crate) trait StartWith: Default {
     fn holds_nothing(&self) -> bool;
 }
 
+/// A task this thread has just started (see [`TaskState::start`]): what it
+/// starts with is this thread's to take, once.
+#[must_use]
+pub(crate) struct StartedWith<'a, T> {
+    state: &'a TaskState<T>,
+    /// It holds something (else it stays in place, as its default).
+    holds: bool,
+}
+
+impl<T: StartWith> StartedWith<'_, T> {
+    /// What the task starts with; None when that holds nothing (nothing is
+    /// moved then).
+    #[inline(always)]
+    pub(crate) fn take(self) -> Option<T> {
+        // SAFETY: only the thread whose transition started the task gets a
+        // `StartedWith`, which this consumes: no other access exists.
+        self.holds.then(|| unsafe { self.state.start_with.take() })
+    }
+}
+
 /// What a cancel or an expiry decided (see [`TaskState::decide_early`]).
 pub(crate) struct Early<T> {
     /// The phase it was decided in.
@@ -247,9 +267,8 @@ impl<T: Default> TaskState<T> {
     }
 
     /// Queued → Running (in a slot of its own when `own_slot`), unless
-    /// decided; returns what it starts with: `Some(None)` when that holds
-    /// nothing (it stays in place, as its default: nothing is moved).
-    pub(crate) fn start(&self, own_slot: bool) -> Option<Option<T>>
+    /// decided; then what it starts with is this thread's to take.
+    pub(crate) fn start(&self, own_slot: bool) -> Option<StartedWith<'_, T>>
     where
         T: StartWith,
     {
@@ -261,11 +280,8 @@ impl<T: Default> TaskState<T> {
         .ok()?;
         // SAFETY: this thread moved the task out of Queued undecided; no
         // other transition takes the value then (see the module docs).
-        if unsafe { self.start_with.read(T::holds_nothing) } {
-            return Some(None);
-        }
-        // SAFETY: as above.
-        Some(Some(unsafe { self.start_with.take() }))
+        let holds = !unsafe { self.start_with.read(T::holds_nothing) };
+        Some(StartedWith { state: self, holds })
     }
 
     /// The callable returned `code`: Running → Returned, deciding OK or
@@ -521,7 +537,7 @@ mod loom_tests {
     /// published.
     fn returned(result: usize) -> Arc<TaskState<Table>> {
         let task = queued(&Arc::new(Count::new(0)));
-        started(task.start(true).unwrap());
+        started(task.start(true).unwrap().take());
         task.returned(0, result, true);
         task
     }
@@ -536,7 +552,7 @@ mod loom_tests {
             let t = task.clone();
             let worker = thread::spawn(move || match t.start(true) {
                 Some(table) => {
-                    started(table);
+                    started(table.take());
                     t.returned(0, 7, true).status
                 }
                 None => None,
