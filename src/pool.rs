@@ -809,15 +809,7 @@ impl ThreadBody for Worker {
                 return ForeignCall::Again;
             }
             Stage::Ended(report) => {
-                // The task's on_done is made from the start routine like any
-                // foreign call, and the outcome is published after it.
-                let task = self.task.as_ref().expect("a task ended");
-                if let Some(call) = task.done_call(&report) {
-                    self.reporting = Some(Reporting::new(task));
-                    self.stage = Stage::Reported(report.0);
-                    return call;
-                }
-                if let Some(call) = self.publish(report.0) {
+                if let Some(call) = self.report(report) {
                     return call;
                 }
             }
@@ -828,7 +820,6 @@ impl ThreadBody for Worker {
                 }
             }
         }
-        let hook_data = self.shared.options.hook_data as *mut std::ffi::c_void;
         loop {
             match self.step {
                 Step::Start => {
@@ -836,25 +827,19 @@ impl ThreadBody for Worker {
                     self.step = Step::Serve;
                     self.shared.gate.started();
                     if let Some(start) = self.shared.options.on_thread_start {
-                        return ForeignCall::Unary(start, hook_data);
+                        return ForeignCall::Unary(start, self.hook_data());
                     }
                 }
-                Step::Serve => {
-                    match self.serve() {
-                        Served::Work(call) => return call,
-                        // The calls an expiry deferred are made first.
-                        Served::Again => return ForeignCall::Again,
-                        Served::Leave => {}
+                Step::Serve => match self.serve_again() {
+                    Served::Work(call) => return call,
+                    // The calls an expiry deferred are made first.
+                    Served::Again => return ForeignCall::Again,
+                    Served::Leave => {
+                        if let Some(call) = self.leaving() {
+                            return call;
+                        }
                     }
-                    // Leaving. What code on this thread set outside any task
-                    // goes first, while the stop hook has not run yet.
-                    overrides::drop_thread_frame();
-                    sys::retire_thread();
-                    self.step = Step::Stop;
-                    if let Some(stop) = self.shared.options.on_thread_stop {
-                        return ForeignCall::Unary(stop, hook_data);
-                    }
-                }
+                },
                 Step::Stop => {
                     self.leave();
                     self.step = Step::Gone;
@@ -864,22 +849,92 @@ impl ThreadBody for Worker {
         }
     }
 
-    fn finish(&mut self, code: i32, result: *mut std::ffi::c_void) {
-        if !matches!(self.stage, Stage::Work) {
-            return; // a hook or an on_done returned
+    /// The common steps are made here, straight from one call to the next:
+    /// a work function returned, so its task's `on_done` comes next; an
+    /// `on_done` returned, so the next task's work function comes next.
+    /// Anything else (an end hook, calls deferred meanwhile, no task queued)
+    /// is left to `next`.
+    fn finish(&mut self, code: i32, result: *mut std::ffi::c_void) -> Option<ForeignCall> {
+        match self.stage {
+            Stage::Work => {
+                let task = self.task.as_ref().expect("a task runs");
+                let run = self.shared.record_end(task, self.started.as_ref());
+                let decided = task.decide(code, result);
+                if let Some(hook) = self.shared.options.on_task_end {
+                    // The end hook runs next, with the task's table still
+                    // installed and the status the task gets; `next` ends
+                    // the task after.
+                    self.shared.call_task_hook(
+                        hook,
+                        task,
+                        decided.status(),
+                        self.started.as_ref(),
+                        run,
+                    );
+                    self.stage = Stage::EndHook(decided);
+                    return None;
+                }
+                self.end(decided);
+                match self.stage {
+                    // Its report comes after the calls that restoring the
+                    // table deferred.
+                    Stage::Ended(report) if !sys::calls_deferred() => self.report(report),
+                    _ => None,
+                }
+            }
+            Stage::Reported(outcome) => {
+                self.reporting = None;
+                if self.publish(outcome).is_some() {
+                    return None;
+                }
+                match self.serve() {
+                    Served::Work(call) => Some(call),
+                    Served::Again => None,
+                    Served::Leave => self.leaving(),
+                }
+            }
+            // A hook returned.
+            _ => None,
         }
-        let task = self.task.as_ref().expect("a task runs");
-        let run = self.shared.record_end(task, self.started.as_ref());
-        let decided = task.decide(code, result);
-        if let Some(hook) = self.shared.options.on_task_end {
-            // The end hook runs next, with the task's table still installed
-            // and the status the task gets; `next` ends the task after.
-            self.shared
-                .call_task_hook(hook, task, decided.status(), self.started.as_ref(), run);
-            self.stage = Stage::EndHook(decided);
-            return;
+    }
+}
+
+impl Worker {
+    /// [`Worker::serve`] outside the common step (see `finish`): the first
+    /// time, after a task without `on_done`, after calls were deferred.
+    #[inline(never)]
+    fn serve_again(&mut self) -> Served {
+        self.serve()
+    }
+
+    fn hook_data(&self) -> *mut std::ffi::c_void {
+        self.shared.options.hook_data as *mut std::ffi::c_void
+    }
+
+    /// The task ended with `report`: its `on_done` call, made from the start
+    /// routine like any foreign call (the outcome is published after it);
+    /// without one, the outcome is published and the next task served.
+    /// None: `next` goes on.
+    #[inline(always)]
+    fn report(&mut self, report: Report) -> Option<ForeignCall> {
+        let task = self.task.as_ref().expect("a task ended");
+        if let Some(call) = task.done_call(&report) {
+            self.reporting = Some(Reporting::new(task));
+            self.stage = Stage::Reported(report.0);
+            return Some(call);
         }
-        self.end(decided);
+        self.publish(report.0)
+    }
+
+    /// The worker leaves (see `serve`). What code on this thread set outside
+    /// any task goes first, while the stop hook has not run yet. Returns the
+    /// stop hook's call, if the pool has one.
+    fn leaving(&mut self) -> Option<ForeignCall> {
+        overrides::drop_thread_frame();
+        sys::retire_thread();
+        self.step = Step::Stop;
+        let stop = self.shared.options.on_thread_stop?;
+        Some(ForeignCall::Unary(stop, self.hook_data()))
     }
 }
 
@@ -921,6 +976,7 @@ impl Worker {
 impl Worker {
     /// Waits for a task and starts it (installing its table), or says why
     /// not (see [`Served`]).
+    #[inline(always)]
     fn serve(&mut self) -> Served {
         let Worker {
             shared,

@@ -145,8 +145,11 @@ pub(crate) fn min_stack_size() -> usize {
 pub(crate) trait ThreadBody: Send + 'static {
     /// The next call to make. Runs engine code only.
     fn next(&mut self) -> ForeignCall;
-    /// After the call made for [`ThreadBody::next`] returned `code` and `result`.
-    fn finish(&mut self, code: i32, result: *mut c_void);
+    /// After the body's last call (from [`ThreadBody::next`] or from here)
+    /// returned `code` and `result`: the next call when the body has it at
+    /// once (it comes after any calls deferred meanwhile, as `next`'s
+    /// does); None: `next` says, once the deferred calls are made.
+    fn finish(&mut self, code: i32, result: *mut c_void) -> Option<ForeignCall>;
 }
 
 /// A call into the embedding program.
@@ -741,7 +744,9 @@ fn next_call<B: ThreadBody>(
     engine_step(|| {
         if let Some((code, result)) = returned {
             // SAFETY: `body` is the Box this thread owns until `body_drop`.
-            unsafe { (*body).finish(code, result) };
+            if let Some(call) = unsafe { (*body).finish(code, result) } {
+                return after_deferred(pending, call);
+            }
         }
         if let Some(call) = pop_deferred() {
             return (call, false);
@@ -752,17 +757,28 @@ fn next_call<B: ThreadBody>(
         loop {
             // SAFETY: `body` is the Box this thread owns until `body_drop`.
             let call = unsafe { (*body).next() };
-            match (pop_deferred(), call) {
-                (Some(deferred), ForeignCall::Again) => return (deferred, false),
-                (Some(deferred), call) => {
-                    *pending = Some(call);
+            if let ForeignCall::Again = call {
+                if let Some(deferred) = pop_deferred() {
                     return (deferred, false);
                 }
-                (None, ForeignCall::Again) => continue,
-                (None, call) => return (call, true),
+                continue;
             }
+            return after_deferred(pending, call);
         }
     })
+}
+
+/// The body's `call`, unless calls were deferred before it: the first of
+/// them then, and `call` waits in `pending`.
+#[inline(always)]
+fn after_deferred(pending: &mut Option<ForeignCall>, call: ForeignCall) -> (ForeignCall, bool) {
+    match pop_deferred() {
+        Some(deferred) => {
+            *pending = Some(call);
+            (deferred, false)
+        }
+        None => (call, true),
+    }
 }
 
 fn body_drop<B: ThreadBody>(started: *mut Started<B>) {

@@ -249,7 +249,9 @@ impl ThreadBody for TimerThread {
         ForeignCall::Again
     }
 
-    fn finish(&mut self, _code: i32, _result: *mut std::ffi::c_void) {}
+    fn finish(&mut self, _code: i32, _result: *mut std::ffi::c_void) -> Option<ForeignCall> {
+        None
+    }
 }
 
 #[cfg(test)]
