@@ -874,12 +874,18 @@ impl ThreadBody for Worker {
                     self.stage = Stage::EndHook(decided);
                     return None;
                 }
-                self.end(decided);
-                match self.stage {
+                match self.end_with_report(decided) {
+                    Some(report) if !sys::calls_deferred() => self.report(report),
                     // Its report comes after the calls that restoring the
                     // table deferred.
-                    Stage::Ended(report) if !sys::calls_deferred() => self.report(report),
-                    _ => None,
+                    Some(report) => {
+                        self.stage = Stage::Ended(report);
+                        None
+                    }
+                    None => {
+                        self.stage = Stage::Done;
+                        None
+                    }
                 }
             }
             Stage::Reported(outcome) => {
@@ -944,15 +950,21 @@ impl Worker {
     /// (see `next`), and its slot goes back after them.
     #[inline(always)]
     fn end(&mut self, decided: Decided) {
-        self.run.end_run();
-        let task = self.task.as_ref().expect("a task ran");
-        self.stage = match task.end(decided) {
-            Some(report) => {
-                self.shared.count_returned(report.0.status == ASYNCIFY_OK);
-                Stage::Ended(report)
-            }
+        self.stage = match self.end_with_report(decided) {
+            Some(report) => Stage::Ended(report),
             None => Stage::Done,
         };
+    }
+
+    /// [`Worker::end`], with its report (None: abandoned) given back rather
+    /// than kept in the stage, which the caller sets.
+    #[inline(always)]
+    fn end_with_report(&mut self, decided: Decided) -> Option<Report> {
+        self.run.end_run();
+        let task = self.task.as_ref().expect("a task ran");
+        let report = task.end(decided)?;
+        self.shared.count_returned(report.0.status == ASYNCIFY_OK);
+        Some(report)
     }
 
     /// Publishes the task's outcome after its `on_done` returned (or at once
