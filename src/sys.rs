@@ -691,8 +691,10 @@ extern "C-unwind" fn thread_start<B: ThreadBody>(arg: *mut c_void) -> *mut c_voi
     let mut pending: Option<ForeignCall> = None;
     // What the body's last call returned, for the next step to report.
     let mut returned: Option<(i32, *mut c_void)> = None;
+    // The call to make next (written in place by `next_call`).
+    let mut call = ForeignCall::Again;
     loop {
-        let (call, from_body) = next_call(body, &mut pending, returned.take());
+        let from_body = next_call(body, &mut pending, returned.take(), &mut call);
         if let ForeignCall::Exit = call {
             break;
         }
@@ -733,51 +735,63 @@ fn engine_step<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// One engine step: tells the body what its last call `returned`, then
-/// picks the next foreign call and says whether it is the body's (whose
-/// return the next step reports): the calls engine steps deferred come
-/// first, in order, then the body's.
+/// picks the next foreign call (into `next`) and says whether it is the
+/// body's (whose return the next step reports): the calls engine steps
+/// deferred come first, in order, then the body's.
 fn next_call<B: ThreadBody>(
     body: *mut B,
     pending: &mut Option<ForeignCall>,
     returned: Option<(i32, *mut c_void)>,
-) -> (ForeignCall, bool) {
+    next: &mut ForeignCall,
+) -> bool {
     engine_step(|| {
         if let Some((code, result)) = returned {
             // SAFETY: `body` is the Box this thread owns until `body_drop`.
             if let Some(call) = unsafe { (*body).finish(code, result) } {
-                return after_deferred(pending, call);
+                return after_deferred(pending, call, next);
             }
         }
         if let Some(call) = pop_deferred() {
-            return (call, false);
+            *next = call;
+            return false;
         }
         if let Some(call) = pending.take() {
-            return (call, true);
+            *next = call;
+            return true;
         }
         loop {
             // SAFETY: `body` is the Box this thread owns until `body_drop`.
             let call = unsafe { (*body).next() };
             if let ForeignCall::Again = call {
                 if let Some(deferred) = pop_deferred() {
-                    return (deferred, false);
+                    *next = deferred;
+                    return false;
                 }
                 continue;
             }
-            return after_deferred(pending, call);
+            return after_deferred(pending, call, next);
         }
     })
 }
 
-/// The body's `call`, unless calls were deferred before it: the first of
-/// them then, and `call` waits in `pending`.
+/// The body's `call` into `next`, unless calls were deferred before it:
+/// the first of them then, and `call` waits in `pending`. True: the body's.
 #[inline(always)]
-fn after_deferred(pending: &mut Option<ForeignCall>, call: ForeignCall) -> (ForeignCall, bool) {
+fn after_deferred(
+    pending: &mut Option<ForeignCall>,
+    call: ForeignCall,
+    next: &mut ForeignCall,
+) -> bool {
     match pop_deferred() {
         Some(deferred) => {
             *pending = Some(call);
-            (deferred, false)
+            *next = deferred;
+            false
         }
-        None => (call, true),
+        None => {
+            *next = call;
+            true
+        }
     }
 }
 
