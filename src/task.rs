@@ -514,9 +514,7 @@ unsafe impl Slotted for Task {
         if let Some(rare) = &mut self.rare {
             rare.cq = None;
         }
-        // Taken by the start or the cancel already, but for a task
-        // withdrawn at submit.
-        drop(self.state.take_start_with());
+        self.state.clear();
     }
 }
 

@@ -246,8 +246,23 @@ impl<T: Default> TaskState<T> {
         unsafe { self.start_with.put(start_with) }
     }
 
+    /// Drops what the task would have started with, from a slot the caller
+    /// has to itself (a start or a cancel took it already, but from a task
+    /// withdrawn at submit); nothing is moved when it holds nothing.
+    pub(crate) fn clear(&mut self)
+    where
+        T: StartWith,
+    {
+        // SAFETY: `&mut self`: nobody else has the task.
+        if !unsafe { self.start_with.read(T::holds_nothing) } {
+            // SAFETY: as above.
+            drop(unsafe { self.start_with.take() });
+        }
+    }
+
     /// What the task would have started with, taken from a slot the caller
     /// has to itself.
+    #[cfg(test)]
     pub(crate) fn take_start_with(&mut self) -> T {
         // SAFETY: `&mut self`: nobody else has the task.
         unsafe { self.start_with.take() }
