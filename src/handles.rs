@@ -1012,9 +1012,9 @@ impl<T: Slotted> Ref<T> {
         }
         T::slab().released.add(1);
         // Both references are counted out already: `this` must not drop.
-        let mut this = std::mem::ManuallyDrop::new(this);
+        let this = std::mem::ManuallyDrop::new(this);
         if references(word) == 2 {
-            this.free_last();
+            Ref::free_last(this.slot);
         }
         true
     }
@@ -1069,25 +1069,25 @@ impl<T: Slotted> Drop for Ref<T> {
     #[inline(always)]
     fn drop(&mut self) {
         if references(self.slot.word.fetch_sub(1, Release)) == 1 {
-            self.free_last();
+            Ref::free_last(self.slot);
         }
     }
 }
 
 impl<T: Slotted> Ref<T> {
-    /// The last reference is gone: the slot's value is cleared and the slot
-    /// freed.
+    /// The last reference to `slot` is gone: its value is cleared and the
+    /// slot freed.
     #[inline(never)]
-    fn free_last(&mut self) {
+    fn free_last(slot: &'static Slot<T>) {
         // The last reference: every other holder's use happens before this.
         // An acquire load of the word rather than a fence: the same ordering
         // (it reads the end of the release sequence of every drop), and
         // ThreadSanitizer, which does not model fences, sees it too.
-        self.slot.word.load(Acquire);
+        slot.word.load(Acquire);
         // SAFETY: the count is 0 with the handle released, so no reference
         // exists and no lookup can take one: the slot is ours alone.
-        unsafe { self.slot.value.get_mut() }.clear();
-        T::slab().free_slot(self.slot);
+        unsafe { slot.value.get_mut() }.clear();
+        T::slab().free_slot(slot);
     }
 }
 
