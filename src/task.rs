@@ -1101,11 +1101,17 @@ static ANY_GENERATION: Mutex<u64> = Mutex::new(0);
 
 static ANY_PUBLISHED: Condvar = Condvar::new();
 
+#[inline(always)]
 fn wake_wait_any() {
     if ANY_WAITERS.load(Ordering::SeqCst) > 0 {
-        *ANY_GENERATION.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        ANY_PUBLISHED.notify_all();
+        wake_wait_any_waiters();
     }
+}
+
+#[cold]
+fn wake_wait_any_waiters() {
+    *ANY_GENERATION.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+    ANY_PUBLISHED.notify_all();
 }
 
 /// Waits until one of `handles` is terminal; returns the index of the first
