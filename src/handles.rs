@@ -851,6 +851,7 @@ impl<T: Slotted> Slab<T> {
     }
 
     /// Takes a free slot for a new value (see [`Vacant`]).
+    #[inline(always)]
     pub fn vacant(&self) -> Result<Vacant<T>, HandleError> {
         debug_assert!(
             std::ptr::eq(self, T::slab()),
