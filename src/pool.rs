@@ -377,7 +377,7 @@ impl PoolShared {
                 stage: Stage::Done,
                 run: RunPlace::default(),
                 started: None,
-                reporting: None,
+                reporting_outer: 0,
                 holding: false,
                 timed_out: false,
                 may_spin: true,
@@ -766,8 +766,9 @@ struct Worker {
     run: RunPlace,
     /// When it started, where the pool records latency or has task hooks.
     started: Option<Started>,
-    /// Held while its `on_done` runs.
-    reporting: Option<Reporting>,
+    /// While its `on_done` runs, the thread is marked as reporting it (see
+    /// [`Reporting`]); the mark before, to put back after.
+    reporting_outer: usize,
     /// The worker holds a slot (taken with a task, kept for the next one).
     holding: bool,
     timed_out: bool,
@@ -814,7 +815,7 @@ impl ThreadBody for Worker {
                 }
             }
             Stage::Reported(outcome) => {
-                self.reporting = None;
+                Reporting::unmark(self.reporting_outer);
                 if let Some(call) = self.publish(outcome) {
                     return call;
                 }
@@ -889,7 +890,7 @@ impl ThreadBody for Worker {
                 }
             }
             Stage::Reported(outcome) => {
-                self.reporting = None;
+                Reporting::unmark(self.reporting_outer);
                 if self.publish(outcome).is_some() {
                     return None;
                 }
@@ -925,7 +926,7 @@ impl Worker {
     fn report(&mut self, report: Report) -> Option<ForeignCall> {
         let task = self.task.as_ref().expect("a task ended");
         if let Some(call) = task.done_call(&report) {
-            self.reporting = Some(Reporting::new(task));
+            self.reporting_outer = Reporting::mark(task);
             self.stage = Stage::Reported(report.0);
             return Some(call);
         }

@@ -374,14 +374,28 @@ pub(crate) struct Reporting {
 impl Reporting {
     pub(crate) fn new(task: &TaskRef) -> Reporting {
         Reporting {
-            outer: REPORTING.with(|r| r.replace(Ref::addr(task))),
+            outer: Reporting::mark(task),
         }
+    }
+
+    /// Marks the thread as [`Reporting::new`] does, for a caller that keeps
+    /// what it returns (the mark before) and gives it to
+    /// [`Reporting::unmark`] itself: a worker, between two steps.
+    #[inline(always)]
+    pub(crate) fn mark(task: &TaskRef) -> usize {
+        REPORTING.with(|r| r.replace(Ref::addr(task)))
+    }
+
+    /// Puts back the mark `outer` that [`Reporting::mark`] returned.
+    #[inline(always)]
+    pub(crate) fn unmark(outer: usize) {
+        let _ = REPORTING.try_with(|r| r.set(outer));
     }
 }
 
 impl Drop for Reporting {
     fn drop(&mut self) {
-        let _ = REPORTING.try_with(|r| r.set(self.outer));
+        Reporting::unmark(self.outer);
     }
 }
 
