@@ -946,26 +946,23 @@ impl<T: Slotted> Slab<T> {
     /// reference to the value.
     pub fn remove(&self, handle: u64) -> Result<Ref<T>, HandleError> {
         let (parts, slot) = self.check(handle)?;
-        self.end_generation(slot, parts.generation, false)
+        self.end_generation(slot, parts.generation)
             .then(|| Ref { slot })
             .ok_or(HandleError::Invalid)
     }
 
     /// Moves `slot` past `generation` (its handle's) unless it is there
-    /// already: true when this call released the handle. The handle's
-    /// reference then goes in the same step with `drop_reference` (the
-    /// caller holds another), else it is the caller's.
+    /// already: true when this call released the handle, whose reference is
+    /// then the caller's.
     #[inline]
-    fn end_generation(&self, slot: &Slot<T>, generation_now: u32, drop_reference: bool) -> bool {
-        let dropped = u32::from(drop_reference);
+    fn end_generation(&self, slot: &Slot<T>, generation_now: u32) -> bool {
         let mut word = slot.word.load(Acquire);
         loop {
             if generation(word) != generation_now || references(word) == 0 {
                 return false;
             }
-            debug_assert!(references(word) > dropped, "another reference stays");
-            let new = u64::from(next_generation(generation_now)) << 32
-                | u64::from(references(word) - dropped);
+            let new =
+                u64::from(next_generation(generation_now)) << 32 | u64::from(references(word));
             match slot.word.compare_exchange_weak(word, new, AcqRel, Acquire) {
                 Ok(_) => {
                     self.released.add(1);
@@ -1465,6 +1462,32 @@ mod loom_tests {
             drop(queue_ref);
             looker.join().unwrap();
             releaser.join().unwrap();
+            assert_eq!(cleared.load(Ordering::Relaxed), 1);
+            assert_eq!(s.get(h).err(), Some(HandleError::Invalid));
+            assert_eq!(s.live(), 0);
+        });
+    }
+
+    /// A holder releasing the handle together with its own reference (as a
+    /// worker does for a detached task) races a lookup and a user's release
+    /// of the same handle: exactly one release wins, the lookup sees the
+    /// live value or is refused, and the slot is cleared exactly once, after
+    /// the last reference.
+    #[test]
+    fn releasing_the_own_handle_with_the_reference_races_a_lookup_and_a_release() {
+        loom::model(|| {
+            let s = Value::slab();
+            let cleared = Arc::new(AtomicUsize::new(0));
+            let (held, h) = put(7, &cleared);
+            let looker = thread::spawn(move || match Value::slab().get(h) {
+                Ok(r) => assert_eq!(r.n, 7, "a counted reference sees the live value"),
+                Err(e) => assert_eq!(e, HandleError::Invalid),
+            });
+            let user = thread::spawn(move || Value::slab().remove(h).map(drop).is_ok());
+            let by_holder = super::Ref::release_own(held, h);
+            looker.join().unwrap();
+            let by_user = user.join().unwrap();
+            assert!(by_holder != by_user, "exactly one release wins");
             assert_eq!(cleared.load(Ordering::Relaxed), 1);
             assert_eq!(s.get(h).err(), Some(HandleError::Invalid));
             assert_eq!(s.live(), 0);
