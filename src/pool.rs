@@ -750,9 +750,10 @@ fn worker_name(prefix: &str, number: u64) -> String {
 /// A worker thread's life, one step per call into user code (see
 /// [`ThreadBody`]): the start hook, then tasks, then the stop hook.
 ///
-/// The task a worker took stays in one place from its start until its slot
-/// serves the next task: `task`, with `stage` saying which of its calls
-/// comes or runs, and what only some stages need beside it.
+/// The task a worker took stays in one place from its start until it is
+/// published (or, abandoned, until the worker serves again): `task`, with
+/// `stage` saying which of its calls comes or runs, and what only some
+/// stages need beside it.
 struct Worker {
     shared: Arc<PoolShared>,
     step: Step,
@@ -778,7 +779,8 @@ struct Worker {
 /// Where a worker's task is.
 #[derive(Clone, Copy)]
 enum Stage {
-    /// No task, or its callbacks have returned.
+    /// No task, or its callbacks have returned, or it was abandoned (a
+    /// cancel reported it; `serve` lets it go).
     Done,
     /// Its work function runs.
     Work,
@@ -802,7 +804,9 @@ enum Step {
 impl ThreadBody for Worker {
     fn next(&mut self) -> ForeignCall {
         match self.stage {
-            Stage::Done | Stage::Work => {}
+            // (`Work` and `Reported` are never seen here: their calls' return
+            // goes to `finish`, which moves the stage on.)
+            Stage::Done | Stage::Work | Stage::Reported(_) => {}
             Stage::EndHook(decided) => {
                 // The end hook returned: end the task; its report is made
                 // after the calls that restoring the table deferred.
@@ -813,11 +817,10 @@ impl ThreadBody for Worker {
                 if let Some(call) = self.report(report) {
                     return call;
                 }
-            }
-            Stage::Reported(outcome) => {
-                Reporting::unmark(self.reporting_outer);
-                if let Some(call) = self.publish(outcome) {
-                    return call;
+                if sys::calls_deferred() {
+                    // Publishing deferred calls: they come before the next
+                    // task is looked for.
+                    return ForeignCall::Again;
                 }
             }
         }
@@ -876,6 +879,8 @@ impl ThreadBody for Worker {
                     return None;
                 }
                 match self.end_with_report(decided) {
+                    // (A publish here that deferred calls: they come
+                    // first, then `next` serves.)
                     Some(report) if !sys::calls_deferred() => self.report(report),
                     // Its report comes after the calls that restoring the
                     // table deferred.
@@ -891,7 +896,8 @@ impl ThreadBody for Worker {
             }
             Stage::Reported(outcome) => {
                 Reporting::unmark(self.reporting_outer);
-                if self.publish(outcome).is_some() {
+                self.publish(outcome);
+                if sys::calls_deferred() {
                     return None;
                 }
                 match self.serve() {
@@ -907,8 +913,10 @@ impl ThreadBody for Worker {
 }
 
 impl Worker {
-    /// [`Worker::serve`] outside the common step (see `finish`): the first
-    /// time, after a task without `on_done`, after calls were deferred.
+    /// [`Worker::serve`] outside the common step (see `finish`): at the
+    /// thread's start and after its start hook, after a task without
+    /// `on_done`, an abandoned task, an end hook or an expiry, or calls that
+    /// were deferred.
     #[inline(never)]
     fn serve_again(&mut self) -> Served {
         self.serve()
@@ -920,8 +928,7 @@ impl Worker {
 
     /// The task ended with `report`: its `on_done` call, made from the start
     /// routine like any foreign call (the outcome is published after it);
-    /// without one, the outcome is published and the next task served.
-    /// None: `next` goes on.
+    /// without one, the outcome is published at once and None.
     #[inline(always)]
     fn report(&mut self, report: Report) -> Option<ForeignCall> {
         let task = self.task.as_ref().expect("a task ended");
@@ -930,7 +937,8 @@ impl Worker {
             self.stage = Stage::Reported(report.0);
             return Some(call);
         }
-        self.publish(report.0)
+        self.publish(report.0);
+        None
     }
 
     /// The worker leaves (see `serve`). What code on this thread set outside
@@ -969,9 +977,10 @@ impl Worker {
     }
 
     /// Publishes the task's outcome after its `on_done` returned (or at once
-    /// without one). The calls publishing deferred (a `free_result`) are made
-    /// before the worker looks for the next task: `Again` then.
-    fn publish(&mut self, outcome: Outcome) -> Option<ForeignCall> {
+    /// without one). The calls publishing deferred (a `free_result`) are to
+    /// be made before the worker looks for the next task: its callers look
+    /// at `sys::calls_deferred` after it.
+    fn publish(&mut self, outcome: Outcome) {
         // The worker's reference goes with the publishing (a detached
         // task's handle with it, in one step). Not abandoned, the task gave
         // no slot back: the worker keeps its slot for the next task.
@@ -982,7 +991,6 @@ impl Worker {
         self.stage = Stage::Done;
         self.timed_out = false;
         self.may_spin = true;
-        sys::calls_deferred().then_some(ForeignCall::Again)
     }
 }
 

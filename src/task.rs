@@ -745,8 +745,9 @@ impl Task {
     }
 
     /// The task's work function and argument, for the caller to call between
-    /// `Ref::begin_run` and [`Task::decide`] (then `Ref::complete`, or a
-    /// worker's own steps from [`Task::end`]).
+    /// `Ref::begin_run` and [`Task::decide`], then `Ref::complete` (a worker:
+    /// between `Ref::begin_run_in` and [`Task::decide`], then
+    /// [`RunPlace::end_run`] and its own steps from [`Task::end`]).
     pub(crate) fn work(&self) -> (WorkFn, *mut c_void) {
         let work = self
             .calls
@@ -776,7 +777,8 @@ impl Task {
     }
 
     /// Settles what [`Task::decide`] decided short of reporting it, once the
-    /// runner dropped its [`Running`] (the thread's table restored): an
+    /// runner dropped its [`Running`] or ended its [`RunPlace`] (the
+    /// thread's table restored): an
     /// abandoned run's result and argument go to their free functions; a
     /// returned one is given back as the [`Report`] its runner counts
     /// (`Scheduler::count_returned`) and makes next (a worker makes it as

@@ -10,9 +10,11 @@
 //!
 //! - the outcome is decided exactly once: by the callable returning, a
 //!   cancel or an expiry, whichever sets `DECIDED` first;
-//! - the table a task starts with is taken exactly once: by the transition
-//!   that moves the task out of waiting or queued (its start, or a decision
-//!   before it started), which the word lets only one thread make;
+//! - the table a task starts with belongs to exactly one thread: the one
+//!   whose transition moves the task out of waiting or queued (its start, or
+//!   a decision before it started), which the word lets only one thread
+//!   make; a start hands that thread a token to take it with (an empty one
+//!   is left in place, see [`StartWith`]);
 //! - the result moves exactly once: it is swapped out of its atomic by
 //!   whoever takes it (a poll or wait after the publish, or the free of a
 //!   result nobody can receive: publish and release each set their flag with
