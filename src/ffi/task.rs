@@ -206,7 +206,10 @@ pub extern "C" fn asyncify_submit(
             return Ok(ASYNCIFY_OK);
         }
         let mut spare = None;
-        let o = versioned_arg(opts, &mut spare)?.unwrap_or(&DEFAULT_SUBMIT_OPTIONS);
+        let o = match own_layout(opts) {
+            Some(o) => o,
+            None => versioned_arg(opts, &mut spare)?.unwrap_or(&DEFAULT_SUBMIT_OPTIONS),
+        };
         let flags = o.flags;
         if flags & !KNOWN_SUBMIT_FLAGS != 0 {
             return Err(fail(
@@ -259,22 +262,40 @@ pub extern "C" fn asyncify_submit(
 }
 
 /// The options of a plain task, the common case, recognised before anything
-/// else is looked at: NULL, or this library's own layout, aligned, with no
-/// flag but `ASYNCIFY_SUBMIT_DETACHED` and no completion queue, context,
-/// limiter, deadline or free function; and `out_handle` given unless
-/// detached. None otherwise: the general path reads such options (an older
-/// layout, say) or explains what is wrong with them.
+/// else is looked at: NULL, or this library's own layout (see
+/// [`own_layout`]) with no flag but `ASYNCIFY_SUBMIT_DETACHED` and no
+/// completion queue, context, limiter, deadline or free function; and
+/// `out_handle` given unless detached. None otherwise: the general path
+/// reads such options or explains what is wrong with them.
 #[inline(always)]
 fn plain_options<'a>(
     opts: *const asyncify_submit_options,
     out_handle: *mut asyncify_handle,
 ) -> Option<&'a asyncify_submit_options> {
-    const SIZE: usize = std::mem::size_of::<asyncify_submit_options>();
-    const END: usize = std::mem::offset_of!(asyncify_submit_options, start_within_ms) + 4;
     if opts.is_null() {
         return (!out_handle.is_null()).then_some(&DEFAULT_SUBMIT_OPTIONS);
     }
-    if !opts.is_aligned() {
+    let o = own_layout(opts)?;
+    let general = o.cq as usize
+        | o.context as usize
+        | o.limiter as usize
+        | o.free_arg.map_or(0, |f| f as usize)
+        | o.free_result.map_or(0, |f| f as usize)
+        | o.start_within_ms as usize
+        | (o.flags & !ASYNCIFY_SUBMIT_DETACHED) as usize;
+    let handle_ok = o.flags & ASYNCIFY_SUBMIT_DETACHED != 0 || !out_handle.is_null();
+    (general == 0 && handle_ok).then_some(o)
+}
+
+/// `opts` read in place when it is this library's own layout, aligned, with
+/// zero bytes after its last field (where a later header could put one), as
+/// nearly every caller's is: no copy, and no look at older layouts. None:
+/// NULL, or anything else, which `versioned_arg` reads or refuses.
+#[inline(always)]
+fn own_layout<'a>(opts: *const asyncify_submit_options) -> Option<&'a asyncify_submit_options> {
+    const SIZE: usize = std::mem::size_of::<asyncify_submit_options>();
+    const END: usize = std::mem::offset_of!(asyncify_submit_options, start_within_ms) + 4;
+    if opts.is_null() || !opts.is_aligned() {
         return None;
     }
     // SAFETY: a non-NULL, aligned `opts` points at a struct whose first field
@@ -282,11 +303,7 @@ fn plain_options<'a>(
     if unsafe { (*opts).struct_size } as usize != SIZE {
         return None;
     }
-    // SAFETY: as above, with this library's own size: the whole struct, in
-    // which every field is valid for any bits it can hold.
-    let o = unsafe { &*opts };
-    // The tail padding after the last field (where a later header could put
-    // one) must be zero: 4 bytes where pointers have 8.
+    // The tail padding after the last field: 4 bytes where pointers have 8.
     let tail = match SIZE - END {
         0 => 0,
         // SAFETY: as above: these bytes are inside the struct, at an offset
@@ -294,16 +311,9 @@ fn plain_options<'a>(
         4 => unsafe { (opts as *const u8).add(END).cast::<u32>().read() },
         _ => return None,
     };
-    let general = o.cq as usize
-        | o.context as usize
-        | o.limiter as usize
-        | o.free_arg.map_or(0, |f| f as usize)
-        | o.free_result.map_or(0, |f| f as usize)
-        | o.start_within_ms as usize
-        | tail as usize
-        | (o.flags & !ASYNCIFY_SUBMIT_DETACHED) as usize;
-    let handle_ok = o.flags & ASYNCIFY_SUBMIT_DETACHED != 0 || !out_handle.is_null();
-    (general == 0 && handle_ok).then_some(o)
+    // SAFETY: as above, with this library's own size: the whole struct, in
+    // which every field is valid for any bits it can hold.
+    (tail == 0).then(|| unsafe { &*opts })
 }
 
 fn write_observed(
