@@ -143,14 +143,6 @@ impl Installed {
             was_in_task: IN_TASK.with(|t| t.replace(true)),
         })
     }
-
-    /// Installs the frame a task starts with (see [`SavedFrame::install_task`]).
-    #[inline(always)]
-    pub fn task(snapshot: Option<Table>) -> Installed {
-        let mut installed = Installed(SavedFrame::default());
-        installed.0.install_task(snapshot);
-        installed
-    }
 }
 
 impl Drop for Installed {
@@ -161,8 +153,8 @@ impl Drop for Installed {
 }
 
 /// What installing a task's frame saved of the thread's, until it is
-/// restored: what [`Installed`] holds, and what a worker keeps in place
-/// (restoring it itself) so that nothing is moved per task.
+/// restored: what [`Installed`] holds, and what a task's runner keeps in
+/// place and restores itself (so that nothing is moved per task).
 #[derive(Default)]
 pub struct SavedFrame {
     /// The thread's own frame; None when it was empty (or nothing is
@@ -465,21 +457,22 @@ mod tests {
         std::thread::spawn(|| {
             // An empty thread frame and an empty task table: nothing moves,
             // yet what the task sets goes with it.
-            let task = Installed::task(None);
+            let mut task = SavedFrame::default();
+            task.install_task(None);
             assert!(in_task());
             set("in-task", b("t"), false);
             assert_eq!(count(), 1);
-            drop(task);
+            task.restore();
             assert!(!in_task());
             assert_eq!(count(), 0);
             assert!(snapshot().is_empty());
             // A thread with a table of its own gets it back after a task
             // that started empty.
             set("own", b("o"), false);
-            let task = Installed::task(None);
+            task.install_task(None);
             assert_eq!(count(), 0);
             assert!(get("own").is_none());
-            drop(task);
+            task.restore();
             assert_eq!(bytes(&get("own").unwrap()), b"o");
             assert_eq!(count(), 1);
         })

@@ -36,7 +36,7 @@ use crate::cq::Completion;
 use crate::cq::CompletionQueue;
 use crate::handles::{HandleError, LocalFree, Ref, Slab, Slotted};
 use crate::limiter::{Limiter, Waiter};
-use crate::overrides::{Installed, SavedFrame};
+use crate::overrides::SavedFrame;
 use crate::spin::Shared;
 use crate::status::*;
 use crate::sys::{self, ForeignCall};
@@ -419,52 +419,34 @@ impl Decided {
     }
 }
 
-/// A started task's callable is running on this thread: dropping it makes
-/// the thread's previous task current again, then restores its table.
-pub(crate) struct Running {
-    _current: Current,
-    _frame: Installed,
+/// A started task's callable is running on this thread (an inline run):
+/// dropping it ends the run, as [`RunPlace::end_run`] does for a worker.
+pub(crate) struct Running(RunPlace);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.end_run();
+    }
 }
 
-/// A worker's task while its callable runs: what [`Running`] holds for an
-/// inline run, kept in place by the worker from the task's start to its end
-/// (see [`Ref::begin_run_in`]), so that nothing is moved per task.
+/// A task's callable running on this thread, kept in place by its runner
+/// (a worker keeps one for its task from start to end, so that nothing is
+/// moved per task; [`Running`] wraps one for an inline run): the thread's
+/// previous current task (the runner holds the task meanwhile: no
+/// reference is taken for this), and what installing its table saved.
 #[derive(Default)]
 pub(crate) struct RunPlace {
-    /// The thread's current task before (see [`Current`]).
     previous: u32,
     frame: SavedFrame,
 }
 
 impl RunPlace {
-    /// The callable returned: as dropping a [`Running`], the thread's
-    /// previous task is current again, then its table is restored.
+    /// The callable returned: the thread's previous task is current again,
+    /// then its table is restored.
     #[inline(always)]
     pub(crate) fn end_run(&mut self) {
         let _ = CURRENT_TASK.try_with(|t| t.set(self.previous));
         self.frame.restore();
-    }
-}
-
-/// Makes a task the thread's current task while its callable runs (the
-/// runner holds the task meanwhile: no reference is taken for this).
-struct Current {
-    previous: u32,
-}
-
-impl Current {
-    #[inline(always)]
-    fn new(task: &TaskRef) -> Current {
-        Current {
-            previous: CURRENT_TASK.with(|t| t.replace(Ref::index(task) + 1)),
-        }
-    }
-}
-
-impl Drop for Current {
-    #[inline(always)]
-    fn drop(&mut self) {
-        let _ = CURRENT_TASK.try_with(|t| t.set(self.previous));
     }
 }
 
@@ -901,11 +883,9 @@ impl Ref<Task> {
     /// thread's current task.
     #[inline(always)]
     pub(crate) fn begin_run(&self, snapshot: Option<Table>) -> Running {
-        let frame = Installed::task(snapshot);
-        Running {
-            _current: Current::new(self),
-            _frame: frame,
-        }
+        let mut place = RunPlace::default();
+        self.begin_run_in(&mut place, snapshot);
+        Running(place)
     }
 
     /// [`Ref::begin_run`] into a worker's `place` (ended by
