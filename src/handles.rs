@@ -946,27 +946,36 @@ impl<T: Slotted> Slab<T> {
     /// reference to the value.
     pub fn remove(&self, handle: u64) -> Result<Ref<T>, HandleError> {
         let (parts, slot) = self.check(handle)?;
-        self.end_generation(slot, parts.generation)
-            .then(|| Ref { slot })
+        self.end_generation(slot, parts.generation, 0)
+            .map(|_| Ref { slot })
             .ok_or(HandleError::Invalid)
     }
 
-    /// Moves `slot` past `generation` (its handle's) unless it is there
-    /// already: true when this call released the handle, whose reference is
-    /// then the caller's.
+    /// Moves `slot` past `generation_now` (its handle's) unless it is there
+    /// already, counting `dropped` references out in the same step (0: the
+    /// handle's reference becomes the caller's). Returns the references
+    /// before, when this call released the handle.
     #[inline]
-    fn end_generation(&self, slot: &Slot<T>, generation_now: u32) -> bool {
+    fn end_generation(&self, slot: &Slot<T>, generation_now: u32, dropped: u32) -> Option<u32> {
         let mut word = slot.word.load(Acquire);
         loop {
             if generation(word) != generation_now || references(word) == 0 {
-                return false;
+                return None;
             }
-            let new =
-                u64::from(next_generation(generation_now)) << 32 | u64::from(references(word));
+            debug_assert!(
+                references(word) >= dropped,
+                "the references counted out exist"
+            );
+            let new = u64::from(next_generation(generation_now)) << 32
+                | u64::from(references(word) - dropped);
+            // Release: the caller's use of the value happens before whoever
+            // frees the slot; acquire: when that is the caller (its dropped
+            // references were the last), every other holder's use happened
+            // before (as in `free_last`).
             match slot.word.compare_exchange_weak(word, new, AcqRel, Acquire) {
                 Ok(_) => {
                     self.released.add(1);
-                    return true;
+                    return Some(references(word));
                 }
                 Err(now) => word = now,
             }
@@ -987,31 +996,13 @@ impl<T: Slotted> Ref<T> {
     /// reference goes then).
     pub fn release_own(this: Ref<T>, handle: u64) -> bool {
         debug_assert_eq!(decode(handle).index, Ref::index(&this), "its own handle");
-        let generation_now = decode(handle).generation;
-        let mut word = this.slot.word.load(Relaxed);
-        loop {
-            if generation(word) != generation_now {
-                return false; // `this` drops its own reference
-            }
-            debug_assert!(references(word) >= 2, "the handle's and this one");
-            let new =
-                u64::from(next_generation(generation_now)) << 32 | u64::from(references(word) - 2);
-            // Release: this holder's use of the value happens before whoever
-            // frees the slot; acquire: when that is this thread, every other
-            // holder's use happened before (as in `free_last`).
-            match this
-                .slot
-                .word
-                .compare_exchange_weak(word, new, AcqRel, Relaxed)
-            {
-                Ok(_) => break,
-                Err(now) => word = now,
-            }
-        }
-        T::slab().released.add(1);
+        // The handle's reference and this one.
+        let Some(before) = T::slab().end_generation(this.slot, decode(handle).generation, 2) else {
+            return false; // `this` drops its own reference
+        };
         // Both references are counted out already: `this` must not drop.
         let this = std::mem::ManuallyDrop::new(this);
-        if references(word) == 2 {
+        if before == 2 {
             Ref::free_last(this.slot);
         }
         true
