@@ -160,6 +160,10 @@ pub struct asyncify_pool_stats {
 /// made on first use with a limit of 8 or `ASYNCIFY_MAX_WORKERS` from the
 /// environment. Threads start as tasks need them and leave after the keep-alive
 /// when idle.
+// On a line pair of its own: a submit reads it, and workers may write the
+// caller's data beside it (a completion counter): a shared line would cost
+// the submitting thread a cache miss per task.
+#[repr(align(128))]
 pub struct asyncify_pool {
     inner: Pool,
 }
