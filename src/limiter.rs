@@ -13,15 +13,19 @@
 //! moves the task into its pool's queue under both); a limiter's lock is
 //! never taken while a pool's is held.
 
+#[cfg(all(test, loom))]
+use loom::sync::atomic::AtomicU64;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+#[cfg(not(all(test, loom)))]
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use once_cell::sync::OnceCell;
 
 use crate::latency::{Histogram, Summary};
-use crate::shard::Counter;
+use crate::shard::{Counter, Padded};
 use crate::timer::{timer, Due, Kept};
 
 /// A task waiting for its limiter, as the limiter sees it.
@@ -81,32 +85,71 @@ pub struct LimiterStats {
     pub cancelled_waiting: u64,
 }
 
-/// The places word: `max_running << 32 | SLOW | running`. A limiter without
-/// a rate and with nobody waiting admits and gives places back by CAS on it
-/// alone, with no lock (the submitting thread and every worker take and give
-/// back places per task). `SLOW` sends both to the lock: set, under the lock,
-/// while tasks wait (so a new task waits behind them, FIFO, and a place given
-/// back is handed to the first) or a rate holds (tokens are counted under the
-/// lock). `running` changes only by atomic RMW, under the lock or not.
-struct Places(AtomicU64);
+/// The places, in two words on cache lines of their own, so that a submit
+/// and a worker write different lines per task. `taken` is the submitting
+/// side's: `max_running << 32 | SLOW | taken`, where `taken` counts every
+/// place ever taken (modulo 2^31). `returned` is the workers': `SLOW_RETURNED
+/// | returned`, every place given back (modulo 2^31, in its low bits).
+/// `running` is `taken - returned`.
+///
+/// A limiter without a rate and with nobody waiting admits by CAS on
+/// `taken` alone, with no lock. The CAS compares with the count given back
+/// as last read (`seen`): that count only lags, so it never admits past the
+/// cap, and it is read again from `returned` only when it says the cap is
+/// reached. A worker gives a place back by one add on `returned`, which also
+/// tells it whether `SLOW` is set. While the cap is far, neither side reads
+/// the other's line.
+///
+/// `SLOW` (set in both words, under the lock, while tasks wait or a rate
+/// holds) sends both sides to the lock: a new task waits behind the waiting
+/// ones, FIFO, and a place given back is handed to the first. No place given
+/// back is lost to a waiter: a give-back that did not see `SLOW` came before
+/// the setting of `SLOW` in `returned`, and the admission that follows that
+/// setting (under the lock) reads `returned` after it.
+struct Places {
+    taken: Padded<TakeSide>,
+    returned: Padded<AtomicU64>,
+}
 
-const RUNNING_MASK: u64 = (1 << 31) - 1;
+/// The submitting side of [`Places`].
+struct TakeSide {
+    word: AtomicU64,
+    /// `returned` as last read; stored after an acquiring read of it
+    /// (release), so a reader that loads it (acquire) and then `word` sees
+    /// every take it counts as given back.
+    seen: AtomicU64,
+}
+
+const COUNT_MASK: u64 = (1 << 31) - 1;
 const SLOW: u64 = 1 << 31;
 const MAX_SHIFT: u32 = 32;
+/// `SLOW` in `returned`: the top bit, far above the carries of its count.
+const SLOW_RETURNED: u64 = 1 << 63;
 
 impl Places {
     fn new(max_running: u32, slow: bool) -> Places {
-        Places(AtomicU64::new(
-            (u64::from(max_running) << MAX_SHIFT) | if slow { SLOW } else { 0 },
-        ))
+        Places {
+            taken: Padded(TakeSide {
+                word: AtomicU64::new(
+                    (u64::from(max_running) << MAX_SHIFT) | if slow { SLOW } else { 0 },
+                ),
+                seen: AtomicU64::new(0),
+            }),
+            returned: Padded(AtomicU64::new(if slow { SLOW_RETURNED } else { 0 })),
+        }
     }
 
-    fn load(&self) -> u64 {
-        self.0.load(Ordering::Acquire)
+    /// Places held (a snapshot).
+    fn running(&self) -> u32 {
+        // `returned` first: every give-back it counts comes after its take.
+        let returned = self.returned.load(Ordering::Acquire);
+        Self::held(self.taken.word.load(Ordering::Acquire), returned)
     }
 
-    fn running(word: u64) -> u32 {
-        (word & RUNNING_MASK) as u32
+    /// Places held by the counts in `word` and `returned`, where `returned`
+    /// was read before `word`.
+    fn held(word: u64, returned: u64) -> u32 {
+        (word.wrapping_sub(returned) & COUNT_MASK) as u32
     }
 
     fn max_running(word: u64) -> u32 {
@@ -117,18 +160,32 @@ impl Places {
     /// (the caller holds the lock). None: `SLOW` is set and the caller does
     /// not hold the lock.
     fn try_take(&self, slow_ok: bool) -> Option<bool> {
-        let mut word = self.0.load(Ordering::Relaxed);
+        let mut returned = self.taken.seen.load(Ordering::Acquire);
+        let mut word = self.taken.word.load(Ordering::Relaxed);
+        let mut fresh = false;
         loop {
             if word & SLOW != 0 && !slow_ok {
                 return None;
             }
-            if Self::running(word) >= Self::max_running(word) {
-                return Some(false);
+            if Self::held(word, returned) >= Self::max_running(word) {
+                if fresh {
+                    return Some(false);
+                }
+                // Full by the count last seen: read the count again, then
+                // the word (which counts every take given back in it).
+                returned = self.returned.load(Ordering::Acquire) & COUNT_MASK;
+                self.taken.seen.store(returned, Ordering::Release);
+                word = self.taken.word.load(Ordering::Relaxed);
+                fresh = true;
+                continue;
             }
-            match self
-                .0
-                .compare_exchange_weak(word, word + 1, Ordering::AcqRel, Ordering::Relaxed)
-            {
+            let new = (word & !COUNT_MASK) | (word.wrapping_add(1) & COUNT_MASK);
+            match self.taken.word.compare_exchange_weak(
+                word,
+                new,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return Some(true),
                 Err(seen) => word = seen,
             }
@@ -138,23 +195,30 @@ impl Places {
     /// Gives a place back; true when `SLOW` was set (the caller then admits
     /// under the lock).
     fn give_back(&self) -> bool {
-        self.0.fetch_sub(1, Ordering::AcqRel) & SLOW != 0
+        self.returned.fetch_add(1, Ordering::AcqRel) & SLOW_RETURNED != 0
     }
 
     /// Under the lock: sets the cap, and `SLOW` as the state says.
     fn set(&self, max_running: u32, slow: bool) {
-        let mut word = self.0.load(Ordering::Relaxed);
+        let mut word = self.taken.word.load(Ordering::Relaxed);
         loop {
             let new = (u64::from(max_running) << MAX_SHIFT)
-                | (word & RUNNING_MASK)
+                | (word & COUNT_MASK)
                 | if slow { SLOW } else { 0 };
-            match self
-                .0
-                .compare_exchange_weak(word, new, Ordering::AcqRel, Ordering::Relaxed)
-            {
-                Ok(_) => return,
+            match self.taken.word.compare_exchange_weak(
+                word,
+                new,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
                 Err(seen) => word = seen,
             }
+        }
+        if slow {
+            self.returned.fetch_or(SLOW_RETURNED, Ordering::AcqRel);
+        } else {
+            self.returned.fetch_and(!SLOW_RETURNED, Ordering::AcqRel);
         }
     }
 }
@@ -268,7 +332,7 @@ impl Limiter {
         LimiterStats {
             max_running: st.max_running,
             waiting: st.waiting.max(0) as u64,
-            running: u64::from(Places::running(self.places.load())),
+            running: u64::from(self.places.running()),
             admitted: self.admitted.sum(),
             expired: st.expired,
             cancelled_waiting: st.cancelled_waiting,
@@ -440,7 +504,7 @@ impl Limiter {
             admitted.push(waiter);
         }
         self.settle(&mut st);
-        let running = Places::running(self.places.load());
+        let running = self.places.running();
         let wants_token = st.waiting > 0 && running < st.max_running && st.rate > 0.0;
         // One timer entry for the next token at a time, unless the timer has
         // dropped it since (all its pools shut down, a fork).
@@ -714,5 +778,124 @@ mod tests {
         assert_eq!((st.running, st.waiting), (0, 0));
         assert_eq!(st.admitted, fast.load(Ordering::Relaxed) as u64 + 300);
         assert_eq!(*order.lock().unwrap(), (0..300).collect::<Vec<_>>());
+    }
+}
+
+#[cfg(test)]
+mod places_tests {
+    use super::*;
+
+    /// Places whose counts stand at `taken` and `returned` (modulo 2^31).
+    fn places_at(max_running: u32, taken: u64, returned: u64) -> Places {
+        let p = Places::new(max_running, false);
+        p.taken.word.fetch_or(taken & COUNT_MASK, Ordering::Relaxed);
+        p.returned
+            .fetch_or(returned & COUNT_MASK, Ordering::Relaxed);
+        p
+    }
+
+    #[test]
+    fn the_counts_wrap_without_losing_a_place() {
+        // Both counts cross 2^31 while two places are held.
+        let p = places_at(2, COUNT_MASK - 1, COUNT_MASK - 3);
+        assert_eq!(p.running(), 2);
+        assert_eq!(p.try_take(false), Some(false), "the cap is reached");
+        for _ in 0..5 {
+            assert!(!p.give_back());
+            assert_eq!(p.running(), 1);
+            assert_eq!(p.try_take(false), Some(true));
+            assert_eq!(p.running(), 2);
+            assert_eq!(p.try_take(false), Some(false));
+        }
+    }
+
+    #[test]
+    fn a_stale_count_given_back_is_read_again_before_refusing() {
+        let p = Places::new(1, false);
+        assert_eq!(p.try_take(false), Some(true));
+        assert!(!p.give_back());
+        // `seen` still says 0 given back; the take reads it again.
+        assert_eq!(p.try_take(false), Some(true));
+        assert_eq!(p.running(), 1);
+        assert_eq!(p.try_take(false), Some(false));
+    }
+
+    #[test]
+    fn slow_is_seen_on_both_sides_and_sends_takes_to_the_lock() {
+        let p = Places::new(3, false);
+        p.set(3, true);
+        assert_eq!(p.try_take(false), None);
+        assert_eq!(p.try_take(true), Some(true));
+        assert!(p.give_back(), "a give-back while SLOW goes to the lock");
+        p.set(3, false);
+        assert_eq!(p.try_take(false), Some(true));
+        assert!(!p.give_back());
+        assert_eq!(p.running(), 0);
+    }
+}
+
+/// loom model-checks the split places (`make test-loom`).
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::Places;
+    use loom::sync::atomic::{AtomicU32, Ordering::SeqCst};
+    use loom::sync::{Arc, Mutex};
+
+    /// A place given back while a new task finds the cap reached and starts
+    /// to wait reaches that task: the give-back sees `SLOW` and admits under
+    /// the lock, or the admission after `SLOW` is set finds the place free.
+    #[test]
+    fn a_place_given_back_reaches_a_task_that_starts_to_wait() {
+        loom::model(|| {
+            let places = Arc::new(Places::new(1, false));
+            assert_eq!(places.try_take(false), Some(true));
+            // True while a task waits.
+            let waits = Arc::new(Mutex::new(false));
+            let admitted = Arc::new(AtomicU32::new(0));
+            let admit = |places: &Places, waits: &mut bool, admitted: &AtomicU32| {
+                if *waits && places.try_take(true) == Some(true) {
+                    *waits = false;
+                    admitted.fetch_add(1, SeqCst);
+                    places.set(1, false);
+                }
+            };
+            let worker = {
+                let (places, waits, admitted) = (places.clone(), waits.clone(), admitted.clone());
+                loom::thread::spawn(move || {
+                    if places.give_back() {
+                        admit(&places, &mut waits.lock().unwrap(), &admitted);
+                    }
+                })
+            };
+            if places.try_take(false) == Some(true) {
+                admitted.fetch_add(1, SeqCst);
+            } else {
+                let mut w = waits.lock().unwrap();
+                *w = true;
+                places.set(1, true);
+                admit(&places, &mut w, &admitted);
+            }
+            worker.join().unwrap();
+            assert_eq!(admitted.load(SeqCst), 1, "the task was admitted");
+            assert_eq!(places.running(), 1);
+        });
+    }
+
+    /// Two takes racing a give-back at the cap: one place, at most one take,
+    /// whatever count of places given back each had seen.
+    #[test]
+    fn takes_never_pass_the_cap_with_a_stale_count() {
+        loom::model(|| {
+            let places = Arc::new(Places::new(1, false));
+            assert_eq!(places.try_take(false), Some(true));
+            let taker = |places: Arc<Places>| {
+                loom::thread::spawn(move || u32::from(places.try_take(false) == Some(true)))
+            };
+            let (a, b) = (taker(places.clone()), taker(places.clone()));
+            assert!(!places.give_back());
+            let took = a.join().unwrap() + b.join().unwrap();
+            assert!(took <= 1, "two places taken under a cap of one");
+            assert_eq!(places.running(), took);
+        });
     }
 }
