@@ -5,12 +5,14 @@
 //! power of two is split into 32 equal buckets, so a bucket's width is at most
 //! 1/32 of its lower bound and a percentile reported as the bucket's midpoint
 //! is within 1/64 (1.6 %) of a value that fell in it. 1,920 buckets cover every
-//! `u64`; a histogram is 15 KiB, made only for pools that record latency (ten
-//! of them per figure: see [`Sharded`]).
+//! `u64`; a histogram is 15 KiB, made only for pools that record latency (one
+//! per thread that records a figure, up to 24: see [`Sharded`]).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::shard::{add_owned, owned, shard, Padded};
+use once_cell::sync::OnceCell;
+
+use crate::shard::{add_owned, owned, shard, Padded, OWNED, SHARDS};
 
 const SUB_BITS: u32 = 5;
 const SUB: u64 = 1 << SUB_BITS;
@@ -136,26 +138,24 @@ fn summary_of<'a>(parts: impl Iterator<Item = &'a Histogram>) -> Summary {
     }
 }
 
-/// Parts of a [`Sharded`] histogram that their owner alone writes (the
-/// threads owning the first part indexes), and parts the others share.
-const OWNED_PARTS: usize = 8;
-const SHARED_PARTS: usize = 2;
-
 /// A histogram that threads record into in parts (by thread), so that
 /// workers on different CPUs do not write the same cache lines, and the
-/// first threads with no locked instruction (see [`crate::shard`]); read as
-/// one.
+/// threads owning a part index with no locked instruction (see
+/// [`crate::shard`]); read as one.
 pub struct Sharded {
-    /// Each on cache lines of its own: a part's `sum` and `max`, written
-    /// per record, would otherwise share a line with the next part's.
-    parts: Box<[Padded<Histogram>]>,
+    /// A part per owned index, then the parts shared by the threads that
+    /// own none; each made on its first record (a pool records from a few
+    /// threads, and a part is 15 KiB), each on cache lines of its own (a
+    /// part's `sum` and `max`, written per record, would otherwise share a
+    /// line with the next part's).
+    parts: Box<[Padded<OnceCell<Histogram>>]>,
 }
 
 impl Default for Sharded {
     fn default() -> Self {
         Sharded {
-            parts: (0..OWNED_PARTS + SHARED_PARTS)
-                .map(|_| Padded(Histogram::default()))
+            parts: (0..OWNED + SHARDS)
+                .map(|_| Padded(OnceCell::new()))
                 .collect(),
         }
     }
@@ -165,14 +165,18 @@ impl Sharded {
     /// Records one duration into the calling thread's part.
     pub fn record(&self, ns: u64) {
         match owned() {
-            Some(i) if i < OWNED_PARTS => self.parts[i].record_owned(ns),
-            _ => self.parts[OWNED_PARTS + shard() % SHARED_PARTS].record(ns),
+            Some(i) => self.parts[i]
+                .get_or_init(Histogram::default)
+                .record_owned(ns),
+            None => self.parts[OWNED + shard()]
+                .get_or_init(Histogram::default)
+                .record(ns),
         }
     }
 
     /// The counts and percentiles of every part together.
     pub fn summary(&self) -> Summary {
-        summary_of(self.parts.iter().map(|p| &p.0))
+        summary_of(self.parts.iter().filter_map(|p| p.0.get()))
     }
 }
 
@@ -225,8 +229,33 @@ mod tests {
         });
         let s = h.summary();
         assert_eq!(s.count, 600);
+        assert!(h.parts.iter().filter(|p| p.0.get().is_some()).count() <= 6);
         assert_eq!(s.max, 100_005);
         assert_eq!(s.sum, 6 * 5050 * 1_000 + 100 * (1 + 2 + 3 + 4 + 5));
         assert!(s.p50.abs_diff(50_000) < 50_000 / 20, "{}", s.p50);
+    }
+
+    #[test]
+    fn threads_beyond_the_owned_parts_share_parts_and_lose_nothing() {
+        // More threads at once than there are part indexes to own: the rest
+        // record into the shared parts, with atomic additions.
+        let h = Sharded::default();
+        let threads = crate::shard::OWNED as u64 + 2 * SHARDS as u64;
+        let go = std::sync::Barrier::new(threads as usize);
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                let (h, go) = (&h, &go);
+                s.spawn(move || {
+                    go.wait();
+                    (1..=1_000u64).for_each(|v| h.record(v));
+                    go.wait();
+                });
+            }
+        });
+        let s = h.summary();
+        assert_eq!(s.count, threads * 1_000);
+        assert_eq!(s.sum, threads * 500_500);
+        assert_eq!(s.max, 1_000);
+        assert!(h.parts[OWNED..].iter().any(|p| p.0.get().is_some()));
     }
 }
