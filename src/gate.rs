@@ -31,6 +31,20 @@
 //! thread), the pool wakes or spawns one under its lock. Workers park under
 //! that lock after [`Gate::sleep_or_retry`].
 //!
+//! Two more bits of the gate word limit how many workers join a flood of
+//! short tasks. A worker that would take a free slot while as many slots as
+//! the process has spare CPUs are busy (all CPUs but one, left to the
+//! submitting thread) becomes the pool's *watcher* instead, if it has none
+//! (`WATCHED`): it looks every little while at how fast the running workers
+//! pop tasks, and takes a slot only when they are slow, which sets
+//! `WIDENED` (workers join without watching until one finds the queue
+//! empty). More workers than CPUs only contend for the queue and take the
+//! CPUs from the submitting thread when tasks are short, while tasks that
+//! block need every slot. A submit that finds the pool *covered* (a watcher
+//! and a busy slot) wakes nobody, and an idle worker that finds it covered
+//! parks: the busy worker pops the task, and the watcher brings in more
+//! workers if that worker is stuck.
+//!
 //! No lost wake-up, no task stranded: each of these is a pair of threads
 //! that write one word and then read the other's, every access `SeqCst`, so
 //! at least one of the two sees the other's write:
@@ -45,6 +59,10 @@
 //!   read-modify-write of the gate) and then looks at the queue again: either
 //!   it sees the task pushed meanwhile and takes a slot for it, or that
 //!   submit saw the free slot and wakes a worker;
+//! - a watcher stops (it clears `WATCHED`, alone or while it sets
+//!   `WIDENED`, by a `SeqCst` read-modify-write) and then looks at the
+//!   queue: either it sees a task pushed meanwhile, or that submit saw the
+//!   pool no longer covered and wakes a worker;
 //! - a shutdown sets the bit and then reads the submitting counters; a
 //!   submit counts itself in and then reads the bit: either the submit is
 //!   refused, or the shutdown waits for its push before it drains.
@@ -61,6 +79,11 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::atomic::{fence, AtomicU64};
 
 const SHUT: u64 = 1 << 31;
+/// A worker watches the running ones for the pool (see the module docs).
+const WATCHED: u64 = 1 << 30;
+/// The watcher found the running workers slow: workers join without
+/// watching until one finds the queue empty.
+const WIDENED: u64 = 1 << 29;
 const BUSY_SHIFT: u32 = 32;
 const LIMIT_SHIFT: u32 = 48;
 const FIELD_MASK: u64 = 0xFFFF;
@@ -93,6 +116,19 @@ impl Word {
     /// A worker without a slot could take one now (for a queued task).
     pub(crate) fn has_room(self) -> bool {
         !self.shut() && self.busy() < self.limit()
+    }
+
+    /// A worker without a slot should watch the running ones rather than
+    /// take a free slot: `spare` slots (the CPUs spared for workers) are
+    /// busy already, and the pool has not widened.
+    pub(crate) fn wants_watcher(self, spare: u32) -> bool {
+        self.has_room() && self.busy() >= spare && self.0 & WIDENED == 0
+    }
+
+    /// A queued task is seen to without a wake-up: a worker holding a slot
+    /// pops it, and the watcher brings in more workers if that one is stuck.
+    fn covered(self) -> bool {
+        self.0 & WATCHED != 0 && self.busy() > 0
     }
 
     /// A worker holding a slot may keep it for its next task.
@@ -308,7 +344,41 @@ impl Gate {
     /// worker is coming.
     #[inline(always)]
     pub(crate) fn needs_worker(&self, after: Word) -> bool {
-        after.has_room() && Idle(self.idle.0.load(SeqCst)).coming() == 0
+        after.has_room() && !after.covered() && Idle(self.idle.0.load(SeqCst)).coming() == 0
+    }
+
+    /// Makes the calling worker the pool's watcher; false when there is one
+    /// already.
+    pub(crate) fn start_watching(&self) -> bool {
+        self.word.0.fetch_or(WATCHED, SeqCst) & WATCHED == 0
+    }
+
+    /// The watcher stops, and widens the pool when `widen`; it looks at the
+    /// queue once more after this.
+    pub(crate) fn stop_watching(&self, widen: bool) {
+        if widen {
+            let _ = self.update(|w| Some(Word((w.0 & !WATCHED) | WIDENED)));
+        } else {
+            self.word.0.fetch_and(!WATCHED, SeqCst);
+        }
+        // See `after_push`.
+        #[cfg(all(test, loom))]
+        fence(SeqCst);
+    }
+
+    /// Workers join without watching until one finds the queue empty (a
+    /// raised limit).
+    pub(crate) fn widen(&self) {
+        self.word.0.fetch_or(WIDENED, SeqCst);
+    }
+
+    /// A worker found the queue empty, leaving the gate `left`: the pool no
+    /// longer widens.
+    #[inline(always)]
+    pub(crate) fn narrow(&self, left: Word) {
+        if left.0 & WIDENED != 0 {
+            self.word.0.fetch_and(!WIDENED, Relaxed);
+        }
     }
 
     pub(crate) fn idle(&self) -> Idle {
@@ -341,11 +411,13 @@ impl Gate {
 
     /// A worker about to park (under the pool's lock) counts itself as
     /// sleeping; true when it may park, false (uncounted again) when a slot
-    /// is free and `queued()` says the queue has an entry.
+    /// is free, the pool is not covered and `queued()` says the queue has an
+    /// entry.
     pub(crate) fn sleep_or_retry(&self, queued: impl Fn() -> bool) -> bool {
         self.add(SLEEPING);
         fence(SeqCst);
-        if self.load().has_room() && queued() {
+        let w = self.load();
+        if w.has_room() && !w.covered() && queued() {
             self.sub(SLEEPING);
             return false;
         }
@@ -433,6 +505,41 @@ mod tests {
         assert_eq!(gate.idle().coming() + gate.idle().sleeping(), 0);
         assert!(!gate.sleep_or_retry(|| true), "a task is startable");
         assert_eq!(gate.idle().sleeping(), 0);
+    }
+
+    #[test]
+    fn a_watcher_covers_a_busy_pool_until_it_stops_or_widens() {
+        let gate = Gate::new(8);
+        // One slot busy, one spare CPU: a worker should watch, not join.
+        let busy = gate.take_slot(|| true).unwrap();
+        assert!(busy.wants_watcher(1));
+        assert!(!busy.wants_watcher(2), "a second spare CPU: join");
+        assert!(gate.start_watching());
+        assert!(!gate.start_watching(), "one watcher at a time");
+        let after = gate.after_push();
+        assert!(!gate.needs_worker(after), "covered: the busy worker pops");
+        assert!(gate.sleep_or_retry(|| true), "an idle worker parks");
+        gate.woke();
+        gate.stop_watching(false);
+        assert!(gate.needs_worker(gate.after_push()), "no longer covered");
+        // Widening lets workers join without watching, until one finds the
+        // queue empty.
+        assert!(gate.start_watching());
+        gate.stop_watching(true);
+        assert!(!gate.load().wants_watcher(1));
+        let second = gate.take_slot(|| true).unwrap();
+        assert!(!second.wants_watcher(1), "still widened");
+        let left = gate.release();
+        gate.narrow(left);
+        assert!(gate.load().wants_watcher(1), "narrowed again");
+        // A covered pool whose busy slots are all given back is not covered.
+        assert!(gate.start_watching());
+        gate.release();
+        assert!(gate.needs_worker(gate.after_push()), "nobody to pop");
+        gate.stop_watching(false);
+        // A raised limit widens at once.
+        gate.widen();
+        assert!(!gate.load().wants_watcher(0));
     }
 }
 
@@ -600,6 +707,40 @@ mod loom_tests {
             assert_eq!(m.queue.load(SeqCst), 0);
             assert_eq!(m.gate.load().busy(), 0);
         });
+    }
+
+    /// A submit to a pool whose only running worker is stuck, while its
+    /// watcher stops (or widens) and looks at the queue once more: either
+    /// the submit found the pool no longer covered and wakes a worker, or
+    /// the watcher's look finds the task and takes a slot for it.
+    #[test]
+    fn a_watcher_that_stops_strands_no_task() {
+        for widen in [false, true] {
+            loom::model(move || {
+                let m = Model::new();
+                m.gate.set_limit(2);
+                // The stuck worker's slot.
+                assert!(m.gate.take_slot(|| true).is_some());
+                assert!(m.gate.start_watching());
+                let watcher = {
+                    let m = m.clone();
+                    thread::spawn(move || {
+                        m.gate.stop_watching(widen);
+                        if m.gate.take_slot(|| m.queued()).is_some() {
+                            assert!(m.pop());
+                            m.ran.fetch_add(1, SeqCst);
+                        }
+                    })
+                };
+                m.queue.fetch_add(1, SeqCst);
+                let woke = m.gate.needs_worker(m.gate.after_push());
+                watcher.join().unwrap();
+                assert!(
+                    woke || m.ran.load(SeqCst) == 1,
+                    "the task was left to a stuck worker"
+                );
+            });
+        }
     }
 
     /// The pool's only worker leaves at the end of its keep-alive while a

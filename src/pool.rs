@@ -232,6 +232,9 @@ pub struct PoolShared {
     work_ready: Padded<Condvar>,
     quiet: Condvar,
     options: PoolOptions,
+    /// How many busy slots make a worker without one watch rather than join
+    /// (see [`crate::gate`]): the spare CPUs when the pool was made.
+    spare_cpus: u32,
     counters: Counters,
     /// Queue wait and run time, when the options say to record them.
     latency: Option<Box<Latency>>,
@@ -259,6 +262,16 @@ struct Latency {
 pub struct Pool {
     shared: Arc<PoolShared>,
 }
+
+/// How long the pool's watcher first watches the running workers start
+/// tasks, spinning (see [`PoolShared::watch`]).
+const FIRST_LOOK: Duration = Duration::from_micros(10);
+/// How long it sleeps between its later looks (a sleep takes some tens of
+/// microseconds more).
+const WATCH_PERIOD: Duration = Duration::from_micros(100);
+/// Running workers that start fewer tasks than one per this each are slow
+/// (their tasks block, or take long): the watcher brings in more workers.
+const SLOW_TASK: Duration = Duration::from_micros(10);
 
 thread_local! {
     /// The pool whose worker this thread is.
@@ -312,6 +325,59 @@ impl PoolShared {
         st.threads += 1;
         self.gate.starting();
         Provide { wake: 0, spawn: 1 }
+    }
+
+    /// The pool's watcher (see [`crate::gate`]): while a slot is free and
+    /// tasks are queued, it looks at how fast the running workers start
+    /// tasks, spinning for [`FIRST_LOOK`], then every [`WATCH_PERIOD`]. When
+    /// they start fewer than one per [`SLOW_TASK`] each (their tasks block,
+    /// or take long), it widens the pool and returns to take a slot itself.
+    /// It also returns when there is nothing to watch.
+    #[inline(never)]
+    fn watch(&self) {
+        let mut slow = !self.starts_soon();
+        loop {
+            let gate = self.gate.load();
+            if !gate.has_room() || self.queue.is_empty() {
+                self.gate.stop_watching(false);
+                return;
+            }
+            if slow {
+                self.gate.stop_watching(true);
+                return;
+            }
+            let popped = self.queue.popped();
+            let since = Instant::now();
+            std::thread::sleep(WATCH_PERIOD);
+            let started = u128::from(self.queue.popped() - popped);
+            let slots = u128::from(self.gate.load().busy().max(1));
+            slow = started * SLOW_TASK.as_nanos() < since.elapsed().as_nanos() * slots;
+        }
+    }
+
+    /// The watcher's first look, spinning (yielding now and then): true as
+    /// soon as the running workers started a task each, false when they
+    /// started fewer within [`FIRST_LOOK`]. A task submitted while a long
+    /// one runs starts after this look.
+    fn starts_soon(&self) -> bool {
+        let popped = self.queue.popped();
+        let slots = u64::from(self.gate.load().busy().max(1));
+        let since = Instant::now();
+        let mut round = 0u32;
+        loop {
+            if self.queue.popped() - popped >= slots {
+                return true;
+            }
+            round = round.wrapping_add(1);
+            if round % 64 == 0 {
+                if since.elapsed() >= FIRST_LOOK {
+                    return false;
+                }
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
     }
 
     /// A worker without a slot could take one now, for a queued task.
@@ -1033,6 +1099,15 @@ impl Worker {
             } else if *holding {
                 *holding = shared.gate.keep_slot();
                 None
+            } else if shared.gate.load().wants_watcher(shared.spare_cpus) {
+                // Workers run on every spare CPU already: watch them (unless
+                // a watcher does; then go idle) and join if they are slow.
+                let after = shared.gate.start_watching().then(|| {
+                    shared.watch();
+                    shared.gate.take_slot(|| !shared.queue.is_empty())
+                });
+                *holding = after.is_some_and(|a| a.is_some());
+                after.flatten()
             } else {
                 let after = shared.gate.take_slot(|| !shared.queue.is_empty());
                 *holding = after.is_some();
@@ -1042,7 +1117,8 @@ impl Worker {
             if *holding && popped.is_none() {
                 // Nothing queued: the slot goes back, then one more look (a
                 // submit meanwhile may have seen the slot still taken).
-                shared.gate.release();
+                let left = shared.gate.release();
+                shared.gate.narrow(left);
                 *holding = false;
                 if shared.startable() {
                     continue;
@@ -1098,6 +1174,10 @@ impl Worker {
                 spin::spin_until(spin::Shared::SpinOn, || {
                     if !shared.startable() {
                         return false;
+                    }
+                    if shared.gate.load().wants_watcher(shared.spare_cpus) {
+                        // Stop spinning: watch, or park while another does.
+                        return true;
                     }
                     spun = shared.gate.take_slot(|| !shared.queue.is_empty());
                     spun.is_some()
@@ -1190,6 +1270,7 @@ impl Pool {
                 quiet: Condvar::new(),
                 latency: options.record_latency.then(Box::default),
                 options,
+                spare_cpus: spin::spare_cpus(),
                 counters: Counters::default(),
                 uses_timer: AtomicBool::new(false),
             }),
@@ -1335,6 +1416,10 @@ impl Pool {
     /// interrupts nothing (extra workers leave as they become idle).
     pub fn set_max_workers(&self, n: u32) {
         let mut st = self.shared.lock();
+        if n > st.limit {
+            // The tasks waiting start at once, not after a watcher's look.
+            self.shared.gate.widen();
+        }
         st.limit = n;
         self.shared.gate.set_limit(n);
         let provide = self.shared.provide_workers(&mut st);

@@ -407,6 +407,12 @@ impl<T: Entry> Queue<T> {
         }
     }
 
+    /// How many entries were popped so far, tombstones included (a count
+    /// that only grows; a snapshot).
+    pub(crate) fn popped(&self) -> u64 {
+        slots_before(self.head.index.load(Relaxed))
+    }
+
     /// True when nothing is queued.
     #[inline]
     pub(crate) fn is_empty(&self) -> bool {

@@ -39,12 +39,18 @@ static MAX_SPINNERS: Lazy<u32> = Lazy::new(|| {
     std::env::var("ASYNCIFY_SPINNERS")
         .ok()
         .and_then(|v| v.trim().parse::<u32>().ok())
-        .unwrap_or_else(|| {
-            // Leave one CPU to the thread that submits and waits (it spins too).
-            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-            cpus.saturating_sub(1).max(1)
-        })
+        .unwrap_or_else(spare_cpus)
 });
+
+/// The CPUs this process may use less one, left to the thread that submits
+/// and waits (at least 1): how many idle workers may spin at once by
+/// default, and how many of a pool run a flood of tasks before its watcher
+/// decides whether more should (see [`crate::gate`]). Read from the system
+/// on each call.
+pub(crate) fn spare_cpus() -> u32 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    cpus.saturating_sub(1).max(1)
+}
 
 /// How many idle workers of a pool may spin at once.
 pub(crate) fn max_spinners() -> u32 {

@@ -780,3 +780,43 @@ fn a_worker_skipping_a_cancelled_task_still_wakes_the_next() {
     assert!(took < Duration::from_millis(1100), "{took:?}");
     assert_eq!(pool.shutdown(None), Ok(true));
 }
+
+/// Eight tasks that sleep, at limit 8, run side by side on any machine:
+/// where fewer CPUs than that are spare, the pool's watcher sees the
+/// running workers start no task for a while and brings in the rest.
+#[test]
+fn tasks_that_block_get_every_slot_whatever_the_cpus() {
+    let lane = &LANE_STORE[13];
+    lane.sleep_ms.store(200, SeqCst);
+    let pool = Pool::new(8);
+    let start = Instant::now();
+    let hs: Vec<u64> = (0..8).map(|n| submit(&pool, 13, n)).collect();
+    hs.into_iter().for_each(wait_ok);
+    let took = start.elapsed();
+    assert_eq!(lane.max_running.load(SeqCst), 8, "{took:?}");
+    assert!(took < Duration::from_millis(1000), "{took:?}");
+    assert_eq!(pool.shutdown(None), Ok(true));
+}
+
+/// A task submitted while another one runs long starts within moments,
+/// however few CPUs the machine has (the watcher's first look is short).
+#[test]
+fn a_task_submitted_beside_a_long_one_starts_soon() {
+    let lane = &LANE_STORE[14];
+    lane.sleep_ms.store(400, SeqCst);
+    let pool = Pool::new(8);
+    let long = submit(&pool, 14, 0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lane.started.load(SeqCst) < 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    lane.sleep_ms.store(0, SeqCst);
+    let start = Instant::now();
+    let quick = submit(&pool, 14, 1);
+    wait_ok(quick);
+    let took = start.elapsed();
+    assert_eq!(lane.running.load(SeqCst), 1, "the long task still runs");
+    assert!(took < Duration::from_millis(200), "{took:?}");
+    wait_ok(long);
+    assert_eq!(pool.shutdown(None), Ok(true));
+}
