@@ -292,6 +292,9 @@ fn child_main(args: &[String]) -> ! {
     std::process::exit(0)
 }
 
+/// L1/L2 run this many times the repetitions (a repetition takes about 40 ms).
+pub const FEATURE_REPS: usize = 3;
+
 pub struct Sizes {
     pub reps: usize,
     pub w1_n: usize,
@@ -531,7 +534,9 @@ impl Bench {
     }
 
     /// L1/L2: what a limiter that never caps and latency recording cost W1,
-    /// the three pools interleaved within each repetition.
+    /// the three pools interleaved within each repetition, with
+    /// [`FEATURE_REPS`] times the repetitions (a ratio of two medians of a
+    /// figure that swings by a fifth between bursts needs more of them).
     fn features(&mut self) {
         use ours::Feature;
         let n = self.sizes.w1_n;
@@ -542,7 +547,7 @@ impl Bench {
                 .map(|f| ours::Ours::with(limit, f))
                 .collect();
             let mut reps = vec![];
-            for rep in 0..=self.sizes.reps {
+            for rep in 0..=self.sizes.reps * FEATURE_REPS {
                 let figures: Vec<f64> = pools
                     .iter_mut()
                     .map(|p| p.w1(if rep == 0 { n / 10 } else { n }))

@@ -758,6 +758,15 @@ pub fn markdown(res: &Results, sizes: &Sizes, meta: &Meta) -> String {
             fmt_k(c.large - c.small),
         );
     }
+    if !res.features.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nL rows: the three pools (without a feature, through the limiter, recording \
+             latency) run one W1 burst each in turn, {} repetitions of each after a warm-up; each \
+             ratio is of two medians.",
+            sizes.reps * crate::FEATURE_REPS
+        );
+    }
     // Every skipped implementation, with its full reason.
     let mut skipped: Vec<String> = vec![];
     let mut note = |name: &str, o: Option<&Outcome>| {
