@@ -40,10 +40,11 @@
 //! `WIDENED` (workers join without watching until one finds the queue
 //! empty). More workers than CPUs only contend for the queue and take the
 //! CPUs from the submitting thread when tasks are short, while tasks that
-//! block need every slot. A submit that finds the pool *covered* (a watcher
-//! and a busy slot) wakes nobody, and an idle worker that finds it covered
-//! parks: the busy worker pops the task, and the watcher brings in more
-//! workers if that worker is stuck.
+//! block need every slot. A submit that finds the pool *covered* (a watcher,
+//! not widened, and as many busy slots as spare CPUs) wakes nobody, and an
+//! idle worker that finds it covered parks: the busy workers pop the task,
+//! and the watcher brings in more workers if they are slow, or joins itself
+//! when fewer slots are busy or the pool widened (a raised limit).
 //!
 //! No lost wake-up, no task stranded: each of these is a pair of threads
 //! that write one word and then read the other's, every access `SeqCst`, so
@@ -118,19 +119,6 @@ impl Word {
         !self.shut() && self.busy() < self.limit()
     }
 
-    /// A worker without a slot should watch the running ones rather than
-    /// take a free slot: `spare` slots (the CPUs spared for workers) are
-    /// busy already, and the pool has not widened.
-    pub(crate) fn wants_watcher(self, spare: u32) -> bool {
-        self.has_room() && self.busy() >= spare && self.0 & WIDENED == 0
-    }
-
-    /// A queued task is seen to without a wake-up: a worker holding a slot
-    /// pops it, and the watcher brings in more workers if that one is stuck.
-    fn covered(self) -> bool {
-        self.0 & WATCHED != 0 && self.busy() > 0
-    }
-
     /// A worker holding a slot may keep it for its next task.
     fn keeps(self) -> bool {
         !self.shut() && self.busy() <= self.limit()
@@ -178,6 +166,9 @@ pub(crate) struct Gate {
     word: Padded<AtomicU64>,
     idle: Padded<AtomicU64>,
     submitting: [Padded<AtomicU64>; SHARDS],
+    /// How many busy slots make a worker without one watch rather than join
+    /// (see the module docs): the CPUs spared for workers.
+    spare: u32,
 }
 
 /// A submit that saw the gate open and may push (see [`Gate::enter`]);
@@ -200,13 +191,15 @@ impl Drop for Entered<'_> {
 pub(crate) struct ShutDown;
 
 impl Gate {
-    pub(crate) fn new(limit: u32) -> Gate {
+    /// A gate of `limit` whose watcher watches from `spare` busy slots on.
+    pub(crate) fn new(limit: u32, spare: u32) -> Gate {
         Gate {
             word: Padded(AtomicU64::new(
                 u64::from(limit.min(MAX_LIMIT)) << LIMIT_SHIFT,
             )),
             idle: Padded(AtomicU64::new(0)),
             submitting: std::array::from_fn(|_| Padded(AtomicU64::new(0))),
+            spare: spare.max(1),
         }
     }
 
@@ -344,13 +337,30 @@ impl Gate {
     /// worker is coming.
     #[inline(always)]
     pub(crate) fn needs_worker(&self, after: Word) -> bool {
-        after.has_room() && !after.covered() && Idle(self.idle.0.load(SeqCst)).coming() == 0
+        after.has_room() && !self.covered(after) && Idle(self.idle.0.load(SeqCst)).coming() == 0
+    }
+
+    /// A worker without a slot should watch the running ones rather than
+    /// take a free slot in `w`: as many slots as the CPUs spared for workers
+    /// are busy, and the pool has not widened.
+    pub(crate) fn wants_watcher(&self, w: Word) -> bool {
+        w.has_room() && w.busy() >= self.spare && w.0 & WIDENED == 0
+    }
+
+    /// In `w`, a queued task is seen to without a wake-up: a watcher
+    /// watches (the pool has not widened) and as many slots as the CPUs
+    /// spared for workers are busy. A worker holding one pops the task, and
+    /// the watcher brings in more workers if they are slow, or joins when
+    /// fewer slots are busy.
+    pub(crate) fn covered(&self, w: Word) -> bool {
+        w.0 & (WATCHED | WIDENED) == WATCHED && w.busy() >= self.spare
     }
 
     /// Makes the calling worker the pool's watcher; false when there is one
-    /// already.
+    /// already or the pool has widened.
     pub(crate) fn start_watching(&self) -> bool {
-        self.word.0.fetch_or(WATCHED, SeqCst) & WATCHED == 0
+        self.update(|w| (w.0 & (WATCHED | WIDENED) == 0).then_some(Word(w.0 | WATCHED)))
+            .is_ok()
     }
 
     /// The watcher stops, and widens the pool when `widen`; it looks at the
@@ -417,7 +427,7 @@ impl Gate {
         self.add(SLEEPING);
         fence(SeqCst);
         let w = self.load();
-        if w.has_room() && !w.covered() && queued() {
+        if w.has_room() && !self.covered(w) && queued() {
             self.sub(SLEEPING);
             return false;
         }
@@ -455,7 +465,7 @@ mod tests {
 
     #[test]
     fn a_worker_takes_a_slot_only_below_the_limit_and_with_a_task_queued() {
-        let gate = Gate::new(1);
+        let gate = Gate::new(1, 1);
         assert_eq!(gate.take_slot(|| false), None, "nothing queued");
         let w = gate.take_slot(|| true).expect("a free slot");
         assert_eq!(w.busy(), 1);
@@ -466,7 +476,7 @@ mod tests {
 
     #[test]
     fn a_lowered_limit_takes_slots_back_one_by_one() {
-        let gate = Gate::new(2);
+        let gate = Gate::new(2, 1);
         gate.take_slot(|| true).unwrap();
         gate.take_slot(|| true).unwrap();
         gate.set_limit(1);
@@ -479,7 +489,7 @@ mod tests {
 
     #[test]
     fn shut_down_refuses_slots_and_takes_back_held_ones() {
-        let gate = Gate::new(4);
+        let gate = Gate::new(4, 1);
         gate.take_slot(|| true).unwrap();
         let entered = gate.enter().expect("open");
         gate.shut_down();
@@ -494,7 +504,7 @@ mod tests {
 
     #[test]
     fn a_worker_parks_only_when_nothing_is_startable() {
-        let gate = Gate::new(1);
+        let gate = Gate::new(1, 1);
         assert!(gate.sleep_or_retry(|| false));
         assert_eq!(gate.idle().sleeping(), 1);
         let after = gate.after_push();
@@ -509,37 +519,42 @@ mod tests {
 
     #[test]
     fn a_watcher_covers_a_busy_pool_until_it_stops_or_widens() {
-        let gate = Gate::new(8);
-        // One slot busy, one spare CPU: a worker should watch, not join.
-        let busy = gate.take_slot(|| true).unwrap();
-        assert!(busy.wants_watcher(1));
-        assert!(!busy.wants_watcher(2), "a second spare CPU: join");
+        // Two spare CPUs: a worker joins beside one busy slot, watches
+        // beside two.
+        let gate = Gate::new(8, 2);
+        let one = gate.take_slot(|| true).unwrap();
+        assert!(!gate.wants_watcher(one), "a spare CPU is free: join");
+        let two = gate.take_slot(|| true).unwrap();
+        assert!(gate.wants_watcher(two));
         assert!(gate.start_watching());
         assert!(!gate.start_watching(), "one watcher at a time");
         let after = gate.after_push();
-        assert!(!gate.needs_worker(after), "covered: the busy worker pops");
+        assert!(!gate.needs_worker(after), "covered: the busy workers pop");
         assert!(gate.sleep_or_retry(|| true), "an idle worker parks");
         gate.woke();
+        // One busy slot given back: fewer than the spare CPUs are busy, so
+        // the pool is not covered (and the watcher joins).
+        let left = gate.release();
+        assert!(gate.needs_worker(left), "a spare CPU is free again");
+        gate.take_slot(|| true).unwrap();
         gate.stop_watching(false);
         assert!(gate.needs_worker(gate.after_push()), "no longer covered");
-        // Widening lets workers join without watching, until one finds the
-        // queue empty.
+        // Widening lets workers join without watching, and covers nothing,
+        // until one finds the queue empty.
         assert!(gate.start_watching());
         gate.stop_watching(true);
-        assert!(!gate.load().wants_watcher(1));
-        let second = gate.take_slot(|| true).unwrap();
-        assert!(!second.wants_watcher(1), "still widened");
+        assert!(!gate.wants_watcher(gate.load()));
+        assert!(!gate.start_watching(), "no watcher while widened");
+        let three = gate.take_slot(|| true).unwrap();
+        assert!(!gate.wants_watcher(three), "still widened");
         let left = gate.release();
         gate.narrow(left);
-        assert!(gate.load().wants_watcher(1), "narrowed again");
-        // A covered pool whose busy slots are all given back is not covered.
+        assert!(gate.wants_watcher(gate.load()), "narrowed again");
+        // A raised limit widens at once, also over a watcher.
         assert!(gate.start_watching());
-        gate.release();
-        assert!(gate.needs_worker(gate.after_push()), "nobody to pop");
-        gate.stop_watching(false);
-        // A raised limit widens at once.
         gate.widen();
-        assert!(!gate.load().wants_watcher(0));
+        assert!(gate.needs_worker(gate.after_push()), "widened: not covered");
+        assert!(!gate.wants_watcher(gate.load()));
     }
 }
 
@@ -575,7 +590,7 @@ mod loom_tests {
         /// A pool of limit 1 with one worker thread.
         fn new() -> Arc<Model> {
             Arc::new(Model {
-                gate: Gate::new(1),
+                gate: Gate::new(1, 1),
                 queue: AtomicU32::new(0),
                 lock: Mutex::new(1),
                 ready: Condvar::new(),

@@ -232,9 +232,6 @@ pub struct PoolShared {
     work_ready: Padded<Condvar>,
     quiet: Condvar,
     options: PoolOptions,
-    /// How many busy slots make a worker without one watch rather than join
-    /// (see [`crate::gate`]): the spare CPUs when the pool was made.
-    spare_cpus: u32,
     counters: Counters,
     /// Queue wait and run time, when the options say to record them.
     latency: Option<Box<Latency>>,
@@ -327,18 +324,20 @@ impl PoolShared {
         Provide { wake: 0, spawn: 1 }
     }
 
-    /// The pool's watcher (see [`crate::gate`]): while a slot is free and
-    /// tasks are queued, it looks at how fast the running workers start
-    /// tasks, spinning for [`FIRST_LOOK`], then every [`WATCH_PERIOD`]. When
-    /// they start fewer than one per [`SLOW_TASK`] each (their tasks block,
-    /// or take long), it widens the pool and returns to take a slot itself.
-    /// It also returns when there is nothing to watch.
+    /// The pool's watcher (see [`crate::gate`]): while a worker should
+    /// watch ([`Gate::wants_watcher`]) and tasks are queued, it looks at how
+    /// fast the running workers start tasks, spinning for [`FIRST_LOOK`],
+    /// then every [`WATCH_PERIOD`]. When they start fewer than one per
+    /// [`SLOW_TASK`] each (their tasks block, or take long), it widens the
+    /// pool and returns to take a slot itself. It also returns, to look at
+    /// the queue like any idle worker, when there is nothing to watch.
     #[inline(never)]
     fn watch(&self) {
         let mut slow = !self.starts_soon();
         loop {
-            let gate = self.gate.load();
-            if !gate.has_room() || self.queue.is_empty() {
+            if !self.gate.wants_watcher(self.gate.load()) || self.queue.is_empty() {
+                // No free slot, fewer busy ones than spare CPUs, a widened
+                // pool, or nothing queued: the look after this decides.
                 self.gate.stop_watching(false);
                 return;
             }
@@ -380,9 +379,11 @@ impl PoolShared {
         }
     }
 
-    /// A worker without a slot could take one now, for a queued task.
+    /// A worker without a slot could take one now, for a queued task that
+    /// no running worker or watcher sees to ([`Gate::covered`]).
     fn startable(&self) -> bool {
-        self.gate.load().has_room() && !self.queue.is_empty()
+        let w = self.gate.load();
+        w.has_room() && !self.gate.covered(w) && !self.queue.is_empty()
     }
 
     /// After a push that left the gate `after`: wakes or starts a worker if
@@ -1099,7 +1100,7 @@ impl Worker {
             } else if *holding {
                 *holding = shared.gate.keep_slot();
                 None
-            } else if shared.gate.load().wants_watcher(shared.spare_cpus) {
+            } else if shared.gate.wants_watcher(shared.gate.load()) {
                 // Workers run on every spare CPU already: watch them (unless
                 // a watcher does; then go idle) and join if they are slow.
                 let after = shared.gate.start_watching().then(|| {
@@ -1172,11 +1173,13 @@ impl Worker {
                 // to the woken worker).
                 *may_spin = false;
                 spin::spin_until(spin::Shared::SpinOn, || {
-                    if !shared.startable() {
+                    let w = shared.gate.load();
+                    if !w.has_room() || shared.queue.is_empty() {
                         return false;
                     }
-                    if shared.gate.load().wants_watcher(shared.spare_cpus) {
-                        // Stop spinning: watch, or park while another does.
+                    if shared.gate.wants_watcher(w) {
+                        // Stop spinning: watch, or park while a watcher
+                        // sees to the queue.
                         return true;
                     }
                     spun = shared.gate.take_slot(|| !shared.queue.is_empty());
@@ -1250,7 +1253,7 @@ impl Pool {
             shared: Arc::new_cyclic(|me| PoolShared {
                 me: me.clone(),
                 queue: Queue::new(),
-                gate: Gate::new(options.max_workers),
+                gate: Gate::new(options.max_workers, spin::spare_cpus()),
                 tombstones: Counter::default(),
                 state: Padded(Mutex::new(State {
                     limited: HashMap::new(),
@@ -1270,7 +1273,6 @@ impl Pool {
                 quiet: Condvar::new(),
                 latency: options.record_latency.then(Box::default),
                 options,
-                spare_cpus: spin::spare_cpus(),
                 counters: Counters::default(),
                 uses_timer: AtomicBool::new(false),
             }),
@@ -1416,7 +1418,7 @@ impl Pool {
     /// interrupts nothing (extra workers leave as they become idle).
     pub fn set_max_workers(&self, n: u32) {
         let mut st = self.shared.lock();
-        if n > st.limit {
+        if n > st.limit && !self.shared.queue.is_empty() {
             // The tasks waiting start at once, not after a watcher's look.
             self.shared.gate.widen();
         }
