@@ -96,9 +96,10 @@ pub struct LimiterStats {
 /// `taken` alone, with no lock. The CAS compares with the count given back
 /// as last read (`seen`): that count only lags, so it never admits past the
 /// cap, and it is read again from `returned` only when it says the cap is
-/// reached. A worker gives a place back by one add on `returned`, which also
-/// tells it whether `SLOW` is set. While the cap is far, neither side reads
-/// the other's line.
+/// reached: once in about as many takes as the cap leaves free (never
+/// under no cap). A worker gives a place back by one add on `returned`,
+/// which also tells it whether `SLOW` is set. So while the cap is far the
+/// two sides seldom touch each other's line.
 ///
 /// `SLOW` (set in both words, under the lock, while tasks wait or a rate
 /// holds) sends both sides to the lock: a new task waits behind the waiting
@@ -173,8 +174,7 @@ impl Places {
                 }
                 // Full by the count last seen: read the count again, then
                 // the word (which counts every take given back in it).
-                returned = self.returned.load(Ordering::Acquire) & COUNT_MASK;
-                self.taken.seen.store(returned, Ordering::Release);
+                returned = self.read_returned();
                 word = self.taken.word.load(Ordering::Relaxed);
                 fresh = true;
                 continue;
@@ -187,9 +187,19 @@ impl Places {
                 Ordering::Relaxed,
             ) {
                 Ok(_) => return Some(true),
-                Err(seen) => word = seen,
+                Err(now) => word = now,
             }
         }
+    }
+
+    /// Reads the count given back and stores it as `seen`. Two threads may
+    /// store theirs out of order, moving `seen` back: it then only lags
+    /// more, which is safe (it could alias only after 2^31 places given back
+    /// between one thread's read and its store).
+    fn read_returned(&self) -> u64 {
+        let returned = self.returned.load(Ordering::Acquire) & COUNT_MASK;
+        self.taken.seen.store(returned, Ordering::Release);
+        returned
     }
 
     /// Gives a place back; true when `SLOW` was set (the caller then admits
@@ -198,8 +208,12 @@ impl Places {
         self.returned.fetch_add(1, Ordering::AcqRel) & SLOW_RETURNED != 0
     }
 
-    /// Under the lock: sets the cap, and `SLOW` as the state says.
+    /// Under the lock: sets the cap, and `SLOW` as the state says. The count
+    /// given back is read again first: under a cap that was never reached it
+    /// was never read, and a count seen 2^31 takes ago would alias under the
+    /// new cap.
     fn set(&self, max_running: u32, slow: bool) {
+        self.read_returned();
         let mut word = self.taken.word.load(Ordering::Relaxed);
         loop {
             let new = (u64::from(max_running) << MAX_SHIFT)
@@ -212,7 +226,7 @@ impl Places {
                 Ordering::Relaxed,
             ) {
                 Ok(_) => break,
-                Err(seen) => word = seen,
+                Err(now) => word = now,
             }
         }
         if slow {
@@ -487,7 +501,8 @@ impl Limiter {
                 }
                 continue; // it left already and is gone
             };
-            // A place for it, by the same RMW a fast release gives one back.
+            // A place for it, taken as a submit takes one (the count given
+            // back is read again when the one seen says the cap is reached).
             if self.places.try_take(true) != Some(true) {
                 break;
             }
@@ -807,6 +822,18 @@ mod places_tests {
             assert_eq!(p.running(), 2);
             assert_eq!(p.try_take(false), Some(false));
         }
+    }
+
+    #[test]
+    fn a_cap_set_after_the_counts_wrapped_under_no_cap_holds() {
+        // Under no cap the count given back was never read; the counts
+        // wrapped since, with two places held.
+        let p = places_at(u32::MAX, 1, COUNT_MASK);
+        assert_eq!(p.running(), 2);
+        p.set(2, false);
+        assert_eq!(p.try_take(false), Some(false), "the new cap is reached");
+        assert!(!p.give_back());
+        assert_eq!(p.try_take(false), Some(true));
     }
 
     #[test]
