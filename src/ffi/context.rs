@@ -24,10 +24,6 @@ use crate::table::{PtrValue, Table, Value};
 /// asyncify_context_free(); contexts, tables and tasks share their values, so
 /// making one costs O(1) or O(log n) and freeing one releases only values that
 /// nothing else holds. It never changes, so any thread may read it at any time.
-// On a line pair of its own: a submit reads it, and workers may write the
-// caller's data beside it (a completion counter): a shared line would cost
-// the submitting thread a cache miss per task.
-#[repr(align(128))]
 pub struct asyncify_context {
     pub(crate) table: Table,
 }
