@@ -35,7 +35,7 @@ use once_cell::sync::OnceCell;
 use crate::gate::{Gate, Word};
 use crate::handles::{fork_epoch, Ref};
 use crate::latency::{Sharded, Summary};
-use crate::limiter::Waiter;
+use crate::limiter::{Limiter, Waiter};
 use crate::overrides;
 use crate::queue::Queue;
 use crate::shard::{Counter, Padded};
@@ -1315,8 +1315,33 @@ impl Pool {
     pub fn submit_plain(&self, calls: PlainCalls, snapshot: Table) -> Result<u64, Error> {
         let shared = &self.shared;
         let submitted = shared.submit_time();
-        let (task, handle) = Task::insert_plain(calls, snapshot, shared, submitted)?;
+        let (task, handle) = Task::insert_plain(calls, None, snapshot, shared, submitted)?;
         self.enqueue(task, handle)
+    }
+
+    /// [`Pool::submit_plain`] of a task through `limiter`. When the limiter
+    /// admits it at once into a pool that uses the timer already (as from
+    /// its first task with a limiter on), it is queued like a plain task
+    /// that holds its place; else it takes [`Pool::submit`]'s path.
+    pub fn submit_plain_limited(
+        &self,
+        calls: PlainCalls,
+        limiter: &Arc<Limiter>,
+        snapshot: Table,
+    ) -> Result<u64, Error> {
+        let shared = &self.shared;
+        if !shared.uses_timer.load(Ordering::Relaxed) || !limiter.try_acquire() {
+            let spec = TaskSpec::new(calls.work, calls.arg)
+                .limiter(Some(limiter))
+                .on_done(calls.on_done, calls.on_done_data)
+                .detached(calls.detached);
+            return self.submit(spec, snapshot);
+        }
+        let submitted = shared.submit_time();
+        let (task, handle) = Task::insert_plain(calls, Some(limiter), snapshot, shared, submitted)
+            .inspect_err(|_| limiter.undo_acquire())?;
+        self.enqueue(task, handle)
+            .inspect_err(|_| limiter.undo_acquire())
     }
 
     /// Queues a task just inserted (its reference goes to the queue: from

@@ -594,10 +594,12 @@ impl Task {
         Ok(vacant.publish())
     }
 
-    /// [`Task::insert`] of a task that uses none of the rarer options.
+    /// [`Task::insert`] of a task that uses none of the rarer options, but
+    /// perhaps a `limiter` that admitted it already.
     #[inline(always)]
     pub(crate) fn insert_plain<S: Scheduler + 'static>(
         calls: PlainCalls,
+        limiter: Option<&Arc<Limiter>>,
         snapshot: Table,
         pool: &Arc<S>,
         submitted: Option<u64>,
@@ -618,9 +620,18 @@ impl Task {
             handle,
         );
         task.uses_rare = false;
-        task.has_limiter = false;
+        task.has_limiter = limiter.is_some();
+        if let Some(new) = limiter {
+            if !task
+                .limiter
+                .as_ref()
+                .is_some_and(|kept| Arc::ptr_eq(kept, new))
+            {
+                task.limiter = Some(new.clone());
+            }
+        }
         // The last task left nothing to start with (see `clear`).
-        drop(task.state.reset(Phase::Queued, false, snapshot));
+        drop(task.state.reset(Phase::Queued, limiter.is_some(), snapshot));
         Ok(vacant.publish())
     }
 

@@ -201,7 +201,13 @@ pub extern "C" fn asyncify_submit(
                 on_done_data: o.on_done_data,
                 detached: o.flags & ASYNCIFY_SUBMIT_DETACHED != 0,
             };
-            let handle = pool_or_default(o.pool).submit_plain(calls, overrides::snapshot())?;
+            let pool = pool_or_default(o.pool);
+            let snapshot = overrides::snapshot();
+            let handle = if o.limiter.is_null() {
+                pool.submit_plain(calls, snapshot)?
+            } else {
+                pool.submit_plain_limited(calls, limiter_ref(o.limiter), snapshot)?
+            };
             write_out(out_handle, handle);
             return Ok(ASYNCIFY_OK);
         }
@@ -264,7 +270,8 @@ pub extern "C" fn asyncify_submit(
 /// The options of a plain task, the common case, recognised before anything
 /// else is looked at: NULL, or this library's own layout (see
 /// [`own_layout`]) with no flag but `ASYNCIFY_SUBMIT_DETACHED` and no
-/// completion queue, context, limiter, deadline or free function; and
+/// completion queue, context, deadline or free function (a limiter is
+/// allowed: see `Pool::submit_plain_limited`); and
 /// `out_handle` given unless detached. None otherwise: the general path
 /// reads such options or explains what is wrong with them.
 #[inline(always)]
@@ -278,7 +285,6 @@ fn plain_options<'a>(
     let o = own_layout(opts)?;
     let general = o.cq as usize
         | o.context as usize
-        | o.limiter as usize
         | o.free_arg.map_or(0, |f| f as usize)
         | o.free_result.map_or(0, |f| f as usize)
         | o.start_within_ms as usize

@@ -534,6 +534,40 @@ static void test_timer_given_back(void)
     TEST_PASS("timer_given_back");
 }
 
+/* ---- plain submits through a limiter ---------------------------------------------------------- */
+
+/* From a pool's first task with a limiter on, a submit whose only option beyond on_done is a limiter
+ * takes the plain path: its place is held until its callable returns, and a submit the pool refuses
+ * gives its place back. */
+static void test_plain_submits_through_a_limiter(void)
+{
+    asyncify_pool_options po;
+    CHECK_OK(asyncify_pool_options_init(&po, sizeof po));
+    po.max_workers = 0; /* paused: the tasks stay queued, holding their places */
+    po.max_queued = 2;
+    struct asyncify_pool *pool = NULL;
+    CHECK_OK(asyncify_pool_new_ex(&po, &pool));
+    struct asyncify_limiter *lim = new_limiter(10, 0.0, 0);
+    outcomes out;
+    memset(&out, 0, sizeof out);
+    asyncify_submit_options opts = reporting_to(pool, lim, &out);
+    counted c = { .sleep_ms = 0 };
+    CHECK_OK(asyncify_submit(counted_work, &c, &opts, NULL)); /* the pool's first: the general path */
+    CHECK_OK(asyncify_submit(counted_work, &c, &opts, NULL)); /* the plain path */
+    asyncify_limiter_stats s = limiter_stats(lim);
+    CHECK(s.running == 2 && s.admitted == 2 && s.waiting == 0);
+    CHECK_ERR(asyncify_submit(counted_work, &c, &opts, NULL), ASYNCIFY_E_BUSY);
+    s = limiter_stats(lim);
+    CHECK(s.running == 2 && s.admitted == 2); /* the refused task gave its place back */
+    CHECK_OK(asyncify_set_max_workers(pool, 4));
+    WAIT_FOR(atomic_load(&out.done) == 2, TEST_PATIENCE_MS);
+    CHECK(atomic_load(&c.ran) == 2 && atomic_load(&out.by_status[ASYNCIFY_OK]) == 2);
+    s = limiter_stats(lim);
+    CHECK(s.running == 0 && s.admitted == 2 && s.waiting == 0);
+    CHECK_OK(asyncify_pool_free(pool, -1));
+    CHECK_OK(asyncify_limiter_free(lim));
+}
+
 int main(void)
 {
     test_bad_input();
@@ -547,6 +581,7 @@ int main(void)
     test_limiter_latency();
     test_default_pool_shutdown(); /* the default pool stays shut down */
     test_timer_given_back();
+    test_plain_submits_through_a_limiter();
     TEST_PASS("test_limiter");
     return 0;
 }
