@@ -578,16 +578,7 @@ impl Task {
             rare.cq = cq;
             rare.deadline = deadline;
         }
-        task.has_limiter = limiter.is_some();
-        if let Some(new) = limiter {
-            if !task
-                .limiter
-                .as_ref()
-                .is_some_and(|kept| Arc::ptr_eq(kept, new))
-            {
-                task.limiter = Some(new.clone());
-            }
-        }
+        task.set_limiter(limiter);
         // The last task left nothing to start with (see `clear`).
         let holds_place = limiter.is_some() && admitted;
         drop(task.state.reset(phase, holds_place, snapshot));
@@ -620,19 +611,26 @@ impl Task {
             handle,
         );
         task.uses_rare = false;
-        task.has_limiter = limiter.is_some();
+        task.set_limiter(limiter);
+        // The last task left nothing to start with (see `clear`).
+        drop(task.state.reset(Phase::Queued, limiter.is_some(), snapshot));
+        Ok(vacant.publish())
+    }
+
+    /// Sets the task's limiter, if any; its `Arc` only when the slot's last
+    /// task had another one (see [`Task::insert`]).
+    #[inline(always)]
+    fn set_limiter(&mut self, limiter: Option<&Arc<Limiter>>) {
+        self.has_limiter = limiter.is_some();
         if let Some(new) = limiter {
-            if !task
+            if !self
                 .limiter
                 .as_ref()
                 .is_some_and(|kept| Arc::ptr_eq(kept, new))
             {
-                task.limiter = Some(new.clone());
+                self.limiter = Some(new.clone());
             }
         }
-        // The last task left nothing to start with (see `clear`).
-        drop(task.state.reset(Phase::Queued, limiter.is_some(), snapshot));
-        Ok(vacant.publish())
     }
 
     /// Writes what every task has into a free slot; its pool `Arc` only
