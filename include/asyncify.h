@@ -266,19 +266,21 @@ typedef int32_t asyncify_status;
 
 /**
  * Pool flag: record each task's queue wait and run time in histograms, read
- * with asyncify_pool_latency(); it costs two clock reads per task. (Since
- * 0.2.)
+ * with asyncify_pool_latency(); it costs three clock reads per task (at its
+ * submit, start and end) and two histogram records. (Since 0.2.)
  */
 #define ASYNCIFY_POOL_RECORD_LATENCY 2u
 
 /**
- * For asyncify_pool_latency(): from submit to the start of the work function
- * (the time a task waited in the queue). (Since 0.2.)
+ * For asyncify_pool_latency(): from submit to the task's start (the time a
+ * task waited in the queue). The start is read as a worker takes the task
+ * from the queue, tens of nanoseconds before its work function is called.
+ * (Since 0.2.)
  */
 #define ASYNCIFY_LATENCY_QUEUE_WAIT 1u
 
 /**
- * For asyncify_pool_latency(): from the start of the work function to its
+ * For asyncify_pool_latency(): from the task's start to its work function's
  * return (abandoned ones included, when they return). (Since 0.2.)
  */
 #define ASYNCIFY_LATENCY_RUN 2u

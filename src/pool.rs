@@ -235,6 +235,9 @@ pub struct PoolShared {
     counters: Counters,
     /// Queue wait and run time, when the options say to record them.
     latency: Option<Box<Latency>>,
+    /// The pool records latency or has task hooks: its tasks' submit and
+    /// start times are read.
+    times_tasks: bool,
     /// The pool has had tasks with a deadline or a limiter: it is a user of
     /// the timer until its shutdown.
     uses_timer: AtomicBool,
@@ -245,6 +248,17 @@ struct Started {
     /// [`sys::now_ns`] at its start.
     at: u64,
     queue_wait: u64,
+}
+
+impl Started {
+    /// A start now, its queue wait not yet known.
+    #[inline(always)]
+    fn now() -> Started {
+        Started {
+            at: sys::now_ns(),
+            queue_wait: 0,
+        }
+    }
 }
 
 /// A pool's latency histograms.
@@ -531,25 +545,30 @@ impl PoolShared {
         }
     }
 
-    /// Where the pool records latency or has task hooks: the task's start
-    /// time and queue wait (recorded).
-    #[inline(always)]
-    fn record_start(&self, task: &Task) -> Option<Started> {
-        task.submitted()
-            .map(|submitted| self.record_start_at(task, submitted))
+    /// Where the pool times its tasks: a task starting now (its queue wait
+    /// recorded).
+    fn start_now(&self, task: &Task) -> Option<Started> {
+        self.times_tasks.then(|| {
+            let mut started = Started::now();
+            self.record_start(task, &mut started);
+            started
+        })
     }
 
+    /// Sets the queue wait of `task`, which started at `started.at`, and
+    /// records it.
     #[inline(never)]
-    fn record_start_at(&self, task: &Task, submitted: u64) -> Started {
-        let at = sys::now_ns();
-        let queue_wait = at.saturating_sub(submitted);
+    fn record_start(&self, task: &Task, started: &mut Started) {
+        let queue_wait = task
+            .submitted()
+            .map_or(0, |submitted| started.at.saturating_sub(submitted));
+        started.queue_wait = queue_wait;
         if let Some(latency) = &self.latency {
             latency.queue_wait.record(queue_wait);
             if let Some(limiter) = task.limiter() {
                 limiter.record_queue_wait(queue_wait);
             }
         }
-        Started { at, queue_wait }
     }
 
     /// The task's run time since `started` (recorded).
@@ -568,17 +587,6 @@ impl PoolShared {
             }
         }
         run
-    }
-
-    fn has_task_hooks(&self) -> bool {
-        self.options.on_task_start.is_some() || self.options.on_task_end.is_some()
-    }
-
-    /// A submit's time (`sys::now_ns`), where the pool records latency or
-    /// has task hooks; None elsewhere.
-    #[inline(always)]
-    fn submit_time(&self) -> Option<u64> {
-        (self.latency.is_some() || self.has_task_hooks()).then(sys::now_ns)
     }
 
     /// Calls a task hook: on a worker between its calls, from its start
@@ -751,7 +759,7 @@ impl Scheduler for PoolShared {
         self.tombstones.add(1);
         // Hooked and recorded like a start on a worker; here, inside the
         // waiter's own call, the hooks are called in place.
-        let started = self.record_start(task);
+        let started = self.start_now(task);
         let running = task.begin_run(snapshot);
         if let Some(hook) = self.options.on_task_start {
             self.call_task_hook(hook, task, ASYNCIFY_PENDING, started.as_ref(), 0);
@@ -1114,7 +1122,19 @@ impl Worker {
                 *holding = after.is_some();
                 after
             };
-            let popped = if *holding { shared.queue.pop() } else { None };
+            let popped = if *holding {
+                if shared.times_tasks {
+                    // The start of the task it takes is read right before
+                    // the pop (so its run time includes its taking and
+                    // start, tens of nanoseconds): read after them, the
+                    // clock would wait for their cache misses on the entry
+                    // and the slot (see `sys::now_ns`).
+                    *started = Some(Started::now());
+                }
+                shared.queue.pop()
+            } else {
+                None
+            };
             if *holding && popped.is_none() {
                 // Nothing queued: the slot goes back, then one more look (a
                 // submit meanwhile may have seen the slot still taken).
@@ -1149,7 +1169,9 @@ impl Worker {
                     shared.tombstones.sub(1);
                     continue;
                 };
-                *started = shared.record_start(&task);
+                if let Some(started) = started {
+                    shared.record_start(&task, started);
+                }
                 task.begin_run_in(run, snapshot.take());
                 if let Some(hook) = shared.options.on_task_start {
                     // Made before the work function, with its table installed.
@@ -1272,6 +1294,9 @@ impl Pool {
                 work_ready: Padded(Condvar::new()),
                 quiet: Condvar::new(),
                 latency: options.record_latency.then(Box::default),
+                times_tasks: options.record_latency
+                    || options.on_task_start.is_some()
+                    || options.on_task_end.is_some(),
                 options,
                 counters: Counters::default(),
                 uses_timer: AtomicBool::new(false),
@@ -1284,7 +1309,6 @@ impl Pool {
     /// Never blocks; on error nothing runs and no callback is called.
     pub fn submit(&self, spec: TaskSpec, snapshot: Table) -> Result<u64, Error> {
         let shared = &self.shared;
-        let submitted = shared.submit_time();
         // A limiter with room admits the task before it exists: it then
         // starts out queued and holding its place, and needs nothing kept
         // for a later admission.
@@ -1296,7 +1320,7 @@ impl Pool {
                 limiter.undo_acquire();
             }
         };
-        let (task, handle) = Task::insert(spec, snapshot, shared, submitted, admitted_now)
+        let (task, handle) = Task::insert(spec, snapshot, shared, shared.times_tasks, admitted_now)
             .inspect_err(|_| give_back_place())?;
         // A task its limiter admitted at once into a pool that uses the
         // timer already is queued like a plain one.
@@ -1314,8 +1338,7 @@ impl Pool {
     /// same, with less to look at.
     pub fn submit_plain(&self, calls: PlainCalls, snapshot: Table) -> Result<u64, Error> {
         let shared = &self.shared;
-        let submitted = shared.submit_time();
-        let (task, handle) = Task::insert_plain(calls, None, snapshot, shared, submitted)?;
+        let (task, handle) = Task::insert_plain(calls, None, snapshot, shared, shared.times_tasks)?;
         self.enqueue(task, handle)
     }
 
@@ -1337,8 +1360,8 @@ impl Pool {
                 .detached(calls.detached);
             return self.submit(spec, snapshot);
         }
-        let submitted = shared.submit_time();
-        let (task, handle) = Task::insert_plain(calls, Some(limiter), snapshot, shared, submitted)
+        let timed = shared.times_tasks;
+        let (task, handle) = Task::insert_plain(calls, Some(limiter), snapshot, shared, timed)
             .inspect_err(|_| limiter.undo_acquire())?;
         self.enqueue(task, handle)
             .inspect_err(|_| limiter.undo_acquire())

@@ -525,13 +525,14 @@ impl Task {
     /// task, or the process ends; it owns no thread and no task by then.
     ///
     /// `admitted`: the spec's limiter admitted the task already (it starts
-    /// out queued, holding its place); `submitted`: `sys::now_ns` at the
-    /// submit, where the pool records latency.
+    /// out queued, holding its place); `timed`: the pool records latency
+    /// or has task hooks, so the submit's time is kept (see
+    /// [`Task::stamp_submitted`]).
     pub(crate) fn insert<S: Scheduler + 'static>(
         spec: TaskSpec,
         snapshot: Table,
         pool: &Arc<S>,
-        submitted: Option<u64>,
+        timed: bool,
         admitted: bool,
     ) -> Result<(TaskRef, u64), Error> {
         let uses_rare = Rare::wanted(&spec, admitted);
@@ -567,7 +568,6 @@ impl Task {
             },
             detached,
             pool,
-            submitted,
             handle,
         );
         task.uses_rare = uses_rare;
@@ -582,6 +582,7 @@ impl Task {
         // The last task left nothing to start with (see `clear`).
         let holds_place = limiter.is_some() && admitted;
         drop(task.state.reset(phase, holds_place, snapshot));
+        task.stamp_submitted(timed);
         Ok(vacant.publish())
     }
 
@@ -593,7 +594,7 @@ impl Task {
         limiter: Option<&Arc<Limiter>>,
         snapshot: Table,
         pool: &Arc<S>,
-        submitted: Option<u64>,
+        timed: bool,
     ) -> Result<(TaskRef, u64), Error> {
         let mut vacant = tasks().vacant().map_err(from_handle_error)?;
         let handle = vacant.handle();
@@ -607,13 +608,13 @@ impl Task {
             },
             calls.detached,
             pool,
-            submitted,
             handle,
         );
         task.uses_rare = false;
         task.set_limiter(limiter);
         // The last task left nothing to start with (see `clear`).
         drop(task.state.reset(Phase::Queued, limiter.is_some(), snapshot));
+        task.stamp_submitted(timed);
         Ok(vacant.publish())
     }
 
@@ -641,7 +642,6 @@ impl Task {
         calls: Calls,
         detached: bool,
         pool: &Arc<S>,
-        submitted: Option<u64>,
         handle: u64,
     ) {
         self.calls = calls;
@@ -653,12 +653,20 @@ impl Task {
         if !same_pool {
             self.pool = Some(pool.clone() as Arc<dyn Scheduler>);
         }
-        self.submitted = submitted.unwrap_or(0);
         self.handle = handle;
     }
 
     fn pool(&self) -> &dyn Scheduler {
         self.pool.as_deref().expect("a task in use has its pool")
+    }
+
+    /// Keeps the submit's time where `timed` (else 0). Read as the last
+    /// step of filling the slot, right before the submit's locked
+    /// instructions (which queue the task): the read waits for the slot's
+    /// writes, as those instructions would anyway (see [`sys::now_ns`]).
+    #[inline(always)]
+    fn stamp_submitted(&mut self, timed: bool) {
+        self.submitted = if timed { sys::now_ns() } else { 0 };
     }
 
     /// When it was submitted, where its pool records latency.

@@ -50,8 +50,8 @@ pub type asyncify_task_hook = Option<
 pub const ASYNCIFY_POOL_RELEASE_SLOT_ON_ABANDON: u32 = 1;
 
 /// Pool flag: record each task's queue wait and run time in histograms, read
-/// with asyncify_pool_latency(); it costs two clock reads per task. (Since
-/// 0.2.)
+/// with asyncify_pool_latency(); it costs three clock reads per task (at its
+/// submit, start and end) and two histogram records. (Since 0.2.)
 pub const ASYNCIFY_POOL_RECORD_LATENCY: u32 = 2;
 
 const KNOWN_POOL_FLAGS: u32 = ASYNCIFY_POOL_RELEASE_SLOT_ON_ABANDON | ASYNCIFY_POOL_RECORD_LATENCY;
@@ -540,10 +540,12 @@ pub struct asyncify_latency {
     pub sum_ns: u64,
 }
 
-/// For asyncify_pool_latency(): from submit to the start of the work function
-/// (the time a task waited in the queue). (Since 0.2.)
+/// For asyncify_pool_latency(): from submit to the task's start (the time a
+/// task waited in the queue). The start is read as a worker takes the task
+/// from the queue, tens of nanoseconds before its work function is called.
+/// (Since 0.2.)
 pub const ASYNCIFY_LATENCY_QUEUE_WAIT: u32 = 1;
-/// For asyncify_pool_latency(): from the start of the work function to its
+/// For asyncify_pool_latency(): from the task's start to its work function's
 /// return (abandoned ones included, when they return). (Since 0.2.)
 pub const ASYNCIFY_LATENCY_RUN: u32 = 2;
 

@@ -63,6 +63,24 @@ int main(void)
     CHECK_ERR(asyncify_pool_latency(pool, ASYNCIFY_LATENCY_RUN, &short_one), ASYNCIFY_E_INVALID_ARGUMENT);
     CHECK_OK(asyncify_pool_free(pool, -1));
 
+    /* A task's start is read when a worker takes it, never earlier: a worker that found the queue empty and
+     * then sat idle for 300 ms reads the next task's start afresh, so that task's run time is not the idle
+     * time, nor its queue wait 0 by a start read before its submit. */
+    struct asyncify_pool *idle = new_recording_pool(1);
+    wait_ok_release(submit_to(idle, noop_task, NULL));
+    asyncify_latency run1 = latency_of(idle, ASYNCIFY_LATENCY_RUN);
+    asyncify_latency wait1 = latency_of(idle, ASYNCIFY_LATENCY_QUEUE_WAIT);
+    sleep_ms(300);
+    wait_ok_release(submit_to(idle, noop_task, NULL));
+    asyncify_latency run2 = latency_of(idle, ASYNCIFY_LATENCY_RUN);
+    asyncify_latency wait2 = latency_of(idle, ASYNCIFY_LATENCY_QUEUE_WAIT);
+    CHECK(run1.count == 1 && run2.count == 2 && wait2.count == 2);
+    printf("after 300 ms idle: run %.3f ms, queue wait %.3f ms\n", (run2.sum_ns - run1.sum_ns) / 1e6,
+           (wait2.sum_ns - wait1.sum_ns) / 1e6);
+    CHECK(run2.sum_ns - run1.sum_ns < 150000000);
+    CHECK(wait2.sum_ns > wait1.sum_ns);
+    CHECK_OK(asyncify_pool_free(idle, -1));
+
     /* A pool that does not record says so. */
     struct asyncify_pool *plain = new_pool(1);
     asyncify_latency none;
