@@ -437,14 +437,15 @@ impl<T: Slotted> Drop for Vacant<T> {
     }
 }
 
-/// Asks the CPU to bring `slot`'s cache lines in; a hint only. (A write
-/// hint, `prefetchw`, measured no better on W1.)
+/// Asks the CPU to bring `slot`'s cache lines in; a hint only (it never
+/// faults, whatever the address). (A write hint, `prefetchw`, measured no
+/// better on W1.)
 #[inline(always)]
-fn prefetch<T>(slot: &Slot<T>) {
+fn prefetch<T>(slot: *const Slot<T>) {
     #[cfg(all(target_arch = "x86_64", not(miri)))]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let start = (slot as *const Slot<T>).cast::<i8>();
+        let start = slot.cast::<i8>();
         let lines = std::mem::size_of::<Slot<T>>().div_ceil(64);
         for line in 0..lines {
             // SAFETY: a prefetch never faults and changes nothing but the
@@ -708,7 +709,7 @@ impl<T: Slotted> Slab<T> {
                 // The next insert writes that slot, which the thread that
                 // freed it (another CPU's) last wrote: its lines start on
                 // their way here now rather than then.
-                prefetch(self.slot(next - 1).expect("a free slot's segment exists"));
+                prefetch::<T>(self.slot(next - 1).expect("a free slot's segment exists"));
             }
             Ok(Some((head - 1, slot)))
         })
@@ -1035,6 +1036,10 @@ unsafe impl<T: Slotted> crate::queue::Entry for Ref<T> {
         // lives forever) whose counted reference this word carried.
         let slot = unsafe { &*(word as *const Slot<T>) };
         Ref { slot }
+    }
+
+    fn prefetch(word: usize) {
+        prefetch(word as *const Slot<T>);
     }
 }
 

@@ -1128,10 +1128,16 @@ impl Worker {
                     // the pop (so its run time includes its taking and
                     // start, tens of nanoseconds): read after them, the
                     // clock would wait for their cache misses on the entry
-                    // and the slot (see `sys::now_ns`).
+                    // and the slot (see `sys::now_ns`). For the same reason
+                    // the next task's slot is fetched while this one runs
+                    // (its misses would come before its end's clock read);
+                    // untimed, the CPU overlaps them (W1 is no faster for
+                    // the hint).
                     *started = Some(Started::now());
+                    shared.queue.pop_prefetching()
+                } else {
+                    shared.queue.pop()
                 }
-                shared.queue.pop()
             } else {
                 None
             };

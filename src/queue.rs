@@ -53,6 +53,11 @@ pub(crate) unsafe trait Entry: Send {
     /// # Safety
     /// `word` came from `into_word` and is turned back at most once.
     unsafe fn from_word(word: usize) -> Self;
+
+    /// A hint that the value of `word`, the entry queued after one just
+    /// popped, is wanted soon (by default, nothing). `word` may be stale:
+    /// another pop may have taken it meanwhile.
+    fn prefetch(_word: usize) {}
 }
 
 /// Slots per block (a block is 8 bytes per slot and 16 more; one position
@@ -281,6 +286,19 @@ impl<T: Entry> Queue<T> {
     /// Takes the entry at the head, if any.
     #[inline(always)]
     pub(crate) fn pop(&self) -> Option<T> {
+        self.pop_then::<false>()
+    }
+
+    /// [`Queue::pop`], then a hint that the entry after it is wanted soon
+    /// ([`Entry::prefetch`]): for a consumer that would otherwise wait for
+    /// that entry's memory (see the pool's workers that time their tasks).
+    #[inline(always)]
+    pub(crate) fn pop_prefetching(&self) -> Option<T> {
+        self.pop_then::<true>()
+    }
+
+    #[inline(always)]
+    fn pop_then<const PREFETCH: bool>(&self) -> Option<T> {
         let head = self.head.index.load(Acquire);
         let block = self.head.block.load(Acquire);
         let offset = offset_of(head);
@@ -296,17 +314,17 @@ impl<T: Entry> Queue<T> {
                 .is_ok()
         {
             // SAFETY: as in `pop_from`.
-            let word = unsafe { self.read(block, offset) };
+            let word = unsafe { self.read::<PREFETCH>(block, offset) };
             // SAFETY: a word a push made, taken by this pop alone.
             return Some(unsafe { T::from_word(word) });
         }
-        self.pop_from(head, block)
+        self.pop_from::<PREFETCH>(head, block)
     }
 
     /// [`Queue::pop`] from the head (`head`, `block`) as last read: near
     /// the tail, at a block end, or after a lost race.
     #[inline(never)]
-    fn pop_from(&self, head: u64, block: *mut Block) -> Option<T> {
+    fn pop_from<const PREFETCH: bool>(&self, head: u64, block: *mut Block) -> Option<T> {
         let mut backoff = Backoff::new();
         let (mut head, mut block) = (head, block);
         loop {
@@ -357,7 +375,7 @@ impl<T: Entry> Queue<T> {
                         self.head.index.store(next_index, Release);
                     }
                     // SAFETY: as above.
-                    let word = unsafe { self.read(block, offset) };
+                    let word = unsafe { self.read::<PREFETCH>(block, offset) };
                     // SAFETY: a word a push made, taken by this pop alone.
                     return Some(unsafe { T::from_word(word) });
                 }
@@ -372,12 +390,13 @@ impl<T: Entry> Queue<T> {
 
     /// Reads the slot at `offset` of `block`, whose position this pop took:
     /// waits for its push to have written it, clears it and counts the
-    /// read (the block's last read makes it a spare).
+    /// read (the block's last read makes it a spare). With `PREFETCH`, hints
+    /// at the next slot's entry first.
     ///
     /// # Safety
     /// The position is the caller's: the block lives until this counts.
     #[inline(always)]
-    unsafe fn read(&self, block: *mut Block, offset: usize) -> usize {
+    unsafe fn read<const PREFETCH: bool>(&self, block: *mut Block, offset: usize) -> usize {
         // SAFETY: per this function's contract.
         let b = unsafe { &*block };
         let slot = &b.slots[offset];
@@ -386,6 +405,15 @@ impl<T: Entry> Queue<T> {
             word = wait_written(slot);
         }
         slot.store(0, Relaxed);
+        if PREFETCH && offset + 1 < BLOCK_CAP {
+            // The next entry, for the pop that is likely to take it next:
+            // its value's memory, which its push wrote on another CPU,
+            // comes over meanwhile.
+            let next = b.slots[offset + 1].load(Relaxed);
+            if next != 0 {
+                T::prefetch(next);
+            }
+        }
         if b.read.fetch_add(1, AcqRel) + 1 == BLOCK_CAP {
             // The block's last read: nobody else touches it.
             b.next.store(ptr::null_mut(), Relaxed);
@@ -504,6 +532,52 @@ mod tests {
             // SAFETY: per the trait's contract.
             Held(unsafe { Arc::from_raw(word as *const ()) })
         }
+    }
+
+    /// A number as an entry whose prefetch hints this thread counts.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Hinted(usize);
+
+    thread_local! {
+        static HINTS: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    // SAFETY: the word is the number, never 0 (the test uses 1 and up).
+    unsafe impl Entry for Hinted {
+        fn into_word(self) -> usize {
+            self.0
+        }
+        unsafe fn from_word(word: usize) -> Self {
+            Hinted(word)
+        }
+        fn prefetch(word: usize) {
+            HINTS.with(|h| h.borrow_mut().push(word));
+        }
+    }
+
+    #[test]
+    fn a_prefetching_pop_hints_at_the_next_entry_and_keeps_the_order() {
+        let q = Queue::new();
+        let n = 2 * BLOCK_CAP + 5;
+        for i in 1..=n {
+            q.push(Hinted(i));
+        }
+        for i in 1..=n {
+            assert_eq!(q.pop_prefetching(), Some(Hinted(i)));
+            let hinted = HINTS.with(|h| h.borrow_mut().pop());
+            // The entry after it, except across a block's end (and after
+            // the last entry, where there is none).
+            let block_end = i % BLOCK_CAP == 0;
+            let want = (i < n && !block_end).then_some(i + 1);
+            assert_eq!(hinted, want, "after popping {i}");
+            HINTS.with(|h| h.borrow_mut().clear());
+        }
+        assert_eq!(q.pop_prefetching(), None);
+        // A plain pop gives no hint.
+        q.push(Hinted(1));
+        q.push(Hinted(2));
+        assert_eq!(q.pop(), Some(Hinted(1)));
+        assert!(HINTS.with(|h| h.borrow().is_empty()));
     }
 
     #[test]
