@@ -840,7 +840,9 @@ struct Worker {
     /// While its work function and end hook run: its table installed, and
     /// it the thread's current task; ended in place when they return.
     run: RunPlace,
-    /// When it started, where the pool records latency or has task hooks.
+    /// When it started, where the pool times its tasks: read right before
+    /// each pop, so between tasks it may hold a read for a pop that found
+    /// nothing (the next pop reads again).
     started: Option<Started>,
     /// While its `on_done` runs, the thread is marked as reporting it (see
     /// [`Reporting`]); the mark before, to put back after.
