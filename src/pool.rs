@@ -375,22 +375,9 @@ impl PoolShared {
     fn starts_soon(&self) -> bool {
         let popped = self.queue.popped();
         let slots = u64::from(self.gate.load().busy().max(1));
-        let since = Instant::now();
-        let mut round = 0u32;
-        loop {
-            if self.queue.popped() - popped >= slots {
-                return true;
-            }
-            round = round.wrapping_add(1);
-            if round % 64 == 0 {
-                if since.elapsed() >= FIRST_LOOK {
-                    return false;
-                }
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
-        }
+        spin::spin_for(FIRST_LOOK, spin::Shared::SpinOn, || {
+            self.queue.popped() - popped >= slots
+        })
     }
 
     /// A worker without a slot could take one now, for a queued task that

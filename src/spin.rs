@@ -96,11 +96,17 @@ thread_local! {
 /// the CPU away makes the next wait of this thread, if it comes within the
 /// spin time, park without spinning, and two such yields in a row end the
 /// spin at once.
-pub(crate) fn spin_until(shared: Shared, mut ready: impl FnMut() -> bool) -> bool {
+pub(crate) fn spin_until(shared: Shared, ready: impl FnMut() -> bool) -> bool {
     let limit = *SPIN;
     if limit.is_zero() {
         return false;
     }
+    spin_for(limit, shared, ready)
+}
+
+/// [`spin_until`] for up to `limit`, whatever the spin time (the pool's
+/// watcher looks for a fixed time, also where spinning is turned off).
+pub(crate) fn spin_for(limit: Duration, shared: Shared, mut ready: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     if shared == Shared::Park {
         let shared_at = SHARES_CPU.with(|s| s.take());
