@@ -131,51 +131,72 @@ def _anyio_backend(library: str) -> Any:
 
 
 # ---------------------------------------------------------------------------
-# Captured on the event loop's thread, at call time. Marks are tuples: (kind,
-# AnyIO backend or None, loop weakref or TrioToken, scope weakref or trio's
-# cancel register). The loop and the AnyIO cancel scope are held weakly: a
-# pending call must not keep a dropped event loop alive (the worker holds them
-# only while the call runs). A call made outside any AnyIO cancel scope gets the
-# same marks as every other such call on its loop: made once, kept by the
-# caller (``cache``), so the plain asyncio path allocates nothing here.
+# Captured on the event loop's thread, at call time. Marks are tuples. Under
+# asyncio: (kind, weak reference to the loop's AnyIO token, weak reference to the
+# host task's AnyIO cancel scope or None); under trio: (TRIO, AnyIO backend or
+# None, TrioToken, trio's cancel register). The loop's token is made once per
+# loop and owned by the loop (``_loops`` keeps it with the loop's reader), so
+# marks hold it, and the scope, weakly: a pending call must not keep a dropped
+# event loop alive (the worker holds them only while the call runs). A call
+# made outside any AnyIO cancel scope gets the same marks as every other such
+# call on its loop: made once, kept by the caller (``cache``), so the plain
+# asyncio path allocates nothing here.
 # ---------------------------------------------------------------------------
 
 #: Marks kinds. ASYNCIO_CLEAN: sniffio's context variable is already unset in the
 #: call's context (checked by the caller), so the worker need not clear it.
 ASYNCIO, TRIO, ASYNCIO_CLEAN = 0, 1, 2
 
+#: The keys of AnyIO's asyncio task states (``_task_states.data``: a plain dict,
+#: read for emptiness without a Python call), and the map itself; found once.
+_task_states: Any = _MISSING
+_task_keys: Any = None
 
-def asyncio_marks(
-    loop: Any, loop_ref: Callable[..., Any], clean: bool, cache: list[Any] | None = None
-) -> tuple[Any, ...] | None:
-    """Marks for a call made by the running task of ``loop`` (``loop_ref``: a weak
-    reference to it); None without AnyIO. ``clean``: sniffio's context variable is
-    unset in the caller's context. ``cache``: a one-slot list the caller keeps per
-    loop, holding the marks of calls made outside any AnyIO cancel scope."""
+
+def _find_task_states() -> Any:
+    global _task_states, _task_keys
+    backend_module = sys.modules.get("anyio._backends._asyncio")
+    if backend_module is None:
+        return None  # not imported yet: looked for again at the next call
+    states = getattr(backend_module, "_task_states", None)
+    if states is None or not hasattr(states, "get"):
+        _warn_once("anyio", "anyio._backends._asyncio._task_states is gone")
+    else:
+        keys = getattr(states, "data", None)
+        _task_keys = keys if isinstance(keys, dict) else None
+    _task_states = states
+    return states
+
+
+def loop_token(loop: Any) -> Any:
+    """AnyIO's ``EventLoopToken`` of ``loop`` (the running loop of this thread), or
+    None when AnyIO is not imported or its hooks are missing."""
     if "anyio" not in sys.modules:
         return None
     backend = _backends.get("asyncio", _MISSING)
     if backend is _MISSING:
         backend = _anyio_backend("asyncio")
-    if backend is None:
+    hooks = _anyio()
+    if backend is None or hooks is None:
         return None
-    backend_module = sys.modules.get("anyio._backends._asyncio")
-    if backend_module is not None:
-        try:
-            task_states = backend_module._task_states
-        except AttributeError:
-            _warn_once("anyio", "anyio._backends._asyncio._task_states is gone")
-            task_states = None
-        if task_states:  # no AnyIO task anywhere: no scope to look for (nor a weak reference to make)
-            task_state = task_states.get(asyncio.current_task(loop))
-            scope = getattr(task_state, "cancel_scope", None)
-            if scope is not None:
-                return (ASYNCIO_CLEAN if clean else ASYNCIO, backend, loop_ref, weakref.ref(scope))
-    if cache is None or not clean:
-        return (ASYNCIO_CLEAN if clean else ASYNCIO, backend, loop_ref, None)
+    return hooks[1](backend, loop)
+
+
+def asyncio_marks(token_ref: Callable[[], Any], clean: bool, cache: list[Any]) -> tuple[Any, ...]:
+    """Marks for a call made by the running asyncio task (``token_ref``: a weak
+    reference to its loop's ``loop_token``). ``clean``: sniffio's context variable
+    is unset in the caller's context. ``cache``: a one-slot list the caller keeps
+    per loop, holding the marks of calls made outside any AnyIO cancel scope."""
+    states = _task_states if _task_states is not _MISSING else _find_task_states()
+    if states is not None and (_task_keys is None or _task_keys):  # some AnyIO task exists
+        scope = getattr(states.get(asyncio.current_task()), "cancel_scope", None)
+        if scope is not None:
+            return (ASYNCIO_CLEAN if clean else ASYNCIO, token_ref, weakref.ref(scope))
+    if not clean:
+        return (ASYNCIO, token_ref, None)
     marks: tuple[Any, ...] | None = cache[0]
     if marks is None:
-        marks = cache[0] = (ASYNCIO_CLEAN, backend, loop_ref, None)
+        marks = cache[0] = (ASYNCIO_CLEAN, token_ref, None)
     return marks
 
 
@@ -196,15 +217,15 @@ def run_marked(marks: tuple[Any, ...], fn: Callable[..., Any], args: tuple[Any, 
     Previous marks are restored afterwards: a call may run inline inside another
     call on the same thread (a nested wait), which keeps its own marks.
     """
-    kind, backend, native, extra = marks
-    if kind != ASYNCIO_CLEAN:
-        sniffio = sys.modules.get("sniffio")
-        if sniffio is not None:
-            # As in AnyIO's and trio's workers: this thread is not in async context
-            # (this context is the call's own copy, so nothing leaks out).
-            sniffio.current_async_library_cvar.set(None)
+    kind = marks[0]
     if kind != TRIO:
-        return _run_asyncio(backend, native(), extra() if extra is not None else None, fn, args, kwargs)
+        return run_asyncio_marked(marks, fn, args, kwargs)
+    _, backend, native, extra = marks
+    sniffio = sys.modules.get("sniffio")
+    if sniffio is not None:
+        # As in AnyIO's and trio's workers: this thread is not in async context
+        # (this context is the call's own copy, so nothing leaks out).
+        sniffio.current_async_library_cvar.set(None)
     saved: list[Any] = []
     try:
         _mark_trio(native, extra, saved)
@@ -219,19 +240,24 @@ def run_marked(marks: tuple[Any, ...], fn: Callable[..., Any], args: tuple[Any, 
                 namespace[name] = old
 
 
-def _run_asyncio(
-    backend: Any, loop: Any, scope: Any, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+def run_asyncio_marked(
+    marks: tuple[Any, ...], fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
-    """The hot path (every call under asyncio once AnyIO is imported): two marks, no list."""
-    hooks = _anyio_hooks if _anyio_hooks is not _MISSING else _anyio()
-    if hooks is None or loop is None:  # no hook, or the loop is gone: nothing to call back into
+    """``run_marked`` for asyncio marks (every call under asyncio once AnyIO is
+    imported): two thread-local names set and restored, the loop's token reused."""
+    kind, token_ref, scope_ref = marks
+    if kind != ASYNCIO_CLEAN:
+        sniffio = sys.modules.get("sniffio")
+        if sniffio is not None:
+            sniffio.current_async_library_cvar.set(None)
+    token = token_ref()
+    if token is None:  # the loop is gone: nothing to call back into
         return fn(*args, **kwargs)
-    threadlocals, token_class = hooks
-    ns = threadlocals.__dict__  # this thread's attributes
+    ns = _anyio_hooks[0].__dict__  # this thread's attributes (resolved with the token)
     old_token = ns.get("current_token", _MISSING)
     old_scope = ns.get("current_cancel_scope", _MISSING)
-    ns["current_token"] = token_class(backend, loop)
-    ns["current_cancel_scope"] = scope  # check_cancelled and from_thread.run read it
+    ns["current_token"] = token
+    ns["current_cancel_scope"] = None if scope_ref is None else scope_ref()  # check_cancelled reads it
     try:
         return fn(*args, **kwargs)
     finally:

@@ -16,7 +16,7 @@ import weakref
 from ctypes import byref, c_size_t, c_uint64, c_void_p, sizeof
 from typing import Any, Callable
 
-from . import _ffi, lowlevel
+from . import _anyio_compat, _ffi, lowlevel
 from ._calls import SUBMIT_DEFAULTS, Call, LoopCall, expired_error, registry
 from ._ffi import plib
 from ._lifecycle import after_fork_in_child, life
@@ -26,7 +26,7 @@ try:  # names the running async library (asyncio, trio, AnyIO's backends) when i
 except ImportError:  # pragma: no cover - asyncio, then trio, are tried by hand
     sniffio = None  # type: ignore[assignment]  # an optional dependency
 
-__all__ = ["LoopState", "loop_state", "asyncio_loop", "running_library"]
+__all__ = ["LoopState", "loop_state", "running_library"]
 
 _BATCH = 64
 
@@ -42,7 +42,8 @@ class LoopState:
 
     __slots__ = (
         "cq", "fd", "batch", "count", "pending", "wakeups", "generation", "loop_ref", "__weakref__",
-        "opts", "opts_ref", "handle", "handle_ref", "raw", "marks", "arg", "drain_args",
+        "opts", "opts_ref", "handle", "handle_ref", "raw", "marks", "arg", "drain_args", "token_ref",
+        "context_ptr", "pool_ptr",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -71,6 +72,9 @@ class LoopState:
         opts.cq = self.cq
         opts.flags = _ffi.SUBMIT_DETACHED
         self.opts_ref = byref(opts)
+        #: What ``opts.context`` and ``opts.pool`` hold (written only when they change).
+        self.context_ptr: int | None = None
+        self.pool_ptr: int | None = None
         self.handle = c_uint64()
         self.handle_ref = byref(self.handle)
         #: The arguments of ``_ffi.raw``'s calls, made once: the call id given to
@@ -80,6 +84,24 @@ class LoopState:
         #: The AnyIO marks of this loop's calls made outside any AnyIO cancel scope,
         #: made once (``_anyio_compat.asyncio_marks``).
         self.marks: list[Any] = [None]
+        #: A weak reference to the loop's AnyIO token, which the loop owns (it is an
+        #: argument of the loop's reader); None until AnyIO is seen.
+        self.token_ref: Callable[[], Any] | None = None
+
+    def call_marks(self, loop: asyncio.AbstractEventLoop, clean: bool) -> tuple[Any, ...] | None:
+        """The AnyIO marks of a call made now by the running task of ``loop`` (this
+        state's loop, on its thread); None without AnyIO."""
+        token_ref = self.token_ref
+        if token_ref is None:
+            token = _anyio_compat.loop_token(loop)
+            if token is None:
+                return None
+            # The loop owns the token through its reader's arguments (never this
+            # state: _loops and the finalizer hold it, and must not hold the loop).
+            loop.remove_reader(self.fd)
+            loop.add_reader(self.fd, _drain, self, token)
+            token_ref = self.token_ref = weakref.ref(token)
+        return _anyio_compat.asyncio_marks(token_ref, clean, self.marks)
 
     def free(self) -> None:
         """Free the queue (its fd closes with it); idempotent."""
@@ -99,8 +121,9 @@ _COMPLETIONS = struct.Struct("@QiiPP")  # native: the C layout
 assert _COMPLETIONS.size == sizeof(_ffi.Completion)
 
 
-def _drain(state: LoopState, _calls: dict[int, Call | LoopCall] = registry) -> None:
-    """The fd is readable: move every waiting completion to its future, in batches."""
+def _drain(state: LoopState, _token: Any = None, _calls: dict[int, Call | LoopCall] = registry) -> None:
+    """The fd is readable: move every waiting completion to its future, in batches.
+    (``_token``: the loop's AnyIO token, kept here only to be owned by the loop.)"""
     state.wakeups += 1
     raw = state.raw
     count = state.count
@@ -195,18 +218,6 @@ def _new_loop_state(loop: asyncio.AbstractEventLoop) -> LoopState:
 
 
 _get_running_loop = asyncio._get_running_loop
-
-
-def asyncio_loop() -> asyncio.AbstractEventLoop | None:
-    """The running asyncio loop when asyncio surely runs this thread's task; None
-    when no asyncio loop runs, or sniffio names another library (trio, AnyIO's trio
-    backend, trio-asyncio's trio mode): then ask ``running_library()``."""
-    loop = _get_running_loop()
-    if sniffio is not None and (
-        sniffio.thread_local.name is not None or sniffio.current_async_library_cvar.get() is not None
-    ):
-        return None
-    return loop
 
 
 def running_library() -> str:

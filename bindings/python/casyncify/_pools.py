@@ -28,14 +28,14 @@ import time
 from ctypes import byref, c_uint64
 from typing import TYPE_CHECKING, Any, Callable, overload
 
-from . import _anyio_compat, _ffi, lowlevel
+from . import _ffi, _loops, lowlevel
 from ._calls import DONE, SUBMIT_DEFAULTS, TASK_START, WORK, WORK_TIMED, Call, TaskFuture, ids, loop_call, registry
 from ._convert import name_bytes, seconds
 from ._errors import ForkedError, ShutDownError, WouldDeadlockError, error_for
 from ._ffi import fast, lib, plib
 from ._lifecycle import SLICE, after_fork_in_child, life, open_pools, worker, worker_started, worker_stopped
 from ._limits import CallLimits, Latency, Limiter, LimiterChoice, submit_limited
-from ._loops import asyncio_loop, loop_state, running_library
+from ._loops import loop_state, running_library
 from ._overrides import ROOT, current, merge_settings
 
 if TYPE_CHECKING:
@@ -536,7 +536,13 @@ class Executor(concurrent.futures.Executor):
 # ---------------------------------------------------------------------------
 
 _raw_submit = _ffi.raw.asyncify_submit  # only prebuilt ctypes arguments: see _ffi.raw
-_asyncio_marks = _anyio_compat.asyncio_marks
+_get_running_loop = asyncio._get_running_loop
+try:  # names the running async library (asyncio, trio, AnyIO's backends) when installed
+    import sniffio as _sniffio
+
+    _sniffio_cvar = _sniffio.current_async_library_cvar
+except ImportError:  # pragma: no cover - then running_library() asks asyncio and trio
+    _sniffio = None  # type: ignore[assignment]
 _modules = sys.modules
 _copy_context = contextvars.copy_context
 
@@ -605,9 +611,13 @@ def asyncify(
             if p is None or p._ptr is None:
                 p = default_pool()
         lim = None if limits is None else limits.pick()  # in the caller's context
-        loop = asyncio_loop()
-        clean = loop is not None  # asyncio, and sniffio's context variable unset here
-        if loop is None:  # not surely asyncio
+        loop = _get_running_loop()
+        # asyncio, and sniffio (when installed) names no other library here
+        # (trio, AnyIO's trio backend, trio-asyncio's trio mode).
+        clean = loop is not None and (
+            _sniffio is None or (_sniffio.thread_local.name is None and _sniffio_cvar.get() is None)
+        )
+        if not clean:  # not surely asyncio
             if running_library() == "trio":
                 from . import _trio
 
@@ -617,7 +627,9 @@ def asyncify(
                 trec.limits = (lim, limits.start_within)
                 return await _trio.call(trec, functools.partial(p._submit, lim=lim, ms=limits.ms, limited=True))
             loop = asyncio.get_running_loop()
-        state = loop_state(loop)
+        state = _loops._last_state()
+        if state is None or state.loop_ref() is not loop or not state.cq:
+            state = loop_state(loop)
         fut = loop.create_future()
         # The record is a weak reference to the future, which this frame holds:
         # the record (in the registry) must not hold the loop.
@@ -628,7 +640,7 @@ def asyncify(
             kwargs,
             _copy_context(),
             p,
-            None if "anyio" not in _modules else _asyncio_marks(loop, state.loop_ref, clean, state.marks),
+            None if "anyio" not in _modules else state.call_marks(loop, clean),
         )
         cid = next(ids)
         registry[cid] = rec
@@ -636,12 +648,17 @@ def asyncify(
         try:  # Pool._submit, inline, with this loop's preset options
             opts = state.opts
             opts.on_done_data = cid
-            opts.context = current.get(ROOT).ptr
-            with p._lock:  # close() cannot free the pool under this submit
+            ptr = current.get(ROOT).ptr
+            if ptr != state.context_ptr:  # ctypes field writes cost: only on a change
+                opts.context = state.context_ptr = ptr
+            lock = p._lock
+            lock.acquire()  # close() cannot free the pool under this submit
+            try:
                 ptr = p._ptr
                 if ptr is None or p._generation != life.fork_generation:
                     ptr = p._pointer()  # raises ShutDownError or ForkedError
-                opts.pool = ptr
+                if ptr != state.pool_ptr:
+                    opts.pool = state.pool_ptr = ptr
                 if limits is None:
                     arg = state.arg
                     arg.value = cid
@@ -649,6 +666,8 @@ def asyncify(
                 else:
                     rec.limits = (lim, limits.start_within)
                     status = submit_limited(p._work, cid, opts, state.opts_ref, state.handle_ref, lim, limits.ms)
+            finally:
+                lock.release()
             if status < 0:
                 raise error_for(status)
             rec.handle = state.handle.value
@@ -665,6 +684,8 @@ def asyncify(
             if rec.handle:
                 plib.asyncify_cancel(rec.handle)
             raise
+        if rec.exc is None:
+            return rec.result
         return rec.outcome()
 
     functools.update_wrapper(wrapper, fn, updated=())
