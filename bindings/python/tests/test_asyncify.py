@@ -363,6 +363,85 @@ def test_a_burst_of_completions_costs_one_wakeup(make_pool):
     assert not state.pending
 
 
+def test_an_interrupt_in_a_woken_task_loses_no_other_completion(make_pool, gate):
+    """A drain wakes its tasks at once; should one raise KeyboardInterrupt, the
+    tasks of the completions after it in the same batch are still woken."""
+    pool = make_pool(1)
+    ablock = casyncify.asyncify(gate.block, pool=pool)
+    anoop = casyncify.asyncify(lambda: True, pool=pool)
+
+    async def interrupting():
+        await anoop()
+        raise KeyboardInterrupt
+
+    async def main():
+        blocker = asyncio.ensure_future(ablock())
+        assert await asyncio.to_thread(gate.started.wait, 5)
+        calls = [asyncio.ensure_future(anoop()) for _ in range(10)]
+        bad = asyncio.ensure_future(interrupting())
+        calls += [asyncio.ensure_future(anoop()) for _ in range(10)]
+        await asyncio.sleep(0.02)  # every call submitted, in this order, behind the blocker
+        gate.open()
+        time.sleep(0.3)  # the loop is busy while all 22 complete, in order: one drain takes them
+        return bad, await asyncio.gather(blocker, *calls)
+
+    loop = asyncio.new_event_loop()
+    try:
+        task = loop.create_task(main())
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(task)
+        done, _ = loop.run_until_complete(asyncio.wait({task}, timeout=10))
+        assert task in done, "the calls after the interrupt were never woken"
+        bad, results = task.result()
+        assert results == ["gate"] + [True] * 20, "the 10 calls after the interrupt were woken too"
+        assert isinstance(bad.exception(), KeyboardInterrupt)
+    finally:
+        loop.close()
+
+
+def test_the_awaited_future_keeps_asyncios_future_protocol():
+    loop = asyncio.new_event_loop()
+    try:
+        fut = _loops.LoopFuture(loop)
+        assert asyncio.isfuture(fut) and fut.get_loop() is loop and not fut.done()
+        with pytest.raises(asyncio.InvalidStateError):
+            fut.result()
+        seen = []
+        first, second = (lambda f: seen.append(("first", f))), (lambda f: seen.append(("second", f)))
+        fut.add_done_callback(first)
+        fut.add_done_callback(second)
+        fut.add_done_callback(first)
+        assert fut.remove_done_callback(first) == 2
+        assert fut.cancel("why") and fut.cancelled() and not fut.cancel()
+        with pytest.raises(asyncio.CancelledError, match="why"):
+            fut.result()
+        assert seen == [], "a cancel schedules the callbacks, as asyncio does"
+        loop.run_until_complete(asyncio.sleep(0))
+        assert seen == [("second", fut)]
+        fut.add_done_callback(first)  # added once done: scheduled
+        loop.run_until_complete(asyncio.sleep(0))
+        assert seen == [("second", fut), ("first", fut)]
+    finally:
+        loop.close()
+
+
+def test_a_task_cancelled_with_a_message_gets_it(make_pool, gate):
+    ablock = casyncify.asyncify(gate.block, pool=make_pool(1))
+
+    async def main():
+        task = asyncio.ensure_future(ablock())
+        assert await asyncio.to_thread(gate.started.wait, 5)
+        task.cancel("enough")
+        try:
+            await task
+        except asyncio.CancelledError as e:
+            return e.args
+        finally:
+            gate.open()
+
+    assert run(main()) == ("enough",)
+
+
 def test_records_and_handles_are_cleaned_up(make_pool):
     pool = make_pool(4)
 
