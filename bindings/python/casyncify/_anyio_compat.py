@@ -215,44 +215,23 @@ def run_marked(marks: tuple[Any, ...], fn: Callable[..., Any], args: tuple[Any, 
     """``fn(*args, **kwargs)`` with this thread marked as the caller's worker thread.
 
     Previous marks are restored afterwards: a call may run inline inside another
-    call on the same thread (a nested wait), which keeps its own marks.
+    call on the same thread (a nested wait), which keeps its own marks. Under
+    asyncio (every call once AnyIO is imported: the hot path) two thread-local
+    names are set from the loop's token, with no allocation.
     """
     kind = marks[0]
-    if kind != TRIO:
-        return run_asyncio_marked(marks, fn, args, kwargs)
-    _, backend, native, extra = marks
-    sniffio = sys.modules.get("sniffio")
-    if sniffio is not None:
-        # As in AnyIO's and trio's workers: this thread is not in async context
-        # (this context is the call's own copy, so nothing leaks out).
-        sniffio.current_async_library_cvar.set(None)
-    saved: list[Any] = []
-    try:
-        _mark_trio(native, extra, saved)
-        if backend is not None:
-            _mark_anyio(backend, native, saved)
-        return fn(*args, **kwargs)
-    finally:
-        for namespace, name, old in reversed(saved):
-            if old is _MISSING:
-                namespace.pop(name, None)
-            else:
-                namespace[name] = old
-
-
-def run_asyncio_marked(
-    marks: tuple[Any, ...], fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """``run_marked`` for asyncio marks (every call under asyncio once AnyIO is
-    imported): two thread-local names set and restored, the loop's token reused."""
-    kind, token_ref, scope_ref = marks
+    if kind == TRIO:
+        return _run_trio_marked(marks, fn, args, kwargs)
     if kind != ASYNCIO_CLEAN:
         sniffio = sys.modules.get("sniffio")
         if sniffio is not None:
+            # As in AnyIO's and trio's workers: this thread is not in async context
+            # (this context is the call's own copy, so nothing leaks out).
             sniffio.current_async_library_cvar.set(None)
-    token = token_ref()
+    token = marks[1]()
     if token is None:  # the loop is gone: nothing to call back into
         return fn(*args, **kwargs)
+    scope_ref = marks[2]
     ns = _anyio_hooks[0].__dict__  # this thread's attributes (resolved with the token)
     old_token = ns.get("current_token", _MISSING)
     old_scope = ns.get("current_cancel_scope", _MISSING)
@@ -269,6 +248,27 @@ def run_asyncio_marked(
             ns.pop("current_cancel_scope", None)
         else:
             ns["current_cancel_scope"] = old_scope
+
+
+def _run_trio_marked(
+    marks: tuple[Any, ...], fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    _, backend, native, extra = marks
+    sniffio = sys.modules.get("sniffio")
+    if sniffio is not None:
+        sniffio.current_async_library_cvar.set(None)  # as under asyncio, above
+    saved: list[Any] = []
+    try:
+        _mark_trio(native, extra, saved)
+        if backend is not None:
+            _mark_anyio(backend, native, saved)
+        return fn(*args, **kwargs)
+    finally:
+        for namespace, name, old in reversed(saved):
+            if old is _MISSING:
+                namespace.pop(name, None)
+            else:
+                namespace[name] = old
 
 
 def _set(namespace: dict[str, Any], name: str, value: Any, saved: list[Any]) -> None:

@@ -36,7 +36,7 @@ from ._lifecycle import after_fork_in_child, worker
 from ._overrides import ROOT, current
 
 __all__ = [
-    "Call", "LoopCall", "loop_call", "registry", "ids", "WORK", "WORK_TIMED", "TASK_START", "DONE", "SUBMIT_DEFAULTS",
+    "Call", "LoopCall", "registry", "ids", "WORK", "WORK_TIMED", "TASK_START", "DONE", "SUBMIT_DEFAULTS",
     "TaskFuture", "call", "cancel_requested", "queue_wait", "expired_error",
 ]  # fmt: skip
 
@@ -100,8 +100,8 @@ class LoopCall(weakref.ref[Any]):
     """The record of an ``asyncify`` call under asyncio: a ``Call`` (the same fields)
     that is itself the weak reference to the ``LoopFuture`` its task awaits (a
     pending call must not keep a dropped event loop alive). One object instead of a
-    record and a weak reference: fewer allocations on the hottest path. Made by
-    ``loop_call``."""
+    record and a weak reference: fewer allocations on the hottest path. Made, and
+    its fields set (those ``Call()`` sets), inline by ``asyncify``'s wrapper."""
 
     __slots__ = ("fn", "args", "kwargs", "ctx", "result", "exc", "handle", "abandoned", "pool", "marks", "limits")
     fut: Any = None  # read by _work: not a TaskFuture
@@ -118,30 +118,6 @@ class LoopCall(weakref.ref[Any]):
     limits: tuple[Any, float]  # set only when used
 
     outcome = _outcome
-
-
-def loop_call(
-    fut: Any,
-    fn: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    ctx: contextvars.Context,
-    pool: object,
-    marks: tuple[Any, ...] | None,
-) -> LoopCall:
-    """A ``LoopCall`` weakly referring to ``fut``, with the fields ``Call()`` sets."""
-    rec = LoopCall(fut)
-    rec.fn = fn
-    rec.args = args
-    rec.kwargs = kwargs
-    rec.ctx = ctx
-    rec.result = None
-    rec.exc = None
-    rec.handle = 0
-    rec.abandoned = False
-    rec.pool = pool  # keeps the Pool object alive while the call is pending
-    rec.marks = marks
-    return rec
 
 
 #: id -> the record of every call not yet completed.

@@ -91,11 +91,10 @@ class LoopState:
         #: argument of the loop's reader); None until AnyIO is seen.
         self.token_ref: Callable[[], Any] | None = None
 
-    def call_marks(self, loop: asyncio.AbstractEventLoop, clean: bool) -> tuple[Any, ...] | None:
-        """The AnyIO marks of a call made now by the running task of ``loop`` (this
-        state's loop, on its thread); None without AnyIO."""
-        token_ref = self.token_ref
-        if token_ref is None:
+    def own_token(self, loop: asyncio.AbstractEventLoop) -> Callable[[], Any] | None:
+        """``token_ref``, made on first use from ``loop`` (this state's loop, on its
+        thread; AnyIO imported); None without AnyIO's hooks."""
+        if self.token_ref is None:
             token = _anyio_compat.loop_token(loop)
             if token is None:
                 return None
@@ -103,8 +102,8 @@ class LoopState:
             # state: _loops and the finalizer hold it, and must not hold the loop).
             loop.remove_reader(self.fd)
             loop.add_reader(self.fd, _drain, self, token)
-            token_ref = self.token_ref = weakref.ref(token)
-        return _anyio_compat.asyncio_marks(token_ref, clean, self.marks)
+            self.token_ref = weakref.ref(token)
+        return self.token_ref
 
     def free(self) -> None:
         """Free the queue (its fd closes with it); idempotent."""

@@ -28,8 +28,8 @@ import time
 from ctypes import byref, c_uint64
 from typing import TYPE_CHECKING, Any, Callable, overload
 
-from . import _ffi, _loops, lowlevel
-from ._calls import DONE, SUBMIT_DEFAULTS, TASK_START, WORK, WORK_TIMED, Call, TaskFuture, ids, loop_call, registry
+from . import _anyio_compat, _ffi, _loops, lowlevel
+from ._calls import DONE, SUBMIT_DEFAULTS, TASK_START, WORK, WORK_TIMED, Call, LoopCall, TaskFuture, ids, registry
 from ._convert import name_bytes, seconds
 from ._errors import ForkedError, ShutDownError, WouldDeadlockError, error_for
 from ._ffi import fast, lib, plib
@@ -537,6 +537,7 @@ class Executor(concurrent.futures.Executor):
 
 _raw_submit = _ffi.raw.asyncify_submit  # only prebuilt ctypes arguments: see _ffi.raw
 _get_running_loop = asyncio._get_running_loop
+_asyncio_marks = _anyio_compat.asyncio_marks
 try:  # names the running async library (asyncio, trio, AnyIO's backends) when installed
     import sniffio as _sniffio
 
@@ -633,15 +634,21 @@ def asyncify(
         fut = LoopFuture(loop)
         # The record is a weak reference to the future, which this frame holds:
         # the record (in the registry) must not hold the loop.
-        rec = loop_call(
-            fut,
-            fn,
-            args,
-            kwargs,
-            _copy_context(),
-            p,
-            None if "anyio" not in _modules else state.call_marks(loop, clean),
-        )
+        rec = LoopCall(fut)
+        rec.fn = fn
+        rec.args = args
+        rec.kwargs = kwargs
+        rec.ctx = _copy_context()
+        rec.result = None
+        rec.exc = None
+        rec.handle = 0
+        rec.abandoned = False
+        rec.pool = p
+        rec.marks = None
+        if "anyio" in _modules:  # AnyIO's worker-thread marks (_anyio_compat)
+            token_ref = state.token_ref or state.own_token(loop)
+            if token_ref is not None:
+                rec.marks = _asyncio_marks(token_ref, clean, state.marks)
         cid = next(ids)
         registry[cid] = rec
         state.pending[cid] = rec
