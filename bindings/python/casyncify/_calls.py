@@ -98,7 +98,7 @@ class Call:
 
 class LoopCall(weakref.ref[Any]):
     """The record of an ``asyncify`` call under asyncio: a ``Call`` (the same fields)
-    that is itself the weak reference to the ``LoopFuture`` its task awaits (a
+    that is itself the weak reference to the asyncio future its task awaits (a
     pending call must not keep a dropped event loop alive). One object instead of a
     record and a weak reference: fewer allocations on the hottest path. Made, and
     its fields set (those ``Call()`` sets), inline by ``asyncify``'s wrapper."""

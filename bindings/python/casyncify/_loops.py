@@ -2,8 +2,7 @@
 
 ``asyncify()`` calls under asyncio complete through one completion queue per
 event loop: its eventfd registered with ``loop.add_reader``, drained in batches
-of 64, so a burst of completions costs one wake-up of the loop. A call's task
-awaits a ``LoopFuture``, whose wake-up the drain runs at once. Nothing here
+of 64, so a burst of completions costs one wake-up of the loop. Nothing here
 holds a loop: a loop dropped with calls pending is still collected, and those
 calls then complete into nothing. (trio's side is ``_trio``.)
 """
@@ -11,11 +10,9 @@ calls then complete into nothing. (trio's side is ``_trio``.)
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import struct
 import sys
 import weakref
-from collections.abc import Generator
 from ctypes import byref, c_size_t, c_uint64, c_void_p, sizeof
 from typing import Any, Callable
 
@@ -29,7 +26,7 @@ try:  # names the running async library (asyncio, trio, AnyIO's backends) when i
 except ImportError:  # pragma: no cover - asyncio, then trio, are tried by hand
     sniffio = None  # type: ignore[assignment]  # an optional dependency
 
-__all__ = ["LoopState", "LoopFuture", "loop_state", "running_library"]
+__all__ = ["LoopState", "loop_state", "running_library"]
 
 _BATCH = 64
 
@@ -123,158 +120,8 @@ _COMPLETIONS = struct.Struct("@QiiPP")  # native: the C layout
 assert _COMPLETIONS.size == sizeof(_ffi.Completion)
 
 
-_PENDING, _DONE, _CANCELLED = 0, 1, 2
-
-
-class LoopFuture:
-    """What an asyncio task awaits for one ``asyncify`` call: a Future-compatible
-    object (``asyncio.isfuture``) with only what a task uses of a future.
-
-    The loop's drain completes it and runs the awaiting task's wake-up at once,
-    in the callback's context, where ``asyncio.Future.set_result`` would schedule
-    it with ``call_soon`` for the next turn of the loop: a call costs one loop
-    turn less and no handle. It never holds a value: the outcome is in the
-    call's record. A cancel (the task's, or a pool shutdown's) schedules the
-    callbacks, as asyncio does.
-    """
-
-    __slots__ = (
-        "_loop", "_state", "_callback", "_context", "_more", "_message", "_asyncio_future_blocking", "__weakref__",
-    )  # fmt: skip
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._state = _PENDING
-        self._callback: Callable[[Any], object] | None = None  # the first callback (the task's wake-up)
-        self._context: Any = None
-        self._more: list[tuple[Callable[[Any], object], Any]] | None = None  # any later ones
-        self._message: Any = None  # the cancel message
-        self._asyncio_future_blocking = False  # a task sets it while it waits on this
-
-    def get_loop(self) -> asyncio.AbstractEventLoop:
-        """The loop this future belongs to."""
-        return self._loop
-
-    def done(self) -> bool:
-        """True once completed or cancelled."""
-        return self._state != _PENDING
-
-    def cancelled(self) -> bool:
-        """True once cancelled."""
-        return self._state == _CANCELLED
-
-    def result(self) -> None:
-        """None once done (the outcome is in the call's record); ``CancelledError``
-        once cancelled; ``InvalidStateError`` while pending."""
-        if self._state == _DONE:
-            return None
-        if self._state == _CANCELLED:
-            raise asyncio.CancelledError(*(() if self._message is None else (self._message,)))
-        raise asyncio.InvalidStateError("result is not ready")
-
-    def exception(self) -> BaseException | None:
-        """None once done; raises as ``result`` does otherwise."""
-        self.result()
-        return None
-
-    def add_done_callback(self, fn: Callable[[Any], object], *, context: Any = None) -> None:
-        """Call ``fn(self)`` in ``context`` (default: a copy of the current one) once done."""
-        if context is None:
-            context = contextvars.copy_context()
-        if self._state != _PENDING:
-            self._loop.call_soon(fn, self, context=context)
-        elif self._callback is None and self._more is None:
-            self._callback = fn
-            self._context = context
-        else:
-            if self._more is None:
-                self._more = []
-            self._more.append((fn, context))
-
-    def remove_done_callback(self, fn: Callable[[Any], object]) -> int:
-        """Remove every registration of ``fn``; the number removed."""
-        n = 0
-        if self._callback is not None and self._callback == fn:
-            self._callback = self._context = None
-            n = 1
-        if self._more is not None:
-            kept = [(f, c) for f, c in self._more if f != fn]
-            n += len(self._more) - len(kept)
-            self._more = kept or None
-        return n
-
-    def cancel(self, msg: Any = None) -> bool:
-        """Cancel: False if already done; else the callbacks are scheduled."""
-        if self._state != _PENDING:
-            return False
-        self._state = _CANCELLED
-        self._message = msg
-        for fn, context in self._callbacks():
-            self._loop.call_soon(fn, self, context=context)
-        return True
-
-    def _callbacks(self) -> list[tuple[Callable[[Any], object], Any]]:
-        """Takes the registered callbacks, in order."""
-        callbacks = [] if self._callback is None else [(self._callback, self._context)]
-        if self._more is not None:
-            callbacks += self._more
-        self._callback = self._context = self._more = None
-        return callbacks
-
-    def __await__(self) -> Generator[Any, None, None]:
-        if self._state == _PENDING:
-            self._asyncio_future_blocking = True
-            yield self  # the task waits on this, through add_done_callback
-        if self._state == _PENDING:
-            raise RuntimeError("await wasn't used with future")
-        return self.result()
-
-    __iter__ = __await__
-
-
-def _complete(futures: list[LoopFuture]) -> None:
-    """Completes ``futures`` and runs their callbacks now, in order. Should one
-    raise (a task's step lets only ``KeyboardInterrupt`` and ``SystemExit`` out),
-    the remaining callbacks are scheduled before it propagates: none is lost."""
-    for fut in futures:
-        fut._state = _DONE
-    for i, fut in enumerate(futures):
-        fn = fut._callback
-        if fn is not None and fut._more is None:  # the usual case: one task waits
-            context = fut._context
-            fut._callback = fut._context = None
-            try:
-                context.run(fn, fut)
-            except BaseException:
-                _schedule(futures[i + 1 :])
-                raise
-        else:
-            callbacks = fut._callbacks()
-            for j, (fn, context) in enumerate(callbacks):
-                try:
-                    context.run(fn, fut)
-                except BaseException:
-                    for later, later_context in callbacks[j + 1 :]:
-                        fut._loop.call_soon(later, fut, context=later_context)
-                    _schedule(futures[i + 1 :])
-                    raise
-
-
-def _schedule(futures: list[LoopFuture]) -> None:
-    for fut in futures:
-        for fn, context in fut._callbacks():
-            fut._loop.call_soon(fn, fut, context=context)
-
-
-#: Batches one drain takes at most before the loop turns again (the fd stays
-#: readable while completions wait): tasks woken by a drain may submit more
-#: calls, whose completions must not keep the loop from its other work.
-_ROUNDS = 16
-
-
 def _drain(state: LoopState, _token: Any = None, _calls: dict[int, Call | LoopCall] = registry) -> None:
-    """The fd is readable: complete the calls of every waiting completion, in
-    batches, and run their tasks' wake-ups.
+    """The fd is readable: move every waiting completion to its future, in batches.
     (``_token``: the loop's AnyIO token, kept here only to be owned by the loop.)"""
     state.wakeups += 1
     raw = state.raw
@@ -285,10 +132,9 @@ def _drain(state: LoopState, _token: Any = None, _calls: dict[int, Call | LoopCa
     unpack = _COMPLETIONS.iter_unpack
     size = _COMPLETIONS.size
     cancelled = _ffi.CANCELLED
-    for _ in range(_ROUNDS):
+    while True:
         drain(*drain_args)  # (cq, batch, _BATCH, &count), made once
         n = count.value
-        done: list[LoopFuture] = []
         for _handle, status, _code, _result, cid in unpack(raw[: n * size]):
             rec = pending.pop(cid, None)
             _calls.pop(cid, None)
@@ -296,16 +142,15 @@ def _drain(state: LoopState, _token: Any = None, _calls: dict[int, Call | LoopCa
                 continue
             rec.handle = 0
             fut = rec()  # the record is the weak reference to the future
-            if fut is None or fut._state:  # its task is gone, or was cancelled
+            if fut is None or fut.done():  # its task is gone, or was cancelled
                 continue
             if status < cancelled:  # OK or FAILED: the outcome is in the record
-                done.append(fut)
+                fut.set_result(None)
             elif status == cancelled:  # cancelled by a pool shutdown, not by our awaiter
                 fut.cancel()
             else:  # EXPIRED: its start deadline passed; it never ran. Raised by outcome()
                 rec.exc = expired_error(rec)  # (in the future, it would keep a cycle with its traceback)
-                done.append(fut)
-        _complete(done)
+                fut.set_result(None)
         if n < _BATCH:
             return
 

@@ -35,7 +35,7 @@ from ._errors import ForkedError, ShutDownError, WouldDeadlockError, error_for
 from ._ffi import fast, lib, plib
 from ._lifecycle import SLICE, after_fork_in_child, life, open_pools, worker, worker_started, worker_stopped
 from ._limits import CallLimits, Latency, Limiter, LimiterChoice, submit_limited
-from ._loops import LoopFuture, loop_state, running_library
+from ._loops import loop_state, running_library
 from ._overrides import ROOT, current, merge_settings
 
 if TYPE_CHECKING:
@@ -631,7 +631,7 @@ def asyncify(
         state = _loops._last_state()
         if state is None or state.loop_ref() is not loop or not state.cq:
             state = loop_state(loop)
-        fut = LoopFuture(loop)
+        fut = loop.create_future()
         # The record is a weak reference to the future, which this frame holds:
         # the record (in the registry) must not hold the loop.
         rec = LoopCall(fut)

@@ -364,8 +364,8 @@ def test_a_burst_of_completions_costs_one_wakeup(make_pool):
 
 
 def test_an_interrupt_in_a_woken_task_loses_no_other_completion(make_pool, gate):
-    """A drain wakes its tasks at once; should one raise KeyboardInterrupt, the
-    tasks of the completions after it in the same batch are still woken."""
+    """Should a task woken by a drain raise KeyboardInterrupt, the tasks of the
+    completions after it in the same batch are still woken."""
     pool = make_pool(1)
     ablock = casyncify.asyncify(gate.block, pool=pool)
     anoop = casyncify.asyncify(lambda: True, pool=pool)
@@ -395,32 +395,6 @@ def test_an_interrupt_in_a_woken_task_loses_no_other_completion(make_pool, gate)
         bad, results = task.result()
         assert results == ["gate"] + [True] * 20, "the 10 calls after the interrupt were woken too"
         assert isinstance(bad.exception(), KeyboardInterrupt)
-    finally:
-        loop.close()
-
-
-def test_the_awaited_future_keeps_asyncios_future_protocol():
-    loop = asyncio.new_event_loop()
-    try:
-        fut = _loops.LoopFuture(loop)
-        assert asyncio.isfuture(fut) and fut.get_loop() is loop and not fut.done()
-        with pytest.raises(asyncio.InvalidStateError):
-            fut.result()
-        seen = []
-        first, second = (lambda f: seen.append(("first", f))), (lambda f: seen.append(("second", f)))
-        fut.add_done_callback(first)
-        fut.add_done_callback(second)
-        fut.add_done_callback(first)
-        assert fut.remove_done_callback(first) == 2
-        assert fut.cancel("why") and fut.cancelled() and not fut.cancel()
-        with pytest.raises(asyncio.CancelledError, match="why"):
-            fut.result()
-        assert seen == [], "a cancel schedules the callbacks, as asyncio does"
-        loop.run_until_complete(asyncio.sleep(0))
-        assert seen == [("second", fut)]
-        fut.add_done_callback(first)  # added once done: scheduled
-        loop.run_until_complete(asyncio.sleep(0))
-        assert seen == [("second", fut), ("first", fut)]
     finally:
         loop.close()
 
