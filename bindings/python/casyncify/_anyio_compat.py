@@ -38,7 +38,8 @@ _MISSING = object()
 _broken: set[str] = set()  # libraries whose hooks are missing: warned once, then skipped
 
 
-def _warn_once(library: str, problem: str) -> None:
+def warn_once(library: str, problem: str) -> None:
+    """One ``RuntimeWarning`` per library whose hooks are missing; its marks are then skipped."""
     if library not in _broken:
         _broken.add(library)
         warnings.warn(
@@ -98,7 +99,7 @@ def _anyio() -> Any:
 
             _anyio_hooks = (threadlocals, EventLoopToken)
         except ImportError:
-            _warn_once("anyio", "anyio._core._eventloop.threadlocals is gone")
+            warn_once("anyio", "anyio._core._eventloop.threadlocals is gone")
             _anyio_hooks = None
     return _anyio_hooks
 
@@ -111,7 +112,7 @@ def _trio() -> Any:
 
             _trio_data = PARENT_TASK_DATA
         except ImportError:
-            _warn_once("trio", "trio._threads.PARENT_TASK_DATA is gone")
+            warn_once("trio", "trio._threads.PARENT_TASK_DATA is gone")
             _trio_data = None
     return _trio_data
 
@@ -160,7 +161,7 @@ def _find_task_states() -> Any:
         return None  # not imported yet: looked for again at the next call
     states = getattr(backend_module, "_task_states", None)
     if states is None or not hasattr(states, "get"):
-        _warn_once("anyio", "anyio._backends._asyncio._task_states is gone")
+        warn_once("anyio", "anyio._backends._asyncio._task_states is gone")
     else:
         keys = getattr(states, "data", None)
         _task_keys = keys if isinstance(keys, dict) else None

@@ -95,11 +95,16 @@ class LoopState:
             token = _anyio_compat.loop_token(loop)
             if token is None:
                 return None
+            try:
+                token_ref = weakref.ref(token)
+            except TypeError:  # an AnyIO whose tokens take no weak reference: no marks
+                _anyio_compat.warn_once("anyio", "anyio.lowlevel.EventLoopToken takes no weak reference")
+                return None
             # The loop owns the token through its reader's arguments (never this
-            # state: _loops and the finalizer hold it, and must not hold the loop).
-            loop.remove_reader(self.fd)
+            # state: _loops and the finalizer hold it, and must not hold the loop);
+            # add_reader replaces the reader, so the fd is never without one.
             loop.add_reader(self.fd, _drain, self, token)
-            self.token_ref = weakref.ref(token)
+            self.token_ref = token_ref
         return self.token_ref
 
     def free(self) -> None:

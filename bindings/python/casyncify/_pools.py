@@ -658,9 +658,9 @@ def asyncify(
             ptr = current.get(ROOT).ptr
             if ptr != state.context_ptr:  # ctypes field writes cost: only on a change
                 opts.context = state.context_ptr = ptr
-            lock = p._lock
-            lock.acquire()  # close() cannot free the pool under this submit
-            try:
+            # `with`, not acquire() then try: no signal handler can raise between
+            # taking the lock and the block that gives it back.
+            with p._lock:  # close() cannot free the pool under this submit
                 ptr = p._ptr
                 if ptr is None or p._generation != life.fork_generation:
                     ptr = p._pointer()  # raises ShutDownError or ForkedError
@@ -673,8 +673,6 @@ def asyncify(
                 else:
                     rec.limits = (lim, limits.start_within)
                     status = submit_limited(p._work, cid, opts, state.opts_ref, state.handle_ref, lim, limits.ms)
-            finally:
-                lock.release()
             if status < 0:
                 raise error_for(status)
             rec.handle = state.handle.value
