@@ -1117,16 +1117,16 @@ impl Worker {
                     // the pop (so its run time includes its taking and
                     // start, tens of nanoseconds): read after them, the
                     // clock would wait for their cache misses on the entry
-                    // and the slot (see `sys::now_ns`). For the same reason
-                    // the next task's slot is fetched while this one runs
-                    // (its misses would come before its end's clock read);
-                    // untimed, the CPU overlaps them (W1 is no faster for
-                    // the hint).
+                    // and the slot (see `sys::now_ns`).
                     *started = Some(Started::now());
-                    shared.queue.pop_prefetching()
-                } else {
-                    shared.queue.pop()
                 }
+                // The next queued task's slot, written by its submitter on
+                // another CPU, is fetched while this one runs: its first
+                // touch is otherwise a miss of two lines, which an AMD EPYC
+                // waits out (submitting threads 105-137 -> 74-96 ns per
+                // task; on a Xeon W1 was no faster, nor slower). Timed, the
+                // misses would also come before the end's clock read.
+                shared.queue.pop_prefetching()
             } else {
                 None
             };

@@ -291,7 +291,7 @@ impl<T: Entry> Queue<T> {
 
     /// [`Queue::pop`], then a hint that the entry after it is wanted soon
     /// ([`Entry::prefetch`]): for a consumer that would otherwise wait for
-    /// that entry's memory (see the pool's workers that time their tasks).
+    /// that entry's memory (the pool's workers).
     #[inline(always)]
     pub(crate) fn pop_prefetching(&self) -> Option<T> {
         self.pop_then::<true>()
