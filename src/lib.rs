@@ -5,6 +5,8 @@
 //! described in `include/asyncify.h` and owns every raw-pointer conversion.
 //! Modules, each depending only on the ones listed before it:
 //!
+//! - `local`: the per-thread cells of the hot paths, in one thread-local
+//!   (each module owns its own cells there)
 //! - `sys`: every platform call (worker threads, the completion queue's fd,
 //!   fork handlers, futex waits) and, with `ffi`, `queue`, `handles`' slab
 //!   and `task_state`'s cell, the only `unsafe` code (but for one promise
@@ -72,6 +74,7 @@ mod gate;
 pub mod handles;
 pub mod latency;
 pub mod limiter;
+mod local;
 pub mod overrides;
 pub mod pool;
 mod queue;

@@ -17,13 +17,14 @@
 //! frame or the global lock: every displaced value is returned out of the
 //! borrow and dropped after it.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Once};
 
 use arc_swap::ArcSwap;
 use once_cell::sync::Lazy;
 
+use crate::local;
 use crate::sys::LeakAtExit;
 use crate::table::{Table, Value};
 
@@ -92,17 +93,21 @@ impl Frame {
 thread_local! {
     static CURRENT: LeakAtExit<RefCell<Frame>> =
         const { LeakAtExit::new(RefCell::new(Frame::EMPTY)) };
-    /// False while `CURRENT` is empty (kept by [`with_frame`]): then a
-    /// snapshot or a task's empty table needs no look at the frame. A
-    /// thread-local with no destructor, so cheaper to reach than `CURRENT`.
-    static FRAME_USED: Cell<bool> = const { Cell::new(false) };
-    /// True while a task (or `context_run`) runs on this thread, in a frame
-    /// of its own: global values read then stay pinned until it ends.
-    static IN_TASK: Cell<bool> = const { Cell::new(false) };
+}
+
+// `local::Cells::frame_used` is false while `CURRENT` is empty (kept by
+// [`with_frame`]): then a snapshot or a task's empty table needs no look at
+// the frame. A cell with no destructor, so cheaper to reach than `CURRENT`.
+// `local::Cells::in_task` is true while a task (or `context_run`) runs on
+// this thread, in a frame of its own: global values read then stay pinned
+// until it ends.
+
+fn frame_used() -> bool {
+    local::with(|c| c.frame_used.get())
 }
 
 fn in_task() -> bool {
-    IN_TASK.with(Cell::get)
+    local::with(|c| c.in_task.get())
 }
 
 static NEXT_SCOPE_TOKEN: AtomicU64 = AtomicU64::new(1);
@@ -118,7 +123,7 @@ fn with_frame<R>(f: impl FnOnce(&mut Frame) -> R) -> R {
     let result = CURRENT.try_with(|cell| match cell.try_borrow_mut() {
         Ok(mut frame) => {
             let r = (f.take().expect("called once"))(&mut frame);
-            FRAME_USED.with(|used| used.set(!frame.is_empty()));
+            local::with(|c| c.frame_used.set(!frame.is_empty()));
             Some(r)
         }
         Err(_) => None,
@@ -140,7 +145,7 @@ impl Installed {
     pub fn new(frame: Frame) -> Installed {
         Installed(SavedFrame {
             saved: Some(with_frame(|current| std::mem::replace(current, frame))),
-            was_in_task: IN_TASK.with(|t| t.replace(true)),
+            was_in_task: local::with(|c| c.in_task.replace(true)),
         })
     }
 }
@@ -174,9 +179,12 @@ impl SavedFrame {
     pub fn install_task(&mut self, snapshot: Option<Table>) {
         debug_assert!(self.saved.is_none(), "nothing installed here yet");
         let table = snapshot.map(Table::into_task);
-        self.was_in_task = IN_TASK.with(|t| t.replace(true));
+        let frame_used = local::with(|c| {
+            self.was_in_task = c.in_task.replace(true);
+            c.frame_used.get()
+        });
         match table {
-            None if !FRAME_USED.with(Cell::get) => {}
+            None if !frame_used => {}
             table => self.saved = SavedFrame::task_on_frame(table.unwrap_or_default()),
         }
     }
@@ -200,10 +208,15 @@ impl SavedFrame {
     /// installed one left (after the borrow). Holds nothing installed then.
     #[inline(always)]
     pub fn restore(&mut self) {
-        if self.saved.is_none() && !FRAME_USED.with(Cell::get) {
-            // Empty before, and the code under it left it empty.
-            IN_TASK.with(|t| t.set(self.was_in_task));
-        } else {
+        let restored = local::with(|c| {
+            let empty = self.saved.is_none() && !c.frame_used.get();
+            if empty {
+                // Empty before, and the code under it left it empty.
+                c.in_task.set(self.was_in_task);
+            }
+            empty
+        });
+        if !restored {
             self.restore_frame();
         }
     }
@@ -218,7 +231,7 @@ impl SavedFrame {
                 (Table::new(), Some(frame))
             }
         });
-        IN_TASK.with(|t| t.set(self.was_in_task));
+        local::with(|c| c.in_task.set(self.was_in_task));
         drop(displaced);
     }
 }
@@ -226,7 +239,7 @@ impl SavedFrame {
 /// The calling thread's inheritable table: what a task submitted now gets.
 #[inline]
 pub fn snapshot() -> Table {
-    if !FRAME_USED.with(Cell::get) {
+    if !frame_used() {
         return Table::new();
     }
     with_frame(|frame| frame.table.clone())

@@ -6,7 +6,7 @@
 
 #![allow(unsafe_code)]
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::ffi::{c_void, CString};
 use std::io;
@@ -18,6 +18,8 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::AtomicU32;
 #[cfg(not(all(test, loom)))]
 use std::time::Instant;
+
+use crate::local;
 
 /// A descriptor that is readable exactly while its owner says so, for an
 /// event loop to watch: a completion queue's. An eventfd on Linux; a
@@ -191,25 +193,25 @@ enum Deferred {
 }
 
 thread_local! {
-    /// Set while a thread started by [`spawn_thread`] runs engine code
-    /// between its foreign calls: foreign calls are then deferred.
-    static IN_ENGINE_STEP: Cell<bool> = const { Cell::new(false) };
-    static DEFERRED: DeferredQueue = const { DeferredQueue(RefCell::new(VecDeque::new())) };
-    /// How many calls `DEFERRED` holds: read on every engine step, and, as a
+    /// The calls deferred for the start routine. How many it holds is
+    /// `local::Cells::deferred_len`: read on every engine step, and, in a
     /// thread-local with no destructor, cheaper to reach than the queue.
-    static DEFERRED_LEN: Cell<usize> = const { Cell::new(0) };
+    /// Calls are deferred while `local::Cells::in_engine_step`: a thread
+    /// started by [`spawn_thread`] runs engine code between its foreign
+    /// calls.
+    static DEFERRED: DeferredQueue = const { DeferredQueue(RefCell::new(VecDeque::new())) };
 }
 
 /// Queues `deferred` for this thread's start routine.
 fn defer(deferred: Deferred) {
     DEFERRED.with(|d| d.0.borrow_mut().push_back(deferred));
-    DEFERRED_LEN.with(|n| n.set(n.get() + 1));
+    local::with(|c| c.deferred_len.set(c.deferred_len.get() + 1));
 }
 
 /// True when calls are deferred on this thread.
 #[inline(always)]
 fn any_deferred() -> bool {
-    DEFERRED_LEN.try_with(Cell::get).unwrap_or(0) > 0
+    local::with(|c| c.deferred_len.get()) > 0
 }
 
 /// The calls an engine step deferred. Empty whenever the thread ends on its
@@ -220,14 +222,14 @@ struct DeferredQueue(RefCell<VecDeque<Deferred>>);
 
 impl Drop for DeferredQueue {
     fn drop(&mut self) {
-        if IN_FOREIGN_CALL.try_with(Cell::get).unwrap_or(true) {
+        if local::with(|c| c.in_foreign_call.get()) {
             std::mem::forget(std::mem::take(self.0.get_mut()));
         }
     }
 }
 
 fn in_engine_step() -> bool {
-    IN_ENGINE_STEP.try_with(Cell::get).unwrap_or(false)
+    local::with(|c| c.in_engine_step.get())
 }
 
 /// Nanoseconds on the monotonic clock, never 0, for durations (queue wait
@@ -439,21 +441,13 @@ fn pop_deferred() -> Option<ForeignCall> {
 fn pop_deferred_queued() -> Option<ForeignCall> {
     while any_deferred() {
         let next = DEFERRED.with(|d| d.0.borrow_mut().pop_front());
-        DEFERRED_LEN.with(|n| n.set(n.get() - 1));
+        local::with(|c| c.deferred_len.set(c.deferred_len.get() - 1));
         match next.expect("counted") {
             Deferred::Call(call) => return Some(call),
             Deferred::Engine(f) => f(),
         }
     }
     None
-}
-
-thread_local! {
-    /// True while this thread is inside a foreign call: if the thread ends
-    /// now, it was ended from there (`pthread_exit`).
-    static IN_FOREIGN_CALL: Cell<bool> = const { Cell::new(false) };
-    /// True once the thread has made its last call into user code (its stop hook).
-    static RETIRED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Sleeps while `word` holds `expected`, until [`wake_all`] on it or
@@ -553,14 +547,13 @@ mod polling {
 /// instead of dropping it (see [`LeakAtExit`]): the thread was ended inside
 /// a foreign call, or it has retired.
 pub(crate) fn no_user_code_at_exit() -> bool {
-    IN_FOREIGN_CALL.try_with(Cell::get).unwrap_or(true)
-        || RETIRED.try_with(Cell::get).unwrap_or(true)
+    local::with(|c| c.in_foreign_call.get() || c.retired.get())
 }
 
 /// From now on this thread runs no user code at its exit: called once its
 /// own table is cleared, right before its stop hook.
 pub(crate) fn retire_thread() {
-    RETIRED.with(|f| f.set(true));
+    local::with(|c| c.retired.set(true));
 }
 
 /// A thread-local's value that is leaked, not dropped, when the thread ends
@@ -734,12 +727,12 @@ fn name_self<B>(started: *mut Started<B>) {
 /// deferred to the start routine. A panic cannot unwind into the thread's C
 /// start: it aborts, as any panic escaping an `extern "C"` function does.
 fn engine_step<R>(f: impl FnOnce() -> R) -> R {
-    let _ = IN_ENGINE_STEP.try_with(|s| s.set(true));
+    local::with(|c| c.in_engine_step.set(true));
     let r = match std::panic::catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(_) => std::process::abort(),
     };
-    let _ = IN_ENGINE_STEP.try_with(|s| s.set(false));
+    local::with(|c| c.in_engine_step.set(false));
     r
 }
 
@@ -810,7 +803,7 @@ fn body_drop<B: ThreadBody>(started: *mut Started<B>) {
 }
 
 fn set_in_foreign_call(inside: bool) {
-    let _ = IN_FOREIGN_CALL.try_with(|f| f.set(inside));
+    local::with(|c| c.in_foreign_call.set(inside));
 }
 
 #[cfg(all(test, not(loom)))]

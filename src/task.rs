@@ -23,7 +23,6 @@
 //! poll or wait that asks for it. A result that can no longer reach anyone
 //! (handle released, detached, abandoned task) goes to `free_result`.
 
-use std::cell::Cell;
 use std::ffi::c_void;
 use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +35,7 @@ use crate::cq::Completion;
 use crate::cq::CompletionQueue;
 use crate::handles::{HandleError, LocalFree, Ref, Slab, Slotted};
 use crate::limiter::{Limiter, Waiter};
+use crate::local;
 use crate::overrides::SavedFrame;
 use crate::spin::Shared;
 use crate::status::*;
@@ -326,21 +326,18 @@ pub struct Task {
     state: TaskState<Table>,
 }
 
-thread_local! {
-    /// The slot index + 1 of the task whose callable this thread is running
-    /// (0: none). The runner holds a reference to the task meanwhile, so
-    /// the index names that task (see `Slab::get_live`).
-    static CURRENT_TASK: Cell<u32> = const { Cell::new(0) };
-    /// The address of the task whose `on_done` this thread is running (0:
-    /// none). Only compared, never dereferenced.
-    static REPORTING: Cell<usize> = const { Cell::new(0) };
-}
+// This thread's `local::Cells::current_task` is the slot index + 1 of the
+// task whose callable it is running (0: none); the runner holds a reference
+// to the task meanwhile, so the index names that task (see
+// `Slab::get_live`). Its `local::Cells::reporting` is the address of the
+// task whose `on_done` it is running (0: none), only compared, never
+// dereferenced.
 
 /// True when the calling thread runs `task`'s callable or its `on_done`:
 /// a wait for it from here could never end.
 fn waits_for_itself(task: &TaskRef) -> bool {
     let address = Ref::addr(task);
-    REPORTING.with(Cell::get) == address || CURRENT_TASK.with(Cell::get) == Ref::index(task) + 1
+    local::with(|c| c.reporting.get() == address || c.current_task.get() == Ref::index(task) + 1)
 }
 
 /// What a publish leaves to do.
@@ -383,13 +380,13 @@ impl Reporting {
     /// [`Reporting::unmark`] itself: a worker, between two steps.
     #[inline(always)]
     pub(crate) fn mark(task: &TaskRef) -> usize {
-        REPORTING.with(|r| r.replace(Ref::addr(task)))
+        local::with(|c| c.reporting.replace(Ref::addr(task)))
     }
 
     /// Puts back the mark `outer` that [`Reporting::mark`] returned.
     #[inline(always)]
     pub(crate) fn unmark(outer: usize) {
-        let _ = REPORTING.try_with(|r| r.set(outer));
+        local::with(|c| c.reporting.set(outer));
     }
 }
 
@@ -445,7 +442,7 @@ impl RunPlace {
     /// then its table is restored.
     #[inline(always)]
     pub(crate) fn end_run(&mut self) {
-        let _ = CURRENT_TASK.try_with(|t| t.set(self.previous));
+        local::with(|c| c.current_task.set(self.previous));
         self.frame.restore();
     }
 }
@@ -910,7 +907,7 @@ impl Ref<Task> {
     #[inline(always)]
     pub(crate) fn begin_run_in(&self, place: &mut RunPlace, snapshot: Option<Table>) {
         place.frame.install_task(snapshot);
-        place.previous = CURRENT_TASK.with(|t| t.replace(Ref::index(self) + 1));
+        place.previous = local::with(|c| c.current_task.replace(Ref::index(self) + 1));
     }
 
     /// Restores the thread's table and reports what [`Task::decide`] decided.
@@ -937,12 +934,12 @@ impl Ref<Task> {
         // is published afterwards): note who is reporting it.
         let me = Ref::addr(self);
         if sys::deferring() {
-            sys::then(move || REPORTING.with(|r| r.set(me)));
+            sys::then(move || local::with(|c| c.reporting.set(me)));
             sys::call_foreign(call);
             // A worker reports one task at a time.
             let task = self.clone();
             sys::then(move || {
-                REPORTING.with(|r| r.set(0));
+                local::with(|c| c.reporting.set(0));
                 task.after_on_done(outcome);
             });
         } else {
@@ -1186,7 +1183,7 @@ pub fn wait_any(handles: &[u64], timeout: Option<Duration>) -> Result<Option<usi
 /// Inside a task: true once the task has been cancelled (it is abandoned and
 /// its result will be freed, so it may stop early). False outside tasks.
 pub fn cancel_requested() -> bool {
-    match CURRENT_TASK.with(Cell::get) {
+    match local::with(|c| c.current_task.get()) {
         0 => false,
         // The runner's reference keeps the slot this task's.
         current => tasks()
