@@ -648,7 +648,13 @@ def asyncify(
         if "anyio" in _modules:  # AnyIO's worker-thread marks (_anyio_compat)
             token_ref = state.token_ref or state.own_token(loop)
             if token_ref is not None:
-                rec.marks = _asyncio_marks(token_ref, clean, state.marks)
+                marks = state.marks[0]
+                keys = _anyio_compat._task_keys
+                if marks is None or not clean or keys is None or keys:
+                    marks = _asyncio_marks(token_ref, clean, state.marks)
+                # (Else inline, the common case: no AnyIO task, so no cancel scope
+                # to look up, and sniffio unset: this loop's marks, made already.)
+                rec.marks = marks
         cid = next(ids)
         registry[cid] = rec
         state.pending[cid] = rec
