@@ -150,11 +150,12 @@ _pool_serials = itertools.count(1)
 class Pool:
     """A pool of worker threads running at most ``max_workers`` calls at once.
 
-    ``with casyncify.Pool(4) as pool:`` frees it on exit (queued calls are
-    cancelled, running ones waited for). ``UNBOUNDED`` (2**32-1) means no limit,
-    0 pauses the pool. ``record_latency=True`` records each call's queue wait and run
-    time (``stats().queue_wait``/``.run``, and ``casyncify.queue_wait()`` inside a
-    call), at the cost of two clock reads and one hook per call.
+    ``with casyncify.Pool(4) as pool:`` shuts it down on exit (queued calls are
+    cancelled, running ones waited for); its memory goes with the object.
+    ``UNBOUNDED`` (2**32-1) means no limit, 0 pauses the pool. ``record_latency=True``
+    records each call's queue wait and run time (``stats().queue_wait``/``.run``, and
+    ``casyncify.queue_wait()`` inside a call), at the cost of two clock reads and one
+    hook per call.
     """
 
     def __init__(
@@ -198,12 +199,16 @@ class Pool:
             opts.hook_data = self._serial
         self._ptr: int | None = lowlevel.pool_new_ex(opts)
         self._closing: int | None = None  # the pointer while close() waits (or was interrupted)
-        self._closers = 0  # close() calls waiting on _closing: the last one frees it
+        self._closers = 0  # close() calls waiting on _closing: the last one ends the closing
+        # The pointer once closed: the pool's memory goes with this object (__del__), so
+        # a thread holding the object may pass its pointer to the library without a lock
+        # (after a close, the library refuses it with E_SHUT_DOWN).
+        self._shut: int | None = None
         self._generation = life.fork_generation
         self._lock = threading.RLock()
         open_pools.add(self)
 
-    # -- the pointer, guarded -------------------------------------------------
+    # -- the pointer, guarded (alive while this object is) ----------------------
 
     def _pointer(self) -> int:
         if self._generation != life.fork_generation:
@@ -224,14 +229,13 @@ class Pool:
         h = c_uint64()
         if life.closing:
             raise ShutDownError(_ffi.E_SHUT_DOWN, "casyncify: the interpreter is exiting")
-        with self._lock:  # close() cannot free the pool under this submit
-            opts.pool = self._pointer()
-            if limited:
-                status = submit_limited(self._work, cid, opts, byref(opts), byref(h), lim, ms)
-            else:
-                status = fast.asyncify_submit(self._work, cid, byref(opts), byref(h))
-            if status < 0:
-                raise error_for(status)
+        opts.pool = self._pointer()
+        if limited:
+            status = submit_limited(self._work, cid, opts, byref(opts), byref(h), lim, ms)
+        else:
+            status = fast.asyncify_submit(self._work, cid, byref(opts), byref(h))
+        if status < 0:
+            raise error_for(status)
         return int(h.value)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskFuture:
@@ -305,11 +309,11 @@ class Pool:
     # -- lifetime ---------------------------------------------------------------
 
     def close(self, timeout: float | None = None) -> bool:
-        """Shut the pool down and free it: new calls get ``ShutDownError``, queued
-        calls are cancelled (here), running ones are waited for up to ``timeout``
-        seconds (None or ``inf``: as long as they take; ``nan``: ``ValueError``).
-        True when none was left running. Idempotent. From a worker of this pool:
-        ``WouldDeadlockError``.
+        """Shut the pool down: new calls get ``ShutDownError``, queued calls are
+        cancelled (here), running ones are waited for up to ``timeout`` seconds
+        (None or ``inf``: as long as they take; ``nan``: ``ValueError``), and the
+        workers end. True when none was left running. Idempotent. From a worker of
+        this pool: ``WouldDeadlockError``. The pool's memory goes with this object.
 
         The wait wakes every 100 ms, so Ctrl-C gets through; a
         ``KeyboardInterrupt`` leaves the pool closing (closed to new calls, not
@@ -337,13 +341,13 @@ class Pool:
             raise
         with self._lock:
             self._closers -= 1
-            # The last closer frees: another one may still be waiting on the pointer.
-            free = self._closers == 0 and self._closing == ptr
-            if free:
-                self._closing = None
-        if free:
+            # The last closer ends the closing: another one may still be waiting.
+            last = self._closers == 0 and self._closing == ptr
+            if last:
+                self._closing, self._shut = None, ptr
+        if last:
             open_pools.discard(self)
-            quiet = lowlevel.pool_free(ptr, 0) or quiet  # after a quiet close: frees at once
+            quiet = quiet or lowlevel.pool_close(ptr, 0)
         return quiet
 
     @staticmethod
@@ -372,12 +376,17 @@ class Pool:
         _pfree: Any = plib.asyncify_pool_free,
     ) -> None:
         # Reached only once no call of this pool is pending (each record holds
-        # its pool), so nothing queued is cancelled here. Globals are bound as
-        # defaults: this may run during interpreter teardown.
-        ptr = getattr(self, "_ptr", None) or getattr(self, "_closing", None)  # open, or an interrupted close
+        # its pool) and no thread holds it, so nothing queued is cancelled here and
+        # nobody passes its pointer any more. Globals are bound as defaults: this
+        # may run during interpreter teardown.
+        ptr = (
+            getattr(self, "_ptr", None)
+            or getattr(self, "_closing", None)  # an interrupted close
+            or getattr(self, "_shut", None)  # closed
+        )
         if not ptr or _life.finalized or self._generation != _life.fork_generation:
             return
-        self._ptr = self._closing = None
+        self._ptr = self._closing = self._shut = None
         if _worker.pool == self._serial:
             # Freeing from one's own worker would wait for itself: hand it off.
             _threading.Thread(target=_free, args=(ptr, 0), daemon=True).start()
@@ -664,21 +673,20 @@ def asyncify(
             ptr = current.get(ROOT).ptr
             if ptr != state.context_ptr:  # ctypes field writes cost: only on a change
                 opts.context = state.context_ptr = ptr
-            # `with`, not acquire() then try: no signal handler can raise between
-            # taking the lock and the block that gives it back.
-            with p._lock:  # close() cannot free the pool under this submit
-                ptr = p._ptr
-                if ptr is None or p._generation != life.fork_generation:
-                    ptr = p._pointer()  # raises ShutDownError or ForkedError
-                if ptr != state.pool_ptr:
-                    opts.pool = state.pool_ptr = ptr
-                if limits is None:
-                    arg = state.arg
-                    arg.value = cid
-                    status = _raw_submit(p._work, arg, state.opts_ref, state.handle_ref)
-                else:
-                    rec.limits = (lim, limits.start_within)
-                    status = submit_limited(p._work, cid, opts, state.opts_ref, state.handle_ref, lim, limits.ms)
+            # No lock: the pool's memory lives as long as `p` (see Pool._shut); a
+            # close() meanwhile makes the library refuse the submit (E_SHUT_DOWN).
+            ptr = p._ptr
+            if ptr is None or p._generation != life.fork_generation:
+                ptr = p._pointer()  # raises ShutDownError or ForkedError
+            if ptr != state.pool_ptr:
+                opts.pool = state.pool_ptr = ptr
+            if limits is None:
+                arg = state.arg
+                arg.value = cid
+                status = _raw_submit(p._work, arg, state.opts_ref, state.handle_ref)
+            else:
+                rec.limits = (lim, limits.start_within)
+                status = submit_limited(p._work, cid, opts, state.opts_ref, state.handle_ref, lim, limits.ms)
             if status < 0:
                 raise error_for(status)
             rec.handle = state.handle.value

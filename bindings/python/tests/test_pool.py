@@ -59,6 +59,83 @@ def test_pool_context_manager_frees_on_exit():
     assert pool.close() is True, "closing twice is harmless"
 
 
+def test_a_closed_pool_refuses_its_pointer_until_the_object_goes():
+    # The asyncio path submits with the pool's pointer and no lock: a close()
+    # between its read of the pointer and the library call must leave the memory
+    # alive (the library refuses the submit), freed only with the Pool object.
+    import gc
+    import weakref
+
+    pool = casyncify.Pool(1)
+    ptr = pool._ptr
+    assert pool.close(5) is True and pool.closed
+    opts = ll.submit_options_init()
+    opts.pool = ptr
+    with pytest.raises(casyncify.ShutDownError):
+        ll.submit(ll.WORK_FN(lambda arg, res: 0), 1, opts)
+    assert ll.pool_close(ptr, 0) is True, "still a pool, shut down"
+    gone = weakref.ref(pool)
+    del pool
+    gc.collect()
+    assert gone() is None, "nothing else holds the object: its memory went with it"
+
+
+def _submit_from_a_loop(wrapped, outcomes: list[str], go: threading.Barrier) -> None:
+    import asyncio
+
+    async def main() -> None:
+        go.wait()
+        for _ in range(200):
+            try:
+                outcomes.append(await wrapped())
+            except casyncify.ShutDownError:
+                outcomes.append("shut")
+            except asyncio.CancelledError:
+                outcomes.append("cancelled")  # queued when the close came
+
+    asyncio.run(main())
+
+
+def _submit_plainly(pool: casyncify.Pool, outcomes: list[str], go: threading.Barrier) -> None:
+    import concurrent.futures
+
+    go.wait()
+    for _ in range(200):
+        try:
+            outcomes.append(pool.submit(lambda: "ok").result(5))
+        except casyncify.ShutDownError:
+            outcomes.append("shut")
+        except concurrent.futures.CancelledError:
+            outcomes.append("cancelled")  # queued when the close came
+
+
+def test_submits_racing_a_close_get_a_result_or_shut_down_error():
+    # Submitters on several threads (asyncio loops and plain submit()) while
+    # another thread closes the pool: each call returns its result, or raises
+    # ShutDownError (submitted after the close) or a cancellation (queued when it
+    # came); nothing crashes and nothing is lost.
+    for _ in range(20):
+        pool = casyncify.Pool(2)
+        wrapped = casyncify.asyncify(lambda: "ok", pool=pool)
+        outcomes: list[str] = []
+        go = threading.Barrier(4)
+        threads = [
+            threading.Thread(target=_submit_from_a_loop, args=(wrapped, outcomes, go)),
+            threading.Thread(target=_submit_from_a_loop, args=(wrapped, outcomes, go)),
+            threading.Thread(target=_submit_plainly, args=(pool, outcomes, go)),
+        ]
+        for t in threads:
+            t.start()
+        go.wait()
+        time.sleep(0.002)
+        assert pool.close(5) is True
+        for t in threads:
+            t.join(10)
+            assert not t.is_alive()
+        assert len(outcomes) == 600
+        assert set(outcomes) <= {"ok", "shut", "cancelled"}, set(outcomes)
+
+
 def test_close_waits_for_running_and_cancels_queued(gate):
     pool = casyncify.Pool(1)
     running = pool.submit(gate.block)
