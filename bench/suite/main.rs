@@ -350,6 +350,8 @@ pub struct Results {
     pub w2: HashMap<Impl, Outcome>,
     pub w2idle: HashMap<Impl, Outcome>,
     pub w4: HashMap<Impl, Outcome>,
+    /// W4's floor: 8 serial 10 ms sleeps on the bench's thread, ms.
+    pub w4_floor: Reps,
     pub m1: HashMap<Impl, Outcome>,
     /// K, then (µs/task at W1, p50 µs, p99 µs) of asyncify.
     pub w3: Vec<(usize, Vec<Reps>)>,
@@ -498,6 +500,7 @@ impl Bench {
         }
         if self.wants("w4") {
             self.results.w4 = self.measure("W4", 8, Work::W4);
+            self.results.w4_floor = self.w4_floor();
         }
         if self.wants("w3") && self.impls.contains(&Impl::Ours) {
             self.w3();
@@ -531,6 +534,23 @@ impl Bench {
         if self.wants("l") && self.impls.contains(&Impl::Ours) {
             self.features();
         }
+    }
+
+    /// W4's floor, measured as the workload defines it: 8 serial 10 ms sleeps
+    /// (the 8 waves of a perfect pool), as long as this machine's sleeps take;
+    /// on a VM each overshoots by some hundreds of microseconds, for every
+    /// implementation alike.
+    fn w4_floor(&self) -> Reps {
+        let mut floor = Reps::default();
+        for _ in 0..self.sizes.reps {
+            let t = Instant::now();
+            for _ in 0..8 {
+                common::sleep_10ms();
+            }
+            floor.0.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        eprintln!("W4 serial floor: {:.2} ms", floor.median());
+        floor
     }
 
     /// L1/L2: what a limiter that never caps and latency recording cost W1,
