@@ -205,7 +205,7 @@ class Pool:
         # (after a close, the library refuses it with E_SHUT_DOWN).
         self._shut: int | None = None
         self._generation = life.fork_generation
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # between close() calls (the closers' count)
         open_pools.add(self)
 
     # -- the pointer, guarded (alive while this object is) ----------------------
@@ -273,14 +273,12 @@ class Pool:
     @property
     def max_workers(self) -> int:
         """The pool's limit (settable: raising it starts queued calls at once)."""
-        with self._lock:
-            return lowlevel.get_max_workers(self._pointer())
+        return lowlevel.get_max_workers(self._pointer())
 
     @max_workers.setter
     def max_workers(self, n: int) -> None:
         n = _u32("max_workers", n)
-        with self._lock:
-            lowlevel.set_max_workers(self._pointer(), n)
+        lowlevel.set_max_workers(self._pointer(), n)
 
     @property
     def records_latency(self) -> bool:
@@ -290,12 +288,11 @@ class Pool:
     def stats(self) -> Stats:
         """The pool's counters now, and its latency figures when it records them."""
         queue_wait = run = None
-        with self._lock:
-            ptr = self._pointer()
-            s = lowlevel.stats(ptr)
-            if self._records:
-                queue_wait = Latency.from_c(lowlevel.pool_latency(ptr, _ffi.LATENCY_QUEUE_WAIT))
-                run = Latency.from_c(lowlevel.pool_latency(ptr, _ffi.LATENCY_RUN))
+        ptr = self._pointer()
+        s = lowlevel.stats(ptr)
+        if self._records:
+            queue_wait = Latency.from_c(lowlevel.pool_latency(ptr, _ffi.LATENCY_QUEUE_WAIT))
+            run = Latency.from_c(lowlevel.pool_latency(ptr, _ffi.LATENCY_RUN))
         return Stats(
             s.limit, s.threads, s.idle_threads, s.queued, s.running,
             s.submitted, s.completed, s.failed, s.cancelled, s.abandoned, s.expired, queue_wait, run,
