@@ -2,10 +2,10 @@
 (its limiter, or what picks one in the caller's context, and its start deadline),
 and latency figures.
 
-A ``Limiter`` owns one C ``asyncify_limiter`` (freed by ``close()`` or with the
-object; tasks that hold it keep their own reference). A call is submitted with
-the limiter's pointer under the limiter's lock, so ``close()`` on another thread
-cannot free it under the submit. ``KeyedLimiter`` keeps one ``Limiter`` per value
+A ``Limiter`` owns one C ``asyncify_limiter``, freed with the object (tasks that
+hold it keep their own reference). ``close()`` only refuses new calls, so a call is
+submitted with the limiter's pointer without a lock: the memory lives as long as
+the submitting thread holds the object. ``KeyedLimiter`` keeps one ``Limiter`` per value
 of a key read in the caller's context (an override, ``dspy.settings.lm``...).
 """
 
@@ -121,8 +121,9 @@ class Limiter:
     without holding a pool slot, until the limiter admits it, then enters its pool's
     queue; it holds its place until its function returns (an abandoned one too).
     Cancelling a waiting call: it never runs. ``set()`` changes the cap and rate at
-    once (raising admits waiting calls at once). Freed by ``close()``, ``with``, or
-    garbage collection; calls already made with it keep it alive.
+    once (raising admits waiting calls at once). ``close()`` (or leaving ``with``)
+    refuses new calls; the C limiter is freed with the object, and calls already
+    made with it keep it alive.
     """
 
     def __init__(self, max_running: int | None = None, *, rate: float | None = None, burst: int = 1, name: str = ""):
@@ -134,16 +135,19 @@ class Limiter:
         opts.burst = size
         self._name = name
         self._max_running, self._rate, self._burst = cap, per_s, size
-        self._lock = threading.Lock()  # guards _ptr: close() cannot free it under a submit
+        self._lock = threading.Lock()  # serialises set(): each writes all three settings
         self._generation = life.fork_generation
+        #: The C limiter, from here until the object goes (``__del__`` frees it).
         self._ptr: int | None = lowlevel.limiter_new(opts)
+        self._closed = False
 
     def _pointer(self) -> int:
-        """The C limiter (call with ``_lock`` held)."""
+        """The C limiter, for a call or a setting; ``ShutDownError`` once closed. No
+        lock: the memory lives as long as the caller holds this object."""
         if self._generation != life.fork_generation:
             raise ForkedError(_ffi.E_FORKED, "casyncify: this Limiter was created by the parent process before fork()")
         ptr = self._ptr
-        if ptr is None:
+        if ptr is None or self._closed:
             raise ShutDownError(_ffi.E_SHUT_DOWN, f"casyncify: the limiter {self._name!r} is closed")
         return ptr
 
@@ -170,7 +174,7 @@ class Limiter:
     @property
     def closed(self) -> bool:
         """Whether ``close()`` ran (new calls with it raise ``ShutDownError``)."""
-        return self._ptr is None
+        return self._closed
 
     def set(self, *, max_running: int | None = _KEEP, rate: float | None = _KEEP, burst: int = _KEEP) -> None:
         """Change the cap, the rate or the burst (those not given stay), at once for every
@@ -186,24 +190,21 @@ class Limiter:
 
     def stats(self) -> LimiterStats:
         """The limiter's counters now, and the latency of its calls."""
-        with self._lock:
-            ptr = self._pointer()
-            s = lowlevel.limiter_stats_get(ptr)
-            queue_wait = lowlevel.limiter_latency(ptr, _ffi.LATENCY_QUEUE_WAIT)
-            run = lowlevel.limiter_latency(ptr, _ffi.LATENCY_RUN)
-            rate, burst = self._rate, self._burst
+        ptr = self._pointer()
+        s = lowlevel.limiter_stats_get(ptr)
+        queue_wait = lowlevel.limiter_latency(ptr, _ffi.LATENCY_QUEUE_WAIT)
+        run = lowlevel.limiter_latency(ptr, _ffi.LATENCY_RUN)
+        rate, burst = self._rate, self._burst
         return LimiterStats(
             self._name, s.max_running, rate, burst, s.waiting, s.running, s.admitted, s.expired,
             s.cancelled_waiting, Latency.from_c(queue_wait), Latency.from_c(run),
         )  # fmt: skip
 
     def close(self) -> None:
-        """Free the limiter. Calls made with it keep it (and their place) until they are
-        done; new calls with it raise ``ShutDownError``. Idempotent."""
-        with self._lock:
-            ptr, self._ptr = self._ptr, None
-            if ptr is not None and self._generation == life.fork_generation:
-                lowlevel.limiter_free(ptr)
+        """Refuse new calls with this limiter: they raise ``ShutDownError``. Calls made
+        with it keep it (and their place) until they are done; the C limiter is freed
+        with this object. Idempotent."""
+        self._closed = True
 
     def __enter__(self) -> Limiter:
         return self
@@ -220,7 +221,7 @@ class Limiter:
             _free(ptr)
 
     def __repr__(self) -> str:
-        if self._ptr is None:
+        if self._closed:
             return f"<casyncify.Limiter {self._name!r} closed>"
         cap = "None" if self._max_running == _ffi.UINT32_MAX else str(self._max_running)
         rate = f" rate={self._rate:g}/s burst={self._burst}" if self._rate else ""
@@ -383,10 +384,11 @@ def submit_limited(
         if lim is None:
             status: int = fast.asyncify_submit(work, cid, opts_ref, handle_ref)
             return status
-        with lim._lock:  # close() cannot free the limiter under this submit
-            opts.limiter = lim._pointer()
-            status = fast.asyncify_submit(work, cid, opts_ref, handle_ref)
-            return status
+        # No lock: the limiter's memory lives as long as `lim` (see Limiter._ptr); a
+        # close() meanwhile lets this call in, as if it had come just before.
+        opts.limiter = lim._pointer()
+        status = fast.asyncify_submit(work, cid, opts_ref, handle_ref)
+        return status
     finally:
         opts.limiter = None
         opts.start_within_ms = 0
