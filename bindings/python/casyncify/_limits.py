@@ -135,7 +135,8 @@ class Limiter:
         opts.burst = size
         self._name = name
         self._max_running, self._rate, self._burst = cap, per_s, size
-        self._lock = threading.Lock()  # serialises set(): each writes all three settings
+        # set() writes all three settings, in C and here; stats() reads them together.
+        self._lock = threading.Lock()
         self._generation = life.fork_generation
         #: The C limiter, from here until the object goes (``__del__`` frees it).
         self._ptr: int | None = lowlevel.limiter_new(opts)
@@ -190,11 +191,12 @@ class Limiter:
 
     def stats(self) -> LimiterStats:
         """The limiter's counters now, and the latency of its calls."""
-        ptr = self._pointer()
-        s = lowlevel.limiter_stats_get(ptr)
-        queue_wait = lowlevel.limiter_latency(ptr, _ffi.LATENCY_QUEUE_WAIT)
-        run = lowlevel.limiter_latency(ptr, _ffi.LATENCY_RUN)
-        rate, burst = self._rate, self._burst
+        with self._lock:  # the settings as one set() left them, in C and here
+            ptr = self._pointer()
+            s = lowlevel.limiter_stats_get(ptr)
+            queue_wait = lowlevel.limiter_latency(ptr, _ffi.LATENCY_QUEUE_WAIT)
+            run = lowlevel.limiter_latency(ptr, _ffi.LATENCY_RUN)
+            rate, burst = self._rate, self._burst
         return LimiterStats(
             self._name, s.max_running, rate, burst, s.waiting, s.running, s.admitted, s.expired,
             s.cancelled_waiting, Latency.from_c(queue_wait), Latency.from_c(run),
@@ -384,8 +386,8 @@ def submit_limited(
         if lim is None:
             status: int = fast.asyncify_submit(work, cid, opts_ref, handle_ref)
             return status
-        # No lock: the limiter's memory lives as long as `lim` (see Limiter._ptr); a
-        # close() meanwhile lets this call in, as if it had come just before.
+        # No lock: the limiter's memory lives as long as `lim` (see Limiter._ptr). A
+        # close() racing this submit may let it in, even once close() has returned.
         opts.limiter = lim._pointer()
         status = fast.asyncify_submit(work, cid, opts_ref, handle_ref)
         return status
