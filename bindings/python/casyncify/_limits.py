@@ -211,6 +211,12 @@ class Limiter:
     def __enter__(self) -> Limiter:
         return self
 
+    def __copy__(self) -> Limiter:
+        raise TypeError("a casyncify.Limiter cannot be copied (it owns its C limiter): share the object")
+
+    def __deepcopy__(self, memo: Any) -> Limiter:
+        return self.__copy__()
+
     def __exit__(self, *exc: object) -> None:
         self.close()
 

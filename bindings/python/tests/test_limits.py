@@ -153,6 +153,18 @@ def test_a_closed_limiter_refuses_calls_and_is_freed_with_its_object(monkeypatch
     assert gone() is None and freed == [ptr], "freed once, with the object"
 
 
+def test_a_limiter_cannot_be_copied():
+    # A copy would free the same C limiter again when collected.
+    import copy
+
+    lim = casyncify.Limiter(1)
+    with pytest.raises(TypeError, match="cannot be copied"):
+        copy.copy(lim)
+    with pytest.raises(TypeError, match="cannot be copied"):
+        copy.deepcopy({"lim": lim})
+    assert lim.stats().max_running == 1
+
+
 def _until_refused(call: Callable[[], Awaitable[str]], outcomes: list[str], go: threading.Barrier) -> None:
     """On this thread's own loop, awaits ``call()`` until the limiter refuses one;
     what each gave, in order."""

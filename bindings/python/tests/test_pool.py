@@ -80,6 +80,19 @@ def test_a_closed_pool_refuses_its_pointer_until_the_object_goes():
     assert gone() is None, "nothing else holds the object: its memory went with it"
 
 
+def test_a_pool_cannot_be_copied():
+    # A copy would shut down and free the same C pool again when collected.
+    import copy
+
+    pool = casyncify.Pool(1)
+    with pytest.raises(TypeError, match="cannot be copied"):
+        copy.copy(pool)
+    with pytest.raises(TypeError, match="cannot be copied"):
+        copy.deepcopy([pool])
+    assert pool.submit(lambda: "still mine").result(5) == "still mine"
+    assert pool.close(5) is True
+
+
 def _submit_from_a_loop(wrapped, outcomes: list[str], go: threading.Barrier) -> None:
     import asyncio
 
