@@ -60,6 +60,18 @@ assert started.wait(10)
 print("main done", flush=True)
 """
 
+# A closed limiter, still held, with a call running and one waiting for it: its C
+# limiter goes with the object, during the interpreter's teardown.
+LIMITED_MAIN = """
+lim = casyncify.Limiter(1, name="at-exit")
+ex = casyncify.Executor(limiter=lim)
+running = ex.submit(work)
+waiting = ex.submit(work)
+assert started.wait(10)
+lim.close()
+print("main done", flush=True)
+"""
+
 # Values set on a worker outside any call (a done-callback of a submit() future runs there) are
 # released while the worker still has its thread state, before its stop hook.
 SET_ON_WORKER = """
@@ -105,8 +117,20 @@ def check_clean_exit(proc: subprocess.CompletedProcess, expected: int = 0) -> No
 
 @pytest.mark.parametrize(
     "work, main",
-    [(SLEEPER, ASYNCIO_MAIN), (POLLER, ASYNCIO_MAIN), (SLEEPER, SUBMIT_MAIN), (POLLER, SUBMIT_MAIN)],
-    ids=["asyncify-sleeping", "asyncify-polling-cancel", "submit-sleeping", "submit-polling-cancel"],
+    [
+        (SLEEPER, ASYNCIO_MAIN),
+        (POLLER, ASYNCIO_MAIN),
+        (SLEEPER, SUBMIT_MAIN),
+        (POLLER, SUBMIT_MAIN),
+        (SLEEPER, LIMITED_MAIN),
+    ],
+    ids=[
+        "asyncify-sleeping",
+        "asyncify-polling-cancel",
+        "submit-sleeping",
+        "submit-polling-cancel",
+        "closed-limiter-sleeping",
+    ],
 )
 def test_exit_with_a_call_still_running_exits_zero(work: str, main: str) -> None:
     for _ in range(RUNS):
