@@ -211,14 +211,14 @@ class Limiter:
     def __enter__(self) -> Limiter:
         return self
 
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def __copy__(self) -> Limiter:
         raise TypeError("a casyncify.Limiter cannot be copied (it owns its C limiter): share the object")
 
     def __deepcopy__(self, memo: Any) -> Limiter:
         return self.__copy__()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __del__(self, _life: Any = life, _free: Any = plib.asyncify_limiter_free) -> None:
         # Globals bound as defaults: this may run during interpreter teardown, where

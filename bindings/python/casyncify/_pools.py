@@ -361,14 +361,14 @@ class Pool:
     def __enter__(self) -> Pool:
         return self
 
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def __copy__(self) -> Pool:
         raise TypeError("a casyncify.Pool cannot be copied (it owns its C pool): share the object")
 
     def __deepcopy__(self, memo: Any) -> Pool:
         return self.__copy__()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __del__(
         self,
